@@ -1,0 +1,32 @@
+/* util — small helpers shared by every layer: sizes, clocks, strings, files. */
+#ifndef BRAIDFS_UTIL_H
+#define BRAIDFS_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b)     ((a) < (b) ? (a) : (b))
+#define MAX(a, b)     ((a) > (b) ? (a) : (b))
+
+/* "4M", "1GiB", "512k", "4096" -> bytes (binary units). 0 or -EINVAL / -ERANGE. */
+int parse_size(const char *s, uint64_t *ret);
+/* 1536 -> "1.5 KiB" into buf. Returns buf. */
+char *fmt_size(uint64_t bytes, char *buf, size_t len);
+
+int64_t now_realtime_ns(void);
+int64_t now_monotonic_ns(void);
+
+/* Write/read exactly len bytes at off, retrying on EINTR and short I/O. 0 or -errno
+ * (read: -ENODATA when the file ends first). */
+int pwrite_full(int fd, const void *buf, size_t len, off_t off);
+int pread_full(int fd, void *buf, size_t len, off_t off);
+
+/* 16 random bytes -> "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" (37 bytes with NUL). */
+int uuid_generate_str(char out[37]);
+
+/* mkdir -p with mode; 0 or -errno. */
+int mkdir_p(const char *path, mode_t mode);
+
+#endif

@@ -1,0 +1,238 @@
+/* meta — the metadata engine interface: namespace + cluster tables.
+ *
+ * WHAT IT OWNS
+ *   The namespace (inodes, directory entries, symlink targets, xattrs, hard links, sizes,
+ *   times, modes, owners) and the cluster tables (volume, targets, chains). Chunk data is
+ *   NOT here: a file's chunks are addressed by (ino, chunk index) and located by the data
+ *   service from the chain table; there is no row per chunk.
+ *
+ * BACKENDS
+ *   One `struct meta_ops` table per engine, chosen by URL scheme (meta_open() looks it up):
+ *   sqlite:///abs/path.db (embedded default, meta_sqlite.c). A postgres:// engine comes later
+ *   behind the same table. Call sites never ask which engine they hold; they read `caps`.
+ *
+ * INVARIANTS (cited as META-n)
+ *   META-1  Every namespace operation is exactly one transaction: it happens whole or not at
+ *           all, also across a crash of the process.
+ *   META-2  Inode numbers are never reused (the kernel may still cache an old one). Root is 1.
+ *   META-3  An inode whose nlink reaches 0 keeps its row (an "orphan") until meta purge();
+ *           the FUSE layer purges it once no process has it open. orphans() lists them so a
+ *           mount after a crash can finish the job.
+ *   META-4  An inode with META_IF_WDIRTY may hold chunk data beyond its recorded size (a
+ *           writer was extending it). Whoever clears the flag must first have made sure no
+ *           data lies beyond `size` (or that it is about to be trimmed).
+ *   META-5  Committed transactions may live only in the OS cache until sync() returns;
+ *           after sync() every committed transaction survives a power cut.
+ *   META-6  A chain changes only through chain_update(), which bumps its epoch in the same
+ *           transaction and fails with -ESTALE if the caller's epoch is not the current one.
+ *
+ * THREADS
+ *   A `struct meta` is safe to call from any number of threads at once; the engine serializes
+ *   internally as it must. Callbacks (readdir, orphans, ...) run on the calling thread while
+ *   the engine may hold its lock: they must not call back into the same `struct meta`.
+ *
+ * ERRORS
+ *   Every function returns 0 (or a count) or -errno: -ENOENT, -EEXIST, -ENOTEMPTY, -ENOTDIR,
+ *   -EISDIR, -ENODATA (xattr), -ERANGE (buffer), -EIO (engine failure, logged at debug with the
+ *   engine's own message), -EBUSY (locked by another process), -EINVAL (bad URL or argument).
+ */
+#ifndef BRAIDFS_META_H
+#define BRAIDFS_META_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define META_ROOT_INO     1
+#define META_NAME_MAX     255
+#define META_SYMLINK_MAX  4095
+#define META_XATTR_NAME_MAX 255
+#define META_XATTR_SIZE_MAX 65536
+#define META_MAX_REPLICAS 8
+#define META_MAX_TARGETS  256
+
+/* inode flags (meta_attr.flags) */
+#define META_IF_WDIRTY 0x1 /* META-4 */
+
+struct meta_attr {
+	uint64_t ino;
+	uint32_t mode; /* type + permission bits, as st_mode */
+	uint32_t nlink;
+	uint32_t uid, gid;
+	uint64_t rdev;
+	uint64_t size;
+	int64_t atime_ns, mtime_ns, ctime_ns, btime_ns; /* ns since the epoch */
+	uint64_t generation;
+	uint32_t flags; /* META_IF_* */
+};
+
+/* setattr mask */
+#define META_SET_MODE  0x01
+#define META_SET_UID   0x02
+#define META_SET_GID   0x04
+#define META_SET_SIZE  0x08
+#define META_SET_ATIME 0x10
+#define META_SET_MTIME 0x20
+#define META_SET_CTIME 0x40
+#define META_SET_FLAGS 0x80 /* replace attr.flags */
+
+enum meta_consistency { META_STRONG = 0, META_WEAK = 1 };
+
+struct meta_volume {
+	char name[64];
+	char uuid[37];
+	uint32_t format_version;
+	uint32_t chunk_size; /* bytes, power of two */
+	uint32_t replicas;
+	enum meta_consistency consistency;
+	int64_t created_ns;
+};
+
+enum meta_target_state { META_TARGET_UP = 0, META_TARGET_OFFLINE = 1 };
+
+struct meta_target {
+	uint32_t id; /* 1.. */
+	char url[1024];
+	char uuid[37];
+	enum meta_target_state state;
+};
+
+struct meta_chain {
+	uint32_t id; /* 0..nchains-1 */
+	uint64_t epoch;
+	uint32_t nmembers;
+	uint32_t members[META_MAX_REPLICAS]; /* target ids; [0] is the primary */
+};
+
+struct meta_statfs {
+	uint64_t inodes; /* live inodes */
+	uint64_t bytes;  /* sum of file sizes */
+};
+
+/* readdir: one entry; `off` is the offset to resume *after* this entry. Stable across
+ * inserts and deletes of other entries (entries get a monotonic id). Return non-zero to stop. */
+typedef int (*meta_dirent_cb)(void *ctx, const char *name, uint64_t ino, uint32_t mode,
+			      uint64_t off);
+/* readdirplus flavour: attr of the entry's inode. */
+typedef int (*meta_direntplus_cb)(void *ctx, const char *name, const struct meta_attr *attr,
+				  uint64_t off);
+typedef int (*meta_inode_cb)(void *ctx, const struct meta_attr *attr);
+
+/* fsck findings are reported through this; `repaired` says whether it was fixed. */
+typedef void (*meta_report_cb)(void *ctx, const char *what, uint64_t ino, bool repaired);
+
+struct meta;
+
+/* Open flags */
+#define META_O_CREATE 0x1 /* create the database if missing (format) */
+#define META_O_RDONLY 0x2
+
+struct meta_ops {
+	const char *scheme; /* "sqlite" */
+	unsigned caps;      /* META_CAP_* */
+
+	/* err: a one-line reason fit for a user when it fails (missing file, not a database,
+	 * not a braidfs database, corrupted, locked). */
+	int (*open)(const char *url, int flags, struct meta **ret, char *err, size_t errlen);
+	void (*close)(struct meta *m); /* NULL ok */
+
+	/* Cluster tables. format() creates the schema, the volume row, the targets, the chains
+	 * and the root directory (mode 0755|S_IFDIR, uid/gid given) in one transaction.
+	 * -EEXIST if a volume already exists. */
+	int (*format)(struct meta *m, const struct meta_volume *vol, const struct meta_target *t,
+		      unsigned ntargets, const struct meta_chain *c, unsigned nchains, uid_t uid,
+		      gid_t gid);
+	int (*volume_get)(struct meta *m, struct meta_volume *ret); /* -ENOENT: not formatted */
+	/* Fill up to max entries; return the count (which may exceed max: call again bigger). */
+	int (*targets_list)(struct meta *m, struct meta_target *ret, unsigned max);
+	int (*target_set_state)(struct meta *m, uint32_t id, enum meta_target_state state);
+	int (*chains_list)(struct meta *m, struct meta_chain *ret, unsigned max);
+	/* META-6: replace members if the chain's epoch equals expect_epoch; epoch+1. */
+	int (*chain_update)(struct meta *m, uint32_t chain_id, uint64_t expect_epoch,
+			    const uint32_t *members, uint32_t nmembers, uint64_t *ret_epoch);
+
+	/* Namespace. name is a NUL-terminated component (1..META_NAME_MAX bytes, no '/'). */
+	int (*lookup)(struct meta *m, uint64_t parent, const char *name, struct meta_attr *ret);
+	int (*getattr)(struct meta *m, uint64_t ino, struct meta_attr *ret);
+	/* Update the fields named by mask from in; ret gets the full new attr (ret may be NULL).
+	 * Does not touch ctime unless META_SET_CTIME is given. */
+	int (*setattr)(struct meta *m, uint64_t ino, unsigned mask, const struct meta_attr *in,
+		       struct meta_attr *ret);
+	/* Create a regular file, directory, symlink (link != NULL), fifo, socket or device node.
+	 * `in` gives mode, uid, gid, rdev and the times; the engine assigns ino, nlink and
+	 * generation, bumps the parent's mtime/ctime (to in->ctime_ns) and, for a directory, the
+	 * parent's nlink. -EEXIST if the name exists. */
+	int (*mknod)(struct meta *m, uint64_t parent, const char *name, const struct meta_attr *in,
+		     const char *link, struct meta_attr *ret);
+	/* New name for an existing non-directory inode: nlink+1, ctime = now_ns. */
+	int (*link)(struct meta *m, uint64_t ino, uint64_t newparent, const char *newname,
+		    int64_t now_ns, struct meta_attr *ret);
+	/* Remove a non-directory name (-EISDIR for a directory). ret = the inode after the
+	 * change (nlink may be 0: an orphan, META-3). */
+	int (*unlink)(struct meta *m, uint64_t parent, const char *name, int64_t now_ns,
+		      struct meta_attr *ret);
+	/* Remove an empty directory (-ENOTEMPTY, -ENOTDIR). The directory's row is deleted
+	 * (its nlink becomes 0; ret->ino says which it was). */
+	int (*rmdir)(struct meta *m, uint64_t parent, const char *name, int64_t now_ns,
+		     struct meta_attr *ret);
+	/* rename(2) semantics incl. flags RENAME_NOREPLACE / RENAME_EXCHANGE. When an existing
+	 * entry is replaced, *ret_replaced gets its inode after the change (ino 0 if none);
+	 * its nlink may have dropped to 0 (orphan). Checks: EISDIR/ENOTDIR type mismatches,
+	 * ENOTEMPTY for a non-empty replaced directory, EINVAL for moving a directory into its
+	 * own subtree. */
+	int (*rename)(struct meta *m, uint64_t parent, const char *name, uint64_t newparent,
+		      const char *newname, unsigned flags, int64_t now_ns,
+		      struct meta_attr *ret_replaced);
+	/* Copies the target (NUL-terminated) into buf; returns its length or -ERANGE/-EINVAL. */
+	int (*readlink)(struct meta *m, uint64_t ino, char *buf, size_t size);
+	/* Entries with offset > off, in offset order, without "." and "..". Offsets start > 2
+	 * so that the FUSE layer can use 1 and 2 for "." and "..". */
+	int (*readdir)(struct meta *m, uint64_t dir, uint64_t off, meta_dirent_cb cb, void *ctx);
+	int (*readdirplus)(struct meta *m, uint64_t dir, uint64_t off, meta_direntplus_cb cb,
+			   void *ctx);
+
+	/* xattrs; flags: XATTR_CREATE / XATTR_REPLACE. get/list with size 0 return the size. */
+	int (*setxattr)(struct meta *m, uint64_t ino, const char *name, const void *value,
+			size_t size, int flags);
+	int (*getxattr)(struct meta *m, uint64_t ino, const char *name, void *buf, size_t size);
+	int (*listxattr)(struct meta *m, uint64_t ino, char *buf, size_t size);
+	int (*removexattr)(struct meta *m, uint64_t ino, const char *name);
+
+	/* Orphans and recovery (META-3, META-4). purge() deletes an inode with nlink 0 and its
+	 * xattrs; -EBUSY if nlink > 0. orphans() calls cb for every inode with nlink 0 or with
+	 * META_IF_WDIRTY set. */
+	int (*purge)(struct meta *m, uint64_t ino);
+	int (*orphans)(struct meta *m, meta_inode_cb cb, void *ctx);
+	/* Every inode, in ino order (fsck, scrub). */
+	int (*inodes)(struct meta *m, meta_inode_cb cb, void *ctx);
+
+	/* META-5: make every committed transaction durable. */
+	int (*sync)(struct meta *m);
+	int (*statfs)(struct meta *m, struct meta_statfs *ret);
+	/* Namespace consistency: nlink vs entries, entries naming missing inodes, directories
+	 * unreachable from the root. Returns the number of problems found (after repair, if
+	 * repair). */
+	int (*check)(struct meta *m, bool repair, meta_report_cb cb, void *ctx);
+};
+
+#define META_CAP_SHARED 0x1 /* many nodes may open it at once (postgres) */
+
+/* Look up the engine by the URL's scheme and open it. On -EINVAL/-ENOENT/-EIO, err gets a
+ * one-line reason fit for a user ("no such file", "not a braidfs metadata database", ...). */
+int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t errlen);
+void meta_close(struct meta *m);
+/* The ops table behind an open handle (every backend's struct meta starts with it). */
+const struct meta_ops *meta_ops_of(const struct meta *m);
+
+/* Every handle starts with this, so the generic wrappers can dispatch. */
+struct meta {
+	const struct meta_ops *ops;
+};
+
+/* Convenience wrappers: m->ops->fn(m, ...). */
+#define META_CALL(m, fn, ...) ((m)->ops->fn((m), __VA_ARGS__))
+
+extern const struct meta_ops meta_sqlite_ops;
+
+#endif
