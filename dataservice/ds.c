@@ -1,1 +1,1471 @@
-/* placeholder: being written */
+/* ds — the data service: file bytes <-> replicated chunks. See ds.h for the contract and the
+ * invariants DS-1..DS-3; dataservice/README.md for threads and locks.
+ *
+ * WRITE PATH (strong)
+ *   1. Cut [off, off+len) into chunk pieces; for each piece, in order:
+ *   2. take the chunk's stripe lock (DS-3: one writer per chunk at a time, so every replica
+ *      sees the same order);
+ *   3. snapshot the chain (members, epoch);
+ *   4. write every member: pieces below par_min one member after another in this thread (a
+ *      pwrite into the page cache costs less than a thread handoff), larger pieces on the
+ *      worker pool, the caller writing the primary itself;
+ *   5. settle (DS-1): all ok -> done; some failed -> chain_failed for each failed member, then
+ *      acknowledge; callback failed -> -EIO; all failed -> the last member's error as-is;
+ *   6. release the stripe lock.
+ *
+ * WRITE PATH (weak)
+ *   Steps 2-3, then the primary is written inline and the piece is copied once into a
+ *   refcounted buffer queued to every secondary's replication thread (one FIFO thread per
+ *   target, so per-chunk order holds on every replica). ds_write blocks while more than
+ *   weak_max bytes wait. Every other mutating call (truncate, punch, allocate, remove, sync_all,
+ *   check) first waits until the queues have applied what was queued before it (a barrier),
+ *   then runs as in strong mode. If a primary fails, it leaves the chain and the next member
+ *   becomes primary after its queue caught up.
+ *
+ * LOCK ORDER (outermost first): stripe -> chain.change_lock -> chain.lock; lag_lock,
+ *   tgt.qlock, pool_lock and batch locks are leaves. No ds lock but a stripe and the chain's
+ *   change_lock is held while chain_failed runs.
+ */
+#include "dataservice/ds.h"
+#include "dataservice/ds_internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define DS_STRIPES       1024
+#define DS_POOL_THREADS  8
+#define DS_WEAK_MAX      (64ULL << 20)
+#define DS_CHECK_PIECE   (1u << 20)
+#define DS_CHUNK_MIN     4096u
+#define DS_CHUNK_MAX     (1u << 30)
+
+enum ds_op {
+	DS_OP_READ,
+	DS_OP_WRITE,
+	DS_OP_CUT, /* truncate the chunk to off if it is longer; never creates it */
+	DS_OP_TRUNCATE,
+	DS_OP_PUNCH,
+	DS_OP_ALLOCATE,
+	DS_OP_REMOVE, /* idx = first chunk to remove */
+	DS_OP_SYNC_INO,
+	DS_OP_SYNC_ALL,
+	DS_OP_SEEK,   /* off = within; len = whence; res = answer */
+	DS_OP_LENGTH, /* res = answer */
+};
+
+struct ds_tgt;
+struct ds_batch;
+
+/* One operation on one replica. */
+struct ds_rop {
+	enum ds_op op;
+	struct ds_tgt *t;
+	uint64_t ino;
+	uint32_t idx;
+	uint64_t off, len;
+	const void *wbuf;
+	void *rbuf;
+	uint64_t res;
+	ssize_t ret;
+	struct ds_batch *batch;
+	struct ds_rop *next; /* pool queue */
+};
+
+struct ds_batch {
+	pthread_mutex_t lock;
+	pthread_cond_t done;
+	unsigned pending; /* protected by lock */
+};
+
+/* Weak mode: a written piece, shared by the queue items of every secondary. */
+struct ds_buf {
+	unsigned refs; /* __atomic */
+	size_t len;
+	char data[];
+};
+
+struct ds_item {
+	struct ds_item *next;
+	unsigned chain; /* index into ds->chains */
+	uint64_t ino;
+	uint32_t idx;
+	uint64_t off;
+	struct ds_buf *buf;
+	uint64_t seq;
+};
+
+struct ds_tgt {
+	uint32_t id;
+	bool up;
+	char url[1024];
+	struct sm_target *sm; /* NULL when not up */
+
+	/* weak mode replication queue, applied in order by qthread */
+	pthread_mutex_t qlock;
+	pthread_cond_t qcond; /* work queued or stop */
+	pthread_cond_t qdone; /* done_seq advanced */
+	struct ds_item *qhead, *qtail; /* protected by qlock */
+	uint64_t enq_seq, done_seq;    /* protected by qlock */
+	bool qstop;                    /* protected by qlock */
+	bool qstarted;
+	pthread_t qthread;
+};
+
+struct ds_chain {
+	pthread_mutex_t change_lock; /* one membership change (chain_failed) at a time */
+	pthread_mutex_t lock;
+	uint32_t id;
+	uint64_t epoch;                   /* protected by lock */
+	uint32_t n;                       /* protected by lock */
+	struct ds_tgt *m[DS_MAX_REPLICAS]; /* protected by lock; [0] = primary */
+};
+
+struct ds_snap {
+	uint64_t epoch;
+	uint32_t n;
+	struct ds_tgt *m[DS_MAX_REPLICAS];
+};
+
+struct ds {
+	uint32_t chunk_size;
+	enum ds_consistency mode;
+	ds_chain_failed_fn chain_failed;
+	void *cb_ctx;
+	size_t par_min;
+	bool par_sync;
+	uint64_t weak_max;
+
+	unsigned ntargets;
+	struct ds_tgt *targets;
+	unsigned nchains;
+	struct ds_chain *chains;
+
+	pthread_mutex_t stripes[DS_STRIPES];
+
+	pthread_mutex_t pool_lock;
+	pthread_cond_t pool_cond;
+	struct ds_rop *pool_head, *pool_tail; /* protected by pool_lock */
+	bool pool_stop;                       /* protected by pool_lock */
+	unsigned npool;
+	pthread_t pool[DS_POOL_THREADS];
+
+	pthread_mutex_t lag_lock;
+	pthread_cond_t lag_cond;
+	uint64_t lag_bytes; /* protected by lag_lock: weak bytes not yet on every replica */
+
+	uint64_t bytes_written, bytes_read, replica_failures; /* __atomic */
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* addressing */
+
+uint32_t ds_ino_seed(uint64_t ino)
+{
+	/* splitmix64's finalizer: consecutive inode numbers land on unrelated chains */
+	uint64_t x = ino + 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return (uint32_t)(x ^ (x >> 32));
+}
+
+uint32_t ds_chunk_size(const struct ds *ds)
+{
+	return ds->chunk_size;
+}
+
+static unsigned ds_chain_of(const struct ds *ds, uint64_t ino, uint32_t idx)
+{
+	/* 64-bit sum: no wrap-around at 2^32 chunks */
+	return (unsigned)(((uint64_t)ds_ino_seed(ino) + idx) % ds->nchains);
+}
+
+static pthread_mutex_t *ds_stripe(struct ds *ds, uint64_t ino, uint32_t idx)
+{
+	uint64_t x = (ino * 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)idx * 0xc2b2ae3d27d4eb4fULL);
+	x ^= x >> 29;
+	return &ds->stripes[x % DS_STRIPES];
+}
+
+static void ds_snap(struct ds *ds, unsigned ci, struct ds_snap *s)
+{
+	struct ds_chain *c = &ds->chains[ci];
+	pthread_mutex_lock(&c->lock);
+	s->epoch = c->epoch;
+	s->n = c->n;
+	memcpy(s->m, c->m, sizeof(s->m));
+	pthread_mutex_unlock(&c->lock);
+}
+
+static bool ds_snap_has(const struct ds_snap *s, const struct ds_tgt *t)
+{
+	for (uint32_t i = 0; i < s->n; i++)
+		if (s->m[i] == t)
+			return true;
+	return false;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* replica operations and the worker pool */
+
+static void ds_apply(struct ds_rop *r)
+{
+	struct sm_target *sm = r->t->sm;
+	if (!sm) {
+		r->ret = -EIO; /* the target is known offline */
+		return;
+	}
+	const struct sm_ops *o = sm->ops;
+	switch (r->op) {
+	case DS_OP_READ:
+		r->ret = o->read(sm, r->ino, r->idx, r->rbuf, r->len, r->off);
+		break;
+	case DS_OP_WRITE:
+		r->ret = o->write(sm, r->ino, r->idx, r->wbuf, r->len, r->off);
+		break;
+	case DS_OP_CUT: {
+		uint64_t l;
+		int k = o->chunk_length(sm, r->ino, r->idx, &l);
+		if (k == -ENOENT || (k == 0 && l <= r->off))
+			r->ret = 0;
+		else
+			r->ret = k < 0 ? k : o->truncate(sm, r->ino, r->idx, r->off);
+		break;
+	}
+	case DS_OP_TRUNCATE:
+		r->ret = o->truncate(sm, r->ino, r->idx, r->off);
+		break;
+	case DS_OP_PUNCH:
+		r->ret = o->punch(sm, r->ino, r->idx, r->off, r->len);
+		break;
+	case DS_OP_ALLOCATE:
+		r->ret = o->allocate(sm, r->ino, r->idx, r->off, r->len);
+		break;
+	case DS_OP_REMOVE:
+		r->ret = o->remove(sm, r->ino, r->idx);
+		break;
+	case DS_OP_SYNC_INO:
+		r->ret = o->sync_ino(sm, r->ino);
+		break;
+	case DS_OP_SYNC_ALL:
+		r->ret = o->sync_all(sm);
+		break;
+	case DS_OP_SEEK:
+		r->ret = o->seek(sm, r->ino, r->idx, r->off, (int)r->len, &r->res);
+		break;
+	case DS_OP_LENGTH:
+		r->ret = o->chunk_length(sm, r->ino, r->idx, &r->res);
+		break;
+	}
+}
+
+static void *ds_pool_main(void *arg)
+{
+	struct ds *ds = arg;
+	pthread_mutex_lock(&ds->pool_lock);
+	for (;;) {
+		while (!ds->pool_head && !ds->pool_stop)
+			pthread_cond_wait(&ds->pool_cond, &ds->pool_lock);
+		struct ds_rop *r = ds->pool_head;
+		if (!r)
+			break;
+		ds->pool_head = r->next;
+		if (!ds->pool_head)
+			ds->pool_tail = NULL;
+		pthread_mutex_unlock(&ds->pool_lock);
+
+		ds_apply(r);
+		struct ds_batch *b = r->batch;
+		pthread_mutex_lock(&b->lock);
+		if (--b->pending == 0)
+			pthread_cond_signal(&b->done);
+		pthread_mutex_unlock(&b->lock);
+
+		pthread_mutex_lock(&ds->pool_lock);
+	}
+	pthread_mutex_unlock(&ds->pool_lock);
+	return NULL;
+}
+
+/* Run n replica operations; in parallel (rops[1..] on the pool, rops[0] here) or inline. */
+static void ds_run(struct ds *ds, struct ds_rop *rops, unsigned n, bool parallel)
+{
+	if (!parallel || n < 2 || !ds->npool) {
+		for (unsigned i = 0; i < n; i++)
+			ds_apply(&rops[i]);
+		return;
+	}
+	struct ds_batch b = {.pending = n - 1};
+	pthread_mutex_init(&b.lock, NULL);
+	pthread_cond_init(&b.done, NULL);
+	pthread_mutex_lock(&ds->pool_lock);
+	for (unsigned i = 1; i < n; i++) {
+		rops[i].batch = &b;
+		rops[i].next = NULL;
+		if (ds->pool_tail)
+			ds->pool_tail->next = &rops[i];
+		else
+			ds->pool_head = &rops[i];
+		ds->pool_tail = &rops[i];
+	}
+	if (n == 2)
+		pthread_cond_signal(&ds->pool_cond);
+	else
+		pthread_cond_broadcast(&ds->pool_cond);
+	pthread_mutex_unlock(&ds->pool_lock);
+
+	ds_apply(&rops[0]);
+
+	pthread_mutex_lock(&b.lock);
+	while (b.pending)
+		pthread_cond_wait(&b.done, &b.lock);
+	pthread_mutex_unlock(&b.lock);
+	pthread_mutex_destroy(&b.lock);
+	pthread_cond_destroy(&b.done);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* DS-1: membership changes */
+
+/* Take t out of chain ci through chain_failed. 0 when done or already done; the member's own
+ * error when it is the last one (nothing to fall back to); -EIO when the callback failed. */
+static int ds_drop(struct ds *ds, unsigned ci, struct ds_tgt *t, int why)
+{
+	struct ds_chain *c = &ds->chains[ci];
+	uint32_t ids[DS_MAX_REPLICAS];
+	struct ds_tgt *m[DS_MAX_REPLICAS];
+	uint32_t nn = 0;
+	int r = 0;
+
+	pthread_mutex_lock(&c->change_lock);
+	pthread_mutex_lock(&c->lock);
+	bool found = false;
+	for (uint32_t i = 0; i < c->n; i++) {
+		if (c->m[i] == t) {
+			found = true;
+			continue;
+		}
+		ids[nn] = c->m[i]->id;
+		m[nn++] = c->m[i];
+	}
+	uint64_t epoch = c->epoch;
+	pthread_mutex_unlock(&c->lock);
+	if (!found)
+		goto out; /* another thread already took it out */
+	if (nn == 0) {
+		r = why < 0 ? why : -EIO;
+		goto out;
+	}
+	uint64_t ne = epoch + 1;
+	if (ds->chain_failed) {
+		int k = ds->chain_failed(ds->cb_ctx, c->id, epoch, t->id, ids, nn, &ne);
+		if (k < 0) {
+			log_debug("ds: chain %u: cannot remove failed target %u: %s", c->id, t->id,
+				  strerror(-k));
+			r = -EIO;
+			goto out;
+		}
+	}
+	pthread_mutex_lock(&c->lock);
+	memcpy(c->m, m, nn * sizeof(m[0]));
+	c->n = nn;
+	c->epoch = ne;
+	pthread_mutex_unlock(&c->lock);
+	log_debug("ds: chain %u: target %u removed after error %s, epoch %llu", c->id, t->id,
+		  strerror(why < 0 ? -why : EIO), (unsigned long long)ne);
+out:
+	pthread_mutex_unlock(&c->change_lock);
+	return r;
+}
+
+/* After rops[i] ran on member i of chain ci. */
+static int ds_settle(struct ds *ds, unsigned ci, struct ds_rop *rops, unsigned n)
+{
+	int last = 0;
+	unsigned ok = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (rops[i].ret < 0)
+			last = (int)rops[i].ret;
+		else
+			ok++;
+	}
+	if (!last)
+		return 0;
+	__atomic_add_fetch(&ds->replica_failures, n - ok, __ATOMIC_RELAXED);
+	if (!ok)
+		return last; /* nothing is left to acknowledge from: the error itself goes up */
+	for (unsigned i = 0; i < n; i++)
+		if (rops[i].ret < 0 && ds_drop(ds, ci, rops[i].t, (int)rops[i].ret) < 0)
+			return -EIO;
+	return 0;
+}
+
+/* After an operation that ran once per target (sync, remove): every failed target leaves every
+ * chain it is in; a chain whose members all failed returns their error. */
+static int ds_settle_targets(struct ds *ds, struct ds_rop *rops, unsigned n)
+{
+	int failed[DS_MAX_TARGETS] = {0};
+	bool any = false;
+	for (unsigned i = 0; i < n; i++) {
+		if (rops[i].ret < 0) {
+			failed[rops[i].t - ds->targets] = (int)rops[i].ret;
+			any = true;
+			__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
+		}
+	}
+	if (!any)
+		return 0;
+	int ret = 0;
+	for (unsigned ci = 0; ci < ds->nchains; ci++) {
+		struct ds_snap s;
+		ds_snap(ds, ci, &s);
+		int last = 0;
+		unsigned alive = 0;
+		for (uint32_t i = 0; i < s.n; i++) {
+			int f = failed[s.m[i] - ds->targets];
+			if (f)
+				last = f;
+			else
+				alive++;
+		}
+		if (!last)
+			continue;
+		if (!alive) {
+			ret = ret ? ret : last;
+			continue;
+		}
+		for (uint32_t i = 0; i < s.n; i++) {
+			int f = failed[s.m[i] - ds->targets];
+			if (f && ds_drop(ds, ci, s.m[i], f) < 0)
+				ret = -EIO;
+		}
+	}
+	return ret;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* weak mode replication */
+
+static void ds_buf_put(struct ds *ds, struct ds_buf *b)
+{
+	if (__atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL))
+		return;
+	pthread_mutex_lock(&ds->lag_lock);
+	ds->lag_bytes -= b->len;
+	pthread_cond_broadcast(&ds->lag_cond);
+	pthread_mutex_unlock(&ds->lag_lock);
+	free(b);
+}
+
+struct ds_qarg {
+	struct ds *ds;
+	struct ds_tgt *t;
+};
+
+static void *ds_repl_main(void *arg)
+{
+	struct ds_qarg *qa = arg;
+	struct ds *ds = qa->ds;
+	struct ds_tgt *t = qa->t;
+	free(qa);
+
+	pthread_mutex_lock(&t->qlock);
+	for (;;) {
+		while (!t->qhead && !t->qstop)
+			pthread_cond_wait(&t->qcond, &t->qlock);
+		struct ds_item *it = t->qhead;
+		if (!it)
+			break; /* stopped and drained */
+		t->qhead = it->next;
+		if (!t->qhead)
+			t->qtail = NULL;
+		pthread_mutex_unlock(&t->qlock);
+
+		/* A member that left the chain meanwhile owes it nothing more. */
+		struct ds_snap s;
+		ds_snap(ds, it->chain, &s);
+		if (ds_snap_has(&s, t)) {
+			struct ds_rop r = {.op = DS_OP_WRITE, .t = t, .ino = it->ino, .idx = it->idx,
+					   .off = it->off, .len = it->buf->len,
+					   .wbuf = it->buf->data};
+			ds_apply(&r);
+			if (r.ret < 0) {
+				__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
+				if (ds_drop(ds, it->chain, t, (int)r.ret) < 0)
+					log_err("ds: weak replication to target %u failed (%s) and it "
+						"could not leave chain %u",
+						t->id, strerror((int)-r.ret), ds->chains[it->chain].id);
+			}
+		}
+		uint64_t seq = it->seq;
+		ds_buf_put(ds, it->buf);
+		free(it);
+
+		pthread_mutex_lock(&t->qlock);
+		t->done_seq = seq;
+		pthread_cond_broadcast(&t->qdone);
+	}
+	pthread_mutex_unlock(&t->qlock);
+	return NULL;
+}
+
+/* Wait until t applied everything queued to it before this call. */
+static void ds_barrier_target(struct ds_tgt *t)
+{
+	if (!t->qstarted)
+		return;
+	pthread_mutex_lock(&t->qlock);
+	uint64_t want = t->enq_seq;
+	while (t->done_seq < want)
+		pthread_cond_wait(&t->qdone, &t->qlock);
+	pthread_mutex_unlock(&t->qlock);
+}
+
+static void ds_barrier(struct ds *ds)
+{
+	if (ds->mode != DS_WEAK)
+		return;
+	for (unsigned i = 0; i < ds->ntargets; i++)
+		ds_barrier_target(&ds->targets[i]);
+}
+
+static int ds_enqueue(struct ds *ds, unsigned ci, const struct ds_snap *s, uint64_t ino,
+		      uint32_t idx, const void *buf, size_t len, uint64_t off)
+{
+	if (s->n < 2)
+		return 0;
+	pthread_mutex_lock(&ds->lag_lock);
+	while (ds->lag_bytes && ds->lag_bytes + len > ds->weak_max)
+		pthread_cond_wait(&ds->lag_cond, &ds->lag_lock);
+	ds->lag_bytes += len;
+	pthread_mutex_unlock(&ds->lag_lock);
+
+	struct ds_buf *b = malloc(sizeof(*b) + len);
+	struct ds_item *items[DS_MAX_REPLICAS] = {0};
+	bool oom = !b;
+	for (uint32_t i = 1; i < s->n && !oom; i++)
+		oom = !(items[i] = calloc(1, sizeof(struct ds_item)));
+	if (oom) {
+		for (uint32_t i = 1; i < s->n; i++)
+			free(items[i]);
+		free(b);
+		pthread_mutex_lock(&ds->lag_lock);
+		ds->lag_bytes -= len;
+		pthread_cond_broadcast(&ds->lag_cond);
+		pthread_mutex_unlock(&ds->lag_lock);
+		return -ENOMEM;
+	}
+	b->refs = s->n - 1;
+	b->len = len;
+	memcpy(b->data, buf, len);
+	for (uint32_t i = 1; i < s->n; i++) {
+		struct ds_tgt *t = s->m[i];
+		struct ds_item *it = items[i];
+		it->chain = ci;
+		it->ino = ino;
+		it->idx = idx;
+		it->off = off;
+		it->buf = b;
+		pthread_mutex_lock(&t->qlock);
+		it->seq = ++t->enq_seq;
+		if (t->qtail)
+			t->qtail->next = it;
+		else
+			t->qhead = it;
+		t->qtail = it;
+		pthread_cond_signal(&t->qcond);
+		pthread_mutex_unlock(&t->qlock);
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* open / close */
+
+static void ds_free(struct ds *ds)
+{
+	pthread_mutex_lock(&ds->pool_lock);
+	ds->pool_stop = true;
+	pthread_cond_broadcast(&ds->pool_cond);
+	pthread_mutex_unlock(&ds->pool_lock);
+	for (unsigned i = 0; i < ds->npool; i++)
+		pthread_join(ds->pool[i], NULL);
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		sm_close(t->sm);
+		pthread_mutex_destroy(&t->qlock);
+		pthread_cond_destroy(&t->qcond);
+		pthread_cond_destroy(&t->qdone);
+	}
+	for (unsigned i = 0; i < ds->nchains; i++) {
+		pthread_mutex_destroy(&ds->chains[i].lock);
+		pthread_mutex_destroy(&ds->chains[i].change_lock);
+	}
+	for (unsigned i = 0; i < DS_STRIPES; i++)
+		pthread_mutex_destroy(&ds->stripes[i]);
+	pthread_mutex_destroy(&ds->pool_lock);
+	pthread_cond_destroy(&ds->pool_cond);
+	pthread_mutex_destroy(&ds->lag_lock);
+	pthread_cond_destroy(&ds->lag_cond);
+	free(ds->targets);
+	free(ds->chains);
+	free(ds);
+}
+
+static int ds_validate(const struct ds_config *cfg, char *err, size_t errlen)
+{
+	if (cfg->chunk_size < DS_CHUNK_MIN || cfg->chunk_size > DS_CHUNK_MAX ||
+	    cfg->chunk_size % DS_CHUNK_MIN) {
+		snprintf(err, errlen, "invalid chunk size %u (a multiple of 4 KiB, at most 1 GiB)",
+			 cfg->chunk_size);
+		return -EINVAL;
+	}
+	if (!cfg->ntargets || cfg->ntargets > DS_MAX_TARGETS || !cfg->targets) {
+		snprintf(err, errlen, "a volume needs 1 to %d targets, not %u", DS_MAX_TARGETS,
+			 cfg->ntargets);
+		return -EINVAL;
+	}
+	if (!cfg->nchains || !cfg->chains) {
+		snprintf(err, errlen, "a volume needs at least one chain");
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < cfg->ntargets; i++)
+		for (unsigned j = 0; j < i; j++)
+			if (cfg->targets[i].id == cfg->targets[j].id) {
+				snprintf(err, errlen, "target id %u is listed twice",
+					 cfg->targets[i].id);
+				return -EINVAL;
+			}
+	for (unsigned i = 0; i < cfg->nchains; i++) {
+		const struct ds_chain_cfg *c = &cfg->chains[i];
+		if (!c->nmembers || c->nmembers > DS_MAX_REPLICAS) {
+			snprintf(err, errlen, "chain %u has %u members (1 to %d)", c->id, c->nmembers,
+				 DS_MAX_REPLICAS);
+			return -EINVAL;
+		}
+		for (uint32_t k = 0; k < c->nmembers; k++) {
+			bool known = false;
+			for (unsigned t = 0; t < cfg->ntargets; t++)
+				known |= cfg->targets[t].id == c->members[k];
+			if (!known) {
+				snprintf(err, errlen, "chain %u names unknown target %u", c->id,
+					 c->members[k]);
+				return -EINVAL;
+			}
+			for (uint32_t j = 0; j < k; j++)
+				if (c->members[j] == c->members[k]) {
+					snprintf(err, errlen, "chain %u lists target %u twice", c->id,
+						 c->members[k]);
+					return -EINVAL;
+				}
+		}
+	}
+	return 0;
+}
+
+int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errlen)
+{
+	char dummy[8];
+	if (!err || !errlen) {
+		err = dummy;
+		errlen = sizeof(dummy);
+	}
+	err[0] = '\0';
+	int r = ds_validate(cfg, err, errlen);
+	if (r < 0)
+		return r;
+	struct ds *ds = calloc(1, sizeof(*ds));
+	if (!ds)
+		goto oom;
+	ds->targets = calloc(cfg->ntargets, sizeof(*ds->targets));
+	ds->chains = calloc(cfg->nchains, sizeof(*ds->chains));
+	if (!ds->targets || !ds->chains) {
+		free(ds->targets);
+		free(ds->chains);
+		free(ds);
+		goto oom;
+	}
+	ds->chunk_size = cfg->chunk_size;
+	ds->mode = cfg->consistency;
+	ds->chain_failed = cfg->chain_failed;
+	ds->cb_ctx = cfg->cb_ctx;
+	ds->par_min = DS_PAR_MIN_DEFAULT;
+	ds->par_sync = true;
+	ds->weak_max = DS_WEAK_MAX;
+	ds->ntargets = cfg->ntargets;
+	ds->nchains = cfg->nchains;
+	for (unsigned i = 0; i < DS_STRIPES; i++)
+		pthread_mutex_init(&ds->stripes[i], NULL);
+	pthread_mutex_init(&ds->pool_lock, NULL);
+	pthread_cond_init(&ds->pool_cond, NULL);
+	pthread_mutex_init(&ds->lag_lock, NULL);
+	pthread_cond_init(&ds->lag_cond, NULL);
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		t->id = cfg->targets[i].id;
+		t->up = cfg->targets[i].up;
+		snprintf(t->url, sizeof(t->url), "%s", cfg->targets[i].url);
+		pthread_mutex_init(&t->qlock, NULL);
+		pthread_cond_init(&t->qcond, NULL);
+		pthread_cond_init(&t->qdone, NULL);
+	}
+	for (unsigned i = 0; i < ds->nchains; i++) {
+		struct ds_chain *c = &ds->chains[i];
+		const struct ds_chain_cfg *cc = &cfg->chains[i];
+		pthread_mutex_init(&c->lock, NULL);
+		pthread_mutex_init(&c->change_lock, NULL);
+		c->id = cc->id;
+		c->epoch = cc->epoch;
+		c->n = cc->nmembers;
+		for (uint32_t k = 0; k < cc->nmembers; k++)
+			for (unsigned t = 0; t < ds->ntargets; t++)
+				if (ds->targets[t].id == cc->members[k])
+					c->m[k] = &ds->targets[t];
+	}
+
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		if (!t->up)
+			continue;
+		struct sm_identity expect = {.target_id = t->id, .chunk_size = ds->chunk_size};
+		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", cfg->volume_uuid);
+		char serr[512] = "";
+		r = sm_open(t->url, &expect, &t->sm, serr, sizeof(serr));
+		if (r < 0) {
+			snprintf(err, errlen, "target %u (%s): %s", t->id, t->url,
+				 serr[0] ? serr : strerror(-r));
+			t->sm = NULL;
+			goto fail;
+		}
+	}
+	for (unsigned i = 0; i < DS_POOL_THREADS; i++) {
+		if (pthread_create(&ds->pool[i], NULL, ds_pool_main, ds) != 0)
+			break;
+		ds->npool++;
+	}
+	if (ds->mode == DS_WEAK) {
+		for (unsigned i = 0; i < ds->ntargets; i++) {
+			struct ds_tgt *t = &ds->targets[i];
+			struct ds_qarg *qa = malloc(sizeof(*qa));
+			if (!qa)
+				goto oom_fail;
+			qa->ds = ds;
+			qa->t = t;
+			if (pthread_create(&t->qthread, NULL, ds_repl_main, qa) != 0) {
+				free(qa);
+				snprintf(err, errlen, "cannot start replication thread");
+				r = -EAGAIN;
+				goto fail;
+			}
+			t->qstarted = true;
+		}
+	}
+	*ret = ds;
+	return 0;
+oom_fail:
+	snprintf(err, errlen, "out of memory");
+	r = -ENOMEM;
+fail:
+	ds_close(ds);
+	return r;
+oom:
+	snprintf(err, errlen, "out of memory");
+	return -ENOMEM;
+}
+
+void ds_close(struct ds *ds)
+{
+	if (!ds)
+		return;
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		if (!t->qstarted)
+			continue;
+		pthread_mutex_lock(&t->qlock);
+		t->qstop = true; /* the thread drains its queue before it exits */
+		pthread_cond_signal(&t->qcond);
+		pthread_mutex_unlock(&t->qlock);
+	}
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		if (t->qstarted)
+			pthread_join(t->qthread, NULL);
+		t->qstarted = false;
+	}
+	ds_free(ds);
+}
+
+void ds_set_parallel_min(struct ds *ds, size_t bytes)
+{
+	ds->par_min = bytes;
+}
+
+void ds_set_parallel_sync(struct ds *ds, bool parallel)
+{
+	ds->par_sync = parallel;
+}
+
+void ds_set_weak_queue_max(struct ds *ds, size_t bytes)
+{
+	pthread_mutex_lock(&ds->lag_lock);
+	ds->weak_max = bytes;
+	pthread_cond_broadcast(&ds->lag_cond);
+	pthread_mutex_unlock(&ds->lag_lock);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* chunk-wise I/O */
+
+static int ds_range_ok(const struct ds *ds, uint64_t off, uint64_t len)
+{
+	if (off + len < off)
+		return -EFBIG;
+	if (len && (off + len - 1) / ds->chunk_size > UINT32_MAX)
+		return -EFBIG;
+	return 0;
+}
+
+/* A read-only operation on the first member that answers (DS-2): a member that fails is
+ * reported like a failed write and the next one is asked. */
+static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
+{
+	struct ds_snap s;
+	ds_snap(ds, ci, &s);
+	int last = -EIO;
+	for (uint32_t i = 0; i < s.n; i++) {
+		struct ds_tgt *t = s.m[i];
+		if (!t->sm)
+			continue;
+		if (i > 0)
+			ds_barrier_target(t); /* weak: a secondary answers once it caught up */
+		op->t = t;
+		ds_apply(op);
+		bool answer = op->ret >= 0 ||
+			      (op->op == DS_OP_SEEK && op->ret == -ENXIO) ||
+			      (op->op == DS_OP_LENGTH && op->ret == -ENOENT);
+		if (answer)
+			return 0;
+		last = (int)op->ret;
+		__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
+		ds_drop(ds, ci, t, last); /* refuses to drop the last member: fine for a read */
+	}
+	return last;
+}
+
+ssize_t ds_read(struct ds *ds, uint64_t ino, void *buf, size_t len, uint64_t off)
+{
+	int r = ds_range_ok(ds, off, len);
+	if (r < 0)
+		return r;
+	size_t done = 0;
+	while (done < len) {
+		uint64_t pos = off + done;
+		uint32_t idx = (uint32_t)(pos / ds->chunk_size);
+		uint64_t within = pos % ds->chunk_size;
+		size_t n = (size_t)MIN((uint64_t)(len - done), ds->chunk_size - within);
+		struct ds_rop op = {.op = DS_OP_READ, .ino = ino, .idx = idx, .off = within,
+				    .len = n, .rbuf = (char *)buf + done};
+		r = ds_ask(ds, ds_chain_of(ds, ino, idx), &op);
+		if (r < 0)
+			return r;
+		done += n;
+	}
+	__atomic_add_fetch(&ds->bytes_read, len, __ATOMIC_RELAXED);
+	return (ssize_t)len;
+}
+
+/* Run op (filled in but for .t) on every member of the chunk's chain, under its stripe lock. */
+static int ds_chunk_op(struct ds *ds, const struct ds_rop *tmpl, bool parallel)
+{
+	unsigned ci = ds_chain_of(ds, tmpl->ino, tmpl->idx);
+	pthread_mutex_t *sl = ds_stripe(ds, tmpl->ino, tmpl->idx);
+	struct ds_rop rops[DS_MAX_REPLICAS];
+	struct ds_snap s;
+
+	pthread_mutex_lock(sl);
+	ds_barrier(ds); /* weak: queued writes to this chunk land before this op */
+	ds_snap(ds, ci, &s);
+	for (uint32_t i = 0; i < s.n; i++) {
+		rops[i] = *tmpl;
+		rops[i].t = s.m[i];
+	}
+	ds_run(ds, rops, s.n, parallel);
+	int r = ds_settle(ds, ci, rops, s.n);
+	pthread_mutex_unlock(sl);
+	return r;
+}
+
+static int ds_write_weak(struct ds *ds, uint64_t ino, uint32_t idx, const void *buf, size_t n,
+			 uint64_t within)
+{
+	unsigned ci = ds_chain_of(ds, ino, idx);
+	pthread_mutex_t *sl = ds_stripe(ds, ino, idx);
+	struct ds_snap s;
+	int r;
+
+	pthread_mutex_lock(sl);
+	for (;;) {
+		ds_snap(ds, ci, &s);
+		struct ds_rop op = {.op = DS_OP_WRITE, .t = s.m[0], .ino = ino, .idx = idx,
+				    .off = within, .len = n, .wbuf = buf};
+		ds_apply(&op);
+		if (op.ret >= 0)
+			break;
+		__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
+		if (s.n == 1) {
+			r = (int)op.ret;
+			goto out;
+		}
+		if (ds_drop(ds, ci, s.m[0], (int)op.ret) < 0) {
+			r = -EIO;
+			goto out;
+		}
+		ds_barrier_target(s.m[1]); /* the new primary must hold what the old one had */
+	}
+	r = ds_enqueue(ds, ci, &s, ino, idx, buf, n, within);
+out:
+	pthread_mutex_unlock(sl);
+	return r;
+}
+
+ssize_t ds_write(struct ds *ds, uint64_t ino, const void *buf, size_t len, uint64_t off)
+{
+	int r = ds_range_ok(ds, off, len);
+	if (r < 0)
+		return r;
+	size_t done = 0;
+	while (done < len) {
+		uint64_t pos = off + done;
+		uint32_t idx = (uint32_t)(pos / ds->chunk_size);
+		uint64_t within = pos % ds->chunk_size;
+		size_t n = (size_t)MIN((uint64_t)(len - done), ds->chunk_size - within);
+		const char *p = (const char *)buf + done;
+		if (ds->mode == DS_WEAK) {
+			r = ds_write_weak(ds, ino, idx, p, n, within);
+		} else {
+			struct ds_rop op = {.op = DS_OP_WRITE, .ino = ino, .idx = idx,
+					    .off = within, .len = n, .wbuf = p};
+			r = ds_chunk_op(ds, &op, n >= ds->par_min);
+		}
+		if (r < 0)
+			return r;
+		done += n;
+	}
+	__atomic_add_fetch(&ds->bytes_written, len, __ATOMIC_RELAXED);
+	return (ssize_t)len;
+}
+
+/* Run op once per target in list (parallel), then settle per target. */
+static int ds_targets_op(struct ds *ds, const struct ds_rop *tmpl, struct ds_tgt **list,
+			 unsigned n)
+{
+	struct ds_rop *rops = calloc(n ? n : 1, sizeof(*rops));
+	if (!rops)
+		return -ENOMEM;
+	for (unsigned i = 0; i < n; i++) {
+		rops[i] = *tmpl;
+		rops[i].t = list[i];
+	}
+	ds_run(ds, rops, n, ds->par_sync);
+	int r = ds_settle_targets(ds, rops, n);
+	free(rops);
+	return r;
+}
+
+/* Targets in some chain (primaries_only: first members), each once. */
+static unsigned ds_chain_targets(struct ds *ds, bool primaries_only, struct ds_tgt **out)
+{
+	bool seen[DS_MAX_TARGETS] = {0};
+	unsigned n = 0;
+	for (unsigned ci = 0; ci < ds->nchains; ci++) {
+		struct ds_snap s;
+		ds_snap(ds, ci, &s);
+		for (uint32_t i = 0; i < (primaries_only ? MIN(s.n, 1u) : s.n); i++) {
+			size_t k = (size_t)(s.m[i] - ds->targets);
+			if (!seen[k]) {
+				seen[k] = true;
+				out[n++] = s.m[i];
+			}
+		}
+	}
+	return n;
+}
+
+/* Every target that is up or still in a chain (a down member then fails and leaves). */
+static unsigned ds_all_targets(struct ds *ds, struct ds_tgt **out)
+{
+	struct ds_tgt *inchain[DS_MAX_TARGETS];
+	bool in[DS_MAX_TARGETS] = {0};
+	unsigned m = ds_chain_targets(ds, false, inchain), n = 0;
+	for (unsigned i = 0; i < m; i++)
+		in[inchain[i] - ds->targets] = true;
+	for (unsigned i = 0; i < ds->ntargets; i++)
+		if (ds->targets[i].sm || in[i])
+			out[n++] = &ds->targets[i];
+	return n;
+}
+
+int ds_fsync(struct ds *ds, uint64_t ino)
+{
+	struct ds_tgt *list[DS_MAX_TARGETS];
+	struct ds_rop op = {.op = DS_OP_SYNC_INO, .ino = ino};
+	if (ds->mode != DS_WEAK)
+		return ds_targets_op(ds, &op, list, ds_chain_targets(ds, false, list));
+	/* weak: durable on the primaries; a primary that fails leaves its chains and the next
+	 * member, once caught up, is synced in its place */
+	for (unsigned round = 0; round <= DS_MAX_REPLICAS; round++) {
+		unsigned n = ds_chain_targets(ds, true, list);
+		struct ds_rop rops[DS_MAX_TARGETS];
+		for (unsigned i = 0; i < n; i++) {
+			rops[i] = op;
+			rops[i].t = list[i];
+		}
+		ds_run(ds, rops, n, ds->par_sync);
+		bool failed = false;
+		for (unsigned i = 0; i < n; i++)
+			failed |= rops[i].ret < 0;
+		if (!failed)
+			return 0;
+		int r = ds_settle_targets(ds, rops, n);
+		if (r < 0)
+			return r;
+		ds_barrier(ds);
+	}
+	return -EIO;
+}
+
+int ds_sync_all(struct ds *ds)
+{
+	struct ds_tgt *list[DS_MAX_TARGETS];
+	struct ds_rop op = {.op = DS_OP_SYNC_ALL};
+	ds_barrier(ds);
+	return ds_targets_op(ds, &op, list, ds_all_targets(ds, list));
+}
+
+/* Drop everything of ino at or beyond size on every replica. */
+static int ds_cut(struct ds *ds, uint64_t ino, uint64_t size)
+{
+	uint64_t cs = ds->chunk_size;
+	uint64_t idx_b = size / cs, within = size % cs;
+	if (idx_b > UINT32_MAX)
+		return 0; /* no chunk index reaches that far */
+	if (within) {
+		struct ds_rop op = {.op = DS_OP_CUT, .ino = ino, .idx = (uint32_t)idx_b,
+				    .off = within};
+		int r = ds_chunk_op(ds, &op, true);
+		if (r < 0)
+			return r;
+		idx_b++;
+		if (idx_b > UINT32_MAX)
+			return 0;
+	}
+	/* SM-5 on every target, not only chain members: a chunk left on a former member
+	 * must not come back if that target rejoins */
+	struct ds_tgt *list[DS_MAX_TARGETS];
+	struct ds_rop op = {.op = DS_OP_REMOVE, .ino = ino, .idx = (uint32_t)idx_b};
+	ds_barrier(ds);
+	return ds_targets_op(ds, &op, list, ds_all_targets(ds, list));
+}
+
+int ds_truncate(struct ds *ds, uint64_t ino, uint64_t old_size, uint64_t new_size)
+{
+	if (new_size >= old_size)
+		return 0; /* growing: the new range is a hole, zeros by SM-2 */
+	return ds_cut(ds, ino, new_size);
+}
+
+int ds_trim(struct ds *ds, uint64_t ino, uint64_t size)
+{
+	return ds_cut(ds, ino, size);
+}
+
+int ds_remove(struct ds *ds, uint64_t ino)
+{
+	struct ds_tgt *list[DS_MAX_TARGETS];
+	struct ds_rop op = {.op = DS_OP_REMOVE, .ino = ino, .idx = 0};
+	ds_barrier(ds);
+	return ds_targets_op(ds, &op, list, ds_all_targets(ds, list));
+}
+
+/* Per-chunk pieces of [off, off+len) with op (PUNCH / ALLOCATE). */
+static int ds_range_op(struct ds *ds, enum ds_op kind, uint64_t ino, uint64_t off, uint64_t len)
+{
+	int r = ds_range_ok(ds, off, len);
+	if (r < 0)
+		return r;
+	uint64_t done = 0;
+	while (done < len) {
+		uint64_t pos = off + done;
+		uint32_t idx = (uint32_t)(pos / ds->chunk_size);
+		uint64_t within = pos % ds->chunk_size;
+		uint64_t n = MIN(len - done, ds->chunk_size - within);
+		struct ds_rop op = {.op = kind, .ino = ino, .idx = idx, .off = within, .len = n};
+		r = ds_chunk_op(ds, &op, kind == DS_OP_ALLOCATE && n >= ds->par_min);
+		if (r < 0)
+			return r;
+		done += n;
+	}
+	return 0;
+}
+
+int ds_punch(struct ds *ds, uint64_t ino, uint64_t off, uint64_t len)
+{
+	return ds_range_op(ds, DS_OP_PUNCH, ino, off, len);
+}
+
+int ds_allocate(struct ds *ds, uint64_t ino, uint64_t off, uint64_t len)
+{
+	return ds_range_op(ds, DS_OP_ALLOCATE, ino, off, len);
+}
+
+int ds_seek(struct ds *ds, uint64_t ino, uint64_t size, uint64_t off, int whence, uint64_t *ret)
+{
+	if (whence != SEEK_DATA && whence != SEEK_HOLE)
+		return -EINVAL;
+	if (off >= size)
+		return -ENXIO;
+	uint64_t cs = ds->chunk_size;
+	uint64_t last = (size - 1) / cs;
+	if (last > UINT32_MAX)
+		last = UINT32_MAX;
+	for (uint64_t idx = off / cs; idx <= last; idx++) {
+		uint64_t base = idx * cs;
+		uint64_t within = off > base ? off - base : 0;
+		struct ds_rop op = {.op = DS_OP_SEEK, .ino = ino, .idx = (uint32_t)idx,
+				    .off = within, .len = (uint64_t)whence};
+		int r = ds_ask(ds, ds_chain_of(ds, ino, (uint32_t)idx), &op);
+		if (r < 0)
+			return r;
+		if (op.ret == -ENXIO) {
+			if (whence == SEEK_DATA)
+				continue;
+			op.res = within; /* no data here: a hole right at within */
+		}
+		uint64_t pos = base + op.res;
+		if (whence == SEEK_DATA) {
+			if (pos >= size)
+				return -ENXIO;
+			*ret = pos;
+			return 0;
+		}
+		if (op.res < cs) {
+			*ret = MIN(pos, size);
+			return 0;
+		}
+	}
+	if (whence == SEEK_DATA)
+		return -ENXIO;
+	*ret = size; /* the implicit hole at the end of the file */
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* space, stats, chains */
+
+int ds_statfs(struct ds *ds, uint64_t *ret_total, uint64_t *ret_free)
+{
+	/* Chunks rotate evenly over the chains, so target i receives the fraction
+	 * m_i / nchains of every byte written, where m_i = number of chains it is in. The
+	 * volume is full when the first target is: free = min_i(free_i * nchains / m_i), and
+	 * likewise total. With T equal targets and R replicas per chain this is free_i * T / R. */
+	unsigned member[DS_MAX_TARGETS] = {0};
+	for (unsigned ci = 0; ci < ds->nchains; ci++) {
+		struct ds_snap s;
+		ds_snap(ds, ci, &s);
+		for (uint32_t i = 0; i < s.n; i++)
+			member[s.m[i] - ds->targets]++;
+	}
+	uint64_t total = UINT64_MAX, avail = UINT64_MAX;
+	int last = -EIO;
+	bool any = false;
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		if (!t->sm || !member[i])
+			continue;
+		struct sm_statfs st;
+		int r = t->sm->ops->statfs(t->sm, &st);
+		if (r < 0) {
+			last = r;
+			continue;
+		}
+		any = true;
+		/* 128-bit to keep huge devices times many chains from overflowing */
+		unsigned __int128 tt = (unsigned __int128)st.total_bytes * ds->nchains / member[i];
+		unsigned __int128 ff = (unsigned __int128)st.free_bytes * ds->nchains / member[i];
+		total = MIN(total, tt > UINT64_MAX ? UINT64_MAX : (uint64_t)tt);
+		avail = MIN(avail, ff > UINT64_MAX ? UINT64_MAX : (uint64_t)ff);
+	}
+	if (!any)
+		return last;
+	*ret_total = total;
+	*ret_free = MIN(avail, total);
+	return 0;
+}
+
+void ds_stats(struct ds *ds, struct ds_stats *ret)
+{
+	ret->bytes_written = __atomic_load_n(&ds->bytes_written, __ATOMIC_RELAXED);
+	ret->bytes_read = __atomic_load_n(&ds->bytes_read, __ATOMIC_RELAXED);
+	ret->replica_failures = __atomic_load_n(&ds->replica_failures, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&ds->lag_lock);
+	ret->repl_lag_bytes = ds->lag_bytes;
+	pthread_mutex_unlock(&ds->lag_lock);
+}
+
+int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max)
+{
+	unsigned n = MIN(max, ds->nchains);
+	for (unsigned ci = 0; ci < n; ci++) {
+		struct ds_snap s;
+		ds_snap(ds, ci, &s);
+		memset(&ret[ci], 0, sizeof(ret[ci]));
+		ret[ci].id = ds->chains[ci].id;
+		ret[ci].epoch = s.epoch;
+		ret[ci].nmembers = s.n;
+		for (uint32_t i = 0; i < s.n; i++)
+			ret[ci].members[i] = s.m[i]->id;
+	}
+	return (int)n;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* check / repair */
+
+struct ds_cent {
+	uint64_t ino;
+	uint32_t idx;
+	uint32_t tgt; /* index into ds->targets */
+	uint64_t length;
+};
+
+struct ds_clist {
+	struct ds_cent *v;
+	size_t n, cap;
+	uint32_t tgt;
+};
+
+static int ds_check_collect(void *ctx, const struct sm_chunk_info *ci)
+{
+	struct ds_clist *l = ctx;
+	if (l->n == l->cap) {
+		size_t nc = l->cap ? l->cap * 2 : 1024;
+		struct ds_cent *v = realloc(l->v, nc * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		l->v = v;
+		l->cap = nc;
+	}
+	l->v[l->n++] = (struct ds_cent){ci->ino, ci->idx, l->tgt, ci->length};
+	return 0;
+}
+
+static int ds_cent_cmp(const void *a, const void *b)
+{
+	const struct ds_cent *x = a, *y = b;
+	if (x->ino != y->ino)
+		return x->ino < y->ino ? -1 : 1;
+	if (x->idx != y->idx)
+		return x->idx < y->idx ? -1 : 1;
+	return x->tgt < y->tgt ? -1 : x->tgt > y->tgt;
+}
+
+static bool ds_all_zero(const char *p, size_t n)
+{
+	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+/* Make dst's copy of (ino, idx) byte-identical to src's first len bytes, exact length. */
+static int ds_copy_chunk(struct ds *ds, struct ds_tgt *src, struct ds_tgt *dst, uint64_t ino,
+			 uint32_t idx, uint64_t len, char *buf)
+{
+	struct sm_target *s = src->sm, *d = dst->sm;
+	for (uint64_t off = 0; off < len; off += DS_CHECK_PIECE) {
+		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - off);
+		ssize_t k = s->ops->read(s, ino, idx, buf, n, off);
+		if (k < 0)
+			return (int)k;
+		int r = ds_all_zero(buf, n) ? d->ops->punch(d, ino, idx, off, n)
+					    : (int)d->ops->write(d, ino, idx, buf, n, off);
+		if (r < 0)
+			return r;
+	}
+	int r = d->ops->truncate(d, ino, idx, len);
+	if (r < 0)
+		return r;
+	(void)ds;
+	return d->ops->sync_ino(d, ino);
+}
+
+struct ds_checker {
+	struct ds *ds;
+	bool repair;
+	ds_keep_fn keep;
+	ds_report_fn report;
+	void *ctx;
+	struct ds_check_result *res;
+	char *bufs[DS_MAX_REPLICAS];
+};
+
+static void ds_check_report(struct ds_checker *ck, const char *what, uint64_t ino, uint32_t idx,
+			    struct ds_tgt *t, bool repaired)
+{
+	if (repaired)
+		ck->res->repaired++;
+	if (ck->report)
+		ck->report(ck->ctx, what, ino, idx, t->id, repaired);
+}
+
+/* One (ino, idx): its copies are e[0..n). Called with the chunk's stripe lock. */
+static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t n)
+{
+	struct ds *ds = ck->ds;
+	struct ds_check_result *res = ck->res;
+	uint64_t ino = e[0].ino, cs = ds->chunk_size;
+	uint32_t idx = e[0].idx;
+	uint64_t base = (uint64_t)idx * cs;
+	uint64_t size = UINT64_MAX;
+	bool keep = ck->keep ? ck->keep(ck->ctx, ino, &size) : true;
+	uint64_t limit = !keep || size <= base ? 0 : MIN(cs, size - base);
+	struct ds_snap s;
+	ds_snap(ds, ds_chain_of(ds, ino, idx), &s);
+
+	uint64_t len[DS_MAX_REPLICAS] = {0}; /* per chain member; 0 = absent */
+	bool present[DS_MAX_REPLICAS] = {0};
+	for (size_t i = 0; i < n; i++) {
+		struct ds_tgt *t = &ds->targets[e[i].tgt];
+		int pos = -1;
+		for (uint32_t k = 0; k < s.n; k++)
+			if (s.m[k] == t)
+				pos = (int)k;
+		if (pos < 0) {
+			if (e[i].length == 0)
+				continue; /* holds no bytes: nothing to read back wrongly */
+			res->strays++;
+			bool fixed = ck->repair && t->sm->ops->truncate(t->sm, ino, idx, 0) == 0;
+			ds_check_report(ck, "stray", ino, idx, t, fixed);
+			continue;
+		}
+		if (e[i].length > limit) {
+			res->beyond_eof++;
+			bool fixed = ck->repair && t->sm->ops->truncate(t->sm, ino, idx, limit) == 0;
+			ds_check_report(ck, keep ? "beyond_eof" : "orphan", ino, idx, t, fixed);
+		}
+		present[pos] = e[i].length > 0;
+		len[pos] = MIN(e[i].length, limit);
+	}
+
+	/* Compare the in-chain copies that can be read, over the longest one. */
+	int p = -1;
+	uint64_t L = 0;
+	for (uint32_t k = 0; k < s.n; k++) {
+		if (!s.m[k]->sm)
+			continue;
+		if (p < 0)
+			p = (int)k;
+		L = MAX(L, len[k]);
+	}
+	if (p < 0 || L == 0)
+		return 0;
+	bool differs[DS_MAX_REPLICAS] = {0};
+	bool pfail = false;
+	for (uint64_t off = 0; off < L && !pfail; off += DS_CHECK_PIECE) {
+		size_t piece = (size_t)MIN((uint64_t)DS_CHECK_PIECE, L - off);
+		struct sm_target *ps = s.m[p]->sm;
+		if (ps->ops->read(ps, ino, idx, ck->bufs[0], piece, off) < 0) {
+			pfail = true;
+			break;
+		}
+		res->bytes_compared += piece;
+		for (uint32_t k = (uint32_t)p + 1; k < s.n; k++) {
+			struct sm_target *ms = s.m[k]->sm;
+			if (!ms || differs[k])
+				continue;
+			if (ms->ops->read(ms, ino, idx, ck->bufs[1], piece, off) < 0 ||
+			    memcmp(ck->bufs[0], ck->bufs[1], piece) != 0)
+				differs[k] = true;
+			res->bytes_compared += piece;
+		}
+	}
+	if (pfail) {
+		res->mismatches++;
+		ds_check_report(ck, "unreadable", ino, idx, s.m[p], false);
+		return 0;
+	}
+	for (uint32_t k = (uint32_t)p + 1; k < s.n; k++) {
+		if (!differs[k])
+			continue;
+		bool missing = !present[k] || !present[p];
+		struct ds_tgt *where = present[k] ? s.m[p] : s.m[k];
+		if (missing)
+			res->missing++;
+		else
+			res->mismatches++;
+		bool fixed = ck->repair && ds_copy_chunk(ds, s.m[p], s.m[k], ino, idx, len[p],
+							 ck->bufs[1]) == 0;
+		if (fixed)
+			res->repaired++;
+		if (ck->report)
+			ck->report(ck->ctx, missing ? "missing" : "mismatch", ino, idx,
+				   missing ? where->id : s.m[k]->id, fixed);
+	}
+	return 0;
+}
+
+int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, void *ctx,
+	     struct ds_check_result *ret)
+{
+	struct ds_check_result res = {0};
+	struct ds_clist l = {0};
+	struct ds_checker ck = {.ds = ds, .repair = repair, .keep = keep, .report = report,
+				.ctx = ctx, .res = &res};
+	int r = 0;
+
+	ds_barrier(ds);
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		if (!t->sm)
+			continue;
+		l.tgt = i;
+		r = t->sm->ops->list(t->sm, ds_check_collect, &l);
+		if (r < 0)
+			goto out;
+	}
+	qsort(l.v, l.n, sizeof(*l.v), ds_cent_cmp);
+	ck.bufs[0] = malloc(DS_CHECK_PIECE);
+	ck.bufs[1] = malloc(DS_CHECK_PIECE);
+	if (!ck.bufs[0] || !ck.bufs[1]) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t a = 0, b; a < l.n; a = b) {
+		for (b = a + 1; b < l.n && l.v[b].ino == l.v[a].ino && l.v[b].idx == l.v[a].idx;
+		     b++)
+			;
+		res.chunks++;
+		pthread_mutex_t *sl = ds_stripe(ds, l.v[a].ino, l.v[a].idx);
+		pthread_mutex_lock(sl);
+		r = ds_check_chunk(&ck, &l.v[a], b - a);
+		pthread_mutex_unlock(sl);
+		if (r < 0)
+			goto out;
+	}
+out:
+	free(ck.bufs[0]);
+	free(ck.bufs[1]);
+	free(l.v);
+	if (ret)
+		*ret = res;
+	if (r < 0)
+		return r;
+	uint64_t problems = res.mismatches + res.missing + res.strays + res.beyond_eof;
+	if (repair)
+		problems -= MIN(problems, res.repaired);
+	return (int)MIN(problems, (uint64_t)INT32_MAX);
+}

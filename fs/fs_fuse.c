@@ -1,1 +1,1136 @@
-/* placeholder: being written */
+/* fs_fuse — the FUSE low-level operations table.
+ *
+ * One handler per request, each ending in exactly one fuse_reply_* (FS-1). Namespace
+ * operations are one metadata transaction each (META-1); file data goes through the data
+ * service; sizes and times written by the data path live in struct fs_inode until they are
+ * flushed (FS-3). Errors travel as -errno from meta/ds and are replied unchanged (FS-5).
+ *
+ * Permission checks are the kernel's (mount option default_permissions): the kernel knows
+ * every inode's mode, owner and group from our replies, and checks sticky directories,
+ * chown/chmod rights and setuid/setgid clearing itself (FUSE_CAP_HANDLE_KILLPRIV is turned
+ * off so that the kernel, not we, strips those bits on write). Record locks and flock are
+ * left to the kernel too: without lock handlers it keeps them locally, which is exact for a
+ * volume mounted by one client and releases them when their owner dies.
+ */
+#define FUSE_USE_VERSION 314
+
+#include "fs/fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+struct fs_file {
+	struct fs_inode *ip; /* holds a ref for the handle's lifetime */
+	int flags;           /* open(2) flags */
+};
+
+static struct fs *req_fs(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct fs_file *file_of(const struct fuse_file_info *fi)
+{
+	return (struct fs_file *)(uintptr_t)fi->fh;
+}
+
+void fs_meta_touched(struct fs *fs)
+{
+	atomic_fetch_add_explicit((_Atomic uint64_t *)&fs->meta_gen, 1, memory_order_release);
+}
+
+int fs_meta_sync(struct fs *fs)
+{
+	uint64_t gen = atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen,
+					    memory_order_acquire);
+	if (atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced, memory_order_acquire) ==
+	    gen)
+		return 0;
+	int r = META_CALL(fs->meta, sync);
+	if (r < 0)
+		return r;
+	/* Everything committed before the sync started is durable now; a later commit bumps
+	 * meta_gen again, so storing a value that is too small only costs a spare sync. */
+	uint64_t cur = atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced,
+					    memory_order_relaxed);
+	while (cur < gen && !atomic_compare_exchange_weak((_Atomic uint64_t *)&fs->meta_synced,
+							  &cur, gen))
+		;
+	return 0;
+}
+
+static void ns_to_ts(int64_t ns, struct timespec *ts)
+{
+	ts->tv_sec = ns / 1000000000;
+	ts->tv_nsec = ns % 1000000000;
+	if (ts->tv_nsec < 0) {
+		ts->tv_nsec += 1000000000;
+		ts->tv_sec--;
+	}
+}
+
+static int64_t ts_to_ns(const struct timespec *ts)
+{
+	return (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec;
+}
+
+static void attr_to_stat(const struct meta_attr *a, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = a->ino;
+	st->st_mode = a->mode;
+	st->st_nlink = a->nlink;
+	st->st_uid = a->uid;
+	st->st_gid = a->gid;
+	st->st_rdev = a->rdev;
+	st->st_size = (off_t)a->size;
+	st->st_blksize = 4096;
+	st->st_blocks = (blkcnt_t)((a->size + 511) / 512);
+	ns_to_ts(a->atime_ns, &st->st_atim);
+	ns_to_ts(a->mtime_ns, &st->st_mtim);
+	ns_to_ts(a->ctime_ns, &st->st_ctim);
+}
+
+static int check_name(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0)
+		return -EINVAL;
+	if (n > META_NAME_MAX)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+/* Reply an entry: the inode enters the table with one more kernel lookup (FS-2). */
+static void reply_entry(fuse_req_t req, struct fs *fs, struct meta_attr *a)
+{
+	struct fs_inode *ip;
+	int r = fs_inode_get(fs, a->ino, a, &ip);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fs_inode_lookup_add(fs, ip, 1);
+	fs_inode_overlay(fs, a);
+	struct fuse_entry_param e = {0};
+	e.ino = a->ino;
+	e.generation = a->generation;
+	e.attr_timeout = fs->opt.attr_timeout;
+	e.entry_timeout = fs->opt.entry_timeout;
+	attr_to_stat(a, &e.attr);
+	fs_inode_put(fs, ip);
+	fuse_reply_entry(req, &e);
+}
+
+static void reply_attr(fuse_req_t req, struct fs *fs, struct meta_attr *a)
+{
+	struct stat st;
+	fs_inode_overlay(fs, a);
+	attr_to_stat(a, &st);
+	fuse_reply_attr(req, &st, fs->opt.attr_timeout);
+}
+
+/* ---- lifecycle ops ---- */
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct fs *fs = userdata;
+	/* The kernel strips setuid/setgid on write and chown (see the top of the file). */
+	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	if (conn->capable & FUSE_CAP_ASYNC_DIO)
+		conn->want |= FUSE_CAP_ASYNC_DIO;
+	conn->time_gran = 1;
+	conn->max_readahead = 1 << 20;
+	log_info("volume %s: FUSE protocol %u.%u, max_write %u", fs->vol.name, conn->proto_major,
+		 conn->proto_minor, conn->max_write);
+}
+
+static void op_destroy(void *userdata)
+{
+	struct fs *fs = userdata;
+	fs_itab_flush_all(fs);
+	int r = ds_sync_all(fs->ds);
+	if (r < 0)
+		log_err("sync of targets at unmount failed: %s", strerror(-r));
+	fs_meta_touched(fs);
+	r = fs_meta_sync(fs);
+	if (r < 0)
+		log_err("sync of metadata at unmount failed: %s", strerror(-r));
+}
+
+/* ---- namespace ---- */
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = req_fs(req);
+	struct meta_attr a;
+	int r = check_name(name);
+	if (r == 0)
+		r = META_CALL(fs->meta, lookup, parent, name, &a);
+	if (r == -ENOENT) {
+		/* A negative entry the kernel may cache: every create goes through it. */
+		struct fuse_entry_param e = {0};
+		e.entry_timeout = fs->opt.entry_timeout;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	reply_entry(req, fs, &a);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	fs_inode_forget(req_fs(req), ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct fs *fs = req_fs(req);
+	for (size_t i = 0; i < count; i++)
+		fs_inode_forget(fs, forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	struct meta_attr a;
+	int r = META_CALL(fs->meta, getattr, ino, &a);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	reply_attr(req, fs, &a);
+}
+
+/* Truncate to new size (FS-3): the database learns the new size first, with the WDIRTY mark
+ * when shrinking, then the chunks beyond it go; a crash in between is finished by recovery. */
+static int do_truncate(struct fs *fs, struct fs_inode *ip, uint64_t size, int64_t now)
+{
+	pthread_rwlock_wrlock(&ip->io);
+	pthread_mutex_lock(&ip->lock);
+	uint64_t old = MAX(ip->size, ip->db_size);
+	struct meta_attr a = {0};
+	a.size = size;
+	a.mtime_ns = now;
+	a.ctime_ns = now;
+	unsigned mask = META_SET_SIZE | META_SET_MTIME | META_SET_CTIME;
+	bool shrink = size < old;
+	if (shrink && !ip->wmark) {
+		a.flags = META_IF_WDIRTY;
+		mask |= META_SET_FLAGS;
+	}
+	int r = META_CALL(fs->meta, setattr, ip->ino, mask, &a, NULL);
+	if (r == 0) {
+		fs_meta_touched(fs);
+		if (mask & META_SET_FLAGS)
+			ip->wmark = true;
+		ip->size = size;
+		ip->db_size = size;
+		ip->mtime_ns = now;
+		ip->ctime_ns = now;
+		ip->dirty = false;
+		ip->inflight++;
+	}
+	pthread_mutex_unlock(&ip->lock);
+	if (r == 0) {
+		if (shrink)
+			r = ds_truncate(fs->ds, ip->ino, old, size);
+		pthread_mutex_lock(&ip->lock);
+		ip->inflight--;
+		pthread_mutex_unlock(&ip->lock);
+	}
+	pthread_rwlock_unlock(&ip->io);
+	return r;
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	int64_t now = now_realtime_ns();
+	struct meta_attr cur, in = {0};
+	int r = META_CALL(fs->meta, getattr, ino, &cur);
+	if (r < 0)
+		goto out;
+
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (!S_ISREG(cur.mode)) {
+			r = S_ISDIR(cur.mode) ? -EISDIR : -EINVAL;
+			goto out;
+		}
+		if (attr->st_size < 0) {
+			r = -EINVAL;
+			goto out;
+		}
+		struct fs_inode *ip;
+		r = fs_inode_get(fs, ino, &cur, &ip);
+		if (r < 0)
+			goto out;
+		r = do_truncate(fs, ip, (uint64_t)attr->st_size, now);
+		fs_inode_put(fs, ip);
+		if (r < 0)
+			goto out;
+	}
+
+	unsigned mask = 0;
+	if (to_set & FUSE_SET_ATTR_MODE) {
+		in.mode = (cur.mode & S_IFMT) | (attr->st_mode & 07777);
+		mask |= META_SET_MODE;
+	}
+	if (to_set & FUSE_SET_ATTR_UID) {
+		in.uid = attr->st_uid;
+		mask |= META_SET_UID;
+	}
+	if (to_set & FUSE_SET_ATTR_GID) {
+		in.gid = attr->st_gid;
+		mask |= META_SET_GID;
+	}
+	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW)) {
+		in.atime_ns = (to_set & FUSE_SET_ATTR_ATIME_NOW) ? now : ts_to_ns(&attr->st_atim);
+		mask |= META_SET_ATIME;
+	}
+	if (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
+		in.mtime_ns = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? now : ts_to_ns(&attr->st_mtim);
+		mask |= META_SET_MTIME;
+	}
+	if (mask) {
+		in.ctime_ns = (to_set & FUSE_SET_ATTR_CTIME) ? ts_to_ns(&attr->st_ctim) : now;
+		mask |= META_SET_CTIME;
+		struct fs_inode *ip = fs_inode_find(fs, ino);
+		if (ip)
+			pthread_mutex_lock(&ip->lock);
+		r = META_CALL(fs->meta, setattr, ino, mask, &in, NULL);
+		if (r == 0)
+			fs_meta_touched(fs);
+		if (ip) {
+			/* Keep a later flush from writing back older times. */
+			if (r == 0 && (mask & META_SET_MTIME))
+				ip->mtime_ns = in.mtime_ns;
+			if (r == 0)
+				ip->ctime_ns = in.ctime_ns;
+			pthread_mutex_unlock(&ip->lock);
+			fs_inode_put(fs, ip);
+		}
+		if (r < 0)
+			goto out;
+	}
+	r = META_CALL(fs->meta, getattr, ino, &cur);
+out:
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		reply_attr(req, fs, &cur);
+}
+
+static int parent_owner(struct fs *fs, fuse_req_t req, fuse_ino_t parent, mode_t *mode,
+			struct meta_attr *ret)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct meta_attr p;
+	int r = META_CALL(fs->meta, getattr, parent, &p);
+	if (r < 0)
+		return r;
+	if (!S_ISDIR(p.mode))
+		return -ENOTDIR;
+	int64_t now = now_realtime_ns();
+	memset(ret, 0, sizeof(*ret));
+	ret->uid = ctx->uid;
+	ret->gid = ctx->gid;
+	/* A setgid directory hands its group down, and its setgid bit to subdirectories. */
+	if (p.mode & S_ISGID) {
+		ret->gid = p.gid;
+		if (S_ISDIR(*mode))
+			*mode |= S_ISGID;
+	}
+	ret->mode = *mode;
+	ret->atime_ns = ret->mtime_ns = ret->ctime_ns = ret->btime_ns = now;
+	return 0;
+}
+
+static int do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		    dev_t rdev, const char *link, struct meta_attr *ret)
+{
+	struct fs *fs = req_fs(req);
+	int r = check_name(name);
+	if (r < 0)
+		return r;
+	struct meta_attr in;
+	r = parent_owner(fs, req, parent, &mode, &in);
+	if (r < 0)
+		return r;
+	in.rdev = rdev;
+	r = META_CALL(fs->meta, mknod, parent, name, &in, link, ret);
+	if (r == 0)
+		fs_meta_touched(fs);
+	return r;
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     dev_t rdev)
+{
+	struct meta_attr a;
+	int r = do_mknod(req, parent, name, mode, rdev, NULL, &a);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		reply_entry(req, req_fs(req), &a);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	op_mknod(req, parent, name, S_IFDIR | (mode & 07777), 0);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	struct meta_attr a;
+	int r = strlen(link) > META_SYMLINK_MAX ? -ENAMETOOLONG : 0;
+	if (r == 0)
+		r = do_mknod(req, parent, name, S_IFLNK | 0777, 0, link, &a);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		reply_entry(req, req_fs(req), &a);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	struct fs *fs = req_fs(req);
+	struct meta_attr a;
+	int r = check_name(newname);
+	if (r == 0)
+		r = META_CALL(fs->meta, link, ino, newparent, newname, now_realtime_ns(), &a);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fs_meta_touched(fs);
+	fs_inode_set_nlink(fs, &a);
+	reply_entry(req, fs, &a);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = req_fs(req);
+	struct meta_attr a;
+	int r = META_CALL(fs->meta, unlink, parent, name, now_realtime_ns(), &a);
+	if (r == 0) {
+		fs_meta_touched(fs);
+		fs_inode_set_nlink(fs, &a);
+	}
+	fuse_reply_err(req, -r);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = req_fs(req);
+	struct meta_attr a;
+	int r = META_CALL(fs->meta, rmdir, parent, name, now_realtime_ns(), &a);
+	if (r == 0) {
+		fs_meta_touched(fs);
+		a.nlink = 0;
+		fs_inode_set_nlink(fs, &a);
+	}
+	fuse_reply_err(req, -r);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	struct fs *fs = req_fs(req);
+	struct meta_attr rep = {0};
+	int r = check_name(newname);
+	if (r == 0 && (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)))
+		r = -EINVAL;
+	if (r == 0)
+		r = META_CALL(fs->meta, rename, parent, name, newparent, newname, flags,
+			      now_realtime_ns(), &rep);
+	if (r == 0) {
+		fs_meta_touched(fs);
+		if (rep.ino != 0 && !(flags & RENAME_EXCHANGE))
+			fs_inode_set_nlink(fs, &rep);
+	}
+	fuse_reply_err(req, -r);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct fs *fs = req_fs(req);
+	char buf[META_SYMLINK_MAX + 1];
+	int r = META_CALL(fs->meta, readlink, ino, buf, sizeof(buf));
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_readlink(req, buf);
+}
+
+/* ---- directories ---- */
+
+struct dirbuf {
+	fuse_req_t req;
+	struct fs *fs;
+	char *buf;
+	size_t size, used;
+	bool plus;
+	int err;
+};
+
+static int dir_add(void *ctx, const char *name, uint64_t ino, uint32_t mode, uint64_t off)
+{
+	struct dirbuf *d = ctx;
+	struct stat st = {.st_ino = ino, .st_mode = mode};
+	size_t need = fuse_add_direntry(d->req, NULL, 0, name, NULL, 0);
+	if (d->used + need > d->size)
+		return 1;
+	fuse_add_direntry(d->req, d->buf + d->used, d->size - d->used, name, &st, (off_t)off);
+	d->used += need;
+	return 0;
+}
+
+static int dir_add_plus(void *ctx, const char *name, const struct meta_attr *attr, uint64_t off)
+{
+	struct dirbuf *d = ctx;
+	size_t need = fuse_add_direntry_plus(d->req, NULL, 0, name, NULL, 0);
+	if (d->used + need > d->size)
+		return 1;
+	struct meta_attr a = *attr;
+	struct fs_inode *ip;
+	int r = fs_inode_get(d->fs, a.ino, &a, &ip);
+	if (r < 0) {
+		d->err = r;
+		return 1;
+	}
+	/* The kernel takes a lookup for every entry it receives this way (FS-2). */
+	fs_inode_lookup_add(d->fs, ip, 1);
+	fs_inode_overlay(d->fs, &a);
+	struct fuse_entry_param e = {0};
+	e.ino = a.ino;
+	e.generation = a.generation;
+	e.attr_timeout = d->fs->opt.attr_timeout;
+	e.entry_timeout = d->fs->opt.entry_timeout;
+	attr_to_stat(&a, &e.attr);
+	fuse_add_direntry_plus(d->req, d->buf + d->used, d->size - d->used, name, &e, (off_t)off);
+	d->used += need;
+	fs_inode_put(d->fs, ip);
+	return 0;
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+	struct fs *fs = req_fs(req);
+	struct dirbuf d = {.req = req, .fs = fs, .size = size, .plus = plus};
+	d.buf = malloc(size ? size : 1);
+	if (!d.buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	int r = 0;
+	/* Offsets 1 and 2 are "." and ".."; the engine's entries start above 2. */
+	static const char *dots[] = {".", ".."};
+	for (off_t i = off; i < 2; i++) {
+		struct stat st = {.st_ino = ino, .st_mode = S_IFDIR};
+		size_t need;
+		if (plus) {
+			struct fuse_entry_param e = {.attr = st};
+			e.ino = 0; /* no lookup is taken for dot entries */
+			need = fuse_add_direntry_plus(req, NULL, 0, dots[i], NULL, 0);
+			if (d.used + need > d.size)
+				goto done;
+			fuse_add_direntry_plus(req, d.buf + d.used, d.size - d.used, dots[i], &e,
+					       i + 1);
+		} else {
+			need = fuse_add_direntry(req, NULL, 0, dots[i], NULL, 0);
+			if (d.used + need > d.size)
+				goto done;
+			fuse_add_direntry(req, d.buf + d.used, d.size - d.used, dots[i], &st, i + 1);
+		}
+		d.used += need;
+	}
+	if (plus)
+		r = META_CALL(fs->meta, readdirplus, ino, (uint64_t)(off < 2 ? 2 : off),
+			      dir_add_plus, &d);
+	else
+		r = META_CALL(fs->meta, readdir, ino, (uint64_t)(off < 2 ? 2 : off), dir_add, &d);
+	if (r > 0)
+		r = 0;
+	if (r == 0 && d.err < 0 && d.used == 0)
+		r = d.err;
+done:
+	if (r < 0 && d.used == 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_buf(req, d.buf, d.used);
+	free(d.buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, true);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, -fs_meta_sync(req_fs(req)));
+}
+
+/* ---- files ---- */
+
+static int file_new(struct fs *fs, uint64_t ino, const struct meta_attr *a,
+		    struct fuse_file_info *fi)
+{
+	struct fs_file *f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	int r = fs_inode_get(fs, ino, a, &f->ip);
+	if (r < 0) {
+		free(f);
+		return r;
+	}
+	fs_inode_open_add(fs, f->ip, 1);
+	f->flags = fi->flags;
+	fi->fh = (uintptr_t)f;
+	if (fi->flags & O_DIRECT)
+		fi->direct_io = 1;
+	else
+		fi->keep_cache = 1; /* one client: every change passes this kernel's cache */
+	return 0;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	int r = file_new(fs, ino, NULL, fi);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else if (fuse_reply_open(req, fi) == -ENOENT) {
+		/* Interrupted: the kernel will send no release for this handle. */
+		struct fs_file *f = file_of(fi);
+		fs_inode_open_add(fs, f->ip, -1);
+		fs_inode_put(fs, f->ip);
+		free(f);
+	}
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	struct meta_attr a;
+	int r = do_mknod(req, parent, name, S_IFREG | (mode & 07777), 0, NULL, &a);
+	if (r == 0)
+		r = file_new(fs, a.ino, &a, fi);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	struct fs_file *f = file_of(fi);
+	fs_inode_lookup_add(fs, f->ip, 1);
+	struct fuse_entry_param e = {0};
+	e.ino = a.ino;
+	e.generation = a.generation;
+	e.attr_timeout = fs->opt.attr_timeout;
+	e.entry_timeout = fs->opt.entry_timeout;
+	attr_to_stat(&a, &e.attr);
+	fuse_reply_create(req, &e, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	struct fs_file *f = file_of(fi);
+	int r = fs_inode_flush(fs, f->ip, false);
+	fs_inode_open_add(fs, f->ip, -1);
+	fs_inode_put(fs, f->ip);
+	free(f);
+	fuse_reply_err(req, r < 0 ? -r : 0);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	/* close(2): close-to-open consistency wants the size recorded now. */
+	fuse_reply_err(req, -fs_inode_flush(req_fs(req), file_of(fi)->ip, false));
+}
+
+static int do_fsync(struct fs *fs, struct fs_inode *ip)
+{
+	/* FS-4: data on every in-chain replica first, then the size that covers it. */
+	int r = ds_fsync(fs->ds, ip->ino);
+	if (r < 0)
+		return r;
+	return fs_inode_flush(fs, ip, true);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, -do_fsync(req_fs(req), file_of(fi)->ip));
+}
+
+static __thread char *tl_buf;
+static __thread size_t tl_len;
+
+static void *thread_buf(size_t len)
+{
+	if (len > tl_len) {
+		free(tl_buf);
+		tl_buf = malloc(len);
+		tl_len = tl_buf ? len : 0;
+	}
+	return tl_buf;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	struct fs_inode *ip = file_of(fi)->ip;
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	pthread_rwlock_rdlock(&ip->io);
+	pthread_mutex_lock(&ip->lock);
+	uint64_t fsize = ip->size;
+	pthread_mutex_unlock(&ip->lock);
+	if ((uint64_t)off >= fsize || size == 0) {
+		pthread_rwlock_unlock(&ip->io);
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	size_t len = (size_t)MIN((uint64_t)size, fsize - (uint64_t)off);
+	char *buf = thread_buf(len);
+	ssize_t r = buf ? ds_read(fs->ds, ino, buf, len, (uint64_t)off) : -ENOMEM;
+	pthread_rwlock_unlock(&ip->io);
+	if (r < 0)
+		fuse_reply_err(req, (int)-r);
+	else
+		fuse_reply_buf(req, buf, (size_t)r);
+}
+
+/* Mark the inode WDIRTY in the database before data may land beyond its recorded size
+ * (FS-3). Called with ip->lock held. */
+static int mark_extending(struct fs *fs, struct fs_inode *ip, uint64_t end)
+{
+	if (end <= ip->db_size || ip->wmark)
+		return 0;
+	struct meta_attr a = {0};
+	a.flags = META_IF_WDIRTY;
+	int r = META_CALL(fs->meta, setattr, ip->ino, META_SET_FLAGS, &a, NULL);
+	if (r == 0) {
+		fs_meta_touched(fs);
+		ip->wmark = true;
+	}
+	return r;
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	struct fs_file *f = file_of(fi);
+	struct fs_inode *ip = f->ip;
+	if (off < 0 || (uint64_t)off + size < (uint64_t)off) {
+		fuse_reply_err(req, EFBIG);
+		return;
+	}
+	uint64_t end = (uint64_t)off + size;
+	pthread_rwlock_rdlock(&ip->io);
+	pthread_mutex_lock(&ip->lock);
+	int r = mark_extending(fs, ip, end);
+	if (r == 0)
+		ip->inflight++;
+	pthread_mutex_unlock(&ip->lock);
+	if (r < 0) {
+		pthread_rwlock_unlock(&ip->io);
+		fuse_reply_err(req, -r);
+		return;
+	}
+	ssize_t n = ds_write(fs->ds, ino, buf, size, (uint64_t)off);
+	pthread_mutex_lock(&ip->lock);
+	ip->inflight--;
+	if (n > 0) {
+		if (end > ip->size)
+			ip->size = end;
+		ip->mtime_ns = ip->ctime_ns = now_realtime_ns();
+		ip->dirty = true;
+	}
+	pthread_mutex_unlock(&ip->lock);
+	pthread_rwlock_unlock(&ip->io);
+	if (n >= 0 && (f->flags & (O_SYNC | O_DSYNC))) {
+		r = do_fsync(fs, ip);
+		if (r < 0)
+			n = r;
+	}
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+			 struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	struct fs_inode *ip = file_of(fi)->ip;
+	int r = 0;
+	if (off < 0 || len <= 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	uint64_t end = (uint64_t)off + (uint64_t)len;
+	bool keep = mode & FALLOC_FL_KEEP_SIZE;
+	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	if ((mode & FALLOC_FL_PUNCH_HOLE) && !keep) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	pthread_rwlock_wrlock(&ip->io);
+	pthread_mutex_lock(&ip->lock);
+	uint64_t size = ip->size;
+	bool grows = !keep && end > size;
+	if (grows)
+		r = mark_extending(fs, ip, end);
+	pthread_mutex_unlock(&ip->lock);
+	if (r == 0 && (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))) {
+		/* Only the part inside the file holds data; beyond it is a hole already. */
+		if ((uint64_t)off < size)
+			r = ds_punch(fs->ds, ino, (uint64_t)off, MIN(end, size) - (uint64_t)off);
+	} else if (r == 0) {
+		r = ds_allocate(fs->ds, ino, (uint64_t)off, (uint64_t)len);
+	}
+	if (r == 0) {
+		pthread_mutex_lock(&ip->lock);
+		if (grows && end > ip->size)
+			ip->size = end;
+		ip->mtime_ns = ip->ctime_ns = now_realtime_ns();
+		ip->dirty = true;
+		pthread_mutex_unlock(&ip->lock);
+	}
+	pthread_rwlock_unlock(&ip->io);
+	fuse_reply_err(req, -r);
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	struct fs_inode *ip = file_of(fi)->ip;
+	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (off < 0) {
+		fuse_reply_err(req, ENXIO);
+		return;
+	}
+	pthread_rwlock_rdlock(&ip->io);
+	pthread_mutex_lock(&ip->lock);
+	uint64_t size = ip->size;
+	pthread_mutex_unlock(&ip->lock);
+	uint64_t res = 0;
+	int r = ds_seek(fs->ds, ino, size, (uint64_t)off, whence, &res);
+	pthread_rwlock_unlock(&ip->io);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_lseek(req, (off_t)res);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct fs *fs = req_fs(req);
+	uint64_t total = 0, avail = 0;
+	struct meta_statfs ms = {0};
+	int r = ds_statfs(fs->ds, &total, &avail);
+	if (r == 0)
+		r = META_CALL(fs->meta, statfs, &ms);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	struct statvfs sv = {0};
+	sv.f_bsize = 4096;
+	sv.f_frsize = 4096;
+	sv.f_blocks = total / 4096;
+	sv.f_bfree = avail / 4096;
+	sv.f_bavail = avail / 4096;
+	/* Inodes cost a metadata row and no space on targets: report as many free as blocks. */
+	sv.f_ffree = sv.f_bfree;
+	sv.f_favail = sv.f_bfree;
+	sv.f_files = ms.inodes + sv.f_ffree;
+	sv.f_namemax = META_NAME_MAX;
+	fuse_reply_statfs(req, &sv);
+}
+
+/* ---- xattrs ---- */
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
+{
+	struct fs *fs = req_fs(req);
+	int r;
+	if (strlen(name) > META_XATTR_NAME_MAX)
+		r = -ERANGE;
+	else if (size > META_XATTR_SIZE_MAX)
+		r = -E2BIG;
+	else
+		r = META_CALL(fs->meta, setxattr, ino, name, value, size, flags);
+	if (r == 0) {
+		fs_meta_touched(fs);
+		struct meta_attr a = {0};
+		a.ctime_ns = now_realtime_ns();
+		if (META_CALL(fs->meta, setattr, ino, META_SET_CTIME, &a, NULL) == 0)
+			fs_meta_touched(fs);
+	}
+	fuse_reply_err(req, -r);
+}
+
+static void reply_sized(fuse_req_t req, int r, const char *buf, size_t size)
+{
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)r);
+	else
+		fuse_reply_buf(req, buf, (size_t)r);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct fs *fs = req_fs(req);
+	char *buf = size ? malloc(size) : NULL;
+	int r = (size && !buf) ? -ENOMEM : META_CALL(fs->meta, getxattr, ino, name, buf, size);
+	reply_sized(req, r, buf, size);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct fs *fs = req_fs(req);
+	char *buf = size ? malloc(size) : NULL;
+	int r = (size && !buf) ? -ENOMEM : META_CALL(fs->meta, listxattr, ino, buf, size);
+	reply_sized(req, r, buf, size);
+	free(buf);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	struct fs *fs = req_fs(req);
+	int r = META_CALL(fs->meta, removexattr, ino, name);
+	if (r == 0) {
+		fs_meta_touched(fs);
+		struct meta_attr a = {0};
+		a.ctime_ns = now_realtime_ns();
+		if (META_CALL(fs->meta, setattr, ino, META_SET_CTIME, &a, NULL) == 0)
+			fs_meta_touched(fs);
+	}
+	fuse_reply_err(req, -r);
+}
+
+static const struct fuse_lowlevel_ops fs_ops = {
+	.init = op_init,
+	.destroy = op_destroy,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.release = op_release,
+	.fsync = op_fsync,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.fsyncdir = op_fsyncdir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.create = op_create,
+	.fallocate = op_fallocate,
+	.lseek = op_lseek,
+};
+
+/* ---- lifecycle ---- */
+
+int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struct fs **ret)
+{
+	struct fs *fs = calloc(1, sizeof(*fs));
+	if (!fs)
+		return -ENOMEM;
+	fs->meta = meta;
+	fs->ds = ds;
+	fs->opt = *opt;
+	if (fs->opt.max_threads == 0)
+		fs->opt.max_threads = 16;
+	int r = META_CALL(meta, volume_get, &fs->vol);
+	if (r == 0)
+		r = fs_itab_init(fs);
+	if (r < 0) {
+		free(fs);
+		return r;
+	}
+	*ret = fs;
+	return 0;
+}
+
+struct orphan_vec {
+	struct meta_attr *v;
+	size_t n, cap;
+};
+
+static int collect_orphan(void *ctx, const struct meta_attr *a)
+{
+	struct orphan_vec *o = ctx;
+	if (o->n == o->cap) {
+		size_t cap = o->cap ? o->cap * 2 : 64;
+		struct meta_attr *v = realloc(o->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		o->v = v;
+		o->cap = cap;
+	}
+	o->v[o->n++] = *a;
+	return 0;
+}
+
+int fs_recover(struct fs *fs)
+{
+	struct orphan_vec o = {0};
+	int r = META_CALL(fs->meta, orphans, collect_orphan, &o);
+	if (r < 0) {
+		free(o.v);
+		return r;
+	}
+	int fixed = 0;
+	for (size_t i = 0; i < o.n; i++) {
+		const struct meta_attr *a = &o.v[i];
+		if (a->nlink == 0) {
+			r = fs_purge(fs, a->ino, a->mode);
+		} else {
+			/* FS-3: bytes a crashed writer left beyond the recorded size go now. */
+			r = S_ISREG(a->mode) ? ds_trim(fs->ds, a->ino, a->size) : 0;
+			if (r == 0) {
+				struct meta_attr c = {0};
+				r = META_CALL(fs->meta, setattr, a->ino, META_SET_FLAGS, &c, NULL);
+			}
+		}
+		if (r < 0) {
+			log_err("recovery of inode %llu failed: %s", (unsigned long long)a->ino,
+				strerror(-r));
+			free(o.v);
+			return r;
+		}
+		fixed++;
+	}
+	free(o.v);
+	if (fixed) {
+		log_info("recovery: finished %d inode(s) left by an unclean stop", fixed);
+		fs_meta_touched(fs);
+		r = fs_meta_sync(fs);
+		if (r < 0)
+			return r;
+	}
+	return fixed;
+}
+
+int fs_mount(struct fs *fs, const char *mountpoint, char *err, size_t errlen)
+{
+	char opts[512];
+	snprintf(opts, sizeof(opts), "fsname=braidfs:%s,subtype=braidfs,default_permissions%s%s",
+		 fs->vol.name, fs->opt.allow_other ? ",allow_other" : "", fs->opt.ro ? ",ro" : "");
+	char *argv[] = {"braidfs", "-o", opts, fs->opt.debug ? "-d" : NULL, NULL};
+	struct fuse_args args = FUSE_ARGS_INIT(fs->opt.debug ? 4 : 3, argv);
+	fs->se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), fs);
+	if (!fs->se) {
+		snprintf(err, errlen, "cannot create the FUSE session (is /dev/fuse there?)");
+		return -EIO;
+	}
+	if (fuse_set_signal_handlers(fs->se) != 0) {
+		snprintf(err, errlen, "cannot install signal handlers");
+		fuse_session_destroy(fs->se);
+		fs->se = NULL;
+		return -EIO;
+	}
+	if (fuse_session_mount(fs->se, mountpoint) != 0) {
+		snprintf(err, errlen, "cannot mount on %s (see the message above)", mountpoint);
+		fuse_remove_signal_handlers(fs->se);
+		fuse_session_destroy(fs->se);
+		fs->se = NULL;
+		return -EIO;
+	}
+	return 0;
+}
+
+int fs_loop(struct fs *fs)
+{
+	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+	if (!cfg)
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(cfg, 1);
+	fuse_loop_cfg_set_max_threads(cfg, fs->opt.max_threads);
+	fuse_loop_cfg_set_idle_threads(cfg, fs->opt.max_threads);
+	int r = fuse_session_loop_mt(fs->se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	return r < 0 ? r : 0;
+}
+
+void fs_free(struct fs *fs)
+{
+	if (!fs)
+		return;
+	if (fs->se) {
+		fuse_remove_signal_handlers(fs->se);
+		fuse_session_unmount(fs->se);
+		fuse_session_destroy(fs->se); /* runs op_destroy when the kernel did not */
+	} else {
+		op_destroy(fs);
+	}
+	fs_itab_fini(fs);
+	free(tl_buf);
+	tl_buf = NULL;
+	tl_len = 0;
+	free(fs);
+}

@@ -1,1 +1,90 @@
-/* placeholder: being written */
+/* sm — the registry of target backends, chosen by URL scheme. See sm.h. */
+#include "storemgr/sm.h"
+#include "storemgr/sm_dir_int.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/util.h"
+
+/* Every backend, by scheme. The fault-injecting twin is registered like any other so that
+ * integration tests can mount a volume on it with an ordinary URL. */
+static const struct sm_ops *const sm_backends[] = {
+	&sm_dir_ops,
+	&sm_faulty_ops,
+};
+
+void sm_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	if (!err || errlen == 0)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* The scheme of url, lower-cased; -EINVAL when url has none. */
+static int sm_scheme(const char *url, char *out, size_t outlen)
+{
+	if (!url)
+		return -EINVAL;
+	const char *colon = strchr(url, ':');
+	if (!colon || colon == url || (size_t)(colon - url) >= outlen)
+		return -EINVAL;
+	for (size_t i = 0; url + i < colon; i++) {
+		int c = (unsigned char)url[i];
+		if (!(isalnum(c) || c == '+' || c == '-' || c == '.'))
+			return -EINVAL;
+		out[i] = (char)tolower(c);
+		out[i + 1] = '\0';
+	}
+	return 0;
+}
+
+const struct sm_ops *sm_ops_for(const char *url)
+{
+	char s[32];
+	if (sm_scheme(url, s, sizeof(s)) < 0)
+		return NULL;
+	for (size_t i = 0; i < ARRAY_SIZE(sm_backends); i++)
+		if (strcmp(s, sm_backends[i]->scheme) == 0)
+			return sm_backends[i];
+	return NULL;
+}
+
+static int sm_unknown(const char *url, char *err, size_t errlen)
+{
+	char s[32];
+	if (sm_scheme(url, s, sizeof(s)) < 0)
+		sm_seterr(err, errlen, "not a target URL '%s' (expected dir:/path)", url ? url : "");
+	else
+		sm_seterr(err, errlen, "unknown target URL scheme '%s' (expected dir:/path)", s);
+	return -EINVAL;
+}
+
+int sm_format(const char *url, const struct sm_identity *id, bool force, char *err,
+	      size_t errlen)
+{
+	const struct sm_ops *ops = sm_ops_for(url);
+	if (!ops)
+		return sm_unknown(url, err, errlen);
+	return ops->format(url, id, force, err, errlen);
+}
+
+int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret,
+	    char *err, size_t errlen)
+{
+	const struct sm_ops *ops = sm_ops_for(url);
+	if (!ops)
+		return sm_unknown(url, err, errlen);
+	return ops->open(url, expect, ret, err, errlen);
+}
+
+void sm_close(struct sm_target *t)
+{
+	if (t)
+		t->ops->close(t);
+}

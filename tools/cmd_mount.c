@@ -1,1 +1,587 @@
-/* placeholder: being written */
+/* braidfs mount / umount.
+ *
+ * mount forks before anything opens a database or starts a thread; the child does all the
+ * work and tells the parent over a pipe either "OK" or the one-line reason it failed, so
+ * the user sees real errors and an exit code while the mount still runs in the background.
+ * The child records itself in /run/braidfs/<pid>.mount so that umount can wait for it to
+ * finish writing before it returns.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <mntent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <dirent.h>
+#include <stdarg.h>
+
+#include "common/log.h"
+#include "common/url.h"
+#include "common/util.h"
+#include "fs/fs.h"
+#include "tools/tools.h"
+
+#define RUN_DIR "/run/braidfs"
+
+static const char mount_help[] =
+	"Usage: braidfs mount [-f] [-o OPTIONS] META_URL MOUNTPOINT\n"
+	"\n"
+	"Mount the braidfs volume whose metadata is at META_URL on MOUNTPOINT (an existing\n"
+	"directory). The command returns once the file system is ready; the mount keeps\n"
+	"running in the background until 'braidfs umount MOUNTPOINT'. The targets named\n"
+	"at format time are opened by this process: no other daemon is needed.\n"
+	"\n"
+	"A volume is mounted at most once at a time. If MOUNTPOINT holds a braidfs mount\n"
+	"whose process died, it is cleaned up first. After an unclean stop the mount\n"
+	"finishes what was left (unlinked-but-open files, data beyond a file's size).\n"
+	"\n"
+	"Options:\n"
+	"  -f, --foreground   stay in the foreground, log to stderr\n"
+	"  -o OPTIONS         comma-separated:\n"
+	"       attr_timeout=SEC   how long the kernel caches attributes (default 1)\n"
+	"       entry_timeout=SEC  how long the kernel caches names (default 1)\n"
+	"       threads=N          FUSE worker threads (default 16)\n"
+	"       log=PATH           log file of the background process\n"
+	"                          (default /var/log/braidfs.log)\n"
+	"       debug              log every FUSE request (implies -f)\n"
+	"       ro                 read-only mount\n"
+	"  -h, --help         show this help\n"
+	"\n"
+	"Example:\n"
+	"  braidfs mount sqlite:///var/lib/braidfs/meta.db /mnt/braidfs\n"
+	"\n"
+	"Exit status: 0 mounted, 1 failed, 2 usage error.\n";
+
+static const char umount_help[] =
+	"Usage: braidfs umount [-l] [-t SEC] MOUNTPOINT\n"
+	"\n"
+	"Flush and unmount the braidfs mount at MOUNTPOINT, then wait until its process\n"
+	"has written everything (sizes, metadata, data on every replica) and exited.\n"
+	"A mount whose process died ('Transport endpoint is not connected') is removed.\n"
+	"\n"
+	"Options:\n"
+	"  -l, --lazy         detach now even if files are still open there; the process\n"
+	"                     finishes when the last one is closed\n"
+	"  -t, --timeout SEC  how long to wait for the process (default 300)\n"
+	"  -h, --help         show this help\n"
+	"\n"
+	"Exit status: 0 unmounted, 1 failed (e.g. busy), 2 usage error.\n";
+
+/* ---- /proc/self/mounts ---- */
+
+/* 1 if path is a braidfs mount point (fstype fuse.braidfs), 0 if not. */
+static int is_braidfs_mount(const char *path)
+{
+	FILE *f = setmntent("/proc/self/mounts", "r");
+	if (!f)
+		return 0;
+	struct mntent *e;
+	int found = 0;
+	while ((e = getmntent(f)))
+		if (!strcmp(e->mnt_dir, path) && !strcmp(e->mnt_type, "fuse.braidfs"))
+			found = 1;
+	endmntent(f);
+	return found;
+}
+
+/* Normalize without touching a dead mount (realpath would stat it): resolve the parent. */
+static int mount_path(const char *in, char *out, size_t len)
+{
+	char buf[PATH_MAX];
+	if (realpath(in, buf)) {
+		snprintf(out, len, "%s", buf);
+		return 0;
+	}
+	int r = -errno;
+	if (r != -ENOTCONN && r != -EIO)
+		return r;
+	char tmp[PATH_MAX];
+	snprintf(tmp, sizeof(tmp), "%s", in);
+	char *slash = strrchr(tmp, '/');
+	const char *base = slash ? slash + 1 : tmp;
+	const char *dir = ".";
+	if (slash) {
+		*slash = '\0';
+		dir = slash == tmp ? "/" : tmp;
+	}
+	if (!realpath(dir, buf))
+		return -errno;
+	size_t bl = strlen(buf), nl = strlen(base);
+	bool root = !strcmp(buf, "/");
+	if (bl + nl + 2 > len)
+		return -ENAMETOOLONG;
+	memcpy(out, buf, bl);
+	if (!root)
+		out[bl++] = '/';
+	memcpy(out + bl, base, nl + 1);
+	return 0;
+}
+
+/* ---- registry of running mounts ---- */
+
+static void registry_path(pid_t pid, char *out, size_t len)
+{
+	snprintf(out, len, RUN_DIR "/%d.mount", (int)pid);
+}
+
+static void registry_add(const char *mnt, const char *meta_url)
+{
+	char p[128];
+	mkdir_p(RUN_DIR, 0755);
+	registry_path(getpid(), p, sizeof(p));
+	FILE *f = fopen(p, "w");
+	if (!f)
+		return;
+	fprintf(f, "%d\n%s\n%s\n", (int)getpid(), mnt, meta_url);
+	fclose(f);
+}
+
+static void registry_del(void)
+{
+	char p[128];
+	registry_path(getpid(), p, sizeof(p));
+	unlink(p);
+}
+
+/* The pid serving mnt, or 0. Stale entries (dead pids) are removed. */
+static pid_t registry_find(const char *mnt)
+{
+	DIR *d = opendir(RUN_DIR);
+	if (!d)
+		return 0;
+	struct dirent *de;
+	pid_t found = 0;
+	while ((de = readdir(d))) {
+		if (!strstr(de->d_name, ".mount"))
+			continue;
+		char p[512], line[PATH_MAX + 16], m[PATH_MAX + 16] = "";
+		snprintf(p, sizeof(p), RUN_DIR "/%s", de->d_name);
+		FILE *f = fopen(p, "r");
+		if (!f)
+			continue;
+		pid_t pid = 0;
+		if (fgets(line, sizeof(line), f))
+			pid = (pid_t)atol(line);
+		if (fgets(m, sizeof(m), f))
+			m[strcspn(m, "\n")] = '\0';
+		fclose(f);
+		if (pid <= 0 || (kill(pid, 0) < 0 && errno == ESRCH)) {
+			unlink(p);
+			continue;
+		}
+		if (!strcmp(m, mnt))
+			found = pid;
+	}
+	closedir(d);
+	return found;
+}
+
+/* ---- mount ---- */
+
+struct mount_opts {
+	struct fs_options fs;
+	bool foreground;
+	char log[PATH_MAX];
+};
+
+static int parse_o(const char *s, struct mount_opts *mo)
+{
+	char buf[1024];
+	snprintf(buf, sizeof(buf), "%s", s);
+	for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		if (eq)
+			*eq++ = '\0';
+		char *end = NULL;
+		if (!strcmp(tok, "attr_timeout") && eq) {
+			mo->fs.attr_timeout = strtod(eq, &end);
+		} else if (!strcmp(tok, "entry_timeout") && eq) {
+			mo->fs.entry_timeout = strtod(eq, &end);
+		} else if (!strcmp(tok, "threads") && eq) {
+			long n = strtol(eq, &end, 10);
+			if (n < 1 || n > 256) {
+				die_msg("mount", "threads must be 1..256, not '%s'", eq);
+				return -EINVAL;
+			}
+			mo->fs.max_threads = (unsigned)n;
+		} else if (!strcmp(tok, "log") && eq) {
+			snprintf(mo->log, sizeof(mo->log), "%s", eq);
+		} else if (!strcmp(tok, "debug") && !eq) {
+			mo->fs.debug = true;
+			mo->foreground = true;
+		} else if (!strcmp(tok, "ro") && !eq) {
+			mo->fs.ro = true;
+		} else if (!strcmp(tok, "rw") && !eq) {
+			mo->fs.ro = false;
+		} else {
+			die_msg("mount", "unknown mount option '%s%s%s' (try --help)", tok,
+				eq ? "=" : "", eq ? eq : "");
+			return -EINVAL;
+		}
+		if (end && (*end || end == eq || (eq && strtod(eq, NULL) < 0))) {
+			die_msg("mount", "option %s needs a non-negative number, not '%s'", tok, eq);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* Say how the mount went: to the waiting parent, or to stderr in the foreground. */
+static void report(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void report(int fd, const char *fmt, ...)
+{
+	char msg[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (fd >= 0) {
+		ssize_t n = write(fd, msg, strlen(msg));
+		(void)n;
+	} else if (strcmp(msg, "OK")) {
+		fprintf(stderr, "braidfs mount: %s\n", msg);
+	}
+}
+
+static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, int status_fd)
+{
+	char err[1024] = "";
+	struct vol v;
+	struct fs *fs = NULL;
+	int r = vol_open(&v, meta_url, 0, err, sizeof(err));
+	if (r < 0) {
+		report(status_fd, "%s", err);
+		goto out;
+	}
+	pid_t hp = 0;
+	char hm[PATH_MAX] = "";
+	r = vol_lock(&v, &hp, hm, sizeof(hm));
+	if (r == -EBUSY) {
+		report(status_fd, "volume '%s' is already mounted%s%s (pid %d)", v.info.name,
+		       hm[0] ? " at " : "", hm, (int)hp);
+		goto out;
+	}
+	if (r < 0) {
+		report(status_fd, "cannot lock volume '%s': %s", v.info.name, strerror(-r));
+		goto out;
+	}
+	r = vol_open_data(&v, err, sizeof(err));
+	if (r < 0) {
+		report(status_fd, "%s", err);
+		goto out;
+	}
+	r = fs_new(v.meta, v.ds, &mo->fs, &fs);
+	if (r < 0) {
+		report(status_fd, "cannot start: %s", strerror(-r));
+		goto out;
+	}
+	r = fs_recover(fs);
+	if (r < 0) {
+		report(status_fd, "recovery after an unclean stop failed: %s", strerror(-r));
+		goto out;
+	}
+	r = fs_mount(fs, mnt, err, sizeof(err));
+	if (r < 0) {
+		report(status_fd, "%s", err);
+		goto out;
+	}
+	vol_lock_note(&v, mnt);
+	registry_add(mnt, meta_url);
+	log_info("volume %s mounted at %s", v.info.name, mnt);
+	report(status_fd, "OK");
+	if (status_fd >= 0) {
+		close(status_fd);
+		int null = open("/dev/null", O_RDWR);
+		if (null >= 0) {
+			dup2(null, 0);
+			dup2(null, 1);
+			dup2(null, 2);
+			if (null > 2)
+				close(null);
+		}
+	}
+	r = fs_loop(fs);
+	log_info("volume %s: unmounting from %s", v.info.name, mnt);
+out:
+	fs_free(fs);
+	vol_close(&v);
+	registry_del();
+	if (r >= 0)
+		log_info("volume at %s: all data and metadata written; exiting", mnt);
+	return r < 0 ? 1 : 0;
+}
+
+int cmd_mount(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"foreground", no_argument, NULL, 'f'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	struct mount_opts mo = {0};
+	mo.fs.attr_timeout = 1.0;
+	mo.fs.entry_timeout = 1.0;
+	mo.fs.max_threads = 16;
+	mo.fs.allow_other = geteuid() == 0;
+	snprintf(mo.log, sizeof(mo.log), "/var/log/braidfs.log");
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "fo:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			mo.foreground = true;
+			break;
+		case 'o':
+			if (parse_o(optarg, &mo) < 0)
+				return EXIT_USAGE;
+			break;
+		case 'h':
+			fputs(mount_help, stdout);
+			return 0;
+		default:
+			fprintf(stderr, "Try 'braidfs mount --help'.\n");
+			return EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 2) {
+		die_msg("mount", "needs META_URL and MOUNTPOINT (try --help)");
+		return EXIT_USAGE;
+	}
+	const char *meta_url = argv[optind];
+	char err[1024];
+	struct url u;
+	if (url_parse(meta_url, &u, err, sizeof(err)) < 0) {
+		die_msg("mount", "bad META_URL %s", err);
+		return EXIT_USAGE;
+	}
+	char mnt[PATH_MAX];
+	int r = mount_path(argv[optind + 1], mnt, sizeof(mnt));
+	if (r < 0) {
+		die_msg("mount", "mount point %s: %s", argv[optind + 1],
+			r == -ENOENT ? "does not exist" : strerror(-r));
+		return 1;
+	}
+	struct stat st;
+	if (stat(mnt, &st) < 0) {
+		if ((errno == ENOTCONN || errno == EIO) && is_braidfs_mount(mnt)) {
+			fprintf(stderr, "braidfs mount: %s holds a dead braidfs mount; removing it\n",
+				mnt);
+			if (umount2(mnt, MNT_DETACH) < 0) {
+				die_msg("mount", "cannot remove the dead mount at %s: %s", mnt,
+					strerror(errno));
+				return 1;
+			}
+		}
+		if (stat(mnt, &st) < 0) {
+			die_msg("mount", "mount point %s: %s", mnt, strerror(errno));
+			return 1;
+		}
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		die_msg("mount", "mount point %s is not a directory", mnt);
+		return 1;
+	}
+	if (is_braidfs_mount(mnt)) {
+		die_msg("mount", "%s is already a braidfs mount point", mnt);
+		return 1;
+	}
+
+	if (mo.foreground) {
+		log_init("braidfs", mo.fs.debug ? LOG_DEBUG : LOG_INFO, LOG_SINK_STDERR, NULL);
+		return serve(meta_url, mnt, &mo, -1);
+	}
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		die_msg("mount", "pipe: %s", strerror(errno));
+		return 1;
+	}
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		die_msg("mount", "fork: %s", strerror(errno));
+		return 1;
+	}
+	if (pid == 0) {
+		close(pfd[0]);
+		setsid();
+		if (chdir("/") < 0)
+			_exit(1);
+		if (log_init("braidfs", LOG_INFO, LOG_SINK_FILE, mo.log) < 0)
+			log_init("braidfs", LOG_INFO, LOG_SINK_SYSLOG, NULL);
+		_exit(serve(meta_url, mnt, &mo, pfd[1]));
+	}
+	close(pfd[1]);
+	char msg[2048];
+	size_t n = 0;
+	for (;;) {
+		ssize_t k = read(pfd[0], msg + n, sizeof(msg) - 1 - n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+		if (n >= 2 && !strncmp(msg, "OK", 2))
+			break;
+	}
+	msg[n] = '\0';
+	close(pfd[0]);
+	if (!strcmp(msg, "OK")) {
+		struct vol v;
+		char name[64] = "";
+		if (vol_open(&v, meta_url, META_O_RDONLY, err, sizeof(err)) == 0)
+			snprintf(name, sizeof(name), "%s", v.info.name);
+		printf("braidfs: volume '%s' mounted at %s (pid %d)\n", name, mnt, (int)pid);
+		if (v.meta)
+			printf("  %u replica(s) of every chunk on %u target(s), %s consistency\n",
+			       v.info.replicas, v.ntargets, consistency_name(v.info.consistency));
+		printf("  look at it:  ls %s    df -h %s    braidfs status %s\n"
+		       "  unmount:     braidfs umount %s\n",
+		       mnt, mnt, meta_url, mnt);
+		vol_close(&v);
+		return 0;
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	die_msg("mount", "%s", n ? msg : "the mount process died before it was ready (see the log)");
+	return 1;
+}
+
+/* ---- umount ---- */
+
+/* Alive and not a zombie (a foreground mount's parent may not have reaped it yet). */
+static bool pid_running(pid_t pid)
+{
+	char p[64], buf[512];
+	snprintf(p, sizeof(p), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(p, "r");
+	if (!f)
+		return false;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	const char *rp = strrchr(buf, ')');
+	return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
+}
+
+int cmd_umount(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"lazy", no_argument, NULL, 'l'},
+		{"timeout", required_argument, NULL, 't'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	bool lazy = false;
+	long timeout = 300;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "lt:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l':
+			lazy = true;
+			break;
+		case 't': {
+			char *end;
+			timeout = strtol(optarg, &end, 10);
+			if (*end || timeout < 0) {
+				die_msg("umount", "--timeout needs seconds, not '%s'", optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		}
+		case 'h':
+			fputs(umount_help, stdout);
+			return 0;
+		default:
+			fprintf(stderr, "Try 'braidfs umount --help'.\n");
+			return EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 1) {
+		die_msg("umount", "needs MOUNTPOINT (try --help)");
+		return EXIT_USAGE;
+	}
+	char mnt[PATH_MAX];
+	int r = mount_path(argv[optind], mnt, sizeof(mnt));
+	if (r < 0) {
+		die_msg("umount", "%s: %s", argv[optind], strerror(-r));
+		return 1;
+	}
+	if (!is_braidfs_mount(mnt)) {
+		die_msg("umount", "%s is not a braidfs mount point", mnt);
+		return 1;
+	}
+	pid_t pid = registry_find(mnt);
+	struct stat st;
+	bool dead = stat(mnt, &st) < 0 && (errno == ENOTCONN || errno == EIO);
+	if (!dead) {
+		int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd >= 0) {
+			syncfs(fd);
+			close(fd);
+		}
+	}
+	if (geteuid() == 0) {
+		if (umount2(mnt, (dead || lazy) ? MNT_DETACH : 0) < 0) {
+			if (errno == EBUSY)
+				die_msg("umount",
+					"%s is busy: processes have files or directories open there "
+					"(see 'fuser -vm %s'); close them, or use --lazy",
+					mnt, mnt);
+			else
+				die_msg("umount", "cannot unmount %s: %s", mnt, strerror(errno));
+			return 1;
+		}
+	} else {
+		pid_t p = fork();
+		if (p == 0) {
+			if (lazy)
+				execlp("fusermount3", "fusermount3", "-u", "-z", mnt, (char *)NULL);
+			else
+				execlp("fusermount3", "fusermount3", "-u", mnt, (char *)NULL);
+			_exit(127);
+		}
+		int status = 0;
+		if (p < 0 || waitpid(p, &status, 0) < 0 || !WIFEXITED(status) ||
+		    WEXITSTATUS(status) != 0) {
+			die_msg("umount", "fusermount3 -u %s failed", mnt);
+			return 1;
+		}
+	}
+	if (dead) {
+		printf("braidfs: removed the dead mount at %s; the next mount finishes its "
+		       "recovery\n",
+		       mnt);
+		return 0;
+	}
+	if (pid > 0) {
+		int64_t t0 = now_monotonic_ns();
+		bool said = false;
+		while (pid_running(pid)) {
+			int64_t el = (now_monotonic_ns() - t0) / 1000000000;
+			if (el >= 2 && !said) {
+				fprintf(stderr, "braidfs umount: waiting for pid %d to finish writing...\n",
+					(int)pid);
+				said = true;
+			}
+			if (el >= timeout) {
+				die_msg("umount", "pid %d still running after %lds; it keeps writing in "
+					"the background", (int)pid, timeout);
+				return 1;
+			}
+			struct timespec ts = {0, 20 * 1000 * 1000};
+			nanosleep(&ts, NULL);
+		}
+	}
+	printf("braidfs: unmounted %s\n", mnt);
+	return 0;
+}

@@ -1,1 +1,230 @@
-/* placeholder: being written */
+/* volume — open a braidfs volume for a subcommand: metadata, cluster tables, targets, and
+ * the mount lock that keeps a volume mounted (or checked) by one process at a time.
+ *
+ * The lock is an flock(2) on "<database>.lock" next to a SQLite database: the kernel
+ * releases it when the holder dies, so a kill -9 never leaves a stale lock behind. Engines
+ * shared by many nodes (postgres) will hold a lease row instead.
+ */
+#include "tools/tools.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/url.h"
+
+void die_msg(const char *cmd, const char *fmt, ...)
+{
+	char msg[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "braidfs %s: %s\n", cmd, msg);
+}
+
+const char *consistency_name(enum meta_consistency c)
+{
+	return c == META_WEAK ? "weak" : "strong";
+}
+
+int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, size_t errlen)
+{
+	memset(v, 0, sizeof(*v));
+	v->lock_fd = -1;
+	snprintf(v->meta_url, sizeof(v->meta_url), "%s", meta_url);
+	int r = meta_open(meta_url, meta_flags, &v->meta, err, errlen);
+	if (r < 0)
+		return r;
+	r = META_CALL(v->meta, volume_get, &v->info);
+	if (r == -ENOENT) {
+		snprintf(err, errlen, "%s holds no braidfs volume (run 'braidfs format' first)",
+			 meta_url);
+		return r;
+	}
+	if (r < 0) {
+		snprintf(err, errlen, "cannot read the volume from %s: %s", meta_url, strerror(-r));
+		return r;
+	}
+	v->targets = calloc(META_MAX_TARGETS, sizeof(*v->targets));
+	v->chains = calloc(META_MAX_TARGETS, sizeof(*v->chains));
+	if (!v->targets || !v->chains)
+		return -ENOMEM;
+	r = META_CALL(v->meta, targets_list, v->targets, META_MAX_TARGETS);
+	if (r >= 0) {
+		v->ntargets = (unsigned)(r < META_MAX_TARGETS ? r : META_MAX_TARGETS);
+		r = META_CALL(v->meta, chains_list, v->chains, META_MAX_TARGETS);
+	}
+	if (r < 0) {
+		snprintf(err, errlen, "cannot read targets and chains from %s: %s", meta_url,
+			 strerror(-r));
+		return r;
+	}
+	v->nchains = (unsigned)(r < META_MAX_TARGETS ? r : META_MAX_TARGETS);
+	return 0;
+}
+
+/* DS-1: a replica failed; commit the chain without it before the write is acknowledged. */
+static int chain_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t failed_target,
+			const uint32_t *members, uint32_t n, uint64_t *ret_epoch)
+{
+	struct vol *v = ctx;
+	int r = META_CALL(v->meta, chain_update, chain_id, epoch, members, n, ret_epoch);
+	if (r == 0)
+		r = META_CALL(v->meta, target_set_state, failed_target, META_TARGET_OFFLINE);
+	if (r == 0)
+		r = META_CALL(v->meta, sync);
+	if (r < 0)
+		log_err("cannot record the removal of target %u from chain %u: %s", failed_target,
+			chain_id, strerror(-r));
+	else
+		log_warn("target %u failed and left chain %u (epoch %llu)", failed_target,
+			 chain_id, (unsigned long long)*ret_epoch);
+	return r;
+}
+
+int vol_open_data(struct vol *v, char *err, size_t errlen)
+{
+	struct ds_target_cfg *t = calloc(v->ntargets ? v->ntargets : 1, sizeof(*t));
+	struct ds_chain_cfg *c = calloc(v->nchains ? v->nchains : 1, sizeof(*c));
+	int r = -ENOMEM;
+	if (!t || !c)
+		goto out;
+	for (unsigned i = 0; i < v->ntargets; i++) {
+		t[i].id = v->targets[i].id;
+		snprintf(t[i].url, sizeof(t[i].url), "%s", v->targets[i].url);
+		t[i].up = v->targets[i].state == META_TARGET_UP;
+	}
+	for (unsigned i = 0; i < v->nchains; i++) {
+		c[i].id = v->chains[i].id;
+		c[i].epoch = v->chains[i].epoch;
+		c[i].nmembers = v->chains[i].nmembers;
+		memcpy(c[i].members, v->chains[i].members, sizeof(c[i].members));
+	}
+	struct ds_config cfg = {
+		.chunk_size = v->info.chunk_size,
+		.consistency = v->info.consistency == META_WEAK ? DS_WEAK : DS_STRONG,
+		.targets = t,
+		.ntargets = v->ntargets,
+		.chains = c,
+		.nchains = v->nchains,
+		.chain_failed = chain_failed,
+		.cb_ctx = v,
+	};
+	snprintf(cfg.volume_uuid, sizeof(cfg.volume_uuid), "%s", v->info.uuid);
+	r = ds_open(&cfg, &v->ds, err, errlen);
+out:
+	free(t);
+	free(c);
+	return r;
+}
+
+static int lock_path(const char *meta_url, char *out, size_t len)
+{
+	struct url u;
+	if (url_parse(meta_url, &u, NULL, 0) < 0 || strcmp(u.scheme, "sqlite") != 0)
+		return -ENOTSUP;
+	if (snprintf(out, len, "%s.lock", u.path) >= (int)len)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static void read_holder(int fd, pid_t *pid, char *mnt, size_t mntlen)
+{
+	char buf[4200] = {0};
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	*pid = 0;
+	if (mnt && mntlen)
+		mnt[0] = '\0';
+	if (n <= 0)
+		return;
+	char *nl = strchr(buf, '\n');
+	*pid = (pid_t)atol(buf);
+	if (nl && mnt && mntlen) {
+		char *end = strchr(nl + 1, '\n');
+		if (end)
+			*end = '\0';
+		snprintf(mnt, mntlen, "%s", nl + 1);
+	}
+}
+
+int vol_lock(struct vol *v, pid_t *holder_pid, char *holder_mnt, size_t mntlen)
+{
+	char path[4200];
+	int r = lock_path(v->meta_url, path, sizeof(path));
+	if (r == -ENOTSUP)
+		return 0; /* shared engines use leases (later) */
+	if (r < 0)
+		return r;
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		r = -errno;
+		if (r == -EWOULDBLOCK) {
+			r = -EBUSY;
+			read_holder(fd, holder_pid, holder_mnt, mntlen);
+		}
+		close(fd);
+		return r;
+	}
+	char note[64];
+	int n = snprintf(note, sizeof(note), "%d\n\n", (int)getpid());
+	if (ftruncate(fd, 0) == 0 && pwrite(fd, note, (size_t)n, 0) < 0)
+		log_debug("cannot write %s: %s", path, strerror(errno));
+	v->lock_fd = fd;
+	return 0;
+}
+
+void vol_lock_note(struct vol *v, const char *mountpoint)
+{
+	if (v->lock_fd < 0)
+		return;
+	char note[4200];
+	int n = snprintf(note, sizeof(note), "%d\n%s\n", (int)getpid(), mountpoint);
+	if (ftruncate(v->lock_fd, 0) < 0 || pwrite(v->lock_fd, note, (size_t)n, 0) < 0)
+		log_debug("cannot note the mount in the lock file: %s", strerror(errno));
+}
+
+int vol_lock_holder(const char *meta_url, pid_t *pid, char *mnt, size_t mntlen)
+{
+	char path[4200];
+	if (lock_path(meta_url, path, sizeof(path)) < 0)
+		return 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	int held = 0;
+	if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
+		held = 1;
+		read_holder(fd, pid, mnt, mntlen);
+	} else {
+		flock(fd, LOCK_UN);
+	}
+	close(fd);
+	return held;
+}
+
+void vol_close(struct vol *v)
+{
+	ds_close(v->ds);
+	v->ds = NULL;
+	meta_close(v->meta);
+	v->meta = NULL;
+	free(v->targets);
+	free(v->chains);
+	v->targets = NULL;
+	v->chains = NULL;
+	if (v->lock_fd >= 0) {
+		if (ftruncate(v->lock_fd, 0) < 0)
+			log_debug("cannot clear the lock file: %s", strerror(errno));
+		close(v->lock_fd);
+		v->lock_fd = -1;
+	}
+}

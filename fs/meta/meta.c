@@ -1,1 +1,78 @@
-/* placeholder: being written */
+/* meta — the engine registry: picks a metadata engine by URL scheme.
+ *
+ * Every engine is one `struct meta_ops` in meta_engines[]; meta_open() parses the URL only far
+ * enough to read its scheme and hands the whole URL to that engine, which owns the rest of the
+ * syntax (and its error messages). Stateless; callable from any thread.
+ */
+#include "fs/meta/meta.h"
+
+#include "common/url.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const struct meta_ops *const meta_engines[] = {
+	&meta_sqlite_ops,
+};
+
+static void meta_seterr(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void meta_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t errlen)
+{
+	struct url u;
+	char uerr[URL_MAX + 64];
+	int r;
+
+	if (err && errlen > 0)
+		err[0] = '\0';
+	if (!url || !ret) {
+		meta_seterr(err, errlen, "no metadata URL given");
+		return -EINVAL;
+	}
+	if (flags & ~(META_O_CREATE | META_O_RDONLY) ||
+	    (flags & (META_O_CREATE | META_O_RDONLY)) == (META_O_CREATE | META_O_RDONLY)) {
+		meta_seterr(err, errlen, "invalid open flags 0x%x", (unsigned)flags);
+		return -EINVAL;
+	}
+	r = url_parse(url, &u, uerr, (int)sizeof(uerr));
+	if (r < 0) {
+		meta_seterr(err, errlen, "bad metadata URL: %s (expected sqlite:///abs/path.db)",
+			    uerr);
+		return r;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(meta_engines); i++) {
+		const struct meta_ops *ops = meta_engines[i];
+
+		if (strcmp(ops->scheme, u.scheme) == 0)
+			return ops->open(url, flags, ret, err, errlen);
+	}
+	meta_seterr(err, errlen, "unknown metadata URL scheme '%s' (expected sqlite:///abs/path.db)",
+		    u.scheme);
+	return -EINVAL;
+}
+
+void meta_close(struct meta *m)
+{
+	if (m)
+		m->ops->close(m);
+}
+
+const struct meta_ops *meta_ops_of(const struct meta *m)
+{
+	return m ? m->ops : NULL;
+}

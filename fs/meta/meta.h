@@ -231,7 +231,7 @@ struct meta {
 };
 
 /* Convenience wrappers: m->ops->fn(m, ...). */
-#define META_CALL(m, fn, ...) ((m)->ops->fn((m), __VA_ARGS__))
+#define META_CALL(m, fn, ...) ((m)->ops->fn((m), ##__VA_ARGS__))
 
 extern const struct meta_ops meta_sqlite_ops;
 

@@ -1,1 +1,2929 @@
-/* placeholder: being written */
+/* meta_sqlite — the embedded metadata engine: one SQLite database file in WAL mode.
+ *
+ * URL: sqlite:///absolute/path.db (sqlite:/absolute/path.db is accepted too). No host, no query.
+ *
+ * DESIGN
+ *   One handle = one SQLite connection + one mutex (`lock`). Every call takes the mutex, so the
+ *   connection is used by one thread at a time (it is opened SQLITE_OPEN_NOMUTEX: SQLite's own
+ *   per-call mutex would only add cost). Other processes (the CLI while a mount runs) open the
+ *   same file with their own connections; SQLite's WAL locking and busy_timeout arbitrate.
+ *
+ *   Every namespace operation is one `BEGIN IMMEDIATE ... COMMIT` (META-1): IMMEDIATE takes the
+ *   write lock up front, so a transaction never fails half way with SQLITE_BUSY on the upgrade
+ *   from reader to writer. The body of each operation is an `ms_*_tx()` function that only
+ *   runs inside such a transaction and returns 0/-errno; ms_end() commits or rolls back.
+ *   Out-parameters are written only after the commit succeeded.
+ *
+ *   Statements are prepared once per connection (lazily, SQLITE_PREPARE_PERSISTENT) from the
+ *   MS_STMTS table below and reset after every use, so no statement keeps a read snapshot
+ *   open (that would stall WAL checkpoints).
+ *
+ * DURABILITY (META-5)
+ *   synchronous=NORMAL: a commit appends to the WAL without fsync, so it may be lost on power
+ *   failure (never corrupted). sync() commits one tiny transaction with synchronous=FULL: that
+ *   fsyncs the WAL after its commit frame, and because the WAL is append-only every frame before
+ *   it (every earlier commit, by any connection) is durable too; frames already checkpointed into
+ *   the main file were fsynced by the checkpoint before the WAL was restarted. sync() is skipped
+ *   when nothing was committed since the last one (our counter + PRAGMA data_version for other
+ *   connections), which turns a burst of fsync() calls into one WAL fsync.
+ *
+ * OPEN (never modifies a file it rejects)
+ *   stat -> (missing: ENOENT, or create with META_O_CREATE) -> raw 100-byte header check (SQLite
+ *   magic, application_id if already in the main file) -> SQLite open with checkpoint-on-close
+ *   disabled -> application_id / user_version / schema read through SQLite (sees the WAL) ->
+ *   accepted: WAL mode, pragmas, checkpoint-on-close back on. A database that holds no table and
+ *   no application_id is "empty": usable only with META_O_CREATE (a format that crashed before
+ *   its commit leaves exactly that).
+ *
+ * LOCKS
+ *   ms.lock protects the connection and the statement cache. Callbacks run with it held (see
+ *   meta.h); readdir/inodes/orphans drop it between batches of MS_BATCH rows so that a long
+ *   listing does not starve writers. No other lock exists, so there is no lock order.
+ */
+#include "fs/meta/meta.h"
+
+#include "common/log.h"
+#include "common/url.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define MS_APP_ID          0x42524653 /* "BRFS": PRAGMA application_id of every braidfs db */
+#define MS_SCHEMA_VERSION  1          /* PRAGMA user_version written by format() */
+#define MS_BUSY_TIMEOUT_MS 5000       /* then -EBUSY */
+#define MS_BATCH           256        /* rows per lock hold in readdir/inodes/orphans */
+#define MS_LINK_MAX        65000      /* hard links per inode, as ext4 (EMLINK) */
+#define MS_DEPTH_MAX       (1u << 20) /* ancestor walk bound: deeper means a loop (corruption) */
+#define MS_CACHE_KIB       16384      /* page cache per connection */
+
+/* mode bits as they appear in SQL (S_IFMT, S_IFDIR, S_IFREG) */
+#define MS_SQL_IFMT  "61440"
+#define MS_SQL_IFDIR "16384"
+#define MS_SQL_IFREG "32768"
+
+/* Schema version 1. Why this shape:
+ *  - inodes.ino AUTOINCREMENT: SQLite then never hands out a number again, even after the
+ *    highest row is deleted (META-2). Root is inserted as 1 by format().
+ *  - dentries.id AUTOINCREMENT is the readdir cookie (offset = id + 2): monotonic and never
+ *    reused, so a listing resumed from an offset neither repeats nor skips surviving entries.
+ *    (parent, id) serves readdir as an index range scan; UNIQUE (parent, name) serves lookup;
+ *    (ino) serves the ancestor walk of rename and fsck's link counting.
+ *  - names are BLOBs: a file name is bytes, not text in some encoding; BLOB = memcmp.
+ *  - no per-chunk rows: chunks are located from the layout (ARCHITECTURE.md).
+ *  - the partial index inodes_pending holds only orphans and WDIRTY inodes, so orphans() after
+ *    a crash costs O(orphans), not a scan of every inode.
+ *  - chain members are a child table so that targets(id) is a real foreign key and a target
+ *    cannot be listed twice in one chain (UNIQUE).
+ *  - namespace tables carry no foreign keys: they would need enforcement lookups on every
+ *    create; the engine keeps them consistent inside each transaction and check() verifies. */
+static const char ms_schema_sql[] =
+	"CREATE TABLE volume ("
+	" id INTEGER PRIMARY KEY CHECK (id = 1),"
+	" name TEXT NOT NULL, uuid TEXT NOT NULL, format_version INTEGER NOT NULL,"
+	" chunk_size INTEGER NOT NULL, replicas INTEGER NOT NULL, consistency INTEGER NOT NULL,"
+	" created_ns INTEGER NOT NULL,"
+	" sync_seq INTEGER NOT NULL DEFAULT 0);" /* bumped by sync(): a write to commit */
+	"CREATE TABLE targets ("
+	" id INTEGER PRIMARY KEY CHECK (id >= 1),"
+	" url TEXT NOT NULL, uuid TEXT NOT NULL, state INTEGER NOT NULL);"
+	"CREATE TABLE chains ("
+	" id INTEGER PRIMARY KEY CHECK (id >= 0),"
+	" epoch INTEGER NOT NULL);"
+	"CREATE TABLE chain_members ("
+	" chain INTEGER NOT NULL REFERENCES chains (id),"
+	" pos INTEGER NOT NULL,"
+	" target INTEGER NOT NULL REFERENCES targets (id),"
+	" PRIMARY KEY (chain, pos), UNIQUE (chain, target)) WITHOUT ROWID;"
+	"CREATE TABLE inodes ("
+	" ino INTEGER PRIMARY KEY AUTOINCREMENT,"
+	" mode INTEGER NOT NULL, nlink INTEGER NOT NULL,"
+	" uid INTEGER NOT NULL, gid INTEGER NOT NULL, rdev INTEGER NOT NULL,"
+	" size INTEGER NOT NULL,"
+	" atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,"
+	" btime INTEGER NOT NULL,"
+	" generation INTEGER NOT NULL, flags INTEGER NOT NULL,"
+	" link BLOB);" /* symlink target, NULL for every other type */
+	"CREATE INDEX inodes_pending ON inodes (ino) WHERE nlink = 0 OR flags & 1 != 0;"
+	"CREATE TABLE dentries ("
+	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	" parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,"
+	" UNIQUE (parent, name));"
+	"CREATE INDEX dentries_by_parent ON dentries (parent, id);"
+	"CREATE INDEX dentries_by_ino ON dentries (ino);"
+	"CREATE TABLE xattrs ("
+	" ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,"
+	" PRIMARY KEY (ino, name));";
+
+#define MS_ATTR_COLS                                                                       \
+	"ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime, generation, " \
+	"flags"
+#define MS_ATTR_COLS_I                                                                     \
+	"i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, " \
+	"i.btime, i.generation, i.flags"
+#define MS_NATTR_COLS 13
+
+/* Every statement the engine runs more than once, prepared once per connection. */
+#define MS_STMTS(X)                                                                              \
+	X(BEGIN_W, "BEGIN IMMEDIATE")                                                            \
+	X(BEGIN_R, "BEGIN DEFERRED")                                                             \
+	X(COMMIT, "COMMIT")                                                                      \
+	X(ROLLBACK, "ROLLBACK")                                                                  \
+	X(SYNC_FULL, "PRAGMA synchronous = FULL")                                                \
+	X(SYNC_NORMAL, "PRAGMA synchronous = NORMAL")                                            \
+	X(DATA_VERSION, "PRAGMA data_version")                                                   \
+	X(APP_ID, "PRAGMA application_id")                                                       \
+	X(SYNC_MARK, "UPDATE volume SET sync_seq = sync_seq + 1 WHERE id = 1")                   \
+	X(VOLUME_GET, "SELECT name, uuid, format_version, chunk_size, replicas, consistency, "   \
+		      "created_ns FROM volume WHERE id = 1")                                     \
+	X(TARGETS_LIST, "SELECT id, url, uuid, state FROM targets ORDER BY id")                  \
+	X(TARGET_SET_STATE, "UPDATE targets SET state = ?2 WHERE id = ?1")                       \
+	X(CHAINS_LIST, "SELECT c.id, c.epoch, m.target FROM chains c "                           \
+		       "LEFT JOIN chain_members m ON m.chain = c.id ORDER BY c.id, m.pos")       \
+	X(CHAIN_EPOCH, "SELECT epoch FROM chains WHERE id = ?1")                                 \
+	X(CHAIN_SET_EPOCH, "UPDATE chains SET epoch = ?2 WHERE id = ?1")                         \
+	X(CHAIN_CLEAR, "DELETE FROM chain_members WHERE chain = ?1")                             \
+	X(CHAIN_ADD, "INSERT INTO chain_members (chain, pos, target) VALUES (?1, ?2, ?3)")       \
+	X(INODE_GET, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino = ?1")                       \
+	X(INODE_PUT, "UPDATE inodes SET mode = ?2, nlink = ?3, uid = ?4, gid = ?5, rdev = ?6, "  \
+		     "size = ?7, atime = ?8, mtime = ?9, ctime = ?10, btime = ?11, flags = ?12 " \
+		     "WHERE ino = ?1")                                                           \
+	X(INODE_INSERT, "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, "  \
+			"ctime, btime, generation, flags, link) "                                \
+			"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")       \
+	X(INODE_DELETE, "DELETE FROM inodes WHERE ino = ?1")                                     \
+	X(INODE_CTIME, "UPDATE inodes SET ctime = ?2 WHERE ino = ?1")                            \
+	X(INODE_LINK, "SELECT mode, link FROM inodes WHERE ino = ?1")                            \
+	X(DIR_TOUCH, "UPDATE inodes SET nlink = nlink + ?2, mtime = ?3, ctime = ?3 "             \
+		     "WHERE ino = ?1")                                                           \
+	X(DENT_GET, "SELECT d.id, d.ino, " MS_ATTR_COLS_I " FROM dentries d "                    \
+		    "LEFT JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?1 AND d.name = ?2")   \
+	X(DENT_INSERT, "INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")           \
+	X(DENT_DELETE, "DELETE FROM dentries WHERE id = ?1")                                     \
+	X(DENT_MOVE, "UPDATE dentries SET parent = ?2, name = ?3 WHERE id = ?1")                 \
+	X(DENT_SET_INO, "UPDATE dentries SET ino = ?2 WHERE id = ?1")                            \
+	X(DENT_ANY_CHILD, "SELECT 1 FROM dentries WHERE parent = ?1 LIMIT 1")                    \
+	X(DENT_PARENT_OF, "SELECT parent FROM dentries WHERE ino = ?1 ORDER BY id LIMIT 1")      \
+	X(READDIR, "SELECT d.id, d.name, d.ino, i.mode FROM dentries d "                         \
+		   "LEFT JOIN inodes i ON i.ino = d.ino "                                        \
+		   "WHERE d.parent = ?1 AND d.id >= ?2 ORDER BY d.id LIMIT ?3")                  \
+	X(READDIRPLUS, "SELECT d.id, d.name, " MS_ATTR_COLS_I " FROM dentries d "                \
+		       "LEFT JOIN inodes i ON i.ino = d.ino "                                    \
+		       "WHERE d.parent = ?1 AND d.id > ?2 ORDER BY d.id LIMIT ?3")               \
+	X(XATTR_GET, "SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")                    \
+	X(XATTR_PUT, "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3) "                \
+		     "ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value")             \
+	X(XATTR_DEL, "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")                          \
+	X(XATTR_DEL_ALL, "DELETE FROM xattrs WHERE ino = ?1")                                    \
+	X(XATTR_LIST, "SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")                    \
+	X(ORPHANS, "SELECT " MS_ATTR_COLS " FROM inodes "                                        \
+		   "WHERE (nlink = 0 OR flags & 1 != 0) AND ino > ?1 ORDER BY ino LIMIT ?2")     \
+	X(INODES, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino > ?1 ORDER BY ino LIMIT ?2")    \
+	X(STATFS, "SELECT count(*), coalesce(sum(CASE WHEN mode & " MS_SQL_IFMT " = "             \
+		  MS_SQL_IFREG " THEN size ELSE 0 END), 0) FROM inodes")
+
+enum ms_sid {
+#define MS_ENUM(id, sql) MSQ_##id,
+	MS_STMTS(MS_ENUM)
+#undef MS_ENUM
+	MSQ_COUNT
+};
+
+static const char *const ms_sql[MSQ_COUNT] = {
+#define MS_SQL(id, sql) [MSQ_##id] = sql,
+	MS_STMTS(MS_SQL)
+#undef MS_SQL
+};
+
+struct ms {
+	struct meta base; /* first: meta_ops_of() reads base.ops */
+	pthread_mutex_t lock;
+	/* protected by lock: */
+	sqlite3 *db;
+	sqlite3_stmt *stmt[MSQ_COUNT]; /* prepared on first use */
+	bool formatted;               /* application_id seen; schema present */
+	uint64_t commits;             /* write transactions committed since the last sync() */
+	int64_t synced_dv;            /* PRAGMA data_version at the last sync(); -1: never */
+	/* immutable after open: */
+	bool rdonly;
+	char path[URL_MAX];
+};
+
+static struct ms *ms_of(struct meta *mm)
+{
+	return (struct ms *)mm;
+}
+
+static void ms_lock(struct ms *m)
+{
+	pthread_mutex_lock(&m->lock);
+}
+
+static void ms_unlock(struct ms *m)
+{
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void ms_seterr(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void ms_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* SQLite result -> -errno, in exactly one place. Call it right after the failing call, before
+ * anything else touches the connection (sqlite3_errmsg() describes the latest call). */
+static int ms_errno(struct ms *m, int rc, const char *what)
+{
+	int e;
+
+	switch (rc & 0xff) {
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		e = -EBUSY;
+		break;
+	case SQLITE_FULL:
+		e = -ENOSPC;
+		break;
+	case SQLITE_READONLY:
+		e = -EROFS;
+		break;
+	case SQLITE_NOMEM:
+		e = -ENOMEM;
+		break;
+	case SQLITE_TOOBIG:
+		e = -E2BIG;
+		break;
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		/* The one error above debug level: the operator must learn about it. */
+		log_err("metadata database %s is corrupted (%s: %s); run 'braidfs fsck'", m->path,
+			what, sqlite3_errmsg(m->db));
+		return -EIO;
+	default:
+		e = -EIO;
+		break;
+	}
+	log_debug("meta sqlite %s: %s: %s (%d)", m->path, what, sqlite3_errmsg(m->db), rc);
+	return e;
+}
+
+/* The cached statement `id`, reset and with no bindings. */
+static int ms_prep(struct ms *m, enum ms_sid id, sqlite3_stmt **ret)
+{
+	sqlite3_stmt *st = m->stmt[id];
+	int rc;
+
+	if (!st) {
+		rc = sqlite3_prepare_v3(m->db, ms_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st,
+					NULL);
+		if (rc != SQLITE_OK)
+			return ms_errno(m, rc, "prepare");
+		m->stmt[id] = st;
+	} else {
+		sqlite3_reset(st);
+		sqlite3_clear_bindings(st);
+	}
+	*ret = st;
+	return 0;
+}
+
+/* Step a statement that returns no row we need; reset it. */
+static int ms_done(struct ms *m, sqlite3_stmt *st, const char *what)
+{
+	int rc = sqlite3_step(st);
+	int r = 0;
+
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+		r = ms_errno(m, rc, what);
+	sqlite3_reset(st);
+	return r;
+}
+
+/* Run cached statement `id` with up to three int64 parameters; no result rows. */
+static int ms_run3(struct ms *m, enum ms_sid id, int64_t a, int64_t b, int64_t c)
+{
+	sqlite3_stmt *st;
+	int n, r;
+
+	r = ms_prep(m, id, &st);
+	if (r < 0)
+		return r;
+	n = sqlite3_bind_parameter_count(st);
+	if (n >= 1)
+		sqlite3_bind_int64(st, 1, a);
+	if (n >= 2)
+		sqlite3_bind_int64(st, 2, b);
+	if (n >= 3)
+		sqlite3_bind_int64(st, 3, c);
+	return ms_done(m, st, ms_sql[id]);
+}
+
+/* One integer from a single-row statement (PRAGMA x). */
+static int ms_int_query(struct ms *m, enum ms_sid id, int64_t *ret)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_prep(m, id, &st);
+	if (r < 0)
+		return r;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*ret = sqlite3_column_int64(st, 0);
+	else if (rc == SQLITE_DONE)
+		r = -EIO;
+	else
+		r = ms_errno(m, rc, ms_sql[id]);
+	sqlite3_reset(st);
+	return r;
+}
+
+static int ms_bind_name(sqlite3_stmt *st, int idx, const char *name)
+{
+	return sqlite3_bind_blob(st, idx, name, (int)strlen(name), SQLITE_STATIC);
+}
+
+/* ---- transactions ---------------------------------------------------------------------- */
+
+/* Re-read application_id when this handle opened an empty database: another process (or
+ * this one) may have formatted it since. -ENOENT while it is not formatted. */
+static int ms_ready(struct ms *m)
+{
+	int64_t id = 0;
+	int r;
+
+	if (m->formatted)
+		return 0;
+	r = ms_int_query(m, MSQ_APP_ID, &id);
+	if (r < 0)
+		return r;
+	if (id != MS_APP_ID)
+		return -ENOENT;
+	m->formatted = true;
+	return 0;
+}
+
+static int ms_begin(struct ms *m)
+{
+	int r;
+
+	if (m->rdonly)
+		return -EROFS;
+	r = ms_ready(m);
+	if (r < 0)
+		return r;
+	return ms_run3(m, MSQ_BEGIN_W, 0, 0, 0);
+}
+
+static void ms_rollback(struct ms *m)
+{
+	/* SQLite rolls back by itself on some errors (FULL, IOERR, BUSY, NOMEM): then there is
+	 * no transaction left and ROLLBACK would only fail. */
+	if (sqlite3_get_autocommit(m->db))
+		return;
+	if (ms_run3(m, MSQ_ROLLBACK, 0, 0, 0) < 0)
+		log_debug("meta sqlite %s: rollback failed", m->path);
+}
+
+/* End the transaction begun by ms_begin(): commit if r >= 0, else roll back. Returns r, or
+ * the commit's error. */
+static int ms_end(struct ms *m, int r)
+{
+	if (r >= 0) {
+		int c = ms_run3(m, MSQ_COMMIT, 0, 0, 0);
+
+		if (c == 0) {
+			m->commits++;
+			return r;
+		}
+		r = c;
+	}
+	ms_rollback(m);
+	return r;
+}
+
+/* ---- rows <-> structs ------------------------------------------------------------------ */
+
+static void ms_row_attr(sqlite3_stmt *st, int c, struct meta_attr *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->ino = (uint64_t)sqlite3_column_int64(st, c + 0);
+	a->mode = (uint32_t)sqlite3_column_int64(st, c + 1);
+	a->nlink = (uint32_t)sqlite3_column_int64(st, c + 2);
+	a->uid = (uint32_t)sqlite3_column_int64(st, c + 3);
+	a->gid = (uint32_t)sqlite3_column_int64(st, c + 4);
+	a->rdev = (uint64_t)sqlite3_column_int64(st, c + 5);
+	a->size = (uint64_t)sqlite3_column_int64(st, c + 6);
+	a->atime_ns = sqlite3_column_int64(st, c + 7);
+	a->mtime_ns = sqlite3_column_int64(st, c + 8);
+	a->ctime_ns = sqlite3_column_int64(st, c + 9);
+	a->btime_ns = sqlite3_column_int64(st, c + 10);
+	a->generation = (uint64_t)sqlite3_column_int64(st, c + 11);
+	a->flags = (uint32_t)sqlite3_column_int64(st, c + 12);
+}
+
+/* A name column into a NUL-terminated buffer of META_NAME_MAX + 1 bytes. */
+static void ms_col_name(sqlite3_stmt *st, int c, char *buf)
+{
+	const void *p = sqlite3_column_blob(st, c);
+	int n = sqlite3_column_bytes(st, c);
+
+	if (n < 0 || !p)
+		n = 0;
+	if (n > META_NAME_MAX)
+		n = META_NAME_MAX; /* only a corrupted row; check() does not look at names */
+	memcpy(buf, p ? p : "", (size_t)n);
+	buf[n] = '\0';
+}
+
+/* ---- inode and entry primitives (inside a transaction or under the lock) ---------------- */
+
+static int ms_inode_get(struct ms *m, uint64_t ino, struct meta_attr *ret)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	if (ino == 0 || ino > INT64_MAX)
+		return -ENOENT;
+	r = ms_prep(m, MSQ_INODE_GET, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		ms_row_attr(st, 0, ret);
+	else if (rc == SQLITE_DONE)
+		r = -ENOENT;
+	else
+		r = ms_errno(m, rc, "inode get");
+	sqlite3_reset(st);
+	return r;
+}
+
+/* Write every mutable column of a (ino and generation never change). */
+static int ms_inode_put(struct ms *m, const struct meta_attr *a)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	r = ms_prep(m, MSQ_INODE_PUT, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)a->ino);
+	sqlite3_bind_int64(st, 2, a->mode);
+	sqlite3_bind_int64(st, 3, a->nlink);
+	sqlite3_bind_int64(st, 4, a->uid);
+	sqlite3_bind_int64(st, 5, a->gid);
+	sqlite3_bind_int64(st, 6, (int64_t)a->rdev);
+	sqlite3_bind_int64(st, 7, (int64_t)a->size);
+	sqlite3_bind_int64(st, 8, a->atime_ns);
+	sqlite3_bind_int64(st, 9, a->mtime_ns);
+	sqlite3_bind_int64(st, 10, a->ctime_ns);
+	sqlite3_bind_int64(st, 11, a->btime_ns);
+	sqlite3_bind_int64(st, 12, a->flags);
+	return ms_done(m, st, "inode put");
+}
+
+/* Insert a new inode from a (a->ino ignored); *ret_ino gets the number SQLite assigned. */
+static int ms_inode_insert(struct ms *m, const struct meta_attr *a, const char *link,
+			   uint64_t *ret_ino)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	r = ms_prep(m, MSQ_INODE_INSERT, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, a->mode);
+	sqlite3_bind_int64(st, 2, a->nlink);
+	sqlite3_bind_int64(st, 3, a->uid);
+	sqlite3_bind_int64(st, 4, a->gid);
+	sqlite3_bind_int64(st, 5, (int64_t)a->rdev);
+	sqlite3_bind_int64(st, 6, (int64_t)a->size);
+	sqlite3_bind_int64(st, 7, a->atime_ns);
+	sqlite3_bind_int64(st, 8, a->mtime_ns);
+	sqlite3_bind_int64(st, 9, a->ctime_ns);
+	sqlite3_bind_int64(st, 10, a->btime_ns);
+	sqlite3_bind_int64(st, 11, (int64_t)a->generation);
+	sqlite3_bind_int64(st, 12, a->flags);
+	if (link)
+		ms_bind_name(st, 13, link);
+	else
+		sqlite3_bind_null(st, 13);
+	r = ms_done(m, st, "inode insert");
+	if (r < 0)
+		return r;
+	*ret_ino = (uint64_t)sqlite3_last_insert_rowid(m->db);
+	return 0;
+}
+
+/* Delete an inode row and its xattrs. */
+static int ms_inode_delete(struct ms *m, uint64_t ino)
+{
+	int r = ms_run3(m, MSQ_XATTR_DEL_ALL, (int64_t)ino, 0, 0);
+
+	if (r < 0)
+		return r;
+	return ms_run3(m, MSQ_INODE_DELETE, (int64_t)ino, 0, 0);
+}
+
+/* Directory ino: nlink += dnlink, mtime = ctime = now (an entry in it changed). */
+static int ms_dir_touch(struct ms *m, uint64_t ino, int dnlink, int64_t now)
+{
+	return ms_run3(m, MSQ_DIR_TOUCH, (int64_t)ino, dnlink, now);
+}
+
+static int ms_dir_get(struct ms *m, uint64_t ino, struct meta_attr *ret)
+{
+	struct meta_attr a;
+	int r = ms_inode_get(m, ino, &a);
+
+	if (r < 0)
+		return r;
+	if (!S_ISDIR(a.mode))
+		return -ENOTDIR;
+	if (ret)
+		*ret = a;
+	return 0;
+}
+
+/* The entry `name` in directory `parent` (which the caller checked): its id and the inode it
+ * names. -ENOENT if there is none; -EIO if it names a missing inode (check() repairs that). */
+static int ms_dent_get(struct ms *m, uint64_t parent, const char *name, int64_t *ret_id,
+		       struct meta_attr *ret)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_DENT_GET, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)parent);
+	ms_bind_name(st, 2, name);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		if (sqlite3_column_type(st, 2) == SQLITE_NULL) {
+			log_debug("meta sqlite %s: entry '%s' in directory %" PRIu64
+				  " names missing inode %lld; run 'braidfs fsck'",
+				  m->path, name, parent, (long long)sqlite3_column_int64(st, 1));
+			r = -EIO;
+		} else {
+			if (ret_id)
+				*ret_id = sqlite3_column_int64(st, 0);
+			if (ret)
+				ms_row_attr(st, 2, ret);
+		}
+	} else if (rc == SQLITE_DONE) {
+		r = -ENOENT;
+	} else {
+		r = ms_errno(m, rc, "entry get");
+	}
+	sqlite3_reset(st);
+	return r;
+}
+
+static int ms_dent_insert(struct ms *m, uint64_t parent, const char *name, uint64_t ino)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	r = ms_prep(m, MSQ_DENT_INSERT, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)parent);
+	ms_bind_name(st, 2, name);
+	sqlite3_bind_int64(st, 3, (int64_t)ino);
+	return ms_done(m, st, "entry insert");
+}
+
+static int ms_dent_move(struct ms *m, int64_t id, uint64_t newparent, const char *newname)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	r = ms_prep(m, MSQ_DENT_MOVE, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_int64(st, 2, (int64_t)newparent);
+	ms_bind_name(st, 3, newname);
+	return ms_done(m, st, "entry move");
+}
+
+/* 1 if directory ino has an entry, 0 if empty. */
+static int ms_has_children(struct ms *m, uint64_t ino)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_DENT_ANY_CHILD, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		r = 1;
+	else if (rc != SQLITE_DONE)
+		r = ms_errno(m, rc, "children");
+	sqlite3_reset(st);
+	return r;
+}
+
+/* -EINVAL if directory `dir` is `from` or one of its ancestors (a rename would move `dir`
+ * into its own subtree). Walks up through the entry that names each directory. */
+static int ms_check_not_ancestor(struct ms *m, uint64_t dir, uint64_t from)
+{
+	uint64_t cur = from;
+	sqlite3_stmt *st;
+	int rc, r;
+
+	for (unsigned depth = 0;; depth++) {
+		if (cur == dir)
+			return -EINVAL;
+		if (cur == META_ROOT_INO)
+			return 0;
+		if (depth > MS_DEPTH_MAX) {
+			log_debug("meta sqlite %s: directory loop above inode %" PRIu64
+				  "; run 'braidfs fsck'",
+				  m->path, from);
+			return -EIO;
+		}
+		r = ms_prep(m, MSQ_DENT_PARENT_OF, &st);
+		if (r < 0)
+			return r;
+		sqlite3_bind_int64(st, 1, (int64_t)cur);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			cur = (uint64_t)sqlite3_column_int64(st, 0);
+		} else if (rc == SQLITE_DONE) {
+			log_debug("meta sqlite %s: directory %" PRIu64
+				  " is not reachable from the root; run 'braidfs fsck'",
+				  m->path, cur);
+			r = -EIO;
+		} else {
+			r = ms_errno(m, rc, "parent of");
+		}
+		sqlite3_reset(st);
+		if (r < 0)
+			return r;
+	}
+}
+
+/* ---- argument checks ------------------------------------------------------------------- */
+
+/* A path component: 1..META_NAME_MAX bytes, no '/'. */
+static int ms_name_check(const char *name)
+{
+	size_t n;
+
+	if (!name)
+		return -EINVAL;
+	n = strnlen(name, META_NAME_MAX + 1);
+	if (n == 0)
+		return -EINVAL;
+	if (n > META_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (memchr(name, '/', n))
+		return -EINVAL;
+	return 0;
+}
+
+/* "." and ".." are never stored: the FUSE layer answers them. */
+static bool ms_name_is_dot(const char *name)
+{
+	return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
+}
+
+/* ---- open / close ---------------------------------------------------------------------- */
+
+static void ms_close(struct meta *mm)
+{
+	struct ms *m;
+
+	if (!mm)
+		return;
+	m = ms_of(mm);
+	for (int i = 0; i < MSQ_COUNT; i++)
+		sqlite3_finalize(m->stmt[i]);
+	if (m->db)
+		sqlite3_close_v2(m->db);
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
+enum ms_file { MS_FILE_MISSING, MS_FILE_EMPTY, MS_FILE_SQLITE };
+
+static uint32_t ms_be32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static bool ms_file_nonempty(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0 && sb.st_size > 0;
+}
+
+/* Look at the file before SQLite does: SQLite must only ever see a missing file, an empty one,
+ * or one with an SQLite header that is not some other application's. Reads only. */
+static int ms_precheck(struct ms *m, int flags, enum ms_file *ret, char *err, size_t errlen)
+{
+	static const char magic[16] = "SQLite format 3";
+	unsigned char hdr[100];
+	char side[URL_MAX + 16];
+	struct stat sb;
+	uint32_t app;
+	int fd, r;
+
+	if (stat(m->path, &sb) < 0) {
+		r = -errno;
+		if (r != -ENOENT) {
+			ms_seterr(err, errlen, "cannot access %s: %s", m->path, strerror(-r));
+			return r;
+		}
+		if (!(flags & META_O_CREATE)) {
+			ms_seterr(err, errlen,
+				  "no metadata database at %s (run 'braidfs format' first)",
+				  m->path);
+			return -ENOENT;
+		}
+		/* SQLite would say "unable to open database file"; say which directory. */
+		char dir[URL_MAX];
+		char *slash;
+
+		snprintf(dir, sizeof(dir), "%s", m->path);
+		slash = strrchr(dir, '/');
+		if (slash == dir)
+			slash[1] = '\0';
+		else if (slash)
+			*slash = '\0';
+		if (stat(dir, &sb) < 0)
+			r = -errno;
+		else
+			r = S_ISDIR(sb.st_mode) ? 0 : -ENOTDIR;
+		if (r < 0) {
+			ms_seterr(err, errlen, "cannot create %s: directory %s: %s", m->path, dir,
+				  strerror(-r));
+			return r;
+		}
+		*ret = MS_FILE_MISSING;
+		return 0;
+	}
+	if (S_ISDIR(sb.st_mode)) {
+		ms_seterr(err, errlen, "%s is a directory, not a braidfs metadata database",
+			  m->path);
+		return -EISDIR;
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		ms_seterr(err, errlen, "%s is not a regular file, not a braidfs metadata database",
+			  m->path);
+		return -EINVAL;
+	}
+	snprintf(side, sizeof(side), "%s-wal", m->path);
+	if (sb.st_size == 0) {
+		/* The main file stays empty until the first checkpoint; the WAL may hold it all. */
+		*ret = ms_file_nonempty(side) ? MS_FILE_SQLITE : MS_FILE_EMPTY;
+		return 0;
+	}
+	if (sb.st_size < (off_t)sizeof(hdr))
+		goto not_sqlite;
+	fd = open(m->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		r = -errno;
+		ms_seterr(err, errlen, "cannot open %s: %s", m->path, strerror(-r));
+		return r;
+	}
+	r = pread_full(fd, hdr, sizeof(hdr), 0);
+	close(fd);
+	if (r == -ENODATA)
+		goto not_sqlite;
+	if (r < 0) {
+		ms_seterr(err, errlen, "cannot read %s: %s", m->path, strerror(-r));
+		return r;
+	}
+	if (memcmp(hdr, magic, sizeof(magic)) != 0)
+		goto not_sqlite;
+	app = ms_be32(hdr + 68);
+	if (app != 0 && app != MS_APP_ID) {
+		ms_seterr(err, errlen,
+			  "%s is not a braidfs metadata database (an SQLite database of another "
+			  "application, id 0x%08x)",
+			  m->path, app);
+		return -EINVAL;
+	}
+	/* A rollback journal next to a database that is not already ours: SQLite would replay it
+	 * into the file on first read. braidfs databases live in WAL mode and never have one. */
+	snprintf(side, sizeof(side), "%s-journal", m->path);
+	if (app != MS_APP_ID && ms_file_nonempty(side)) {
+		ms_seterr(err, errlen,
+			  "%s is not a braidfs metadata database (an SQLite database with a "
+			  "rollback journal)",
+			  m->path);
+		return -EINVAL;
+	}
+	*ret = MS_FILE_SQLITE;
+	return 0;
+
+not_sqlite:
+	ms_seterr(err, errlen, "%s is not a braidfs metadata database (not an SQLite file)",
+		  m->path);
+	return -EINVAL;
+}
+
+/* One integer from an SQL text, for the open-time checks (statement cache not used yet). */
+static int ms_open_int(sqlite3 *db, const char *sql, int64_t *ret)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc == SQLITE_OK) {
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			*ret = sqlite3_column_int64(st, 0);
+			rc = SQLITE_OK;
+		} else if (rc == SQLITE_DONE) {
+			*ret = 0;
+			rc = SQLITE_OK;
+		}
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* Turn an open-time SQLite failure into the user's one-liner. */
+static int ms_open_fail(struct ms *m, int rc, char *err, size_t errlen)
+{
+	const char *msg = sqlite3_errmsg(m->db);
+
+	switch (rc & 0xff) {
+	case SQLITE_NOTADB:
+		ms_seterr(err, errlen, "%s is not a braidfs metadata database (%s)", m->path, msg);
+		return -EINVAL;
+	case SQLITE_CORRUPT:
+		ms_seterr(err, errlen, "%s is corrupted: %s", m->path, msg);
+		return -EIO;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		ms_seterr(err, errlen, "%s is locked by another process (%s)", m->path, msg);
+		return -EBUSY;
+	case SQLITE_CANTOPEN:
+	case SQLITE_PERM:
+	case SQLITE_READONLY: {
+		int e = sqlite3_system_errno(m->db);
+
+		ms_seterr(err, errlen, "cannot open %s: %s", m->path, e ? strerror(e) : msg);
+		return e ? -e : -EACCES;
+	}
+	case SQLITE_NOMEM:
+		ms_seterr(err, errlen, "cannot open %s: out of memory", m->path);
+		return -ENOMEM;
+	default:
+		ms_seterr(err, errlen, "cannot open %s: %s", m->path, msg);
+		return -EIO;
+	}
+}
+
+/* Decide whether the database SQLite now sees is ours, empty, or someone else's. Reads only;
+ * checkpoint-on-close is off, so even closing after a failure does not write. */
+static int ms_validate(struct ms *m, int flags, char *err, size_t errlen)
+{
+	int64_t app = 0, ver = 0, ntab = 0, nvol = 0, nroot = 0;
+	int rc;
+
+	rc = ms_open_int(m->db, "PRAGMA application_id", &app);
+	if (rc == SQLITE_OK)
+		rc = ms_open_int(m->db, "PRAGMA user_version", &ver);
+	if (rc == SQLITE_OK)
+		rc = ms_open_int(m->db, "SELECT count(*) FROM sqlite_schema", &ntab);
+	if (rc != SQLITE_OK)
+		return ms_open_fail(m, rc, err, errlen);
+	if (app == 0 && ntab == 0) {
+		if (!(flags & META_O_CREATE)) {
+			ms_seterr(err, errlen,
+				  "no metadata database at %s (the file is an empty database; run "
+				  "'braidfs format' first)",
+				  m->path);
+			return -ENOENT;
+		}
+		return 0; /* empty: format() will fill it */
+	}
+	if (app != MS_APP_ID) {
+		ms_seterr(err, errlen,
+			  "%s is not a braidfs metadata database (an SQLite database of another "
+			  "application)",
+			  m->path);
+		return -EINVAL;
+	}
+	if (ver > MS_SCHEMA_VERSION) {
+		ms_seterr(err, errlen,
+			  "%s has metadata schema version %lld, newer than this braidfs (%d): "
+			  "upgrade braidfs",
+			  m->path, (long long)ver, MS_SCHEMA_VERSION);
+		return -EINVAL;
+	}
+	if (ver < 1) {
+		ms_seterr(err, errlen, "%s is corrupted: no schema version", m->path);
+		return -EIO;
+	}
+	/* Touch the pages every mount needs first, so that a damaged file is named here and not
+	 * by the first lookup. */
+	rc = ms_open_int(m->db, "SELECT count(*) FROM volume", &nvol);
+	if (rc == SQLITE_OK)
+		rc = ms_open_int(m->db,
+				 "SELECT count(*) FROM inodes WHERE ino = 1 AND mode & " MS_SQL_IFMT
+				 " = " MS_SQL_IFDIR,
+				 &nroot);
+	if (rc != SQLITE_OK && (rc & 0xff) == SQLITE_ERROR) {
+		ms_seterr(err, errlen, "%s is corrupted: %s", m->path, sqlite3_errmsg(m->db));
+		return -EIO;
+	}
+	if (rc != SQLITE_OK)
+		return ms_open_fail(m, rc, err, errlen);
+	if (nvol != 1 || nroot != 1) {
+		ms_seterr(err, errlen, "%s is corrupted: %s", m->path,
+			  nvol != 1 ? "no volume row" : "no root directory");
+		return -EIO;
+	}
+	m->formatted = true;
+	return 0;
+}
+
+static int ms_exec(struct ms *m, const char *sql)
+{
+	int rc = sqlite3_exec(m->db, sql, NULL, NULL, NULL);
+
+	return rc == SQLITE_OK ? 0 : ms_errno(m, rc, sql);
+}
+
+/* Connection settings; after validation, so that nothing is written to a rejected file. */
+static int ms_configure(struct ms *m, char *err, size_t errlen)
+{
+	char sql[256];
+	int rc;
+
+	if (!m->rdonly) {
+		/* journal_mode answers with the mode it ended up in. */
+		sqlite3_stmt *st = NULL;
+		const unsigned char *mode = NULL;
+
+		rc = sqlite3_prepare_v2(m->db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+		if (rc == SQLITE_OK) {
+			rc = sqlite3_step(st);
+			if (rc == SQLITE_ROW)
+				mode = sqlite3_column_text(st, 0);
+		}
+		if (rc != SQLITE_ROW || !mode || strcmp((const char *)mode, "wal") != 0) {
+			int r = rc == SQLITE_ROW ? -EIO : ms_open_fail(m, rc, err, errlen);
+
+			if (rc == SQLITE_ROW)
+				ms_seterr(err, errlen, "%s: cannot switch to WAL mode (got '%s')",
+					  m->path, mode ? (const char *)mode : "?");
+			sqlite3_finalize(st);
+			return r;
+		}
+		sqlite3_finalize(st);
+	}
+	snprintf(sql, sizeof(sql),
+		 "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -%d;"
+		 " PRAGMA temp_store = MEMORY; PRAGMA cell_size_check = ON;",
+		 MS_CACHE_KIB);
+	rc = sqlite3_exec(m->db, sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return ms_open_fail(m, rc, err, errlen);
+	return 0;
+}
+
+static int ms_open(const char *url, int flags, struct meta **ret, char *err, size_t errlen)
+{
+	struct url u;
+	char uerr[URL_MAX + 64];
+	enum ms_file state;
+	struct ms *m;
+	int oflags, rc, r;
+
+	if (err && errlen > 0)
+		err[0] = '\0';
+	if (!url || !ret)
+		return -EINVAL;
+	if (flags & ~(META_O_CREATE | META_O_RDONLY) ||
+	    (flags & (META_O_CREATE | META_O_RDONLY)) == (META_O_CREATE | META_O_RDONLY)) {
+		ms_seterr(err, errlen, "invalid open flags 0x%x", (unsigned)flags);
+		return -EINVAL;
+	}
+	r = url_parse(url, &u, uerr, (int)sizeof(uerr));
+	if (r < 0) {
+		ms_seterr(err, errlen, "bad metadata URL: %s (expected sqlite:///abs/path.db)",
+			  uerr);
+		return r;
+	}
+	if (strcmp(u.scheme, "sqlite") != 0) {
+		ms_seterr(err, errlen, "not an sqlite URL: '%s' (expected sqlite:///abs/path.db)",
+			  url);
+		return -EINVAL;
+	}
+	if (u.host[0] || u.userinfo[0] || u.port) {
+		ms_seterr(err, errlen,
+			  "sqlite URL '%s' names a host; a local file takes three slashes: "
+			  "sqlite:///abs/path.db",
+			  url);
+		return -EINVAL;
+	}
+	if (u.query[0]) {
+		ms_seterr(err, errlen, "sqlite URL '%s' has a query; none is supported", url);
+		return -EINVAL;
+	}
+	if (!u.path[0] || strcmp(u.path, "/") == 0) {
+		ms_seterr(err, errlen, "sqlite URL '%s' has no file path (expected "
+				       "sqlite:///abs/path.db)", url);
+		return -EINVAL;
+	}
+	if (u.path[0] != '/') {
+		ms_seterr(err, errlen,
+			  "sqlite URL '%s' has a relative path '%s'; use an absolute one: "
+			  "sqlite:///abs/path.db",
+			  url, u.path);
+		return -EINVAL;
+	}
+
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		ms_seterr(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	m->base.ops = &meta_sqlite_ops;
+	m->rdonly = flags & META_O_RDONLY;
+	m->synced_dv = -1;
+	pthread_mutex_init(&m->lock, NULL);
+	snprintf(m->path, sizeof(m->path), "%s", u.path);
+
+	r = ms_precheck(m, flags, &state, err, errlen);
+	if (r < 0)
+		goto fail;
+	if (state == MS_FILE_EMPTY && !(flags & META_O_CREATE)) {
+		ms_seterr(err, errlen,
+			  "no metadata database at %s (the file is empty; run 'braidfs format' "
+			  "first)",
+			  m->path);
+		r = -ENOENT;
+		goto fail;
+	}
+
+	oflags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+	if (m->rdonly)
+		oflags |= SQLITE_OPEN_READONLY;
+	else
+		oflags |= SQLITE_OPEN_READWRITE;
+	if (state == MS_FILE_MISSING)
+		oflags |= SQLITE_OPEN_CREATE;
+	rc = sqlite3_open_v2(m->path, &m->db, oflags, NULL);
+	if (rc != SQLITE_OK) {
+		if (!m->db) {
+			ms_seterr(err, errlen, "cannot open %s: out of memory", m->path);
+			r = -ENOMEM;
+		} else {
+			r = ms_open_fail(m, rc, err, errlen);
+		}
+		goto fail;
+	}
+	/* Until the file is known to be ours, closing must not checkpoint a WAL into it. Defensive
+	 * mode and an untrusted schema keep a crafted file from running SQL of its own. */
+	sqlite3_db_config(m->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+	sqlite3_db_config(m->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+	sqlite3_db_config(m->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
+	sqlite3_extended_result_codes(m->db, 1);
+	sqlite3_busy_timeout(m->db, MS_BUSY_TIMEOUT_MS);
+
+	if (state == MS_FILE_SQLITE) {
+		r = ms_validate(m, flags, err, errlen);
+		if (r < 0)
+			goto fail;
+	}
+	r = ms_configure(m, err, errlen);
+	if (r < 0)
+		goto fail;
+	sqlite3_db_config(m->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
+	*ret = &m->base;
+	return 0;
+
+fail:
+	ms_close(&m->base);
+	return r;
+}
+
+/* ---- cluster tables -------------------------------------------------------------------- */
+
+static bool ms_str_ok(const char *s, size_t cap)
+{
+	return strnlen(s, cap) < cap;
+}
+
+/* One prepared-and-finalized statement for format(): bind by a callback-free switch. */
+static int ms_format_insert_targets(struct ms *m, const struct meta_target *t, unsigned n)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, r = 0;
+
+	rc = sqlite3_prepare_v2(m->db, "INSERT INTO targets (id, url, uuid, state) "
+				       "VALUES (?1, ?2, ?3, ?4)", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return ms_errno(m, rc, "prepare targets");
+	for (unsigned i = 0; i < n && r == 0; i++) {
+		sqlite3_reset(st);
+		sqlite3_bind_int64(st, 1, t[i].id);
+		sqlite3_bind_text(st, 2, t[i].url, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, t[i].uuid, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, t[i].state);
+		rc = sqlite3_step(st);
+		if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+			log_debug("meta sqlite %s: format: target %u: %s", m->path, t[i].id,
+				  sqlite3_errmsg(m->db));
+			r = -EINVAL;
+		} else if (rc != SQLITE_DONE) {
+			r = ms_errno(m, rc, "insert target");
+		}
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+static int ms_chain_set_members(struct ms *m, uint32_t chain, const uint32_t *members,
+				uint32_t n)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_run3(m, MSQ_CHAIN_CLEAR, chain, 0, 0);
+	for (uint32_t i = 0; i < n && r == 0; i++) {
+		r = ms_prep(m, MSQ_CHAIN_ADD, &st);
+		if (r < 0)
+			break;
+		sqlite3_bind_int64(st, 1, chain);
+		sqlite3_bind_int64(st, 2, i);
+		sqlite3_bind_int64(st, 3, members[i]);
+		rc = sqlite3_step(st);
+		if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+			/* unknown target (foreign key) or the same target twice (unique) */
+			log_debug("meta sqlite %s: chain %u member %u: %s", m->path, chain,
+				  members[i], sqlite3_errmsg(m->db));
+			r = -EINVAL;
+		} else if (rc != SQLITE_DONE) {
+			r = ms_errno(m, rc, "chain member");
+		}
+		sqlite3_reset(st);
+	}
+	return r;
+}
+
+static int ms_format_tx(struct ms *m, const struct meta_volume *vol, const struct meta_target *t,
+			unsigned nt, const struct meta_chain *c, unsigned nc, uid_t uid, gid_t gid)
+{
+	struct meta_attr root;
+	sqlite3_stmt *st = NULL;
+	char uuid[37], sql[96];
+	int64_t now = now_realtime_ns(), n = 0;
+	uint64_t ino;
+	int rc, r;
+
+	rc = ms_open_int(m->db, "SELECT count(*) FROM sqlite_schema WHERE name = 'volume'", &n);
+	if (rc != SQLITE_OK)
+		return ms_errno(m, rc, "format probe");
+	if (n > 0)
+		return -EEXIST;
+	r = ms_exec(m, ms_schema_sql);
+	if (r < 0)
+		return r;
+	snprintf(sql, sizeof(sql), "PRAGMA application_id = %d; PRAGMA user_version = %d;",
+		 MS_APP_ID, MS_SCHEMA_VERSION);
+	r = ms_exec(m, sql);
+	if (r < 0)
+		return r;
+
+	snprintf(uuid, sizeof(uuid), "%s", vol->uuid);
+	if (!uuid[0] && uuid_generate_str(uuid) < 0)
+		return -EIO;
+	rc = sqlite3_prepare_v2(m->db, "INSERT INTO volume (id, name, uuid, format_version, "
+				       "chunk_size, replicas, consistency, created_ns) "
+				       "VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return ms_errno(m, rc, "prepare volume");
+	sqlite3_bind_text(st, 1, vol->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, uuid, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, vol->format_version ? vol->format_version : MS_SCHEMA_VERSION);
+	sqlite3_bind_int64(st, 4, vol->chunk_size);
+	sqlite3_bind_int64(st, 5, vol->replicas);
+	sqlite3_bind_int64(st, 6, vol->consistency);
+	sqlite3_bind_int64(st, 7, vol->created_ns ? vol->created_ns : now);
+	rc = sqlite3_step(st);
+	r = rc == SQLITE_DONE ? 0 : ms_errno(m, rc, "insert volume");
+	sqlite3_finalize(st);
+	if (r < 0)
+		return r;
+
+	r = ms_format_insert_targets(m, t, nt);
+	if (r < 0)
+		return r;
+	for (unsigned i = 0; i < nc; i++) {
+		rc = sqlite3_prepare_v2(m->db, "INSERT INTO chains (id, epoch) VALUES (?1, ?2)", -1,
+					&st, NULL);
+		if (rc != SQLITE_OK)
+			return ms_errno(m, rc, "prepare chain");
+		sqlite3_bind_int64(st, 1, c[i].id);
+		sqlite3_bind_int64(st, 2, (int64_t)c[i].epoch);
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_DONE ? 0
+		    : (rc & 0xff) == SQLITE_CONSTRAINT ? -EINVAL
+						       : ms_errno(m, rc, "insert chain");
+		sqlite3_finalize(st);
+		if (r < 0)
+			return r;
+		r = ms_chain_set_members(m, c[i].id, c[i].members, c[i].nmembers);
+		if (r < 0)
+			return r;
+	}
+
+	memset(&root, 0, sizeof(root));
+	root.mode = S_IFDIR | 0755;
+	root.nlink = 2;
+	root.uid = uid;
+	root.gid = gid;
+	root.atime_ns = root.mtime_ns = root.ctime_ns = root.btime_ns = now;
+	root.generation = 1;
+	/* The table is empty, so AUTOINCREMENT hands out 1: the root (META-2). */
+	r = ms_inode_insert(m, &root, NULL, &ino);
+	if (r < 0)
+		return r;
+	if (ino != META_ROOT_INO) {
+		log_debug("meta sqlite %s: root got inode %" PRIu64, m->path, ino);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* fsync the directory holding the database so that a freshly created file survives. */
+static void ms_sync_dir(struct ms *m)
+{
+	char dir[URL_MAX];
+	char *slash;
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%s", m->path);
+	slash = strrchr(dir, '/');
+	if (!slash)
+		return;
+	if (slash == dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (fsync(fd) < 0)
+		log_debug("meta sqlite %s: fsync of %s: %s", m->path, dir, strerror(errno));
+	close(fd);
+}
+
+static int ms_format(struct meta *mm, const struct meta_volume *vol, const struct meta_target *t,
+		     unsigned ntargets, const struct meta_chain *c, unsigned nchains, uid_t uid,
+		     gid_t gid)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	if (!vol || (ntargets && !t) || (nchains && !c) || ntargets > META_MAX_TARGETS)
+		return -EINVAL;
+	if (!ms_str_ok(vol->name, sizeof(vol->name)) || !ms_str_ok(vol->uuid, sizeof(vol->uuid)))
+		return -EINVAL;
+	if (vol->chunk_size == 0 || (vol->chunk_size & (vol->chunk_size - 1)) ||
+	    vol->replicas < 1 || vol->replicas > META_MAX_REPLICAS ||
+	    (vol->consistency != META_STRONG && vol->consistency != META_WEAK))
+		return -EINVAL;
+	for (unsigned i = 0; i < ntargets; i++) {
+		if (t[i].id < 1 || !ms_str_ok(t[i].url, sizeof(t[i].url)) ||
+		    !ms_str_ok(t[i].uuid, sizeof(t[i].uuid)) ||
+		    (t[i].state != META_TARGET_UP && t[i].state != META_TARGET_OFFLINE))
+			return -EINVAL;
+	}
+	for (unsigned i = 0; i < nchains; i++) {
+		if (c[i].nmembers < 1 || c[i].nmembers > META_MAX_REPLICAS ||
+		    c[i].epoch > INT64_MAX)
+			return -EINVAL;
+	}
+
+	ms_lock(m);
+	if (m->rdonly) {
+		r = -EROFS;
+		goto out;
+	}
+	if (ms_ready(m) == 0) {
+		r = -EEXIST;
+		goto out;
+	}
+	/* Format is rare and must be durable when it returns: commit it with FULL. */
+	r = ms_run3(m, MSQ_SYNC_FULL, 0, 0, 0);
+	if (r < 0)
+		goto out;
+	r = ms_run3(m, MSQ_BEGIN_W, 0, 0, 0);
+	if (r == 0)
+		r = ms_end(m, ms_format_tx(m, vol, t, ntargets, c, nchains, uid, gid));
+	if (ms_run3(m, MSQ_SYNC_NORMAL, 0, 0, 0) < 0 && r == 0)
+		r = -EIO;
+	if (r == 0) {
+		m->formatted = true;
+		m->commits = 0;
+		ms_sync_dir(m);
+	}
+out:
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_volume_get(struct meta *mm, struct meta_volume *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_volume v;
+	sqlite3_stmt *st;
+	int rc, r;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r < 0)
+		goto out;
+	r = ms_prep(m, MSQ_VOLUME_GET, &st);
+	if (r < 0)
+		goto out;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		memset(&v, 0, sizeof(v));
+		snprintf(v.name, sizeof(v.name), "%s",
+			 (const char *)sqlite3_column_text(st, 0) ?: "");
+		snprintf(v.uuid, sizeof(v.uuid), "%s",
+			 (const char *)sqlite3_column_text(st, 1) ?: "");
+		v.format_version = (uint32_t)sqlite3_column_int64(st, 2);
+		v.chunk_size = (uint32_t)sqlite3_column_int64(st, 3);
+		v.replicas = (uint32_t)sqlite3_column_int64(st, 4);
+		v.consistency = (enum meta_consistency)sqlite3_column_int(st, 5);
+		v.created_ns = sqlite3_column_int64(st, 6);
+		*ret = v;
+	} else if (rc == SQLITE_DONE) {
+		r = -ENOENT;
+	} else {
+		r = ms_errno(m, rc, "volume get");
+	}
+	sqlite3_reset(st);
+out:
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_targets_list(struct meta *mm, struct meta_target *ret, unsigned max)
+{
+	struct ms *m = ms_of(mm);
+	sqlite3_stmt *st;
+	int rc, r, n = 0;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r < 0)
+		goto out;
+	r = ms_prep(m, MSQ_TARGETS_LIST, &st);
+	if (r < 0)
+		goto out;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((unsigned)n < max && ret) {
+			struct meta_target *t = &ret[n];
+
+			memset(t, 0, sizeof(*t));
+			t->id = (uint32_t)sqlite3_column_int64(st, 0);
+			snprintf(t->url, sizeof(t->url), "%s",
+				 (const char *)sqlite3_column_text(st, 1) ?: "");
+			snprintf(t->uuid, sizeof(t->uuid), "%s",
+				 (const char *)sqlite3_column_text(st, 2) ?: "");
+			t->state = (enum meta_target_state)sqlite3_column_int(st, 3);
+		}
+		n++;
+	}
+	r = rc == SQLITE_DONE ? n : ms_errno(m, rc, "targets list");
+	sqlite3_reset(st);
+out:
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_target_set_state(struct meta *mm, uint32_t id, enum meta_target_state state)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	if (state != META_TARGET_UP && state != META_TARGET_OFFLINE)
+		return -EINVAL;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0) {
+		r = ms_run3(m, MSQ_TARGET_SET_STATE, id, state, 0);
+		if (r == 0 && sqlite3_changes(m->db) == 0)
+			r = -ENOENT;
+		r = ms_end(m, r);
+	}
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_chains_list(struct meta *mm, struct meta_chain *ret, unsigned max)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_chain *cur = NULL;
+	sqlite3_stmt *st;
+	int64_t last = -1;
+	int rc, r, n = 0;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r < 0)
+		goto out;
+	/* One statement = one snapshot: epochs and members agree. */
+	r = ms_prep(m, MSQ_CHAINS_LIST, &st);
+	if (r < 0)
+		goto out;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int64_t id = sqlite3_column_int64(st, 0);
+
+		if (id != last) {
+			last = id;
+			cur = NULL;
+			if ((unsigned)n < max && ret) {
+				cur = &ret[n];
+				memset(cur, 0, sizeof(*cur));
+				cur->id = (uint32_t)id;
+				cur->epoch = (uint64_t)sqlite3_column_int64(st, 1);
+			}
+			n++;
+		}
+		if (cur && sqlite3_column_type(st, 2) != SQLITE_NULL &&
+		    cur->nmembers < META_MAX_REPLICAS)
+			cur->members[cur->nmembers++] = (uint32_t)sqlite3_column_int64(st, 2);
+	}
+	r = rc == SQLITE_DONE ? n : ms_errno(m, rc, "chains list");
+	sqlite3_reset(st);
+out:
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_chain_update_tx(struct ms *m, uint32_t chain_id, uint64_t expect_epoch,
+			      const uint32_t *members, uint32_t nmembers, uint64_t *ret_epoch)
+{
+	sqlite3_stmt *st;
+	int64_t epoch = 0;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_CHAIN_EPOCH, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, chain_id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		epoch = sqlite3_column_int64(st, 0);
+	else if (rc == SQLITE_DONE)
+		r = -ENOENT;
+	else
+		r = ms_errno(m, rc, "chain epoch");
+	sqlite3_reset(st);
+	if (r < 0)
+		return r;
+	if ((uint64_t)epoch != expect_epoch)
+		return -ESTALE; /* META-6 */
+	if (epoch == INT64_MAX)
+		return -EOVERFLOW;
+	r = ms_chain_set_members(m, chain_id, members, nmembers);
+	if (r < 0)
+		return r;
+	r = ms_run3(m, MSQ_CHAIN_SET_EPOCH, chain_id, epoch + 1, 0);
+	if (r < 0)
+		return r;
+	*ret_epoch = (uint64_t)epoch + 1;
+	return 0;
+}
+
+static int ms_chain_update(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
+			   const uint32_t *members, uint32_t nmembers, uint64_t *ret_epoch)
+{
+	struct ms *m = ms_of(mm);
+	uint64_t epoch = 0;
+	int r;
+
+	if (!members || nmembers < 1 || nmembers > META_MAX_REPLICAS)
+		return -EINVAL;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_chain_update_tx(m, chain_id, expect_epoch, members, nmembers,
+						 &epoch));
+	ms_unlock(m);
+	if (r == 0 && ret_epoch)
+		*ret_epoch = epoch;
+	return r;
+}
+
+/* ---- namespace: reads ------------------------------------------------------------------ */
+
+static int ms_lookup(struct meta *mm, uint64_t parent, const char *name, struct meta_attr *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr a;
+	int r;
+
+	r = ms_name_check(name);
+	if (r < 0)
+		return r;
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_dent_get(m, parent, name, NULL, &a);
+	/* Only a miss pays for finding out why: no such directory, or not a directory. */
+	if (r == -ENOENT) {
+		int p = ms_dir_get(m, parent, NULL);
+
+		if (p < 0)
+			r = p;
+	}
+	ms_unlock(m);
+	if (r == 0)
+		*ret = a;
+	return r;
+}
+
+static int ms_getattr(struct meta *mm, uint64_t ino, struct meta_attr *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr a;
+	int r;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_inode_get(m, ino, &a);
+	ms_unlock(m);
+	if (r == 0)
+		*ret = a;
+	return r;
+}
+
+static int ms_readlink(struct meta *mm, uint64_t ino, char *buf, size_t size)
+{
+	struct ms *m = ms_of(mm);
+	sqlite3_stmt *st;
+	int rc, r;
+
+	if (ino == 0 || ino > INT64_MAX)
+		return -ENOENT;
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r < 0)
+		goto out;
+	r = ms_prep(m, MSQ_INODE_LINK, &st);
+	if (r < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		const void *p = sqlite3_column_blob(st, 1);
+		int n = sqlite3_column_bytes(st, 1);
+
+		if (!S_ISLNK((mode_t)sqlite3_column_int64(st, 0)) || !p) {
+			r = -EINVAL;
+		} else if ((size_t)n + 1 > size || !buf) {
+			r = -ERANGE;
+		} else {
+			memcpy(buf, p, (size_t)n);
+			buf[n] = '\0';
+			r = n;
+		}
+	} else if (rc == SQLITE_DONE) {
+		r = -ENOENT;
+	} else {
+		r = ms_errno(m, rc, "readlink");
+	}
+	sqlite3_reset(st);
+out:
+	ms_unlock(m);
+	return r;
+}
+
+/* readdir and readdirplus: batches of MS_BATCH entries after `off`, the lock dropped between
+ * batches. Entry offsets are dentry id + 2 (see the schema). */
+static int ms_readdir_any(struct ms *m, uint64_t dir, uint64_t off, meta_dirent_cb cb,
+			  meta_direntplus_cb pcb, void *ctx)
+{
+	char name[META_NAME_MAX + 1];
+	int64_t after;
+	bool first = true;
+	int r = 0;
+
+	if (off > (uint64_t)INT64_MAX)
+		return 0; /* beyond every id SQLite can hand out */
+	after = off > 2 ? (int64_t)(off - 2) : 0;
+	for (;;) {
+		sqlite3_stmt *st;
+		int rc = SQLITE_DONE, n = 0, stop = 0;
+
+		ms_lock(m);
+		if (first) {
+			r = ms_ready(m);
+			if (r == 0)
+				r = ms_dir_get(m, dir, NULL);
+			first = false;
+		}
+		if (r == 0)
+			r = ms_prep(m, pcb ? MSQ_READDIRPLUS : MSQ_READDIR, &st);
+		if (r < 0) {
+			ms_unlock(m);
+			return r;
+		}
+		sqlite3_bind_int64(st, 1, (int64_t)dir);
+		sqlite3_bind_int64(st, 2, after);
+		sqlite3_bind_int(st, 3, MS_BATCH);
+		while (!stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+			int64_t id = sqlite3_column_int64(st, 0);
+
+			n++;
+			after = id;
+			if (sqlite3_column_type(st, pcb ? 2 : 3) == SQLITE_NULL) {
+				/* names a missing inode: hidden until check() removes it */
+				continue;
+			}
+			ms_col_name(st, 1, name);
+			if (pcb) {
+				struct meta_attr a;
+
+				ms_row_attr(st, 2, &a);
+				stop = pcb(ctx, name, &a, (uint64_t)id + 2);
+			} else {
+				stop = cb(ctx, name, (uint64_t)sqlite3_column_int64(st, 2),
+					  (uint32_t)sqlite3_column_int64(st, 3), (uint64_t)id + 2);
+			}
+		}
+		if (!stop && rc != SQLITE_DONE && rc != SQLITE_ROW)
+			r = ms_errno(m, rc, "readdir");
+		sqlite3_reset(st);
+		ms_unlock(m);
+		if (r < 0 || stop || n < MS_BATCH)
+			return r;
+	}
+}
+
+static int ms_readdir(struct meta *mm, uint64_t dir, uint64_t off, meta_dirent_cb cb, void *ctx)
+{
+	if (!cb)
+		return -EINVAL;
+	return ms_readdir_any(ms_of(mm), dir, off, cb, NULL, ctx);
+}
+
+static int ms_readdirplus(struct meta *mm, uint64_t dir, uint64_t off, meta_direntplus_cb cb,
+			  void *ctx)
+{
+	if (!cb)
+		return -EINVAL;
+	return ms_readdir_any(ms_of(mm), dir, off, NULL, cb, ctx);
+}
+
+/* ---- namespace: writes ----------------------------------------------------------------- */
+
+#define MS_SETATTR_ALL                                                                       \
+	(META_SET_MODE | META_SET_UID | META_SET_GID | META_SET_SIZE | META_SET_ATIME |      \
+	 META_SET_MTIME | META_SET_CTIME | META_SET_FLAGS)
+
+static int ms_setattr_tx(struct ms *m, uint64_t ino, unsigned mask, const struct meta_attr *in,
+			 struct meta_attr *ret)
+{
+	struct meta_attr a;
+	int r;
+
+	r = ms_inode_get(m, ino, &a);
+	if (r < 0)
+		return r;
+	if (mask & META_SET_SIZE) {
+		if (S_ISDIR(a.mode))
+			return -EISDIR;
+		if (!S_ISREG(a.mode))
+			return -EINVAL;
+		if (in->size > INT64_MAX)
+			return -EFBIG;
+		a.size = in->size;
+	}
+	/* The type bits never change: only the permission bits (07777) come from `in`. */
+	if (mask & META_SET_MODE)
+		a.mode = (a.mode & S_IFMT) | (in->mode & 07777);
+	if (mask & META_SET_UID)
+		a.uid = in->uid;
+	if (mask & META_SET_GID)
+		a.gid = in->gid;
+	if (mask & META_SET_ATIME)
+		a.atime_ns = in->atime_ns;
+	if (mask & META_SET_MTIME)
+		a.mtime_ns = in->mtime_ns;
+	if (mask & META_SET_CTIME)
+		a.ctime_ns = in->ctime_ns;
+	if (mask & META_SET_FLAGS)
+		a.flags = in->flags;
+	r = ms_inode_put(m, &a);
+	if (r < 0)
+		return r;
+	*ret = a;
+	return 0;
+}
+
+static int ms_setattr(struct meta *mm, uint64_t ino, unsigned mask, const struct meta_attr *in,
+		      struct meta_attr *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr a;
+	int r;
+
+	if ((mask & ~MS_SETATTR_ALL) || (mask && !in))
+		return -EINVAL;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_setattr_tx(m, ino, mask, in, &a));
+	ms_unlock(m);
+	if (r == 0 && ret)
+		*ret = a;
+	return r;
+}
+
+static int ms_mknod_tx(struct ms *m, uint64_t parent, const char *name, const struct meta_attr *in,
+		       const char *link, struct meta_attr *ret)
+{
+	struct meta_attr a;
+	int r;
+
+	r = ms_dir_get(m, parent, NULL);
+	if (r < 0)
+		return r;
+	r = ms_dent_get(m, parent, name, NULL, NULL);
+	if (r == 0)
+		return -EEXIST;
+	if (r != -ENOENT)
+		return r;
+
+	memset(&a, 0, sizeof(a));
+	a.mode = in->mode;
+	if ((a.mode & S_IFMT) == 0)
+		a.mode |= link ? S_IFLNK : S_IFREG; /* mknod(2): type 0 is a regular file */
+	a.nlink = S_ISDIR(a.mode) ? 2 : 1;
+	a.uid = in->uid;
+	a.gid = in->gid;
+	a.rdev = (S_ISCHR(a.mode) || S_ISBLK(a.mode)) ? in->rdev : 0;
+	a.size = link ? strlen(link) : 0;
+	a.atime_ns = in->atime_ns;
+	a.mtime_ns = in->mtime_ns;
+	a.ctime_ns = in->ctime_ns;
+	a.btime_ns = in->btime_ns ? in->btime_ns : in->ctime_ns;
+	/* Inode numbers are never reused (META-2), so (ino, generation) is unique with a
+	 * constant generation. */
+	a.generation = 1;
+	r = ms_inode_insert(m, &a, link, &a.ino);
+	if (r < 0)
+		return r;
+	r = ms_dent_insert(m, parent, name, a.ino);
+	if (r < 0)
+		return r;
+	r = ms_dir_touch(m, parent, S_ISDIR(a.mode) ? 1 : 0, in->ctime_ns);
+	if (r < 0)
+		return r;
+	*ret = a;
+	return 0;
+}
+
+static int ms_mknod(struct meta *mm, uint64_t parent, const char *name, const struct meta_attr *in,
+		    const char *link, struct meta_attr *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr a;
+	mode_t type;
+	int r;
+
+	r = ms_name_check(name);
+	if (r < 0)
+		return r;
+	if (!in)
+		return -EINVAL;
+	if (ms_name_is_dot(name))
+		return -EEXIST;
+	type = in->mode & S_IFMT;
+	switch (type) {
+	case 0:
+	case S_IFREG:
+	case S_IFDIR:
+	case S_IFIFO:
+	case S_IFSOCK:
+	case S_IFCHR:
+	case S_IFBLK:
+		if (link && type != 0)
+			return -EINVAL;
+		break;
+	case S_IFLNK:
+		if (!link)
+			return -EINVAL;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (link) {
+		size_t n = strnlen(link, META_SYMLINK_MAX + 1);
+
+		if (n == 0)
+			return -ENOENT; /* symlink(2) with an empty target */
+		if (n > META_SYMLINK_MAX)
+			return -ENAMETOOLONG;
+	}
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_mknod_tx(m, parent, name, in, link, &a));
+	ms_unlock(m);
+	if (r == 0 && ret)
+		*ret = a;
+	return r;
+}
+
+static int ms_link_tx(struct ms *m, uint64_t ino, uint64_t newparent, const char *newname,
+		      int64_t now, struct meta_attr *ret)
+{
+	struct meta_attr a;
+	int r;
+
+	r = ms_inode_get(m, ino, &a);
+	if (r < 0)
+		return r;
+	if (S_ISDIR(a.mode))
+		return -EPERM;
+	if (a.nlink >= MS_LINK_MAX)
+		return -EMLINK;
+	r = ms_dir_get(m, newparent, NULL);
+	if (r < 0)
+		return r;
+	r = ms_dent_get(m, newparent, newname, NULL, NULL);
+	if (r == 0)
+		return -EEXIST;
+	if (r != -ENOENT)
+		return r;
+	r = ms_dent_insert(m, newparent, newname, ino);
+	if (r < 0)
+		return r;
+	/* nlink 0 -> 1 revives an orphan (linkat of an O_TMPFILE file); the kernel decides
+	 * whether that is allowed. */
+	a.nlink++;
+	a.ctime_ns = now;
+	r = ms_inode_put(m, &a);
+	if (r < 0)
+		return r;
+	r = ms_dir_touch(m, newparent, 0, now);
+	if (r < 0)
+		return r;
+	*ret = a;
+	return 0;
+}
+
+static int ms_link(struct meta *mm, uint64_t ino, uint64_t newparent, const char *newname,
+		   int64_t now_ns, struct meta_attr *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr a;
+	int r;
+
+	r = ms_name_check(newname);
+	if (r < 0)
+		return r;
+	if (ms_name_is_dot(newname))
+		return -EEXIST;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_link_tx(m, ino, newparent, newname, now_ns, &a));
+	ms_unlock(m);
+	if (r == 0 && ret)
+		*ret = a;
+	return r;
+}
+
+static int ms_unlink_tx(struct ms *m, uint64_t parent, const char *name, int64_t now,
+			struct meta_attr *ret)
+{
+	struct meta_attr a;
+	int64_t id;
+	int r;
+
+	r = ms_dir_get(m, parent, NULL);
+	if (r < 0)
+		return r;
+	r = ms_dent_get(m, parent, name, &id, &a);
+	if (r < 0)
+		return r;
+	if (S_ISDIR(a.mode))
+		return -EISDIR;
+	r = ms_run3(m, MSQ_DENT_DELETE, id, 0, 0);
+	if (r < 0)
+		return r;
+	if (a.nlink > 0)
+		a.nlink--;
+	a.ctime_ns = now;
+	r = ms_inode_put(m, &a); /* nlink 0: the row stays, an orphan (META-3) */
+	if (r < 0)
+		return r;
+	r = ms_dir_touch(m, parent, 0, now);
+	if (r < 0)
+		return r;
+	*ret = a;
+	return 0;
+}
+
+static int ms_unlink(struct meta *mm, uint64_t parent, const char *name, int64_t now_ns,
+		     struct meta_attr *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr a;
+	int r;
+
+	r = ms_name_check(name);
+	if (r < 0)
+		return r;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_unlink_tx(m, parent, name, now_ns, &a));
+	ms_unlock(m);
+	if (r == 0 && ret)
+		*ret = a;
+	return r;
+}
+
+static int ms_rmdir_tx(struct ms *m, uint64_t parent, const char *name, int64_t now,
+		       struct meta_attr *ret)
+{
+	struct meta_attr a;
+	int64_t id;
+	int r;
+
+	r = ms_dir_get(m, parent, NULL);
+	if (r < 0)
+		return r;
+	r = ms_dent_get(m, parent, name, &id, &a);
+	if (r < 0)
+		return r;
+	if (!S_ISDIR(a.mode))
+		return -ENOTDIR;
+	r = ms_has_children(m, a.ino);
+	if (r < 0)
+		return r;
+	if (r > 0)
+		return -ENOTEMPTY;
+	r = ms_run3(m, MSQ_DENT_DELETE, id, 0, 0);
+	if (r == 0)
+		r = ms_inode_delete(m, a.ino);
+	if (r == 0)
+		r = ms_dir_touch(m, parent, -1, now);
+	if (r < 0)
+		return r;
+	a.nlink = 0;
+	a.ctime_ns = now;
+	*ret = a;
+	return 0;
+}
+
+static int ms_rmdir(struct meta *mm, uint64_t parent, const char *name, int64_t now_ns,
+		    struct meta_attr *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr a;
+	int r;
+
+	r = ms_name_check(name);
+	if (r < 0)
+		return r;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_rmdir_tx(m, parent, name, now_ns, &a));
+	ms_unlock(m);
+	if (r == 0 && ret)
+		*ret = a;
+	return r;
+}
+
+/* Parents' mtime/ctime = now and their nlink adjusted; one update when they are the same. */
+static int ms_touch_parents(struct ms *m, uint64_t parent, int dp, uint64_t newparent, int dn,
+			    int64_t now)
+{
+	int r;
+
+	if (parent == newparent)
+		return ms_dir_touch(m, parent, dp + dn, now);
+	r = ms_dir_touch(m, parent, dp, now);
+	if (r < 0)
+		return r;
+	return ms_dir_touch(m, newparent, dn, now);
+}
+
+static int ms_rename_tx(struct ms *m, uint64_t parent, const char *name, uint64_t newparent,
+			const char *newname, unsigned flags, int64_t now,
+			struct meta_attr *ret_replaced)
+{
+	struct meta_attr src, dst;
+	int64_t sid, did = 0;
+	bool have_dst, sdir, ddir;
+	int r;
+
+	memset(ret_replaced, 0, sizeof(*ret_replaced));
+	r = ms_dir_get(m, parent, NULL);
+	if (r == 0 && newparent != parent)
+		r = ms_dir_get(m, newparent, NULL);
+	if (r < 0)
+		return r;
+	r = ms_dent_get(m, parent, name, &sid, &src);
+	if (r < 0)
+		return r;
+	r = ms_dent_get(m, newparent, newname, &did, &dst);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	have_dst = r == 0;
+
+	if ((flags & RENAME_EXCHANGE) && !have_dst)
+		return -ENOENT;
+	if ((flags & RENAME_NOREPLACE) && have_dst)
+		return -EEXIST; /* even for the same inode, as Linux */
+	/* Both names already lead to the same inode (the same entry, or two hard links): rename(2)
+	 * does nothing and succeeds. */
+	if (have_dst && dst.ino == src.ino)
+		return 0;
+
+	sdir = S_ISDIR(src.mode);
+	ddir = have_dst && S_ISDIR(dst.mode);
+	if (sdir && newparent != parent) {
+		r = ms_check_not_ancestor(m, src.ino, newparent);
+		if (r < 0)
+			return r;
+	}
+
+	if (flags & RENAME_EXCHANGE) {
+		/* dst moves to parent: it must not be parent's ancestor either. */
+		if (ddir && newparent != parent) {
+			r = ms_check_not_ancestor(m, dst.ino, parent);
+			if (r < 0)
+				return r;
+		}
+		r = ms_run3(m, MSQ_DENT_SET_INO, sid, (int64_t)dst.ino, 0);
+		if (r == 0)
+			r = ms_run3(m, MSQ_DENT_SET_INO, did, (int64_t)src.ino, 0);
+		if (r == 0)
+			r = ms_run3(m, MSQ_INODE_CTIME, (int64_t)src.ino, now, 0);
+		if (r == 0)
+			r = ms_run3(m, MSQ_INODE_CTIME, (int64_t)dst.ino, now, 0);
+		if (r < 0)
+			return r;
+		/* A directory that changes parent takes its ".." link with it. */
+		return ms_touch_parents(m, parent, (int)ddir - (int)sdir, newparent,
+					(int)sdir - (int)ddir, now);
+	}
+
+	if (have_dst) {
+		if (sdir && !ddir)
+			return -ENOTDIR;
+		if (!sdir && ddir)
+			return -EISDIR;
+		if (ddir) {
+			r = ms_has_children(m, dst.ino);
+			if (r < 0)
+				return r;
+			if (r > 0)
+				return -ENOTEMPTY;
+		}
+		r = ms_run3(m, MSQ_DENT_DELETE, did, 0, 0);
+		if (r < 0)
+			return r;
+		if (ddir) {
+			/* An empty directory has nothing to keep open data for: gone now, as
+			 * rmdir. */
+			r = ms_inode_delete(m, dst.ino);
+			dst.nlink = 0;
+		} else {
+			if (dst.nlink > 0)
+				dst.nlink--;
+			dst.ctime_ns = now;
+			r = ms_inode_put(m, &dst);
+		}
+		if (r < 0)
+			return r;
+		dst.ctime_ns = now;
+	}
+	r = ms_dent_move(m, sid, newparent, newname);
+	if (r == 0)
+		r = ms_run3(m, MSQ_INODE_CTIME, (int64_t)src.ino, now, 0);
+	if (r == 0)
+		r = ms_touch_parents(m, parent, sdir && parent != newparent ? -1 : 0, newparent,
+				     (sdir && parent != newparent ? 1 : 0) - (ddir ? 1 : 0), now);
+	if (r < 0)
+		return r;
+	if (have_dst)
+		*ret_replaced = dst;
+	return 0;
+}
+
+static int ms_rename(struct meta *mm, uint64_t parent, const char *name, uint64_t newparent,
+		     const char *newname, unsigned flags, int64_t now_ns,
+		     struct meta_attr *ret_replaced)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr rep;
+	int r;
+
+	r = ms_name_check(name);
+	if (r == 0)
+		r = ms_name_check(newname);
+	if (r < 0)
+		return r;
+	if (ms_name_is_dot(name) || ms_name_is_dot(newname))
+		return -EINVAL;
+	if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE) ||
+	    (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE))
+		return -EINVAL;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_rename_tx(m, parent, name, newparent, newname, flags, now_ns,
+					   &rep));
+	ms_unlock(m);
+	if (r == 0 && ret_replaced)
+		*ret_replaced = rep;
+	return r;
+}
+
+/* ---- xattrs ---------------------------------------------------------------------------- */
+
+/* 1..255 bytes; longer is ERANGE as in Linux. */
+static int ms_xattr_name_check(const char *name)
+{
+	size_t n;
+
+	if (!name)
+		return -EINVAL;
+	n = strnlen(name, META_XATTR_NAME_MAX + 1);
+	if (n == 0)
+		return -EINVAL;
+	if (n > META_XATTR_NAME_MAX)
+		return -ERANGE;
+	return 0;
+}
+
+/* 1 if the xattr exists, 0 if not. */
+static int ms_xattr_exists(struct ms *m, uint64_t ino, const char *name)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_XATTR_GET, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	ms_bind_name(st, 2, name);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		r = 1;
+	else if (rc != SQLITE_DONE)
+		r = ms_errno(m, rc, "xattr get");
+	sqlite3_reset(st);
+	return r;
+}
+
+static int ms_setxattr_tx(struct ms *m, uint64_t ino, const char *name, const void *value,
+			  size_t size, int flags)
+{
+	struct meta_attr a;
+	sqlite3_stmt *st;
+	int r;
+
+	r = ms_inode_get(m, ino, &a);
+	if (r < 0)
+		return r;
+	r = ms_xattr_exists(m, ino, name);
+	if (r < 0)
+		return r;
+	if (r == 1 && (flags & XATTR_CREATE))
+		return -EEXIST;
+	if (r == 0 && (flags & XATTR_REPLACE))
+		return -ENODATA;
+	r = ms_prep(m, MSQ_XATTR_PUT, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	ms_bind_name(st, 2, name);
+	/* zeroblob, not NULL, for an empty value: the column is NOT NULL */
+	if (size)
+		sqlite3_bind_blob(st, 3, value, (int)size, SQLITE_STATIC);
+	else
+		sqlite3_bind_zeroblob(st, 3, 0);
+	r = ms_done(m, st, "xattr put");
+	if (r < 0)
+		return r;
+	/* setxattr(2) changes ctime; there is no caller clock here, so use ours. */
+	return ms_run3(m, MSQ_INODE_CTIME, (int64_t)ino, now_realtime_ns(), 0);
+}
+
+static int ms_setxattr(struct meta *mm, uint64_t ino, const char *name, const void *value,
+		       size_t size, int flags)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	r = ms_xattr_name_check(name);
+	if (r < 0)
+		return r;
+	if (flags & ~(XATTR_CREATE | XATTR_REPLACE) || (size && !value))
+		return -EINVAL;
+	if (size > META_XATTR_SIZE_MAX)
+		return -E2BIG;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_setxattr_tx(m, ino, name, value, size, flags));
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_getxattr(struct meta *mm, uint64_t ino, const char *name, void *buf, size_t size)
+{
+	struct ms *m = ms_of(mm);
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_xattr_name_check(name);
+	if (r < 0)
+		return r;
+	if (ino == 0 || ino > INT64_MAX)
+		return -ENOENT;
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r < 0)
+		goto out;
+	r = ms_prep(m, MSQ_XATTR_GET, &st);
+	if (r < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	ms_bind_name(st, 2, name);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		int n = sqlite3_column_bytes(st, 0);
+		const void *p = sqlite3_column_blob(st, 0);
+
+		if (size == 0) {
+			r = n;
+		} else if ((size_t)n > size || !buf) {
+			r = -ERANGE;
+		} else {
+			if (n)
+				memcpy(buf, p, (size_t)n);
+			r = n;
+		}
+	} else if (rc == SQLITE_DONE) {
+		r = -ENODATA;
+	} else {
+		r = ms_errno(m, rc, "xattr get");
+	}
+	sqlite3_reset(st);
+	if (r == -ENODATA) {
+		struct meta_attr a;
+		int e = ms_inode_get(m, ino, &a);
+
+		if (e < 0)
+			r = e;
+	}
+out:
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_listxattr(struct meta *mm, uint64_t ino, char *buf, size_t size)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_attr a;
+	sqlite3_stmt *st;
+	size_t total = 0;
+	int rc, r;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_inode_get(m, ino, &a);
+	if (r < 0)
+		goto out;
+	r = ms_prep(m, MSQ_XATTR_LIST, &st);
+	if (r < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const void *p = sqlite3_column_blob(st, 0);
+		size_t n = (size_t)sqlite3_column_bytes(st, 0);
+
+		if (size && buf && total + n + 1 <= size) {
+			memcpy(buf + total, p, n);
+			buf[total + n] = '\0';
+		}
+		total += n + 1;
+	}
+	if (rc != SQLITE_DONE)
+		r = ms_errno(m, rc, "xattr list");
+	else if (total > INT_MAX)
+		r = -E2BIG;
+	else if (size && total > size)
+		r = -ERANGE;
+	else
+		r = (int)total;
+	sqlite3_reset(st);
+out:
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_removexattr_tx(struct ms *m, uint64_t ino, const char *name)
+{
+	struct meta_attr a;
+	sqlite3_stmt *st;
+	int r;
+
+	r = ms_inode_get(m, ino, &a);
+	if (r < 0)
+		return r;
+	r = ms_prep(m, MSQ_XATTR_DEL, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	ms_bind_name(st, 2, name);
+	r = ms_done(m, st, "xattr delete");
+	if (r < 0)
+		return r;
+	if (sqlite3_changes(m->db) == 0)
+		return -ENODATA;
+	return ms_run3(m, MSQ_INODE_CTIME, (int64_t)ino, now_realtime_ns(), 0);
+}
+
+static int ms_removexattr(struct meta *mm, uint64_t ino, const char *name)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	r = ms_xattr_name_check(name);
+	if (r < 0)
+		return r;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_removexattr_tx(m, ino, name));
+	ms_unlock(m);
+	return r;
+}
+
+/* ---- orphans, scans, sync, statfs ------------------------------------------------------ */
+
+static int ms_purge_tx(struct ms *m, uint64_t ino)
+{
+	struct meta_attr a;
+	int r;
+
+	r = ms_inode_get(m, ino, &a);
+	if (r < 0)
+		return r;
+	if (a.nlink > 0 || ino == META_ROOT_INO)
+		return -EBUSY;
+	/* Only check() can orphan a directory, and it empties it first; refuse one that still
+	 * holds entries rather than leave them pointing at nothing. */
+	if (S_ISDIR(a.mode)) {
+		r = ms_has_children(m, ino);
+		if (r < 0)
+			return r;
+		if (r > 0)
+			return -ENOTEMPTY;
+	}
+	return ms_inode_delete(m, ino);
+}
+
+static int ms_purge(struct meta *mm, uint64_t ino)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_purge_tx(m, ino));
+	ms_unlock(m);
+	return r;
+}
+
+/* Page through a statement (?1 = last ino, ?2 = limit) in ino order, MS_BATCH rows per lock
+ * hold. Each batch is one consistent snapshot; the whole walk is not (1M rows must not block
+ * writers), which orphans() and inodes() callers accept: an inode created meanwhile may or may
+ * not be seen. */
+static int ms_scan(struct ms *m, enum ms_sid id, meta_inode_cb cb, void *ctx)
+{
+	int64_t after = 0;
+	int r;
+
+	for (;;) {
+		sqlite3_stmt *st;
+		int rc = SQLITE_DONE, n = 0, stop = 0;
+
+		ms_lock(m);
+		r = ms_ready(m);
+		if (r == 0)
+			r = ms_prep(m, id, &st);
+		if (r < 0) {
+			ms_unlock(m);
+			return r;
+		}
+		sqlite3_bind_int64(st, 1, after);
+		sqlite3_bind_int(st, 2, MS_BATCH);
+		while (!stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+			struct meta_attr a;
+
+			ms_row_attr(st, 0, &a);
+			after = (int64_t)a.ino;
+			n++;
+			stop = cb(ctx, &a);
+		}
+		if (!stop && rc != SQLITE_DONE)
+			r = ms_errno(m, rc, "scan");
+		sqlite3_reset(st);
+		ms_unlock(m);
+		if (r < 0 || stop || n < MS_BATCH)
+			return r;
+	}
+}
+
+static int ms_orphans(struct meta *mm, meta_inode_cb cb, void *ctx)
+{
+	if (!cb)
+		return -EINVAL;
+	return ms_scan(ms_of(mm), MSQ_ORPHANS, cb, ctx);
+}
+
+static int ms_inodes(struct meta *mm, meta_inode_cb cb, void *ctx)
+{
+	if (!cb)
+		return -EINVAL;
+	return ms_scan(ms_of(mm), MSQ_INODES, cb, ctx);
+}
+
+/* A read-only handle cannot commit; fsync what SQLite would have: the WAL, then the file. */
+static int ms_sync_files(struct ms *m)
+{
+	char wal[URL_MAX + 8];
+	const char *files[2] = {wal, m->path};
+	int r = 0;
+
+	snprintf(wal, sizeof(wal), "%s-wal", m->path);
+	for (int i = 0; i < 2; i++) {
+		int fd = open(files[i], O_RDONLY | O_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno != ENOENT && r == 0)
+				r = -errno;
+			continue;
+		}
+		if (fsync(fd) < 0 && r == 0)
+			r = -errno;
+		close(fd);
+	}
+	return r;
+}
+
+static int ms_sync(struct meta *mm)
+{
+	struct ms *m = ms_of(mm);
+	int64_t dv = 0;
+	int r, r2;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r < 0) {
+		if (r == -ENOENT)
+			r = 0; /* not formatted: nothing was ever committed */
+		goto out;
+	}
+	r = ms_int_query(m, MSQ_DATA_VERSION, &dv);
+	if (r < 0)
+		goto out;
+	if (m->commits == 0 && dv == m->synced_dv)
+		goto out; /* nothing committed since the last sync, here or elsewhere */
+	if (m->rdonly) {
+		r = ms_sync_files(m);
+	} else {
+		/* See DURABILITY at the top: one FULL commit flushes the whole WAL. */
+		r = ms_run3(m, MSQ_SYNC_FULL, 0, 0, 0);
+		if (r < 0)
+			goto out;
+		r = ms_run3(m, MSQ_BEGIN_W, 0, 0, 0);
+		if (r == 0)
+			r = ms_end(m, ms_run3(m, MSQ_SYNC_MARK, 0, 0, 0));
+		r2 = ms_run3(m, MSQ_SYNC_NORMAL, 0, 0, 0);
+		if (r == 0)
+			r = r2;
+	}
+	if (r == 0) {
+		m->commits = 0;
+		m->synced_dv = dv;
+	}
+out:
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_statfs(struct meta *mm, struct meta_statfs *ret)
+{
+	struct ms *m = ms_of(mm);
+	sqlite3_stmt *st;
+	int rc, r;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_prep(m, MSQ_STATFS, &st);
+	if (r < 0)
+		goto out;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		ret->inodes = (uint64_t)sqlite3_column_int64(st, 0);
+		ret->bytes = (uint64_t)sqlite3_column_int64(st, 1);
+	} else {
+		r = ms_errno(m, rc, "statfs");
+	}
+	sqlite3_reset(st);
+out:
+	ms_unlock(m);
+	return r;
+}
+
+/* ---- check ----------------------------------------------------------------------------- */
+
+struct ms_check {
+	struct ms *m;
+	bool repair;
+	meta_report_cb cb;
+	void *ctx;
+	int found;    /* problems seen */
+	int unfixed;  /* problems seen and not repaired */
+};
+
+static void ms_report(struct ms_check *c, uint64_t ino, bool repaired, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void ms_report(struct ms_check *c, uint64_t ino, bool repaired, const char *fmt, ...)
+{
+	char what[512];
+	va_list ap;
+
+	c->found++;
+	if (!repaired)
+		c->unfixed++;
+	if (!c->cb)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	c->cb(c->ctx, what, ino, repaired);
+}
+
+/* A name column, printable: bytes outside 0x20..0x7e become \xNN. */
+static void ms_col_name_printable(sqlite3_stmt *st, int col, char *out, size_t outlen)
+{
+	const unsigned char *p = sqlite3_column_blob(st, col);
+	int n = sqlite3_column_bytes(st, col);
+	size_t o = 0;
+
+	for (int i = 0; i < n && p && o + 5 < outlen; i++) {
+		if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
+			out[o++] = (char)p[i];
+		else
+			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", p[i]);
+	}
+	out[o] = '\0';
+}
+
+/* Run `sql` (columns per `kind`), report each row, then run `fix` if repairing. The fix uses
+ * the same condition inside the same transaction, so it touches exactly the rows reported. */
+enum ms_ck_kind { MS_CK_ENTRY_MISSING_INODE, MS_CK_ENTRY_BAD_PARENT, MS_CK_DIR_MULTI, MS_CK_ROOT_NAMED,
+		  MS_CK_XATTR_ORPHAN, MS_CK_UNREACHABLE };
+
+static int ms_check_step(struct ms_check *c, enum ms_ck_kind kind, const char *sql,
+			 const char *fix)
+{
+	struct ms *m = c->m;
+	sqlite3_stmt *st = NULL;
+	char name[4 * META_NAME_MAX + 8];
+	int rc, n = 0, r = 0;
+	bool fixing = c->repair && fix;
+
+	rc = sqlite3_prepare_v2(m->db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return ms_errno(m, rc, "check prepare");
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		uint64_t a = (uint64_t)sqlite3_column_int64(st, 0);
+		uint64_t b = (uint64_t)sqlite3_column_int64(st, 1);
+
+		n++;
+		switch (kind) {
+		case MS_CK_ENTRY_MISSING_INODE: /* ino, parent, name */
+			ms_col_name_printable(st, 2, name, sizeof(name));
+			ms_report(c, a, fixing,
+				  "entry '%s' in directory %" PRIu64 " names missing inode %" PRIu64
+				  "%s",
+				  name, b, a, fixing ? "; entry removed" : "");
+			break;
+		case MS_CK_ENTRY_BAD_PARENT: /* ino, parent, name, parent exists */
+			ms_col_name_printable(st, 2, name, sizeof(name));
+			ms_report(c, a, fixing,
+				  "entry '%s' (inode %" PRIu64 ") is in %s %" PRIu64 "%s", name, a,
+				  sqlite3_column_int(st, 3) ? "non-directory" : "missing directory",
+				  b, fixing ? "; entry removed" : "");
+			break;
+		case MS_CK_DIR_MULTI: /* ino, count */
+			ms_report(c, a, fixing,
+				  "directory %" PRIu64 " has %" PRIu64 " entries naming it%s", a, b,
+				  fixing ? "; all but the oldest removed" : "");
+			break;
+		case MS_CK_ROOT_NAMED: /* ino, parent, name */
+			ms_col_name_printable(st, 2, name, sizeof(name));
+			ms_report(c, a, fixing,
+				  "entry '%s' in directory %" PRIu64 " names the root directory%s",
+				  name, b, fixing ? "; entry removed" : "");
+			break;
+		case MS_CK_XATTR_ORPHAN: /* ino, count */
+			ms_report(c, a, fixing,
+				  "%" PRIu64 " xattrs belong to missing inode %" PRIu64 "%s", b, a,
+				  fixing ? "; removed" : "");
+			break;
+		case MS_CK_UNREACHABLE: /* ino */
+			ms_report(c, a, fixing,
+				  "directory %" PRIu64 " is not reachable from the root%s", a,
+				  fixing ? "; its entries removed and it is orphaned" : "");
+			break;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		r = ms_errno(m, rc, "check");
+	sqlite3_finalize(st);
+	if (r == 0 && n > 0 && fixing)
+		r = ms_exec(m, fix);
+	return r;
+}
+
+#define MS_IS_DIR(x) "(" x " & " MS_SQL_IFMT " = " MS_SQL_IFDIR ")"
+
+static int ms_check_namespace(struct ms_check *c)
+{
+	struct ms *m = c->m;
+	struct meta_attr root;
+	sqlite3_stmt *st = NULL;
+	int rc, r;
+
+	/* The root first: everything else is judged by reachability from it. */
+	r = ms_inode_get(m, META_ROOT_INO, &root);
+	if (r == -ENOENT) {
+		ms_report(c, META_ROOT_INO, c->repair, "root directory (inode 1) is missing%s",
+			  c->repair ? "; recreated empty, mode 0755, owner 0:0" : "");
+		if (c->repair) {
+			int64_t now = now_realtime_ns();
+			char sql[256];
+
+			snprintf(sql, sizeof(sql),
+				 "INSERT INTO inodes (ino, mode, nlink, uid, gid, rdev, size, atime,"
+				 " mtime, ctime, btime, generation, flags) VALUES (1, %d, 2, 0, 0, 0,"
+				 " 0, %" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 ", 1, 0)",
+				 S_IFDIR | 0755, now, now, now, now);
+			r = ms_exec(m, sql);
+		} else {
+			r = 0;
+		}
+	} else if (r == 0 && !S_ISDIR(root.mode)) {
+		ms_report(c, META_ROOT_INO, false, "root inode 1 is not a directory (mode 0%o)",
+			  root.mode);
+		return 0; /* nothing below can be judged */
+	}
+	if (r < 0)
+		return r;
+
+	r = ms_check_step(c, MS_CK_ROOT_NAMED,
+			  "SELECT ino, parent, name FROM dentries WHERE ino = 1",
+			  "DELETE FROM dentries WHERE ino = 1");
+	if (r == 0)
+		r = ms_check_step(c, MS_CK_ENTRY_MISSING_INODE,
+				  "SELECT d.ino, d.parent, d.name FROM dentries d WHERE NOT EXISTS"
+				  " (SELECT 1 FROM inodes i WHERE i.ino = d.ino)",
+				  "DELETE FROM dentries WHERE NOT EXISTS"
+				  " (SELECT 1 FROM inodes i WHERE i.ino = dentries.ino)");
+	if (r == 0)
+		r = ms_check_step(c, MS_CK_ENTRY_BAD_PARENT,
+				  "SELECT d.ino, d.parent, d.name, p.ino IS NOT NULL FROM dentries d"
+				  " LEFT JOIN inodes p ON p.ino = d.parent"
+				  " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode"),
+				  "DELETE FROM dentries WHERE id IN (SELECT d.id FROM dentries d"
+				  " LEFT JOIN inodes p ON p.ino = d.parent"
+				  " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode") ")");
+	if (r == 0)
+		r = ms_check_step(c, MS_CK_DIR_MULTI,
+				  "SELECT d.ino, count(*) FROM dentries d JOIN inodes i"
+				  " ON i.ino = d.ino WHERE " MS_IS_DIR("i.mode")
+				  " GROUP BY d.ino HAVING count(*) > 1",
+				  "DELETE FROM dentries WHERE id IN (SELECT d.id FROM dentries d"
+				  " JOIN inodes i ON i.ino = d.ino WHERE " MS_IS_DIR("i.mode")
+				  " AND d.id > (SELECT min(e.id) FROM dentries e"
+				  " WHERE e.ino = d.ino))");
+	if (r == 0)
+		r = ms_check_step(c, MS_CK_XATTR_ORPHAN,
+				  "SELECT x.ino, count(*) FROM xattrs x WHERE NOT EXISTS"
+				  " (SELECT 1 FROM inodes i WHERE i.ino = x.ino) GROUP BY x.ino",
+				  "DELETE FROM xattrs WHERE NOT EXISTS"
+				  " (SELECT 1 FROM inodes i WHERE i.ino = xattrs.ino)");
+	if (r < 0)
+		return r;
+
+	/* Reachability: every inode an entry path from the root leads to. UNION (not UNION
+	 * ALL) makes the recursion stop at cycles and hard links. */
+	r = ms_exec(m, "DROP TABLE IF EXISTS temp.ms_reach;"
+		       "CREATE TEMP TABLE ms_reach (ino INTEGER PRIMARY KEY);"
+		       "INSERT INTO temp.ms_reach WITH RECURSIVE r(ino) AS (SELECT 1 UNION"
+		       " SELECT d.ino FROM dentries d JOIN r ON d.parent = r.ino) SELECT ino FROM r;"
+		       "DROP TABLE IF EXISTS temp.ms_unreach;"
+		       "CREATE TEMP TABLE ms_unreach (ino INTEGER PRIMARY KEY);"
+		       /* unreachable directories, except an orphan already empty and unnamed
+			* (it only waits for purge()) */
+		       "INSERT INTO temp.ms_unreach SELECT i.ino FROM inodes i"
+		       " WHERE " MS_IS_DIR("i.mode")
+		       " AND i.ino NOT IN (SELECT ino FROM temp.ms_reach)"
+		       " AND (i.nlink > 0 OR EXISTS (SELECT 1 FROM dentries d WHERE d.ino = i.ino"
+		       " OR d.parent = i.ino));");
+	if (r == 0)
+		r = ms_check_step(c, MS_CK_UNREACHABLE, "SELECT ino FROM temp.ms_unreach",
+				  "DELETE FROM dentries WHERE ino IN temp.ms_unreach"
+				  " OR parent IN temp.ms_unreach;"
+				  "UPDATE inodes SET nlink = 0 WHERE ino IN temp.ms_unreach;");
+	if (r < 0)
+		return r;
+
+	/* Link counts: a non-directory has one link per entry naming it; a directory 2 plus one
+	 * per subdirectory, or 0 if nothing names it (an orphan). Unreachable directories were
+	 * reported above. */
+	r = ms_exec(m, "DROP TABLE IF EXISTS temp.ms_want;"
+		       "CREATE TEMP TABLE ms_want (ino INTEGER PRIMARY KEY, nlink INTEGER,"
+		       " want INTEGER);"
+		       "INSERT INTO temp.ms_want SELECT i.ino, i.nlink, CASE WHEN "
+		       MS_IS_DIR("i.mode") " THEN (CASE WHEN i.ino = 1 OR EXISTS (SELECT 1 FROM"
+		       " dentries d WHERE d.ino = i.ino) THEN 2 + (SELECT count(*) FROM dentries d"
+		       " JOIN inodes s ON s.ino = d.ino WHERE d.parent = i.ino AND "
+		       MS_IS_DIR("s.mode") ") ELSE 0 END)"
+		       " ELSE (SELECT count(*) FROM dentries d WHERE d.ino = i.ino) END FROM inodes i"
+		       " WHERE i.ino NOT IN temp.ms_unreach;");
+	if (r < 0)
+		return r;
+	rc = sqlite3_prepare_v2(m->db, "SELECT ino, nlink, want FROM temp.ms_want"
+				       " WHERE nlink != want ORDER BY ino", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return ms_errno(m, rc, "check prepare");
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		uint64_t ino = (uint64_t)sqlite3_column_int64(st, 0);
+		int64_t have = sqlite3_column_int64(st, 1), want = sqlite3_column_int64(st, 2);
+
+		if (want == 0)
+			ms_report(c, ino, c->repair,
+				  "inode %" PRIu64 " has nlink %" PRId64
+				  " but no directory entry%s",
+				  ino, have, c->repair ? "; orphaned (nlink 0), purge will free it"
+						       : "");
+		else
+			ms_report(c, ino, c->repair,
+				  "inode %" PRIu64 " has nlink %" PRId64 ", entries say %" PRId64
+				  "%s",
+				  ino, have, want, c->repair ? "; corrected" : "");
+	}
+	r = rc == SQLITE_DONE ? 0 : ms_errno(m, rc, "check nlink");
+	sqlite3_finalize(st);
+	if (r == 0 && c->repair)
+		r = ms_exec(m, "UPDATE inodes SET nlink = (SELECT want FROM temp.ms_want w"
+			       " WHERE w.ino = inodes.ino) WHERE ino IN (SELECT ino FROM"
+			       " temp.ms_want WHERE nlink != want)");
+	return r;
+}
+
+static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
+{
+	struct ms *m = ms_of(mm);
+	struct ms_check c = {.m = m, .repair = repair, .cb = cb, .ctx = ctx};
+	sqlite3_stmt *st = NULL;
+	int rc, r;
+
+	ms_lock(m);
+	if (repair && m->rdonly) {
+		r = -EROFS;
+		goto out;
+	}
+	r = ms_ready(m);
+	if (r < 0)
+		goto out;
+
+	/* Storage first: if SQLite's own structures are damaged, the namespace checks would read
+	 * garbage and a repair could spread it. Report and stop. */
+	rc = sqlite3_prepare_v2(m->db, "PRAGMA quick_check", -1, &st, NULL);
+	if (rc != SQLITE_OK) {
+		r = ms_errno(m, rc, "quick_check");
+		goto out;
+	}
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *msg = (const char *)sqlite3_column_text(st, 0);
+
+		if (msg && strcmp(msg, "ok") != 0)
+			ms_report(&c, 0, false, "database file: %s", msg);
+	}
+	if (rc != SQLITE_DONE) {
+		/* Too damaged even to check: that is a finding, not an engine failure. */
+		ms_report(&c, 0, false, "database file: %s", sqlite3_errmsg(m->db));
+	}
+	sqlite3_finalize(st);
+	if (c.found > 0) {
+		r = c.unfixed;
+		goto out;
+	}
+
+	/* One transaction: a read snapshot, or the repair as a whole (META-1). */
+	r = ms_run3(m, repair ? MSQ_BEGIN_W : MSQ_BEGIN_R, 0, 0, 0);
+	if (r < 0)
+		goto out;
+	r = ms_check_namespace(&c);
+	if (repair) {
+		r = ms_end(m, r);
+	} else {
+		ms_rollback(m);
+	}
+	/* temp tables live outside the transaction's fate; drop them either way */
+	sqlite3_exec(m->db, "DROP TABLE IF EXISTS temp.ms_reach; DROP TABLE IF EXISTS"
+			    " temp.ms_unreach; DROP TABLE IF EXISTS temp.ms_want;",
+		     NULL, NULL, NULL);
+	if (r == 0)
+		r = repair ? c.unfixed : c.found;
+out:
+	ms_unlock(m);
+	return r;
+}
+
+const struct meta_ops meta_sqlite_ops = {
+	.scheme = "sqlite",
+	.caps = 0,
+	.open = ms_open,
+	.close = ms_close,
+	.format = ms_format,
+	.volume_get = ms_volume_get,
+	.targets_list = ms_targets_list,
+	.target_set_state = ms_target_set_state,
+	.chains_list = ms_chains_list,
+	.chain_update = ms_chain_update,
+	.lookup = ms_lookup,
+	.getattr = ms_getattr,
+	.setattr = ms_setattr,
+	.mknod = ms_mknod,
+	.link = ms_link,
+	.unlink = ms_unlink,
+	.rmdir = ms_rmdir,
+	.rename = ms_rename,
+	.readlink = ms_readlink,
+	.readdir = ms_readdir,
+	.readdirplus = ms_readdirplus,
+	.setxattr = ms_setxattr,
+	.getxattr = ms_getxattr,
+	.listxattr = ms_listxattr,
+	.removexattr = ms_removexattr,
+	.purge = ms_purge,
+	.orphans = ms_orphans,
+	.inodes = ms_inodes,
+	.sync = ms_sync,
+	.statfs = ms_statfs,
+	.check = ms_check,
+};

@@ -1,0 +1,131 @@
+/* fs — the POSIX layer: the FUSE low-level frontend over the metadata engine and the
+ * data service.
+ *
+ * WHAT IT OWNS
+ *   The kernel's view of inodes (lookup counts, open counts), the in-memory part of an inode
+ *   that is newer than the metadata database (size, mtime, ctime written by the data path),
+ *   and the translation of every FUSE request into metadata transactions and chunk I/O.
+ *
+ * INVARIANTS (cited as FS-n)
+ *   FS-1  Every FUSE request gets exactly one reply, on every path.
+ *   FS-2  An inode stays in the table while the kernel holds a lookup on it, a file handle
+ *         is open on it, or a request is using it (refs). When all three reach zero and its
+ *         nlink is 0, its chunks and its row are deleted (META-3).
+ *   FS-3  A regular file's size in memory (struct fs_inode.size) is the truth while the inode
+ *         is in the table; the database catches up at flush/close, fsync and truncate. Before
+ *         a write may put data beyond the size recorded in the database, the inode is marked
+ *         META_IF_WDIRTY there (META-4), so a crash can never expose bytes beyond the size
+ *         after a later extension; the mark is cleared only when no write or truncate is in
+ *         flight and the size has been recorded.
+ *   FS-4  fsync returns only after ds_fsync (every in-chain replica durable, DS-1) AND a
+ *         durable metadata commit of the size (META-5). fsync of a directory makes every
+ *         committed namespace operation durable.
+ *   FS-5  Errors reach the application: every -errno from meta/ds is replied as is.
+ *
+ * THREADS AND LOCKS
+ *   libfuse's multi-threaded loop calls the op handlers from many threads at once.
+ *   Lock order: fs.itab_lock -> fs_inode.lock. fs_inode.io (rwlock) is taken before
+ *   fs_inode.lock and never while holding itab_lock. No lock is held across a FUSE reply.
+ */
+#ifndef BRAIDFS_FS_H
+#define BRAIDFS_FS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dataservice/ds.h"
+#include "fs/meta/meta.h"
+
+struct fs_options {
+	double attr_timeout;  /* seconds the kernel may cache attributes */
+	double entry_timeout; /* seconds the kernel may cache names */
+	unsigned max_threads;
+	bool debug;           /* FUSE request tracing */
+	bool allow_other;
+	bool ro;
+};
+
+struct fs_inode {
+	uint64_t ino;
+	struct fs_inode *hnext; /* protected by fs.itab_lock */
+	uint64_t nlookup;       /* protected by fs.itab_lock */
+	uint32_t nopen;         /* protected by fs.itab_lock */
+	uint32_t refs;          /* protected by fs.itab_lock */
+
+	pthread_rwlock_t io; /* writes shared; truncate, punch exclusive */
+
+	pthread_mutex_t lock; /* protects everything below */
+	uint32_t mode;        /* type bits never change; permission bits not kept here */
+	uint32_t nlink;       /* last value seen; 0 means purge when unused (FS-2) */
+	uint64_t size;        /* FS-3 */
+	uint64_t db_size;     /* size as last recorded in the database */
+	int64_t mtime_ns, ctime_ns;
+	bool dirty;    /* size/mtime/ctime newer than the database */
+	bool wmark;    /* META_IF_WDIRTY set in the database */
+	bool purged;   /* chunks and row deleted */
+	uint32_t inflight; /* writes/truncates under way that may put data beyond db_size */
+};
+
+struct fs {
+	struct meta *meta;
+	struct ds *ds;
+	struct meta_volume vol;
+	struct fs_options opt;
+	struct fuse_session *se;
+
+	pthread_mutex_t itab_lock;
+	struct fs_inode **itab; /* protected by itab_lock */
+	size_t itab_size;       /* buckets, power of two */
+	size_t itab_count;      /* protected by itab_lock */
+
+	/* Metadata durability without a database sync per fsync: meta_gen counts mutating
+	 * metadata calls, meta_synced the value covered by the last sync (atomics). */
+	uint64_t meta_gen, meta_synced;
+};
+
+/* After a mutating metadata call (fs_fuse.c). */
+void fs_meta_touched(struct fs *fs);
+/* META-5 only when something was committed since the last sync. */
+int fs_meta_sync(struct fs *fs);
+
+/* Lifecycle. fs_new takes over nothing: meta and ds stay the caller's and must outlive fs. */
+int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struct fs **ret);
+/* Finish what a crash left: purge orphans, trim data beyond the size of inodes marked
+ * META_IF_WDIRTY (FS-3). Returns the number of inodes fixed, or -errno. */
+int fs_recover(struct fs *fs);
+/* Create the FUSE session and mount at mountpoint. err gets a one-line reason. */
+int fs_mount(struct fs *fs, const char *mountpoint, char *err, size_t errlen);
+/* Serve until unmounted or signalled. Returns 0 or -errno. */
+int fs_loop(struct fs *fs);
+/* Flush every dirty inode, purge unused orphans, sync data and metadata, unmount if still
+ * mounted, free. NULL ok. */
+void fs_free(struct fs *fs);
+
+/* fs_inode.c: the inode table (FS-2). */
+int fs_itab_init(struct fs *fs);
+void fs_itab_fini(struct fs *fs);
+/* Find or insert ino; takes a ref. attr (may be NULL) seeds a new entry; without it a new
+ * entry is loaded from the database. */
+int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr,
+		 struct fs_inode **ret);
+/* Existing entry or NULL; takes a ref when found. */
+struct fs_inode *fs_inode_find(struct fs *fs, uint64_t ino);
+void fs_inode_put(struct fs *fs, struct fs_inode *ip);
+void fs_inode_lookup_add(struct fs *fs, struct fs_inode *ip, uint64_t n);
+void fs_inode_forget(struct fs *fs, uint64_t ino, uint64_t n);
+void fs_inode_open_add(struct fs *fs, struct fs_inode *ip, int delta);
+/* Record the size/mtime/ctime of a dirty inode in the database (FS-3); with durable, also
+ * make it durable (META-5). */
+int fs_inode_flush(struct fs *fs, struct fs_inode *ip, bool durable);
+/* Overlay the in-memory fields of a cached inode onto attr (from the database). */
+void fs_inode_overlay(struct fs *fs, struct meta_attr *attr);
+/* Note a new nlink for ino (after unlink/rename/link); purges at once if nlink is 0 and
+ * the inode is not in use. */
+void fs_inode_set_nlink(struct fs *fs, const struct meta_attr *attr);
+/* Delete chunks and row of an unused inode with nlink 0 (FS-2). */
+int fs_purge(struct fs *fs, uint64_t ino, uint32_t mode);
+/* Flush every dirty inode and purge unused orphans (unmount). */
+void fs_itab_flush_all(struct fs *fs);
+
+#endif

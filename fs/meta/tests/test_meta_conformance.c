@@ -1,0 +1,2320 @@
+/* test_meta_conformance — every case against every metadata engine in engines[].
+ *
+ * Each case gets a fresh temporary directory and a freshly formatted volume (2 targets, 2
+ * chains). Cases talk to the engine only through meta_open() and its ops table; the few that
+ * must damage the database on purpose (check(), open errors) go behind the engine's back
+ * through the engine's `raw_exec` hook and skip when an engine has none.
+ *
+ * Run: build-dir/fs/meta/test_meta_conformance   (BRAIDFS_META_BIG=100000 to scale the big
+ * directory case; default 20000).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "common/util.h"
+#include "fs/meta/meta.h"
+
+/* ---- engines ----------------------------------------------------------------------------- */
+
+struct engine {
+	const char *name;
+	const struct meta_ops *ops;
+	/* URL of the database that lives in test directory dir */
+	void (*url)(const char *dir, char *out, size_t len);
+	/* the file whose bytes a failed open must not change; NULL if the engine has none */
+	void (*file)(const char *dir, char *out, size_t len);
+	/* run SQL on the engine's storage behind its back (fault injection); NULL: cases skip */
+	int (*raw_exec)(const char *dir, const char *sql);
+};
+
+static void sqlite_file(const char *dir, char *out, size_t len)
+{
+	snprintf(out, len, "%s/meta.db", dir);
+}
+
+static void sqlite_url(const char *dir, char *out, size_t len)
+{
+	snprintf(out, len, "sqlite://%s/meta.db", dir);
+}
+
+static int sqlite_raw_exec(const char *dir, const char *sql)
+{
+	char path[PATH_MAX];
+	sqlite3 *db = NULL;
+	char *msg = NULL;
+	int rc;
+
+	sqlite_file(dir, path, sizeof(path));
+	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL);
+	if (rc == SQLITE_OK) {
+		sqlite3_busy_timeout(db, 5000);
+		rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+	}
+	if (rc != SQLITE_OK)
+		print_error("raw_exec: %s: %s\n", sql, msg ? msg : sqlite3_errmsg(db));
+	sqlite3_free(msg);
+	sqlite3_close(db);
+	return rc == SQLITE_OK ? 0 : -EIO;
+}
+
+static const struct engine engines[] = {
+	{"sqlite", &meta_sqlite_ops, sqlite_url, sqlite_file, sqlite_raw_exec},
+};
+
+static const struct engine *E; /* the engine under test */
+
+/* ---- fixture ----------------------------------------------------------------------------- */
+
+struct fx {
+	char dir[PATH_MAX];
+	char url[PATH_MAX + 32];
+	char file[PATH_MAX];
+	struct meta *m;
+	int64_t clock; /* strictly increasing fake time for now_ns arguments */
+};
+
+static int64_t tick(struct fx *f)
+{
+	return f->clock += 1000;
+}
+
+static struct meta_volume test_volume(void)
+{
+	struct meta_volume v;
+
+	memset(&v, 0, sizeof(v));
+	snprintf(v.name, sizeof(v.name), "testvol");
+	snprintf(v.uuid, sizeof(v.uuid), "01234567-89ab-4cde-8f01-23456789abcd");
+	v.format_version = 1;
+	v.chunk_size = 4 << 20;
+	v.replicas = 2;
+	v.consistency = META_STRONG;
+	v.created_ns = 1700000000000000000ll;
+	return v;
+}
+
+static int do_format(struct meta *m)
+{
+	struct meta_volume v = test_volume();
+	struct meta_target t[3];
+	struct meta_chain c[2];
+
+	memset(t, 0, sizeof(t));
+	memset(c, 0, sizeof(c));
+	for (int i = 0; i < 3; i++) {
+		t[i].id = (uint32_t)i + 1;
+		snprintf(t[i].url, sizeof(t[i].url), "dir:/srv/t%d", i + 1);
+		snprintf(t[i].uuid, sizeof(t[i].uuid), "00000000-0000-4000-8000-00000000000%d", i);
+		t[i].state = META_TARGET_UP;
+	}
+	c[0].id = 0;
+	c[0].epoch = 1;
+	c[0].nmembers = 2;
+	c[0].members[0] = 1;
+	c[0].members[1] = 2;
+	c[1].id = 1;
+	c[1].epoch = 1;
+	c[1].nmembers = 2;
+	c[1].members[0] = 2;
+	c[1].members[1] = 3;
+	return META_CALL(m, format, &v, t, 3, c, 2, 1000, 1000);
+}
+
+static int fx_setup_bare(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	const char *base = getenv("TMPDIR");
+
+	if (!f)
+		return -1;
+	snprintf(f->dir, sizeof(f->dir), "%s/braidfs-meta-XXXXXX", base ? base : "/tmp");
+	if (!mkdtemp(f->dir))
+		return -1;
+	E->url(f->dir, f->url, sizeof(f->url));
+	if (E->file)
+		E->file(f->dir, f->file, sizeof(f->file));
+	f->clock = 1800000000000000000ll;
+	*state = f;
+	return 0;
+}
+
+static int fx_setup(void **state)
+{
+	char err[512] = "";
+	struct fx *f;
+	int r;
+
+	if (fx_setup_bare(state) < 0)
+		return -1;
+	f = *state;
+	r = meta_open(f->url, META_O_CREATE, &f->m, err, sizeof(err));
+	if (r < 0) {
+		print_error("open %s: %d %s\n", f->url, r, err);
+		return -1;
+	}
+	if (meta_ops_of(f->m) != E->ops)
+		return -1;
+	r = do_format(f->m);
+	if (r < 0) {
+		print_error("format: %d\n", r);
+		return -1;
+	}
+	return 0;
+}
+
+static int fx_teardown(void **state)
+{
+	struct fx *f = *state;
+	char cmd[PATH_MAX + 16];
+
+	meta_close(f->m);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	if (system(cmd) != 0)
+		return -1;
+	free(f);
+	return 0;
+}
+
+static void fx_reopen(struct fx *f)
+{
+	char err[512] = "";
+	int r;
+
+	meta_close(f->m);
+	f->m = NULL;
+	r = meta_open(f->url, 0, &f->m, err, sizeof(err));
+	if (r < 0)
+		fail_msg("reopen: %d %s", r, err);
+}
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+
+static struct meta_attr attr_in(struct fx *f, mode_t mode)
+{
+	struct meta_attr a;
+
+	memset(&a, 0, sizeof(a));
+	a.mode = mode;
+	a.uid = 1000;
+	a.gid = 100;
+	a.atime_ns = a.mtime_ns = a.ctime_ns = a.btime_ns = tick(f);
+	return a;
+}
+
+static uint64_t mk(struct fx *f, uint64_t parent, const char *name, mode_t mode)
+{
+	struct meta_attr in = attr_in(f, mode), out;
+	int r = META_CALL(f->m, mknod, parent, name, &in, NULL, &out);
+
+	if (r < 0)
+		fail_msg("mknod(%llu, %s) = %d", (unsigned long long)parent, name, r);
+	return out.ino;
+}
+
+static uint64_t mkfile(struct fx *f, uint64_t parent, const char *name)
+{
+	return mk(f, parent, name, S_IFREG | 0644);
+}
+
+static uint64_t mkdir_(struct fx *f, uint64_t parent, const char *name)
+{
+	return mk(f, parent, name, S_IFDIR | 0755);
+}
+
+static struct meta_attr get(struct fx *f, uint64_t ino)
+{
+	struct meta_attr a;
+	int r = META_CALL(f->m, getattr, ino, &a);
+
+	if (r < 0)
+		fail_msg("getattr(%llu) = %d", (unsigned long long)ino, r);
+	return a;
+}
+
+/* Field by field: struct copies need not copy padding. */
+static void attr_equal(struct meta_attr a, struct meta_attr b)
+{
+	assert_int_equal(a.ino, b.ino);
+	assert_int_equal(a.mode, b.mode);
+	assert_int_equal(a.nlink, b.nlink);
+	assert_int_equal(a.uid, b.uid);
+	assert_int_equal(a.gid, b.gid);
+	assert_true(a.rdev == b.rdev);
+	assert_true(a.size == b.size);
+	assert_true(a.atime_ns == b.atime_ns);
+	assert_true(a.mtime_ns == b.mtime_ns);
+	assert_true(a.ctime_ns == b.ctime_ns);
+	assert_true(a.btime_ns == b.btime_ns);
+	assert_true(a.generation == b.generation);
+	assert_int_equal(a.flags, b.flags);
+}
+
+static uint64_t lookup_ino(struct fx *f, uint64_t parent, const char *name)
+{
+	struct meta_attr a;
+	int r = META_CALL(f->m, lookup, parent, name, &a);
+
+	return r < 0 ? 0 : a.ino;
+}
+
+struct ent {
+	char name[META_NAME_MAX + 1];
+	uint64_t ino;
+	uint32_t mode;
+	uint64_t off;
+	struct meta_attr attr;
+};
+
+struct list {
+	struct ent *e;
+	size_t n, cap;
+	size_t limit; /* stop after this many (0: no limit) */
+	size_t calls;
+};
+
+static struct ent *list_push(struct list *l)
+{
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 64;
+		l->e = realloc(l->e, l->cap * sizeof(*l->e));
+		assert_non_null(l->e);
+	}
+	memset(&l->e[l->n], 0, sizeof(l->e[0]));
+	return &l->e[l->n++];
+}
+
+static int list_cb(void *ctx, const char *name, uint64_t ino, uint32_t mode, uint64_t off)
+{
+	struct list *l = ctx;
+	struct ent *e = list_push(l);
+
+	l->calls++;
+	snprintf(e->name, sizeof(e->name), "%s", name);
+	e->ino = ino;
+	e->mode = mode;
+	e->off = off;
+	return l->limit && l->calls >= l->limit;
+}
+
+static int listplus_cb(void *ctx, const char *name, const struct meta_attr *a, uint64_t off)
+{
+	struct list *l = ctx;
+	struct ent *e = list_push(l);
+
+	l->calls++;
+	snprintf(e->name, sizeof(e->name), "%s", name);
+	e->ino = a->ino;
+	e->mode = a->mode;
+	e->off = off;
+	e->attr = *a;
+	return l->limit && l->calls >= l->limit;
+}
+
+/* The whole directory, resumed every `chunk` entries the way FUSE does. */
+static void list_dir(struct fx *f, uint64_t dir, size_t chunk, struct list *out)
+{
+	uint64_t off = 0;
+
+	memset(out, 0, sizeof(*out));
+	for (;;) {
+		size_t before = out->n;
+
+		out->limit = chunk;
+		out->calls = 0;
+		assert_int_equal(META_CALL(f->m, readdir, dir, off, list_cb, out), 0);
+		if (out->n == before)
+			break;
+		off = out->e[out->n - 1].off;
+		if (!chunk)
+			break;
+	}
+}
+
+static void list_free(struct list *l)
+{
+	free(l->e);
+	memset(l, 0, sizeof(*l));
+}
+
+static size_t count_dir(struct fx *f, uint64_t dir)
+{
+	struct list l;
+	size_t n;
+
+	list_dir(f, dir, 0, &l);
+	n = l.n;
+	list_free(&l);
+	return n;
+}
+
+static int inode_cb(void *ctx, const struct meta_attr *a)
+{
+	struct list *l = ctx;
+	struct ent *e = list_push(l);
+
+	e->ino = a->ino;
+	e->attr = *a;
+	return 0;
+}
+
+static bool in_orphans(struct fx *f, uint64_t ino)
+{
+	struct list l = {0};
+	bool found = false;
+
+	assert_int_equal(META_CALL(f->m, orphans, inode_cb, &l), 0);
+	for (size_t i = 0; i < l.n; i++)
+		found |= l.e[i].ino == ino;
+	list_free(&l);
+	return found;
+}
+
+static void *read_file(const char *path, size_t *len)
+{
+	FILE *fp = fopen(path, "rb");
+	char *buf;
+	long n;
+
+	assert_non_null(fp);
+	fseek(fp, 0, SEEK_END);
+	n = ftell(fp);
+	fseek(fp, 0, SEEK_SET);
+	buf = malloc((size_t)n + 1);
+	assert_non_null(buf);
+	assert_int_equal(fread(buf, 1, (size_t)n, fp), (size_t)n);
+	fclose(fp);
+	*len = (size_t)n;
+	return buf;
+}
+
+static void write_file(const char *path, const void *buf, size_t len)
+{
+	FILE *fp = fopen(path, "wb");
+
+	assert_non_null(fp);
+	assert_int_equal(fwrite(buf, 1, len, fp), len);
+	fclose(fp);
+}
+
+/* meta_open must fail with `want`, a one-line message containing `needle`, and the file's
+ * bytes must not change. */
+static void open_fails(const char *url, int flags, const char *file, int want, const char *needle)
+{
+	char err[1024] = "";
+	struct meta *m = NULL;
+	size_t len0 = 0, len1 = 0;
+	void *before = NULL, *after;
+	int r;
+
+	if (file && access(file, F_OK) == 0)
+		before = read_file(file, &len0);
+	r = meta_open(url, flags, &m, err, sizeof(err));
+	if (r != want || !strstr(err, needle))
+		fail_msg("open(%s, %d) = %d '%s'; want %d with '%s'", url, flags, r, err, want,
+			 needle);
+	assert_null(m);
+	assert_null(strchr(err, '\n'));
+	if (before) {
+		after = read_file(file, &len1);
+		assert_int_equal(len0, len1);
+		assert_memory_equal(before, after, len0);
+		free(after);
+		free(before);
+	}
+}
+
+/* ---- open ------------------------------------------------------------------------------- */
+
+static void t_open_missing(void **state)
+{
+	struct fx *f = *state;
+
+	open_fails(f->url, 0, NULL, -ENOENT, "no metadata database at");
+	open_fails(f->url, 0, NULL, -ENOENT, "braidfs format");
+	open_fails(f->url, META_O_RDONLY, NULL, -ENOENT, "no metadata database at");
+	assert_int_equal(access(f->file, F_OK), -1); /* not created */
+}
+
+static void t_open_create_no_parent(void **state)
+{
+	struct fx *f = *state;
+	char url[PATH_MAX + 64];
+
+	if (!E->file)
+		skip();
+	snprintf(url, sizeof(url), "sqlite://%s/nope/meta.db", f->dir);
+	open_fails(url, META_O_CREATE, NULL, -ENOENT, "cannot create");
+}
+
+static void t_open_garbage(void **state)
+{
+	struct fx *f = *state;
+	unsigned char junk[8192];
+
+	if (!E->file)
+		skip();
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (unsigned char)(i * 2654435761u >> 13);
+	write_file(f->file, junk, sizeof(junk));
+	open_fails(f->url, 0, f->file, -EINVAL, "is not a braidfs metadata database");
+	open_fails(f->url, META_O_CREATE, f->file, -EINVAL, "is not a braidfs metadata database");
+	open_fails(f->url, META_O_RDONLY, f->file, -EINVAL, "is not a braidfs metadata database");
+	/* shorter than any database header */
+	write_file(f->file, "hello\n", 6);
+	open_fails(f->url, META_O_CREATE, f->file, -EINVAL, "is not a braidfs metadata database");
+	/* a text file longer than a header */
+	memset(junk, 'x', 200);
+	write_file(f->file, junk, 200);
+	open_fails(f->url, 0, f->file, -EINVAL, "not an SQLite file");
+}
+
+static void foreign_db(const char *path, const char *sql)
+{
+	sqlite3 *db;
+
+	unlink(path);
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+static void t_open_foreign_sqlite(void **state)
+{
+	struct fx *f = *state;
+
+	if (!E->file)
+		skip();
+	/* rollback journal mode, no application id */
+	foreign_db(f->file, "CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('keep me');");
+	open_fails(f->url, 0, f->file, -EINVAL, "is not a braidfs metadata database");
+	open_fails(f->url, META_O_CREATE, f->file, -EINVAL, "is not a braidfs metadata database");
+	open_fails(f->url, META_O_RDONLY, f->file, -EINVAL, "is not a braidfs metadata database");
+	/* WAL mode */
+	foreign_db(f->file, "PRAGMA journal_mode=WAL; CREATE TABLE notes (x TEXT);"
+			    " INSERT INTO notes VALUES ('keep me');");
+	open_fails(f->url, META_O_CREATE, f->file, -EINVAL, "is not a braidfs metadata database");
+	/* another application's id */
+	foreign_db(f->file, "PRAGMA application_id = 1234; CREATE TABLE t (x);");
+	open_fails(f->url, META_O_CREATE, f->file, -EINVAL, "is not a braidfs metadata database");
+	/* a table called like ours but not our id */
+	foreign_db(f->file, "CREATE TABLE inodes (ino INTEGER PRIMARY KEY);");
+	open_fails(f->url, 0, f->file, -EINVAL, "is not a braidfs metadata database");
+}
+
+/* Page number of table `name`'s root, read with raw SQLite. */
+static int root_page(const char *path, const char *name, int *pagesize)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	int page = -1;
+
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+					    -1, &st, NULL),
+			 SQLITE_OK);
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		page = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	*pagesize = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return page;
+}
+
+static void t_open_corrupted(void **state)
+{
+	struct fx *f = *state;
+	unsigned char *buf;
+	size_t len;
+	int page, psz;
+
+	if (strcmp(E->name, "sqlite") != 0)
+		skip(); /* knows the SQLite file layout */
+	mkfile(f, META_ROOT_INO, "a");
+	meta_close(f->m); /* checkpoints: everything is in the main file now */
+	f->m = NULL;
+	buf = read_file(f->file, &len);
+
+	/* the volume table's root page: the first page every open reads after the schema */
+	page = root_page(f->file, "volume", &psz);
+	assert_true(page > 1);
+	memset(buf + (size_t)(page - 1) * (size_t)psz, 0xee, 16);
+	write_file(f->file, buf, len);
+	open_fails(f->url, 0, f->file, -EIO, "is corrupted:");
+	open_fails(f->url, META_O_RDONLY, f->file, -EIO, "is corrupted:");
+
+	/* the schema's own page (page 1 past the 100-byte file header) */
+	free(buf);
+	buf = read_file(f->file, &len);
+	memset(buf + 100, 0xee, 8);
+	write_file(f->file, buf, len);
+	open_fails(f->url, 0, f->file, -EIO, "is corrupted:");
+	free(buf);
+}
+
+static void t_open_bad_urls(void **state)
+{
+	struct fx *f = *state;
+	char url[PATH_MAX + 64], err[512];
+	struct meta *m = NULL;
+
+	open_fails("sqlite:relative.db", 0, NULL, -EINVAL, "relative");
+	open_fails("sqlite:relative.db", META_O_CREATE, NULL, -EINVAL, "relative");
+	open_fails("sqlite://relative.db", META_O_CREATE, NULL, -EINVAL, "host");
+	open_fails("sqlite://host/tmp/x.db", 0, NULL, -EINVAL, "host");
+	open_fails("sqlite://", 0, NULL, -EINVAL, "no file path");
+	open_fails("sqlite:///", 0, NULL, -EINVAL, "no file path");
+	open_fails("sqlite:", 0, NULL, -EINVAL, "no file path");
+	open_fails("sqlite:///tmp/x.db?cache=shared", 0, NULL, -EINVAL, "query");
+	open_fails("nosuch:///x.db", 0, NULL, -EINVAL,
+		   "unknown metadata URL scheme 'nosuch' (expected sqlite:///abs/path.db)");
+	open_fails("/abs/path.db", 0, NULL, -EINVAL, "bad metadata URL");
+	open_fails("", 0, NULL, -EINVAL, "bad metadata URL");
+	snprintf(url, sizeof(url), "sqlite://%s", f->dir);
+	open_fails(url, META_O_CREATE, NULL, -EISDIR, "is a directory");
+	snprintf(url, sizeof(url), "sqlite://%s/x.db", f->dir);
+	open_fails(url, META_O_CREATE | META_O_RDONLY, NULL, -EINVAL, "flags");
+	assert_int_equal(meta_open(NULL, 0, &m, err, sizeof(err)), -EINVAL);
+	/* err may be NULL */
+	assert_int_equal(meta_open("nosuch:///x", 0, &m, NULL, 0), -EINVAL);
+	assert_null(m);
+	/* percent-encoded path */
+	snprintf(url, sizeof(url), "sqlite://%s/with%%20space.db", f->dir);
+	assert_int_equal(meta_open(url, META_O_CREATE, &m, err, sizeof(err)), 0);
+	meta_close(m);
+	snprintf(url, sizeof(url), "%s/with space.db", f->dir);
+	assert_int_equal(access(url, F_OK), 0);
+	meta_close(NULL); /* NULL is fine */
+	assert_null(meta_ops_of(NULL));
+}
+
+/* An empty file (what a format that died before its commit can leave) is "no database" until
+ * META_O_CREATE; then it formats normally. */
+static void t_open_empty(void **state)
+{
+	struct fx *f = *state;
+	struct meta_volume v;
+	struct meta_attr a;
+	struct meta *m = NULL;
+	char err[512];
+
+	if (!E->file)
+		skip();
+	write_file(f->file, "", 0);
+	open_fails(f->url, 0, f->file, -ENOENT, "run 'braidfs format' first");
+	assert_int_equal(meta_open(f->url, META_O_CREATE, &m, err, sizeof(err)), 0);
+	/* open, not formatted */
+	assert_int_equal(META_CALL(m, volume_get, &v), -ENOENT);
+	assert_int_equal(META_CALL(m, getattr, META_ROOT_INO, &a), -ENOENT);
+	assert_int_equal(META_CALL(m, sync), 0);
+	meta_close(m);
+	/* still not a database: SQLite may have written its header page, nothing else */
+	open_fails(f->url, 0, f->file, -ENOENT, "run 'braidfs format' first");
+	assert_int_equal(meta_open(f->url, META_O_CREATE, &m, err, sizeof(err)), 0);
+	assert_int_equal(do_format(m), 0);
+	assert_int_equal(META_CALL(m, volume_get, &v), 0);
+	meta_close(m);
+	assert_int_equal(meta_open(f->url, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(META_CALL(m, getattr, META_ROOT_INO, &a), 0);
+	meta_close(m);
+}
+
+/* ---- format and cluster tables ------------------------------------------------------------ */
+
+static void t_format(void **state)
+{
+	struct fx *f = *state;
+	struct meta_volume v, want = test_volume();
+	struct meta_attr a;
+
+	assert_int_equal(do_format(f->m), -EEXIST);
+	assert_int_equal(META_CALL(f->m, volume_get, &v), 0);
+	assert_string_equal(v.name, want.name);
+	assert_string_equal(v.uuid, want.uuid);
+	assert_int_equal(v.format_version, want.format_version);
+	assert_int_equal(v.chunk_size, want.chunk_size);
+	assert_int_equal(v.replicas, want.replicas);
+	assert_int_equal(v.consistency, want.consistency);
+	assert_int_equal(v.created_ns, want.created_ns);
+
+	a = get(f, META_ROOT_INO);
+	assert_int_equal(a.ino, META_ROOT_INO);
+	assert_int_equal(a.mode, S_IFDIR | 0755);
+	assert_int_equal(a.nlink, 2);
+	assert_int_equal(a.uid, 1000);
+	assert_int_equal(a.gid, 1000);
+	assert_int_equal(a.size, 0);
+	assert_int_equal(a.flags, 0);
+
+	fx_reopen(f);
+	assert_int_equal(META_CALL(f->m, volume_get, &v), 0);
+	assert_string_equal(v.uuid, want.uuid);
+	assert_int_equal(do_format(f->m), -EEXIST);
+	assert_int_equal(get(f, META_ROOT_INO).nlink, 2);
+}
+
+static void t_format_invalid(void **state)
+{
+	struct fx *f = *state;
+	struct meta_volume v = test_volume(), got;
+	struct meta_target t[2];
+	struct meta_chain c;
+	struct meta *m;
+	char url[PATH_MAX + 64], err[512];
+
+	snprintf(url, sizeof(url), "sqlite://%s/other.db", f->dir);
+	assert_int_equal(meta_open(url, META_O_CREATE, &m, err, sizeof(err)), 0);
+	memset(t, 0, sizeof(t));
+	memset(&c, 0, sizeof(c));
+	t[0].id = 1;
+	t[1].id = 2;
+	snprintf(t[0].url, sizeof(t[0].url), "dir:/a");
+	snprintf(t[1].url, sizeof(t[1].url), "dir:/b");
+	c.nmembers = 2;
+	c.members[0] = 1;
+	c.members[1] = 2;
+
+	v.chunk_size = 3 << 20;
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
+	v = test_volume();
+	v.replicas = 0;
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
+	v = test_volume();
+	/* duplicate target id: found inside the transaction, which rolls back whole */
+	t[1].id = 1;
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
+	assert_int_equal(META_CALL(m, volume_get, &got), -ENOENT);
+	t[1].id = 2;
+	/* chain member names no target */
+	c.members[1] = 9;
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
+	assert_int_equal(META_CALL(m, volume_get, &got), -ENOENT);
+	/* same target twice in one chain */
+	c.members[1] = 1;
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
+	c.members[1] = 2;
+	c.nmembers = 0;
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
+	c.nmembers = META_MAX_REPLICAS + 1;
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
+	c.nmembers = 2;
+	/* after all that, a good format works and is complete */
+	v.uuid[0] = '\0'; /* engine generates one */
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), 0);
+	assert_int_equal(META_CALL(m, volume_get, &got), 0);
+	assert_int_equal(strlen(got.uuid), 36);
+	assert_int_equal(META_CALL(m, targets_list, NULL, 0), 2);
+	assert_int_equal(META_CALL(m, chains_list, NULL, 0), 1);
+	meta_close(m);
+}
+
+static void t_targets(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target t[4];
+
+	assert_int_equal(META_CALL(f->m, targets_list, NULL, 0), 3);
+	memset(t, 0xa5, sizeof(t));
+	assert_int_equal(META_CALL(f->m, targets_list, t, 1), 3); /* count > max: call again */
+	assert_int_equal(t[0].id, 1);
+	assert_int_equal(t[1].id, 0xa5a5a5a5u); /* nothing past max written */
+	assert_int_equal(META_CALL(f->m, targets_list, t, 4), 3);
+	for (int i = 0; i < 3; i++) {
+		char u[32];
+
+		snprintf(u, sizeof(u), "dir:/srv/t%d", i + 1);
+		assert_int_equal(t[i].id, (uint32_t)i + 1);
+		assert_string_equal(t[i].url, u);
+		assert_int_equal(t[i].state, META_TARGET_UP);
+		assert_int_equal(strlen(t[i].uuid), 36);
+	}
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_OFFLINE), 0);
+	assert_int_equal(META_CALL(f->m, targets_list, t, 4), 3);
+	assert_int_equal(t[1].state, META_TARGET_OFFLINE);
+	assert_int_equal(t[0].state, META_TARGET_UP);
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_UP), 0);
+	assert_int_equal(META_CALL(f->m, target_set_state, 99, META_TARGET_UP), -ENOENT);
+	assert_int_equal(META_CALL(f->m, target_set_state, 1, (enum meta_target_state)7), -EINVAL);
+}
+
+static void t_chains(void **state)
+{
+	struct fx *f = *state;
+	struct meta_chain c[2];
+	uint32_t mem[3] = {3, 1};
+	uint64_t epoch = 0;
+
+	assert_int_equal(META_CALL(f->m, chains_list, c, 2), 2);
+	assert_int_equal(c[0].id, 0);
+	assert_int_equal(c[0].epoch, 1);
+	assert_int_equal(c[0].nmembers, 2);
+	assert_int_equal(c[0].members[0], 1);
+	assert_int_equal(c[0].members[1], 2);
+	assert_int_equal(c[1].members[0], 2);
+	assert_int_equal(c[1].members[1], 3);
+	assert_int_equal(META_CALL(f->m, chains_list, NULL, 0), 2);
+
+	/* META-6: right epoch -> replaced, epoch + 1 */
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 1, mem, 2, &epoch), 0);
+	assert_int_equal(epoch, 2);
+	assert_int_equal(META_CALL(f->m, chains_list, c, 2), 2);
+	assert_int_equal(c[0].epoch, 2);
+	assert_int_equal(c[0].nmembers, 2);
+	assert_int_equal(c[0].members[0], 3); /* order kept: [0] is the primary */
+	assert_int_equal(c[0].members[1], 1);
+	assert_int_equal(c[1].epoch, 1); /* the other chain untouched */
+
+	/* stale epoch: -ESTALE, nothing changes, ret untouched */
+	epoch = 77;
+	mem[0] = 2;
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 1, mem, 1, &epoch), -ESTALE);
+	assert_int_equal(epoch, 77);
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 3, mem, 1, &epoch), -ESTALE);
+	assert_int_equal(META_CALL(f->m, chains_list, c, 2), 2);
+	assert_int_equal(c[0].epoch, 2);
+	assert_int_equal(c[0].nmembers, 2);
+	assert_int_equal(c[0].members[0], 3);
+
+	/* shrink to one member; ret_epoch may be NULL */
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 2, mem, 1, NULL), 0);
+	assert_int_equal(META_CALL(f->m, chains_list, c, 2), 2);
+	assert_int_equal(c[0].epoch, 3);
+	assert_int_equal(c[0].nmembers, 1);
+	assert_int_equal(c[0].members[0], 2);
+
+	/* bad requests change nothing */
+	assert_int_equal(META_CALL(f->m, chain_update, 9, 1, mem, 1, &epoch), -ENOENT);
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 3, mem, 0, &epoch), -EINVAL);
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 3, mem, META_MAX_REPLICAS + 1, &epoch),
+			 -EINVAL);
+	mem[0] = 42; /* no such target */
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 3, mem, 1, &epoch), -EINVAL);
+	mem[0] = 1;
+	mem[1] = 1; /* twice */
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 3, mem, 2, &epoch), -EINVAL);
+	assert_int_equal(META_CALL(f->m, chains_list, c, 2), 2);
+	assert_int_equal(c[0].epoch, 3);
+	assert_int_equal(c[0].nmembers, 1);
+	assert_int_equal(c[0].members[0], 2);
+
+	/* survives reopen */
+	fx_reopen(f);
+	assert_int_equal(META_CALL(f->m, chains_list, c, 2), 2);
+	assert_int_equal(c[0].epoch, 3);
+}
+
+/* ---- namespace ------------------------------------------------------------------------------ */
+
+static void t_root(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a;
+
+	a = get(f, META_ROOT_INO);
+	assert_true(S_ISDIR(a.mode));
+	assert_int_equal(a.nlink, 2);
+	assert_int_equal(META_CALL(f->m, getattr, 0, &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, getattr, 999999, &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, getattr, UINT64_MAX, &a), -ENOENT);
+	assert_int_equal(count_dir(f, META_ROOT_INO), 0);
+}
+
+static void t_mknod_types(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr in, a, p0, p;
+	uint64_t ino;
+
+	p0 = get(f, META_ROOT_INO);
+	/* regular file */
+	in = attr_in(f, S_IFREG | 0640);
+	in.btime_ns = in.ctime_ns - 5;
+	in.atime_ns = in.ctime_ns - 7;
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "file", &in, NULL, &a), 0);
+	assert_true(a.ino > META_ROOT_INO);
+	assert_int_equal(a.mode, S_IFREG | 0640);
+	assert_int_equal(a.nlink, 1);
+	assert_int_equal(a.uid, 1000);
+	assert_int_equal(a.gid, 100);
+	assert_int_equal(a.size, 0);
+	assert_int_equal(a.ctime_ns, in.ctime_ns);
+	assert_int_equal(a.btime_ns, in.btime_ns);
+	assert_int_equal(a.atime_ns, in.atime_ns);
+	assert_true(a.generation != 0);
+	attr_equal(get(f, a.ino), a);
+	p = get(f, META_ROOT_INO);
+	assert_int_equal(p.nlink, p0.nlink); /* a file adds no link to its parent */
+	assert_int_equal(p.mtime_ns, in.ctime_ns);
+	assert_int_equal(p.ctime_ns, in.ctime_ns);
+
+	/* directory: nlink 2, parent nlink + 1 */
+	in = attr_in(f, S_IFDIR | 0700);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "dir", &in, NULL, &a), 0);
+	assert_int_equal(a.nlink, 2);
+	assert_int_equal(a.mode, S_IFDIR | 0700);
+	p = get(f, META_ROOT_INO);
+	assert_int_equal(p.nlink, p0.nlink + 1);
+	assert_int_equal(p.mtime_ns, in.ctime_ns);
+	ino = a.ino;
+
+	/* symlink inside it: size = target length */
+	in = attr_in(f, S_IFLNK | 0777);
+	assert_int_equal(META_CALL(f->m, mknod, ino, "ln", &in, "../file", &a), 0);
+	assert_true(S_ISLNK(a.mode));
+	assert_int_equal(a.size, 7);
+	assert_int_equal(a.nlink, 1);
+	assert_int_equal(get(f, ino).nlink, 2);
+	/* symlink with type 0 in mode */
+	in = attr_in(f, 0777);
+	assert_int_equal(META_CALL(f->m, mknod, ino, "ln2", &in, "x", &a), 0);
+	assert_true(S_ISLNK(a.mode));
+
+	/* fifo, socket, devices; rdev kept only for devices */
+	in = attr_in(f, S_IFIFO | 0600);
+	in.rdev = 5;
+	assert_int_equal(META_CALL(f->m, mknod, ino, "fifo", &in, NULL, &a), 0);
+	assert_true(S_ISFIFO(a.mode));
+	assert_int_equal(a.rdev, 0);
+	in = attr_in(f, S_IFSOCK | 0600);
+	assert_int_equal(META_CALL(f->m, mknod, ino, "sock", &in, NULL, &a), 0);
+	assert_true(S_ISSOCK(a.mode));
+	in = attr_in(f, S_IFCHR | 0600);
+	in.rdev = 0x10203;
+	assert_int_equal(META_CALL(f->m, mknod, ino, "chr", &in, NULL, &a), 0);
+	assert_int_equal(a.rdev, 0x10203);
+	assert_int_equal(get(f, a.ino).rdev, 0x10203);
+	in = attr_in(f, S_IFBLK | 0600);
+	in.rdev = UINT64_MAX; /* full 64 bits survive */
+	assert_int_equal(META_CALL(f->m, mknod, ino, "blk", &in, NULL, &a), 0);
+	assert_true(get(f, a.ino).rdev == UINT64_MAX);
+	/* type 0 = regular file (mknod(2)) */
+	in = attr_in(f, 0644);
+	assert_int_equal(META_CALL(f->m, mknod, ino, "plain", &in, NULL, &a), 0);
+	assert_true(S_ISREG(a.mode));
+	/* ret may be NULL */
+	in = attr_in(f, S_IFREG | 0644);
+	assert_int_equal(META_CALL(f->m, mknod, ino, "noret", &in, NULL, NULL), 0);
+	assert_int_equal(count_dir(f, ino), 8);
+	/* setuid/setgid/sticky bits are kept */
+	in = attr_in(f, S_IFDIR | 01777);
+	assert_int_equal(META_CALL(f->m, mknod, ino, "tmp", &in, NULL, &a), 0);
+	assert_int_equal(a.mode, S_IFDIR | 01777);
+}
+
+static void t_mknod_errors(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr in, p0, a;
+	char name[META_NAME_MAX + 2], *longlink;
+	uint64_t file;
+
+	file = mkfile(f, META_ROOT_INO, "f");
+	p0 = get(f, META_ROOT_INO);
+	in = attr_in(f, S_IFREG | 0644);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "f", &in, NULL, &a), -EEXIST);
+	in.mode = S_IFDIR | 0755;
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "f", &in, NULL, &a), -EEXIST);
+	in.mode = S_IFREG | 0644;
+	assert_int_equal(META_CALL(f->m, mknod, file, "x", &in, NULL, &a), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, mknod, 424242, "x", &in, NULL, &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "", &in, NULL, &a), -EINVAL);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "a/b", &in, NULL, &a), -EINVAL);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, ".", &in, NULL, &a), -EEXIST);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "..", &in, NULL, &a), -EEXIST);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, NULL, &in, NULL, &a), -EINVAL);
+	memset(name, 'n', sizeof(name));
+	name[META_NAME_MAX + 1] = '\0';
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, name, &in, NULL, &a), -ENAMETOOLONG);
+	name[META_NAME_MAX] = '\0';
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, name, &in, NULL, &a), 0);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, name), a.ino);
+	/* symlinks */
+	in.mode = S_IFLNK | 0777;
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "l", &in, NULL, &a), -EINVAL);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "l", &in, "", &a), -ENOENT);
+	longlink = malloc(META_SYMLINK_MAX + 2);
+	memset(longlink, 'x', META_SYMLINK_MAX + 1);
+	longlink[META_SYMLINK_MAX + 1] = '\0';
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "l", &in, longlink, &a),
+			 -ENAMETOOLONG);
+	longlink[META_SYMLINK_MAX] = '\0';
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "l", &in, longlink, &a), 0);
+	assert_int_equal(a.size, META_SYMLINK_MAX);
+	free(longlink);
+	in.mode = S_IFREG | 0644;
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "l2", &in, "target", &a), -EINVAL);
+	in.mode = 0170000; /* not a type */
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "bad", &in, NULL, &a), -EINVAL);
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "bad", NULL, NULL, &a), -EINVAL);
+	/* failures left nothing behind */
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "bad"), 0);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "l2"), 0);
+	assert_int_equal(count_dir(f, META_ROOT_INO), 3);
+	assert_int_equal(get(f, META_ROOT_INO).nlink, p0.nlink);
+}
+
+static void t_ino_never_reused(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a;
+	uint64_t i1, i2, i3;
+
+	i1 = mkfile(f, META_ROOT_INO, "a");
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "a", tick(f), &a), 0);
+	assert_int_equal(META_CALL(f->m, purge, i1), 0);
+	i2 = mkfile(f, META_ROOT_INO, "a");
+	assert_true(i2 > i1);
+	/* an empty directory deleted by rmdir is gone at once: its number stays burnt too */
+	i3 = mkdir_(f, META_ROOT_INO, "d");
+	assert_int_equal(META_CALL(f->m, rmdir, META_ROOT_INO, "d", tick(f), &a), 0);
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "a", tick(f), &a), 0);
+	assert_int_equal(META_CALL(f->m, purge, i2), 0);
+	/* across a reopen, after the highest number was deleted */
+	fx_reopen(f);
+	assert_true(mkfile(f, META_ROOT_INO, "b") > i3);
+}
+
+static void t_lookup(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a;
+	uint64_t d, x;
+
+	d = mkdir_(f, META_ROOT_INO, "d");
+	x = mkfile(f, d, "x");
+	assert_int_equal(META_CALL(f->m, lookup, d, "x", &a), 0);
+	assert_int_equal(a.ino, x);
+	assert_true(S_ISREG(a.mode));
+	assert_int_equal(META_CALL(f->m, lookup, d, "y", &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, lookup, x, "y", &a), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, lookup, 31337, "y", &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, lookup, d, "", &a), -EINVAL);
+	assert_int_equal(META_CALL(f->m, lookup, d, ".", &a), -ENOENT);
+	/* names are bytes, compared exactly */
+	assert_int_equal(META_CALL(f->m, lookup, d, "X", &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, lookup, META_ROOT_INO, "d", &a), 0);
+	assert_int_equal(a.ino, d);
+}
+
+static void t_names_are_bytes(void **state)
+{
+	struct fx *f = *state;
+	static const char *names[] = {"caf\xc3\xa9", "\xff\xfe", "new\nline", "tab\there",
+				      " lead", "trail ", "...", "-", "%41"};
+	struct list l;
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		mkfile(f, META_ROOT_INO, names[i]);
+	list_dir(f, META_ROOT_INO, 0, &l);
+	assert_int_equal(l.n, sizeof(names) / sizeof(names[0]));
+	for (size_t i = 0; i < l.n; i++) {
+		assert_string_equal(l.e[i].name, names[i]);
+		assert_int_equal(lookup_ino(f, META_ROOT_INO, names[i]), l.e[i].ino);
+	}
+	list_free(&l);
+}
+
+static void t_setattr(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr in, a, before;
+	uint64_t x, d;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	d = mkdir_(f, META_ROOT_INO, "d");
+	before = get(f, x);
+	memset(&in, 0, sizeof(in));
+
+	in.mode = S_IFDIR | 04755; /* type bits are ignored */
+	assert_int_equal(META_CALL(f->m, setattr, x, META_SET_MODE, &in, &a), 0);
+	assert_int_equal(a.mode, S_IFREG | 04755);
+	assert_int_equal(a.ctime_ns, before.ctime_ns); /* no ctime without META_SET_CTIME */
+	in.uid = 7;
+	in.gid = 8;
+	assert_int_equal(META_CALL(f->m, setattr, x, META_SET_UID | META_SET_GID, &in, &a), 0);
+	assert_int_equal(a.uid, 7);
+	assert_int_equal(a.gid, 8);
+	assert_int_equal(a.mode, S_IFREG | 04755);
+	in.size = 1ull << 40;
+	in.mtime_ns = 111;
+	in.ctime_ns = 222;
+	in.atime_ns = 333;
+	assert_int_equal(META_CALL(f->m, setattr, x,
+				   META_SET_SIZE | META_SET_MTIME | META_SET_CTIME | META_SET_ATIME,
+				   &in, &a),
+			 0);
+	assert_int_equal(a.size, 1ull << 40);
+	assert_int_equal(a.mtime_ns, 111);
+	assert_int_equal(a.ctime_ns, 222);
+	assert_int_equal(a.atime_ns, 333);
+	assert_int_equal(a.btime_ns, before.btime_ns);
+	in.flags = META_IF_WDIRTY;
+	assert_int_equal(META_CALL(f->m, setattr, x, META_SET_FLAGS, &in, NULL), 0);
+	a = get(f, x);
+	assert_int_equal(a.flags, META_IF_WDIRTY);
+	assert_int_equal(a.uid, 7);
+	assert_int_equal(a.size, 1ull << 40);
+	assert_int_equal(a.nlink, 1);
+	assert_int_equal(a.ino, x);
+	assert_int_equal(a.generation, before.generation);
+	/* empty mask: just the attributes */
+	assert_int_equal(META_CALL(f->m, setattr, x, 0, NULL, &a), 0);
+	assert_int_equal(a.uid, 7);
+	/* errors */
+	assert_int_equal(META_CALL(f->m, setattr, d, META_SET_SIZE, &in, &a), -EISDIR);
+	assert_int_equal(META_CALL(f->m, setattr, 999999, META_SET_MODE, &in, &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, setattr, x, 0x8000, &in, &a), -EINVAL);
+	in.size = (uint64_t)INT64_MAX + 1;
+	assert_int_equal(META_CALL(f->m, setattr, x, META_SET_SIZE, &in, &a), -EFBIG);
+	assert_int_equal(get(f, x).size, 1ull << 40);
+}
+
+static void t_link(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a;
+	int64_t now;
+	uint64_t x, d, d2;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	d = mkdir_(f, META_ROOT_INO, "d");
+	now = tick(f);
+	assert_int_equal(META_CALL(f->m, link, x, d, "y", now, &a), 0);
+	assert_int_equal(a.ino, x);
+	assert_int_equal(a.nlink, 2);
+	assert_int_equal(a.ctime_ns, now);
+	assert_int_equal(get(f, x).nlink, 2);
+	assert_int_equal(get(f, d).mtime_ns, now);
+	assert_int_equal(get(f, d).ctime_ns, now);
+	assert_int_equal(get(f, d).nlink, 2); /* a file link adds no dir link */
+	assert_int_equal(lookup_ino(f, d, "y"), x);
+
+	assert_int_equal(META_CALL(f->m, link, d, META_ROOT_INO, "dd", tick(f), &a), -EPERM);
+	assert_int_equal(META_CALL(f->m, link, x, d, "y", tick(f), &a), -EEXIST);
+	assert_int_equal(META_CALL(f->m, link, x, x, "z", tick(f), &a), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, link, 999999, d, "z", tick(f), &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, link, x, 999999, "z", tick(f), &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, link, x, d, ".", tick(f), &a), -EEXIST);
+	assert_int_equal(get(f, x).nlink, 2);
+
+	/* unlink one name: the other still works */
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "x", tick(f), &a), 0);
+	assert_int_equal(a.nlink, 1);
+	assert_false(in_orphans(f, x));
+	assert_int_equal(lookup_ino(f, d, "y"), x);
+	d2 = mkdir_(f, d, "sub");
+	assert_int_equal(META_CALL(f->m, link, x, d2, "w", tick(f), NULL), 0);
+	assert_int_equal(get(f, x).nlink, 2);
+}
+
+static void t_unlink_orphan_purge(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a, p;
+	uint64_t x, d;
+	int64_t now;
+	char v[8];
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	d = mkdir_(f, META_ROOT_INO, "d");
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.k", "v", 1, 0), 0);
+	now = tick(f);
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "x", now, &a), 0);
+	assert_int_equal(a.ino, x);
+	assert_int_equal(a.nlink, 0);
+	assert_int_equal(a.ctime_ns, now);
+	p = get(f, META_ROOT_INO);
+	assert_int_equal(p.mtime_ns, now);
+	assert_int_equal(p.ctime_ns, now);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "x"), 0);
+	/* META-3: the row stays until purge; an open file can still stat itself */
+	a = get(f, x);
+	assert_int_equal(a.nlink, 0);
+	assert_true(in_orphans(f, x));
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.k", v, sizeof(v)), 1);
+	/* orphans survive a reopen (a crash) */
+	fx_reopen(f);
+	assert_true(in_orphans(f, x));
+	assert_int_equal(META_CALL(f->m, purge, x), 0);
+	assert_int_equal(META_CALL(f->m, getattr, x, &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.k", v, sizeof(v)), -ENOENT);
+	assert_false(in_orphans(f, x));
+	assert_int_equal(META_CALL(f->m, purge, x), -ENOENT);
+
+	x = mkfile(f, META_ROOT_INO, "y");
+	assert_int_equal(META_CALL(f->m, purge, x), -EBUSY);
+	assert_int_equal(META_CALL(f->m, purge, META_ROOT_INO), -EBUSY);
+	assert_int_equal(META_CALL(f->m, purge, d), -EBUSY);
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "d", tick(f), &a), -EISDIR);
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "nope", tick(f), &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, unlink, x, "nope", tick(f), &a), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "y", tick(f), NULL), 0);
+	assert_int_equal(get(f, x).nlink, 0);
+}
+
+static void t_rmdir(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a, p;
+	uint64_t d, e, x;
+	int64_t now;
+
+	d = mkdir_(f, META_ROOT_INO, "d");
+	e = mkdir_(f, d, "e");
+	x = mkfile(f, d, "x");
+	assert_int_equal(get(f, META_ROOT_INO).nlink, 3);
+	assert_int_equal(get(f, d).nlink, 3);
+	assert_int_equal(META_CALL(f->m, rmdir, META_ROOT_INO, "d", tick(f), &a), -ENOTEMPTY);
+	assert_int_equal(META_CALL(f->m, rmdir, d, "x", tick(f), &a), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, rmdir, d, "nope", tick(f), &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, rmdir, x, "nope", tick(f), &a), -ENOTDIR);
+	now = tick(f);
+	assert_int_equal(META_CALL(f->m, rmdir, d, "e", now, &a), 0);
+	assert_int_equal(a.ino, e);
+	assert_int_equal(a.nlink, 0);
+	assert_int_equal(META_CALL(f->m, getattr, e, &a), -ENOENT); /* row deleted */
+	p = get(f, d);
+	assert_int_equal(p.nlink, 2);
+	assert_int_equal(p.mtime_ns, now);
+	assert_int_equal(p.ctime_ns, now);
+	assert_int_equal(META_CALL(f->m, unlink, d, "x", tick(f), NULL), 0);
+	assert_int_equal(META_CALL(f->m, rmdir, META_ROOT_INO, "d", tick(f), NULL), 0);
+	assert_int_equal(get(f, META_ROOT_INO).nlink, 2);
+	assert_int_equal(count_dir(f, META_ROOT_INO), 0);
+}
+
+static void t_rename_simple(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr rep, a;
+	uint64_t x;
+	int64_t now;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	now = tick(f);
+	memset(&rep, 0xff, sizeof(rep));
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "y", 0, now,
+				   &rep),
+			 0);
+	assert_int_equal(rep.ino, 0); /* nothing replaced */
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "x"), 0);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "y"), x);
+	a = get(f, x);
+	assert_int_equal(a.ctime_ns, now);
+	assert_int_equal(a.nlink, 1);
+	a = get(f, META_ROOT_INO);
+	assert_int_equal(a.mtime_ns, now);
+	assert_int_equal(a.ctime_ns, now);
+	assert_int_equal(a.nlink, 2);
+	/* ret_replaced may be NULL */
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "y", META_ROOT_INO, "z", 0,
+				   tick(f), NULL),
+			 0);
+	assert_int_equal(count_dir(f, META_ROOT_INO), 1);
+}
+
+static void t_rename_dir_across(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a;
+	uint64_t A, B, s, x;
+	int64_t now;
+
+	A = mkdir_(f, META_ROOT_INO, "A");
+	B = mkdir_(f, META_ROOT_INO, "B");
+	s = mkdir_(f, A, "s");
+	x = mkfile(f, A, "x");
+	assert_int_equal(get(f, A).nlink, 3);
+	now = tick(f);
+	assert_int_equal(META_CALL(f->m, rename, A, "s", B, "t", 0, now, NULL), 0);
+	a = get(f, A);
+	assert_int_equal(a.nlink, 2);
+	assert_int_equal(a.mtime_ns, now);
+	assert_int_equal(a.ctime_ns, now);
+	a = get(f, B);
+	assert_int_equal(a.nlink, 3);
+	assert_int_equal(a.mtime_ns, now);
+	assert_int_equal(get(f, s).ctime_ns, now);
+	assert_int_equal(get(f, s).nlink, 2);
+	assert_int_equal(lookup_ino(f, B, "t"), s);
+	/* a file across: no link counts change */
+	assert_int_equal(META_CALL(f->m, rename, A, "x", s, "x", 0, tick(f), NULL), 0);
+	assert_int_equal(get(f, A).nlink, 2);
+	assert_int_equal(get(f, s).nlink, 2);
+	assert_int_equal(lookup_ino(f, s, "x"), x);
+	/* a directory up to the root */
+	assert_int_equal(META_CALL(f->m, rename, B, "t", META_ROOT_INO, "t", 0, tick(f), NULL), 0);
+	assert_int_equal(get(f, B).nlink, 2);
+	assert_int_equal(get(f, META_ROOT_INO).nlink, 5);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_rename_replace_file(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr rep;
+	uint64_t x, y, z;
+	int64_t now;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	y = mkfile(f, META_ROOT_INO, "y");
+	now = tick(f);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "y", 0, now,
+				   &rep),
+			 0);
+	assert_int_equal(rep.ino, y);
+	assert_int_equal(rep.nlink, 0);
+	assert_int_equal(rep.ctime_ns, now);
+	assert_int_equal(get(f, y).nlink, 0); /* orphan, META-3 */
+	assert_true(in_orphans(f, y));
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "y"), x);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "x"), 0);
+	assert_int_equal(count_dir(f, META_ROOT_INO), 1);
+
+	/* replaced file with another link: nlink 2 -> 1, not an orphan */
+	z = mkfile(f, META_ROOT_INO, "z");
+	assert_int_equal(META_CALL(f->m, link, z, META_ROOT_INO, "z2", tick(f), NULL), 0);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "y", META_ROOT_INO, "z", 0,
+				   tick(f), &rep),
+			 0);
+	assert_int_equal(rep.ino, z);
+	assert_int_equal(rep.nlink, 1);
+	assert_false(in_orphans(f, z));
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "z"), x);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "z2"), z);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_rename_replace_dir(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr rep;
+	uint64_t A, B, a, b;
+
+	A = mkdir_(f, META_ROOT_INO, "A");
+	B = mkdir_(f, META_ROOT_INO, "B");
+	a = mkdir_(f, A, "a");
+	b = mkdir_(f, B, "b");
+	mkfile(f, a, "content");
+	/* a over the empty b, across parents */
+	assert_int_equal(META_CALL(f->m, rename, A, "a", B, "b", 0, tick(f), &rep), 0);
+	assert_int_equal(rep.ino, b);
+	assert_int_equal(rep.nlink, 0);
+	assert_int_equal(META_CALL(f->m, getattr, b, &rep), -ENOENT); /* deleted row */
+	assert_int_equal(get(f, A).nlink, 2);
+	assert_int_equal(get(f, B).nlink, 3); /* lost b, gained a */
+	assert_int_equal(lookup_ino(f, B, "b"), a);
+	assert_int_equal(count_dir(f, a), 1);
+	/* same parent */
+	b = mkdir_(f, B, "c");
+	assert_int_equal(get(f, B).nlink, 4);
+	assert_int_equal(META_CALL(f->m, rename, B, "c", B, "b", 0, tick(f), &rep),
+			 -ENOTEMPTY); /* b (= a) has content */
+	assert_int_equal(META_CALL(f->m, rename, B, "b", B, "c", 0, tick(f), &rep), 0);
+	assert_int_equal(rep.ino, b);
+	assert_int_equal(get(f, B).nlink, 3);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_rename_errors(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr rep;
+	char name[META_NAME_MAX + 2];
+	uint64_t a, b, c, x, full;
+
+	a = mkdir_(f, META_ROOT_INO, "a");
+	b = mkdir_(f, a, "b");
+	c = mkdir_(f, b, "c");
+	x = mkfile(f, META_ROOT_INO, "x");
+	full = mkdir_(f, META_ROOT_INO, "full");
+	mkfile(f, full, "inside");
+	mkdir_(f, META_ROOT_INO, "empty");
+
+	/* type mismatches */
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "empty", 0,
+				   tick(f), &rep),
+			 -EISDIR);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "empty", META_ROOT_INO, "x", 0,
+				   tick(f), &rep),
+			 -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "empty", META_ROOT_INO, "full", 0,
+				   tick(f), &rep),
+			 -ENOTEMPTY);
+	/* into its own subtree */
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "a", c, "a", 0, tick(f), &rep),
+			 -EINVAL);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "a", b, "a2", 0, tick(f), &rep),
+			 -EINVAL);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "a", a, "a2", 0, tick(f), &rep),
+			 -EINVAL);
+	assert_int_equal(META_CALL(f->m, rename, a, "b", c, "b", 0, tick(f), &rep), -EINVAL);
+	/* missing things */
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "nope", META_ROOT_INO, "n2", 0,
+				   tick(f), &rep),
+			 -ENOENT);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", 999999, "x", 0, tick(f), &rep),
+			 -ENOENT);
+	assert_int_equal(META_CALL(f->m, rename, 999999, "x", META_ROOT_INO, "x", 0, tick(f), &rep),
+			 -ENOENT);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "a", x, "a", 0, tick(f), &rep),
+			 -ENOTDIR);
+	/* bad arguments */
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "y",
+				   RENAME_NOREPLACE | RENAME_EXCHANGE, tick(f), &rep),
+			 -EINVAL);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "y",
+				   RENAME_WHITEOUT, tick(f), &rep),
+			 -EINVAL);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "y", 0x100,
+				   tick(f), &rep),
+			 -EINVAL);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "a/b", 0,
+				   tick(f), &rep),
+			 -EINVAL);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "..", 0,
+				   tick(f), &rep),
+			 -EINVAL);
+	memset(name, 'n', sizeof(name));
+	name[META_NAME_MAX + 1] = '\0';
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, name, 0,
+				   tick(f), &rep),
+			 -ENAMETOOLONG);
+	/* nothing moved */
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "x"), x);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "a"), a);
+	assert_int_equal(lookup_ino(f, a, "b"), b);
+	assert_int_equal(lookup_ino(f, b, "c"), c);
+	assert_int_equal(get(f, META_ROOT_INO).nlink, 5);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+	/* moving a directory up out of its parent is fine */
+	assert_int_equal(META_CALL(f->m, rename, b, "c", META_ROOT_INO, "c", 0, tick(f), &rep), 0);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_rename_noreplace(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr rep;
+	uint64_t x, y;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	y = mkfile(f, META_ROOT_INO, "y");
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "y",
+				   RENAME_NOREPLACE, tick(f), &rep),
+			 -EEXIST);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "y"), y);
+	assert_int_equal(get(f, y).nlink, 1);
+	/* as Linux: even onto itself */
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "x",
+				   RENAME_NOREPLACE, tick(f), &rep),
+			 -EEXIST);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "z",
+				   RENAME_NOREPLACE, tick(f), &rep),
+			 0);
+	assert_int_equal(rep.ino, 0);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "z"), x);
+}
+
+static void t_rename_exchange(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr rep;
+	uint64_t x, y, A, B, d, sub;
+	int64_t now;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	y = mkfile(f, META_ROOT_INO, "y");
+	now = tick(f);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "y",
+				   RENAME_EXCHANGE, now, &rep),
+			 0);
+	assert_int_equal(rep.ino, 0); /* nothing replaced */
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "x"), y);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "y"), x);
+	assert_int_equal(get(f, x).nlink, 1);
+	assert_int_equal(get(f, y).nlink, 1);
+	assert_int_equal(get(f, x).ctime_ns, now);
+	assert_int_equal(get(f, y).ctime_ns, now);
+	assert_int_equal(get(f, META_ROOT_INO).mtime_ns, now);
+	/* missing side */
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "nope",
+				   RENAME_EXCHANGE, tick(f), &rep),
+			 -ENOENT);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "nope", META_ROOT_INO, "x",
+				   RENAME_EXCHANGE, tick(f), &rep),
+			 -ENOENT);
+
+	/* a directory and a file across parents: link counts follow the directory */
+	A = mkdir_(f, META_ROOT_INO, "A");
+	B = mkdir_(f, META_ROOT_INO, "B");
+	d = mkdir_(f, A, "d");
+	sub = mkdir_(f, d, "sub");
+	assert_int_equal(get(f, A).nlink, 3);
+	assert_int_equal(get(f, B).nlink, 2);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", B, "fileinB", 0, tick(f),
+				   NULL),
+			 0);
+	now = tick(f);
+	assert_int_equal(META_CALL(f->m, rename, A, "d", B, "fileinB", RENAME_EXCHANGE, now, &rep),
+			 0);
+	assert_int_equal(lookup_ino(f, A, "d"), y);
+	assert_int_equal(lookup_ino(f, B, "fileinB"), d);
+	assert_true(S_ISREG(get(f, lookup_ino(f, A, "d")).mode));
+	assert_int_equal(get(f, A).nlink, 2);
+	assert_int_equal(get(f, B).nlink, 3);
+	assert_int_equal(get(f, A).mtime_ns, now);
+	assert_int_equal(get(f, B).mtime_ns, now);
+	/* two directories (both non-empty: exchange does not care) */
+	assert_int_equal(META_CALL(f->m, rename, B, "fileinB", A, "d", RENAME_EXCHANGE, tick(f),
+				   NULL),
+			 0);
+	assert_int_equal(lookup_ino(f, A, "d"), d);
+	assert_int_equal(get(f, A).nlink, 3);
+	assert_int_equal(get(f, B).nlink, 2);
+	mkfile(f, B, "bfile");
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "A", META_ROOT_INO, "B",
+				   RENAME_EXCHANGE, tick(f), NULL),
+			 0);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "B"), A);
+	/* into own subtree, either direction */
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "B", d, "sub", RENAME_EXCHANGE,
+				   tick(f), NULL),
+			 -EINVAL);
+	assert_int_equal(META_CALL(f->m, rename, d, "sub", META_ROOT_INO, "B", RENAME_EXCHANGE,
+				   tick(f), NULL),
+			 -EINVAL);
+	assert_int_equal(lookup_ino(f, d, "sub"), sub);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_rename_self(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr rep, before, p;
+	uint64_t x, d;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	d = mkdir_(f, META_ROOT_INO, "d");
+	before = get(f, x);
+	p = get(f, META_ROOT_INO);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "x", 0,
+				   tick(f), &rep),
+			 0);
+	assert_int_equal(rep.ino, 0);
+	assert_int_equal(get(f, x).ctime_ns, before.ctime_ns); /* a true no-op */
+	assert_int_equal(get(f, META_ROOT_INO).mtime_ns, p.mtime_ns);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "d", META_ROOT_INO, "d", 0,
+				   tick(f), &rep),
+			 0);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", META_ROOT_INO, "x",
+				   RENAME_EXCHANGE, tick(f), &rep),
+			 0);
+	/* two hard links of one inode: nothing happens, both names stay */
+	assert_int_equal(META_CALL(f->m, link, x, d, "x2", tick(f), NULL), 0);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "x", d, "x2", 0, tick(f), &rep), 0);
+	assert_int_equal(rep.ino, 0);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "x"), x);
+	assert_int_equal(lookup_ino(f, d, "x2"), x);
+	assert_int_equal(get(f, x).nlink, 2);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_readlink(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr in = attr_in(f, S_IFLNK | 0777), a;
+	char buf[64];
+	uint64_t x;
+
+	assert_int_equal(META_CALL(f->m, mknod, META_ROOT_INO, "l", &in, "/some/where", &a), 0);
+	memset(buf, 'z', sizeof(buf));
+	assert_int_equal(META_CALL(f->m, readlink, a.ino, buf, sizeof(buf)), 11);
+	assert_string_equal(buf, "/some/where");
+	assert_int_equal(META_CALL(f->m, readlink, a.ino, buf, 12), 11);
+	assert_int_equal(META_CALL(f->m, readlink, a.ino, buf, 11), -ERANGE); /* no room for NUL */
+	assert_int_equal(META_CALL(f->m, readlink, a.ino, buf, 0), -ERANGE);
+	x = mkfile(f, META_ROOT_INO, "x");
+	assert_int_equal(META_CALL(f->m, readlink, x, buf, sizeof(buf)), -EINVAL);
+	assert_int_equal(META_CALL(f->m, readlink, META_ROOT_INO, buf, sizeof(buf)), -EINVAL);
+	assert_int_equal(META_CALL(f->m, readlink, 999999, buf, sizeof(buf)), -ENOENT);
+}
+
+static void t_readdir_basic(void **state)
+{
+	struct fx *f = *state;
+	static const char *names[] = {"e", "a", "d", "b", "c"};
+	uint64_t inos[5], d, x;
+	struct list l;
+
+	d = mkdir_(f, META_ROOT_INO, "d");
+	for (int i = 0; i < 5; i++)
+		inos[i] = mk(f, d, names[i], i == 2 ? S_IFDIR | 0755 : S_IFREG | 0600);
+	list_dir(f, d, 0, &l);
+	assert_int_equal(l.n, 5);
+	for (int i = 0; i < 5; i++) {
+		/* creation order, not name order; offsets above the "." and ".." slots */
+		assert_string_equal(l.e[i].name, names[i]);
+		assert_int_equal(l.e[i].ino, inos[i]);
+		assert_int_equal(l.e[i].mode, get(f, inos[i]).mode);
+		assert_true(l.e[i].off > 2);
+		if (i)
+			assert_true(l.e[i].off > l.e[i - 1].off);
+	}
+	/* resume after the second entry; offsets 1 and 2 mean "from the start" */
+	struct list r = {0};
+	assert_int_equal(META_CALL(f->m, readdir, d, l.e[1].off, list_cb, &r), 0);
+	assert_int_equal(r.n, 3);
+	assert_string_equal(r.e[0].name, "d");
+	list_free(&r);
+	for (uint64_t off = 0; off <= 2; off++) {
+		assert_int_equal(META_CALL(f->m, readdir, d, off, list_cb, &r), 0);
+		assert_int_equal(r.n, 5);
+		list_free(&r);
+	}
+	assert_int_equal(META_CALL(f->m, readdir, d, l.e[4].off, list_cb, &r), 0);
+	assert_int_equal(r.n, 0);
+	assert_int_equal(META_CALL(f->m, readdir, d, UINT64_MAX, list_cb, &r), 0);
+	assert_int_equal(r.n, 0);
+	/* the callback stops it */
+	r.limit = 2;
+	assert_int_equal(META_CALL(f->m, readdir, d, 0, list_cb, &r), 0);
+	assert_int_equal(r.n, 2);
+	list_free(&r);
+	/* readdirplus: same entries, same offsets, attrs as getattr */
+	assert_int_equal(META_CALL(f->m, readdirplus, d, 0, listplus_cb, &r), 0);
+	assert_int_equal(r.n, 5);
+	for (int i = 0; i < 5; i++) {
+		struct meta_attr g = get(f, inos[i]);
+
+		assert_string_equal(r.e[i].name, names[i]);
+		assert_int_equal(r.e[i].off, l.e[i].off);
+		attr_equal(r.e[i].attr, g);
+	}
+	list_free(&r);
+	r.limit = 1;
+	assert_int_equal(META_CALL(f->m, readdirplus, d, l.e[3].off, listplus_cb, &r), 0);
+	assert_int_equal(r.n, 1);
+	assert_string_equal(r.e[0].name, "c");
+	list_free(&r);
+	/* errors */
+	x = mkfile(f, META_ROOT_INO, "x");
+	assert_int_equal(META_CALL(f->m, readdir, x, 0, list_cb, &r), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, readdir, 999999, 0, list_cb, &r), -ENOENT);
+	assert_int_equal(META_CALL(f->m, readdirplus, x, 0, listplus_cb, &r), -ENOTDIR);
+	assert_int_equal(r.n, 0);
+	list_free(&l);
+}
+
+/* Offsets stay valid while entries before and after the cursor are deleted and added. */
+static void t_readdir_stable(void **state)
+{
+	struct fx *f = *state;
+	char name[32];
+	struct list l = {0};
+	uint64_t d, off;
+	bool seen[103] = {false}, deleted[103] = {false}, seen_new = false;
+
+	d = mkdir_(f, META_ROOT_INO, "d");
+	for (int i = 1; i <= 100; i++) {
+		snprintf(name, sizeof(name), "%d", i);
+		mkfile(f, d, name);
+	}
+	l.limit = 30;
+	assert_int_equal(META_CALL(f->m, readdir, d, 0, list_cb, &l), 0);
+	assert_int_equal(l.n, 30);
+	assert_string_equal(l.e[29].name, "30");
+	off = l.e[29].off;
+	for (int i = 0; i < 30; i++)
+		seen[atoi(l.e[i].name)] = true;
+	list_free(&l);
+	/* delete the entry at the cursor, the next one, one already seen, and one far ahead */
+	static const int del[] = {30, 31, 10, 77};
+	for (size_t i = 0; i < sizeof(del) / sizeof(del[0]); i++) {
+		snprintf(name, sizeof(name), "%d", del[i]);
+		assert_int_equal(META_CALL(f->m, unlink, d, name, tick(f), NULL), 0);
+		deleted[del[i]] = true;
+	}
+	/* and add one: it comes after everything that exists */
+	mkfile(f, d, "new");
+	/* resume in small chunks, deleting ahead of the cursor as we go */
+	for (;;) {
+		struct list c = {0};
+		int last = 0;
+
+		c.limit = 7;
+		assert_int_equal(META_CALL(f->m, readdir, d, off, list_cb, &c), 0);
+		if (c.n == 0)
+			break;
+		for (size_t i = 0; i < c.n; i++) {
+			if (strcmp(c.e[i].name, "new") == 0) {
+				assert_false(seen_new);
+				seen_new = true;
+				continue;
+			}
+			last = atoi(c.e[i].name);
+			assert_false(seen[last]);    /* never twice */
+			assert_false(deleted[last]); /* never a deleted one */
+			seen[last] = true;
+		}
+		assert_true(c.e[c.n - 1].off > off);
+		off = c.e[c.n - 1].off;
+		list_free(&c);
+		if (last && last + 2 <= 100 && !deleted[last + 2]) {
+			snprintf(name, sizeof(name), "%d", last + 2);
+			assert_int_equal(META_CALL(f->m, unlink, d, name, tick(f), NULL), 0);
+			deleted[last + 2] = true;
+		}
+	}
+	assert_true(seen_new);
+	/* every survivor was seen exactly once */
+	for (int i = 1; i <= 100; i++)
+		if (!deleted[i])
+			assert_true(seen[i]);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void t_readdir_big(void **state)
+{
+	struct fx *f = *state;
+	const char *env = getenv("BRAIDFS_META_BIG");
+	int n = env ? atoi(env) : 20000;
+	char name[32];
+	struct list l;
+	uint64_t d;
+	double t0, t1, t2, t3;
+
+	d = mkdir_(f, META_ROOT_INO, "big");
+	t0 = now_s();
+	for (int i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "file-%07d", i);
+		mkfile(f, d, name);
+	}
+	t1 = now_s();
+	/* FUSE asks for a few dozen entries at a time: resume 100 at a time */
+	list_dir(f, d, 100, &l);
+	t2 = now_s();
+	assert_int_equal(l.n, (size_t)n);
+	for (int i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "file-%07d", i);
+		assert_string_equal(l.e[i].name, name);
+		if (i)
+			assert_true(l.e[i].off > l.e[i - 1].off);
+	}
+	/* readdirplus, the whole directory in one call */
+	struct list p = {0};
+	assert_int_equal(META_CALL(f->m, readdirplus, d, 0, listplus_cb, &p), 0);
+	t3 = now_s();
+	assert_int_equal(p.n, (size_t)n);
+	print_message("    %d entries: create %.0f/s, readdir (100/call) %.1f ms, readdirplus %.1f "
+		      "ms\n",
+		      n, n / (t1 - t0), (t2 - t1) * 1e3, (t3 - t2) * 1e3);
+	/* linear, not quadratic: resuming must cost O(batch), not O(offset) */
+	assert_true(t2 - t1 < 0.00025 * n + 0.5);
+
+	/* delete ahead of the cursor while listing; each survivor is seen exactly once */
+	char *seen = calloc((size_t)n, 1), *deleted = calloc((size_t)n, 1);
+	uint64_t off = 0;
+
+	assert_non_null(seen);
+	assert_non_null(deleted);
+	for (;;) {
+		struct list c = {0};
+		int last = -1;
+
+		c.limit = 100;
+		assert_int_equal(META_CALL(f->m, readdir, d, off, list_cb, &c), 0);
+		if (c.n == 0)
+			break;
+		for (size_t i = 0; i < c.n; i++) {
+			last = atoi(c.e[i].name + 5);
+			assert_false(seen[last]);
+			assert_false(deleted[last]);
+			seen[last] = 1;
+		}
+		off = c.e[c.n - 1].off;
+		list_free(&c);
+		for (int k = last + 1; k < n && k < last + 150; k += 3) {
+			if (deleted[k])
+				continue;
+			snprintf(name, sizeof(name), "file-%07d", k);
+			assert_int_equal(META_CALL(f->m, unlink, d, name, tick(f), NULL), 0);
+			deleted[k] = 1;
+		}
+	}
+	for (int i = 0; i < n; i++)
+		assert_true(seen[i] || deleted[i]);
+	free(seen);
+	free(deleted);
+	list_free(&p);
+	list_free(&l);
+}
+
+static void t_xattr(void **state)
+{
+	struct fx *f = *state;
+	char buf[256], big[META_XATTR_SIZE_MAX + 1], name[META_XATTR_NAME_MAX + 2];
+	static const char bin[] = {'a', 0, 'b', 0, 0};
+	uint64_t x;
+	int64_t c0;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	c0 = get(f, x).ctime_ns;
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.a", "hello", 5, 0), 0);
+	assert_true(get(f, x).ctime_ns != c0); /* setxattr(2) changes ctime */
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.a", NULL, 0), 5); /* probe */
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.a", buf, 0), 5);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.a", buf, 4), -ERANGE);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.a", buf, 5), 5);
+	assert_memory_equal(buf, "hello", 5);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.nope", buf, sizeof(buf)), -ENODATA);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.nope", NULL, 0), -ENODATA);
+
+	/* flags */
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.a", "x", 1, XATTR_CREATE), -EEXIST);
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.b", "x", 1, XATTR_REPLACE), -ENODATA);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.b", NULL, 0), -ENODATA);
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.a", "bye", 3, XATTR_REPLACE), 0);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.a", buf, sizeof(buf)), 3);
+	assert_memory_equal(buf, "bye", 3);
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.b", bin, sizeof(bin), XATTR_CREATE),
+			 0);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.b", buf, sizeof(buf)), sizeof(bin));
+	assert_memory_equal(buf, bin, sizeof(bin));
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.a", "z", 1, 0x10), -EINVAL);
+	/* empty value */
+	assert_int_equal(META_CALL(f->m, setxattr, x, "security.empty", "", 0, 0), 0);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "security.empty", buf, sizeof(buf)), 0);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "security.empty", NULL, 0), 0);
+
+	/* list: NUL-separated, size probe, ERANGE */
+	int want = (int)(sizeof("security.empty") + sizeof("user.a") + sizeof("user.b"));
+	assert_int_equal(META_CALL(f->m, listxattr, x, NULL, 0), want);
+	assert_int_equal(META_CALL(f->m, listxattr, x, buf, (size_t)want - 1), -ERANGE);
+	memset(buf, 'q', sizeof(buf));
+	assert_int_equal(META_CALL(f->m, listxattr, x, buf, sizeof(buf)), want);
+	assert_memory_equal(buf, "security.empty\0user.a\0user.b\0", (size_t)want);
+
+	/* remove */
+	assert_int_equal(META_CALL(f->m, removexattr, x, "user.a"), 0);
+	assert_int_equal(META_CALL(f->m, removexattr, x, "user.a"), -ENODATA);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.a", buf, sizeof(buf)), -ENODATA);
+	assert_int_equal(META_CALL(f->m, listxattr, x, buf, sizeof(buf)), want - 7);
+
+	/* limits */
+	memset(big, 'v', sizeof(big));
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.big", big, META_XATTR_SIZE_MAX, 0), 0);
+	assert_int_equal(META_CALL(f->m, getxattr, x, "user.big", NULL, 0), META_XATTR_SIZE_MAX);
+	assert_int_equal(META_CALL(f->m, setxattr, x, "user.big", big, META_XATTR_SIZE_MAX + 1, 0),
+			 -E2BIG);
+	memset(name, 'n', sizeof(name));
+	name[META_XATTR_NAME_MAX] = '\0';
+	assert_int_equal(META_CALL(f->m, setxattr, x, name, "v", 1, 0), 0);
+	name[META_XATTR_NAME_MAX] = 'n';
+	name[META_XATTR_NAME_MAX + 1] = '\0';
+	assert_int_equal(META_CALL(f->m, setxattr, x, name, "v", 1, 0), -ERANGE);
+	assert_int_equal(META_CALL(f->m, getxattr, x, name, buf, sizeof(buf)), -ERANGE);
+	assert_int_equal(META_CALL(f->m, setxattr, x, "", "v", 1, 0), -EINVAL);
+
+	/* missing inode */
+	assert_int_equal(META_CALL(f->m, setxattr, 999999, "user.a", "v", 1, 0), -ENOENT);
+	assert_int_equal(META_CALL(f->m, getxattr, 999999, "user.a", buf, sizeof(buf)), -ENOENT);
+	assert_int_equal(META_CALL(f->m, listxattr, 999999, buf, sizeof(buf)), -ENOENT);
+	assert_int_equal(META_CALL(f->m, removexattr, 999999, "user.a"), -ENOENT);
+	/* directories carry xattrs too; none listed is 0 */
+	assert_int_equal(META_CALL(f->m, listxattr, META_ROOT_INO, NULL, 0), 0);
+	assert_int_equal(META_CALL(f->m, setxattr, META_ROOT_INO, "user.d", "1", 1, 0), 0);
+	assert_int_equal(META_CALL(f->m, getxattr, META_ROOT_INO, "user.d", buf, sizeof(buf)), 1);
+	/* per inode */
+	assert_int_equal(META_CALL(f->m, getxattr, META_ROOT_INO, "user.b", buf, sizeof(buf)),
+			 -ENODATA);
+}
+
+static void t_orphans_wdirty(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr in;
+	struct list l = {0};
+	char name[32];
+	uint64_t x, y;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	y = mkfile(f, META_ROOT_INO, "y");
+	assert_false(in_orphans(f, x));
+	memset(&in, 0, sizeof(in));
+	in.flags = META_IF_WDIRTY;
+	assert_int_equal(META_CALL(f->m, setattr, x, META_SET_FLAGS, &in, NULL), 0);
+	assert_true(in_orphans(f, x)); /* META-4: listed although linked */
+	assert_false(in_orphans(f, y));
+	assert_int_equal(META_CALL(f->m, purge, x), -EBUSY);
+	in.flags = 0;
+	assert_int_equal(META_CALL(f->m, setattr, x, META_SET_FLAGS, &in, NULL), 0);
+	assert_false(in_orphans(f, x));
+
+	/* more than any internal batch, in ino order */
+	for (int i = 0; i < 700; i++) {
+		snprintf(name, sizeof(name), "o%d", i);
+		mkfile(f, META_ROOT_INO, name);
+		assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, name, tick(f), NULL), 0);
+	}
+	assert_int_equal(META_CALL(f->m, orphans, inode_cb, &l), 0);
+	assert_int_equal(l.n, 700);
+	for (size_t i = 1; i < l.n; i++)
+		assert_true(l.e[i].ino > l.e[i - 1].ino);
+	for (size_t i = 0; i < l.n; i++)
+		assert_int_equal(l.e[i].attr.nlink, 0);
+	/* purging from the list (what a mount does after a crash) */
+	for (size_t i = 0; i < l.n; i++)
+		assert_int_equal(META_CALL(f->m, purge, l.e[i].ino), 0);
+	list_free(&l);
+	assert_int_equal(META_CALL(f->m, orphans, inode_cb, &l), 0);
+	assert_int_equal(l.n, 0);
+	list_free(&l);
+}
+
+static int stop_at_3(void *ctx, const struct meta_attr *a)
+{
+	int *n = ctx;
+
+	(void)a;
+	return ++*n == 3;
+}
+
+static void t_inodes_statfs(void **state)
+{
+	struct fx *f = *state;
+	struct meta_statfs s0, s;
+	struct meta_attr in;
+	struct list l = {0};
+	char name[32];
+	uint64_t d, x;
+	int n = 0;
+
+	assert_int_equal(META_CALL(f->m, statfs, &s0), 0);
+	assert_int_equal(s0.inodes, 1);
+	assert_int_equal(s0.bytes, 0);
+	d = mkdir_(f, META_ROOT_INO, "d");
+	for (int i = 0; i < 600; i++) {
+		snprintf(name, sizeof(name), "f%d", i);
+		x = mkfile(f, d, name);
+		memset(&in, 0, sizeof(in));
+		in.size = (uint64_t)i * 1000;
+		assert_int_equal(META_CALL(f->m, setattr, x, META_SET_SIZE, &in, NULL), 0);
+	}
+	assert_int_equal(META_CALL(f->m, statfs, &s), 0);
+	assert_int_equal(s.inodes, 602);
+	assert_int_equal(s.bytes, 1000ull * (599 * 600 / 2));
+	/* a symlink's size is not file data */
+	in = attr_in(f, S_IFLNK | 0777);
+	assert_int_equal(META_CALL(f->m, mknod, d, "ln", &in, "abcdef", NULL), 0);
+	assert_int_equal(META_CALL(f->m, statfs, &s), 0);
+	assert_int_equal(s.bytes, 1000ull * (599 * 600 / 2));
+
+	assert_int_equal(META_CALL(f->m, inodes, inode_cb, &l), 0);
+	assert_int_equal(l.n, 603);
+	assert_int_equal(l.e[0].ino, META_ROOT_INO);
+	for (size_t i = 1; i < l.n; i++)
+		assert_true(l.e[i].ino > l.e[i - 1].ino);
+	list_free(&l);
+	assert_int_equal(META_CALL(f->m, inodes, stop_at_3, &n), 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(META_CALL(f->m, inodes, NULL, NULL), -EINVAL);
+}
+
+static void t_sync(void **state)
+{
+	struct fx *f = *state;
+	uint64_t x;
+
+	assert_int_equal(META_CALL(f->m, sync), 0);
+	assert_int_equal(META_CALL(f->m, sync), 0); /* nothing new: cheap */
+	x = mkfile(f, META_ROOT_INO, "x");
+	assert_int_equal(META_CALL(f->m, sync), 0);
+	x = mkfile(f, META_ROOT_INO, "y");
+	assert_int_equal(META_CALL(f->m, sync), 0);
+	fx_reopen(f);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "y"), x);
+	assert_int_equal(META_CALL(f->m, sync), 0);
+}
+
+/* A process killed in the middle of a stream of operations leaves whole operations only
+ * (META-1 across a crash of the process). */
+static void t_crash_atomicity(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a;
+	pid_t pid;
+	int st;
+
+	meta_close(f->m);
+	f->m = NULL;
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct meta *m;
+		char name[32];
+		struct meta_attr in;
+		uint64_t d = META_ROOT_INO;
+
+		if (meta_open(f->url, 0, &m, NULL, 0) < 0)
+			_exit(2);
+		memset(&in, 0, sizeof(in));
+		for (int i = 0;; i++) {
+			snprintf(name, sizeof(name), "n%d", i);
+			in.mode = (i % 3 ? S_IFREG : S_IFDIR) | 0644;
+			in.ctime_ns = i;
+			if (META_CALL(m, mknod, d, name, &in, NULL, &a) < 0)
+				_exit(3);
+			if (S_ISDIR(a.mode))
+				d = a.ino;
+			if (i % 5 == 4)
+				META_CALL(m, rename, d, name, META_ROOT_INO, name, 0, i, NULL);
+			if (i % 7 == 6)
+				META_CALL(m, unlink, META_ROOT_INO, name, i, NULL);
+		}
+	}
+	usleep(300 * 1000);
+	kill(pid, SIGKILL);
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFSIGNALED(st));
+	fx_reopen(f);
+	assert_true(count_dir(f, META_ROOT_INO) > 0);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+/* ---- check ---------------------------------------------------------------------------- */
+
+struct reports {
+	int n, repaired;
+	char last[512];
+	bool saw_missing, saw_nlink, saw_unreachable, saw_noentry, saw_badparent;
+};
+
+static void report_cb(void *ctx, const char *what, uint64_t ino, bool repaired)
+{
+	struct reports *r = ctx;
+
+	(void)ino;
+	r->n++;
+	r->repaired += repaired;
+	snprintf(r->last, sizeof(r->last), "%s", what);
+	r->saw_missing |= strstr(what, "missing inode") != NULL;
+	r->saw_nlink |= strstr(what, "entries say") != NULL;
+	r->saw_unreachable |= strstr(what, "not reachable") != NULL;
+	r->saw_noentry |= strstr(what, "no directory entry") != NULL;
+	r->saw_badparent |= strstr(what, "missing directory") != NULL;
+	assert_null(strchr(what, '\n'));
+}
+
+static void t_check_clean(void **state)
+{
+	struct fx *f = *state;
+	struct reports rep = {0};
+	uint64_t d, x;
+
+	d = mkdir_(f, META_ROOT_INO, "d");
+	x = mkfile(f, d, "x");
+	assert_int_equal(META_CALL(f->m, link, x, META_ROOT_INO, "x", tick(f), NULL), 0);
+	mkdir_(f, d, "e");
+	mkfile(f, META_ROOT_INO, "gone");
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "gone", tick(f), NULL), 0);
+	/* an orphan waiting for purge is not a problem */
+	assert_int_equal(META_CALL(f->m, check, false, report_cb, &rep), 0);
+	assert_int_equal(rep.n, 0);
+	assert_int_equal(META_CALL(f->m, check, true, report_cb, &rep), 0);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_check_inject(void **state)
+{
+	struct fx *f = *state;
+	struct reports rep = {0};
+	struct meta_attr a;
+	char sql[1024];
+	uint64_t d, x, y, z, cx, cy, lost, kept;
+	int r;
+
+	if (!E->raw_exec)
+		skip();
+	d = mkdir_(f, META_ROOT_INO, "d");
+	x = mkfile(f, d, "x");
+	y = mkfile(f, d, "y");
+	z = mkfile(f, d, "z");
+	cx = mkdir_(f, META_ROOT_INO, "cx");
+	cy = mkdir_(f, cx, "cy");
+	lost = mkfile(f, cy, "lost");
+	kept = mkfile(f, cy, "kept");
+	assert_int_equal(META_CALL(f->m, link, kept, d, "kept", tick(f), NULL), 0);
+
+	snprintf(sql, sizeof(sql),
+		 /* 1. an entry naming an inode that does not exist */
+		 "INSERT INTO dentries (parent, name, ino) VALUES (%llu, CAST('ghost' AS BLOB),"
+		 " 987654);"
+		 /* 2. a wrong link count */
+		 "UPDATE inodes SET nlink = 5 WHERE ino = %llu;"
+		 /* 3. a file that lost its only entry but kept nlink 1 */
+		 "DELETE FROM dentries WHERE ino = %llu;"
+		 /* 4. a cycle: cx moved under its own child cy (unreachable) */
+		 "UPDATE dentries SET parent = %llu WHERE ino = %llu;"
+		 /* 5. an entry in a directory that does not exist */
+		 "INSERT INTO dentries (parent, name, ino) VALUES (555555, CAST('stray' AS BLOB),"
+		 " %llu);"
+		 /* 6. a directory with a wrong link count */
+		 "UPDATE inodes SET nlink = 9 WHERE ino = %llu;",
+		 (unsigned long long)d, (unsigned long long)x, (unsigned long long)y,
+		 (unsigned long long)cy, (unsigned long long)cx, (unsigned long long)z,
+		 (unsigned long long)d);
+	assert_int_equal(E->raw_exec(f->dir, sql), 0);
+
+	/* a broken entry reads as an error, not as a file */
+	assert_int_equal(META_CALL(f->m, lookup, d, "ghost", &a), -EIO);
+
+	r = META_CALL(f->m, check, false, report_cb, &rep);
+	assert_true(r >= 6);
+	assert_int_equal(r, rep.n);
+	assert_int_equal(rep.repaired, 0);
+	assert_true(rep.saw_missing);
+	assert_true(rep.saw_nlink);
+	assert_true(rep.saw_unreachable);
+	assert_true(rep.saw_noentry);
+	assert_true(rep.saw_badparent);
+	/* checking changed nothing */
+	assert_int_equal(get(f, x).nlink, 5);
+
+	memset(&rep, 0, sizeof(rep));
+	r = META_CALL(f->m, check, true, report_cb, &rep);
+	assert_int_equal(r, 0); /* nothing left unrepaired */
+	assert_true(rep.n >= 6);
+	assert_int_equal(rep.repaired, rep.n);
+
+	memset(&rep, 0, sizeof(rep));
+	assert_int_equal(META_CALL(f->m, check, false, report_cb, &rep), 0);
+	assert_int_equal(rep.n, 0);
+
+	/* the repairs themselves */
+	assert_int_equal(META_CALL(f->m, lookup, d, "ghost", &a), -ENOENT);
+	assert_int_equal(get(f, x).nlink, 1);
+	assert_int_equal(get(f, d).nlink, 2);
+	assert_int_equal(get(f, y).nlink, 0); /* orphaned: purge frees it */
+	assert_true(in_orphans(f, y));
+	assert_int_equal(get(f, z).nlink, 1); /* the stray entry is gone, the real one stays */
+	assert_int_equal(get(f, cx).nlink, 0);
+	assert_int_equal(get(f, cy).nlink, 0);
+	assert_int_equal(get(f, lost).nlink, 0);
+	assert_int_equal(get(f, kept).nlink, 1); /* still linked from d */
+	assert_int_equal(lookup_ino(f, d, "kept"), kept);
+	/* everything orphaned can be purged, then the namespace is clean */
+	struct list l = {0};
+	assert_int_equal(META_CALL(f->m, orphans, inode_cb, &l), 0);
+	for (size_t i = 0; i < l.n; i++)
+		assert_int_equal(META_CALL(f->m, purge, l.e[i].ino), 0);
+	list_free(&l);
+	assert_int_equal(META_CALL(f->m, getattr, cx, &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+	/* and it still works */
+	mkfile(f, d, "after");
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_check_root_missing(void **state)
+{
+	struct fx *f = *state;
+	struct reports rep = {0};
+	uint64_t x;
+
+	if (!E->raw_exec)
+		skip();
+	x = mkfile(f, META_ROOT_INO, "x");
+	assert_int_equal(E->raw_exec(f->dir, "DELETE FROM inodes WHERE ino = 1;"), 0);
+	assert_true(META_CALL(f->m, check, false, report_cb, &rep) > 0);
+	assert_int_equal(META_CALL(f->m, check, true, NULL, NULL), 0);
+	assert_true(S_ISDIR(get(f, META_ROOT_INO).mode));
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "x"), x); /* children kept */
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+/* ---- handles and threads ----------------------------------------------------------------- */
+
+static void t_rdonly_and_second_handle(void **state)
+{
+	struct fx *f = *state;
+	struct meta *ro = NULL, *rw = NULL;
+	struct meta_attr a, in;
+	char err[512];
+	uint64_t x;
+
+	x = mkfile(f, META_ROOT_INO, "x");
+	assert_int_equal(meta_open(f->url, META_O_RDONLY, &ro, err, sizeof(err)), 0);
+	assert_int_equal(META_CALL(ro, lookup, META_ROOT_INO, "x", &a), 0);
+	assert_int_equal(a.ino, x);
+	in = attr_in(f, S_IFREG | 0644);
+	assert_int_equal(META_CALL(ro, mknod, META_ROOT_INO, "y", &in, NULL, &a), -EROFS);
+	assert_int_equal(META_CALL(ro, setattr, x, META_SET_MODE, &in, &a), -EROFS);
+	assert_int_equal(META_CALL(ro, check, true, NULL, NULL), -EROFS);
+	assert_int_equal(META_CALL(ro, check, false, NULL, NULL), 0);
+	assert_int_equal(do_format(ro), -EROFS);
+	assert_int_equal(META_CALL(ro, sync), 0);
+
+	/* a second read-write handle (the CLI while a mount runs) sees and makes changes */
+	assert_int_equal(meta_open(f->url, 0, &rw, err, sizeof(err)), 0);
+	assert_int_equal(META_CALL(rw, mknod, META_ROOT_INO, "y", &in, NULL, &a), 0);
+	assert_int_equal(lookup_ino(f, META_ROOT_INO, "y"), a.ino);
+	assert_int_equal(META_CALL(ro, lookup, META_ROOT_INO, "y", &a), 0);
+	assert_int_equal(META_CALL(rw, sync), 0);
+	assert_int_equal(META_CALL(f->m, sync), 0); /* syncs rw's commit too */
+	assert_int_equal(META_CALL(ro, sync), 0);
+	/* both create: numbers never collide */
+	uint64_t a1 = mkfile(f, META_ROOT_INO, "a1");
+	in = attr_in(f, S_IFREG | 0644);
+	assert_int_equal(META_CALL(rw, mknod, META_ROOT_INO, "a2", &in, NULL, &a), 0);
+	assert_true(a.ino > a1);
+	meta_close(rw);
+	meta_close(ro);
+}
+
+struct thr {
+	struct fx *f;
+	uint64_t dir;
+	int id, n, errors;
+};
+
+static void *thr_main(void *arg)
+{
+	struct thr *t = arg;
+	struct meta_attr in, a;
+	char name[32];
+
+	memset(&in, 0, sizeof(in));
+	in.mode = S_IFREG | 0644;
+	for (int i = 0; i < t->n; i++) {
+		snprintf(name, sizeof(name), "t%d-%d", t->id, i);
+		in.ctime_ns = i;
+		if (META_CALL(t->f->m, mknod, t->dir, name, &in, NULL, &a) < 0)
+			t->errors++;
+		if (META_CALL(t->f->m, getattr, a.ino, &a) < 0)
+			t->errors++;
+		if (i % 4 == 3 && META_CALL(t->f->m, unlink, t->dir, name, i, NULL) < 0)
+			t->errors++;
+		if (i % 50 == 0) {
+			struct list l = {0};
+
+			l.limit = 300;
+			if (META_CALL(t->f->m, readdir, t->dir, 0, list_cb, &l) < 0)
+				t->errors++;
+			list_free(&l);
+		}
+	}
+	return NULL;
+}
+
+static void t_threads(void **state)
+{
+	struct fx *f = *state;
+	enum { NT = 8, N = 250 };
+	struct thr t[NT];
+	pthread_t tid[NT];
+	uint64_t d;
+
+	d = mkdir_(f, META_ROOT_INO, "d");
+	for (int i = 0; i < NT; i++) {
+		t[i] = (struct thr){.f = f, .dir = d, .id = i, .n = N};
+		assert_int_equal(pthread_create(&tid[i], NULL, thr_main, &t[i]), 0);
+	}
+	for (int i = 0; i < NT; i++) {
+		pthread_join(tid[i], NULL);
+		assert_int_equal(t[i].errors, 0);
+	}
+	assert_int_equal(count_dir(f, d), NT * (N - N / 4));
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+/* ---- main ----------------------------------------------------------------------------------- */
+
+#define T(fn)  cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+#define TB(fn) cmocka_unit_test_setup_teardown(fn, fx_setup_bare, fx_teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		TB(t_open_missing),
+		TB(t_open_create_no_parent),
+		TB(t_open_garbage),
+		TB(t_open_foreign_sqlite),
+		T(t_open_corrupted),
+		TB(t_open_bad_urls),
+		TB(t_open_empty),
+		T(t_format),
+		T(t_format_invalid),
+		T(t_targets),
+		T(t_chains),
+		T(t_root),
+		T(t_mknod_types),
+		T(t_mknod_errors),
+		T(t_ino_never_reused),
+		T(t_lookup),
+		T(t_names_are_bytes),
+		T(t_setattr),
+		T(t_link),
+		T(t_unlink_orphan_purge),
+		T(t_rmdir),
+		T(t_rename_simple),
+		T(t_rename_dir_across),
+		T(t_rename_replace_file),
+		T(t_rename_replace_dir),
+		T(t_rename_errors),
+		T(t_rename_noreplace),
+		T(t_rename_exchange),
+		T(t_rename_self),
+		T(t_readlink),
+		T(t_readdir_basic),
+		T(t_readdir_stable),
+		T(t_readdir_big),
+		T(t_xattr),
+		T(t_orphans_wdirty),
+		T(t_inodes_statfs),
+		T(t_sync),
+		T(t_crash_atomicity),
+		T(t_check_clean),
+		T(t_check_inject),
+		T(t_check_root_missing),
+		T(t_rdonly_and_second_handle),
+		T(t_threads),
+	};
+	int failed = 0;
+
+	for (size_t i = 0; i < sizeof(engines) / sizeof(engines[0]); i++) {
+		E = &engines[i];
+		failed += cmocka_run_group_tests_name(E->name, tests, NULL, NULL);
+	}
+	return failed ? 1 : 0;
+}

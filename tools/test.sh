@@ -1,0 +1,73 @@
+#!/bin/bash
+# test.sh — the whole test suite, as CI runs it: install what is needed, build twice (plain,
+# and with AddressSanitizer + UndefinedBehaviorSanitizer), run the C unit tests of every
+# module in both builds, run the integration tests that mount for real (pytest) against the
+# plain build and the POSIX part of them against the sanitizer build, then print one line
+# "N passed, N failed".
+# Environment: BRAIDFS_CRASH_ROUNDS (crash-test rounds, default 20), BRAIDFS_QUICK=1 (skip
+# the tests marked slow), PYTEST_ARGS (extra pytest arguments).
+set -u
+cd "$(dirname "$0")/.."
+top=$PWD
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (tests mount FUSE file systems)" >&2; exit 1; }
+sh tools/deps.sh test || { echo "test.sh: installing packages failed"; echo "0 passed, 1 failed"; exit 1; }
+export CI_WERROR=${CI:+-Dwerror=true}
+out=$top/build-test
+mkdir -p "$out"
+rm -f "$out"/*.xml "$out"/asan.*
+
+build() { # dir extra-args...
+	local dir=$1; shift
+	if [ ! -d "$dir" ]; then meson setup "$dir" -Dwerror=true "$@" >"$out/setup-$(basename "$dir").log" 2>&1 || { cat "$out/setup-$(basename "$dir").log"; return 1; }; fi
+	ninja -C "$dir" >"$out/build-$(basename "$dir").log" 2>&1 || { tail -50 "$out/build-$(basename "$dir").log"; return 1; }
+}
+fail_build=0
+build build || fail_build=1
+build build-asan -Db_sanitize=address,undefined -Db_lundef=false || fail_build=1
+
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+export ASAN_OPTIONS=detect_leaks=1
+if [ $fail_build = 0 ]; then
+	echo "== unit tests (plain build)"
+	meson test -C build --suite unit --print-errorlogs --num-processes 2 | tail -15
+	echo "== unit tests (ASan+UBSan build)"
+	meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 | tail -15
+
+	pyargs=(-q -p no:cacheprovider -o cache_dir=/tmp/braidfs-pytest-cache)
+	[ "${BRAIDFS_QUICK:-0}" = 1 ] && pyargs+=(-m "not slow")
+	echo "== integration tests (plain build)"
+	BRAIDFS_BIN=$top/build/tools/braidfs /usr/bin/python3 -m pytest "${pyargs[@]}" \
+		--junitxml="$out/integration.xml" ${PYTEST_ARGS:-} tests/integration
+	echo "== integration tests, POSIX part (ASan+UBSan build)"
+	# Sanitizer reports of the mount daemons go to files; any report is a failure.
+	ASAN_OPTIONS=detect_leaks=1:log_path=$out/asan UBSAN_OPTIONS=print_stacktrace=1:log_path=$out/asan \
+	BRAIDFS_BIN=$top/build-asan/tools/braidfs /usr/bin/python3 -m pytest "${pyargs[@]}" -m "not slow" \
+		--junitxml="$out/integration-asan.xml" ${PYTEST_ARGS:-} tests/integration/test_posix.py
+fi
+
+/usr/bin/python3 - "$top" "$out" "$fail_build" <<'PY'
+import glob, json, os, sys
+import xml.etree.ElementTree as ET
+top, out, fail_build = sys.argv[1], sys.argv[2], int(sys.argv[3])
+passed = failed = skipped = 0
+for d in ("build", "build-asan"):
+    log = os.path.join(top, d, "meson-logs", "testlog.json")
+    if not os.path.exists(log):
+        continue
+    for line in open(log):
+        t = json.loads(line)
+        if t.get("result") == "OK": passed += 1
+        elif t.get("result") == "SKIP": skipped += 1
+        else:
+            failed += 1; print(f"FAILED unit {d}: {t.get('name')} ({t.get('result')})")
+for x in sorted(glob.glob(os.path.join(out, "*.xml"))):
+    for ts in ET.parse(x).getroot().iter("testsuite"):
+        n, f, e, s = (int(ts.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+        passed += n - f - e - s; failed += f + e; skipped += s
+reports = [p for p in glob.glob(os.path.join(out, "asan.*")) if os.path.getsize(p) > 0]
+for p in reports:
+    failed += 1; print(f"FAILED sanitizer report {p}:"); print(open(p).read()[:3000])
+failed += fail_build
+print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+sys.exit(1 if failed else 0)
+PY
