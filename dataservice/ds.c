@@ -39,12 +39,12 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define DS_STRIPES       1024
-#define DS_POOL_THREADS  8
-#define DS_WEAK_MAX      (64ULL << 20)
-#define DS_CHECK_PIECE   (1u << 20)
-#define DS_CHUNK_MIN     4096u
-#define DS_CHUNK_MAX     (1u << 30)
+#define DS_STRIPES	1024
+#define DS_POOL_THREADS 8
+#define DS_WEAK_MAX	(64ULL << 20)
+#define DS_CHECK_PIECE	(1u << 20)
+#define DS_CHUNK_MIN	4096u
+#define DS_CHUNK_MAX	(1u << 30)
 
 enum ds_op {
 	DS_OP_READ,
@@ -109,11 +109,11 @@ struct ds_tgt {
 
 	/* weak mode replication queue, applied in order by qthread */
 	pthread_mutex_t qlock;
-	pthread_cond_t qcond; /* work queued or stop */
-	pthread_cond_t qdone; /* done_seq advanced */
+	pthread_cond_t qcond;	       /* work queued or stop */
+	pthread_cond_t qdone;	       /* done_seq advanced */
 	struct ds_item *qhead, *qtail; /* protected by qlock */
 	uint64_t enq_seq, done_seq;    /* protected by qlock */
-	bool qstop;                    /* protected by qlock */
+	bool qstop;		       /* protected by qlock */
 	bool qstarted;
 	pthread_t qthread;
 };
@@ -122,8 +122,8 @@ struct ds_chain {
 	pthread_mutex_t change_lock; /* one membership change (chain_failed) at a time */
 	pthread_mutex_t lock;
 	uint32_t id;
-	uint64_t epoch;                   /* protected by lock */
-	uint32_t n;                       /* protected by lock */
+	uint64_t epoch;			   /* protected by lock */
+	uint32_t n;			   /* protected by lock */
 	struct ds_tgt *m[DS_MAX_REPLICAS]; /* protected by lock; [0] = primary */
 };
 
@@ -152,7 +152,7 @@ struct ds {
 	pthread_mutex_t pool_lock;
 	pthread_cond_t pool_cond;
 	struct ds_rop *pool_head, *pool_tail; /* protected by pool_lock */
-	bool pool_stop;                       /* protected by pool_lock */
+	bool pool_stop;			      /* protected by pool_lock */
 	unsigned npool;
 	pthread_t pool[DS_POOL_THREADS];
 
@@ -492,16 +492,21 @@ static void *ds_repl_main(void *arg)
 		struct ds_snap s;
 		ds_snap(ds, it->chain, &s);
 		if (ds_snap_has(&s, t)) {
-			struct ds_rop r = {.op = DS_OP_WRITE, .t = t, .ino = it->ino, .idx = it->idx,
-					   .off = it->off, .len = it->buf->len,
+			struct ds_rop r = {.op = DS_OP_WRITE,
+					   .t = t,
+					   .ino = it->ino,
+					   .idx = it->idx,
+					   .off = it->off,
+					   .len = it->buf->len,
 					   .wbuf = it->buf->data};
 			ds_apply(&r);
 			if (r.ret < 0) {
 				__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
 				if (ds_drop(ds, it->chain, t, (int)r.ret) < 0)
-					log_err("ds: weak replication to target %u failed (%s) and it "
-						"could not leave chain %u",
-						t->id, strerror((int)-r.ret), ds->chains[it->chain].id);
+					log_err(
+					    "ds: weak replication to target %u failed (%s) and it "
+					    "could not leave chain %u",
+					    t->id, strerror((int)-r.ret), ds->chains[it->chain].id);
 			}
 		}
 		uint64_t seq = it->seq;
@@ -646,8 +651,8 @@ static int ds_validate(const struct ds_config *cfg, char *err, size_t errlen)
 	for (unsigned i = 0; i < cfg->nchains; i++) {
 		const struct ds_chain_cfg *c = &cfg->chains[i];
 		if (!c->nmembers || c->nmembers > DS_MAX_REPLICAS) {
-			snprintf(err, errlen, "chain %u has %u members (1 to %d)", c->id, c->nmembers,
-				 DS_MAX_REPLICAS);
+			snprintf(err, errlen, "chain %u has %u members (1 to %d)", c->id,
+				 c->nmembers, DS_MAX_REPLICAS);
 			return -EINVAL;
 		}
 		for (uint32_t k = 0; k < c->nmembers; k++) {
@@ -661,8 +666,8 @@ static int ds_validate(const struct ds_config *cfg, char *err, size_t errlen)
 			}
 			for (uint32_t j = 0; j < k; j++)
 				if (c->members[j] == c->members[k]) {
-					snprintf(err, errlen, "chain %u lists target %u twice", c->id,
-						 c->members[k]);
+					snprintf(err, errlen, "chain %u lists target %u twice",
+						 c->id, c->members[k]);
 					return -EINVAL;
 				}
 		}
@@ -847,8 +852,7 @@ static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 			ds_barrier_target(t); /* weak: a secondary answers once it caught up */
 		op->t = t;
 		ds_apply(op);
-		bool answer = op->ret >= 0 ||
-			      (op->op == DS_OP_SEEK && op->ret == -ENXIO) ||
+		bool answer = op->ret >= 0 || (op->op == DS_OP_SEEK && op->ret == -ENXIO) ||
 			      (op->op == DS_OP_LENGTH && op->ret == -ENOENT);
 		if (answer)
 			return 0;
@@ -870,8 +874,12 @@ ssize_t ds_read(struct ds *ds, uint64_t ino, void *buf, size_t len, uint64_t off
 		uint32_t idx = (uint32_t)(pos / ds->chunk_size);
 		uint64_t within = pos % ds->chunk_size;
 		size_t n = (size_t)MIN((uint64_t)(len - done), ds->chunk_size - within);
-		struct ds_rop op = {.op = DS_OP_READ, .ino = ino, .idx = idx, .off = within,
-				    .len = n, .rbuf = (char *)buf + done};
+		struct ds_rop op = {.op = DS_OP_READ,
+				    .ino = ino,
+				    .idx = idx,
+				    .off = within,
+				    .len = n,
+				    .rbuf = (char *)buf + done};
 		r = ds_ask(ds, ds_chain_of(ds, ino, idx), &op);
 		if (r < 0)
 			return r;
@@ -913,8 +921,13 @@ static int ds_write_weak(struct ds *ds, uint64_t ino, uint32_t idx, const void *
 	pthread_mutex_lock(sl);
 	for (;;) {
 		ds_snap(ds, ci, &s);
-		struct ds_rop op = {.op = DS_OP_WRITE, .t = s.m[0], .ino = ino, .idx = idx,
-				    .off = within, .len = n, .wbuf = buf};
+		struct ds_rop op = {.op = DS_OP_WRITE,
+				    .t = s.m[0],
+				    .ino = ino,
+				    .idx = idx,
+				    .off = within,
+				    .len = n,
+				    .wbuf = buf};
 		ds_apply(&op);
 		if (op.ret >= 0)
 			break;
@@ -950,8 +963,12 @@ ssize_t ds_write(struct ds *ds, uint64_t ino, const void *buf, size_t len, uint6
 		if (ds->mode == DS_WEAK) {
 			r = ds_write_weak(ds, ino, idx, p, n, within);
 		} else {
-			struct ds_rop op = {.op = DS_OP_WRITE, .ino = ino, .idx = idx,
-					    .off = within, .len = n, .wbuf = p};
+			struct ds_rop op = {.op = DS_OP_WRITE,
+					    .ino = ino,
+					    .idx = idx,
+					    .off = within,
+					    .len = n,
+					    .wbuf = p};
 			r = ds_chunk_op(ds, &op, n >= ds->par_min);
 		}
 		if (r < 0)
@@ -963,8 +980,7 @@ ssize_t ds_write(struct ds *ds, uint64_t ino, const void *buf, size_t len, uint6
 }
 
 /* Run op once per target in list (parallel), then settle per target. */
-static int ds_targets_op(struct ds *ds, const struct ds_rop *tmpl, struct ds_tgt **list,
-			 unsigned n)
+static int ds_targets_op(struct ds *ds, const struct ds_rop *tmpl, struct ds_tgt **list, unsigned n)
 {
 	struct ds_rop *rops = calloc(n ? n : 1, sizeof(*rops));
 	if (!rops)
@@ -1057,8 +1073,8 @@ static int ds_cut(struct ds *ds, uint64_t ino, uint64_t size)
 	if (idx_b > UINT32_MAX)
 		return 0; /* no chunk index reaches that far */
 	if (within) {
-		struct ds_rop op = {.op = DS_OP_CUT, .ino = ino, .idx = (uint32_t)idx_b,
-				    .off = within};
+		struct ds_rop op = {
+		    .op = DS_OP_CUT, .ino = ino, .idx = (uint32_t)idx_b, .off = within};
 		int r = ds_chunk_op(ds, &op, true);
 		if (r < 0)
 			return r;
@@ -1138,8 +1154,11 @@ int ds_seek(struct ds *ds, uint64_t ino, uint64_t size, uint64_t off, int whence
 	for (uint64_t idx = off / cs; idx <= last; idx++) {
 		uint64_t base = idx * cs;
 		uint64_t within = off > base ? off - base : 0;
-		struct ds_rop op = {.op = DS_OP_SEEK, .ino = ino, .idx = (uint32_t)idx,
-				    .off = within, .len = (uint64_t)whence};
+		struct ds_rop op = {.op = DS_OP_SEEK,
+				    .ino = ino,
+				    .idx = (uint32_t)idx,
+				    .off = within,
+				    .len = (uint64_t)whence};
 		int r = ds_ask(ds, ds_chain_of(ds, ino, (uint32_t)idx), &op);
 		if (r < 0)
 			return r;
@@ -1148,6 +1167,8 @@ int ds_seek(struct ds *ds, uint64_t ino, uint64_t size, uint64_t off, int whence
 				continue;
 			op.res = within; /* no data here: a hole right at within */
 		}
+		/* a backend may answer a chunk's length for SEEK_HOLE past it: never go back */
+		op.res = MAX(op.res, within);
 		uint64_t pos = base + op.res;
 		if (whence == SEEK_DATA) {
 			if (pos >= size)
@@ -1354,7 +1375,8 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 		}
 		if (e[i].length > limit) {
 			res->beyond_eof++;
-			bool fixed = ck->repair && t->sm->ops->truncate(t->sm, ino, idx, limit) == 0;
+			bool fixed =
+			    ck->repair && t->sm->ops->truncate(t->sm, ino, idx, limit) == 0;
 			ds_check_report(ck, keep ? "beyond_eof" : "orphan", ino, idx, t, fixed);
 		}
 		present[pos] = e[i].length > 0;
@@ -1407,8 +1429,8 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 			res->missing++;
 		else
 			res->mismatches++;
-		bool fixed = ck->repair && ds_copy_chunk(ds, s.m[p], s.m[k], ino, idx, len[p],
-							 ck->bufs[1]) == 0;
+		bool fixed = ck->repair &&
+			     ds_copy_chunk(ds, s.m[p], s.m[k], ino, idx, len[p], ck->bufs[1]) == 0;
 		if (fixed)
 			res->repaired++;
 		if (ck->report)
@@ -1423,8 +1445,8 @@ int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, v
 {
 	struct ds_check_result res = {0};
 	struct ds_clist l = {0};
-	struct ds_checker ck = {.ds = ds, .repair = repair, .keep = keep, .report = report,
-				.ctx = ctx, .res = &res};
+	struct ds_checker ck = {
+	    .ds = ds, .repair = repair, .keep = keep, .report = report, .ctx = ctx, .res = &res};
 	int r = 0;
 
 	ds_barrier(ds);

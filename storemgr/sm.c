@@ -12,8 +12,8 @@
 /* Every backend, by scheme. The fault-injecting twin is registered like any other so that
  * integration tests can mount a volume on it with an ordinary URL. */
 static const struct sm_ops *const sm_backends[] = {
-	&sm_dir_ops,
-	&sm_faulty_ops,
+    &sm_dir_ops,
+    &sm_faulty_ops,
 };
 
 void sm_seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -59,14 +59,14 @@ static int sm_unknown(const char *url, char *err, size_t errlen)
 {
 	char s[32];
 	if (sm_scheme(url, s, sizeof(s)) < 0)
-		sm_seterr(err, errlen, "not a target URL '%s' (expected dir:/path)", url ? url : "");
+		sm_seterr(err, errlen, "not a target URL '%s' (expected dir:/path)",
+			  url ? url : "");
 	else
 		sm_seterr(err, errlen, "unknown target URL scheme '%s' (expected dir:/path)", s);
 	return -EINVAL;
 }
 
-int sm_format(const char *url, const struct sm_identity *id, bool force, char *err,
-	      size_t errlen)
+int sm_format(const char *url, const struct sm_identity *id, bool force, char *err, size_t errlen)
 {
 	const struct sm_ops *ops = sm_ops_for(url);
 	if (!ops)
@@ -74,8 +74,8 @@ int sm_format(const char *url, const struct sm_identity *id, bool force, char *e
 	return ops->format(url, id, force, err, errlen);
 }
 
-int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret,
-	    char *err, size_t errlen)
+int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret, char *err,
+	    size_t errlen)
 {
 	const struct sm_ops *ops = sm_ops_for(url);
 	if (!ops)

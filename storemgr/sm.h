@@ -94,7 +94,8 @@ struct sm_ops {
 	ssize_t (*write)(struct sm_target *t, uint64_t ino, uint32_t idx, const void *buf,
 			 size_t len, uint64_t off);
 	/* Set the chunk's logical length (shrink drops the bytes, grow adds a hole). A missing
-	 * chunk with len 0 stays missing. */
+	 * chunk with len 0 stays missing. Truncating to 0 may delete the chunk (dir does):
+	 * chunk_length() then answers -ENOENT and list() no longer shows it. */
 	int (*truncate)(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t len);
 	/* Turn [off, off+len) of the chunk into a hole (zeros). */
 	int (*punch)(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t off, uint64_t len);

@@ -42,12 +42,12 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define SM_DIR_ID_MAX       4096 /* an identity file larger than this is corrupt */
-#define SM_DIR_CHUNK_MIN    4096u
-#define SM_DIR_CHUNK_MAX    (1u << 30)
-#define SM_DIR_STAT_BUDGET  4096 /* chunk files statfs() looks at before it extrapolates */
-#define SM_DIR_STAT_TTL_NS  (5LL * 1000000000)
-#define SM_DIR_NAME_LEN     25 /* %016llx.%08x */
+#define SM_DIR_ID_MAX	   4096 /* an identity file larger than this is corrupt */
+#define SM_DIR_CHUNK_MIN   4096u
+#define SM_DIR_CHUNK_MAX   (1u << 30)
+#define SM_DIR_STAT_BUDGET 4096 /* chunk files statfs() looks at before it extrapolates */
+#define SM_DIR_STAT_TTL_NS (5LL * 1000000000)
+#define SM_DIR_NAME_LEN	   25 /* %016llx.%08x */
 
 /* ---------------------------------------------------------------------------------------- */
 /* names */
@@ -112,13 +112,16 @@ int sm_dir_url_parse(const char *url, const char *scheme, struct url *u, char *e
 		return -EINVAL;
 	}
 	if (u->has_authority && u->host[0]) {
-		sm_seterr(err, errlen, "target URL '%s' names a host; a %s target is local (expected %s:/abs/path)",
-			  url, scheme, scheme);
+		sm_seterr(
+		    err, errlen,
+		    "target URL '%s' names a host; a %s target is local (expected %s:/abs/path)",
+		    url, scheme, scheme);
 		return -EINVAL;
 	}
 	if (u->path[0] != '/') {
-		sm_seterr(err, errlen, "target URL '%s' has a relative path (expected %s:/abs/path)",
-			  url, scheme);
+		sm_seterr(err, errlen,
+			  "target URL '%s' has a relative path (expected %s:/abs/path)", url,
+			  scheme);
 		return -EINVAL;
 	}
 	size_t n = strlen(u->path);
@@ -375,7 +378,8 @@ static int sm_dir_writable_err(const char *path, int e, char *err, size_t errlen
 		sm_seterr(err, errlen, "target directory %s is not writable (permission denied)",
 			  path);
 	else
-		sm_seterr(err, errlen, "target directory %s is not writable: %s", path, strerror(e));
+		sm_seterr(err, errlen, "target directory %s is not writable: %s", path,
+			  strerror(e));
 	return -e;
 }
 
@@ -458,11 +462,13 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 		char why[160];
 		if (sm_dir_id_load(dfd, &old, why, sizeof(why)) == 0)
 			sm_seterr(err, errlen,
-				  "target directory %s is not empty (holds a braidfs target of volume %s)",
+				  "target directory %s is not empty (holds a braidfs target of "
+				  "volume %s)",
 				  path, old.volume_uuid);
 		else
 			sm_seterr(err, errlen,
-				  "target directory %s is not empty (holds a damaged braidfs target identity: %s)",
+				  "target directory %s is not empty (holds a damaged braidfs "
+				  "target identity: %s)",
 				  path, why);
 		r = -EEXIST;
 		goto out;
@@ -500,7 +506,8 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 	}
 	if (mkdirat(dfd, SM_DIR_CHUNKS, 0755) < 0 && errno != EEXIST) {
 		r = -errno;
-		sm_seterr(err, errlen, "cannot create %s/%s: %s", path, SM_DIR_CHUNKS, strerror(-r));
+		sm_seterr(err, errlen, "cannot create %s/%s: %s", path, SM_DIR_CHUNKS,
+			  strerror(-r));
 		goto out;
 	}
 	cfd = openat(dfd, SM_DIR_CHUNKS, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
@@ -514,8 +521,8 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 		snprintf(fan, sizeof(fan), "%02x", i);
 		if (mkdirat(cfd, fan, 0755) < 0 && errno != EEXIST) {
 			r = -errno;
-			sm_seterr(err, errlen, "cannot create %s/%s/%s: %s", path, SM_DIR_CHUNKS, fan,
-				  strerror(-r));
+			sm_seterr(err, errlen, "cannot create %s/%s/%s: %s", path, SM_DIR_CHUNKS,
+				  fan, strerror(-r));
 			goto out;
 		}
 	}
@@ -529,7 +536,8 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 	nid.format_version = SM_FORMAT_VERSION;
 	r = sm_dir_id_store(dfd, &nid);
 	if (r < 0)
-		sm_seterr(err, errlen, "cannot write %s/%s: %s", path, SM_DIR_ID_FILE, strerror(-r));
+		sm_seterr(err, errlen, "cannot write %s/%s: %s", path, SM_DIR_ID_FILE,
+			  strerror(-r));
 out:
 	if (cfd >= 0)
 		close(cfd);
@@ -582,9 +590,10 @@ int sm_dir_open_path(const struct sm_ops *ops, const char *url, const char *path
 	char why[160];
 	r = sm_dir_id_load(dfd, &id, why, sizeof(why));
 	if (r == -ENOENT) {
-		sm_seterr(err, errlen,
-			  "target directory %s holds no braidfs target (no %s file; format it first)",
-			  path, SM_DIR_ID_FILE);
+		sm_seterr(
+		    err, errlen,
+		    "target directory %s holds no braidfs target (no %s file; format it first)",
+		    path, SM_DIR_ID_FILE);
 		goto fail;
 	}
 	if (r < 0) {
@@ -619,8 +628,8 @@ int sm_dir_open_path(const struct sm_ops *ops, const char *url, const char *path
 			goto fail;
 		}
 		if (expect->chunk_size && expect->chunk_size != id.chunk_size) {
-			sm_seterr(err, errlen, "target %s has chunk size %u, the volume has %u", path,
-				  id.chunk_size, expect->chunk_size);
+			sm_seterr(err, errlen, "target %s has chunk size %u, the volume has %u",
+				  path, id.chunk_size, expect->chunk_size);
 			r = -EINVAL;
 			goto fail;
 		}
@@ -733,8 +742,7 @@ static int sm_dir_open(const char *url, const struct sm_identity *expect, struct
 	if (url_query_get(&u, "fds", v, sizeof(v)) == 0)
 		fd_max = (unsigned)strtoul(v, NULL, 10);
 	struct sm_dir *d;
-	r = sm_dir_open_path(&sm_dir_ops, url, u.path, expect, sizeof(*d), fd_max, &d, err,
-			     errlen);
+	r = sm_dir_open_path(&sm_dir_ops, url, u.path, expect, sizeof(*d), fd_max, &d, err, errlen);
 	if (r < 0)
 		return r;
 	*ret = &d->base;
@@ -1095,8 +1103,8 @@ static int sm_dir_dirty_add(struct sm_dir_dirty *r, uint64_t idx)
 /* After a change to chunk (ino, idx) through e (NULL: no fd). created: the chunk file was
  * created or unlinked, so its directory entry must be synced too. If the change cannot be
  * recorded (no memory), it is made durable right away instead. */
-static int sm_dir_mark(struct sm_dir *d, struct sm_dir_fd *e, uint64_t ino, uint32_t idx,
-		       bool data, bool created)
+static int sm_dir_mark(struct sm_dir *d, struct sm_dir_fd *e, uint64_t ino, uint32_t idx, bool data,
+		       bool created)
 {
 	if (!created && e && __atomic_load_n(&e->dirty, __ATOMIC_ACQUIRE))
 		return 0;
@@ -1575,8 +1583,8 @@ int sm_dir_statfs(struct sm_target *t, struct sm_statfs *ret)
 	if (fstatvfs(d->root_fd, &v) < 0)
 		return -errno;
 	struct sm_statfs s = {
-		.total_bytes = (uint64_t)v.f_blocks * v.f_frsize,
-		.free_bytes = (uint64_t)v.f_bavail * v.f_frsize,
+	    .total_bytes = (uint64_t)v.f_blocks * v.f_frsize,
+	    .free_bytes = (uint64_t)v.f_bavail * v.f_frsize,
 	};
 	pthread_mutex_lock(&d->stat_lock);
 	int64_t now = now_monotonic_ns();
@@ -1629,8 +1637,8 @@ int sm_dir_list(struct sm_target *t, sm_chunk_cb cb, void *ctx)
 			if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 				continue; /* removed meanwhile */
 			if (!S_ISREG(st.st_mode)) {
-				log_debug("target %s: skipping %s/%s/%s: not a regular file", d->path,
-					  SM_DIR_CHUNKS, fan, de->d_name);
+				log_debug("target %s: skipping %s/%s/%s: not a regular file",
+					  d->path, SM_DIR_CHUNKS, fan, de->d_name);
 				continue;
 			}
 			ci.length = (uint64_t)st.st_size;
@@ -1646,22 +1654,22 @@ int sm_dir_list(struct sm_target *t, sm_chunk_cb cb, void *ctx)
 }
 
 const struct sm_ops sm_dir_ops = {
-	.scheme = "dir",
-	.caps = SM_CAP_SPARSE | SM_CAP_PUNCH,
-	.format = sm_dir_format,
-	.open = sm_dir_open,
-	.close = sm_dir_close,
-	.identity = sm_dir_identity,
-	.read = sm_dir_read,
-	.write = sm_dir_write,
-	.truncate = sm_dir_truncate,
-	.punch = sm_dir_punch,
-	.allocate = sm_dir_allocate,
-	.remove = sm_dir_remove,
-	.seek = sm_dir_seek,
-	.chunk_length = sm_dir_chunk_length,
-	.sync_ino = sm_dir_sync_ino,
-	.sync_all = sm_dir_sync_all,
-	.statfs = sm_dir_statfs,
-	.list = sm_dir_list,
+    .scheme = "dir",
+    .caps = SM_CAP_SPARSE | SM_CAP_PUNCH,
+    .format = sm_dir_format,
+    .open = sm_dir_open,
+    .close = sm_dir_close,
+    .identity = sm_dir_identity,
+    .read = sm_dir_read,
+    .write = sm_dir_write,
+    .truncate = sm_dir_truncate,
+    .punch = sm_dir_punch,
+    .allocate = sm_dir_allocate,
+    .remove = sm_dir_remove,
+    .seek = sm_dir_seek,
+    .chunk_length = sm_dir_chunk_length,
+    .sync_ino = sm_dir_sync_ino,
+    .sync_all = sm_dir_sync_all,
+    .statfs = sm_dir_statfs,
+    .list = sm_dir_list,
 };

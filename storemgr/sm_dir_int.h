@@ -22,13 +22,13 @@
 #include "common/url.h"
 #include "storemgr/sm.h"
 
-#define SM_DIR_ID_FILE      "braidfs-target"
-#define SM_DIR_CHUNKS       "chunks"
-#define SM_DIR_FANOUT       256
-#define SM_DIR_SHARDS       16
-#define SM_DIR_FD_MAX       1024 /* cached chunk fds per target (default) */
+#define SM_DIR_ID_FILE	     "braidfs-target"
+#define SM_DIR_CHUNKS	     "chunks"
+#define SM_DIR_FANOUT	     256
+#define SM_DIR_SHARDS	     16
+#define SM_DIR_FD_MAX	     1024 /* cached chunk fds per target (default) */
 #define SM_DIR_DIRTY_BUCKETS 256
-#define SM_DIR_SYNC_STRIPES 64
+#define SM_DIR_SYNC_STRIPES  64
 
 /* One cached open chunk file. */
 struct sm_dir_fd {
@@ -38,8 +38,8 @@ struct sm_dir_fd {
 	unsigned refs; /* protected by the shard lock */
 	bool hashed;   /* in the shard's hash + LRU; protected by the shard lock */
 	int dirty;     /* hint: (ino, idx) is in the dirty set; __atomic, set under dirty_lock */
-	struct sm_dir_fd *hnext;            /* protected by the shard lock */
-	struct sm_dir_fd *lprev, *lnext;    /* LRU, most recent first; protected by shard lock */
+	struct sm_dir_fd *hnext;	 /* protected by the shard lock */
+	struct sm_dir_fd *lprev, *lnext; /* LRU, most recent first; protected by shard lock */
 };
 
 struct sm_dir_shard {
@@ -47,13 +47,13 @@ struct sm_dir_shard {
 	struct sm_dir_fd **buckets; /* protected by lock */
 	unsigned nbuckets;
 	struct sm_dir_fd *lru_head, *lru_tail; /* protected by lock */
-	unsigned count, cap;                   /* count protected by lock */
+	unsigned count, cap;		       /* count protected by lock */
 };
 
 /* Chunks of one inode changed since its last sync (the per-ino dirty set). */
 struct sm_dir_dirty {
 	uint64_t ino;
-	bool dir_dirty;  /* a chunk file of ino was created or unlinked: fsync the fanout dir */
+	bool dir_dirty;	 /* a chunk file of ino was created or unlinked: fsync the fanout dir */
 	uint64_t *slots; /* open-addressing set of idx; SM_DIR_NOIDX = empty */
 	uint32_t nslots, n;
 	struct sm_dir_dirty *next;
@@ -82,7 +82,7 @@ struct sm_dir {
 
 	pthread_mutex_t stat_lock;
 	struct sm_statfs stat_cache; /* protected by stat_lock */
-	int64_t stat_time_ns;        /* protected by stat_lock; 0 = never */
+	int64_t stat_time_ns;	     /* protected by stat_lock; 0 = never */
 };
 
 static inline struct sm_dir *sm_dir_of(struct sm_target *t)
@@ -91,7 +91,8 @@ static inline struct sm_dir *sm_dir_of(struct sm_target *t)
 }
 
 /* Message into err (NULL / 0 ok). Defined in sm.c. */
-void sm_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void sm_seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* "<scheme>:/abs/path[?query]" -> *ret, its path absolute and without a trailing '/'.
  * -EINVAL with a message for anything else (relative path, a host, another scheme). */

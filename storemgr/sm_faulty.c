@@ -35,9 +35,9 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define SMF_FILE         "braidfs-fault"
-#define SMF_POLL_MS      100
-#define SMF_FILE_MAX     4096
+#define SMF_FILE     "braidfs-fault"
+#define SMF_POLL_MS  100
+#define SMF_FILE_MAX 4096
 
 enum smf_op {
 	SMF_READ,
@@ -56,18 +56,19 @@ enum smf_op {
 };
 
 static const char *const smf_op_names[SMF_NOPS] = {
-	"read", "write", "sync", "truncate", "punch", "allocate",
-	"remove", "seek", "length", "statfs", "list", "open",
+    "read",   "write", "sync",	 "truncate", "punch", "allocate",
+    "remove", "seek",  "length", "statfs",   "list",  "open",
 };
 
 static const struct {
 	const char *name;
 	int err;
 } smf_errnos[] = {
-	{"EIO", EIO},         {"ENOSPC", ENOSPC}, {"EROFS", EROFS},         {"EDQUOT", EDQUOT},
-	{"EACCES", EACCES},   {"EPERM", EPERM},   {"ENOENT", ENOENT},       {"EBADMSG", EBADMSG},
-	{"ETIMEDOUT", ETIMEDOUT}, {"ENXIO", ENXIO}, {"EAGAIN", EAGAIN},     {"ENOMEM", ENOMEM},
-	{"ESTALE", ESTALE},   {"ENOTCONN", ENOTCONN}, {"EFBIG", EFBIG},
+    {"EIO", EIO},	{"ENOSPC", ENOSPC},	{"EROFS", EROFS},
+    {"EDQUOT", EDQUOT}, {"EACCES", EACCES},	{"EPERM", EPERM},
+    {"ENOENT", ENOENT}, {"EBADMSG", EBADMSG},	{"ETIMEDOUT", ETIMEDOUT},
+    {"ENXIO", ENXIO},	{"EAGAIN", EAGAIN},	{"ENOMEM", ENOMEM},
+    {"ESTALE", ESTALE}, {"ENOTCONN", ENOTCONN}, {"EFBIG", EFBIG},
 };
 
 struct sm_faulty {
@@ -76,13 +77,13 @@ struct sm_faulty {
 
 	pthread_mutex_t lock;
 	int64_t next_check_ns; /* protected by lock */
-	bool loaded;           /* protected by lock: a control file is in force */
-	struct stat st;        /* protected by lock: of the control file in force */
+	bool loaded;	       /* protected by lock: a control file is in force */
+	struct stat st;	       /* protected by lock: of the control file in force */
 	int err[SMF_NOPS];     /* protected by lock: errno to inject, 0 = none */
-	bool has_ino;          /* protected by lock */
-	uint64_t ino;          /* protected by lock */
-	long after;            /* protected by lock: matching calls that still succeed */
-	long times;            /* protected by lock: faults left, -1 = unlimited */
+	bool has_ino;	       /* protected by lock */
+	uint64_t ino;	       /* protected by lock */
+	long after;	       /* protected by lock: matching calls that still succeed */
+	long times;	       /* protected by lock: faults left, -1 = unlimited */
 	unsigned delay_ms;     /* protected by lock */
 };
 
@@ -151,7 +152,8 @@ static void smf_parse(struct sm_faulty *f, char *buf)
 		    !strcmp(k, "delay_ms")) {
 			unsigned long long n = strtoull(v, &end, 10);
 			if (!*v || *end) {
-				log_warn("%s/%s: bad number '%s' for %s", f->dir.path, SMF_FILE, v, k);
+				log_warn("%s/%s: bad number '%s' for %s", f->dir.path, SMF_FILE, v,
+					 k);
 				continue;
 			}
 			if (!strcmp(k, "after"))
@@ -194,7 +196,8 @@ static void smf_reload(struct sm_faulty *f)
 	if (f->loaded && st.st_ino == f->st.st_ino && st.st_dev == f->st.st_dev &&
 	    st.st_size == f->st.st_size && st.st_mtim.tv_sec == f->st.st_mtim.tv_sec &&
 	    st.st_mtim.tv_nsec == f->st.st_mtim.tv_nsec &&
-	    st.st_ctim.tv_sec == f->st.st_ctim.tv_sec && st.st_ctim.tv_nsec == f->st.st_ctim.tv_nsec)
+	    st.st_ctim.tv_sec == f->st.st_ctim.tv_sec &&
+	    st.st_ctim.tv_nsec == f->st.st_ctim.tv_nsec)
 		return;
 	char buf[SMF_FILE_MAX + 1];
 	int fd = openat(f->dir.root_fd, SMF_FILE, O_RDONLY | O_CLOEXEC);
@@ -323,8 +326,7 @@ static int smf_punch(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t o
 	return e ? e : sm_dir_punch(t, ino, idx, off, len);
 }
 
-static int smf_allocate(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t off,
-			uint64_t len)
+static int smf_allocate(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t off, uint64_t len)
 {
 	int e = smf_check(smf_of(t), SMF_ALLOCATE, true, ino);
 	return e ? e : sm_dir_allocate(t, ino, idx, off, len);
@@ -376,22 +378,22 @@ static int smf_list(struct sm_target *t, sm_chunk_cb cb, void *ctx)
 }
 
 const struct sm_ops sm_faulty_ops = {
-	.scheme = "faulty",
-	.caps = SM_CAP_SPARSE | SM_CAP_PUNCH,
-	.format = smf_format,
-	.open = smf_open,
-	.close = smf_close,
-	.identity = sm_dir_identity,
-	.read = smf_read,
-	.write = smf_write,
-	.truncate = smf_truncate,
-	.punch = smf_punch,
-	.allocate = smf_allocate,
-	.remove = smf_remove,
-	.seek = smf_seek,
-	.chunk_length = smf_chunk_length,
-	.sync_ino = smf_sync_ino,
-	.sync_all = smf_sync_all,
-	.statfs = smf_statfs,
-	.list = smf_list,
+    .scheme = "faulty",
+    .caps = SM_CAP_SPARSE | SM_CAP_PUNCH,
+    .format = smf_format,
+    .open = smf_open,
+    .close = smf_close,
+    .identity = sm_dir_identity,
+    .read = smf_read,
+    .write = smf_write,
+    .truncate = smf_truncate,
+    .punch = smf_punch,
+    .allocate = smf_allocate,
+    .remove = smf_remove,
+    .seek = smf_seek,
+    .chunk_length = smf_chunk_length,
+    .sync_ino = smf_sync_ino,
+    .sync_all = smf_sync_all,
+    .statfs = smf_statfs,
+    .list = smf_list,
 };

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -252,9 +253,21 @@ static void report(int fd, const char *fmt, ...)
 	}
 }
 
+/* Targets cache chunk fds (up to RLIMIT_NOFILE/8 each): give them the hard limit. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_debug("cannot raise the open-file limit: %s", strerror(errno));
+	}
+}
+
 static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, int status_fd)
 {
 	char err[1024] = "";
+	raise_nofile();
 	struct vol v;
 	struct fs *fs = NULL;
 	int r = vol_open(&v, meta_url, 0, err, sizeof(err));

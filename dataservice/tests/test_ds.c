@@ -39,7 +39,7 @@ struct dfx {
 
 	pthread_mutex_t lock;
 	unsigned want_chains; /* 0: as many chains as targets */
-	uint32_t cs;          /* 0: CS */
+	uint32_t cs;	      /* 0: CS */
 	int cb_calls;
 	int cb_fail; /* the callback answers this error when set */
 	uint32_t cb_chain, cb_failed, cb_nnew;
@@ -120,7 +120,8 @@ static void make(struct dfx *f, unsigned n, unsigned replicas, const char *const
 			 strcmp(s, "faulty") ? "" : "?poll_ms=0");
 		t->id = 10 + i;
 		t->up = true;
-		struct sm_identity id = {.format_version = SM_FORMAT_VERSION, .target_id = t->id,
+		struct sm_identity id = {.format_version = SM_FORMAT_VERSION,
+					 .target_id = t->id,
 					 .chunk_size = f->cs ? f->cs : CS};
 		memcpy(id.volume_uuid, f->volume, 37);
 		uuid_generate_str(id.target_uuid);
@@ -134,9 +135,14 @@ static void make(struct dfx *f, unsigned n, unsigned replicas, const char *const
 		for (unsigned k = 0; k < replicas; k++)
 			ch->members[k] = 10 + (c + k) % n;
 	}
-	f->cfg = (struct ds_config){.chunk_size = f->cs ? f->cs : CS, .consistency = mode, .targets = f->targets,
-				    .ntargets = n, .chains = f->chains, .nchains = f->nchains,
-				    .chain_failed = chain_failed_cb, .cb_ctx = f};
+	f->cfg = (struct ds_config){.chunk_size = f->cs ? f->cs : CS,
+				    .consistency = mode,
+				    .targets = f->targets,
+				    .ntargets = n,
+				    .chains = f->chains,
+				    .nchains = f->nchains,
+				    .chain_failed = chain_failed_cb,
+				    .cb_ctx = f};
 	memcpy(f->cfg.volume_uuid, f->volume, 37);
 	int r = ds_open(&f->cfg, &f->ds, f->err, sizeof(f->err));
 	if (r)
@@ -168,8 +174,7 @@ static void set_fault(struct dfx *f, unsigned t, const char *text)
 	assert_int_equal(rename(tmp, p), 0);
 }
 
-static void chunk_path(struct dfx *f, unsigned t, uint64_t ino, uint32_t idx, char *out,
-		       size_t len)
+static void chunk_path(struct dfx *f, unsigned t, uint64_t ino, uint32_t idx, char *out, size_t len)
 {
 	char d[300];
 	tdir(f, t, d, sizeof(d));
@@ -221,8 +226,8 @@ static unsigned check_replicas(struct dfx *f, uint64_t ino, uint32_t max_idx)
 			long n = slurp(p, &b);
 			if (!member) {
 				if (n >= 0)
-					fail_msg("chunk %u of ino %llu on non-member target %u", idx,
-						 (unsigned long long)ino, t);
+					fail_msg("chunk %u of ino %llu on non-member target %u",
+						 idx, (unsigned long long)ino, t);
 				continue;
 			}
 			if (reflen == -2) {
@@ -231,8 +236,9 @@ static unsigned check_replicas(struct dfx *f, uint64_t ino, uint32_t max_idx)
 				continue;
 			}
 			if (n != reflen || (n > 0 && memcmp(ref, b, (size_t)n)))
-				fail_msg("chunk %u of ino %llu differs on target %u (%ld vs %ld bytes)",
-					 idx, (unsigned long long)ino, t, n, reflen);
+				fail_msg(
+				    "chunk %u of ino %llu differs on target %u (%ld vs %ld bytes)",
+				    idx, (unsigned long long)ino, t, n, reflen);
 			free(b);
 		}
 		if (reflen >= 0)
@@ -519,7 +525,8 @@ static void test_weak(void **state)
 			memset(ref + 5 * CS + 3, 0, size - 5 * CS - 3);
 		}
 		if (i == 300)
-			assert_int_equal(ds_punch(f->ds, 50, 2 * CS, CS), 0), memset(ref + 2 * CS, 0, CS);
+			assert_int_equal(ds_punch(f->ds, 50, 2 * CS, CS), 0),
+			    memset(ref + 2 * CS, 0, CS);
 	}
 	read_expect(f, 50, ref, 0, size);
 	assert_int_equal(ds_fsync(f->ds, 50), 0);
@@ -949,7 +956,8 @@ static double bench_writes(struct dfx *f, uint64_t ino, size_t bs, size_t par_mi
 	double t0 = now_s(), t;
 	do {
 		for (int i = 0; i < 64; i++, ops++)
-			assert_int_equal(ds_write(f->ds, ino, buf, bs, (ops * bs) % span), (ssize_t)bs);
+			assert_int_equal(ds_write(f->ds, ino, buf, bs, (ops * bs) % span),
+					 (ssize_t)bs);
 		t = now_s();
 	} while (t - t0 < secs);
 	free(buf);
@@ -987,10 +995,11 @@ static void test_bench(void **state)
 	double po4 = bench_writes(f, 1, 4096, 0, secs);
 	double in1m = bench_writes(f, 2, 1 << 20, SIZE_MAX, secs);
 	double po1m = bench_writes(f, 2, 1 << 20, 0, secs);
-	print_message("bench 2 replicas, 4 MiB chunks, 4 KiB writes: inline %.0f ops/s, pool %.0f ops/s\n", in4,
-		      po4);
-	print_message("bench 2 replicas, 1 MiB writes: inline %.0f MiB/s, pool %.0f MiB/s\n",
-		      in1m, po1m);
+	print_message(
+	    "bench 2 replicas, 4 MiB chunks, 4 KiB writes: inline %.0f ops/s, pool %.0f ops/s\n",
+	    in4, po4);
+	print_message("bench 2 replicas, 1 MiB writes: inline %.0f MiB/s, pool %.0f MiB/s\n", in1m,
+		      po1m);
 	double in128 = bench_writes(f, 2, 128 << 10, SIZE_MAX, secs);
 	double po128 = bench_writes(f, 2, 128 << 10, 0, secs);
 	print_message("bench 2 replicas, 128 KiB writes: inline %.0f MiB/s, pool %.0f MiB/s\n",
@@ -1012,28 +1021,17 @@ static void test_bench(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		T(test_replicas_2),
-		T(test_replicas_3),
-		T(test_addressing),
-		T(test_read_holes),
-		T(test_truncate),
-		T(test_punch_allocate),
-		T(test_seek),
-		T(test_trim_remove),
-		T(test_weak),
-		T(test_weak_primary_fails),
-		T(test_ds1_write_eio),
-		T(test_ds1_all_fail),
-		T(test_ds1_enospc),
-		T(test_ds1_callback_fails),
-		T(test_ds1_sync),
-		T(test_ds2_read_failover),
-		T(test_down_target),
-		T(test_open_errors),
-		T(test_statfs),
-		T(test_check),
-		T(test_concurrent),
-		T(test_bench),
+	    T(test_replicas_2),	   T(test_replicas_3),
+	    T(test_addressing),	   T(test_read_holes),
+	    T(test_truncate),	   T(test_punch_allocate),
+	    T(test_seek),	   T(test_trim_remove),
+	    T(test_weak),	   T(test_weak_primary_fails),
+	    T(test_ds1_write_eio), T(test_ds1_all_fail),
+	    T(test_ds1_enospc),	   T(test_ds1_callback_fails),
+	    T(test_ds1_sync),	   T(test_ds2_read_failover),
+	    T(test_down_target),   T(test_open_errors),
+	    T(test_statfs),	   T(test_check),
+	    T(test_concurrent),	   T(test_bench),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,8 +32,8 @@ struct backend {
 };
 
 static const struct backend backends[] = {
-	{"dir", ""},
-	{"faulty", "?poll_ms=0"},
+    {"dir", ""},
+    {"faulty", "?poll_ms=0"},
 };
 
 struct fx {
@@ -178,8 +178,7 @@ static ssize_t t_write(struct fx *f, uint64_t ino, uint32_t idx, const void *buf
 	return f->t->ops->write(f->t, ino, idx, buf, len, off);
 }
 
-static ssize_t t_read(struct fx *f, uint64_t ino, uint32_t idx, void *buf, size_t len,
-		      uint64_t off)
+static ssize_t t_read(struct fx *f, uint64_t ino, uint32_t idx, void *buf, size_t len, uint64_t off)
 {
 	return f->t->ops->read(f->t, ino, idx, buf, len, off);
 }
@@ -667,8 +666,11 @@ static void test_list(void **state)
 	struct fx *f = *state;
 	fx_format_open(f);
 	struct seen want[] = {
-		{1, 0, 100, 0}, {1, 7, 5000, 0}, {257, 0, 1, 0}, {0xabcdef, 3, CS, 0},
-		{UINT64_MAX, UINT32_MAX, 42, 0},
+	    {1, 0, 100, 0},
+	    {1, 7, 5000, 0},
+	    {257, 0, 1, 0},
+	    {0xabcdef, 3, CS, 0},
+	    {UINT64_MAX, UINT32_MAX, 42, 0},
 	};
 	char *data = calloc(1, CS);
 	for (size_t i = 0; i < ARRAY_SIZE(want); i++)
@@ -902,29 +904,29 @@ struct tcase {
 };
 
 static const struct tcase conformance[] = {
-	{"format_identity", test_format_identity},
-	{"format_missing_dir", test_format_missing_dir},
-	{"bad_urls", test_bad_urls},
-	{"format_not_empty", test_format_not_empty},
-	{"format_twice", test_format_twice},
-	{"format_readonly", test_format_readonly},
-	{"open_errors", test_open_errors},
-	{"zeros", test_zeros},
-	{"edges", test_edges},
-	{"truncate", test_truncate},
-	{"punch_allocate", test_punch_allocate},
-	{"seek", test_seek},
-	{"remove", test_remove},
-	{"list", test_list},
-	{"fd_cache", test_fd_cache},
-	{"concurrent", test_concurrent},
-	{"sync_statfs", test_sync_statfs},
+    {"format_identity", test_format_identity},
+    {"format_missing_dir", test_format_missing_dir},
+    {"bad_urls", test_bad_urls},
+    {"format_not_empty", test_format_not_empty},
+    {"format_twice", test_format_twice},
+    {"format_readonly", test_format_readonly},
+    {"open_errors", test_open_errors},
+    {"zeros", test_zeros},
+    {"edges", test_edges},
+    {"truncate", test_truncate},
+    {"punch_allocate", test_punch_allocate},
+    {"seek", test_seek},
+    {"remove", test_remove},
+    {"list", test_list},
+    {"fd_cache", test_fd_cache},
+    {"concurrent", test_concurrent},
+    {"sync_statfs", test_sync_statfs},
 };
 
 static const struct tcase faulty_only[] = {
-	{"faulty_write", test_faulty_write},
-	{"faulty_poll", test_faulty_poll},
-	{"faulty_open", test_faulty_open},
+    {"faulty_write", test_faulty_write},
+    {"faulty_poll", test_faulty_poll},
+    {"faulty_open", test_faulty_open},
 };
 
 int main(void)
