@@ -74,7 +74,7 @@ static int sm_dir_hexval(char c)
 }
 
 /* Strict: exactly "%016llx.%08x" in lower case. */
-static bool sm_dir_parse_name(const char *s, uint64_t *ret_ino, uint32_t *ret_idx)
+bool sm_dir_parse_name(const char *s, uint64_t *ret_ino, uint32_t *ret_idx)
 {
 	if (strlen(s) != SM_DIR_NAME_LEN || s[16] != '.')
 		return false;
@@ -183,7 +183,7 @@ static int sm_dir_parse_u32(const char *s, size_t n, uint32_t *ret)
 }
 
 /* Bytes from disk: untrusted. 0, or -EBADMSG with the reason in why. */
-static int sm_dir_id_parse(const char *buf, size_t n, struct sm_identity *ret, char *why,
+int sm_dir_id_parse(const char *buf, size_t n, struct sm_identity *ret, char *why,
 			   size_t whylen)
 {
 	struct sm_identity id = {0};
