@@ -906,13 +906,8 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		r = -E2BIG;
 	else
 		r = META_CALL(fs->meta, setxattr, ino, name, value, size, flags);
-	if (r == 0) {
-		fs_meta_touched(fs);
-		struct meta_attr a = {0};
-		a.ctime_ns = now_realtime_ns();
-		if (META_CALL(fs->meta, setattr, ino, META_SET_CTIME, &a, NULL) == 0)
-			fs_meta_touched(fs);
-	}
+	if (r == 0)
+		fs_meta_touched(fs); /* the engine updated ctime in the same transaction */
 	fuse_reply_err(req, -r);
 }
 
@@ -948,13 +943,8 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	struct fs *fs = req_fs(req);
 	int r = META_CALL(fs->meta, removexattr, ino, name);
-	if (r == 0) {
-		fs_meta_touched(fs);
-		struct meta_attr a = {0};
-		a.ctime_ns = now_realtime_ns();
-		if (META_CALL(fs->meta, setattr, ino, META_SET_CTIME, &a, NULL) == 0)
-			fs_meta_touched(fs);
-	}
+	if (r == 0)
+		fs_meta_touched(fs); /* the engine updated ctime in the same transaction */
 	fuse_reply_err(req, -r);
 }
 

@@ -153,11 +153,11 @@ static void test_ipv6(void **state)
 	ok("tcp://[fe80::1]", &u);
 	assert_string_equal(u.host, "fe80::1");
 
-	bad("tcp://[::1/x");    /* unterminated */
-	bad("tcp://[::1]x/y");  /* junk after ] */
-	bad("tcp://[::1]:/y");  /* empty port */
+	bad("tcp://[::1/x");   /* unterminated */
+	bad("tcp://[::1]x/y"); /* junk after ] */
+	bad("tcp://[::1]:/y"); /* empty port */
 	bad("tcp://[::1]:99999/y");
-	bad("tcp://::1/x");     /* unbracketed: "" host, port ":1" */
+	bad("tcp://::1/x"); /* unbracketed: "" host, port ":1" */
 }
 
 static void test_ports(void **state)
@@ -296,12 +296,17 @@ static void test_query_get(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_sqlite),       cmocka_unit_test(test_postgres),
-		cmocka_unit_test(test_no_authority), cmocka_unit_test(test_iscsi_nbd),
-		cmocka_unit_test(test_scheme_case_and_chars),
-		cmocka_unit_test(test_ipv6),         cmocka_unit_test(test_ports),
-		cmocka_unit_test(test_percent),      cmocka_unit_test(test_garbage),
-		cmocka_unit_test(test_limits),       cmocka_unit_test(test_query_get),
+	    cmocka_unit_test(test_sqlite),
+	    cmocka_unit_test(test_postgres),
+	    cmocka_unit_test(test_no_authority),
+	    cmocka_unit_test(test_iscsi_nbd),
+	    cmocka_unit_test(test_scheme_case_and_chars),
+	    cmocka_unit_test(test_ipv6),
+	    cmocka_unit_test(test_ports),
+	    cmocka_unit_test(test_percent),
+	    cmocka_unit_test(test_garbage),
+	    cmocka_unit_test(test_limits),
+	    cmocka_unit_test(test_query_get),
 	};
 	return cmocka_run_group_tests_name("url", tests, NULL, NULL);
 }

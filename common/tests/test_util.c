@@ -196,7 +196,7 @@ static void test_uuid(void **state)
 		else
 			assert_true(is_hex(a[i]));
 	}
-	assert_int_equal(a[14], '4'); /* version 4 */
+	assert_int_equal(a[14], '4');		/* version 4 */
 	assert_non_null(strchr("89ab", a[19])); /* RFC 4122 variant */
 }
 
@@ -237,14 +237,14 @@ static void test_mkdir_p(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_parse_size_units),
-		cmocka_unit_test(test_parse_size_limits),
-		cmocka_unit_test(test_parse_size_garbage),
-		cmocka_unit_test(test_fmt_size),
-		cmocka_unit_test(test_clocks),
-		cmocka_unit_test(test_pwrite_pread_full),
-		cmocka_unit_test(test_uuid),
-		cmocka_unit_test(test_mkdir_p),
+	    cmocka_unit_test(test_parse_size_units),
+	    cmocka_unit_test(test_parse_size_limits),
+	    cmocka_unit_test(test_parse_size_garbage),
+	    cmocka_unit_test(test_fmt_size),
+	    cmocka_unit_test(test_clocks),
+	    cmocka_unit_test(test_pwrite_pread_full),
+	    cmocka_unit_test(test_uuid),
+	    cmocka_unit_test(test_mkdir_p),
 	};
 	return cmocka_run_group_tests_name("util", tests, setup_tmp, teardown_tmp);
 }

@@ -15,11 +15,11 @@
 #include <string.h>
 
 static const struct meta_ops *const meta_engines[] = {
-	&meta_sqlite_ops,
+    &meta_sqlite_ops,
 };
 
 static void meta_seterr(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static void meta_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -61,8 +61,8 @@ int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t e
 		if (strcmp(ops->scheme, u.scheme) == 0)
 			return ops->open(url, flags, ret, err, errlen);
 	}
-	meta_seterr(err, errlen, "unknown metadata URL scheme '%s' (expected sqlite:///abs/path.db)",
-		    u.scheme);
+	meta_seterr(err, errlen,
+		    "unknown metadata URL scheme '%s' (expected sqlite:///abs/path.db)", u.scheme);
 	return -EINVAL;
 }
 

@@ -60,13 +60,14 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#define MS_APP_ID          0x42524653 /* "BRFS": PRAGMA application_id of every braidfs db */
-#define MS_SCHEMA_VERSION  1          /* PRAGMA user_version written by format() */
-#define MS_BUSY_TIMEOUT_MS 5000       /* then -EBUSY */
-#define MS_BATCH           256        /* rows per lock hold in readdir/inodes/orphans */
-#define MS_LINK_MAX        65000      /* hard links per inode, as ext4 (EMLINK) */
-#define MS_DEPTH_MAX       (1u << 20) /* ancestor walk bound: deeper means a loop (corruption) */
-#define MS_CACHE_KIB       16384      /* page cache per connection */
+#define MS_APP_ID	   0x42524653 /* "BRFS": PRAGMA application_id of every braidfs db */
+#define MS_SCHEMA_VERSION  1	      /* PRAGMA user_version written by format() */
+#define MS_BUSY_TIMEOUT_MS 5000	      /* then -EBUSY */
+#define MS_BATCH	   256	      /* rows per lock hold in readdir/inodes/orphans */
+#define MS_STATFS_BATCH	   8192	      /* rows per lock hold in statfs (no callback: cheap rows) */
+#define MS_LINK_MAX	   65000      /* hard links per inode, as ext4 (EMLINK) */
+#define MS_DEPTH_MAX	   (1u << 20) /* ancestor walk bound: deeper means a loop (corruption) */
+#define MS_CACHE_KIB	   16384      /* page cache per connection */
 
 /* mode bits as they appear in SQL (S_IFMT, S_IFDIR, S_IFREG) */
 #define MS_SQL_IFMT  "61440"
@@ -88,6 +89,7 @@
  *    cannot be listed twice in one chain (UNIQUE).
  *  - namespace tables carry no foreign keys: they would need enforcement lookups on every
  *    create; the engine keeps them consistent inside each transaction and check() verifies. */
+/* clang-format off */
 static const char ms_schema_sql[] =
 	"CREATE TABLE volume ("
 	" id INTEGER PRIMARY KEY CHECK (id = 1),"
@@ -125,74 +127,76 @@ static const char ms_schema_sql[] =
 	"CREATE TABLE xattrs ("
 	" ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,"
 	" PRIMARY KEY (ino, name));";
+/* clang-format on */
 
-#define MS_ATTR_COLS                                                                       \
-	"ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime, generation, " \
+#define MS_ATTR_COLS                                                                               \
+	"ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime, generation, "         \
 	"flags"
-#define MS_ATTR_COLS_I                                                                     \
-	"i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, " \
+#define MS_ATTR_COLS_I                                                                             \
+	"i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, "        \
 	"i.btime, i.generation, i.flags"
-#define MS_NATTR_COLS 13
 
 /* Every statement the engine runs more than once, prepared once per connection. */
-#define MS_STMTS(X)                                                                              \
-	X(BEGIN_W, "BEGIN IMMEDIATE")                                                            \
-	X(BEGIN_R, "BEGIN DEFERRED")                                                             \
-	X(COMMIT, "COMMIT")                                                                      \
-	X(ROLLBACK, "ROLLBACK")                                                                  \
-	X(SYNC_FULL, "PRAGMA synchronous = FULL")                                                \
-	X(SYNC_NORMAL, "PRAGMA synchronous = NORMAL")                                            \
-	X(DATA_VERSION, "PRAGMA data_version")                                                   \
-	X(APP_ID, "PRAGMA application_id")                                                       \
-	X(SYNC_MARK, "UPDATE volume SET sync_seq = sync_seq + 1 WHERE id = 1")                   \
-	X(VOLUME_GET, "SELECT name, uuid, format_version, chunk_size, replicas, consistency, "   \
-		      "created_ns FROM volume WHERE id = 1")                                     \
-	X(TARGETS_LIST, "SELECT id, url, uuid, state FROM targets ORDER BY id")                  \
-	X(TARGET_SET_STATE, "UPDATE targets SET state = ?2 WHERE id = ?1")                       \
-	X(CHAINS_LIST, "SELECT c.id, c.epoch, m.target FROM chains c "                           \
-		       "LEFT JOIN chain_members m ON m.chain = c.id ORDER BY c.id, m.pos")       \
-	X(CHAIN_EPOCH, "SELECT epoch FROM chains WHERE id = ?1")                                 \
-	X(CHAIN_SET_EPOCH, "UPDATE chains SET epoch = ?2 WHERE id = ?1")                         \
-	X(CHAIN_CLEAR, "DELETE FROM chain_members WHERE chain = ?1")                             \
-	X(CHAIN_ADD, "INSERT INTO chain_members (chain, pos, target) VALUES (?1, ?2, ?3)")       \
-	X(INODE_GET, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino = ?1")                       \
-	X(INODE_PUT, "UPDATE inodes SET mode = ?2, nlink = ?3, uid = ?4, gid = ?5, rdev = ?6, "  \
-		     "size = ?7, atime = ?8, mtime = ?9, ctime = ?10, btime = ?11, flags = ?12 " \
-		     "WHERE ino = ?1")                                                           \
-	X(INODE_INSERT, "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, "  \
-			"ctime, btime, generation, flags, link) "                                \
-			"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")       \
-	X(INODE_DELETE, "DELETE FROM inodes WHERE ino = ?1")                                     \
-	X(INODE_CTIME, "UPDATE inodes SET ctime = ?2 WHERE ino = ?1")                            \
-	X(INODE_LINK, "SELECT mode, link FROM inodes WHERE ino = ?1")                            \
-	X(DIR_TOUCH, "UPDATE inodes SET nlink = nlink + ?2, mtime = ?3, ctime = ?3 "             \
-		     "WHERE ino = ?1")                                                           \
-	X(DENT_GET, "SELECT d.id, d.ino, " MS_ATTR_COLS_I " FROM dentries d "                    \
-		    "LEFT JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?1 AND d.name = ?2")   \
-	X(DENT_INSERT, "INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")           \
-	X(DENT_DELETE, "DELETE FROM dentries WHERE id = ?1")                                     \
-	X(DENT_MOVE, "UPDATE dentries SET parent = ?2, name = ?3 WHERE id = ?1")                 \
-	X(DENT_SET_INO, "UPDATE dentries SET ino = ?2 WHERE id = ?1")                            \
-	X(DENT_ANY_CHILD, "SELECT 1 FROM dentries WHERE parent = ?1 LIMIT 1")                    \
-	X(DENT_PARENT_OF, "SELECT parent FROM dentries WHERE ino = ?1 ORDER BY id LIMIT 1")      \
-	X(READDIR, "SELECT d.id, d.name, d.ino, i.mode FROM dentries d "                         \
-		   "LEFT JOIN inodes i ON i.ino = d.ino "                                        \
-		   "WHERE d.parent = ?1 AND d.id >= ?2 ORDER BY d.id LIMIT ?3")                  \
-	X(READDIRPLUS, "SELECT d.id, d.name, " MS_ATTR_COLS_I " FROM dentries d "                \
-		       "LEFT JOIN inodes i ON i.ino = d.ino "                                    \
-		       "WHERE d.parent = ?1 AND d.id > ?2 ORDER BY d.id LIMIT ?3")               \
-	X(XATTR_GET, "SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")                    \
-	X(XATTR_PUT, "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3) "                \
-		     "ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value")             \
-	X(XATTR_DEL, "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")                          \
-	X(XATTR_DEL_ALL, "DELETE FROM xattrs WHERE ino = ?1")                                    \
-	X(XATTR_LIST, "SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")                    \
-	X(ORPHANS, "SELECT " MS_ATTR_COLS " FROM inodes "                                        \
-		   "WHERE (nlink = 0 OR flags & 1 != 0) AND ino > ?1 ORDER BY ino LIMIT ?2")     \
-	X(INODES, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino > ?1 ORDER BY ino LIMIT ?2")    \
-	X(STATFS, "SELECT count(*), coalesce(sum(CASE WHEN mode & " MS_SQL_IFMT " = "             \
-		  MS_SQL_IFREG " THEN size ELSE 0 END), 0) FROM inodes")
+#define MS_STMTS(X)                                                                                \
+	X(BEGIN_W, "BEGIN IMMEDIATE")                                                              \
+	X(BEGIN_R, "BEGIN DEFERRED")                                                               \
+	X(COMMIT, "COMMIT")                                                                        \
+	X(ROLLBACK, "ROLLBACK")                                                                    \
+	X(SYNC_FULL, "PRAGMA synchronous = FULL")                                                  \
+	X(SYNC_NORMAL, "PRAGMA synchronous = NORMAL")                                              \
+	X(DATA_VERSION, "PRAGMA data_version")                                                     \
+	X(APP_ID, "PRAGMA application_id")                                                         \
+	X(SYNC_MARK, "UPDATE volume SET sync_seq = sync_seq + 1 WHERE id = 1")                     \
+	X(VOLUME_GET, "SELECT name, uuid, format_version, chunk_size, replicas, consistency, "     \
+		      "created_ns FROM volume WHERE id = 1")                                       \
+	X(TARGETS_LIST, "SELECT id, url, uuid, state FROM targets ORDER BY id")                    \
+	X(TARGET_SET_STATE, "UPDATE targets SET state = ?2 WHERE id = ?1")                         \
+	X(CHAINS_LIST, "SELECT c.id, c.epoch, m.target FROM chains c "                             \
+		       "LEFT JOIN chain_members m ON m.chain = c.id ORDER BY c.id, m.pos")         \
+	X(CHAIN_EPOCH, "SELECT epoch FROM chains WHERE id = ?1")                                   \
+	X(CHAIN_SET_EPOCH, "UPDATE chains SET epoch = ?2 WHERE id = ?1")                           \
+	X(CHAIN_CLEAR, "DELETE FROM chain_members WHERE chain = ?1")                               \
+	X(CHAIN_ADD, "INSERT INTO chain_members (chain, pos, target) VALUES (?1, ?2, ?3)")         \
+	X(INODE_GET, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino = ?1")                         \
+	X(INODE_PUT, "UPDATE inodes SET mode = ?2, nlink = ?3, uid = ?4, gid = ?5, rdev = ?6, "    \
+		     "size = ?7, atime = ?8, mtime = ?9, ctime = ?10, btime = ?11, flags = ?12 "   \
+		     "WHERE ino = ?1")                                                             \
+	X(INODE_INSERT, "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, "    \
+			"ctime, btime, generation, flags, link) "                                  \
+			"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")         \
+	X(INODE_DELETE, "DELETE FROM inodes WHERE ino = ?1")                                       \
+	X(INODE_CTIME, "UPDATE inodes SET ctime = ?2 WHERE ino = ?1")                              \
+	X(INODE_LINK, "SELECT mode, link FROM inodes WHERE ino = ?1")                              \
+	X(DIR_TOUCH, "UPDATE inodes SET nlink = nlink + ?2, mtime = ?3, ctime = ?3 "               \
+		     "WHERE ino = ?1")                                                             \
+	X(DENT_GET, "SELECT d.id, d.ino, " MS_ATTR_COLS_I " FROM dentries d "                      \
+		    "LEFT JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?1 AND d.name = ?2")     \
+	X(DENT_INSERT, "INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")             \
+	X(DENT_DELETE, "DELETE FROM dentries WHERE id = ?1")                                       \
+	X(DENT_MOVE, "UPDATE dentries SET parent = ?2, name = ?3 WHERE id = ?1")                   \
+	X(DENT_SET_INO, "UPDATE dentries SET ino = ?2 WHERE id = ?1")                              \
+	X(DENT_ANY_CHILD, "SELECT 1 FROM dentries WHERE parent = ?1 LIMIT 1")                      \
+	X(DENT_PARENT_OF, "SELECT parent FROM dentries WHERE ino = ?1 ORDER BY id LIMIT 1")        \
+	X(READDIR, "SELECT d.id, d.name, d.ino, i.mode FROM dentries d "                           \
+		   "LEFT JOIN inodes i ON i.ino = d.ino "                                          \
+		   "WHERE d.parent = ?1 AND d.id > ?2 ORDER BY d.id LIMIT ?3")                     \
+	X(READDIRPLUS, "SELECT d.id, d.name, " MS_ATTR_COLS_I " FROM dentries d "                  \
+		       "LEFT JOIN inodes i ON i.ino = d.ino "                                      \
+		       "WHERE d.parent = ?1 AND d.id > ?2 ORDER BY d.id LIMIT ?3")                 \
+	X(XATTR_GET, "SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")                      \
+	X(XATTR_PUT, "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3) "                  \
+		     "ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value")               \
+	X(XATTR_DEL, "DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")                            \
+	X(XATTR_DEL_ALL, "DELETE FROM xattrs WHERE ino = ?1")                                      \
+	X(XATTR_LIST, "SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")                      \
+	X(ORPHANS, "SELECT " MS_ATTR_COLS " FROM inodes "                                          \
+		   "WHERE (nlink = 0 OR flags & 1 != 0) AND ino > ?1 ORDER BY ino LIMIT ?2")       \
+	X(INODES, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino > ?1 ORDER BY ino LIMIT ?2")      \
+	X(STATFS, "SELECT count(*), coalesce(sum(CASE WHEN mode & " MS_SQL_IFMT " = " MS_SQL_IFREG \
+		  " THEN size ELSE 0 END), 0), max(ino) FROM (SELECT ino, mode, size "             \
+		  "FROM inodes WHERE ino > ?1 ORDER BY ino LIMIT ?2)")
 
+/* clang-format off */
 enum ms_sid {
 #define MS_ENUM(id, sql) MSQ_##id,
 	MS_STMTS(MS_ENUM)
@@ -205,6 +209,7 @@ static const char *const ms_sql[MSQ_COUNT] = {
 	MS_STMTS(MS_SQL)
 #undef MS_SQL
 };
+/* clang-format on */
 
 struct ms {
 	struct meta base; /* first: meta_ops_of() reads base.ops */
@@ -212,9 +217,15 @@ struct ms {
 	/* protected by lock: */
 	sqlite3 *db;
 	sqlite3_stmt *stmt[MSQ_COUNT]; /* prepared on first use */
-	bool formatted;               /* application_id seen; schema present */
-	uint64_t commits;             /* write transactions committed since the last sync() */
-	int64_t synced_dv;            /* PRAGMA data_version at the last sync(); -1: never */
+	bool formatted;		       /* application_id seen; schema present */
+	uint64_t commits;	       /* write transactions committed since the last sync() */
+	uint64_t txns;		       /* write transactions committed, ever (never reset) */
+	int64_t synced_dv;	       /* PRAGMA data_version at the last sync(); -1: never */
+	/* statfs() result, valid while txns and data_version are what they were */
+	bool statfs_valid;
+	uint64_t statfs_txns;
+	int64_t statfs_dv;
+	struct meta_statfs statfs;
 	/* immutable after open: */
 	bool rdonly;
 	char path[URL_MAX];
@@ -236,7 +247,7 @@ static void ms_unlock(struct ms *m)
 }
 
 static void ms_seterr(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static void ms_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -293,8 +304,8 @@ static int ms_prep(struct ms *m, enum ms_sid id, sqlite3_stmt **ret)
 	int rc;
 
 	if (!st) {
-		rc = sqlite3_prepare_v3(m->db, ms_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st,
-					NULL);
+		rc =
+		    sqlite3_prepare_v3(m->db, ms_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
 		if (rc != SQLITE_OK)
 			return ms_errno(m, rc, "prepare");
 		m->stmt[id] = st;
@@ -413,6 +424,7 @@ static int ms_end(struct ms *m, int r)
 
 		if (c == 0) {
 			m->commits++;
+			m->txns++;
 			return r;
 		}
 		r = c;
@@ -564,6 +576,18 @@ static int ms_dir_get(struct ms *m, uint64_t ino, struct meta_attr *ret)
 	if (ret)
 		*ret = a;
 	return 0;
+}
+
+/* A directory new entries may go into: not one that check() orphaned (nlink 0), as Linux
+ * refuses to create in a removed directory (IS_DEADDIR). */
+static int ms_dir_live(struct ms *m, uint64_t ino)
+{
+	struct meta_attr a;
+	int r = ms_dir_get(m, ino, &a);
+
+	if (r < 0)
+		return r;
+	return a.nlink == 0 ? -ENOENT : 0;
 }
 
 /* The entry `name` in directory `parent` (which the caller checked): its id and the inode it
@@ -1019,6 +1043,7 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 	struct url u;
 	char uerr[URL_MAX + 64];
 	enum ms_file state;
+	bool created = false;
 	struct ms *m;
 	int oflags, rc, r;
 
@@ -1054,8 +1079,10 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 		return -EINVAL;
 	}
 	if (!u.path[0] || strcmp(u.path, "/") == 0) {
-		ms_seterr(err, errlen, "sqlite URL '%s' has no file path (expected "
-				       "sqlite:///abs/path.db)", url);
+		ms_seterr(err, errlen,
+			  "sqlite URL '%s' has no file path (expected "
+			  "sqlite:///abs/path.db)",
+			  url);
 		return -EINVAL;
 	}
 	if (u.path[0] != '/') {
@@ -1089,13 +1116,26 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 		goto fail;
 	}
 
+	if (state == MS_FILE_MISSING) {
+		/* Create it ourselves: SQLite would use 0644, and file names are nobody else's
+		 * business. SQLite gives -wal and -shm the mode of the database file. */
+		int fd = open(m->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+		if (fd < 0) {
+			r = -errno;
+			ms_seterr(err, errlen, "cannot create %s: %s", m->path, strerror(-r));
+			goto fail;
+		}
+		close(fd);
+		created = true;
+		state = MS_FILE_EMPTY;
+	}
+
 	oflags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
 	if (m->rdonly)
 		oflags |= SQLITE_OPEN_READONLY;
 	else
 		oflags |= SQLITE_OPEN_READWRITE;
-	if (state == MS_FILE_MISSING)
-		oflags |= SQLITE_OPEN_CREATE;
 	rc = sqlite3_open_v2(m->path, &m->db, oflags, NULL);
 	if (rc != SQLITE_OK) {
 		if (!m->db) {
@@ -1127,6 +1167,16 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 	return 0;
 
 fail:
+	if (created) {
+		/* Nothing of value in it: do not leave an empty "database" behind. */
+		char side[URL_MAX + 8];
+
+		unlink(m->path);
+		snprintf(side, sizeof(side), "%s-wal", m->path);
+		unlink(side);
+		snprintf(side, sizeof(side), "%s-shm", m->path);
+		unlink(side);
+	}
 	ms_close(&m->base);
 	return r;
 }
@@ -1138,14 +1188,16 @@ static bool ms_str_ok(const char *s, size_t cap)
 	return strnlen(s, cap) < cap;
 }
 
-/* One prepared-and-finalized statement for format(): bind by a callback-free switch. */
+/* format(): the targets, with one statement prepared for this call only (format runs once). */
 static int ms_format_insert_targets(struct ms *m, const struct meta_target *t, unsigned n)
 {
 	sqlite3_stmt *st = NULL;
 	int rc, r = 0;
 
-	rc = sqlite3_prepare_v2(m->db, "INSERT INTO targets (id, url, uuid, state) "
-				       "VALUES (?1, ?2, ?3, ?4)", -1, &st, NULL);
+	rc = sqlite3_prepare_v2(m->db,
+				"INSERT INTO targets (id, url, uuid, state) "
+				"VALUES (?1, ?2, ?3, ?4)",
+				-1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "prepare targets");
 	for (unsigned i = 0; i < n && r == 0; i++) {
@@ -1167,8 +1219,7 @@ static int ms_format_insert_targets(struct ms *m, const struct meta_target *t, u
 	return r;
 }
 
-static int ms_chain_set_members(struct ms *m, uint32_t chain, const uint32_t *members,
-				uint32_t n)
+static int ms_chain_set_members(struct ms *m, uint32_t chain, const uint32_t *members, uint32_t n)
 {
 	sqlite3_stmt *st;
 	int rc, r;
@@ -1222,9 +1273,11 @@ static int ms_format_tx(struct ms *m, const struct meta_volume *vol, const struc
 	snprintf(uuid, sizeof(uuid), "%s", vol->uuid);
 	if (!uuid[0] && uuid_generate_str(uuid) < 0)
 		return -EIO;
-	rc = sqlite3_prepare_v2(m->db, "INSERT INTO volume (id, name, uuid, format_version, "
-				       "chunk_size, replicas, consistency, created_ns) "
-				       "VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1, &st, NULL);
+	rc = sqlite3_prepare_v2(m->db,
+				"INSERT INTO volume (id, name, uuid, format_version, "
+				"chunk_size, replicas, consistency, created_ns) "
+				"VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+				-1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "prepare volume");
 	sqlite3_bind_text(st, 1, vol->name, -1, SQLITE_STATIC);
@@ -1251,7 +1304,7 @@ static int ms_format_tx(struct ms *m, const struct meta_volume *vol, const struc
 		sqlite3_bind_int64(st, 1, c[i].id);
 		sqlite3_bind_int64(st, 2, (int64_t)c[i].epoch);
 		rc = sqlite3_step(st);
-		r = rc == SQLITE_DONE ? 0
+		r = rc == SQLITE_DONE		       ? 0
 		    : (rc & 0xff) == SQLITE_CONSTRAINT ? -EINVAL
 						       : ms_errno(m, rc, "insert chain");
 		sqlite3_finalize(st);
@@ -1537,8 +1590,8 @@ static int ms_chain_update(struct meta *mm, uint32_t chain_id, uint64_t expect_e
 	ms_lock(m);
 	r = ms_begin(m);
 	if (r == 0)
-		r = ms_end(m, ms_chain_update_tx(m, chain_id, expect_epoch, members, nmembers,
-						 &epoch));
+		r = ms_end(
+		    m, ms_chain_update_tx(m, chain_id, expect_epoch, members, nmembers, &epoch));
 	ms_unlock(m);
 	if (r == 0 && ret_epoch)
 		*ret_epoch = epoch;
@@ -1709,8 +1762,8 @@ static int ms_readdirplus(struct meta *mm, uint64_t dir, uint64_t off, meta_dire
 
 /* ---- namespace: writes ----------------------------------------------------------------- */
 
-#define MS_SETATTR_ALL                                                                       \
-	(META_SET_MODE | META_SET_UID | META_SET_GID | META_SET_SIZE | META_SET_ATIME |      \
+#define MS_SETATTR_ALL                                                                             \
+	(META_SET_MODE | META_SET_UID | META_SET_GID | META_SET_SIZE | META_SET_ATIME |            \
 	 META_SET_MTIME | META_SET_CTIME | META_SET_FLAGS)
 
 static int ms_setattr_tx(struct ms *m, uint64_t ino, unsigned mask, const struct meta_attr *in,
@@ -1778,7 +1831,7 @@ static int ms_mknod_tx(struct ms *m, uint64_t parent, const char *name, const st
 	struct meta_attr a;
 	int r;
 
-	r = ms_dir_get(m, parent, NULL);
+	r = ms_dir_live(m, parent);
 	if (r < 0)
 		return r;
 	r = ms_dent_get(m, parent, name, NULL, NULL);
@@ -1881,7 +1934,7 @@ static int ms_link_tx(struct ms *m, uint64_t ino, uint64_t newparent, const char
 		return -EPERM;
 	if (a.nlink >= MS_LINK_MAX)
 		return -EMLINK;
-	r = ms_dir_get(m, newparent, NULL);
+	r = ms_dir_live(m, newparent);
 	if (r < 0)
 		return r;
 	r = ms_dent_get(m, newparent, newname, NULL, NULL);
@@ -2058,7 +2111,7 @@ static int ms_rename_tx(struct ms *m, uint64_t parent, const char *name, uint64_
 	memset(ret_replaced, 0, sizeof(*ret_replaced));
 	r = ms_dir_get(m, parent, NULL);
 	if (r == 0 && newparent != parent)
-		r = ms_dir_get(m, newparent, NULL);
+		r = ms_dir_live(m, newparent);
 	if (r < 0)
 		return r;
 	r = ms_dent_get(m, parent, name, &sid, &src);
@@ -2171,8 +2224,8 @@ static int ms_rename(struct meta *mm, uint64_t parent, const char *name, uint64_
 	ms_lock(m);
 	r = ms_begin(m);
 	if (r == 0)
-		r = ms_end(m, ms_rename_tx(m, parent, name, newparent, newname, flags, now_ns,
-					   &rep));
+		r = ms_end(m,
+			   ms_rename_tx(m, parent, name, newparent, newname, flags, now_ns, &rep));
 	ms_unlock(m);
 	if (r == 0 && ret_replaced)
 		*ret_replaced = rep;
@@ -2558,29 +2611,67 @@ out:
 	return r;
 }
 
+/* Sums over every inode, paged by ino so that the lock is never held for a whole table scan
+ * (1M inodes take ~50 ms). The pages are not one snapshot: an inode created or deleted during
+ * the walk may or may not count, which df can live with. The result is kept until something
+ * commits here or elsewhere (PRAGMA data_version), so polling df on an idle volume is free. */
 static int ms_statfs(struct meta *mm, struct meta_statfs *ret)
 {
 	struct ms *m = ms_of(mm);
-	sqlite3_stmt *st;
-	int rc, r;
+	struct meta_statfs sum = {0, 0};
+	int64_t after = 0, dv = 0;
+	int r;
 
 	ms_lock(m);
 	r = ms_ready(m);
 	if (r == 0)
-		r = ms_prep(m, MSQ_STATFS, &st);
-	if (r < 0)
-		goto out;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		ret->inodes = (uint64_t)sqlite3_column_int64(st, 0);
-		ret->bytes = (uint64_t)sqlite3_column_int64(st, 1);
-	} else {
-		r = ms_errno(m, rc, "statfs");
+		r = ms_int_query(m, MSQ_DATA_VERSION, &dv);
+	if (r == 0 && m->statfs_valid && m->statfs_txns == m->txns && m->statfs_dv == dv) {
+		*ret = m->statfs;
+		ms_unlock(m);
+		return 0;
 	}
-	sqlite3_reset(st);
-out:
 	ms_unlock(m);
-	return r;
+	while (r == 0) {
+		sqlite3_stmt *st;
+		int64_t n = 0;
+		int rc;
+
+		ms_lock(m);
+		r = ms_prep(m, MSQ_STATFS, &st);
+		if (r < 0) {
+			ms_unlock(m);
+			break;
+		}
+		sqlite3_bind_int64(st, 1, after);
+		sqlite3_bind_int(st, 2, MS_STATFS_BATCH);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			n = sqlite3_column_int64(st, 0);
+			sum.inodes += (uint64_t)n;
+			sum.bytes += (uint64_t)sqlite3_column_int64(st, 1);
+			after = sqlite3_column_int64(st, 2);
+		} else {
+			r = ms_errno(m, rc, "statfs");
+		}
+		sqlite3_reset(st);
+		ms_unlock(m);
+		if (n < MS_STATFS_BATCH)
+			break;
+	}
+	if (r < 0)
+		return r;
+	ms_lock(m);
+	/* Cache only if nothing committed while we walked; else the next call walks again. */
+	if (ms_int_query(m, MSQ_DATA_VERSION, &after) == 0 && after == dv) {
+		m->statfs = sum;
+		m->statfs_txns = m->txns;
+		m->statfs_dv = dv;
+		m->statfs_valid = true;
+	}
+	ms_unlock(m);
+	*ret = sum;
+	return 0;
 }
 
 /* ---- check ----------------------------------------------------------------------------- */
@@ -2590,12 +2681,12 @@ struct ms_check {
 	bool repair;
 	meta_report_cb cb;
 	void *ctx;
-	int found;    /* problems seen */
-	int unfixed;  /* problems seen and not repaired */
+	int found;   /* problems seen */
+	int unfixed; /* problems seen and not repaired */
 };
 
 static void ms_report(struct ms_check *c, uint64_t ino, bool repaired, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static void ms_report(struct ms_check *c, uint64_t ino, bool repaired, const char *fmt, ...)
 {
@@ -2631,11 +2722,16 @@ static void ms_col_name_printable(sqlite3_stmt *st, int col, char *out, size_t o
 
 /* Run `sql` (columns per `kind`), report each row, then run `fix` if repairing. The fix uses
  * the same condition inside the same transaction, so it touches exactly the rows reported. */
-enum ms_ck_kind { MS_CK_ENTRY_MISSING_INODE, MS_CK_ENTRY_BAD_PARENT, MS_CK_DIR_MULTI, MS_CK_ROOT_NAMED,
-		  MS_CK_XATTR_ORPHAN, MS_CK_UNREACHABLE };
+enum ms_ck_kind {
+	MS_CK_ENTRY_MISSING_INODE,
+	MS_CK_ENTRY_BAD_PARENT,
+	MS_CK_DIR_MULTI,
+	MS_CK_ROOT_NAMED,
+	MS_CK_XATTR_ORPHAN,
+	MS_CK_UNREACHABLE
+};
 
-static int ms_check_step(struct ms_check *c, enum ms_ck_kind kind, const char *sql,
-			 const char *fix)
+static int ms_check_step(struct ms_check *c, enum ms_ck_kind kind, const char *sql, const char *fix)
 {
 	struct ms *m = c->m;
 	sqlite3_stmt *st = NULL;
@@ -2715,11 +2811,12 @@ static int ms_check_namespace(struct ms_check *c)
 			int64_t now = now_realtime_ns();
 			char sql[256];
 
-			snprintf(sql, sizeof(sql),
-				 "INSERT INTO inodes (ino, mode, nlink, uid, gid, rdev, size, atime,"
-				 " mtime, ctime, btime, generation, flags) VALUES (1, %d, 2, 0, 0, 0,"
-				 " 0, %" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 ", 1, 0)",
-				 S_IFDIR | 0755, now, now, now, now);
+			snprintf(
+			    sql, sizeof(sql),
+			    "INSERT INTO inodes (ino, mode, nlink, uid, gid, rdev, size, atime,"
+			    " mtime, ctime, btime, generation, flags) VALUES (1, %d, 2, 0, 0, 0,"
+			    " 0, %" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 ", 1, 0)",
+			    S_IFDIR | 0755, now, now, now, now);
 			r = ms_exec(m, sql);
 		} else {
 			r = 0;
@@ -2742,22 +2839,23 @@ static int ms_check_namespace(struct ms_check *c)
 				  "DELETE FROM dentries WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = dentries.ino)");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_ENTRY_BAD_PARENT,
-				  "SELECT d.ino, d.parent, d.name, p.ino IS NOT NULL FROM dentries d"
-				  " LEFT JOIN inodes p ON p.ino = d.parent"
-				  " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode"),
-				  "DELETE FROM dentries WHERE id IN (SELECT d.id FROM dentries d"
-				  " LEFT JOIN inodes p ON p.ino = d.parent"
-				  " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode") ")");
+		r = ms_check_step(
+		    c, MS_CK_ENTRY_BAD_PARENT,
+		    "SELECT d.ino, d.parent, d.name, p.ino IS NOT NULL FROM dentries d"
+		    " LEFT JOIN inodes p ON p.ino = d.parent"
+		    " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode"),
+		    "DELETE FROM dentries WHERE id IN (SELECT d.id FROM dentries d"
+		    " LEFT JOIN inodes p ON p.ino = d.parent"
+		    " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode") ")");
 	if (r == 0)
 		r = ms_check_step(c, MS_CK_DIR_MULTI,
 				  "SELECT d.ino, count(*) FROM dentries d JOIN inodes i"
-				  " ON i.ino = d.ino WHERE " MS_IS_DIR("i.mode")
-				  " GROUP BY d.ino HAVING count(*) > 1",
+				  " ON i.ino = d.ino WHERE " MS_IS_DIR(
+				      "i.mode") " GROUP BY d.ino HAVING count(*) > 1",
 				  "DELETE FROM dentries WHERE id IN (SELECT d.id FROM dentries d"
-				  " JOIN inodes i ON i.ino = d.ino WHERE " MS_IS_DIR("i.mode")
-				  " AND d.id > (SELECT min(e.id) FROM dentries e"
-				  " WHERE e.ino = d.ino))");
+				  " JOIN inodes i ON i.ino = d.ino WHERE " MS_IS_DIR(
+				      "i.mode") " AND d.id > (SELECT min(e.id) FROM dentries e"
+						" WHERE e.ino = d.ino))");
 	if (r == 0)
 		r = ms_check_step(c, MS_CK_XATTR_ORPHAN,
 				  "SELECT x.ino, count(*) FROM xattrs x WHERE NOT EXISTS"
@@ -2769,19 +2867,20 @@ static int ms_check_namespace(struct ms_check *c)
 
 	/* Reachability: every inode an entry path from the root leads to. UNION (not UNION
 	 * ALL) makes the recursion stop at cycles and hard links. */
-	r = ms_exec(m, "DROP TABLE IF EXISTS temp.ms_reach;"
-		       "CREATE TEMP TABLE ms_reach (ino INTEGER PRIMARY KEY);"
-		       "INSERT INTO temp.ms_reach WITH RECURSIVE r(ino) AS (SELECT 1 UNION"
-		       " SELECT d.ino FROM dentries d JOIN r ON d.parent = r.ino) SELECT ino FROM r;"
-		       "DROP TABLE IF EXISTS temp.ms_unreach;"
-		       "CREATE TEMP TABLE ms_unreach (ino INTEGER PRIMARY KEY);"
-		       /* unreachable directories, except an orphan already empty and unnamed
-			* (it only waits for purge()) */
-		       "INSERT INTO temp.ms_unreach SELECT i.ino FROM inodes i"
-		       " WHERE " MS_IS_DIR("i.mode")
-		       " AND i.ino NOT IN (SELECT ino FROM temp.ms_reach)"
-		       " AND (i.nlink > 0 OR EXISTS (SELECT 1 FROM dentries d WHERE d.ino = i.ino"
-		       " OR d.parent = i.ino));");
+	r = ms_exec(
+	    m, "DROP TABLE IF EXISTS temp.ms_reach;"
+	       "CREATE TEMP TABLE ms_reach (ino INTEGER PRIMARY KEY);"
+	       "INSERT INTO temp.ms_reach WITH RECURSIVE r(ino) AS (SELECT 1 UNION"
+	       " SELECT d.ino FROM dentries d JOIN r ON d.parent = r.ino) SELECT ino FROM r;"
+	       "DROP TABLE IF EXISTS temp.ms_unreach;"
+	       "CREATE TEMP TABLE ms_unreach (ino INTEGER PRIMARY KEY);"
+	       /* unreachable directories, except an orphan already empty and unnamed
+		* (it only waits for purge()) */
+	       "INSERT INTO temp.ms_unreach SELECT i.ino FROM inodes i"
+	       " WHERE " MS_IS_DIR("i.mode") " AND i.ino NOT IN (SELECT ino FROM temp.ms_reach)"
+					     " AND (i.nlink > 0 OR EXISTS (SELECT 1 FROM dentries "
+					     "d WHERE d.ino = i.ino"
+					     " OR d.parent = i.ino));");
 	if (r == 0)
 		r = ms_check_step(c, MS_CK_UNREACHABLE, "SELECT ino FROM temp.ms_unreach",
 				  "DELETE FROM dentries WHERE ino IN temp.ms_unreach"
@@ -2793,20 +2892,26 @@ static int ms_check_namespace(struct ms_check *c)
 	/* Link counts: a non-directory has one link per entry naming it; a directory 2 plus one
 	 * per subdirectory, or 0 if nothing names it (an orphan). Unreachable directories were
 	 * reported above. */
-	r = ms_exec(m, "DROP TABLE IF EXISTS temp.ms_want;"
-		       "CREATE TEMP TABLE ms_want (ino INTEGER PRIMARY KEY, nlink INTEGER,"
-		       " want INTEGER);"
-		       "INSERT INTO temp.ms_want SELECT i.ino, i.nlink, CASE WHEN "
-		       MS_IS_DIR("i.mode") " THEN (CASE WHEN i.ino = 1 OR EXISTS (SELECT 1 FROM"
-		       " dentries d WHERE d.ino = i.ino) THEN 2 + (SELECT count(*) FROM dentries d"
-		       " JOIN inodes s ON s.ino = d.ino WHERE d.parent = i.ino AND "
-		       MS_IS_DIR("s.mode") ") ELSE 0 END)"
-		       " ELSE (SELECT count(*) FROM dentries d WHERE d.ino = i.ino) END FROM inodes i"
-		       " WHERE i.ino NOT IN temp.ms_unreach;");
+	r = ms_exec(
+	    m,
+	    "DROP TABLE IF EXISTS temp.ms_want;"
+	    "CREATE TEMP TABLE ms_want (ino INTEGER PRIMARY KEY, nlink INTEGER,"
+	    " want INTEGER);"
+	    "INSERT INTO temp.ms_want SELECT i.ino, i.nlink, CASE WHEN " MS_IS_DIR(
+		"i.mode") " THEN (CASE WHEN i.ino = 1 OR EXISTS (SELECT 1 FROM"
+			  " dentries d WHERE d.ino = i.ino) THEN 2 + (SELECT count(*) FROM "
+			  "dentries d"
+			  " JOIN inodes s ON s.ino = d.ino WHERE d.parent = i.ino AND " MS_IS_DIR(
+			      "s.mode") ") ELSE 0 END)"
+					" ELSE (SELECT count(*) FROM dentries d WHERE d.ino = "
+					"i.ino) END FROM inodes i"
+					" WHERE i.ino NOT IN temp.ms_unreach;");
 	if (r < 0)
 		return r;
-	rc = sqlite3_prepare_v2(m->db, "SELECT ino, nlink, want FROM temp.ms_want"
-				       " WHERE nlink != want ORDER BY ino", -1, &st, NULL);
+	rc = sqlite3_prepare_v2(m->db,
+				"SELECT ino, nlink, want FROM temp.ms_want"
+				" WHERE nlink != want ORDER BY ino",
+				-1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "check prepare");
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -2814,11 +2919,10 @@ static int ms_check_namespace(struct ms_check *c)
 		int64_t have = sqlite3_column_int64(st, 1), want = sqlite3_column_int64(st, 2);
 
 		if (want == 0)
-			ms_report(c, ino, c->repair,
-				  "inode %" PRIu64 " has nlink %" PRId64
-				  " but no directory entry%s",
-				  ino, have, c->repair ? "; orphaned (nlink 0), purge will free it"
-						       : "");
+			ms_report(
+			    c, ino, c->repair,
+			    "inode %" PRIu64 " has nlink %" PRId64 " but no directory entry%s", ino,
+			    have, c->repair ? "; orphaned (nlink 0), purge will free it" : "");
 		else
 			ms_report(c, ino, c->repair,
 				  "inode %" PRIu64 " has nlink %" PRId64 ", entries say %" PRId64
@@ -2884,8 +2988,9 @@ static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 		ms_rollback(m);
 	}
 	/* temp tables live outside the transaction's fate; drop them either way */
-	sqlite3_exec(m->db, "DROP TABLE IF EXISTS temp.ms_reach; DROP TABLE IF EXISTS"
-			    " temp.ms_unreach; DROP TABLE IF EXISTS temp.ms_want;",
+	sqlite3_exec(m->db,
+		     "DROP TABLE IF EXISTS temp.ms_reach; DROP TABLE IF EXISTS"
+		     " temp.ms_unreach; DROP TABLE IF EXISTS temp.ms_want;",
 		     NULL, NULL, NULL);
 	if (r == 0)
 		r = repair ? c.unfixed : c.found;
@@ -2895,35 +3000,35 @@ out:
 }
 
 const struct meta_ops meta_sqlite_ops = {
-	.scheme = "sqlite",
-	.caps = 0,
-	.open = ms_open,
-	.close = ms_close,
-	.format = ms_format,
-	.volume_get = ms_volume_get,
-	.targets_list = ms_targets_list,
-	.target_set_state = ms_target_set_state,
-	.chains_list = ms_chains_list,
-	.chain_update = ms_chain_update,
-	.lookup = ms_lookup,
-	.getattr = ms_getattr,
-	.setattr = ms_setattr,
-	.mknod = ms_mknod,
-	.link = ms_link,
-	.unlink = ms_unlink,
-	.rmdir = ms_rmdir,
-	.rename = ms_rename,
-	.readlink = ms_readlink,
-	.readdir = ms_readdir,
-	.readdirplus = ms_readdirplus,
-	.setxattr = ms_setxattr,
-	.getxattr = ms_getxattr,
-	.listxattr = ms_listxattr,
-	.removexattr = ms_removexattr,
-	.purge = ms_purge,
-	.orphans = ms_orphans,
-	.inodes = ms_inodes,
-	.sync = ms_sync,
-	.statfs = ms_statfs,
-	.check = ms_check,
+    .scheme = "sqlite",
+    .caps = 0,
+    .open = ms_open,
+    .close = ms_close,
+    .format = ms_format,
+    .volume_get = ms_volume_get,
+    .targets_list = ms_targets_list,
+    .target_set_state = ms_target_set_state,
+    .chains_list = ms_chains_list,
+    .chain_update = ms_chain_update,
+    .lookup = ms_lookup,
+    .getattr = ms_getattr,
+    .setattr = ms_setattr,
+    .mknod = ms_mknod,
+    .link = ms_link,
+    .unlink = ms_unlink,
+    .rmdir = ms_rmdir,
+    .rename = ms_rename,
+    .readlink = ms_readlink,
+    .readdir = ms_readdir,
+    .readdirplus = ms_readdirplus,
+    .setxattr = ms_setxattr,
+    .getxattr = ms_getxattr,
+    .listxattr = ms_listxattr,
+    .removexattr = ms_removexattr,
+    .purge = ms_purge,
+    .orphans = ms_orphans,
+    .inodes = ms_inodes,
+    .sync = ms_sync,
+    .statfs = ms_statfs,
+    .check = ms_check,
 };
