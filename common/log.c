@@ -78,8 +78,8 @@ void log_msg(int level, const char *fmt, ...)
 			clock_gettime(CLOCK_REALTIME, &ts);
 			gmtime_r(&ts.tv_sec, &tm);
 			n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-			n += snprintf(line + n, sizeof(line) - n, ".%03ldZ [%d] ", ts.tv_nsec / 1000000,
-				      (int)getpid());
+			n += snprintf(line + n, sizeof(line) - n, ".%03ldZ [%d] ",
+				      ts.tv_nsec / 1000000, (int)getpid());
 		}
 		n += snprintf(line + n, sizeof(line) - n, "%s: %s: ", log_ident, level_name(level));
 		if (n < sizeof(line))

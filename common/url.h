@@ -17,7 +17,7 @@ struct url {
 	bool has_authority; /* "//" followed the scheme */
 	char userinfo[128];
 	char host[256];
-	int port;           /* 0 when absent */
+	int port;	    /* 0 when absent */
 	char path[URL_MAX]; /* percent-decoded */
 	char query[URL_MAX];
 };

@@ -45,7 +45,7 @@
 #include "storemgr/sm.h"
 
 #define DS_MAX_REPLICAS 8
-#define DS_MAX_TARGETS  256
+#define DS_MAX_TARGETS	256
 
 enum ds_consistency { DS_STRONG = 0, DS_WEAK = 1 };
 
@@ -140,7 +140,7 @@ typedef bool (*ds_keep_fn)(void *ctx, uint64_t ino, uint64_t *ret_size);
 typedef void (*ds_report_fn)(void *ctx, const char *what, uint64_t ino, uint32_t idx,
 			     uint32_t target_id, bool repaired);
 struct ds_check_result {
-	uint64_t chunks;        /* distinct (ino, idx) examined */
+	uint64_t chunks; /* distinct (ino, idx) examined */
 	uint64_t bytes_compared;
 	uint64_t mismatches, missing, strays, beyond_eof;
 	uint64_t repaired;

@@ -41,7 +41,7 @@ struct fs_options {
 	double attr_timeout;  /* seconds the kernel may cache attributes */
 	double entry_timeout; /* seconds the kernel may cache names */
 	unsigned max_threads;
-	bool debug;           /* FUSE request tracing */
+	bool debug; /* FUSE request tracing */
 	bool allow_other;
 	bool ro;
 };
@@ -49,21 +49,21 @@ struct fs_options {
 struct fs_inode {
 	uint64_t ino;
 	struct fs_inode *hnext; /* protected by fs.itab_lock */
-	uint64_t nlookup;       /* protected by fs.itab_lock */
-	uint32_t nopen;         /* protected by fs.itab_lock */
-	uint32_t refs;          /* protected by fs.itab_lock */
+	uint64_t nlookup;	/* protected by fs.itab_lock */
+	uint32_t nopen;		/* protected by fs.itab_lock */
+	uint32_t refs;		/* protected by fs.itab_lock */
 
 	pthread_rwlock_t io; /* writes shared; truncate, punch exclusive */
 
 	pthread_mutex_t lock; /* protects everything below */
-	uint32_t mode;        /* type bits never change; permission bits not kept here */
-	uint32_t nlink;       /* last value seen; 0 means purge when unused (FS-2) */
-	uint64_t size;        /* FS-3 */
+	uint32_t mode;	      /* type bits never change; permission bits not kept here */
+	uint32_t nlink;	      /* last value seen; 0 means purge when unused (FS-2) */
+	uint64_t size;	      /* FS-3 */
 	uint64_t db_size;     /* size as last recorded in the database */
 	int64_t mtime_ns, ctime_ns;
-	bool dirty;    /* size/mtime/ctime newer than the database */
-	bool wmark;    /* META_IF_WDIRTY set in the database */
-	bool purged;   /* chunks and row deleted */
+	bool dirty;	   /* size/mtime/ctime newer than the database */
+	bool wmark;	   /* META_IF_WDIRTY set in the database */
+	bool purged;	   /* chunks and row deleted */
 	uint32_t inflight; /* writes/truncates under way that may put data beyond db_size */
 };
 
@@ -76,8 +76,8 @@ struct fs {
 
 	pthread_mutex_t itab_lock;
 	struct fs_inode **itab; /* protected by itab_lock */
-	size_t itab_size;       /* buckets, power of two */
-	size_t itab_count;      /* protected by itab_lock */
+	size_t itab_size;	/* buckets, power of two */
+	size_t itab_count;	/* protected by itab_lock */
 
 	/* Metadata durability without a database sync per fsync: meta_gen counts mutating
 	 * metadata calls, meta_synced the value covered by the last sync (atomics). */
@@ -107,8 +107,7 @@ int fs_itab_init(struct fs *fs);
 void fs_itab_fini(struct fs *fs);
 /* Find or insert ino; takes a ref. attr (may be NULL) seeds a new entry; without it a new
  * entry is loaded from the database. */
-int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr,
-		 struct fs_inode **ret);
+int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr, struct fs_inode **ret);
 /* Existing entry or NULL; takes a ref when found. */
 struct fs_inode *fs_inode_find(struct fs *fs, uint64_t ino);
 void fs_inode_put(struct fs *fs, struct fs_inode *ip);

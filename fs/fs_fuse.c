@@ -34,7 +34,7 @@
 
 struct fs_file {
 	struct fs_inode *ip; /* holds a ref for the handle's lifetime */
-	int flags;           /* open(2) flags */
+	int flags;	     /* open(2) flags */
 };
 
 static struct fs *req_fs(fuse_req_t req)
@@ -54,20 +54,19 @@ void fs_meta_touched(struct fs *fs)
 
 int fs_meta_sync(struct fs *fs)
 {
-	uint64_t gen = atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen,
-					    memory_order_acquire);
-	if (atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced, memory_order_acquire) ==
-	    gen)
+	uint64_t gen =
+	    atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen, memory_order_acquire);
+	if (atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced, memory_order_acquire) == gen)
 		return 0;
 	int r = META_CALL(fs->meta, sync);
 	if (r < 0)
 		return r;
 	/* Everything committed before the sync started is durable now; a later commit bumps
 	 * meta_gen again, so storing a value that is too small only costs a spare sync. */
-	uint64_t cur = atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced,
-					    memory_order_relaxed);
-	while (cur < gen && !atomic_compare_exchange_weak((_Atomic uint64_t *)&fs->meta_synced,
-							  &cur, gen))
+	uint64_t cur =
+	    atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced, memory_order_relaxed);
+	while (cur < gen &&
+	       !atomic_compare_exchange_weak((_Atomic uint64_t *)&fs->meta_synced, &cur, gen))
 		;
 	return 0;
 }
@@ -369,8 +368,8 @@ static int parent_owner(struct fs *fs, fuse_req_t req, fuse_ino_t parent, mode_t
 	return 0;
 }
 
-static int do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-		    dev_t rdev, const char *link, struct meta_attr *ret)
+static int do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev,
+		    const char *link, struct meta_attr *ret)
 {
 	struct fs *fs = req_fs(req);
 	int r = check_name(name);
@@ -387,8 +386,7 @@ static int do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
 	return r;
 }
 
-static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-		     dev_t rdev)
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
 	struct meta_attr a;
 	int r = do_mknod(req, parent, name, mode, rdev, NULL, &a);
@@ -564,7 +562,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			need = fuse_add_direntry(req, NULL, 0, dots[i], NULL, 0);
 			if (d.used + need > d.size)
 				goto done;
-			fuse_add_direntry(req, d.buf + d.used, d.size - d.used, dots[i], &st, i + 1);
+			fuse_add_direntry(req, d.buf + d.used, d.size - d.used, dots[i], &st,
+					  i + 1);
 		}
 		d.used += need;
 	}
@@ -949,38 +948,38 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 }
 
 static const struct fuse_lowlevel_ops fs_ops = {
-	.init = op_init,
-	.destroy = op_destroy,
-	.lookup = op_lookup,
-	.forget = op_forget,
-	.forget_multi = op_forget_multi,
-	.getattr = op_getattr,
-	.setattr = op_setattr,
-	.readlink = op_readlink,
-	.mknod = op_mknod,
-	.mkdir = op_mkdir,
-	.unlink = op_unlink,
-	.rmdir = op_rmdir,
-	.symlink = op_symlink,
-	.rename = op_rename,
-	.link = op_link,
-	.open = op_open,
-	.read = op_read,
-	.write = op_write,
-	.flush = op_flush,
-	.release = op_release,
-	.fsync = op_fsync,
-	.readdir = op_readdir,
-	.readdirplus = op_readdirplus,
-	.fsyncdir = op_fsyncdir,
-	.statfs = op_statfs,
-	.setxattr = op_setxattr,
-	.getxattr = op_getxattr,
-	.listxattr = op_listxattr,
-	.removexattr = op_removexattr,
-	.create = op_create,
-	.fallocate = op_fallocate,
-	.lseek = op_lseek,
+    .init = op_init,
+    .destroy = op_destroy,
+    .lookup = op_lookup,
+    .forget = op_forget,
+    .forget_multi = op_forget_multi,
+    .getattr = op_getattr,
+    .setattr = op_setattr,
+    .readlink = op_readlink,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .unlink = op_unlink,
+    .rmdir = op_rmdir,
+    .symlink = op_symlink,
+    .rename = op_rename,
+    .link = op_link,
+    .open = op_open,
+    .read = op_read,
+    .write = op_write,
+    .flush = op_flush,
+    .release = op_release,
+    .fsync = op_fsync,
+    .readdir = op_readdir,
+    .readdirplus = op_readdirplus,
+    .fsyncdir = op_fsyncdir,
+    .statfs = op_statfs,
+    .setxattr = op_setxattr,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .removexattr = op_removexattr,
+    .create = op_create,
+    .fallocate = op_fallocate,
+    .lseek = op_lseek,
 };
 
 /* ---- lifecycle ---- */

@@ -53,9 +53,9 @@ struct sm_identity {
 
 struct sm_statfs {
 	uint64_t total_bytes;
-	uint64_t free_bytes;  /* what writes can still use */
-	uint64_t used_bytes;  /* space the chunks take on the medium */
-	uint64_t chunks;      /* number of chunks stored (may be an estimate: see caps) */
+	uint64_t free_bytes; /* what writes can still use */
+	uint64_t used_bytes; /* space the chunks take on the medium */
+	uint64_t chunks;     /* number of chunks stored (may be an estimate: see caps) */
 };
 
 /* One chunk found by list(). */
@@ -66,8 +66,8 @@ struct sm_chunk_info {
 };
 typedef int (*sm_chunk_cb)(void *ctx, const struct sm_chunk_info *ci);
 
-#define SM_CAP_SPARSE    0x1 /* holes cost no space; seek() can find them */
-#define SM_CAP_PUNCH     0x2 /* punch() frees space */
+#define SM_CAP_SPARSE	 0x1 /* holes cost no space; seek() can find them */
+#define SM_CAP_PUNCH	 0x2 /* punch() frees space */
 #define SM_CAP_EXACT_CNT 0x4 /* statfs.chunks is exact */
 
 struct sm_target;
@@ -114,7 +114,7 @@ struct sm_ops {
 	int (*chunk_length)(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t *ret);
 
 	int (*sync_ino)(struct sm_target *t, uint64_t ino); /* SM-4 */
-	int (*sync_all)(struct sm_target *t);               /* SM-4 */
+	int (*sync_all)(struct sm_target *t);		    /* SM-4 */
 	int (*statfs)(struct sm_target *t, struct sm_statfs *ret);
 	/* Every chunk on the target, in no particular order. cb returning non-zero stops. */
 	int (*list)(struct sm_target *t, sm_chunk_cb cb, void *ctx);
@@ -128,10 +128,9 @@ struct sm_target {
 
 /* Find the backend for url's scheme (NULL: unknown scheme). */
 const struct sm_ops *sm_ops_for(const char *url);
-int sm_format(const char *url, const struct sm_identity *id, bool force, char *err,
-	      size_t errlen);
-int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret,
-	    char *err, size_t errlen);
+int sm_format(const char *url, const struct sm_identity *id, bool force, char *err, size_t errlen);
+int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret, char *err,
+	    size_t errlen);
 void sm_close(struct sm_target *t);
 
 extern const struct sm_ops sm_dir_ops;

@@ -183,8 +183,7 @@ static int sm_dir_parse_u32(const char *s, size_t n, uint32_t *ret)
 }
 
 /* Bytes from disk: untrusted. 0, or -EBADMSG with the reason in why. */
-int sm_dir_id_parse(const char *buf, size_t n, struct sm_identity *ret, char *why,
-			   size_t whylen)
+int sm_dir_id_parse(const char *buf, size_t n, struct sm_identity *ret, char *why, size_t whylen)
 {
 	struct sm_identity id = {0};
 	if (n == 0 || memchr(buf, '\0', n)) {

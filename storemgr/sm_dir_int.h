@@ -132,8 +132,7 @@ extern const struct sm_ops sm_faulty_ops;
 
 /* Parsers of bytes read from a target (untrusted; fuzzed by storemgr/fuzz/). */
 /* The identity file: 0, or -EBADMSG with the reason in why. */
-int sm_dir_id_parse(const char *buf, size_t n, struct sm_identity *ret, char *why,
-		    size_t whylen);
+int sm_dir_id_parse(const char *buf, size_t n, struct sm_identity *ret, char *why, size_t whylen);
 /* A chunk file name "%016llx.%08x" (lower case only). */
 bool sm_dir_parse_name(const char *s, uint64_t *ret_ino, uint32_t *ret_idx);
 

@@ -5,24 +5,24 @@
 #include "tools/tools.h"
 
 static const char usage[] =
-	"Usage: braidfs COMMAND [OPTIONS] ARGS...\n"
-	"\n"
-	"braidfs is a replicated POSIX file system: every chunk of every file is kept on\n"
-	"several targets at once, and one command mounts it.\n"
-	"\n"
-	"Commands:\n"
-	"  format   create a volume: metadata database + targets\n"
-	"  mount    mount a volume (FUSE)\n"
-	"  umount   flush and unmount a mounted volume\n"
-	"  status   show a volume, its targets, chains and their health\n"
-	"  fsck     check (and repair) metadata and replicas\n"
-	"\n"
-	"Run 'braidfs COMMAND --help' for a command's options.\n"
-	"\n"
-	"A quick start:\n"
-	"  mkdir -p /srv/t1 /srv/t2 /mnt/braidfs\n"
-	"  braidfs format sqlite:///srv/meta.db vol1 dir:/srv/t1 dir:/srv/t2\n"
-	"  braidfs mount sqlite:///srv/meta.db /mnt/braidfs\n";
+    "Usage: braidfs COMMAND [OPTIONS] ARGS...\n"
+    "\n"
+    "braidfs is a replicated POSIX file system: every chunk of every file is kept on\n"
+    "several targets at once, and one command mounts it.\n"
+    "\n"
+    "Commands:\n"
+    "  format   create a volume: metadata database + targets\n"
+    "  mount    mount a volume (FUSE)\n"
+    "  umount   flush and unmount a mounted volume\n"
+    "  status   show a volume, its targets, chains and their health\n"
+    "  fsck     check (and repair) metadata and replicas\n"
+    "\n"
+    "Run 'braidfs COMMAND --help' for a command's options.\n"
+    "\n"
+    "A quick start:\n"
+    "  mkdir -p /srv/t1 /srv/t2 /mnt/braidfs\n"
+    "  braidfs format sqlite:///srv/meta.db vol1 dir:/srv/t1 dir:/srv/t2\n"
+    "  braidfs mount sqlite:///srv/meta.db /mnt/braidfs\n";
 
 int main(int argc, char **argv)
 {
@@ -43,8 +43,8 @@ int main(int argc, char **argv)
 		const char *name;
 		int (*fn)(int, char **);
 	} cmds[] = {
-		{"format", cmd_format}, {"mount", cmd_mount},   {"umount", cmd_umount},
-		{"unmount", cmd_umount}, {"status", cmd_status}, {"fsck", cmd_fsck},
+	    {"format", cmd_format},  {"mount", cmd_mount},   {"umount", cmd_umount},
+	    {"unmount", cmd_umount}, {"status", cmd_status}, {"fsck", cmd_fsck},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))

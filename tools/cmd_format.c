@@ -15,40 +15,40 @@
 #include "tools/tools.h"
 
 static const char help[] =
-	"Usage: braidfs format [OPTIONS] META_URL NAME TARGET...\n"
-	"\n"
-	"Create a braidfs volume called NAME: its metadata database at META_URL and one\n"
-	"target per TARGET argument. Every chunk of every file is kept on REPLICAS\n"
-	"different targets.\n"
-	"\n"
-	"Arguments:\n"
-	"  META_URL   where the metadata lives: sqlite:///ABSOLUTE/PATH.db (created; its\n"
-	"             directory must exist)\n"
-	"  NAME       the volume's name: 1-63 characters of [A-Za-z0-9._-]\n"
-	"  TARGET     where chunks live: dir:/ABSOLUTE/PATH, an existing empty directory\n"
-	"             (a local disk or a NAS mount); faulty:/PATH is a test target that\n"
-	"             fails on command (see docs/cli.md)\n"
-	"\n"
-	"Options:\n"
-	"  -r, --replicas N        copies of every chunk, 1..8, at most the number of\n"
-	"                          targets (default: 2, or 1 with a single target)\n"
-	"  -c, --chunk-size SIZE   chunk size, a power of two from 64K to 64M\n"
-	"                          (default 4M; suffixes K, M, G)\n"
-	"  -C, --consistency MODE  strong (default): a write and an fsync return only when\n"
-	"                          every replica has them; weak: when the first replica\n"
-	"                          has them, the others follow in the background\n"
-	"  -f, --force             use target directories that are not empty (their files\n"
-	"                          are kept; an old braidfs identity is replaced)\n"
-	"  -h, --help              show this help\n"
-	"\n"
-	"Format never overwrites an existing volume: to start over, unmount it, delete\n"
-	"the database file and use --force on the targets.\n"
-	"\n"
-	"Example:\n"
-	"  braidfs format --replicas 2 sqlite:///var/lib/braidfs/meta.db vol1 \\\n"
-	"          dir:/var/lib/braidfs/t1 dir:/var/lib/braidfs/t2\n"
-	"\n"
-	"Exit status: 0 formatted, 1 failed (nothing was overwritten), 2 usage error.\n";
+    "Usage: braidfs format [OPTIONS] META_URL NAME TARGET...\n"
+    "\n"
+    "Create a braidfs volume called NAME: its metadata database at META_URL and one\n"
+    "target per TARGET argument. Every chunk of every file is kept on REPLICAS\n"
+    "different targets.\n"
+    "\n"
+    "Arguments:\n"
+    "  META_URL   where the metadata lives: sqlite:///ABSOLUTE/PATH.db (created; its\n"
+    "             directory must exist)\n"
+    "  NAME       the volume's name: 1-63 characters of [A-Za-z0-9._-]\n"
+    "  TARGET     where chunks live: dir:/ABSOLUTE/PATH, an existing empty directory\n"
+    "             (a local disk or a NAS mount); faulty:/PATH is a test target that\n"
+    "             fails on command (see docs/cli.md)\n"
+    "\n"
+    "Options:\n"
+    "  -r, --replicas N        copies of every chunk, 1..8, at most the number of\n"
+    "                          targets (default: 2, or 1 with a single target)\n"
+    "  -c, --chunk-size SIZE   chunk size, a power of two from 64K to 64M\n"
+    "                          (default 4M; suffixes K, M, G)\n"
+    "  -C, --consistency MODE  strong (default): a write and an fsync return only when\n"
+    "                          every replica has them; weak: when the first replica\n"
+    "                          has them, the others follow in the background\n"
+    "  -f, --force             use target directories that are not empty (their files\n"
+    "                          are kept; an old braidfs identity is replaced)\n"
+    "  -h, --help              show this help\n"
+    "\n"
+    "Format never overwrites an existing volume: to start over, unmount it, delete\n"
+    "the database file and use --force on the targets.\n"
+    "\n"
+    "Example:\n"
+    "  braidfs format --replicas 2 sqlite:///var/lib/braidfs/meta.db vol1 \\\n"
+    "          dir:/var/lib/braidfs/t1 dir:/var/lib/braidfs/t2\n"
+    "\n"
+    "Exit status: 0 formatted, 1 failed (nothing was overwritten), 2 usage error.\n";
 
 static int valid_name(const char *s)
 {
@@ -65,12 +65,12 @@ static int valid_name(const char *s)
 int cmd_format(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"replicas", required_argument, NULL, 'r'},
-		{"chunk-size", required_argument, NULL, 'c'},
-		{"consistency", required_argument, NULL, 'C'},
-		{"force", no_argument, NULL, 'f'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	    {"replicas", required_argument, NULL, 'r'},
+	    {"chunk-size", required_argument, NULL, 'c'},
+	    {"consistency", required_argument, NULL, 'C'},
+	    {"force", no_argument, NULL, 'f'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
 	};
 	long replicas = -1;
 	uint64_t chunk = 4u << 20;
@@ -84,7 +84,8 @@ int cmd_format(int argc, char **argv)
 			char *end;
 			replicas = strtol(optarg, &end, 10);
 			if (*end || replicas < 1 || replicas > META_MAX_REPLICAS) {
-				die_msg("format", "--replicas must be a number from 1 to %d, not '%s'",
+				die_msg("format",
+					"--replicas must be a number from 1 to %d, not '%s'",
 					META_MAX_REPLICAS, optarg);
 				return EXIT_USAGE;
 			}
@@ -93,9 +94,10 @@ int cmd_format(int argc, char **argv)
 		case 'c':
 			if (parse_size(optarg, &chunk) < 0 || chunk < (64u << 10) ||
 			    chunk > (64u << 20) || (chunk & (chunk - 1))) {
-				die_msg("format",
-					"--chunk-size must be a power of two from 64K to 64M, not '%s'",
-					optarg);
+				die_msg(
+				    "format",
+				    "--chunk-size must be a power of two from 64K to 64M, not '%s'",
+				    optarg);
 				return EXIT_USAGE;
 			}
 			break;
@@ -151,7 +153,8 @@ int cmd_format(int argc, char **argv)
 			if (url_parse(targets[i], &u, err, sizeof(err)) < 0)
 				die_msg("format", "bad target %s", err);
 			else
-				die_msg("format", "unknown target kind '%s:' in %s (expected dir:/PATH)",
+				die_msg("format",
+					"unknown target kind '%s:' in %s (expected dir:/PATH)",
 					u.scheme, targets[i]);
 			return EXIT_USAGE;
 		}
@@ -214,10 +217,11 @@ int cmd_format(int argc, char **argv)
 		if (r < 0) {
 			die_msg("format", "%s", err);
 			if (done)
-				fprintf(stderr,
-					"braidfs format: %u target(s) before it were prepared; run the "
-					"same command with --force once the problem is fixed\n",
-					done);
+				fprintf(
+				    stderr,
+				    "braidfs format: %u target(s) before it were prepared; run the "
+				    "same command with --force once the problem is fixed\n",
+				    done);
 			goto fail;
 		}
 		done++;

@@ -14,26 +14,26 @@
 #include "tools/tools.h"
 
 static const char help[] =
-	"Usage: braidfs fsck [--repair] META_URL\n"
-	"\n"
-	"Check the unmounted volume whose metadata is at META_URL:\n"
-	"  - the namespace: link counts, entries that name missing inodes, inodes no\n"
-	"    entry names, the database's own integrity;\n"
-	"  - work an unclean stop left: deleted files still holding chunks, data beyond a\n"
-	"    file's size;\n"
-	"  - the replicas: every chunk is read from every target of its chain and compared\n"
-	"    byte for byte; chunks of deleted files, chunks beyond a file's end and chunks\n"
-	"    on a target outside their chain are reported.\n"
-	"\n"
-	"Options:\n"
-	"  -r, --repair   fix what is found: namespace counts, leftovers of an unclean\n"
-	"                 stop, and replicas that differ from the chain's primary (which\n"
-	"                 is copied over them); stray chunks are deleted\n"
-	"  -q, --quiet    print only the summary\n"
-	"  -h, --help     show this help\n"
-	"\n"
-	"Exit status: 0 no problem (left), 1 problems remain, 2 usage error or the\n"
-	"volume cannot be checked (e.g. it is mounted).\n";
+    "Usage: braidfs fsck [--repair] META_URL\n"
+    "\n"
+    "Check the unmounted volume whose metadata is at META_URL:\n"
+    "  - the namespace: link counts, entries that name missing inodes, inodes no\n"
+    "    entry names, the database's own integrity;\n"
+    "  - work an unclean stop left: deleted files still holding chunks, data beyond a\n"
+    "    file's size;\n"
+    "  - the replicas: every chunk is read from every target of its chain and compared\n"
+    "    byte for byte; chunks of deleted files, chunks beyond a file's end and chunks\n"
+    "    on a target outside their chain are reported.\n"
+    "\n"
+    "Options:\n"
+    "  -r, --repair   fix what is found: namespace counts, leftovers of an unclean\n"
+    "                 stop, and replicas that differ from the chain's primary (which\n"
+    "                 is copied over them); stray chunks are deleted\n"
+    "  -q, --quiet    print only the summary\n"
+    "  -h, --help     show this help\n"
+    "\n"
+    "Exit status: 0 no problem (left), 1 problems remain, 2 usage error or the\n"
+    "volume cannot be checked (e.g. it is mounted).\n";
 
 struct fsck_ctx {
 	struct meta *meta;
@@ -82,10 +82,10 @@ static int count_orphan(void *ctx, const struct meta_attr *a)
 int cmd_fsck(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"repair", no_argument, NULL, 'r'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	    {"repair", no_argument, NULL, 'r'},
+	    {"quiet", no_argument, NULL, 'q'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
 	};
 	bool repair = false;
 	struct fsck_ctx cx = {0};
@@ -159,7 +159,8 @@ int cmd_fsck(int argc, char **argv)
 			free(fs);
 		}
 		if (r < 0) {
-			die_msg("fsck", "finishing an unclean stop's work failed: %s", strerror(-r));
+			die_msg("fsck", "finishing an unclean stop's work failed: %s",
+				strerror(-r));
 			goto out;
 		}
 		if (r > 0)

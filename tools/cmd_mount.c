@@ -33,48 +33,48 @@
 #define RUN_DIR "/run/braidfs"
 
 static const char mount_help[] =
-	"Usage: braidfs mount [-f] [-o OPTIONS] META_URL MOUNTPOINT\n"
-	"\n"
-	"Mount the braidfs volume whose metadata is at META_URL on MOUNTPOINT (an existing\n"
-	"directory). The command returns once the file system is ready; the mount keeps\n"
-	"running in the background until 'braidfs umount MOUNTPOINT'. The targets named\n"
-	"at format time are opened by this process: no other daemon is needed.\n"
-	"\n"
-	"A volume is mounted at most once at a time. If MOUNTPOINT holds a braidfs mount\n"
-	"whose process died, it is cleaned up first. After an unclean stop the mount\n"
-	"finishes what was left (unlinked-but-open files, data beyond a file's size).\n"
-	"\n"
-	"Options:\n"
-	"  -f, --foreground   stay in the foreground, log to stderr\n"
-	"  -o OPTIONS         comma-separated:\n"
-	"       attr_timeout=SEC   how long the kernel caches attributes (default 1)\n"
-	"       entry_timeout=SEC  how long the kernel caches names (default 1)\n"
-	"       threads=N          FUSE worker threads (default 16)\n"
-	"       log=PATH           log file of the background process\n"
-	"                          (default /var/log/braidfs.log)\n"
-	"       debug              log every FUSE request (implies -f)\n"
-	"       ro                 read-only mount\n"
-	"  -h, --help         show this help\n"
-	"\n"
-	"Example:\n"
-	"  braidfs mount sqlite:///var/lib/braidfs/meta.db /mnt/braidfs\n"
-	"\n"
-	"Exit status: 0 mounted, 1 failed, 2 usage error.\n";
+    "Usage: braidfs mount [-f] [-o OPTIONS] META_URL MOUNTPOINT\n"
+    "\n"
+    "Mount the braidfs volume whose metadata is at META_URL on MOUNTPOINT (an existing\n"
+    "directory). The command returns once the file system is ready; the mount keeps\n"
+    "running in the background until 'braidfs umount MOUNTPOINT'. The targets named\n"
+    "at format time are opened by this process: no other daemon is needed.\n"
+    "\n"
+    "A volume is mounted at most once at a time. If MOUNTPOINT holds a braidfs mount\n"
+    "whose process died, it is cleaned up first. After an unclean stop the mount\n"
+    "finishes what was left (unlinked-but-open files, data beyond a file's size).\n"
+    "\n"
+    "Options:\n"
+    "  -f, --foreground   stay in the foreground, log to stderr\n"
+    "  -o OPTIONS         comma-separated:\n"
+    "       attr_timeout=SEC   how long the kernel caches attributes (default 1)\n"
+    "       entry_timeout=SEC  how long the kernel caches names (default 1)\n"
+    "       threads=N          FUSE worker threads (default 16)\n"
+    "       log=PATH           log file of the background process\n"
+    "                          (default /var/log/braidfs.log)\n"
+    "       debug              log every FUSE request (implies -f)\n"
+    "       ro                 read-only mount\n"
+    "  -h, --help         show this help\n"
+    "\n"
+    "Example:\n"
+    "  braidfs mount sqlite:///var/lib/braidfs/meta.db /mnt/braidfs\n"
+    "\n"
+    "Exit status: 0 mounted, 1 failed, 2 usage error.\n";
 
 static const char umount_help[] =
-	"Usage: braidfs umount [-l] [-t SEC] MOUNTPOINT\n"
-	"\n"
-	"Flush and unmount the braidfs mount at MOUNTPOINT, then wait until its process\n"
-	"has written everything (sizes, metadata, data on every replica) and exited.\n"
-	"A mount whose process died ('Transport endpoint is not connected') is removed.\n"
-	"\n"
-	"Options:\n"
-	"  -l, --lazy         detach now even if files are still open there; the process\n"
-	"                     finishes when the last one is closed\n"
-	"  -t, --timeout SEC  how long to wait for the process (default 300)\n"
-	"  -h, --help         show this help\n"
-	"\n"
-	"Exit status: 0 unmounted, 1 failed (e.g. busy), 2 usage error.\n";
+    "Usage: braidfs umount [-l] [-t SEC] MOUNTPOINT\n"
+    "\n"
+    "Flush and unmount the braidfs mount at MOUNTPOINT, then wait until its process\n"
+    "has written everything (sizes, metadata, data on every replica) and exited.\n"
+    "A mount whose process died ('Transport endpoint is not connected') is removed.\n"
+    "\n"
+    "Options:\n"
+    "  -l, --lazy         detach now even if files are still open there; the process\n"
+    "                     finishes when the last one is closed\n"
+    "  -t, --timeout SEC  how long to wait for the process (default 300)\n"
+    "  -h, --help         show this help\n"
+    "\n"
+    "Exit status: 0 unmounted, 1 failed (e.g. busy), 2 usage error.\n";
 
 /* ---- /proc/self/mounts ---- */
 
@@ -229,7 +229,8 @@ static int parse_o(const char *s, struct mount_opts *mo)
 			return -EINVAL;
 		}
 		if (end && (*end || end == eq || (eq && strtod(eq, NULL) < 0))) {
-			die_msg("mount", "option %s needs a non-negative number, not '%s'", tok, eq);
+			die_msg("mount", "option %s needs a non-negative number, not '%s'", tok,
+				eq);
 			return -EINVAL;
 		}
 	}
@@ -336,9 +337,9 @@ out:
 int cmd_mount(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"foreground", no_argument, NULL, 'f'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	    {"foreground", no_argument, NULL, 'f'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
 	};
 	struct mount_opts mo = {0};
 	mo.fs.attr_timeout = 1.0;
@@ -386,8 +387,8 @@ int cmd_mount(int argc, char **argv)
 	struct stat st;
 	if (stat(mnt, &st) < 0) {
 		if ((errno == ENOTCONN || errno == EIO) && is_braidfs_mount(mnt)) {
-			fprintf(stderr, "braidfs mount: %s holds a dead braidfs mount; removing it\n",
-				mnt);
+			fprintf(stderr,
+				"braidfs mount: %s holds a dead braidfs mount; removing it\n", mnt);
 			if (umount2(mnt, MNT_DETACH) < 0) {
 				die_msg("mount", "cannot remove the dead mount at %s: %s", mnt,
 					strerror(errno));
@@ -464,7 +465,8 @@ int cmd_mount(int argc, char **argv)
 	}
 	int status;
 	waitpid(pid, &status, 0);
-	die_msg("mount", "%s", n ? msg : "the mount process died before it was ready (see the log)");
+	die_msg("mount", "%s",
+		n ? msg : "the mount process died before it was ready (see the log)");
 	return 1;
 }
 
@@ -488,10 +490,10 @@ static bool pid_running(pid_t pid)
 int cmd_umount(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"lazy", no_argument, NULL, 'l'},
-		{"timeout", required_argument, NULL, 't'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	    {"lazy", no_argument, NULL, 'l'},
+	    {"timeout", required_argument, NULL, 't'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
 	};
 	bool lazy = false;
 	long timeout = 300;
@@ -546,10 +548,11 @@ int cmd_umount(int argc, char **argv)
 	if (geteuid() == 0) {
 		if (umount2(mnt, (dead || lazy) ? MNT_DETACH : 0) < 0) {
 			if (errno == EBUSY)
-				die_msg("umount",
-					"%s is busy: processes have files or directories open there "
-					"(see 'fuser -vm %s'); close them, or use --lazy",
-					mnt, mnt);
+				die_msg(
+				    "umount",
+				    "%s is busy: processes have files or directories open there "
+				    "(see 'fuser -vm %s'); close them, or use --lazy",
+				    mnt, mnt);
 			else
 				die_msg("umount", "cannot unmount %s: %s", mnt, strerror(errno));
 			return 1;
@@ -582,13 +585,16 @@ int cmd_umount(int argc, char **argv)
 		while (pid_running(pid)) {
 			int64_t el = (now_monotonic_ns() - t0) / 1000000000;
 			if (el >= 2 && !said) {
-				fprintf(stderr, "braidfs umount: waiting for pid %d to finish writing...\n",
+				fprintf(stderr,
+					"braidfs umount: waiting for pid %d to finish writing...\n",
 					(int)pid);
 				said = true;
 			}
 			if (el >= timeout) {
-				die_msg("umount", "pid %d still running after %lds; it keeps writing in "
-					"the background", (int)pid, timeout);
+				die_msg("umount",
+					"pid %d still running after %lds; it keeps writing in "
+					"the background",
+					(int)pid, timeout);
 				return 1;
 			}
 			struct timespec ts = {0, 20 * 1000 * 1000};

@@ -13,18 +13,18 @@
 #include "tools/tools.h"
 
 static const char help[] =
-	"Usage: braidfs status META_URL\n"
-	"\n"
-	"Show the volume whose metadata is at META_URL: its settings, whether and where it\n"
-	"is mounted, its files, every target with its state (up, offline, unreachable),\n"
-	"space and chunk count, and every chain (the ordered list of targets that hold a\n"
-	"share of the chunks; the first is the primary) with its epoch.\n"
-	"\n"
-	"Options:\n"
-	"  -h, --help   show this help\n"
-	"\n"
-	"Exit status: 0 every target up and reachable, 1 some target is not (or the volume\n"
-	"cannot be read), 2 usage error.\n";
+    "Usage: braidfs status META_URL\n"
+    "\n"
+    "Show the volume whose metadata is at META_URL: its settings, whether and where it\n"
+    "is mounted, its files, every target with its state (up, offline, unreachable),\n"
+    "space and chunk count, and every chain (the ordered list of targets that hold a\n"
+    "share of the chunks; the first is the primary) with its epoch.\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "Exit status: 0 every target up and reachable, 1 some target is not (or the volume\n"
+    "cannot be read), 2 usage error.\n";
 
 int cmd_status(int argc, char **argv)
 {
@@ -72,8 +72,8 @@ int cmd_status(int argc, char **argv)
 		       fmt_size(ms.bytes, b1, sizeof(b1)));
 
 	int rc = 0;
-	printf("\ntargets\n  %-3s %-12s %-10s %-10s %-10s %-8s %s\n", "ID", "STATE", "USED",
-	       "FREE", "SIZE", "CHUNKS", "URL");
+	printf("\ntargets\n  %-3s %-12s %-10s %-10s %-10s %-8s %s\n", "ID", "STATE", "USED", "FREE",
+	       "SIZE", "CHUNKS", "URL");
 	for (unsigned i = 0; i < v.ntargets; i++) {
 		const struct meta_target *t = &v.targets[i];
 		struct sm_identity expect = {.target_id = t->id};
@@ -97,8 +97,8 @@ int cmd_status(int argc, char **argv)
 			       fmt_size(sf.total_bytes, b3, sizeof(b3)),
 			       (unsigned long long)sf.chunks, t->url);
 		else
-			printf("  %-3u %-12s %-10s %-10s %-10s %-8s %s\n      %s\n", t->id, state, "-",
-			       "-", "-", "-", t->url, terr[0] ? terr : strerror(-r));
+			printf("  %-3u %-12s %-10s %-10s %-10s %-8s %s\n      %s\n", t->id, state,
+			       "-", "-", "-", "-", t->url, terr[0] ? terr : strerror(-r));
 	}
 	printf("\nchains\n  %-3s %-6s %s\n", "ID", "EPOCH", "MEMBERS (primary first)");
 	for (unsigned i = 0; i < v.nchains; i++) {

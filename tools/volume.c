@@ -84,8 +84,8 @@ static int chain_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t f
 		log_err("cannot record the removal of target %u from chain %u: %s", failed_target,
 			chain_id, strerror(-r));
 	else
-		log_warn("target %u failed and left chain %u (epoch %llu)", failed_target,
-			 chain_id, (unsigned long long)*ret_epoch);
+		log_warn("target %u failed and left chain %u (epoch %llu)", failed_target, chain_id,
+			 (unsigned long long)*ret_epoch);
 	return r;
 }
 
@@ -108,14 +108,14 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 		memcpy(c[i].members, v->chains[i].members, sizeof(c[i].members));
 	}
 	struct ds_config cfg = {
-		.chunk_size = v->info.chunk_size,
-		.consistency = v->info.consistency == META_WEAK ? DS_WEAK : DS_STRONG,
-		.targets = t,
-		.ntargets = v->ntargets,
-		.chains = c,
-		.nchains = v->nchains,
-		.chain_failed = chain_failed,
-		.cb_ctx = v,
+	    .chunk_size = v->info.chunk_size,
+	    .consistency = v->info.consistency == META_WEAK ? DS_WEAK : DS_STRONG,
+	    .targets = t,
+	    .ntargets = v->ntargets,
+	    .chains = c,
+	    .nchains = v->nchains,
+	    .chain_failed = chain_failed,
+	    .cb_ctx = v,
 	};
 	snprintf(cfg.volume_uuid, sizeof(cfg.volume_uuid), "%s", v->info.uuid);
 	r = ds_open(&cfg, &v->ds, err, errlen);

@@ -44,13 +44,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define META_ROOT_INO     1
-#define META_NAME_MAX     255
-#define META_SYMLINK_MAX  4095
+#define META_ROOT_INO	    1
+#define META_NAME_MAX	    255
+#define META_SYMLINK_MAX    4095
 #define META_XATTR_NAME_MAX 255
 #define META_XATTR_SIZE_MAX 65536
-#define META_MAX_REPLICAS 8
-#define META_MAX_TARGETS  256
+#define META_MAX_REPLICAS   8
+#define META_MAX_TARGETS    256
 
 /* inode flags (meta_attr.flags) */
 #define META_IF_WDIRTY 0x1 /* META-4 */
@@ -107,7 +107,7 @@ struct meta_chain {
 
 struct meta_statfs {
 	uint64_t inodes; /* live inodes */
-	uint64_t bytes;  /* sum of file sizes */
+	uint64_t bytes;	 /* sum of file sizes */
 };
 
 /* readdir: one entry; `off` is the offset to resume *after* this entry. Stable across
@@ -130,7 +130,7 @@ struct meta;
 
 struct meta_ops {
 	const char *scheme; /* "sqlite" */
-	unsigned caps;      /* META_CAP_* */
+	unsigned caps;	    /* META_CAP_* */
 
 	/* err: a one-line reason fit for a user when it fails (missing file, not a database,
 	 * not a braidfs database, corrupted, locked). */
