@@ -314,7 +314,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		in.mtime_ns = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? now : ts_to_ns(&attr->st_mtim);
 		mask |= META_SET_MTIME;
 	}
-	if (mask) {
+	/* chown(f, -1, -1) changes nothing but ctime; the kernel then sends a SETATTR with no
+	 * field at all (it names ctime only in writeback-cache mode). */
+	if (mask || (to_set & FUSE_SET_ATTR_CTIME) || to_set == 0) {
 		in.ctime_ns = (to_set & FUSE_SET_ATTR_CTIME) ? ts_to_ns(&attr->st_ctim) : now;
 		mask |= META_SET_CTIME;
 		struct fs_inode *ip = fs_inode_find(fs, ino);
