@@ -85,11 +85,15 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _alarm_timeout(request):
     """SIGALRM per-test timeout, used only when pytest-timeout is not installed."""
-    if HAVE_PYTEST_TIMEOUT:
+    if request.config.pluginmanager.hasplugin("timeout"):
         yield
         return
     m = request.node.get_closest_marker("timeout")
-    secs = int(m.args[0]) if m and m.args else int(float(request.config.getini("timeout")))
+    try:
+        default = int(float(request.config.getini("timeout")))
+    except (ValueError, TypeError):
+        default = 300
+    secs = int(m.args[0]) if m and m.args else default
 
     def on_alarm(signum, frame):
         raise TimeoutError(f"test exceeded {secs} s")
@@ -162,6 +166,31 @@ def kill_pid(pid, sig=signal.SIGKILL):
         pass
 
 
+def users_of(path):
+    """Pids of processes with a cwd, root or open file under PATH."""
+    out = set()
+    pre = os.path.realpath(path)
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{d}/cwd")]
+            links += [os.readlink(f"/proc/{d}/fd/{fd}") for fd in os.listdir(f"/proc/{d}/fd")]
+        except OSError:
+            continue
+        if any(x == pre or x.startswith(pre + "/") for x in links):
+            out.add(int(d))
+    return out
+
+
+def wait_no_users(path, timeout=30):
+    """Wait until no process uses PATH (e.g. a server's children after it was stopped)."""
+    end = time.monotonic() + timeout
+    while users_of(path) and time.monotonic() < end:
+        time.sleep(0.1)
+    return users_of(path)
+
+
 def drop_caches():
     os.sync()
     try:
@@ -191,6 +220,7 @@ class Volume:
             self.target_dirs.append(d)
             self.targets.append(f"{kind}:{d}")
         self.mnt = os.path.join(base, "mnt")
+        self.log = os.path.join(base, "braidfs.log")  # the daemon's log (mount -o log=)
         os.mkdir(self.mnt)
         os.chmod(self.mnt, 0o755)
         self.replicas = replicas
@@ -220,15 +250,16 @@ class Volume:
         mnt = mnt or self.mnt
         if opts is not None:
             self.mount_opts = opts
-        args = ["mount"]
-        if self.mount_opts:
-            args += ["-o", self.mount_opts]
-        p = braidfs(*args, self.meta_url, mnt, timeout=120)
+        opts = [o for o in (self.mount_opts or "").split(",") if o]
+        if not any(o.startswith("log=") for o in opts):
+            opts.append("log=" + self.log)
+        p = braidfs("mount", "-o", ",".join(opts), self.meta_url, mnt, timeout=120)
         pid = self.pid()
         if pid:
             self.pids.add(pid)
         if p.returncode != 0:
-            raise AssertionError(f"braidfs mount -> exit {p.returncode}: {p.stderr.strip()}")
+            raise AssertionError(f"braidfs mount -> exit {p.returncode}: {p.stderr.strip()}"
+                                 f"{self.log_tail()}")
         assert is_mounted(mnt), "braidfs mount exited 0 but nothing is mounted"
         assert pid and pid_alive(pid), "no live daemon pid in the lock file after mount"
         self.mounted = True
@@ -249,6 +280,14 @@ class Volume:
     def remount(self):
         self.umount()
         self.mount()
+
+    def log_tail(self, n=15):
+        try:
+            with open(self.log, errors="replace") as f:
+                lines = f.readlines()[-n:]
+        except OSError:
+            return ""
+        return "\n--- daemon log tail ---\n" + "".join(lines)
 
     def pid(self):
         """Pid of the mount daemon: first line of <db>.lock (None if absent)."""
@@ -288,11 +327,12 @@ class Volume:
             return None
         pid = self.pid()
         if not pid or not pid_alive(pid):
-            return f"mount daemon (pid {pid}) died during the test"
+            return f"mount daemon (pid {pid}) died during the test{self.log_tail()}"
+        wait_no_users(self.mnt, 15)  # children of a server the test stopped may linger
         try:
             self.umount()
         except (AssertionError, subprocess.TimeoutExpired) as e:
-            return f"clean umount at the end of the test failed: {e}"
+            return f"clean umount at the end of the test failed: {e}{self.log_tail()}"
         return None
 
     def cleanup(self):
@@ -448,6 +488,21 @@ def expect_errno(errs, fn, *args, **kw):
         return e
     raise AssertionError(f"{getattr(fn, '__name__', fn)}{args}: expected "
                          f"{[errno.errorcode[x] for x in errs]}, but it succeeded")
+
+
+def listdir(path, limit=1_000_000):
+    """os.listdir that fails fast instead of looping forever: a name returned twice (a broken
+    readdir offset) raises AssertionError. A Python-level loop, so timeouts can interrupt it."""
+    names, seen = [], set()
+    with os.scandir(path) as it:
+        for e in it:
+            if e.name in seen:
+                raise AssertionError(f"readdir of {path} returned {e.name!r} twice")
+            seen.add(e.name)
+            names.append(e.name)
+            if len(names) > limit:
+                raise AssertionError(f"readdir of {path} returned more than {limit} names")
+    return names
 
 
 def write_file(path, data, mode=0o644, fsync=False):

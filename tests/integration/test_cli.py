@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import (BIN, Volume, braidfs, is_mounted, pid_alive, read_file, tree_digest,
+from conftest import (listdir, BIN, Volume, braidfs, is_mounted, pid_alive, read_file, tree_digest,
                       wait_pid_gone, write_file)
 
 SUBCOMMANDS = ["format", "mount", "umount", "status", "fsck"]
@@ -119,7 +119,7 @@ def test_format_bad_meta_url(fresh, url):
         os.chdir(cwd)
     assert_error(p, "format")
     assert snapshot(*fresh.target_dirs) == before, "targets touched"
-    assert sorted(os.listdir(fresh.dir)) == ["mnt", "t0", "t1"], os.listdir(fresh.dir)
+    assert sorted(listdir(fresh.dir)) == ["mnt", "t0", "t1"], listdir(fresh.dir)
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
@@ -146,9 +146,11 @@ def test_meta_db_missing(fresh, cmd):
 def test_format_missing_target_dir(fresh):
     missing = os.path.join(fresh.dir, "nope")
     p = braidfs("format", fresh.meta_url, "vol", fresh.targets[0], f"dir:{missing}")
-    assert_error(p, "format")
+    assert p.returncode != 0
     assert not os.path.exists(missing)
-    assert snapshot(fresh.target_dirs[0]) == {fresh.target_dirs[0]: {}}, "first target touched"
+    assert snapshot(fresh.target_dirs[0]) == {fresh.target_dirs[0]: {}}, \
+        "format failed on the 2nd target but had already written to the 1st"
+    assert_error(p, "format")
     # nothing half-made blocks a correct format afterwards
     braidfs(*fresh.format_args(), check=True)
 
@@ -156,8 +158,10 @@ def test_format_missing_target_dir(fresh):
 def test_format_bad_target_urls(fresh):
     for t in ["t0", "dir:relative", "nbd:/x", "", "dir:"]:
         p = braidfs("format", fresh.meta_url, "vol", fresh.targets[0], t)
+        assert p.returncode != 0, t
+        assert snapshot(fresh.target_dirs[0]) == {fresh.target_dirs[0]: {}}, \
+            f"format failed on a bad 2nd target {t!r} but had already written to the 1st"
         assert_error(p, "format")
-    assert snapshot(fresh.target_dirs[0]) == {fresh.target_dirs[0]: {}}
     braidfs(*fresh.format_args(), check=True)
 
 
@@ -169,8 +173,10 @@ def test_format_readonly_target(fresh):
         pytest.skip(f"cannot mount a read-only tmpfs: {r.stderr}")
     try:
         p = braidfs(*fresh.format_args())
+        assert p.returncode != 0
+        assert listdir(fresh.target_dirs[0]) == [], \
+            "format failed on the read-only 2nd target but had already written to the 1st"
         assert_error(p, "format")
-        assert os.listdir(fresh.target_dirs[0]) == [], "first target touched"
     finally:
         subprocess.run(["umount", ro], check=True)
     braidfs(*fresh.format_args(), check=True)
@@ -180,8 +186,10 @@ def test_format_nonempty_target(fresh):
     write_file(os.path.join(fresh.target_dirs[1], "precious"), b"do not touch")
     before = snapshot(*fresh.target_dirs)
     p = braidfs(*fresh.format_args())
+    assert p.returncode != 0
+    assert snapshot(*fresh.target_dirs) == before, \
+        "format refused the non-empty 2nd target but had already written to the 1st"
     assert_error(p, "format")
-    assert snapshot(*fresh.target_dirs) == before
 
 
 def test_format_same_target_twice(fresh):
@@ -195,7 +203,7 @@ def test_format_bad_options(fresh):
                   ["--consistency", "sometimes"]):
         p = braidfs("format", *extra, fresh.meta_url, "vol", *fresh.targets)
         assert_error(p, "format")
-        assert not any(os.listdir(d) for d in fresh.target_dirs), f"{extra}: targets touched"
+        assert not any(listdir(d) for d in fresh.target_dirs), f"{extra}: targets touched"
     braidfs(*fresh.format_args(), check=True)
 
 
@@ -214,7 +222,7 @@ def test_format_over_existing_volume(volume, test_dir):
         os.mkdir(d)
     p = braidfs("format", volume.meta_url, "vol2", *[f"dir:{d}" for d in other])
     assert_error(p, "format")
-    assert all(os.listdir(d) == [] for d in other)
+    assert all(listdir(d) == [] for d in other)
     assert snapshot(volume.db, *volume.target_dirs) == before, "existing volume touched"
     volume.mount()
     assert read_file(volume.path("keep")) == data
@@ -402,7 +410,7 @@ def test_truncated_sqlite_db(make_volume, cmd):
     if cmd == "mount" and p.returncode == 0:
         # a lazy engine may only notice on access; it must then fail loudly, not invent data
         try:
-            names = os.listdir(v.mnt)
+            names = listdir(v.mnt)
         except OSError:
             names = None
         braidfs("umount", v.mnt)
@@ -439,3 +447,47 @@ def test_mount_bad_options(make_volume, opts):
     assert_error(p, "mount")
     assert not is_mounted(v.mnt)
     v.mount()  # no stale lock
+
+
+def test_mount_read_only(make_volume):
+    import errno as _e
+    v = make_volume()
+    write_file(v.path("f"), b"before", fsync=True)
+    v.umount()
+    v.mount(opts="ro")
+    assert read_file(v.path("f")) == b"before"
+    for fn, args in ((os.open, (v.path("g"), os.O_CREAT | os.O_WRONLY)),
+                     (os.open, (v.path("f"), os.O_WRONLY)), (os.mkdir, (v.path("d"),)),
+                     (os.unlink, (v.path("f"),)), (os.chmod, (v.path("f"), 0o600))):
+        try:
+            fn(*args)
+        except OSError as e:
+            assert e.errno == _e.EROFS, f"{fn.__name__}{args}: {_e.errorcode.get(e.errno)}"
+        else:
+            pytest.fail(f"{fn.__name__}{args} succeeded on a read-only mount")
+    v.umount()
+    v.mount(opts="")
+    assert read_file(v.path("f")) == b"before"
+
+
+def test_umount_lazy_with_open_file(volume):
+    pid = volume.pid()
+    fd = os.open(volume.path("f"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"written before the lazy umount;")
+        volume.mounted = False
+        try:
+            p = braidfs("umount", "-l", volume.mnt, timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("braidfs umount -l did not return within 30 s while a file was open "
+                        "(it waits for the daemon, which waits for the file to be closed)")
+        assert p.returncode == 0, p.stderr
+        assert not is_mounted(volume.mnt)
+        os.write(fd, b" and after")
+        os.fsync(fd)
+        assert pid_alive(pid), "daemon exited while a file was still open"
+    finally:
+        os.close(fd)
+    assert wait_pid_gone(pid, 60), "daemon did not exit after the last file was closed"
+    volume.mount()
+    assert read_file(volume.path("f")) == b"written before the lazy umount; and after"

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from conftest import braidfs, is_mounted, pwrite_all, rand_bytes
+from conftest import listdir, braidfs, is_mounted, pwrite_all, rand_bytes
 
 MiB = 1 << 20
 ROUNDS = int(os.environ.get("BRAIDFS_CRASH_ROUNDS", "20"))
@@ -84,6 +84,7 @@ def test_kill9_after_fsync(volume):
     os.makedirs(dirs[2])
     _fsync_path(volume.mnt)
     _fsync_path(dirs[1])
+    problems = []  # non-fatal failures, reported at the end
     durable = {}   # path -> bytearray: content as of the last fsync
     names = [os.path.join(rng.choice(dirs), f"f{i}") for i in range(10)]
 
@@ -148,7 +149,15 @@ def test_kill9_after_fsync(volume):
             assert not is_mounted(volume.mnt)
             volume.mount()
         else:
-            volume.mount()  # mounting over the dead mount point cleans it itself
+            # mounting over the dead mount point must clean it itself; if it does not, note
+            # it and go on (clean with braidfs umount) so durability is still checked
+            try:
+                volume.mount()
+            except AssertionError as e:
+                problems.append(f"round {rnd}: mount over the dead mount point: {e}")
+                r = braidfs("umount", volume.mnt, timeout=120)
+                assert r.returncode == 0, f"braidfs umount of a dead mount: {r.stderr}"
+                volume.mount()
 
         # ---- check
         for p, model in durable.items():
@@ -172,7 +181,7 @@ def test_kill9_after_fsync(volume):
             _fsync_path(p, os.O_RDWR)
             _fsync_path(os.path.dirname(p))
             durable[p] = bytearray(got)
-        assert not [n for n in os.listdir(volume.mnt) if n.startswith(".braidfs")], \
+        assert not [n for n in listdir(volume.mnt) if n.startswith(".braidfs")], \
             "internal files visible in the namespace"
 
     volume.umount()
@@ -181,6 +190,7 @@ def test_kill9_after_fsync(volume):
     volume.mount()
     for p, model in durable.items():
         assert _read_all(p) == bytes(model), f"after final remount: {p}"
+    assert not problems, "\n".join(problems)
 
 
 def test_kill9_single_round_quick(volume):
@@ -203,3 +213,124 @@ def test_kill9_single_round_quick(volume):
         assert e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
     volume.mount()  # over the dead mount point
     assert _read_all(p) == data
+
+
+_WRITER = r"""
+import hashlib, os, sys
+path, rec = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+i = 0
+try:
+    while True:
+        seed = hashlib.sha256(f"{path}:{i}".encode()).digest()
+        os.write(fd, (seed * (rec // 32 + 1))[:rec])
+        os.fdatasync(fd) if i % 2 else os.fsync(fd)
+        print(i, flush=True)  # record i is durable
+        i += 1
+except OSError as e:
+    print("error", e.errno, flush=True)
+"""
+
+
+def _record(path, i, rec):
+    import hashlib
+    seed = hashlib.sha256(f"{path}:{i}".encode()).digest()
+    return (seed * (rec // 32 + 1))[:rec]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_kill9_during_fsync_stream(volume):
+    """Writers append records and fsync each; the daemon is killed while they run. Every
+    record whose fsync returned must be there after the remount, nothing torn before it."""
+    import subprocess
+    import time
+    from conftest import PY
+    rng = random.Random(77)
+    rounds = max(1, min(ROUNDS, 5))
+    for rnd in range(rounds):
+        writers = []
+        for w in range(3):
+            p = volume.path(f"stream{rnd}.{w}")
+            rec = rng.choice([512, 4096, 12288, 65536 + 17])
+            proc = subprocess.Popen([PY, "-c", _WRITER, p, str(rec)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+            writers.append((p, rec, proc))
+        time.sleep(rng.uniform(0.3, 1.5))
+        volume.kill9()
+        acked = {}
+        for p, rec, proc in writers:
+            try:
+                out, _ = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            nums = [int(x) for x in out.split() if x.isdigit()]
+            acked[p] = (max(nums) + 1 if nums else 0, rec)
+        r = braidfs("umount", volume.mnt, timeout=120)
+        assert r.returncode == 0, r.stderr
+        volume.mount()
+        for p, (n, rec) in acked.items():
+            try:
+                data = _read_all(p)
+            except FileNotFoundError:
+                assert n == 0, f"round {rnd}: {p} vanished with {n} fsynced records"
+                continue
+            assert len(data) >= n * rec, \
+                f"round {rnd}: {p} has {len(data)} bytes, {n} records of {rec} were fsynced"
+            for i in range(n):
+                assert data[i * rec:(i + 1) * rec] == _record(p, i, rec), \
+                    f"round {rnd}: {p} fsynced record {i} of {n} is wrong"
+            # beyond the acknowledged records: whole later records, or zeros (never garbage)
+            tail = data[n * rec:]
+            j = n
+            while tail:
+                chunk, tail = tail[:rec], tail[rec:]
+                want = _record(p, j, rec)[:len(chunk)]
+                assert chunk == want or not chunk.strip(b"\0") or all(
+                    c == w or c == 0 for c, w in zip(chunk, want)), \
+                    f"round {rnd}: {p} unsynced record {j} holds foreign bytes"
+                j += 1
+    assert sum(n for n, _ in acked.values()) > 0, "no record was ever fsynced"
+    volume.umount()
+    r = volume.fsck()
+    assert r.returncode == 0, f"fsck after the crashes: exit {r.returncode}\n{r.stdout}{r.stderr}"
+    volume.mount()
+
+
+def test_kill9_with_unlinked_open_file(volume):
+    """An unlinked-but-open file at the crash: after remount its data is reclaimed and fsck
+    finds nothing left over."""
+    from conftest import chunk_files
+    p = volume.path("doomed")
+    data = os.urandom(6 * MiB)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    pwrite_all(fd, data, 0)
+    os.fsync(fd)
+    ino = os.fstat(fd).st_ino
+    os.unlink(p)
+    _fsync_path(volume.mnt)
+    keep = volume.path("keep")
+    with open(keep, "wb") as f:
+        f.write(b"k" * 10000)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_path(volume.mnt)
+    volume.kill9()
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    r = braidfs("umount", volume.mnt, timeout=120)
+    assert r.returncode == 0, r.stderr
+    volume.mount()
+    assert _read_all(keep) == b"k" * 10000
+    assert not os.path.exists(p)
+    volume.umount()
+    r = volume.fsck()
+    assert r.returncode == 0, f"fsck after a crash with an open unlinked file: {r.stdout}{r.stderr}"
+    name = f"{ino:016x}."
+    left = [rel for i in range(2) for rel in chunk_files(volume.chunk_root(i))
+            if rel.split("/")[-1].startswith(name)]
+    assert not left, f"chunks of the unlinked inode {ino} still on the targets: {left[:4]}"
+    volume.mount()

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import shared_dir
+from conftest import listdir, shared_dir
 
 ROWS = ["seqwrite", "seqread", "randwrite", "randread", "fsyncwrite", "create", "stat", "unlink"]
 
@@ -40,4 +40,4 @@ def test_fio_suite_smoke(volume, test_dir):
     assert not errs, f"rows with ERROR: {errs}"
     for name in ROWS:
         assert float(rows[name]) > 0, f"{name}: figure {rows[name]}"
-    assert not [n for n in os.listdir(volume.mnt) if n.startswith("fio.")], "fio dir left behind"
+    assert not [n for n in listdir(volume.mnt) if n.startswith("fio.")], "fio dir left behind"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PY, RENAME_EXCHANGE,
+from conftest import (listdir, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PY, RENAME_EXCHANGE,
                       RENAME_NOREPLACE, drop_caches, expect_errno, fallocate, pwrite_all,
                       rand_bytes, read_file, renameat2, sha256_file, spawn_py, tree_digest,
                       wait_line, write_file)
@@ -34,7 +34,7 @@ def test_create_write_read_unlink(volume):
     assert st.st_size == 14
     assert stat.S_IMODE(st.st_mode) == 0o644
     assert read_file(p) == b"hello braidfs\n"
-    assert "a.txt" in os.listdir(volume.mnt)
+    assert "a.txt" in listdir(volume.mnt)
     os.unlink(p)
     assert not os.path.exists(p)
     expect_errno(errno.ENOENT, os.stat, p)
@@ -93,14 +93,14 @@ def test_dot_and_dotdot(volume):
     os.makedirs(volume.path("a", "b"))
     assert os.stat(volume.path("a", "b", "..")).st_ino == os.stat(volume.path("a")).st_ino
     assert os.stat(volume.path("a", ".")).st_ino == os.stat(volume.path("a")).st_ino
-    names = os.listdir(volume.path("a"))
+    names = listdir(volume.path("a"))
     assert names == ["b"]
 
 
 def test_long_names(volume):
     name = "n" * 255
     write_file(volume.path(name), b"x")
-    assert name in os.listdir(volume.mnt)
+    assert name in listdir(volume.mnt)
     expect_errno(errno.ENAMETOOLONG, os.open, volume.path("n" * 256), os.O_CREAT | os.O_WRONLY)
 
 
@@ -108,7 +108,7 @@ def test_odd_names(volume):
     names = ["with space", "ünïcødé-名前", "new\nline", "-dash", ".hidden", "a" * 200 + ".b"]
     for n in names:
         write_file(volume.path(n), n.encode())
-    assert sorted(os.listdir(volume.mnt)) == sorted(names)
+    assert sorted(listdir(volume.mnt)) == sorted(names)
     for n in names:
         assert read_file(volume.path(n)) == n.encode()
 
@@ -197,7 +197,7 @@ def test_dangling_and_long_symlink(volume):
 def test_symlink_to_directory(volume):
     os.makedirs(volume.path("real", "inner"))
     os.symlink("real", volume.path("ln"))
-    assert os.listdir(volume.path("ln")) == ["inner"]
+    assert listdir(volume.path("ln")) == ["inner"]
     write_file(volume.path("ln", "inner", "f"), b"via link")
     assert read_file(volume.path("real", "inner", "f")) == b"via link"
     os.unlink(volume.path("ln"))
@@ -216,7 +216,7 @@ def test_rename_file_over_file(volume):
     assert not os.path.exists(a)
     assert read_file(b) == b"AAA"
     assert os.stat(b).st_ino == ino_a
-    assert os.listdir(volume.mnt) == ["b"]
+    assert listdir(volume.mnt) == ["b"]
 
 
 def test_rename_over_file_kept_open(volume):
@@ -238,7 +238,7 @@ def test_rename_across_dirs_and_dotdot(volume):
     os.mkdir(volume.path("p2"))
     write_file(volume.path("p1", "moving", "deep", "f"), b"f")
     os.rename(volume.path("p1", "moving"), volume.path("p2", "moved"))
-    assert os.listdir(volume.path("p1")) == []
+    assert listdir(volume.path("p1")) == []
     assert read_file(volume.path("p2", "moved", "deep", "f")) == b"f"
     assert (os.stat(volume.path("p2", "moved", "..")).st_ino
             == os.stat(volume.path("p2")).st_ino)
@@ -1026,7 +1026,7 @@ def test_directory_100k_entries(volume):
     missing = stayed - seen
     assert not missing, (f"{len(missing)} entries never returned although not deleted, e.g. "
                          f"{sorted(missing)[:5]}")
-    assert os.listdir(d) == [], "entries left after deleting every listed one"
+    assert listdir(d) == [], "entries left after deleting every listed one"
     os.rmdir(d)
     assert not os.path.exists(d)
 
@@ -1035,7 +1035,7 @@ def test_directory_2000_entries_quick(volume):
     d = volume.path("mid")
     os.mkdir(d)
     _make_entries(d, 2000)
-    names = os.listdir(d)
+    names = listdir(d)
     assert len(names) == 2000 == len(set(names))
     with os.scandir(d) as it:
         seen = []
@@ -1151,7 +1151,7 @@ def test_copy_tree_and_diff(volume):
     volume.remount()
     assert tree_digest(dst) == a
     subprocess.run(["rm", "-rf", dst], check=True, timeout=600)
-    assert os.listdir(volume.mnt) == []
+    assert listdir(volume.mnt) == []
 
 
 def test_many_files_nested(volume):
@@ -1169,3 +1169,75 @@ def test_many_files_nested(volume):
     for p, data in expect.items():
         assert read_file(p) == data
     assert sum(len(fns) for _, _, fns in os.walk(root)) == len(expect)
+
+
+def test_posix_acl_mode_consistency(volume):
+    """An access ACL (what `cp -a` and `setfacl` write) must agree with the mode, or the
+    file system must refuse ACLs (EOPNOTSUPP) so tools fall back to chmod."""
+    import shutil
+    if not shutil.which("setfacl"):
+        pytest.skip("setfacl missing (Debian package acl)")
+    p = volume.path("acl")
+    write_file(p, b"x", mode=0o600)
+    os.chmod(p, 0o600)
+    r = subprocess.run(["setfacl", "-m", "u::rwx,g::r-x,o::r--", p], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        assert "not supported" in r.stderr, r.stderr
+        return
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o754, \
+        f"setfacl succeeded but the mode is {stat.S_IMODE(os.stat(p).st_mode):o}, not 754"
+    os.chmod(p, 0o640)
+    out = subprocess.run(["getfacl", "-cp", p], capture_output=True, text=True).stdout
+    assert "user::rw-" in out and "group::r--" in out and "other::---" in out, out
+
+
+_WORKER = r"""
+import hashlib, json, os, random, sys
+root, wid = sys.argv[1], int(sys.argv[2])
+rng = random.Random(wid)
+mine = os.path.join(root, f"w{wid}")
+shared = os.path.join(root, "shared")
+os.makedirs(mine, exist_ok=True)
+final = {}
+for i in range(150):
+    data = rng.randbytes(rng.choice([0, 1, 4095, 70000, 300000]))
+    tmp = os.path.join(mine, f"tmp{i}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    with open(tmp, "rb") as f:
+        if f.read() != data:
+            print("MISMATCH", tmp, flush=True); sys.exit(1)
+    dst = os.path.join(mine, f"f{i % 20}")
+    os.rename(tmp, dst)
+    final[dst] = hashlib.sha256(data).hexdigest()
+    sh = os.path.join(shared, f"s{wid}.{i}")
+    os.close(os.open(sh, os.O_CREAT | os.O_WRONLY, 0o644))
+    names = os.listdir(shared)
+    if len(names) != len(set(names)) or f"s{wid}.{i}" not in names:
+        print("READDIR", flush=True); sys.exit(1)
+    if i % 3 == 0:
+        os.unlink(sh)
+    d = os.path.join(mine, f"d{i}")
+    os.mkdir(d); os.rmdir(d)
+print(json.dumps(final), flush=True)
+"""
+
+
+def test_concurrent_mixed_workload(volume):
+    import json
+    os.mkdir(volume.path("shared"))
+    procs = [subprocess.Popen([PY, "-c", _WORKER, volume.mnt, str(w)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for w in range(6)]
+    finals = {}
+    for p in procs:
+        out, err = p.communicate(timeout=280)
+        assert p.returncode == 0, f"worker failed: {out[-500:]} {err[-1500:]}"
+        finals.update(json.loads(out.strip().splitlines()[-1]))
+    shared = listdir(volume.path("shared"))
+    assert len(shared) == 6 * 100
+    volume.remount()
+    for path, h in finals.items():
+        assert sha256_file(path) == h, path
+    for w in range(6):
+        assert sorted(listdir(volume.path(f"w{w}"))) == sorted(f"f{i}" for i in range(20))
