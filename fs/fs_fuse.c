@@ -896,12 +896,23 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* ---- xattrs ---- */
 
+/* POSIX ACLs are not supported yet: storing them as plain xattrs would let setfacl and
+ * cp -a "succeed" while the mode and the permission checks ignore them. Saying so makes
+ * tools fall back to chmod, which keeps the mode right. */
+static bool is_acl_xattr(const char *name)
+{
+	return !strcmp(name, "system.posix_acl_access") ||
+	       !strcmp(name, "system.posix_acl_default");
+}
+
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			size_t size, int flags)
 {
 	struct fs *fs = req_fs(req);
 	int r;
-	if (strlen(name) > META_XATTR_NAME_MAX)
+	if (is_acl_xattr(name))
+		r = -EOPNOTSUPP;
+	else if (strlen(name) > META_XATTR_NAME_MAX)
 		r = -ERANGE;
 	else if (size > META_XATTR_SIZE_MAX)
 		r = -E2BIG;
@@ -943,7 +954,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	struct fs *fs = req_fs(req);
-	int r = META_CALL(fs->meta, removexattr, ino, name);
+	int r = is_acl_xattr(name) ? -EOPNOTSUPP : META_CALL(fs->meta, removexattr, ino, name);
 	if (r == 0)
 		fs_meta_touched(fs); /* the engine updated ctime in the same transaction */
 	fuse_reply_err(req, -r);

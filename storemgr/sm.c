@@ -74,6 +74,14 @@ int sm_format(const char *url, const struct sm_identity *id, bool force, char *e
 	return ops->format(url, id, force, err, errlen);
 }
 
+int sm_format_check(const char *url, bool force, char *err, size_t errlen)
+{
+	const struct sm_ops *ops = sm_ops_for(url);
+	if (!ops)
+		return sm_unknown(url, err, errlen);
+	return ops->format_check(url, force, err, errlen);
+}
+
 int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret, char *err,
 	    size_t errlen)
 {

@@ -80,6 +80,9 @@ struct sm_ops {
 	 * err gets a one-line reason on failure ("target directory /x is not empty", ...). */
 	int (*format)(const char *url, const struct sm_identity *id, bool force, char *err,
 		      size_t errlen);
+	/* Would format() succeed? Every check it makes, nothing written (so that a command
+	 * formatting several targets can refuse before it touches any). */
+	int (*format_check)(const char *url, bool force, char *err, size_t errlen);
 	/* Open for I/O; expect may be NULL, else SM-1 checks volume uuid and target id. */
 	int (*open)(const char *url, const struct sm_identity *expect, struct sm_target **ret,
 		    char *err, size_t errlen);
@@ -129,6 +132,7 @@ struct sm_target {
 /* Find the backend for url's scheme (NULL: unknown scheme). */
 const struct sm_ops *sm_ops_for(const char *url);
 int sm_format(const char *url, const struct sm_identity *id, bool force, char *err, size_t errlen);
+int sm_format_check(const char *url, bool force, char *err, size_t errlen);
 int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret, char *err,
 	    size_t errlen);
 void sm_close(struct sm_target *t);

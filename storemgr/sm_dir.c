@@ -415,16 +415,16 @@ static int sm_dir_wipe_chunks(int dfd)
 	return r;
 }
 
-int sm_dir_format_path(const char *path, const struct sm_identity *id, bool force,
+int sm_dir_format_path(const char *path, const struct sm_identity *id, bool force, bool dry_run,
 		       const char *ignore, char *err, size_t errlen)
 {
 	int dfd = -1, cfd = -1, r;
-	if (!id || !sm_dir_chunk_size_ok(id->chunk_size)) {
+	if (!dry_run && (!id || !sm_dir_chunk_size_ok(id->chunk_size))) {
 		sm_seterr(err, errlen, "invalid chunk size %u (a multiple of 4 KiB, at most 1 GiB)",
 			  id ? id->chunk_size : 0);
 		return -EINVAL;
 	}
-	if (!sm_dir_uuid_ok(id->volume_uuid) || !sm_dir_uuid_ok(id->target_uuid)) {
+	if (!dry_run && (!sm_dir_uuid_ok(id->volume_uuid) || !sm_dir_uuid_ok(id->target_uuid))) {
 		sm_seterr(err, errlen, "invalid volume or target UUID for target %s", path);
 		return -EINVAL;
 	}
@@ -493,6 +493,8 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 	}
 	close(pfd);
 	unlinkat(dfd, probe, 0);
+	if (dry_run)
+		goto out;
 
 	if (force) {
 		/* SM-2: chunks of a previous target must not be read back as this one's. */
@@ -551,7 +553,16 @@ static int sm_dir_format(const char *url, const struct sm_identity *id, bool for
 	int r = sm_dir_url_parse(url, "dir", &u, err, errlen);
 	if (r < 0)
 		return r;
-	return sm_dir_format_path(u.path, id, force, NULL, err, errlen);
+	return sm_dir_format_path(u.path, id, force, false, NULL, err, errlen);
+}
+
+static int sm_dir_format_check(const char *url, bool force, char *err, size_t errlen)
+{
+	struct url u;
+	int r = sm_dir_url_parse(url, "dir", &u, err, errlen);
+	if (r < 0)
+		return r;
+	return sm_dir_format_path(u.path, NULL, force, true, NULL, err, errlen);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1656,6 +1667,7 @@ const struct sm_ops sm_dir_ops = {
     .scheme = "dir",
     .caps = SM_CAP_SPARSE | SM_CAP_PUNCH,
     .format = sm_dir_format,
+    .format_check = sm_dir_format_check,
     .open = sm_dir_open,
     .close = sm_dir_close,
     .identity = sm_dir_identity,

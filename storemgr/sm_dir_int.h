@@ -101,7 +101,7 @@ int sm_dir_url_parse(const char *url, const char *scheme, struct url *ret, char 
 
 /* format() of a dir-like target at path. ignore: one more file name that does not make the
  * directory "not empty" (the twin's control file), or NULL. */
-int sm_dir_format_path(const char *path, const struct sm_identity *id, bool force,
+int sm_dir_format_path(const char *path, const struct sm_identity *id, bool force, bool dry_run,
 		       const char *ignore, char *err, size_t errlen);
 /* open() of a dir-like target: allocates `size` (>= sizeof(struct sm_dir)) zeroed bytes, sets
  * base.ops = ops, and fills in the struct sm_dir part. fd_max 0 = default. */

@@ -255,7 +255,16 @@ static int smf_format(const char *url, const struct sm_identity *id, bool force,
 	if (r < 0)
 		return r;
 	/* a test may write the control file before formatting */
-	return sm_dir_format_path(u.path, id, force, SMF_FILE, err, errlen);
+	return sm_dir_format_path(u.path, id, force, false, SMF_FILE, err, errlen);
+}
+
+static int smf_format_check(const char *url, bool force, char *err, size_t errlen)
+{
+	struct url u;
+	int r = sm_dir_url_parse(url, "faulty", &u, err, errlen);
+	if (r < 0)
+		return r;
+	return sm_dir_format_path(u.path, NULL, force, true, SMF_FILE, err, errlen);
 }
 
 static void smf_close(struct sm_target *t)
@@ -381,6 +390,7 @@ const struct sm_ops sm_faulty_ops = {
     .scheme = "faulty",
     .caps = SM_CAP_SPARSE | SM_CAP_PUNCH,
     .format = smf_format,
+    .format_check = smf_format_check,
     .open = smf_open,
     .close = smf_close,
     .identity = sm_dir_identity,

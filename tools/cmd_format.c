@@ -78,7 +78,8 @@ int cmd_format(int argc, char **argv)
 	bool force = false;
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "r:c:C:fh", opts, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":r:c:C:fh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'r': {
 			char *end;
@@ -119,8 +120,7 @@ int cmd_format(int argc, char **argv)
 			fputs(help, stdout);
 			return 0;
 		default:
-			fprintf(stderr, "Try 'braidfs format --help'.\n");
-			return EXIT_USAGE;
+			return bad_option("format", argv, c);
 		}
 	}
 	if (argc - optind < 3) {
@@ -163,6 +163,14 @@ int cmd_format(int argc, char **argv)
 				die_msg("format", "target %s is given twice", targets[i]);
 				return EXIT_USAGE;
 			}
+	}
+
+	/* Every target must be formattable before any is touched (SM-6). */
+	for (unsigned i = 0; i < ntargets; i++) {
+		if (sm_format_check(targets[i], force, err, sizeof(err)) < 0) {
+			die_msg("format", "%s", err);
+			return 1;
+		}
 	}
 
 	/* Metadata first: it refuses an existing volume before any target is touched. */

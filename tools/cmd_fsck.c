@@ -3,14 +3,17 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/util.h"
 #include "fs/fs.h"
+#include "storemgr/sm.h"
 #include "tools/tools.h"
 
 static const char help[] =
@@ -21,14 +24,19 @@ static const char help[] =
     "    entry names, the database's own integrity;\n"
     "  - work an unclean stop left: deleted files still holding chunks, data beyond a\n"
     "    file's size;\n"
+    "  - the chains: a chain with fewer members than the volume's replica count, or\n"
+    "    with a member that is offline, is degraded (the volume runs on fewer copies);\n"
     "  - the replicas: every chunk is read from every target of its chain and compared\n"
     "    byte for byte; chunks of deleted files, chunks beyond a file's end and chunks\n"
     "    on a target outside their chain are reported.\n"
     "\n"
     "Options:\n"
     "  -r, --repair   fix what is found: namespace counts, leftovers of an unclean\n"
-    "                 stop, and replicas that differ from the chain's primary (which\n"
-    "                 is copied over them); stray chunks are deleted\n"
+    "                 stop, degraded chains (a reachable target that left the chain,\n"
+    "                 else any other reachable target, is rebuilt from the chain's\n"
+    "                 primary, rejoins the chain and is marked up; progress on\n"
+    "                 stderr), and replicas that differ from the chain's primary\n"
+    "                 (which is copied over them); stray chunks are deleted\n"
     "  -q, --quiet    print only the summary\n"
     "  -h, --help     show this help\n"
     "\n"
@@ -40,6 +48,320 @@ struct fsck_ctx {
 	bool quiet;
 	uint64_t problems;
 };
+
+/* ---------------------------------------------------------------------------------------- */
+/* chains: degraded ones are problems; --repair rebuilds a target into them */
+
+struct chain_fix {
+	struct vol *v;
+	uint32_t *ids;		       /* target ids, ascending: the format rule's order */
+	enum meta_target_state *state; /* per v->targets[i], updated by repair */
+	bool *tried, *failed;	       /* per v->targets[i]: rebuild attempted / failed */
+	char (*why)[1100];	       /* per v->targets[i]: why it could not be used */
+	struct ds_chain_cfg *ch;       /* current chains (ds_chains) */
+	unsigned nch;
+};
+
+static int tpos(const struct vol *v, uint32_t id)
+{
+	for (unsigned i = 0; i < v->ntargets; i++)
+		if (v->targets[i].id == id)
+			return (int)i;
+	return -1;
+}
+
+static bool chain_has(const struct ds_chain_cfg *c, uint32_t id)
+{
+	for (uint32_t k = 0; k < c->nmembers; k++)
+		if (c->members[k] == id)
+			return true;
+	return false;
+}
+
+/* The members `braidfs format` gave chain c: chain i = targets i, i+1, ... mod T (by id).
+ * Only while the volume has that shape (as many chains as targets); returns the count. */
+static unsigned rule_members(const struct chain_fix *f, uint32_t chain_id, uint32_t *out)
+{
+	const struct vol *v = f->v;
+	if (v->nchains != v->ntargets || chain_id >= v->ntargets)
+		return 0;
+	unsigned n = MIN(v->info.replicas, v->ntargets);
+	for (unsigned k = 0; k < n; k++)
+		out[k] = f->ids[(chain_id + k) % v->ntargets];
+	return n;
+}
+
+static bool rule_says(const struct chain_fix *f, uint32_t chain_id, uint32_t target)
+{
+	uint32_t m[META_MAX_TARGETS];
+	unsigned n = rule_members(f, chain_id, m);
+	for (unsigned k = 0; k < n; k++)
+		if (m[k] == target)
+			return true;
+	return false;
+}
+
+static unsigned live_members(const struct chain_fix *f, const struct ds_chain_cfg *c)
+{
+	unsigned live = 0;
+	for (uint32_t k = 0; k < c->nmembers; k++) {
+		int p = tpos(f->v, c->members[k]);
+		live += p >= 0 && f->state[p] == META_TARGET_UP;
+	}
+	return live;
+}
+
+static bool degraded(const struct chain_fix *f, const struct ds_chain_cfg *c)
+{
+	return c->nmembers < f->v->info.replicas || live_members(f, c) < c->nmembers;
+}
+
+static void append(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void append(char *buf, size_t len, const char *fmt, ...)
+{
+	size_t used = strlen(buf);
+	if (used >= len)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf + used, len - used, fmt, ap);
+	va_end(ap);
+}
+
+/* "1 of 2 replicas (target 2 dir:/x is offline)" */
+static void describe(const struct chain_fix *f, const struct ds_chain_cfg *c, char *out,
+		     size_t len)
+{
+	const struct vol *v = f->v;
+	snprintf(out, len, "%u of %u replicas", live_members(f, c), v->info.replicas);
+	const char *sep = " (";
+	for (uint32_t k = 0; k < c->nmembers; k++) {
+		int p = tpos(v, c->members[k]);
+		if (p < 0 || f->state[p] == META_TARGET_UP)
+			continue;
+		append(out, len, "%starget %u %s is offline but still listed", sep,
+		       v->targets[p].id, v->targets[p].url);
+		sep = "; ";
+	}
+	uint32_t m[META_MAX_TARGETS];
+	unsigned n = rule_members(f, c->id, m);
+	for (unsigned k = 0; k < n; k++) {
+		int p = tpos(v, m[k]);
+		if (p < 0 || chain_has(c, m[k]))
+			continue;
+		append(out, len, "%starget %u %s is %s", sep, m[k], v->targets[p].url,
+		       f->state[p] == META_TARGET_UP ? "up but not a member" : "offline");
+		sep = "; ";
+	}
+	if (!n && c->nmembers < v->info.replicas) {
+		append(out, len, "%s%u member(s) missing", sep, v->info.replicas - c->nmembers);
+		sep = "; ";
+	}
+	if (sep[0] == ';')
+		append(out, len, ")");
+}
+
+struct prog {
+	bool tty;
+	bool quiet;
+	uint32_t chain, target;
+	int64_t last_ns;
+	bool done_printed;
+};
+
+static void progress(void *ctx, const struct ds_rebuild_progress *p)
+{
+	struct prog *g = ctx;
+	if (g->quiet)
+		return;
+	bool done = p->chunks_done == p->chunks_total;
+	int64_t now = now_monotonic_ns();
+	int64_t every = g->tty ? 200000000LL : 5000000000LL;
+	if (done ? g->done_printed : (g->last_ns && now - g->last_ns < every))
+		return;
+	g->last_ns = now;
+	g->done_printed = done;
+	char b1[32], b2[32];
+	fprintf(stderr, "%srebuilding chain %u on target %u: %llu/%llu chunk(s), %s of %s%s",
+		g->tty ? "\r" : "", g->chain, g->target, (unsigned long long)p->chunks_done,
+		(unsigned long long)p->chunks_total, fmt_size(p->bytes_done, b1, sizeof(b1)),
+		fmt_size(p->bytes_total, b2, sizeof(b2)), g->tty ? "\033[K" : "\n");
+	fflush(stderr);
+}
+
+/* Rebuild target index p into chain c; true when it joined. */
+static bool rebuild_one(struct fsck_ctx *cx, struct chain_fix *f, struct ds_chain_cfg *c, int p)
+{
+	struct vol *v = f->v;
+	const struct meta_target *t = &v->targets[p];
+	struct prog g = {.tty = isatty(2) == 1, .quiet = cx->quiet, .chain = c->id, .target = t->id};
+	struct ds_rebuild_progress res = {0};
+	char err[1100] = "";
+	f->tried[p] = true;
+	int r = ds_rebuild(v->ds, c->id, t->id, progress, &g, &res, err, sizeof(err));
+	if (g.tty && g.last_ns)
+		fputs("\n", stderr);
+	if (r < 0) {
+		snprintf(f->why[p], sizeof(f->why[p]), "%s", err[0] ? err : strerror(-r));
+		f->failed[p] = true;
+		if (!cx->quiet)
+			printf("    cannot rebuild target %u into chain %u: %s\n", t->id, c->id,
+			       f->why[p]);
+		return false;
+	}
+	if (!cx->quiet) {
+		char b[32];
+		printf("    target %u %s rebuilt into chain %u: %llu chunk(s), %s written, %llu "
+		       "stale chunk(s) deleted (repaired)\n",
+		       t->id, t->url, c->id, (unsigned long long)res.chunks_done,
+		       fmt_size(res.bytes_written, b, sizeof(b)),
+		       (unsigned long long)res.stale_removed);
+	}
+	return true;
+}
+
+static void repair_chain(struct fsck_ctx *cx, struct chain_fix *f, struct ds_chain_cfg *c)
+{
+	struct vol *v = f->v;
+	uint32_t order[META_MAX_TARGETS];
+	unsigned n = rule_members(f, c->id, order);
+	for (unsigned i = 0; i < v->ntargets; i++) { /* then any other target, by id */
+		bool dup = false;
+		for (unsigned k = 0; k < n; k++)
+			dup |= order[k] == f->ids[i];
+		if (!dup)
+			order[n++] = f->ids[i];
+	}
+	for (unsigned k = 0; k < n && c->nmembers < v->info.replicas; k++) {
+		int p = tpos(v, order[k]);
+		if (p < 0 || chain_has(c, order[k]) || f->failed[p])
+			continue;
+		if (rebuild_one(cx, f, c, p))
+			ds_chains(v->ds, f->ch, f->nch); /* c now lists it */
+	}
+}
+
+/* After the rebuilds: an offline target that is reachable and back in every chain it belongs
+ * to (by the format rule; without the rule: in some chain) is marked up. */
+static void mark_up(struct fsck_ctx *cx, struct chain_fix *f)
+{
+	struct vol *v = f->v;
+	for (unsigned i = 0; i < v->ntargets; i++) {
+		const struct meta_target *t = &v->targets[i];
+		if (f->state[i] == META_TARGET_UP || f->failed[i])
+			continue;
+		bool rule = v->nchains == v->ntargets; /* rule_members applies */
+		bool all = true, any = false;
+		for (unsigned c = 0; c < f->nch; c++) {
+			bool in = chain_has(&f->ch[c], t->id);
+			any |= in;
+			if (rule && rule_says(f, f->ch[c].id, t->id) && !in)
+				all = false;
+		}
+		if (!all || !any)
+			continue;
+		if (!f->tried[i]) { /* still listed, never rebuilt here: is it reachable? */
+			struct sm_identity expect = {.target_id = t->id,
+						     .chunk_size = v->info.chunk_size};
+			memcpy(expect.volume_uuid, v->info.uuid, sizeof(expect.volume_uuid));
+			struct sm_target *st = NULL;
+			int r = sm_open(t->url, &expect, &st, f->why[i], sizeof(f->why[i]));
+			sm_close(st);
+			if (r < 0) {
+				if (!f->why[i][0])
+					snprintf(f->why[i], sizeof(f->why[i]), "%s", strerror(-r));
+				f->failed[i] = true;
+				if (!cx->quiet)
+					printf("  target %u %s is unreachable: %s\n", t->id, t->url,
+					       f->why[i]);
+				continue;
+			}
+		}
+		int r = META_CALL(v->meta, target_set_state, t->id, META_TARGET_UP);
+		if (r < 0) {
+			snprintf(f->why[i], sizeof(f->why[i]), "cannot mark it up: %s", strerror(-r));
+			f->failed[i] = true;
+			if (!cx->quiet)
+				printf("  target %u %s: %s\n", t->id, t->url, f->why[i]);
+			continue;
+		}
+		f->state[i] = META_TARGET_UP;
+		if (!cx->quiet)
+			printf("  target %u %s is up again (repaired)\n", t->id, t->url);
+	}
+	META_CALL(v->meta, sync);
+}
+
+static int uint32_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Returns the number of degraded chains left (after repair, when repair), or -errno. */
+static int check_chains(struct fsck_ctx *cx, struct vol *v, bool repair)
+{
+	struct chain_fix f = {.v = v, .nch = v->nchains};
+	int ret = -ENOMEM;
+	f.ids = calloc(v->ntargets + 1, sizeof(*f.ids));
+	f.state = calloc(v->ntargets + 1, sizeof(*f.state));
+	f.tried = calloc(v->ntargets + 1, sizeof(*f.tried));
+	f.failed = calloc(v->ntargets + 1, sizeof(*f.failed));
+	f.why = calloc(v->ntargets + 1, sizeof(*f.why));
+	f.ch = calloc(v->nchains + 1, sizeof(*f.ch));
+	if (!f.ids || !f.state || !f.tried || !f.failed || !f.why || !f.ch)
+		goto out;
+	for (unsigned i = 0; i < v->ntargets; i++) {
+		f.ids[i] = v->targets[i].id;
+		f.state[i] = v->targets[i].state;
+	}
+	qsort(f.ids, v->ntargets, sizeof(*f.ids), uint32_cmp);
+	f.nch = (unsigned)ds_chains(v->ds, f.ch, v->nchains);
+
+	char line[4096];
+	bool any = false;
+	for (unsigned c = 0; c < f.nch; c++) {
+		if (!degraded(&f, &f.ch[c]))
+			continue;
+		any = true;
+		describe(&f, &f.ch[c], line, sizeof(line));
+		if (!cx->quiet)
+			printf("  chain %u: %s\n", f.ch[c].id, line);
+		if (repair && f.ch[c].nmembers < v->info.replicas)
+			repair_chain(cx, &f, &f.ch[c]);
+	}
+	if (repair && any)
+		mark_up(cx, &f);
+	ret = 0;
+	for (unsigned c = 0; c < f.nch; c++) {
+		if (!degraded(&f, &f.ch[c]))
+			continue;
+		ret++;
+		if (!repair || cx->quiet)
+			continue;
+		describe(&f, &f.ch[c], line, sizeof(line));
+		printf("  chain %u: still %s", f.ch[c].id, line);
+		const char *sep = ": ";
+		for (unsigned i = 0; i < v->ntargets; i++) {
+			if (!f.failed[i])
+				continue;
+			printf("%starget %u: %s", sep, v->targets[i].id, f.why[i]);
+			sep = "; ";
+		}
+		printf("\n");
+	}
+	if (!cx->quiet && !any)
+		printf("  %u chain(s), every one with %u replica(s) up\n", f.nch, v->info.replicas);
+out:
+	free(f.ids);
+	free(f.state);
+	free(f.tried);
+	free(f.failed);
+	free(f.why);
+	free(f.ch);
+	return ret;
+}
 
 static void meta_report(void *ctx, const char *what, uint64_t ino, bool repaired)
 {
@@ -91,7 +413,8 @@ int cmd_fsck(int argc, char **argv)
 	struct fsck_ctx cx = {0};
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "rqh", opts, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":rqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'r':
 			repair = true;
@@ -103,8 +426,7 @@ int cmd_fsck(int argc, char **argv)
 			fputs(help, stdout);
 			return 0;
 		default:
-			fprintf(stderr, "Try 'braidfs fsck --help'.\n");
-			return EXIT_USAGE;
+			return bad_option("fsck", argv, c);
 		}
 	}
 	if (argc - optind != 1) {
@@ -172,6 +494,14 @@ int cmd_fsck(int argc, char **argv)
 			goto out;
 		}
 	}
+
+	printf("chains\n");
+	r = check_chains(&cx, &v, repair);
+	if (r < 0) {
+		die_msg("fsck", "chain check failed: %s", strerror(-r));
+		goto out;
+	}
+	cx.problems += (uint64_t)r;
 
 	printf("replicas\n");
 	struct ds_check_result res = {0};

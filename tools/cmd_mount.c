@@ -18,6 +18,7 @@
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -91,6 +92,15 @@ static int is_braidfs_mount(const char *path)
 			found = 1;
 	endmntent(f);
 	return found;
+}
+
+/* A FUSE mount whose process died answers statfs with ENOTCONN. stat would not do: the
+ * kernel answers it from its attribute cache for up to attr_timeout after the death. */
+static bool mount_dead(const char *path)
+{
+	struct statvfs sv;
+	return statvfs(path, &sv) < 0 &&
+	       (errno == ENOTCONN || errno == EIO || errno == ECONNABORTED);
 }
 
 /* Normalize without touching a dead mount (realpath would stat it): resolve the parent. */
@@ -349,7 +359,8 @@ int cmd_mount(int argc, char **argv)
 	snprintf(mo.log, sizeof(mo.log), "/var/log/braidfs.log");
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "fo:h", opts, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":fo:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			mo.foreground = true;
@@ -362,8 +373,7 @@ int cmd_mount(int argc, char **argv)
 			fputs(mount_help, stdout);
 			return 0;
 		default:
-			fprintf(stderr, "Try 'braidfs mount --help'.\n");
-			return EXIT_USAGE;
+			return bad_option("mount", argv, c);
 		}
 	}
 	if (argc - optind != 2) {
@@ -385,6 +395,14 @@ int cmd_mount(int argc, char **argv)
 		return 1;
 	}
 	struct stat st;
+	if (is_braidfs_mount(mnt) && mount_dead(mnt)) {
+		fprintf(stderr, "braidfs mount: %s holds a dead braidfs mount; removing it\n", mnt);
+		if (umount2(mnt, MNT_DETACH) < 0) {
+			die_msg("mount", "cannot remove the dead mount at %s: %s", mnt,
+				strerror(errno));
+			return 1;
+		}
+	}
 	if (stat(mnt, &st) < 0) {
 		if ((errno == ENOTCONN || errno == EIO) && is_braidfs_mount(mnt)) {
 			fprintf(stderr,
@@ -499,7 +517,8 @@ int cmd_umount(int argc, char **argv)
 	long timeout = 300;
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "lt:h", opts, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":lt:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l':
 			lazy = true;
@@ -517,8 +536,7 @@ int cmd_umount(int argc, char **argv)
 			fputs(umount_help, stdout);
 			return 0;
 		default:
-			fprintf(stderr, "Try 'braidfs umount --help'.\n");
-			return EXIT_USAGE;
+			return bad_option("umount", argv, c);
 		}
 	}
 	if (argc - optind != 1) {
@@ -536,8 +554,7 @@ int cmd_umount(int argc, char **argv)
 		return 1;
 	}
 	pid_t pid = registry_find(mnt);
-	struct stat st;
-	bool dead = stat(mnt, &st) < 0 && (errno == ENOTCONN || errno == EIO);
+	bool dead = mount_dead(mnt);
 	if (!dead) {
 		int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd >= 0) {
@@ -577,6 +594,12 @@ int cmd_umount(int argc, char **argv)
 		printf("braidfs: removed the dead mount at %s; the next mount finishes its "
 		       "recovery\n",
 		       mnt);
+		return 0;
+	}
+	if (lazy && pid > 0 && pid_running(pid)) {
+		printf("braidfs: detached %s; pid %d finishes writing when the last file there is "
+		       "closed\n",
+		       mnt, (int)pid);
 		return 0;
 	}
 	if (pid > 0) {

@@ -31,13 +31,13 @@ int cmd_status(int argc, char **argv)
 	static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(help, stdout);
 			return 0;
 		}
-		fprintf(stderr, "Try 'braidfs status --help'.\n");
-		return EXIT_USAGE;
+		return bad_option("status", argv, c);
 	}
 	if (argc - optind != 1) {
 		die_msg("status", "needs META_URL (try --help)");

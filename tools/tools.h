@@ -45,6 +45,10 @@ const char *consistency_name(enum meta_consistency c);
 /* Print "braidfs CMD: fmt" to stderr. */
 void die_msg(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* getopt_long said '?' (unknown option) or ':' (missing argument): print one line in our
+ * format and return EXIT_USAGE. Call getopt with opterr = 0 and a ':'-prefixed optstring. */
+int bad_option(const char *cmd, char **argv, int c);
+
 int cmd_format(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);

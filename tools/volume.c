@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,23 @@ void die_msg(const char *cmd, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "braidfs %s: %s\n", cmd, msg);
+}
+
+int bad_option(const char *cmd, char **argv, int c)
+{
+	char opt[256];
+	if (optopt)
+		snprintf(opt, sizeof(opt), "-%c", optopt);
+	else
+		snprintf(opt, sizeof(opt), "%s", argv[optind - 1]);
+	char *eq = strchr(opt, '=');
+	if (eq)
+		*eq = '\0';
+	if (c == ':')
+		die_msg(cmd, "option '%s' needs a value (try 'braidfs %s --help')", opt, cmd);
+	else
+		die_msg(cmd, "unknown option '%s' (try 'braidfs %s --help')", opt, cmd);
+	return EXIT_USAGE;
 }
 
 const char *consistency_name(enum meta_consistency c)
@@ -89,6 +107,19 @@ static int chain_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t f
 	return r;
 }
 
+/* Rebuild (ds_rebuild): a target caught up and joins the chain; durable before it counts. */
+static int chain_changed(void *ctx, uint32_t chain_id, uint64_t epoch, const uint32_t *members,
+			 uint32_t n, uint64_t *ret_epoch)
+{
+	struct vol *v = ctx;
+	int r = META_CALL(v->meta, chain_update, chain_id, epoch, members, n, ret_epoch);
+	if (r == 0)
+		r = META_CALL(v->meta, sync);
+	if (r < 0)
+		log_err("cannot record the new members of chain %u: %s", chain_id, strerror(-r));
+	return r;
+}
+
 int vol_open_data(struct vol *v, char *err, size_t errlen)
 {
 	struct ds_target_cfg *t = calloc(v->ntargets ? v->ntargets : 1, sizeof(*t));
@@ -115,6 +146,7 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 	    .chains = c,
 	    .nchains = v->nchains,
 	    .chain_failed = chain_failed,
+	    .chain_changed = chain_changed,
 	    .cb_ctx = v,
 	};
 	snprintf(cfg.volume_uuid, sizeof(cfg.volume_uuid), "%s", v->info.uuid);

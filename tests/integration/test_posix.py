@@ -1241,3 +1241,14 @@ def test_concurrent_mixed_workload(volume):
         assert sha256_file(path) == h, path
     for w in range(6):
         assert sorted(listdir(volume.path(f"w{w}"))) == sorted(f"f{i}" for i in range(20))
+
+
+def test_chown_unchanged_owner_updates_ctime(volume):
+    """chown(f, -1, -1) changes nothing but ctime, as on ext4 (the kernel sends FUSE a
+    SETATTR with no field set)."""
+    p = volume.path("ct")
+    write_file(p, b"x")
+    before = os.stat(p).st_ctime_ns
+    time.sleep(0.02)
+    os.chown(p, -1, -1)
+    assert os.stat(p).st_ctime_ns > before
