@@ -23,8 +23,15 @@
  *   becomes primary after its queue caught up.
  *
  * LOCK ORDER (outermost first): stripe -> chain.change_lock -> chain.lock; lag_lock,
- *   tgt.qlock, pool_lock and batch locks are leaves. No ds lock but a stripe and the chain's
- *   change_lock is held while chain_failed runs.
+ *   tgt.qlock, pool_lock, open_lock and batch locks are leaves. No ds lock but a stripe and
+ *   the chain's change_lock is held while chain_failed runs; only the change_lock while
+ *   chain_changed runs.
+ *
+ * REBUILD (ds_rebuild)
+ *   Open the target on demand (SM-1), copy the chain's chunks from the primary chunk by chunk
+ *   under their stripe locks, delete the target's chunks of the chain the primary lacks, sync,
+ *   then commit the chain with the target appended through chain_changed (epoch+1) if the
+ *   chain did not change meanwhile. Writers are the caller's to keep away.
  */
 #include "dataservice/ds.h"
 #include "dataservice/ds_internal.h"
@@ -103,9 +110,9 @@ struct ds_item {
 
 struct ds_tgt {
 	uint32_t id;
-	bool up;
+	bool up; /* configured up, or rebuilt into a chain; protected by ds.open_lock */
 	char url[1024];
-	struct sm_target *sm; /* NULL when not up */
+	struct sm_target *sm; /* NULL when not open; set once (ds_open, ds_attach), __atomic */
 
 	/* weak mode replication queue, applied in order by qthread */
 	pthread_mutex_t qlock;
@@ -137,7 +144,10 @@ struct ds {
 	uint32_t chunk_size;
 	enum ds_consistency mode;
 	ds_chain_failed_fn chain_failed;
+	ds_chain_changed_fn chain_changed;
 	void *cb_ctx;
+	char volume_uuid[37];
+	pthread_mutex_t open_lock; /* opening a target on demand (ds_attach) */
 	size_t par_min;
 	bool par_sync;
 	uint64_t weak_max;
@@ -215,9 +225,15 @@ static bool ds_snap_has(const struct ds_snap *s, const struct ds_tgt *t)
 /* ---------------------------------------------------------------------------------------- */
 /* replica operations and the worker pool */
 
+/* A target's store, NULL while it is not open (ds_attach may open it later). */
+static struct sm_target *ds_tsm(const struct ds_tgt *t)
+{
+	return __atomic_load_n(&t->sm, __ATOMIC_ACQUIRE);
+}
+
 static void ds_apply(struct ds_rop *r)
 {
-	struct sm_target *sm = r->t->sm;
+	struct sm_target *sm = ds_tsm(r->t);
 	if (!sm) {
 		r->ret = -EIO; /* the target is known offline */
 		return;
@@ -619,6 +635,7 @@ static void ds_free(struct ds *ds)
 	pthread_cond_destroy(&ds->pool_cond);
 	pthread_mutex_destroy(&ds->lag_lock);
 	pthread_cond_destroy(&ds->lag_cond);
+	pthread_mutex_destroy(&ds->open_lock);
 	free(ds->targets);
 	free(ds->chains);
 	free(ds);
@@ -700,7 +717,9 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	ds->chunk_size = cfg->chunk_size;
 	ds->mode = cfg->consistency;
 	ds->chain_failed = cfg->chain_failed;
+	ds->chain_changed = cfg->chain_changed;
 	ds->cb_ctx = cfg->cb_ctx;
+	snprintf(ds->volume_uuid, sizeof(ds->volume_uuid), "%s", cfg->volume_uuid);
 	ds->par_min = DS_PAR_MIN_DEFAULT;
 	ds->par_sync = true;
 	ds->weak_max = DS_WEAK_MAX;
@@ -712,6 +731,7 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	pthread_cond_init(&ds->pool_cond, NULL);
 	pthread_mutex_init(&ds->lag_lock, NULL);
 	pthread_cond_init(&ds->lag_cond, NULL);
+	pthread_mutex_init(&ds->open_lock, NULL);
 	for (unsigned i = 0; i < ds->ntargets; i++) {
 		struct ds_tgt *t = &ds->targets[i];
 		t->id = cfg->targets[i].id;
@@ -846,7 +866,7 @@ static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 	int last = -EIO;
 	for (uint32_t i = 0; i < s.n; i++) {
 		struct ds_tgt *t = s.m[i];
-		if (!t->sm)
+		if (!ds_tsm(t))
 			continue;
 		if (i > 0)
 			ds_barrier_target(t); /* weak: a secondary answers once it caught up */
@@ -1023,7 +1043,7 @@ static unsigned ds_all_targets(struct ds *ds, struct ds_tgt **out)
 	for (unsigned i = 0; i < m; i++)
 		in[inchain[i] - ds->targets] = true;
 	for (unsigned i = 0; i < ds->ntargets; i++)
-		if (ds->targets[i].sm || in[i])
+		if (ds_tsm(&ds->targets[i]) || in[i])
 			out[n++] = &ds->targets[i];
 	return n;
 }
@@ -1490,4 +1510,268 @@ out:
 	if (repair)
 		problems -= MIN(problems, res.repaired);
 	return (int)MIN(problems, (uint64_t)INT32_MAX);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* rebuild */
+
+/* Open t if it is not open yet (configured down): identity checked as in ds_open (SM-1). */
+static int ds_attach(struct ds *ds, struct ds_tgt *t, char *err, size_t errlen)
+{
+	int r = 0;
+	pthread_mutex_lock(&ds->open_lock);
+	if (!ds_tsm(t)) {
+		struct sm_identity expect = {.target_id = t->id, .chunk_size = ds->chunk_size};
+		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", ds->volume_uuid);
+		char serr[512] = "";
+		struct sm_target *sm = NULL;
+		r = sm_open(t->url, &expect, &sm, serr, sizeof(serr));
+		if (r < 0)
+			snprintf(err, errlen, "target %u (%s): %s", t->id, t->url,
+				 serr[0] ? serr : strerror(-r));
+		else
+			__atomic_store_n(&t->sm, sm, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&ds->open_lock);
+	return r;
+}
+
+struct ds_rebuilder {
+	struct ds *ds;
+	unsigned ci;
+	struct ds_tgt *src, *dst;
+	char *buf;
+	struct ds_rebuild_progress p;
+	char *err;
+	size_t errlen;
+};
+
+/* Make dst's copy of (ino, idx) what src holds now: same bytes, same length; a chunk src
+ * lacks is deleted (truncate to 0). Called with the chunk's stripe lock. */
+static int ds_rebuild_chunk(struct ds_rebuilder *rb, uint64_t ino, uint32_t idx, bool *ret_absent)
+{
+	struct sm_target *s = ds_tsm(rb->src), *d = ds_tsm(rb->dst);
+	uint64_t len = 0;
+	int r = s->ops->chunk_length(s, ino, idx, &len);
+	const char *what = "read";
+	struct ds_tgt *who = rb->src;
+	*ret_absent = r == -ENOENT;
+	if (r == -ENOENT) {
+		len = 0;
+		r = 0;
+	}
+	if (r < 0)
+		goto fail;
+	for (uint64_t off = 0; off < len; off += DS_CHECK_PIECE) {
+		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - off);
+		ssize_t k = s->ops->read(s, ino, idx, rb->buf, n, off);
+		if (k < 0) {
+			r = (int)k;
+			goto fail;
+		}
+		bool zero = ds_all_zero(rb->buf, n);
+		r = zero ? d->ops->punch(d, ino, idx, off, n)
+			 : (int)d->ops->write(d, ino, idx, rb->buf, n, off);
+		if (r < 0) {
+			what = "write";
+			who = rb->dst;
+			goto fail;
+		}
+		if (!zero)
+			rb->p.bytes_written += n;
+	}
+	r = d->ops->truncate(d, ino, idx, len);
+	if (r < 0) {
+		what = "truncate";
+		who = rb->dst;
+		goto fail;
+	}
+	return 0;
+fail:
+	snprintf(rb->err, rb->errlen, "cannot %s chunk %llu.%u on target %u (%s): %s", what,
+		 (unsigned long long)ino, idx, who->id, who->url, strerror(-r));
+	return r;
+}
+
+/* Chunks of list l that belong to chain ci, moved to the front; returns their count. */
+static size_t ds_keep_chain(struct ds *ds, struct ds_clist *l, unsigned ci)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < l->n; i++)
+		if (ds_chain_of(ds, l->v[i].ino, l->v[i].idx) == ci)
+			l->v[n++] = l->v[i];
+	l->n = n;
+	qsort(l->v, l->n, sizeof(*l->v), ds_cent_cmp);
+	return n;
+}
+
+static bool ds_clist_has(const struct ds_clist *l, uint64_t ino, uint32_t idx)
+{
+	struct ds_cent key = {.ino = ino, .idx = idx, .tgt = l->tgt};
+	return bsearch(&key, l->v, l->n, sizeof(*l->v), ds_cent_cmp) != NULL;
+}
+
+int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress_fn progress,
+	       void *ctx, struct ds_rebuild_progress *ret, char *err, size_t errlen)
+{
+	char dummy[8];
+	if (!err || !errlen) {
+		err = dummy;
+		errlen = sizeof(dummy);
+	}
+	err[0] = '\0';
+	struct ds_rebuilder rb = {.ds = ds, .err = err, .errlen = errlen};
+	struct ds_clist src = {0}, dst = {0};
+	struct ds_snap s;
+	int r;
+
+	unsigned ci = ds->nchains;
+	for (unsigned i = 0; i < ds->nchains; i++)
+		if (ds->chains[i].id == chain_id)
+			ci = i;
+	for (unsigned i = 0; i < ds->ntargets; i++)
+		if (ds->targets[i].id == target_id)
+			rb.dst = &ds->targets[i];
+	if (ci == ds->nchains || !rb.dst) {
+		snprintf(err, errlen, "no %s %u", ci == ds->nchains ? "chain" : "target",
+			 ci == ds->nchains ? chain_id : target_id);
+		return -ENOENT;
+	}
+	rb.ci = ci;
+	struct ds_chain *c = &ds->chains[ci];
+
+	ds_barrier(ds); /* weak: every queued write is on the members before the copy starts */
+	ds_snap(ds, ci, &s);
+	if (ds_snap_has(&s, rb.dst)) {
+		snprintf(err, errlen, "target %u is already a member of chain %u", target_id,
+			 chain_id);
+		return -EEXIST;
+	}
+	if (s.n >= DS_MAX_REPLICAS) {
+		snprintf(err, errlen, "chain %u already has %d members", chain_id, DS_MAX_REPLICAS);
+		return -E2BIG;
+	}
+	for (uint32_t i = 0; i < s.n && !rb.src; i++)
+		if (ds_tsm(s.m[i]))
+			rb.src = s.m[i];
+	if (!rb.src) {
+		snprintf(err, errlen, "chain %u has no member that is up to copy from", chain_id);
+		return -EIO;
+	}
+	r = ds_attach(ds, rb.dst, err, errlen);
+	if (r < 0)
+		return r;
+
+	/* What the primary has and what the target has, of this chain. */
+	struct sm_target *ssm = ds_tsm(rb.src), *dsm = ds_tsm(rb.dst);
+	r = ssm->ops->list(ssm, ds_check_collect, &src);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot list the chunks of target %u (%s): %s", rb.src->id,
+			 rb.src->url, strerror(-r));
+		goto out;
+	}
+	r = dsm->ops->list(dsm, ds_check_collect, &dst);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot list the chunks of target %u (%s): %s", rb.dst->id,
+			 rb.dst->url, strerror(-r));
+		goto out;
+	}
+	ds_keep_chain(ds, &src, ci);
+	ds_keep_chain(ds, &dst, ci);
+	rb.buf = malloc(DS_CHECK_PIECE);
+	if (!rb.buf) {
+		snprintf(err, errlen, "out of memory");
+		r = -ENOMEM;
+		goto out;
+	}
+	rb.p.chunks_total = src.n;
+	for (size_t i = 0; i < src.n; i++)
+		rb.p.bytes_total += src.v[i].length;
+	if (progress)
+		progress(ctx, &rb.p);
+
+	/* (a) copy every chunk of the chain, each under its stripe lock (DS-3) */
+	for (size_t i = 0; i < src.n; i++) {
+		const struct ds_cent *e = &src.v[i];
+		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
+		bool absent;
+		pthread_mutex_lock(sl);
+		r = ds_rebuild_chunk(&rb, e->ino, e->idx, &absent);
+		pthread_mutex_unlock(sl);
+		if (r < 0)
+			goto out;
+		rb.p.chunks_done++;
+		rb.p.bytes_done += e->length;
+		if (progress)
+			progress(ctx, &rb.p);
+	}
+	/* (b) stale chunks: on the target but not on the primary */
+	for (size_t i = 0; i < dst.n; i++) {
+		const struct ds_cent *e = &dst.v[i];
+		if (ds_clist_has(&src, e->ino, e->idx))
+			continue;
+		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
+		bool absent;
+		pthread_mutex_lock(sl);
+		r = ds_rebuild_chunk(&rb, e->ino, e->idx, &absent);
+		pthread_mutex_unlock(sl);
+		if (r < 0)
+			goto out;
+		if (absent)
+			rb.p.stale_removed++;
+	}
+	/* (c) durable before the chain names it */
+	r = dsm->ops->sync_all(dsm);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot sync target %u (%s): %s", rb.dst->id, rb.dst->url,
+			 strerror(-r));
+		goto out;
+	}
+	if (progress)
+		progress(ctx, &rb.p);
+
+	/* (d) commit the chain with the target appended */
+	pthread_mutex_lock(&c->change_lock);
+	struct ds_snap now;
+	ds_snap(ds, ci, &now);
+	if (now.epoch != s.epoch || now.n != s.n || memcmp(now.m, s.m, sizeof(s.m)) != 0) {
+		pthread_mutex_unlock(&c->change_lock);
+		snprintf(err, errlen, "chain %u changed while target %u was rebuilt; run again",
+			 chain_id, target_id);
+		r = -ESTALE;
+		goto out;
+	}
+	uint32_t ids[DS_MAX_REPLICAS];
+	for (uint32_t i = 0; i < now.n; i++)
+		ids[i] = now.m[i]->id;
+	ids[now.n] = rb.dst->id;
+	uint64_t ne = now.epoch + 1;
+	if (ds->chain_changed) {
+		r = ds->chain_changed(ds->cb_ctx, c->id, now.epoch, ids, now.n + 1, &ne);
+		if (r < 0) {
+			pthread_mutex_unlock(&c->change_lock);
+			snprintf(err, errlen, "cannot commit chain %u with target %u: %s", chain_id,
+				 target_id, strerror(-r));
+			goto out;
+		}
+	}
+	pthread_mutex_lock(&c->lock);
+	c->m[c->n++] = rb.dst;
+	c->epoch = ne;
+	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_unlock(&c->change_lock);
+	pthread_mutex_lock(&ds->open_lock);
+	rb.dst->up = true;
+	pthread_mutex_unlock(&ds->open_lock);
+	log_debug("ds: chain %u: target %u rebuilt (%llu chunks, %llu stale removed), epoch %llu",
+		  c->id, rb.dst->id, (unsigned long long)rb.p.chunks_done,
+		  (unsigned long long)rb.p.stale_removed, (unsigned long long)ne);
+	r = 0;
+out:
+	free(rb.buf);
+	free(src.v);
+	free(dst.v);
+	if (ret)
+		*ret = rb.p;
+	return r;
 }

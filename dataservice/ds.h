@@ -69,6 +69,14 @@ typedef int (*ds_chain_failed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
 				  uint32_t failed_target, const uint32_t *new_members,
 				  uint32_t nnew, uint64_t *ret_epoch);
 
+/* Called when ds_rebuild() adds a member to a chain. The callee must commit, durably, the chain
+ * with new_members (the old members, then the rebuilt target last) at epoch+1 — failing with
+ * -ESTALE when the chain's committed epoch is no longer `epoch` — and return 0 and the new
+ * epoch, or -errno. Called with the chain's change_lock held: it must not call back into ds.
+ * NULL: membership changes are kept in memory only (tests). */
+typedef int (*ds_chain_changed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
+				   const uint32_t *new_members, uint32_t nnew, uint64_t *ret_epoch);
+
 struct ds_config {
 	uint32_t chunk_size;
 	enum ds_consistency consistency;
@@ -78,6 +86,7 @@ struct ds_config {
 	const struct ds_chain_cfg *chains;
 	unsigned nchains;
 	ds_chain_failed_fn chain_failed;
+	ds_chain_changed_fn chain_changed; /* may be NULL */
 	void *cb_ctx;
 };
 
@@ -147,5 +156,34 @@ struct ds_check_result {
 };
 int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, void *ctx,
 	     struct ds_check_result *ret);
+
+/* Rebuild (repair after DS-1). Make target_id, which must NOT be a member of chain_id, an exact
+ * replica of the chain's data and append it to the chain as its last member:
+ *   1. open the target if it is not open (a target configured up = false is opened on demand,
+ *      identity checked as in ds_open, SM-1);
+ *   2. every chunk of the chain on its primary (the first member that is open; chunks are
+ *      those whose ds_chain_of is this chain) is copied onto the target under its stripe
+ *      lock: same bytes, same length (all-zero 1 MiB runs are punched, so holes stay holes);
+ *   3. every chunk of the chain on the target that the primary lacks is deleted (stale data
+ *      from before it left is never served: SM-2, DS-1);
+ *   4. the target is synced (sync_all);
+ *   5. the chain with the target appended is committed through chain_changed (epoch+1) and
+ *      then becomes the in-memory chain; the target counts as up from then on.
+ * Writers must be kept away for the whole run (fsck holds the volume lock): a write to the
+ * chain between steps 2 and 5 would not reach the target. The chain's epoch is checked at
+ * step 5: if its membership changed meanwhile, nothing is committed and -ESTALE is returned.
+ * progress (may be NULL) is called after every chunk. Returns 0 or -errno with a one-line
+ * reason in err (naming the target's URL when it cannot be opened or written):
+ * -ENOENT unknown chain or target, -EEXIST already a member, -E2BIG chain full, -EIO no
+ * member of the chain is open to copy from, else the error of the failing step. */
+struct ds_rebuild_progress {
+	uint64_t chunks_done, chunks_total; /* chunks of the chain on the primary */
+	uint64_t bytes_done, bytes_total;   /* their logical lengths */
+	uint64_t bytes_written;		    /* non-zero bytes written to the target */
+	uint64_t stale_removed;		    /* chunks deleted from the target (step 3) */
+};
+typedef void (*ds_progress_fn)(void *ctx, const struct ds_rebuild_progress *p);
+int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress_fn progress,
+	       void *ctx, struct ds_rebuild_progress *ret, char *err, size_t errlen);
 
 #endif

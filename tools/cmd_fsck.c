@@ -130,8 +130,7 @@ static void append(char *buf, size_t len, const char *fmt, ...)
 }
 
 /* "1 of 2 replicas (target 2 dir:/x is offline)" */
-static void describe(const struct chain_fix *f, const struct ds_chain_cfg *c, char *out,
-		     size_t len)
+static void describe(const struct chain_fix *f, const struct ds_chain_cfg *c, char *out, size_t len)
 {
 	const struct vol *v = f->v;
 	snprintf(out, len, "%u of %u replicas", live_members(f, c), v->info.replicas);
@@ -195,7 +194,8 @@ static bool rebuild_one(struct fsck_ctx *cx, struct chain_fix *f, struct ds_chai
 {
 	struct vol *v = f->v;
 	const struct meta_target *t = &v->targets[p];
-	struct prog g = {.tty = isatty(2) == 1, .quiet = cx->quiet, .chain = c->id, .target = t->id};
+	struct prog g = {
+	    .tty = isatty(2) == 1, .quiet = cx->quiet, .chain = c->id, .target = t->id};
 	struct ds_rebuild_progress res = {0};
 	char err[1100] = "";
 	f->tried[p] = true;
@@ -266,24 +266,26 @@ static void mark_up(struct fsck_ctx *cx, struct chain_fix *f)
 						     .chunk_size = v->info.chunk_size};
 			memcpy(expect.volume_uuid, v->info.uuid, sizeof(expect.volume_uuid));
 			struct sm_target *st = NULL;
-			int r = sm_open(t->url, &expect, &st, f->why[i], sizeof(f->why[i]));
+			char serr[512] = "";
+			int r = sm_open(t->url, &expect, &st, serr, sizeof(serr));
 			sm_close(st);
 			if (r < 0) {
-				if (!f->why[i][0])
-					snprintf(f->why[i], sizeof(f->why[i]), "%s", strerror(-r));
+				snprintf(f->why[i], sizeof(f->why[i]), "target %u (%s): %s", t->id,
+					 t->url, serr[0] ? serr : strerror(-r));
 				f->failed[i] = true;
 				if (!cx->quiet)
-					printf("  target %u %s is unreachable: %s\n", t->id, t->url,
-					       f->why[i]);
+					printf("  %s\n", f->why[i]);
 				continue;
 			}
 		}
 		int r = META_CALL(v->meta, target_set_state, t->id, META_TARGET_UP);
 		if (r < 0) {
-			snprintf(f->why[i], sizeof(f->why[i]), "cannot mark it up: %s", strerror(-r));
+			snprintf(f->why[i], sizeof(f->why[i]),
+				 "target %u (%s): cannot mark it up: %s", t->id, t->url,
+				 strerror(-r));
 			f->failed[i] = true;
 			if (!cx->quiet)
-				printf("  target %u %s: %s\n", t->id, t->url, f->why[i]);
+				printf("  %s\n", f->why[i]);
 			continue;
 		}
 		f->state[i] = META_TARGET_UP;
@@ -340,19 +342,29 @@ static int check_chains(struct fsck_ctx *cx, struct vol *v, bool repair)
 		ret++;
 		if (!repair || cx->quiet)
 			continue;
-		describe(&f, &f.ch[c], line, sizeof(line));
-		printf("  chain %u: still %s", f.ch[c].id, line);
+		printf("  chain %u: still %u of %u replicas", f.ch[c].id,
+		       live_members(&f, &f.ch[c]), v->info.replicas);
 		const char *sep = ": ";
 		for (unsigned i = 0; i < v->ntargets; i++) {
-			if (!f.failed[i])
+			if (!f.failed[i] ||
+			    (chain_has(&f.ch[c], v->targets[i].id) && f.state[i] == META_TARGET_UP))
 				continue;
-			printf("%starget %u: %s", sep, v->targets[i].id, f.why[i]);
+			printf("%s%s", sep, f.why[i]);
 			sep = "; ";
 		}
 		printf("\n");
 	}
 	if (!cx->quiet && !any)
 		printf("  %u chain(s), every one with %u replica(s) up\n", f.nch, v->info.replicas);
+	for (unsigned i = 0; i < v->ntargets && !cx->quiet && ret == 0; i++) {
+		bool in = false;
+		for (unsigned c = 0; c < f.nch; c++)
+			in |= chain_has(&f.ch[c], v->targets[i].id);
+		if (!in && f.state[i] != META_TARGET_UP)
+			printf("  note: target %u %s is offline and in no chain (it holds no data "
+			       "in use)\n",
+			       v->targets[i].id, v->targets[i].url);
+	}
 out:
 	free(f.ids);
 	free(f.state);

@@ -44,6 +44,8 @@ struct dfx {
 	int cb_fail; /* the callback answers this error when set */
 	uint32_t cb_chain, cb_failed, cb_nnew;
 	uint64_t cb_epoch;
+	int changed_calls; /* chain_changed (rebuild) */
+	uint32_t changed_chain, changed_n, changed_last;
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -69,6 +71,25 @@ static int chain_failed_cb(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_
 	f->cb_nnew = nnew;
 	f->cb_epoch = epoch;
 	int r = f->cb_fail;
+	pthread_mutex_unlock(&f->lock);
+	if (r)
+		return r;
+	*ret_epoch = epoch + 1;
+	return 0;
+}
+
+static int chain_changed_cb(void *ctx, uint32_t chain_id, uint64_t epoch,
+			    const uint32_t *new_members, uint32_t nnew, uint64_t *ret_epoch)
+{
+	struct dfx *f = ctx;
+	pthread_mutex_lock(&f->lock);
+	int r = f->cb_fail;
+	if (!r) {
+		f->changed_calls++;
+		f->changed_chain = chain_id;
+		f->changed_n = nnew;
+		f->changed_last = new_members[nnew - 1];
+	}
 	pthread_mutex_unlock(&f->lock);
 	if (r)
 		return r;
@@ -142,6 +163,7 @@ static void make(struct dfx *f, unsigned n, unsigned replicas, const char *const
 				    .chains = f->chains,
 				    .nchains = f->nchains,
 				    .chain_failed = chain_failed_cb,
+				    .chain_changed = chain_changed_cb,
 				    .cb_ctx = f};
 	memcpy(f->cfg.volume_uuid, f->volume, 37);
 	int r = ds_open(&f->cfg, &f->ds, f->err, sizeof(f->err));
@@ -1015,23 +1037,220 @@ static void test_bench(void **state)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* rebuild */
+
+struct prog_seen {
+	unsigned calls;
+	struct ds_rebuild_progress last;
+};
+
+static void prog_cb(void *ctx, const struct ds_rebuild_progress *p)
+{
+	struct prog_seen *ps = ctx;
+	assert_true(p->chunks_done <= p->chunks_total);
+	assert_true(p->bytes_done <= p->bytes_total);
+	if (ps->calls)
+		assert_true(p->chunks_done >= ps->last.chunks_done);
+	ps->calls++;
+	ps->last = *p;
+}
+
+static void wr(struct dfx *f, uint64_t ino, char *ref, uint64_t off, size_t len, uint32_t seed)
+{
+	char *b = malloc(len);
+	fill(b, len, seed);
+	assert_int_equal(ds_write(f->ds, ino, b, len, off), (ssize_t)len);
+	memcpy(ref + off, b, len);
+	free(b);
+}
+
+static unsigned files_on(struct dfx *f, unsigned t, uint64_t ino, uint32_t max_idx)
+{
+	unsigned n = 0;
+	for (uint32_t idx = 0; idx <= max_idx; idx++) {
+		char p[400];
+		chunk_path(f, t, ino, idx, p, sizeof(p));
+		n += access(p, F_OK) == 0;
+	}
+	return n;
+}
+
+static void test_rebuild(void **state)
+{
+	struct dfx *f = *state;
+	const char *const s[] = {"dir", "dir", "faulty"};
+	make(f, 3, 2, s, DS_STRONG); /* chains 100 {10,11}, 101 {11,12}, 102 {12,10} */
+	const size_t size = 8 * CS;
+	char *a = calloc(1, size), *b = calloc(1, size), *c = calloc(1, size), *d = calloc(1, size);
+	for (uint32_t i = 0; i < 8; i++) {
+		wr(f, 90, a, (uint64_t)i * CS, CS, 100 + i);
+		wr(f, 91, b, (uint64_t)i * CS + 100, 3000, 200 + i);
+		wr(f, 92, c, (uint64_t)i * CS, CS / 2, 300 + i);
+	}
+	for (uint64_t ino = 90; ino <= 92; ino++)
+		assert_int_equal(ds_fsync(f->ds, ino), 0);
+
+	/* target 12 fails a write: it leaves chains 101 and 102 (8 consecutive chunks of 90 hit
+	 * every chain) */
+	set_fault(f, 2, "write=EIO\n");
+	for (uint32_t i = 0; i < 8; i++)
+		wr(f, 90, a, (uint64_t)i * CS + 1000, 5000, 400 + i);
+	struct ds_chain_cfg ch[MAXT];
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 3);
+	for (int k = 1; k < 3; k++) {
+		assert_int_equal(ch[k].nmembers, 1);
+		assert_int_equal(ch[k].epoch, 2);
+	}
+	/* while it is out it misses everything, removes and truncates included: it keeps stale
+	 * chunks of 92, stale tails of 91, and lacks 93 */
+	set_fault(f, 2, "all=EIO\n");
+	assert_true(files_on(f, 2, 92, 7) > 0);
+	assert_int_equal(ds_remove(f->ds, 92), 0);
+	memset(c, 0, size);
+	assert_int_equal(ds_truncate(f->ds, 91, size, 3 * CS + 50), 0);
+	memset(b + 3 * CS + 50, 0, size - (3 * CS + 50));
+	for (uint32_t i = 0; i < 8; i++)
+		wr(f, 93, d, (uint64_t)i * CS, i == 5 ? 700 : CS, 500 + i);
+	char *zeros = calloc(1, CS);
+	/* overwritten with zeros: a hole on the copy, same length */
+	assert_int_equal(ds_write(f->ds, 93, zeros, CS, 2 * CS), CS);
+	memset(d + 2 * CS, 0, CS);
+	assert_int_equal(ds_write(f->ds, 93, zeros, 10, 7 * CS - 10), 10);
+	memset(d + 7 * CS - 10, 0, 10);
+	free(zeros);
+	for (uint64_t ino = 90; ino <= 93; ino++)
+		assert_int_equal(ds_fsync(f->ds, ino), 0);
+	assert_true(files_on(f, 2, 92, 7) > 0);
+	set_fault(f, 2, NULL);
+
+	struct ds_rebuild_progress res, total = {0};
+	for (uint32_t chain = 101; chain <= 102; chain++) {
+		struct prog_seen ps = {0};
+		int r = ds_rebuild(f->ds, chain, 12, prog_cb, &ps, &res, f->err, sizeof(f->err));
+		if (r)
+			fail_msg("ds_rebuild(%u): %d %s", chain, r, f->err);
+		assert_true(ps.calls >= 2);
+		assert_true(res.chunks_total > 0);
+		assert_int_equal(ps.last.chunks_done, res.chunks_total);
+		assert_int_equal(res.chunks_done, res.chunks_total);
+		assert_int_equal(res.bytes_done, res.bytes_total);
+		assert_int_equal(f->changed_chain, chain);
+		assert_int_equal(f->changed_n, 2);
+		assert_int_equal(f->changed_last, 12);
+		total.stale_removed += res.stale_removed;
+	}
+	assert_int_equal(f->changed_calls, 2);
+	assert_true(total.stale_removed > 0);
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 3);
+	for (int k = 1; k < 3; k++) {
+		assert_int_equal(ch[k].nmembers, 2);
+		assert_int_equal(ch[k].members[1], 12); /* appended last */
+		assert_int_equal(ch[k].epoch, 3);
+	}
+	/* byte-identical (same lengths) on every member, nothing stale left anywhere */
+	check_replicas(f, 90, 7);
+	assert_int_equal(check_replicas(f, 91, 7), 4);
+	assert_int_equal(check_replicas(f, 92, 7), 0);
+	assert_int_equal(files_on(f, 2, 92, 7), 0);
+	assert_int_equal(check_replicas(f, 93, 7), 8);
+	read_expect(f, 90, a, 0, size);
+	read_expect(f, 91, b, 0, 3 * CS + 50);
+	read_expect(f, 93, d, 0, size);
+	struct ds_check_result cr;
+	assert_int_equal(ds_check(f->ds, false, NULL, NULL, NULL, &cr), 0);
+	assert_true(cr.bytes_compared > 0);
+	/* the rejoined target takes writes again */
+	wr(f, 90, a, 10, 20000, 600);
+	assert_int_equal(ds_fsync(f->ds, 90), 0);
+	check_replicas(f, 90, 7);
+	assert_int_equal(ds_rebuild(f->ds, 101, 12, NULL, NULL, NULL, f->err, sizeof(f->err)),
+			 -EEXIST);
+	free(a);
+	free(b);
+	free(c);
+	free(d);
+}
+
+static void test_rebuild_errors(void **state)
+{
+	struct dfx *f = *state;
+	const char *const s[] = {"dir", "dir", "faulty"};
+	make(f, 3, 2, s, DS_STRONG);
+	char *a = calloc(1, 4 * CS);
+	for (uint32_t i = 0; i < 4; i++)
+		wr(f, 94, a, (uint64_t)i * CS, CS, 700 + i);
+	set_fault(f, 2, "write=EIO\n");
+	for (uint32_t i = 0; i < 4; i++)
+		wr(f, 94, a, (uint64_t)i * CS + 7, 100, 800 + i);
+	set_fault(f, 2, NULL);
+	assert_int_equal(ds_fsync(f->ds, 94), 0);
+
+	/* reopen as a mount would: 12 configured down, chains without it */
+	assert_int_equal(ds_chains(f->ds, f->chains, MAXT), 3);
+	char good[1024];
+	snprintf(good, sizeof(good), "%s", f->targets[2].url);
+	f->targets[2].up = false;
+	snprintf(f->targets[2].url, sizeof(f->targets[2].url), "dir:%s/gone", f->dir);
+	reopen(f, DS_STRONG);
+	f->err[0] = '\0';
+	assert_true(ds_rebuild(f->ds, 101, 12, NULL, NULL, NULL, f->err, sizeof(f->err)) < 0);
+	assert_non_null(strstr(f->err, "/gone"));
+	/* SM-1: another target's identity is refused */
+	tdir(f, 0, good + 600, 300);
+	snprintf(f->targets[2].url, sizeof(f->targets[2].url), "dir:%s", good + 600);
+	reopen(f, DS_STRONG);
+	assert_int_equal(ds_rebuild(f->ds, 101, 12, NULL, NULL, NULL, f->err, sizeof(f->err)),
+			 -EINVAL);
+	assert_non_null(strstr(f->err, good + 600));
+	struct ds_chain_cfg ch[MAXT];
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 3);
+	assert_int_equal(ch[1].nmembers, 1);
+	assert_int_equal(ch[1].epoch, 2);
+	assert_int_equal(f->changed_calls, 0);
+	/* bad arguments */
+	assert_int_equal(ds_rebuild(f->ds, 999, 12, NULL, NULL, NULL, f->err, sizeof(f->err)),
+			 -ENOENT);
+	assert_int_equal(ds_rebuild(f->ds, 101, 99, NULL, NULL, NULL, f->err, sizeof(f->err)),
+			 -ENOENT);
+	assert_int_equal(ds_rebuild(f->ds, 100, 10, NULL, NULL, NULL, NULL, 0), -EEXIST);
+
+	/* reachable but configured down: opened on demand; a failed commit changes nothing */
+	snprintf(f->targets[2].url, sizeof(f->targets[2].url), "%s", good);
+	reopen(f, DS_STRONG);
+	f->cb_fail = -ETIMEDOUT;
+	assert_int_equal(ds_rebuild(f->ds, 101, 12, NULL, NULL, NULL, f->err, sizeof(f->err)),
+			 -ETIMEDOUT);
+	assert_non_null(strstr(f->err, "commit"));
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 3);
+	assert_int_equal(ch[1].nmembers, 1);
+	f->cb_fail = 0;
+	for (uint32_t chain = 101; chain <= 102; chain++)
+		assert_int_equal(
+		    ds_rebuild(f->ds, chain, 12, NULL, NULL, NULL, f->err, sizeof(f->err)), 0);
+	check_replicas(f, 94, 3);
+	read_expect(f, 94, a, 0, 4 * CS);
+	free(a);
+}
+
+/* ---------------------------------------------------------------------------------------- */
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    T(test_replicas_2),	   T(test_replicas_3),
-	    T(test_addressing),	   T(test_read_holes),
-	    T(test_truncate),	   T(test_punch_allocate),
-	    T(test_seek),	   T(test_trim_remove),
-	    T(test_weak),	   T(test_weak_primary_fails),
-	    T(test_ds1_write_eio), T(test_ds1_all_fail),
-	    T(test_ds1_enospc),	   T(test_ds1_callback_fails),
-	    T(test_ds1_sync),	   T(test_ds2_read_failover),
-	    T(test_down_target),   T(test_open_errors),
-	    T(test_statfs),	   T(test_check),
-	    T(test_concurrent),	   T(test_bench),
+	    T(test_replicas_2),	    T(test_replicas_3),
+	    T(test_addressing),	    T(test_read_holes),
+	    T(test_truncate),	    T(test_punch_allocate),
+	    T(test_seek),	    T(test_trim_remove),
+	    T(test_weak),	    T(test_weak_primary_fails),
+	    T(test_ds1_write_eio),  T(test_ds1_all_fail),
+	    T(test_ds1_enospc),	    T(test_ds1_callback_fails),
+	    T(test_ds1_sync),	    T(test_ds2_read_failover),
+	    T(test_down_target),    T(test_open_errors),
+	    T(test_statfs),	    T(test_check),
+	    T(test_concurrent),	    T(test_rebuild),
+	    T(test_rebuild_errors), T(test_bench),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
