@@ -61,9 +61,11 @@ struct fs_inode {
 	uint64_t size;	      /* FS-3 */
 	uint64_t db_size;     /* size as last recorded in the database */
 	int64_t mtime_ns, ctime_ns;
-	bool dirty;	   /* size/mtime/ctime newer than the database */
-	bool wmark;	   /* META_IF_WDIRTY set in the database */
-	bool purged;	   /* chunks and row deleted */
+	bool dirty;  /* size/mtime/ctime newer than the database */
+	bool wmark;  /* META_IF_WDIRTY set in the database */
+	bool purged; /* chunks and row deleted */
+	bool fresh;  /* created by this mount and never given data: holds no chunk anywhere, so
+		      * purging it needs no data-service work */
 	uint32_t inflight; /* writes/truncates under way that may put data beyond db_size */
 };
 
@@ -123,7 +125,7 @@ void fs_inode_overlay(struct fs *fs, struct meta_attr *attr);
  * the inode is not in use. */
 void fs_inode_set_nlink(struct fs *fs, const struct meta_attr *attr);
 /* Delete chunks and row of an unused inode with nlink 0 (FS-2). */
-int fs_purge(struct fs *fs, uint64_t ino, uint32_t mode);
+int fs_purge(struct fs *fs, uint64_t ino, uint32_t mode, bool has_data);
 /* Flush every dirty inode and purge unused orphans (unmount). */
 void fs_itab_flush_all(struct fs *fs);
 

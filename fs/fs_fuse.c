@@ -229,6 +229,7 @@ static int do_truncate(struct fs *fs, struct fs_inode *ip, uint64_t size, int64_
 {
 	pthread_rwlock_wrlock(&ip->io);
 	pthread_mutex_lock(&ip->lock);
+	ip->fresh = false;
 	uint64_t old = MAX(ip->size, ip->db_size);
 	struct meta_attr a = {0};
 	a.size = size;
@@ -654,6 +655,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		return;
 	}
 	struct fs_file *f = file_of(fi);
+	pthread_mutex_lock(&f->ip->lock);
+	f->ip->fresh = true; /* a new inode number: no chunk can exist for it yet */
+	pthread_mutex_unlock(&f->ip->lock);
 	fs_inode_lookup_add(fs, f->ip, 1);
 	struct fuse_entry_param e = {0};
 	e.ino = a.ino;
@@ -681,18 +685,27 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, -fs_inode_flush(req_fs(req), file_of(fi)->ip, false));
 }
 
-static int do_fsync(struct fs *fs, struct fs_inode *ip)
+static int do_fsync(struct fs *fs, struct fs_inode *ip, bool datasync)
 {
 	/* FS-4: data on every in-chain replica first, then the size that covers it. */
 	int r = ds_fsync(fs->ds, ip->ino);
 	if (r < 0)
 		return r;
+	/* fdatasync(2) owes durability only to the metadata needed to read the data back:
+	 * when the recorded size already covers the file, times may follow later. This is
+	 * PostgreSQL's WAL path (fdatasync of preallocated segments). The recorded size may
+	 * still sit in an unsynced commit: fs_meta_sync costs nothing when none is pending. */
+	pthread_mutex_lock(&ip->lock);
+	bool size_recorded = ip->size == ip->db_size;
+	pthread_mutex_unlock(&ip->lock);
+	if (datasync && size_recorded)
+		return fs_meta_sync(fs);
 	return fs_inode_flush(fs, ip, true);
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	fuse_reply_err(req, -do_fsync(req_fs(req), file_of(fi)->ip));
+	fuse_reply_err(req, -do_fsync(req_fs(req), file_of(fi)->ip, datasync != 0));
 }
 
 static __thread char *tl_buf;
@@ -765,6 +778,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	uint64_t end = (uint64_t)off + size;
 	pthread_rwlock_rdlock(&ip->io);
 	pthread_mutex_lock(&ip->lock);
+	ip->fresh = false;
 	int r = mark_extending(fs, ip, end);
 	if (r == 0)
 		ip->inflight++;
@@ -786,7 +800,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	pthread_mutex_unlock(&ip->lock);
 	pthread_rwlock_unlock(&ip->io);
 	if (n >= 0 && (f->flags & (O_SYNC | O_DSYNC))) {
-		r = do_fsync(fs, ip);
+		r = do_fsync(fs, ip, (f->flags & O_SYNC) != O_SYNC);
 		if (r < 0)
 			n = r;
 	}
@@ -818,6 +832,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	}
 	pthread_rwlock_wrlock(&ip->io);
 	pthread_mutex_lock(&ip->lock);
+	ip->fresh = false;
 	uint64_t size = ip->size;
 	bool grows = !keep && end > size;
 	if (grows)
@@ -1050,7 +1065,7 @@ int fs_recover(struct fs *fs)
 	for (size_t i = 0; i < o.n; i++) {
 		const struct meta_attr *a = &o.v[i];
 		if (a->nlink == 0) {
-			r = fs_purge(fs, a->ino, a->mode);
+			r = fs_purge(fs, a->ino, a->mode, true);
 		} else {
 			/* FS-3: bytes a crashed writer left beyond the recorded size go now. */
 			r = S_ISREG(a->mode) ? ds_trim(fs->ds, a->ino, a->size) : 0;

@@ -199,7 +199,7 @@ void fs_inode_put(struct fs *fs, struct fs_inode *ip)
 	if (!gone)
 		return;
 	if (ip->nlink == 0 && !ip->purged)
-		fs_purge(fs, ip->ino, ip->mode);
+		fs_purge(fs, ip->ino, ip->mode, !ip->fresh);
 	inode_free(ip);
 }
 
@@ -295,7 +295,7 @@ void fs_inode_set_nlink(struct fs *fs, const struct meta_attr *attr)
 	struct fs_inode *ip = fs_inode_find(fs, attr->ino);
 	if (!ip) {
 		if (attr->nlink == 0)
-			fs_purge(fs, attr->ino, attr->mode);
+			fs_purge(fs, attr->ino, attr->mode, true);
 		return;
 	}
 	pthread_mutex_lock(&ip->lock);
@@ -306,10 +306,10 @@ void fs_inode_set_nlink(struct fs *fs, const struct meta_attr *attr)
 	fs_inode_put(fs, ip); /* purges now if nothing else holds it */
 }
 
-int fs_purge(struct fs *fs, uint64_t ino, uint32_t mode)
+int fs_purge(struct fs *fs, uint64_t ino, uint32_t mode, bool has_data)
 {
 	int r = 0;
-	if (S_ISREG(mode)) {
+	if (S_ISREG(mode) && has_data) {
 		r = ds_remove(fs->ds, ino);
 		if (r < 0) {
 			/* Keep the row: the next mount's recovery retries (META-3). */
@@ -357,7 +357,7 @@ void fs_itab_flush_all(struct fs *fs)
 		/* At unmount no file can be open any more: an unlinked inode the kernel still
 		 * remembered is deleted now rather than left to the next mount. */
 		if (orphan)
-			fs_purge(fs, ip->ino, ip->mode);
+			fs_purge(fs, ip->ino, ip->mode, !ip->fresh);
 		fs_inode_put(fs, ip);
 	}
 	free(v);
