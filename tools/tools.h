@@ -49,6 +49,7 @@ void die_msg(const char *cmd, const char *fmt, ...) __attribute__((format(printf
  * format and return EXIT_USAGE. Call getopt with opterr = 0 and a ':'-prefixed optstring. */
 int bad_option(const char *cmd, char **argv, int c);
 
+int cmd_bench(int argc, char **argv);
 int cmd_format(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
