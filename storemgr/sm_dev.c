@@ -11,7 +11,9 @@
 
 /* Every device backend, by scheme. */
 static const struct sm_dev_ops *const sm_devs[] = {
-    &sm_dev_file_ops,
+    &sm_dev_iscsi_ops,
+    &sm_dev_nbd_ops,
+    &sm_dev_nbd_unix_ops,
 };
 
 const struct sm_dev_ops *sm_dev_ops_for(const char *url)
@@ -34,7 +36,8 @@ int sm_dev_open(const char *url, unsigned flags, struct sm_dev **ret, char *err,
 	const struct sm_dev_ops *ops = sm_dev_ops_for(url);
 	if (!ops) {
 		if (err && errlen)
-			snprintf(err, errlen, "%s: not a device URL (file:, iscsi://, nbd://, nbd+unix://)",
+			snprintf(err, errlen,
+				 "%s: not a device URL (file:, iscsi://, nbd://, nbd+unix://)",
 				 url ? url : "(null)");
 		return -EINVAL;
 	}
