@@ -259,7 +259,7 @@ static int dev_iscsi_connect(struct net_conn *c, char *err, size_t errlen)
 		dev_iscsi_reason(s->ctx, err, errlen);
 		goto fail;
 	}
-	int64_t deadline = now_monotonic_ns() + (int64_t)c->nd->opts.timeout_s * 1000000000;
+	int64_t deadline = now_monotonic_ns() + ((int64_t)c->nd->opts.timeout_s + 3) * 1000000000;
 	bool sockerr = false;
 	while (!s->connect_done) {
 		short ev = (short)iscsi_which_events(s->ctx), rev = 0;
@@ -272,9 +272,19 @@ static int dev_iscsi_connect(struct net_conn *c, char *err, size_t errlen)
 				goto service_failed;
 			continue;
 		}
-		int prc = net_poll_until(iscsi_get_fd(s->ctx), ev, deadline, &rev);
-		if (prc == 0)
+		/* Slices of 250 ms with iscsi_service(ctx, 0) between them run libiscsi's own
+		 * login timer (iscsi_set_timeout, whole seconds): when it fires, libiscsi frees its
+		 * connect state through its callbacks. Our deadline, 3 s later, is the backstop for
+		 * a TCP connect that never ends (libiscsi then leaks a few bytes). */
+		int64_t slice = MIN(deadline, now_monotonic_ns() + 250000000);
+		int prc = net_poll_until(iscsi_get_fd(s->ctx), ev, slice, &rev);
+		if (prc == 0 && now_monotonic_ns() >= deadline)
 			goto timeout;
+		if (prc == 0) {
+			if (iscsi_service(s->ctx, 0) < 0 && !s->connect_done)
+				goto service_failed;
+			continue;
+		}
 		if (prc < 0) {
 			snprintf(err, errlen, "poll: %s", strerror(-prc));
 			goto fail;

@@ -456,36 +456,68 @@ static void test_reconnect(void **state)
 	free(buf);
 }
 
-/* The server is gone for good: I/O ends in -EIO within a bounded time, and works again
- * once the server is back. */
-static void test_server_gone(void **state)
+/* A second device on the backend's URL with extra options; NULL when the case does not
+ * apply (not a network backend, or no way to kill the servers). */
+static struct sm_dev *open_with(const struct fx *f, const char *options)
+{
+	if (!f->be->network || !getenv("BRAIDFS_TEST_TARGETS"))
+		return NULL;
+	char url[1100], err[512];
+	snprintf(url, sizeof(url), "%s%s%s", f->be->url, strchr(f->be->url, '?') ? "&" : "?",
+		 options);
+	struct sm_dev *d = NULL;
+	int rc = sm_dev_open(url, 0, &d, err, sizeof(err));
+	if (rc)
+		fprintf(stderr, "%s\n", err);
+	assert_int_equal(rc, 0);
+	return d;
+}
+
+/* The server goes down (`down`: kill or pause) under an open device with `options`: a read
+ * and a flush end in -EIO within [min_s, max_s]; after `up` the device works again. */
+static void server_outage(void **state, const char *options, const char *down, const char *up,
+			  double min_s, double max_s)
 {
 	struct fx *f = *state;
-	if (!f->be->network || !getenv("BRAIDFS_TEST_TARGETS")) {
+	struct sm_dev *d = open_with(f, options);
+	if (!d) {
 		skip();
 		return;
 	}
-	char url[1100], err[512];
-	snprintf(url, sizeof(url), "%s%sretries=2&timeout=2", f->be->url,
-		 strchr(f->be->url, '?') ? "&" : "?");
-	struct sm_dev *d = NULL;
-	assert_int_equal(sm_dev_open(url, 0, &d, err, sizeof(err)), 0);
 	char *buf = sm_dev_alloc(64 * 1024);
 	assert_int_equal(sm_dev_pread(d, buf, 64 * 1024, 0), 0);
-	assert_int_equal(targets("kill", f->be->server), 0);
+	assert_int_equal(targets(down, f->be->server), 0);
 	int64_t t0 = now_monotonic_ns();
 	int rc = sm_dev_pread(d, buf, 64 * 1024, 0);
 	double s = (double)(now_monotonic_ns() - t0) / 1e9;
-	fprintf(stderr, "  %s: server gone: read -> %d after %.2f s\n", f->be->name, rc, s);
-	assert_int_equal(rc, -EIO);
-	assert_true(s < 10.0); /* 2 retries: 100 + 200 ms of backoff, plus connects */
 	t0 = now_monotonic_ns();
-	assert_int_equal(sm_dev_flush(d), -EIO);
-	assert_true((double)(now_monotonic_ns() - t0) / 1e9 < 10.0);
-	assert_int_equal(targets("revive", f->be->server), 0);
+	int frc = sm_dev_flush(d);
+	double fs = (double)(now_monotonic_ns() - t0) / 1e9;
+	fprintf(stderr, "  %s: server %s: read -> %d after %.2f s, flush -> %d after %.2f s\n",
+		f->be->name, down, rc, s, frc, fs);
+	assert_int_equal(targets(up, f->be->server), 0);
+	assert_int_equal(rc, -EIO);
+	assert_int_equal(frc, -EIO);
+	assert_true(s >= min_s && s < max_s);
+	assert_true(fs >= min_s && fs < max_s);
 	assert_int_equal(sm_dev_pread(d, buf, 64 * 1024, 0), 0);
 	free(buf);
 	sm_dev_close(d);
+}
+
+/* Gone for good: 2 retries cost 100 + 200 ms of backoff plus refused connects. */
+static void test_server_gone(void **state)
+{
+	server_outage(state, "retries=2&timeout=2", "kill", "revive", 0.0, 10.0);
+}
+
+/* Hung (SIGSTOP: connections stay open, nothing answers): NET-5 turns the stuck command into
+ * a transport failure after io_timeout, then the handshakes time out: 1 s + 2 x 1 s + 100 ms,
+ * with slack. */
+static void test_server_hung(void **state)
+{
+	server_outage(state, "retries=1&timeout=1&io_timeout=1&conns=1", "pause", "resume", 1.0,
+		      8.0);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -614,7 +646,7 @@ static const struct tcase per_backend[] = {
     {"submit_batch", test_submit_batch}, {"flush_fua", test_flush_fua},
     {"discard", test_discard},		 {"concurrent_writers", test_concurrent_writers},
     {"read_only", test_read_only},	 {"reconnect", test_reconnect},
-    {"server_gone", test_server_gone},
+    {"server_gone", test_server_gone},	 {"server_hung", test_server_hung},
 };
 
 static void add_backend(const char *name, const char *server, const char *url, bool network)

@@ -26,6 +26,8 @@ Usage (also through targets.sh):
   targets.py stop DIR               stop them, remove DIR's images and sockets
   targets.py kill DIR NAME          SIGKILL one server (iscsi|nbd|nbdunix); images stay
   targets.py revive DIR NAME        start it again on the same port / socket and images
+  targets.py pause DIR NAME         SIGSTOP one server (a hung server: connections stay open)
+  targets.py resume DIR NAME        SIGCONT it
   targets.py run DIR -- CMD ARGS    start, run CMD with the URLs in its environment, stop
                                     (always, also on a signal); exit with CMD's status, or
                                     77 (skip) when a server program is missing or not root
@@ -122,16 +124,20 @@ def _read_pidfile(path):
 
 
 def _kill_pid(pid, sig=signal.SIGKILL):
-    """Kill one process we started and reap it if it is our child."""
+    """Kill one process we started (SIGKILL when sig does not end it within 5 s) and wait
+    until it is gone or a zombie of another parent."""
     if not pid:
         return
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.02)
+    for s, wait in ((sig, 5), (signal.SIGKILL, 10)):
+        try:
+            os.kill(pid, s)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.02)
+        if not _alive(pid):
+            return
 
 
 class Targets:
@@ -215,6 +221,8 @@ class Targets:
         pid = self.st.get("iscsi_pid")
         if not pid:
             return
+        if _alive(pid):
+            os.kill(pid, signal.SIGCONT)  # it may be paused
         if graceful:
             # tgtd ignores SIGTERM while it has targets: delete them, then the system.
             try:
@@ -264,7 +272,10 @@ class Targets:
             _wait_unix(os.path.join(self.dir, "nbd.sock"), self.st[name + "_pid"], "nbdkit")
 
     def _stop_nbd(self, name):
-        _kill_pid(self.st.get(name + "_pid"), signal.SIGTERM)
+        pid = self.st.get(name + "_pid")
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGCONT)  # it may be paused
+        _kill_pid(pid, signal.SIGTERM)
         self.st[name + "_pid"] = None
         self._save()
         if name == "nbdunix":
@@ -315,6 +326,12 @@ class Targets:
                 except OSError:
                     pass
             self._start_nbd(name)
+
+    def signal(self, name, sig):
+        pid = self.st.get(name + "_pid")
+        if not pid or not _alive(pid):
+            raise TargetsError(f"{name} is not running")
+        os.kill(pid, sig)
 
     def stop(self):
         if not self.st:
@@ -406,12 +423,17 @@ def main(argv):
     if cmd == "stop":
         t.stop()
         return 0
-    if cmd in ("kill", "revive") and len(argv) == 4 and argv[3] in NAMES:
+    if cmd in ("kill", "revive", "pause", "resume") and len(argv) == 4 and argv[3] in NAMES:
         if not t.st:
             print(f"targets: {d}: no servers started there", file=sys.stderr)
             return 1
         try:
-            getattr(t, cmd)(argv[3])
+            if cmd == "pause":
+                t.signal(argv[3], signal.SIGSTOP)
+            elif cmd == "resume":
+                t.signal(argv[3], signal.SIGCONT)
+            else:
+                getattr(t, cmd)(argv[3])
         except TargetsError as e:
             print(f"targets: {e}", file=sys.stderr)
             return 1
