@@ -101,12 +101,18 @@ static bool rule_says(const struct chain_fix *f, uint32_t chain_id, uint32_t tar
 	return false;
 }
 
+/* A member that serves: up, or draining (its chains are moving away but it still has them). */
+static bool serves(enum meta_target_state s)
+{
+	return s == META_TARGET_UP || s == META_TARGET_DRAINING;
+}
+
 static unsigned live_members(const struct chain_fix *f, const struct ds_chain_cfg *c)
 {
 	unsigned live = 0;
 	for (uint32_t k = 0; k < c->nmembers; k++) {
 		int p = tpos(f->v, c->members[k]);
-		live += p >= 0 && f->state[p] == META_TARGET_UP;
+		live += p >= 0 && serves(f->state[p]);
 	}
 	return live;
 }
@@ -137,7 +143,7 @@ static void describe(const struct chain_fix *f, const struct ds_chain_cfg *c, ch
 	const char *sep = " (";
 	for (uint32_t k = 0; k < c->nmembers; k++) {
 		int p = tpos(v, c->members[k]);
-		if (p < 0 || f->state[p] == META_TARGET_UP)
+		if (p < 0 || serves(f->state[p]))
 			continue;
 		append(out, len, "%starget %u %s is offline but still listed", sep,
 		       v->targets[p].id, v->targets[p].url);
@@ -150,7 +156,8 @@ static void describe(const struct chain_fix *f, const struct ds_chain_cfg *c, ch
 		if (p < 0 || chain_has(c, m[k]))
 			continue;
 		append(out, len, "%starget %u %s is %s", sep, m[k], v->targets[p].url,
-		       f->state[p] == META_TARGET_UP ? "up but not a member" : "offline");
+		       serves(f->state[p]) ? "up but not a member"
+					   : meta_target_state_name(f->state[p]));
 		sep = "; ";
 	}
 	if (!n && c->nmembers < v->info.replicas) {
@@ -235,7 +242,9 @@ static void repair_chain(struct fsck_ctx *cx, struct chain_fix *f, struct ds_cha
 	}
 	for (unsigned k = 0; k < n && c->nmembers < v->info.replicas; k++) {
 		int p = tpos(v, order[k]);
-		if (p < 0 || chain_has(c, order[k]) || f->failed[p])
+		/* draining, drained and removed targets never gain a chain */
+		if (p < 0 || chain_has(c, order[k]) || f->failed[p] ||
+		    (f->state[p] != META_TARGET_UP && f->state[p] != META_TARGET_OFFLINE))
 			continue;
 		if (rebuild_one(cx, f, c, p))
 			ds_chains(v->ds, f->ch, f->nch); /* c now lists it */
@@ -249,7 +258,7 @@ static void mark_up(struct fsck_ctx *cx, struct chain_fix *f)
 	struct vol *v = f->v;
 	for (unsigned i = 0; i < v->ntargets; i++) {
 		const struct meta_target *t = &v->targets[i];
-		if (f->state[i] == META_TARGET_UP || f->failed[i])
+		if (f->state[i] != META_TARGET_OFFLINE || f->failed[i])
 			continue;
 		bool rule = v->nchains == v->ntargets; /* rule_members applies */
 		bool all = true, any = false;
@@ -347,7 +356,7 @@ static int check_chains(struct fsck_ctx *cx, struct vol *v, bool repair)
 		const char *sep = ": ";
 		for (unsigned i = 0; i < v->ntargets; i++) {
 			if (!f.failed[i] ||
-			    (chain_has(&f.ch[c], v->targets[i].id) && f.state[i] == META_TARGET_UP))
+			    (chain_has(&f.ch[c], v->targets[i].id) && serves(f.state[i])))
 				continue;
 			printf("%s%s", sep, f.why[i]);
 			sep = "; ";
@@ -360,7 +369,7 @@ static int check_chains(struct fsck_ctx *cx, struct vol *v, bool repair)
 		bool in = false;
 		for (unsigned c = 0; c < f.nch; c++)
 			in |= chain_has(&f.ch[c], v->targets[i].id);
-		if (!in && f.state[i] != META_TARGET_UP)
+		if (!in && f.state[i] == META_TARGET_OFFLINE)
 			printf("  note: target %u %s is offline and in no chain (it holds no data "
 			       "in use)\n",
 			       v->targets[i].id, v->targets[i].url);

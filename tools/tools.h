@@ -29,7 +29,14 @@ struct vol {
 
 /* Open the metadata and read the volume, targets and chains. err: one-line reason. */
 int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, size_t errlen);
-/* Open every target through the data service. */
+/* Read targets and chains again (after this process changed them). */
+int vol_reload(struct vol *v, char *err, size_t errlen);
+/* Does the data service get this target (every state but removed)? */
+bool vol_target_in_data(const struct meta_target *t);
+/* Does it serve I/O: up, or draining (still in chains while they move away)? */
+bool vol_target_serves(const struct meta_target *t);
+/* Open every target through the data service: up and draining ones opened, offline and
+ * drained ones known but closed (a rebuild opens them on demand), removed ones left out. */
 int vol_open_data(struct vol *v, char *err, size_t errlen);
 /* Take the volume's mount lock (one mount at a time, also fsck). On -EBUSY, holder_pid and
  * holder_mnt say who has it. Released by vol_close or process death. */

@@ -70,22 +70,40 @@ int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, siz
 		snprintf(err, errlen, "cannot read the volume from %s: %s", meta_url, strerror(-r));
 		return r;
 	}
+	return vol_reload(v, err, errlen);
+}
+
+int vol_reload(struct vol *v, char *err, size_t errlen)
+{
+	free(v->targets);
+	free(v->chains);
+	v->ntargets = v->nchains = 0;
 	v->targets = calloc(META_MAX_TARGETS, sizeof(*v->targets));
-	v->chains = calloc(META_MAX_TARGETS, sizeof(*v->chains));
+	v->chains = calloc(META_MAX_CHAINS, sizeof(*v->chains));
 	if (!v->targets || !v->chains)
 		return -ENOMEM;
-	r = META_CALL(v->meta, targets_list, v->targets, META_MAX_TARGETS);
+	int r = META_CALL(v->meta, targets_list, v->targets, META_MAX_TARGETS);
 	if (r >= 0) {
 		v->ntargets = (unsigned)(r < META_MAX_TARGETS ? r : META_MAX_TARGETS);
-		r = META_CALL(v->meta, chains_list, v->chains, META_MAX_TARGETS);
+		r = META_CALL(v->meta, chains_list, v->chains, META_MAX_CHAINS);
 	}
 	if (r < 0) {
-		snprintf(err, errlen, "cannot read targets and chains from %s: %s", meta_url,
+		snprintf(err, errlen, "cannot read targets and chains from %s: %s", v->meta_url,
 			 strerror(-r));
 		return r;
 	}
-	v->nchains = (unsigned)(r < META_MAX_TARGETS ? r : META_MAX_TARGETS);
+	v->nchains = (unsigned)(r < META_MAX_CHAINS ? r : META_MAX_CHAINS);
 	return 0;
+}
+
+bool vol_target_in_data(const struct meta_target *t)
+{
+	return t->state != META_TARGET_REMOVED;
+}
+
+bool vol_target_serves(const struct meta_target *t)
+{
+	return t->state == META_TARGET_UP || t->state == META_TARGET_DRAINING;
 }
 
 /* DS-1: a replica failed; commit the chain without it before the write is acknowledged. */
@@ -124,13 +142,17 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 {
 	struct ds_target_cfg *t = calloc(v->ntargets ? v->ntargets : 1, sizeof(*t));
 	struct ds_chain_cfg *c = calloc(v->nchains ? v->nchains : 1, sizeof(*c));
+	unsigned nt = 0;
 	int r = -ENOMEM;
 	if (!t || !c)
 		goto out;
 	for (unsigned i = 0; i < v->ntargets; i++) {
-		t[i].id = v->targets[i].id;
-		snprintf(t[i].url, sizeof(t[i].url), "%s", v->targets[i].url);
-		t[i].up = v->targets[i].state == META_TARGET_UP;
+		if (!vol_target_in_data(&v->targets[i]))
+			continue;
+		t[nt].id = v->targets[i].id;
+		snprintf(t[nt].url, sizeof(t[nt].url), "%s", v->targets[i].url);
+		t[nt].up = vol_target_serves(&v->targets[i]);
+		nt++;
 	}
 	for (unsigned i = 0; i < v->nchains; i++) {
 		c[i].id = v->chains[i].id;
@@ -142,7 +164,7 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 	    .chunk_size = v->info.chunk_size,
 	    .consistency = v->info.consistency == META_WEAK ? DS_WEAK : DS_STRONG,
 	    .targets = t,
-	    .ntargets = v->ntargets,
+	    .ntargets = nt,
 	    .chains = c,
 	    .nchains = v->nchains,
 	    .chain_failed = chain_failed,
