@@ -49,6 +49,10 @@ void vol_close(struct vol *v);
 
 const char *consistency_name(enum meta_consistency c);
 
+/* Placement's node number for a node name: 1 + the index of the first of t[0..n-1] on that
+ * node (so equal names get equal numbers). */
+uint32_t vol_node_number(const struct meta_target *t, unsigned n, const char *node);
+
 /* Print "braidfs CMD: fmt" to stderr. */
 void die_msg(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -52,6 +52,14 @@ const char *consistency_name(enum meta_consistency c)
 	return c == META_WEAK ? "weak" : "strong";
 }
 
+uint32_t vol_node_number(const struct meta_target *t, unsigned n, const char *node)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (!strcmp(t[i].node, node))
+			return i + 1;
+	return n + 1;
+}
+
 int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, size_t errlen)
 {
 	memset(v, 0, sizeof(*v));
