@@ -611,9 +611,11 @@ char *sm_device_state(const struct sm_device *d, char *buf, size_t len)
 		smd_add(buf, len, "mounted at %s", d->mountpoint);
 	if (d->ambivalent)
 		smd_add(buf, len, "several signatures (libblkid cannot tell which is real)");
-	if (d->pttype[0])
+	if (d->pttype[0] && d->partitions)
 		smd_add(buf, len, "partition table %s (%u partition%s)", d->pttype, d->partitions,
 			d->partitions == 1 ? "" : "s");
+	else if (d->pttype[0]) /* the kernel did not scan it (a loop device without -P) */
+		smd_add(buf, len, "partition table %s", d->pttype);
 	else if (d->partitions)
 		smd_add(buf, len, "%u partition%s", d->partitions, d->partitions == 1 ? "" : "s");
 	if (!strcmp(d->fstype, "LVM2_member"))

@@ -184,14 +184,8 @@ int cmd_format(int argc, char **argv)
 			break;
 		}
 		case 'p':
-			if (!meta_pool_name_ok(optarg)) {
-				die_msg(
-				    "format",
-				    "invalid pool name '%s' (1-31 of a-z 0-9 . _ -, not starting "
-				    "with . or -)",
-				    optarg);
+			if (!pool_arg_ok("format", optarg))
 				return EXIT_USAGE;
-			}
 			pool = optarg;
 			break;
 		case 'r': {

@@ -49,6 +49,9 @@ void vol_close(struct vol *v);
 
 const char *consistency_name(enum meta_consistency c);
 
+/* Is name a valid pool name? If not, say so (one line) and return false. */
+bool pool_arg_ok(const char *cmd, const char *name);
+
 /* Placement's node number for a node name: 1 + the index of the first of t[0..n-1] on that
  * node (so equal names get equal numbers). */
 uint32_t vol_node_number(const struct meta_target *t, unsigned n, const char *node);
@@ -59,11 +62,15 @@ void die_msg(const char *cmd, const char *fmt, ...) __attribute__((format(printf
 /* getopt_long said '?' (unknown option) or ':' (missing argument): print one line in our
  * format and return EXIT_USAGE. Call getopt with opterr = 0 and a ':'-prefixed optstring. */
 int bad_option(const char *cmd, char **argv, int c);
+/* Options of a command whose only option is --help: -1 to go on (optind at the first
+ * argument), else the exit code (0 after printing help). */
+int help_only_options(int argc, char **argv, const char *cmd, const char *help);
 
 int cmd_format(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_fsck(int argc, char **argv);
+int cmd_device(int argc, char **argv);
 
 #endif

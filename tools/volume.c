@@ -47,9 +47,34 @@ int bad_option(const char *cmd, char **argv, int c)
 	return EXIT_USAGE;
 }
 
+int help_only_options(int argc, char **argv, const char *cmd, const char *help)
+{
+	static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+	int c;
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(help, stdout);
+			return 0;
+		}
+		return bad_option(cmd, argv, c);
+	}
+	return -1;
+}
+
 const char *consistency_name(enum meta_consistency c)
 {
 	return c == META_WEAK ? "weak" : "strong";
+}
+
+bool pool_arg_ok(const char *cmd, const char *name)
+{
+	if (meta_pool_name_ok(name))
+		return true;
+	die_msg(cmd, "invalid pool name '%s' (1-31 of a-z 0-9 . _ -, not starting with . or -)",
+		name);
+	return false;
 }
 
 uint32_t vol_node_number(const struct meta_target *t, unsigned n, const char *node)
