@@ -287,6 +287,27 @@ def test_drain_then_remove(make_volume):
     assert_error(p, "device drain", "no other target can take", "nothing was moved")
 
 
+def test_drain_to_another_pool(make_volume):
+    """Pool 'a' has no target left that could take the chains: they go to pool 'b', said so
+    for each chain."""
+    v = make_volume(targets=("dir", "dir"), extra_format=["--pool", "a"])
+    expect = fill(v, random.Random(3), nfiles=2, size=3 * MiB)
+    v.umount()
+    other = os.path.join(v.dir, "tb")
+    os.mkdir(other)
+    p = braidfs("device", "add", "--pool", "b", v.meta_url, "dir:" + other)
+    assert p.returncode == 0, p.stderr
+    assert "pool 'b': the volume has no chain in it" in p.stdout, p.stdout
+    p = braidfs("device", "drain", v.meta_url, "1", timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "no target of its pool can take it: target 3 (pool 'b') does" in p.stdout, p.stdout
+    _, t = status_targets(v)
+    assert t[1]["state"] == "drained" and t[3]["chains"] == 64 and t[2]["chains"] == 64
+    fsck_clean(v)
+    v.mount()
+    check_files(expect)
+
+
 def test_remove_wipe(make_volume):
     v = make_volume(targets=("dir", "dir", "dir"), mount=False)
     assert braidfs("device", "drain", v.meta_url, "3").returncode == 0
