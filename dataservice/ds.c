@@ -1775,3 +1775,142 @@ out:
 		*ret = rb.p;
 	return r;
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* membership changes without data: reorder, drop; delete what a dropped member kept */
+
+static int ds_chain_index(const struct ds *ds, uint32_t chain_id)
+{
+	for (unsigned i = 0; i < ds->nchains; i++)
+		if (ds->chains[i].id == chain_id)
+			return (int)i;
+	return -1;
+}
+
+int ds_chain_set(struct ds *ds, uint32_t chain_id, uint64_t expect_epoch,
+		 const uint32_t *new_members, uint32_t n, char *err, size_t errlen)
+{
+	char dummy[8];
+	if (!err || !errlen) {
+		err = dummy;
+		errlen = sizeof(dummy);
+	}
+	err[0] = '\0';
+	int ci = ds_chain_index(ds, chain_id);
+	if (ci < 0) {
+		snprintf(err, errlen, "no chain %u", chain_id);
+		return -ENOENT;
+	}
+	if (!new_members || n < 1 || n > DS_MAX_REPLICAS) {
+		snprintf(err, errlen, "chain %u: %u members asked for (1 to %d)", chain_id, n,
+			 DS_MAX_REPLICAS);
+		return -EINVAL;
+	}
+	struct ds_chain *c = &ds->chains[ci];
+	pthread_mutex_lock(&c->change_lock);
+	struct ds_snap now;
+	ds_snap(ds, (unsigned)ci, &now);
+	struct ds_tgt *m[DS_MAX_REPLICAS];
+	int r = 0;
+	if (expect_epoch && now.epoch != expect_epoch) {
+		snprintf(err, errlen, "chain %u is at epoch %llu, not %llu; run again", chain_id,
+			 (unsigned long long)now.epoch, (unsigned long long)expect_epoch);
+		r = -ESTALE;
+		goto out;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		m[i] = NULL;
+		for (uint32_t k = 0; k < now.n; k++)
+			if (now.m[k]->id == new_members[i])
+				m[i] = now.m[k];
+		for (uint32_t j = 0; j < i && m[i]; j++)
+			if (new_members[j] == new_members[i])
+				m[i] = NULL;
+		if (!m[i]) { /* no data moves here: only members that have the chain's data */
+			snprintf(err, errlen,
+				 "target %u is not a member of chain %u, or is named twice",
+				 new_members[i], chain_id);
+			r = -EINVAL;
+			goto out;
+		}
+	}
+	uint64_t ne = now.epoch + 1;
+	if (ds->chain_changed) {
+		r = ds->chain_changed(ds->cb_ctx, c->id, now.epoch, new_members, n, &ne);
+		if (r < 0) {
+			snprintf(err, errlen, "cannot commit chain %u: %s", chain_id, strerror(-r));
+			goto out;
+		}
+	}
+	pthread_mutex_lock(&c->lock);
+	memcpy(c->m, m, n * sizeof(*m));
+	c->n = n;
+	c->epoch = ne;
+	pthread_mutex_unlock(&c->lock);
+	log_debug("ds: chain %u now has %u member(s), epoch %llu", c->id, n,
+		  (unsigned long long)ne);
+out:
+	pthread_mutex_unlock(&c->change_lock);
+	return r;
+}
+
+int ds_purge_strays(struct ds *ds, uint32_t target_id, uint64_t *ret_removed, char *err,
+		    size_t errlen)
+{
+	char dummy[8];
+	if (!err || !errlen) {
+		err = dummy;
+		errlen = sizeof(dummy);
+	}
+	err[0] = '\0';
+	struct ds_tgt *t = NULL;
+	for (unsigned i = 0; i < ds->ntargets; i++)
+		if (ds->targets[i].id == target_id)
+			t = &ds->targets[i];
+	if (ret_removed)
+		*ret_removed = 0;
+	if (!t) {
+		snprintf(err, errlen, "no target %u", target_id);
+		return -ENOENT;
+	}
+	int r = ds_attach(ds, t, err, errlen);
+	if (r < 0)
+		return r;
+	ds_barrier(ds);
+	struct sm_target *sm = ds_tsm(t);
+	struct ds_clist l = {0};
+	r = sm->ops->list(sm, ds_check_collect, &l);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot list the chunks of target %u (%s): %s", t->id, t->url,
+			 strerror(-r));
+		goto out;
+	}
+	uint64_t removed = 0;
+	for (size_t i = 0; i < l.n; i++) {
+		const struct ds_cent *e = &l.v[i];
+		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
+		struct ds_snap s;
+		pthread_mutex_lock(sl);
+		ds_snap(ds, ds_chain_of(ds, e->ino, e->idx), &s);
+		if (!ds_snap_has(&s, t)) {
+			r = sm->ops->truncate(sm, e->ino, e->idx, 0);
+			if (r == 0)
+				removed++;
+		}
+		pthread_mutex_unlock(sl);
+		if (r < 0) {
+			snprintf(err, errlen, "cannot delete chunk %llu.%u on target %u (%s): %s",
+				 (unsigned long long)e->ino, e->idx, t->id, t->url, strerror(-r));
+			goto out;
+		}
+	}
+	r = sm->ops->sync_all(sm);
+	if (r < 0)
+		snprintf(err, errlen, "cannot sync target %u (%s): %s", t->id, t->url,
+			 strerror(-r));
+	if (ret_removed)
+		*ret_removed = removed;
+out:
+	free(l.v);
+	return r;
+}

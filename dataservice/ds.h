@@ -186,4 +186,22 @@ typedef void (*ds_progress_fn)(void *ctx, const struct ds_rebuild_progress *p);
 int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress_fn progress,
 	       void *ctx, struct ds_rebuild_progress *ret, char *err, size_t errlen);
 
+/* Reorder or shrink a chain without moving data: new_members must be distinct current members
+ * (at least one), in the order wanted, [0] the primary. Used after ds_rebuild made a new
+ * member a full replica, to drop the member it replaces (device add / drain: placement.h), and
+ * to move primaries. Under the chain's change_lock: -ESTALE when expect_epoch is not 0 and
+ * not the chain's epoch; else the chain is committed through chain_changed (epoch+1) and
+ * becomes the in-memory chain. A dropped member keeps its chunks of the chain until
+ * ds_purge_strays. Returns 0, or -ENOENT (no such chain), -EINVAL (not a subset, a duplicate,
+ * empty), -ESTALE, or chain_changed's error (nothing changed), with a one-line reason in err. */
+int ds_chain_set(struct ds *ds, uint32_t chain_id, uint64_t expect_epoch,
+		 const uint32_t *new_members, uint32_t n, char *err, size_t errlen);
+
+/* Delete from target_id every chunk whose chain does not list target_id (chunks a member
+ * dropped by ds_chain_set still holds, or strays), each under its stripe lock. The target is
+ * opened on demand like ds_rebuild. *ret_removed gets the count. Writers must be kept away.
+ * -ENOENT unknown target; else the failing step's error with a one-line reason in err. */
+int ds_purge_strays(struct ds *ds, uint32_t target_id, uint64_t *ret_removed, char *err,
+		    size_t errlen);
+
 #endif

@@ -4,8 +4,11 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/util.h"
 
@@ -95,4 +98,44 @@ void sm_close(struct sm_target *t)
 {
 	if (t)
 		t->ops->close(t);
+}
+
+#define SM_WIPE_HEAD 8192 /* the block store's two superblock copies, at 0 and 4096 */
+
+int sm_wipe(const char *url, char *err, size_t errlen)
+{
+	char s[32];
+	struct url u;
+	if (sm_scheme(url, s, sizeof(s)) < 0)
+		return sm_unknown(url, err, errlen);
+	if (!strcmp(s, "dir") || !strcmp(s, "faulty")) {
+		int r = sm_dir_url_parse(url, s, &u, err, errlen);
+		return r < 0 ? r : sm_dir_wipe_path(u.path, err, errlen);
+	}
+	if (strcmp(s, "file") != 0) {
+		sm_seterr(err, errlen, "wiping a %s: target is not supported; its identity stays",
+			  s);
+		return -EOPNOTSUPP;
+	}
+	const char *path = url + 5;
+	char p[URL_MAX];
+	snprintf(p, sizeof(p), "%s", path);
+	char *q = strchr(p, '?');
+	if (q)
+		*q = '\0';
+	int fd = open(p, O_WRONLY | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+		sm_seterr(err, errlen, "cannot open %s to wipe it: %s", p, strerror(e));
+		return -e;
+	}
+	char *zero = calloc(1, SM_WIPE_HEAD);
+	int r = zero ? pwrite_full(fd, zero, SM_WIPE_HEAD, 0) : -ENOMEM;
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	free(zero);
+	close(fd);
+	if (r < 0)
+		sm_seterr(err, errlen, "cannot wipe %s: %s", p, strerror(-r));
+	return r;
 }

@@ -136,6 +136,11 @@ int sm_format_check(const char *url, bool force, char *err, size_t errlen);
 int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret, char *err,
 	    size_t errlen);
 void sm_close(struct sm_target *t);
+/* Undo format(): the identity and every chunk go, the location is as format found it (a dir:
+ * target's directory empty again; a file: device or image gets its first 8 KiB — both
+ * superblock copies — zeroed and flushed). The caller must know the target belongs to no
+ * volume any more (braidfs device remove --wipe). -EOPNOTSUPP for kinds it cannot wipe. */
+int sm_wipe(const char *url, char *err, size_t errlen);
 
 extern const struct sm_ops sm_dir_ops;
 

@@ -415,6 +415,38 @@ static int sm_dir_wipe_chunks(int dfd)
 	return r;
 }
 
+int sm_dir_wipe_path(const char *path, char *err, size_t errlen)
+{
+	int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		int e = errno;
+		sm_seterr(err, errlen, "cannot open target directory %s: %s", path, strerror(e));
+		return -e;
+	}
+	/* the identity first: a crash half way leaves a directory no volume claims */
+	int r = 0;
+	if (unlinkat(dfd, SM_DIR_ID_FILE, 0) < 0 && errno != ENOENT)
+		r = -errno;
+	if (r == 0 && fsync(dfd) < 0)
+		r = -errno;
+	if (r == 0)
+		r = sm_dir_wipe_chunks(dfd);
+	for (unsigned i = 0; r == 0 && i < SM_DIR_FANOUT; i++) {
+		char fan[16];
+		snprintf(fan, sizeof(fan), "%s/%02x", SM_DIR_CHUNKS, i);
+		if (unlinkat(dfd, fan, AT_REMOVEDIR) < 0 && errno != ENOENT)
+			r = -errno;
+	}
+	if (r == 0 && unlinkat(dfd, SM_DIR_CHUNKS, AT_REMOVEDIR) < 0 && errno != ENOENT)
+		r = -errno;
+	if (r == 0 && fsync(dfd) < 0)
+		r = -errno;
+	close(dfd);
+	if (r < 0)
+		sm_seterr(err, errlen, "cannot wipe target directory %s: %s", path, strerror(-r));
+	return r;
+}
+
 int sm_dir_format_path(const char *path, const struct sm_identity *id, bool force, bool dry_run,
 		       const char *ignore, char *err, size_t errlen)
 {

@@ -101,6 +101,9 @@ int sm_dir_url_parse(const char *url, const char *scheme, struct url *ret, char 
 
 /* format() of a dir-like target at path. ignore: one more file name that does not make the
  * directory "not empty" (the twin's control file), or NULL. */
+/* Remove the identity, every chunk file, the fanout dirs and chunks/: what format made.
+ * Anything else in the directory stays (a rmdir that finds more fails with -ENOTEMPTY). */
+int sm_dir_wipe_path(const char *path, char *err, size_t errlen);
 int sm_dir_format_path(const char *path, const struct sm_identity *id, bool force, bool dry_run,
 		       const char *ignore, char *err, size_t errlen);
 /* open() of a dir-like target: allocates `size` (>= sizeof(struct sm_dir)) zeroed bytes, sets

@@ -17,6 +17,7 @@ static const char usage[] =
     "  status   show a volume, its targets, chains and their health\n"
     "  fsck     check (and repair) metadata and replicas\n"
     "  bench    measure the local disk, braidfs and its peers side by side\n"
+    "  device   block devices of this machine; add, drain, remove targets\n"
     "\n"
     "Run 'braidfs COMMAND --help' for a command's options.\n"
     "\n"
@@ -47,6 +48,7 @@ int main(int argc, char **argv)
 	    {"format", cmd_format},  {"mount", cmd_mount},   {"umount", cmd_umount},
 	    {"unmount", cmd_umount}, {"status", cmd_status}, {"fsck", cmd_fsck},
 	    {"bench", cmd_bench},
+	    {"device", cmd_device},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))

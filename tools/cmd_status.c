@@ -16,29 +16,23 @@ static const char help[] =
     "Usage: braidfs status META_URL\n"
     "\n"
     "Show the volume whose metadata is at META_URL: its settings, whether and where it\n"
-    "is mounted, its files, every target with its state (up, offline, unreachable),\n"
-    "space and chunk count, and every chain (the ordered list of targets that hold a\n"
-    "share of the chunks; the first is the primary) with its epoch.\n"
+    "is mounted, its files, every target with its state (up, offline, unreachable,\n"
+    "draining, drained, removed), pool, node, media class, the number of chains it is\n"
+    "a member of, space and chunk count, and every chain (the ordered list of targets\n"
+    "that hold a share of the chunks; the first is the primary) with its epoch.\n"
     "\n"
     "Options:\n"
     "  -h, --help   show this help\n"
     "\n"
-    "Exit status: 0 every target up and reachable, 1 some target is not (or the volume\n"
-    "cannot be read), 2 usage error.\n";
+    "Exit status: 0 every target that serves (up or draining) is reachable and none is\n"
+    "offline, 1 otherwise (or the volume cannot be read), 2 usage error. Drained and\n"
+    "removed targets do not count.\n";
 
 int cmd_status(int argc, char **argv)
 {
-	static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
-	int c;
-	optind = 1;
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		if (c == 'h') {
-			fputs(help, stdout);
-			return 0;
-		}
-		return bad_option("status", argv, c);
-	}
+	int rc0 = help_only_options(argc, argv, "status", help);
+	if (rc0 >= 0)
+		return rc0;
 	if (argc - optind != 1) {
 		die_msg("status", "needs META_URL (try --help)");
 		return EXIT_USAGE;
@@ -72,33 +66,45 @@ int cmd_status(int argc, char **argv)
 		       fmt_size(ms.bytes, b1, sizeof(b1)));
 
 	int rc = 0;
-	printf("\ntargets\n  %-3s %-12s %-10s %-10s %-10s %-8s %s\n", "ID", "STATE", "USED", "FREE",
-	       "SIZE", "CHUNKS", "URL");
+	printf("\ntargets\n  %-3s %-11s %-8s %-12s %-7s %-6s %-10s %-10s %-10s %-7s %s\n", "ID",
+	       "STATE", "POOL", "NODE", "CLASS", "CHAINS", "USED", "FREE", "SIZE", "CHUNKS", "URL");
 	for (unsigned i = 0; i < v.ntargets; i++) {
 		const struct meta_target *t = &v.targets[i];
+		unsigned nch = 0;
+		for (unsigned ci = 0; ci < v.nchains; ci++)
+			for (uint32_t k = 0; k < v.chains[ci].nmembers; k++)
+				nch += v.chains[ci].members[k] == t->id;
 		struct sm_identity expect = {.target_id = t->id};
 		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", v.info.uuid);
 		struct sm_target *st = NULL;
 		struct sm_statfs sf = {0};
 		char terr[1024] = "";
-		int r = sm_open(t->url, &expect, &st, terr, sizeof(terr));
+		int r = -ENODEV; /* a removed target is not ours to open */
+		if (t->state != META_TARGET_REMOVED)
+			r = sm_open(t->url, &expect, &st, terr, sizeof(terr));
 		if (r == 0)
 			r = st->ops->statfs(st, &sf);
 		sm_close(st);
-		const char *state = t->state == META_TARGET_UP ? "up" : "offline";
-		if (r < 0)
+		const char *state = meta_target_state_name(t->state);
+		bool counts = t->state != META_TARGET_DRAINED && t->state != META_TARGET_REMOVED;
+		if (r < 0 && t->state != META_TARGET_REMOVED)
 			state = "unreachable";
-		if (r < 0 || t->state != META_TARGET_UP)
+		if (counts && (r < 0 || t->state == META_TARGET_OFFLINE))
 			rc = 1;
+		printf("  %-3u %-11s %-8s %-12s %-7s %-6u ", t->id, state,
+		       t->pool[0] ? t->pool : "-", t->node[0] ? t->node : "-",
+		       t->media[0] ? t->media : "-", nch);
 		if (r == 0)
-			printf("  %-3u %-12s %-10s %-10s %-10s %-8llu %s\n", t->id, state,
+			printf("%-10s %-10s %-10s %-7llu %s\n",
 			       fmt_size(sf.used_bytes, b1, sizeof(b1)),
 			       fmt_size(sf.free_bytes, b2, sizeof(b2)),
 			       fmt_size(sf.total_bytes, b3, sizeof(b3)),
 			       (unsigned long long)sf.chunks, t->url);
+		else if (t->state == META_TARGET_REMOVED)
+			printf("%-10s %-10s %-10s %-7s %s\n", "-", "-", "-", "-", t->url);
 		else
-			printf("  %-3u %-12s %-10s %-10s %-10s %-8s %s\n      %s\n", t->id, state,
-			       "-", "-", "-", "-", t->url, terr[0] ? terr : strerror(-r));
+			printf("%-10s %-10s %-10s %-7s %s\n      %s\n", "-", "-", "-", "-", t->url,
+			       terr[0] ? terr : strerror(-r));
 	}
 	printf("\nchains\n  %-3s %-6s %s\n", "ID", "EPOCH", "MEMBERS (primary first)");
 	for (unsigned i = 0; i < v.nchains; i++) {

@@ -47,9 +47,42 @@ int bad_option(const char *cmd, char **argv, int c)
 	return EXIT_USAGE;
 }
 
+int help_only_options(int argc, char **argv, const char *cmd, const char *help)
+{
+	static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+	int c;
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(help, stdout);
+			return 0;
+		}
+		return bad_option(cmd, argv, c);
+	}
+	return -1;
+}
+
 const char *consistency_name(enum meta_consistency c)
 {
 	return c == META_WEAK ? "weak" : "strong";
+}
+
+bool pool_arg_ok(const char *cmd, const char *name)
+{
+	if (meta_pool_name_ok(name))
+		return true;
+	die_msg(cmd, "invalid pool name '%s' (1-31 of a-z 0-9 . _ -, not starting with . or -)",
+		name);
+	return false;
+}
+
+uint32_t vol_node_number(const struct meta_target *t, unsigned n, const char *node)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (!strcmp(t[i].node, node))
+			return i + 1;
+	return n + 1;
 }
 
 int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, size_t errlen)
@@ -70,22 +103,40 @@ int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, siz
 		snprintf(err, errlen, "cannot read the volume from %s: %s", meta_url, strerror(-r));
 		return r;
 	}
+	return vol_reload(v, err, errlen);
+}
+
+int vol_reload(struct vol *v, char *err, size_t errlen)
+{
+	free(v->targets);
+	free(v->chains);
+	v->ntargets = v->nchains = 0;
 	v->targets = calloc(META_MAX_TARGETS, sizeof(*v->targets));
-	v->chains = calloc(META_MAX_TARGETS, sizeof(*v->chains));
+	v->chains = calloc(META_MAX_CHAINS, sizeof(*v->chains));
 	if (!v->targets || !v->chains)
 		return -ENOMEM;
-	r = META_CALL(v->meta, targets_list, v->targets, META_MAX_TARGETS);
+	int r = META_CALL(v->meta, targets_list, v->targets, META_MAX_TARGETS);
 	if (r >= 0) {
 		v->ntargets = (unsigned)(r < META_MAX_TARGETS ? r : META_MAX_TARGETS);
-		r = META_CALL(v->meta, chains_list, v->chains, META_MAX_TARGETS);
+		r = META_CALL(v->meta, chains_list, v->chains, META_MAX_CHAINS);
 	}
 	if (r < 0) {
-		snprintf(err, errlen, "cannot read targets and chains from %s: %s", meta_url,
+		snprintf(err, errlen, "cannot read targets and chains from %s: %s", v->meta_url,
 			 strerror(-r));
 		return r;
 	}
-	v->nchains = (unsigned)(r < META_MAX_TARGETS ? r : META_MAX_TARGETS);
+	v->nchains = (unsigned)(r < META_MAX_CHAINS ? r : META_MAX_CHAINS);
 	return 0;
+}
+
+bool vol_target_in_data(const struct meta_target *t)
+{
+	return t->state != META_TARGET_REMOVED;
+}
+
+bool vol_target_serves(const struct meta_target *t)
+{
+	return t->state == META_TARGET_UP || t->state == META_TARGET_DRAINING;
 }
 
 /* DS-1: a replica failed; commit the chain without it before the write is acknowledged. */
@@ -124,13 +175,17 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 {
 	struct ds_target_cfg *t = calloc(v->ntargets ? v->ntargets : 1, sizeof(*t));
 	struct ds_chain_cfg *c = calloc(v->nchains ? v->nchains : 1, sizeof(*c));
+	unsigned nt = 0;
 	int r = -ENOMEM;
 	if (!t || !c)
 		goto out;
 	for (unsigned i = 0; i < v->ntargets; i++) {
-		t[i].id = v->targets[i].id;
-		snprintf(t[i].url, sizeof(t[i].url), "%s", v->targets[i].url);
-		t[i].up = v->targets[i].state == META_TARGET_UP;
+		if (!vol_target_in_data(&v->targets[i]))
+			continue;
+		t[nt].id = v->targets[i].id;
+		snprintf(t[nt].url, sizeof(t[nt].url), "%s", v->targets[i].url);
+		t[nt].up = vol_target_serves(&v->targets[i]);
+		nt++;
 	}
 	for (unsigned i = 0; i < v->nchains; i++) {
 		c[i].id = v->chains[i].id;
@@ -142,7 +197,7 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 	    .chunk_size = v->info.chunk_size,
 	    .consistency = v->info.consistency == META_WEAK ? DS_WEAK : DS_STRONG,
 	    .targets = t,
-	    .ntargets = v->ntargets,
+	    .ntargets = nt,
 	    .chains = c,
 	    .nchains = v->nchains,
 	    .chain_failed = chain_failed,

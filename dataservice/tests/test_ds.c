@@ -1232,6 +1232,82 @@ static void test_rebuild_errors(void **state)
 	free(a);
 }
 
+/* A membership move as device add/drain runs it: rebuild onto the new target, drop the old
+ * member (ds_chain_set), delete what it kept (ds_purge_strays). Every replica byte-identical,
+ * ds_check clean, and the chain never below its replica count. */
+static void test_chain_move(void **state)
+{
+	struct dfx *f = *state;
+	make(f, 4, 2, NULL, DS_STRONG); /* chains 100 {10,11} 101 {11,12} 102 {12,13} 103 {13,10} */
+	const size_t size = 16 * CS;
+	char *a = calloc(1, size);
+	for (uint32_t i = 0; i < 16; i++)
+		wr(f, 77, a, (uint64_t)i * CS + 3 * i, CS - 7 * i, 900 + i);
+	assert_int_equal(ds_fsync(f->ds, 77), 0);
+	unsigned on10 = files_on(f, 0, 77, 15);
+	assert_true(on10 > 0);
+
+	/* chain 100 {10, 11}: 12 replaces 10, and becomes the primary */
+	struct ds_rebuild_progress res;
+	assert_int_equal(ds_rebuild(f->ds, 100, 12, NULL, NULL, &res, f->err, sizeof(f->err)), 0);
+	struct ds_chain_cfg ch[MAXT];
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 4);
+	assert_int_equal(ch[0].nmembers, 3); /* three replicas while both are there */
+	uint32_t want[2] = {12, 11};
+	assert_int_equal(ds_chain_set(f->ds, 100, ch[0].epoch, want, 2, f->err, sizeof(f->err)), 0);
+	assert_int_equal(f->changed_chain, 100);
+	assert_int_equal(f->changed_n, 2);
+	assert_int_equal(f->changed_last, 11);
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 4);
+	assert_int_equal(ch[0].nmembers, 2);
+	assert_int_equal(ch[0].members[0], 12);
+	assert_int_equal(ch[0].members[1], 11);
+	assert_int_equal(ch[0].epoch, 3);
+	read_expect(f, 77, a, 0, size);
+
+	/* target 10 still holds its chunks of chain 100: strays, until purged */
+	struct ds_check_result cr;
+	assert_true(ds_check(f->ds, false, NULL, NULL, NULL, &cr) > 0);
+	assert_true(cr.strays > 0);
+	uint64_t removed = 0;
+	assert_int_equal(ds_purge_strays(f->ds, 10, &removed, f->err, sizeof(f->err)), 0);
+	assert_int_equal(removed, cr.strays);
+	assert_int_equal(ds_check(f->ds, false, NULL, NULL, NULL, &cr), 0);
+	assert_true(files_on(f, 0, 77, 15) < on10); /* its chunks of chain 103 stay */
+	assert_true(files_on(f, 0, 77, 15) > 0);
+	check_replicas(f, 77, 15);
+	/* the new member takes writes; a purge with nothing to do removes nothing */
+	wr(f, 77, a, 5, 2 * CS, 999);
+	assert_int_equal(ds_fsync(f->ds, 77), 0);
+	check_replicas(f, 77, 15);
+	assert_int_equal(ds_purge_strays(f->ds, 12, &removed, f->err, sizeof(f->err)), 0);
+	assert_int_equal(removed, 0);
+
+	/* errors change nothing */
+	uint32_t bad[3] = {12, 13};
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, bad, 2, f->err, sizeof(f->err)), -EINVAL);
+	assert_non_null(strstr(f->err, "13"));
+	bad[1] = 12;
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, bad, 2, f->err, sizeof(f->err)), -EINVAL);
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, bad, 0, f->err, sizeof(f->err)), -EINVAL);
+	assert_int_equal(ds_chain_set(f->ds, 100, 2, want, 2, f->err, sizeof(f->err)), -ESTALE);
+	assert_int_equal(ds_chain_set(f->ds, 555, 0, want, 2, f->err, sizeof(f->err)), -ENOENT);
+	assert_int_equal(ds_purge_strays(f->ds, 99, &removed, f->err, sizeof(f->err)), -ENOENT);
+	f->cb_fail = -EIO;
+	uint32_t one[1] = {11};
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, one, 1, NULL, 0), -EIO);
+	f->cb_fail = 0;
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 4);
+	assert_int_equal(ch[0].nmembers, 2);
+	assert_int_equal(ch[0].epoch, 3);
+	/* shrink to one: allowed (the caller keeps the replica count) */
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, one, 1, NULL, 0), 0);
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 4);
+	assert_int_equal(ch[0].nmembers, 1);
+	read_expect(f, 77, a, 0, size);
+	free(a);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1250,7 +1326,8 @@ int main(void)
 	    T(test_down_target),    T(test_open_errors),
 	    T(test_statfs),	    T(test_check),
 	    T(test_concurrent),	    T(test_rebuild),
-	    T(test_rebuild_errors), T(test_bench),
+	    T(test_rebuild_errors), T(test_chain_move),
+	    T(test_bench),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

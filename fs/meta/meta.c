@@ -76,3 +76,28 @@ const struct meta_ops *meta_ops_of(const struct meta *m)
 {
 	return m ? m->ops : NULL;
 }
+
+const char *meta_target_state_name(enum meta_target_state s)
+{
+	static const char *const names[META_TARGET_NSTATES] = {
+	    [META_TARGET_UP] = "up",
+	    [META_TARGET_OFFLINE] = "offline",
+	    [META_TARGET_DRAINING] = "draining",
+	    [META_TARGET_DRAINED] = "drained",
+	    [META_TARGET_REMOVED] = "removed",
+	};
+	return (unsigned)s < META_TARGET_NSTATES ? names[s] : "?";
+}
+
+bool meta_pool_name_ok(const char *s)
+{
+	size_t n = s ? strnlen(s, META_POOL_MAX) : 0;
+
+	if (n == 0 || n >= META_POOL_MAX || s[0] == '.' || s[0] == '-')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '.' ||
+		      s[i] == '_' || s[i] == '-'))
+			return false;
+	return true;
+}

@@ -25,6 +25,11 @@
  *           after sync() every committed transaction survives a power cut.
  *   META-6  A chain changes only through chain_update(), which bumps its epoch in the same
  *           transaction and fails with -ESTALE if the caller's epoch is not the current one.
+ *   META-7  A target that is drained or removed is a member of no chain: setting either state
+ *           fails with -EBUSY while the target is in a chain, and chain_update() (or format())
+ *           naming such a target fails with -EINVAL. Removed is final.
+ *   META-8  Target ids are never reused (a removed target keeps its row); target_add() hands
+ *           out the next id. One URL names at most one target that is not removed (-EEXIST).
  *
  * THREADS
  *   A `struct meta` is safe to call from any number of threads at once; the engine serializes
@@ -50,7 +55,11 @@
 #define META_XATTR_NAME_MAX 255
 #define META_XATTR_SIZE_MAX 65536
 #define META_MAX_REPLICAS   8
-#define META_MAX_TARGETS    256
+#define META_MAX_TARGETS    256	 /* target rows ever, removed ones included */
+#define META_MAX_CHAINS	    4096 /* chains of a volume (fixed at format time) */
+#define META_POOL_MAX	    32	 /* pool name + NUL: 1..31 of [a-z0-9._-] */
+#define META_NODE_MAX	    65	 /* node (host) name + NUL */
+#define META_MEDIA_MAX	    16	 /* media class + NUL: "nvme", "ssd", "hdd", "dir", ... */
 
 /* inode flags (meta_attr.flags) */
 #define META_IF_WDIRTY 0x1 /* META-4 */
@@ -89,14 +98,38 @@ struct meta_volume {
 	int64_t created_ns;
 };
 
-enum meta_target_state { META_TARGET_UP = 0, META_TARGET_OFFLINE = 1 };
+/* Target states (META-7):
+ *   up ----(a write failed: DS-1)----> offline ----(fsck --repair rebuilt it)----> up
+ *   up | offline ----(device drain)----> draining ----(every chain moved off)----> drained
+ *   drained, or any state holding no chain ----(device remove)----> removed (final)
+ * The data service uses up and draining targets; offline ones only when a rebuild asks. */
+enum meta_target_state {
+	META_TARGET_UP = 0,
+	META_TARGET_OFFLINE = 1,
+	META_TARGET_DRAINING = 2, /* its chains are being moved to other targets */
+	META_TARGET_DRAINED = 3,  /* in no chain; still attached, identity kept */
+	META_TARGET_REMOVED = 4,  /* detached; the row stays so that its id is never reused */
+};
+#define META_TARGET_NSTATES 5
 
 struct meta_target {
 	uint32_t id; /* 1.. */
 	char url[1024];
 	char uuid[37];
 	enum meta_target_state state;
+	/* Placement (dataservice/placement.h): a chain's members come from one pool, on distinct
+	 * nodes where the pool spans enough of them. Empty strings: not recorded. */
+	char pool[META_POOL_MAX];   /* 1..31 of [a-z0-9._-] */
+	char node[META_NODE_MAX];   /* the host that owns it (gethostname) */
+	char media[META_MEDIA_MAX]; /* media class, lower case: nvme, ssd, hdd, virtual, remote,
+				       dir, file, unknown */
 };
+
+/* target_update() mask */
+#define META_TSET_STATE 0x1
+#define META_TSET_POOL	0x2
+#define META_TSET_NODE	0x4
+#define META_TSET_MEDIA 0x8
 
 struct meta_chain {
 	uint32_t id; /* 0..nchains-1 */
@@ -147,6 +180,15 @@ struct meta_ops {
 	/* Fill up to max entries; return the count (which may exceed max: call again bigger). */
 	int (*targets_list)(struct meta *m, struct meta_target *ret, unsigned max);
 	int (*target_set_state)(struct meta *m, uint32_t id, enum meta_target_state state);
+	/* Add a target (t->id is ignored): META-8 gives it the next id, returned in *ret_id.
+	 * -EEXIST: its URL names a target that is not removed; -EINVAL: a bad field; -ENOSPC:
+	 * META_MAX_TARGETS rows exist. */
+	int (*target_add)(struct meta *m, const struct meta_target *t, uint32_t *ret_id);
+	/* Change the fields of target id named by mask (META_TSET_*) to those of in, in one
+	 * transaction. -ENOENT unknown id; -EBUSY drained/removed while in a chain (META-7);
+	 * -EINVAL a bad value, or any change to a removed target. */
+	int (*target_update)(struct meta *m, uint32_t id, unsigned mask,
+			     const struct meta_target *in);
 	int (*chains_list)(struct meta *m, struct meta_chain *ret, unsigned max);
 	/* META-6: replace members if the chain's epoch equals expect_epoch; epoch+1. */
 	int (*chain_update)(struct meta *m, uint32_t chain_id, uint64_t expect_epoch,
@@ -217,6 +259,11 @@ struct meta_ops {
 };
 
 #define META_CAP_SHARED 0x1 /* many nodes may open it at once (postgres) */
+
+/* "up", "offline", "draining", "drained", "removed" ("?" for anything else). */
+const char *meta_target_state_name(enum meta_target_state s);
+/* Is s a valid pool name (1..META_POOL_MAX-1 of [a-z0-9._-], not starting with '.' or '-')? */
+bool meta_pool_name_ok(const char *s);
 
 /* Look up the engine by the URL's scheme and open it. On -EINVAL/-ENOENT/-EIO, err gets a
  * one-line reason fit for a user ("no such file", "not a braidfs metadata database", ...). */

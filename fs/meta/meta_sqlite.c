@@ -61,7 +61,7 @@
 #include <unistd.h>
 
 #define MS_APP_ID	   0x42524653 /* "BRFS": PRAGMA application_id of every braidfs db */
-#define MS_SCHEMA_VERSION  1	      /* PRAGMA user_version written by format() */
+#define MS_SCHEMA_VERSION  2	      /* PRAGMA user_version written by format() */
 #define MS_BUSY_TIMEOUT_MS 5000	      /* then -EBUSY */
 #define MS_BATCH	   256	      /* rows per lock hold in readdir/inodes/orphans */
 #define MS_STATFS_BATCH	   8192	      /* rows per lock hold in statfs (no callback: cheap rows) */
@@ -74,7 +74,8 @@
 #define MS_SQL_IFDIR "16384"
 #define MS_SQL_IFREG "32768"
 
-/* Schema version 1. Why this shape:
+/* Schema version 2 (version 1 had no targets.pool/node/media; ms_migrate() adds them). Why
+ * this shape:
  *  - inodes.ino AUTOINCREMENT: SQLite then never hands out a number again, even after the
  *    highest row is deleted (META-2). Root is inserted as 1 by format().
  *  - dentries.id AUTOINCREMENT is the readdir cookie (offset = id + 2): monotonic and never
@@ -99,7 +100,9 @@ static const char ms_schema_sql[] =
 	" sync_seq INTEGER NOT NULL DEFAULT 0);" /* bumped by sync(): a write to commit */
 	"CREATE TABLE targets ("
 	" id INTEGER PRIMARY KEY CHECK (id >= 1),"
-	" url TEXT NOT NULL, uuid TEXT NOT NULL, state INTEGER NOT NULL);"
+	" url TEXT NOT NULL, uuid TEXT NOT NULL, state INTEGER NOT NULL,"
+	" pool TEXT NOT NULL DEFAULT '', node TEXT NOT NULL DEFAULT '',"
+	" media TEXT NOT NULL DEFAULT '');"
 	"CREATE TABLE chains ("
 	" id INTEGER PRIMARY KEY CHECK (id >= 0),"
 	" epoch INTEGER NOT NULL);"
@@ -146,11 +149,22 @@ static const char ms_schema_sql[] =
 	X(SYNC_NORMAL, "PRAGMA synchronous = NORMAL")                                              \
 	X(DATA_VERSION, "PRAGMA data_version")                                                     \
 	X(APP_ID, "PRAGMA application_id")                                                         \
+	X(USER_VERSION, "PRAGMA user_version")                                                     \
 	X(SYNC_MARK, "UPDATE volume SET sync_seq = sync_seq + 1 WHERE id = 1")                     \
 	X(VOLUME_GET, "SELECT name, uuid, format_version, chunk_size, replicas, consistency, "     \
 		      "created_ns FROM volume WHERE id = 1")                                       \
-	X(TARGETS_LIST, "SELECT id, url, uuid, state FROM targets ORDER BY id")                    \
+	X(TARGETS_LIST, "SELECT id, url, uuid, state, pool, node, media FROM targets ORDER BY id") \
+	X(TARGETS_LIST_V1, "SELECT id, url, uuid, state, '', '', '' FROM targets ORDER BY id")     \
+	X(TARGET_STATE, "SELECT state FROM targets WHERE id = ?1")                                 \
+	X(TARGET_NCHAINS, "SELECT count(*) FROM chain_members WHERE target = ?1")                  \
+	X(TARGET_URL_USER, "SELECT id FROM targets WHERE url = ?1 AND state != 4 LIMIT 1")         \
+	X(TARGET_NEXT_ID, "SELECT coalesce(max(id), 0) + 1, count(*) FROM targets")                \
+	X(TARGET_INSERT, "INSERT INTO targets (id, url, uuid, state, pool, node, media) "          \
+			 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")                                    \
 	X(TARGET_SET_STATE, "UPDATE targets SET state = ?2 WHERE id = ?1")                         \
+	X(TARGET_SET_POOL, "UPDATE targets SET pool = ?2 WHERE id = ?1")                           \
+	X(TARGET_SET_NODE, "UPDATE targets SET node = ?2 WHERE id = ?1")                           \
+	X(TARGET_SET_MEDIA, "UPDATE targets SET media = ?2 WHERE id = ?1")                         \
 	X(CHAINS_LIST, "SELECT c.id, c.epoch, m.target FROM chains c "                             \
 		       "LEFT JOIN chain_members m ON m.chain = c.id ORDER BY c.id, m.pos")         \
 	X(CHAIN_EPOCH, "SELECT epoch FROM chains WHERE id = ?1")                                   \
@@ -218,6 +232,7 @@ struct ms {
 	sqlite3 *db;
 	sqlite3_stmt *stmt[MSQ_COUNT]; /* prepared on first use */
 	bool formatted;		       /* application_id seen; schema present */
+	int64_t schema;		       /* user_version once formatted (1 until migrated) */
 	uint64_t commits;	       /* write transactions committed since the last sync() */
 	uint64_t txns;		       /* write transactions committed, ever (never reset) */
 	int64_t synced_dv;	       /* PRAGMA data_version at the last sync(); -1: never */
@@ -348,8 +363,9 @@ static int ms_run3(struct ms *m, enum ms_sid id, int64_t a, int64_t b, int64_t c
 	return ms_done(m, st, ms_sql[id]);
 }
 
-/* One integer from a single-row statement (PRAGMA x). */
-static int ms_int_query(struct ms *m, enum ms_sid id, int64_t *ret)
+/* The first column of the first row of statement `id`, with ?1 = *key when key is given;
+ * `none` when there is no row. */
+static int ms_int_row(struct ms *m, enum ms_sid id, const int64_t *key, int none, int64_t *ret)
 {
 	sqlite3_stmt *st;
 	int rc, r;
@@ -357,15 +373,29 @@ static int ms_int_query(struct ms *m, enum ms_sid id, int64_t *ret)
 	r = ms_prep(m, id, &st);
 	if (r < 0)
 		return r;
+	if (key)
+		sqlite3_bind_int64(st, 1, *key);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
 		*ret = sqlite3_column_int64(st, 0);
 	else if (rc == SQLITE_DONE)
-		r = -EIO;
+		r = none;
 	else
 		r = ms_errno(m, rc, ms_sql[id]);
 	sqlite3_reset(st);
 	return r;
+}
+
+/* One integer from a single-row statement (PRAGMA x). */
+static int ms_int_query(struct ms *m, enum ms_sid id, int64_t *ret)
+{
+	return ms_int_row(m, id, NULL, -EIO, ret);
+}
+
+/* One integer column of a one-row query keyed by an id (-ENOENT: no row). */
+static int ms_int_by_id(struct ms *m, enum ms_sid id, int64_t key, int64_t *ret)
+{
+	return ms_int_row(m, id, &key, -ENOENT, ret);
 }
 
 static int ms_bind_name(sqlite3_stmt *st, int idx, const char *name)
@@ -389,6 +419,9 @@ static int ms_ready(struct ms *m)
 		return r;
 	if (id != MS_APP_ID)
 		return -ENOENT;
+	r = ms_int_query(m, MSQ_USER_VERSION, &m->schema);
+	if (r < 0)
+		return r;
 	m->formatted = true;
 	return 0;
 }
@@ -989,6 +1022,7 @@ static int ms_validate(struct ms *m, int flags, char *err, size_t errlen)
 			  nvol != 1 ? "no volume row" : "no root directory");
 		return -EIO;
 	}
+	m->schema = ver;
 	m->formatted = true;
 	return 0;
 }
@@ -1035,6 +1069,64 @@ static int ms_configure(struct ms *m, char *err, size_t errlen)
 	rc = sqlite3_exec(m->db, sql, NULL, NULL, NULL);
 	if (rc != SQLITE_OK)
 		return ms_open_fail(m, rc, err, errlen);
+	return 0;
+}
+
+/* Bring a database of an older schema up to MS_SCHEMA_VERSION, in one transaction (a crash
+ * leaves the old version whole). Another process may have migrated it first: the version is
+ * read again under the write lock. A read-only handle does not migrate: it reads an old
+ * schema through the *_V1 statements.
+ *   1 -> 2: targets gain pool, node and media. Version 1 knew only dir: targets (faulty: is
+ *           their test twin), all on the one host that ran it, so pool and media become
+ *           'dir' and node this host's name. */
+static int ms_migrate(struct ms *m, char *err, size_t errlen)
+{
+	char host[META_NODE_MAX] = "";
+	sqlite3_stmt *st = NULL;
+	int64_t ver = 0;
+	int rc, r;
+
+	if (gethostname(host, sizeof(host) - 1) < 0)
+		host[0] = '\0';
+	r = ms_run3(m, MSQ_BEGIN_W, 0, 0, 0);
+	if (r == 0)
+		r = ms_int_query(m, MSQ_USER_VERSION, &ver);
+	if (r == 0 && ver < 2) {
+		r = ms_exec(m, "ALTER TABLE targets ADD COLUMN pool TEXT NOT NULL DEFAULT '';"
+			       "ALTER TABLE targets ADD COLUMN node TEXT NOT NULL DEFAULT '';"
+			       "ALTER TABLE targets ADD COLUMN media TEXT NOT NULL DEFAULT '';");
+		if (r == 0) {
+			rc = sqlite3_prepare_v2(
+			    m->db,
+			    "UPDATE targets SET node = ?1, pool = CASE WHEN url "
+			    "LIKE 'dir:%' OR url LIKE 'faulty:%' THEN 'dir' ELSE "
+			    "'unknown' END, media = CASE WHEN url LIKE 'dir:%' OR "
+			    "url LIKE 'faulty:%' THEN 'dir' ELSE 'unknown' END",
+			    -1, &st, NULL);
+			if (rc != SQLITE_OK)
+				r = ms_errno(m, rc, "prepare migration");
+		}
+		if (r == 0) {
+			sqlite3_bind_text(st, 1, host, -1, SQLITE_STATIC);
+			r = ms_done(m, st, "migrate targets");
+		}
+		sqlite3_finalize(st);
+		if (r == 0)
+			r = ms_exec(m, "PRAGMA user_version = 2");
+		if (r == 0)
+			ver = 2;
+	}
+	r = ms_end(m, r);
+	if (r < 0) {
+		ms_seterr(err, errlen,
+			  "%s: cannot upgrade the metadata schema from version %lld: %s", m->path,
+			  (long long)m->schema, strerror(-r));
+		return r;
+	}
+	if (ver != m->schema)
+		log_debug("meta sqlite %s: schema upgraded from version %lld to %lld", m->path,
+			  (long long)m->schema, (long long)ver);
+	m->schema = ver;
 	return 0;
 }
 
@@ -1162,6 +1254,11 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 	r = ms_configure(m, err, errlen);
 	if (r < 0)
 		goto fail;
+	if (m->formatted && !m->rdonly && m->schema < MS_SCHEMA_VERSION) {
+		r = ms_migrate(m, err, errlen);
+		if (r < 0)
+			goto fail;
+	}
 	sqlite3_db_config(m->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
 	*ret = &m->base;
 	return 0;
@@ -1188,34 +1285,54 @@ static bool ms_str_ok(const char *s, size_t cap)
 	return strnlen(s, cap) < cap;
 }
 
-/* format(): the targets, with one statement prepared for this call only (format runs once). */
+/* Every field of a target row a caller hands in: strings terminated and well formed. */
+static bool ms_target_ok(const struct meta_target *t)
+{
+	return ms_str_ok(t->url, sizeof(t->url)) && t->url[0] &&
+	       ms_str_ok(t->uuid, sizeof(t->uuid)) && (unsigned)t->state < META_TARGET_NSTATES &&
+	       ms_str_ok(t->pool, sizeof(t->pool)) && (!t->pool[0] || meta_pool_name_ok(t->pool)) &&
+	       ms_str_ok(t->node, sizeof(t->node)) && ms_str_ok(t->media, sizeof(t->media));
+}
+
+/* Insert one target row with id `id` (inside a transaction). -EINVAL on a constraint. */
+static int ms_target_insert(struct ms *m, uint32_t id, const struct meta_target *t)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_TARGET_INSERT, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, t->url, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, t->uuid, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, t->state);
+	sqlite3_bind_text(st, 5, t->pool, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, t->node, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, t->media, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+		log_debug("meta sqlite %s: target %u: %s", m->path, id, sqlite3_errmsg(m->db));
+		r = -EINVAL;
+	} else if (rc != SQLITE_DONE) {
+		r = ms_errno(m, rc, "insert target");
+	}
+	sqlite3_reset(st);
+	return r;
+}
+
+/* format(): the targets. META-8: one URL per target that is not removed. */
 static int ms_format_insert_targets(struct ms *m, const struct meta_target *t, unsigned n)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, r = 0;
+	int r = 0;
 
-	rc = sqlite3_prepare_v2(m->db,
-				"INSERT INTO targets (id, url, uuid, state) "
-				"VALUES (?1, ?2, ?3, ?4)",
-				-1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return ms_errno(m, rc, "prepare targets");
 	for (unsigned i = 0; i < n && r == 0; i++) {
-		sqlite3_reset(st);
-		sqlite3_bind_int64(st, 1, t[i].id);
-		sqlite3_bind_text(st, 2, t[i].url, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, t[i].uuid, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 4, t[i].state);
-		rc = sqlite3_step(st);
-		if ((rc & 0xff) == SQLITE_CONSTRAINT) {
-			log_debug("meta sqlite %s: format: target %u: %s", m->path, t[i].id,
-				  sqlite3_errmsg(m->db));
-			r = -EINVAL;
-		} else if (rc != SQLITE_DONE) {
-			r = ms_errno(m, rc, "insert target");
-		}
+		for (unsigned j = 0; j < i; j++)
+			if (t[i].state != META_TARGET_REMOVED &&
+			    t[j].state != META_TARGET_REMOVED && !strcmp(t[i].url, t[j].url))
+				return -EINVAL;
+		r = ms_target_insert(m, t[i].id, &t[i]);
 	}
-	sqlite3_finalize(st);
 	return r;
 }
 
@@ -1226,6 +1343,20 @@ static int ms_chain_set_members(struct ms *m, uint32_t chain, const uint32_t *me
 
 	r = ms_run3(m, MSQ_CHAIN_CLEAR, chain, 0, 0);
 	for (uint32_t i = 0; i < n && r == 0; i++) {
+		int64_t state = 0;
+
+		/* META-7: drained and removed targets hold no chain (unknown ones: the FK) */
+		r = ms_int_by_id(m, MSQ_TARGET_STATE, members[i], &state);
+		if (r == 0 && (state == META_TARGET_DRAINED || state == META_TARGET_REMOVED)) {
+			log_debug("meta sqlite %s: chain %u: target %u is %s", m->path, chain,
+				  members[i],
+				  meta_target_state_name((enum meta_target_state)state));
+			r = -EINVAL;
+		}
+		if (r == -ENOENT)
+			r = -EINVAL;
+		if (r < 0)
+			break;
 		r = ms_prep(m, MSQ_CHAIN_ADD, &st);
 		if (r < 0)
 			break;
@@ -1372,9 +1503,7 @@ static int ms_format(struct meta *mm, const struct meta_volume *vol, const struc
 	    (vol->consistency != META_STRONG && vol->consistency != META_WEAK))
 		return -EINVAL;
 	for (unsigned i = 0; i < ntargets; i++) {
-		if (t[i].id < 1 || !ms_str_ok(t[i].url, sizeof(t[i].url)) ||
-		    !ms_str_ok(t[i].uuid, sizeof(t[i].uuid)) ||
-		    (t[i].state != META_TARGET_UP && t[i].state != META_TARGET_OFFLINE))
+		if (t[i].id < 1 || !ms_target_ok(&t[i]))
 			return -EINVAL;
 	}
 	for (unsigned i = 0; i < nchains; i++) {
@@ -1403,6 +1532,7 @@ static int ms_format(struct meta *mm, const struct meta_volume *vol, const struc
 		r = -EIO;
 	if (r == 0) {
 		m->formatted = true;
+		m->schema = MS_SCHEMA_VERSION;
 		m->commits = 0;
 		ms_sync_dir(m);
 	}
@@ -1459,7 +1589,8 @@ static int ms_targets_list(struct meta *mm, struct meta_target *ret, unsigned ma
 	r = ms_ready(m);
 	if (r < 0)
 		goto out;
-	r = ms_prep(m, MSQ_TARGETS_LIST, &st);
+	/* a read-only handle on a version 1 database reads it as it is (ms_migrate) */
+	r = ms_prep(m, m->schema < 2 ? MSQ_TARGETS_LIST_V1 : MSQ_TARGETS_LIST, &st);
 	if (r < 0)
 		goto out;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1473,6 +1604,12 @@ static int ms_targets_list(struct meta *mm, struct meta_target *ret, unsigned ma
 			snprintf(t->uuid, sizeof(t->uuid), "%s",
 				 (const char *)sqlite3_column_text(st, 2) ?: "");
 			t->state = (enum meta_target_state)sqlite3_column_int(st, 3);
+			snprintf(t->pool, sizeof(t->pool), "%s",
+				 (const char *)sqlite3_column_text(st, 4) ?: "");
+			snprintf(t->node, sizeof(t->node), "%s",
+				 (const char *)sqlite3_column_text(st, 5) ?: "");
+			snprintf(t->media, sizeof(t->media), "%s",
+				 (const char *)sqlite3_column_text(st, 6) ?: "");
 		}
 		n++;
 	}
@@ -1483,22 +1620,136 @@ out:
 	return r;
 }
 
-static int ms_target_set_state(struct meta *mm, uint32_t id, enum meta_target_state state)
+/* Run an "UPDATE targets SET x = ?2 WHERE id = ?1" with a text value. */
+static int ms_target_set_text(struct ms *m, enum ms_sid sid, uint32_t id, const char *v)
+{
+	sqlite3_stmt *st;
+	int r = ms_prep(m, sid, &st);
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, v, -1, SQLITE_STATIC);
+	return ms_done(m, st, ms_sql[sid]);
+}
+
+static int ms_target_update_tx(struct ms *m, uint32_t id, unsigned mask,
+			       const struct meta_target *in)
+{
+	int64_t state = 0, nchains = 0;
+	int r = ms_int_by_id(m, MSQ_TARGET_STATE, id, &state);
+
+	if (r < 0)
+		return r;
+	if (state == META_TARGET_REMOVED)
+		return -EINVAL; /* META-7: final */
+	if ((mask & META_TSET_STATE) &&
+	    (in->state == META_TARGET_DRAINED || in->state == META_TARGET_REMOVED)) {
+		r = ms_int_by_id(m, MSQ_TARGET_NCHAINS, id, &nchains);
+		if (r < 0)
+			return r;
+		if (nchains > 0)
+			return -EBUSY; /* META-7 */
+	}
+	if (mask & META_TSET_STATE)
+		r = ms_run3(m, MSQ_TARGET_SET_STATE, id, in->state, 0);
+	if (r == 0 && (mask & META_TSET_POOL))
+		r = ms_target_set_text(m, MSQ_TARGET_SET_POOL, id, in->pool);
+	if (r == 0 && (mask & META_TSET_NODE))
+		r = ms_target_set_text(m, MSQ_TARGET_SET_NODE, id, in->node);
+	if (r == 0 && (mask & META_TSET_MEDIA))
+		r = ms_target_set_text(m, MSQ_TARGET_SET_MEDIA, id, in->media);
+	return r;
+}
+
+static int ms_target_update(struct meta *mm, uint32_t id, unsigned mask,
+			    const struct meta_target *in)
 {
 	struct ms *m = ms_of(mm);
 	int r;
 
-	if (state != META_TARGET_UP && state != META_TARGET_OFFLINE)
+	if (!in || (mask & ~(META_TSET_STATE | META_TSET_POOL | META_TSET_NODE | META_TSET_MEDIA)))
+		return -EINVAL;
+	if ((mask & META_TSET_STATE) && (unsigned)in->state >= META_TARGET_NSTATES)
+		return -EINVAL;
+	if ((mask & META_TSET_POOL) && !meta_pool_name_ok(in->pool))
+		return -EINVAL;
+	if (((mask & META_TSET_NODE) && !ms_str_ok(in->node, sizeof(in->node))) ||
+	    ((mask & META_TSET_MEDIA) && !ms_str_ok(in->media, sizeof(in->media))))
 		return -EINVAL;
 	ms_lock(m);
 	r = ms_begin(m);
-	if (r == 0) {
-		r = ms_run3(m, MSQ_TARGET_SET_STATE, id, state, 0);
-		if (r == 0 && sqlite3_changes(m->db) == 0)
-			r = -ENOENT;
-		r = ms_end(m, r);
-	}
+	if (r == 0 && m->schema < 2 && (mask & ~META_TSET_STATE))
+		r = -EROFS; /* cannot happen: a writable handle migrated at open */
+	if (r == 0)
+		r = ms_end(m, ms_target_update_tx(m, id, mask, in));
 	ms_unlock(m);
+	return r;
+}
+
+static int ms_target_set_state(struct meta *mm, uint32_t id, enum meta_target_state state)
+{
+	struct meta_target in = {.state = state};
+
+	return ms_target_update(mm, id, META_TSET_STATE, &in);
+}
+
+static int ms_target_add_tx(struct ms *m, const struct meta_target *t, uint32_t *ret_id)
+{
+	sqlite3_stmt *st;
+	int64_t next = 0, count = 0, user = 0;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_TARGET_URL_USER, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, t->url, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		user = sqlite3_column_int64(st, 0);
+	else if (rc != SQLITE_DONE)
+		r = ms_errno(m, rc, "target url");
+	sqlite3_reset(st);
+	if (r < 0)
+		return r;
+	if (user)
+		return -EEXIST; /* META-8 */
+	r = ms_prep(m, MSQ_TARGET_NEXT_ID, &st);
+	if (r < 0)
+		return r;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		next = sqlite3_column_int64(st, 0);
+		count = sqlite3_column_int64(st, 1);
+	} else {
+		r = ms_errno(m, rc, "target next id");
+	}
+	sqlite3_reset(st);
+	if (r < 0)
+		return r;
+	if (count >= META_MAX_TARGETS || next > UINT32_MAX)
+		return -ENOSPC;
+	r = ms_target_insert(m, (uint32_t)next, t);
+	if (r == 0)
+		*ret_id = (uint32_t)next;
+	return r;
+}
+
+static int ms_target_add(struct meta *mm, const struct meta_target *t, uint32_t *ret_id)
+{
+	struct ms *m = ms_of(mm);
+	uint32_t id = 0;
+	int r;
+
+	if (!t || !ms_target_ok(t) || t->state == META_TARGET_REMOVED)
+		return -EINVAL;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_target_add_tx(m, t, &id));
+	ms_unlock(m);
+	if (r == 0 && ret_id)
+		*ret_id = id;
 	return r;
 }
 
@@ -3008,6 +3259,8 @@ const struct meta_ops meta_sqlite_ops = {
     .volume_get = ms_volume_get,
     .targets_list = ms_targets_list,
     .target_set_state = ms_target_set_state,
+    .target_add = ms_target_add,
+    .target_update = ms_target_update,
     .chains_list = ms_chains_list,
     .chain_update = ms_chain_update,
     .lookup = ms_lookup,

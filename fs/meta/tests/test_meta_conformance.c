@@ -44,6 +44,9 @@ struct engine {
 	void (*file)(const char *dir, char *out, size_t len);
 	/* run SQL on the engine's storage behind its back (fault injection); NULL: cases skip */
 	int (*raw_exec)(const char *dir, const char *sql);
+	/* create, in dir, the database of a volume as the first release wrote it (schema 1: two
+	 * dir targets, one chain); NULL: the migration case skips */
+	int (*make_old)(const char *dir);
 };
 
 static void sqlite_file(const char *dir, char *out, size_t len)
@@ -56,7 +59,7 @@ static void sqlite_url(const char *dir, char *out, size_t len)
 	snprintf(out, len, "sqlite://%s/meta.db", dir);
 }
 
-static int sqlite_raw_exec(const char *dir, const char *sql)
+static int sqlite_exec_flags(const char *dir, const char *sql, int flags)
 {
 	char path[PATH_MAX];
 	sqlite3 *db = NULL;
@@ -64,7 +67,7 @@ static int sqlite_raw_exec(const char *dir, const char *sql)
 	int rc;
 
 	sqlite_file(dir, path, sizeof(path));
-	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL);
+	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | flags, NULL);
 	if (rc == SQLITE_OK) {
 		sqlite3_busy_timeout(db, 5000);
 		rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
@@ -76,8 +79,53 @@ static int sqlite_raw_exec(const char *dir, const char *sql)
 	return rc == SQLITE_OK ? 0 : -EIO;
 }
 
+static int sqlite_raw_exec(const char *dir, const char *sql)
+{
+	return sqlite_exec_flags(dir, sql, 0);
+}
+
+/* Schema version 1 exactly as braidfs 0.1 created it (tables only; no inode but the root). */
+static int sqlite_make_old(const char *dir)
+{
+	return sqlite_exec_flags(
+	    dir,
+	    "CREATE TABLE volume (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL,"
+	    " uuid TEXT NOT NULL, format_version INTEGER NOT NULL, chunk_size INTEGER NOT"
+	    " NULL, replicas INTEGER NOT NULL, consistency INTEGER NOT NULL, created_ns"
+	    " INTEGER NOT NULL, sync_seq INTEGER NOT NULL DEFAULT 0);"
+	    "CREATE TABLE targets (id INTEGER PRIMARY KEY CHECK (id >= 1), url TEXT NOT NULL,"
+	    " uuid TEXT NOT NULL, state INTEGER NOT NULL);"
+	    "CREATE TABLE chains (id INTEGER PRIMARY KEY CHECK (id >= 0), epoch INTEGER NOT"
+	    " NULL);"
+	    "CREATE TABLE chain_members (chain INTEGER NOT NULL REFERENCES chains (id), pos"
+	    " INTEGER NOT NULL, target INTEGER NOT NULL REFERENCES targets (id), PRIMARY KEY"
+	    " (chain, pos), UNIQUE (chain, target)) WITHOUT ROWID;"
+	    "CREATE TABLE inodes (ino INTEGER PRIMARY KEY AUTOINCREMENT, mode INTEGER NOT NULL,"
+	    " nlink INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, rdev INTEGER"
+	    " NOT NULL, size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,"
+	    " ctime INTEGER NOT NULL, btime INTEGER NOT NULL, generation INTEGER NOT NULL,"
+	    " flags INTEGER NOT NULL, link BLOB);"
+	    "CREATE INDEX inodes_pending ON inodes (ino) WHERE nlink = 0 OR flags & 1 != 0;"
+	    "CREATE TABLE dentries (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT"
+	    " NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, UNIQUE (parent, name));"
+	    "CREATE INDEX dentries_by_parent ON dentries (parent, id);"
+	    "CREATE INDEX dentries_by_ino ON dentries (ino);"
+	    "CREATE TABLE xattrs (ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT"
+	    " NULL, PRIMARY KEY (ino, name));"
+	    "PRAGMA application_id = 1112688211; PRAGMA user_version = 1;"
+	    "INSERT INTO volume VALUES (1, 'old', '11111111-2222-4333-8444-555555555555', 1,"
+	    " 4194304, 2, 0, 1700000000000000000, 0);"
+	    "INSERT INTO targets VALUES (1, 'dir:/srv/a', '00000000-0000-4000-8000-00000000000a',"
+	    " 0), (2, 'faulty:/srv/b', '00000000-0000-4000-8000-00000000000b', 1);"
+	    "INSERT INTO chains VALUES (0, 5);"
+	    "INSERT INTO chain_members VALUES (0, 0, 1), (0, 1, 2);"
+	    "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime,"
+	    " generation, flags) VALUES (16877, 2, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0);",
+	    SQLITE_OPEN_CREATE);
+}
+
 static const struct engine engines[] = {
-    {"sqlite", &meta_sqlite_ops, sqlite_url, sqlite_file, sqlite_raw_exec},
+    {"sqlite", &meta_sqlite_ops, sqlite_url, sqlite_file, sqlite_raw_exec, sqlite_make_old},
 };
 
 static const struct engine *E; /* the engine under test */
@@ -125,6 +173,9 @@ static int do_format(struct meta *m)
 		snprintf(t[i].url, sizeof(t[i].url), "dir:/srv/t%d", i + 1);
 		snprintf(t[i].uuid, sizeof(t[i].uuid), "00000000-0000-4000-8000-00000000000%d", i);
 		t[i].state = META_TARGET_UP;
+		snprintf(t[i].pool, sizeof(t[i].pool), "%s", i < 2 ? "ssd" : "hdd.slow");
+		snprintf(t[i].node, sizeof(t[i].node), "node%d", i);
+		snprintf(t[i].media, sizeof(t[i].media), "%s", i < 2 ? "ssd" : "hdd");
 	}
 	c[0].id = 0;
 	c[0].epoch = 1;
@@ -788,6 +839,10 @@ static void t_targets(void **state)
 		assert_string_equal(t[i].url, u);
 		assert_int_equal(t[i].state, META_TARGET_UP);
 		assert_int_equal(strlen(t[i].uuid), 36);
+		assert_string_equal(t[i].pool, i < 2 ? "ssd" : "hdd.slow");
+		snprintf(u, sizeof(u), "node%d", i);
+		assert_string_equal(t[i].node, u);
+		assert_string_equal(t[i].media, i < 2 ? "ssd" : "hdd");
 	}
 	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_OFFLINE), 0);
 	assert_int_equal(META_CALL(f->m, targets_list, t, 4), 3);
@@ -796,6 +851,211 @@ static void t_targets(void **state)
 	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_UP), 0);
 	assert_int_equal(META_CALL(f->m, target_set_state, 99, META_TARGET_UP), -ENOENT);
 	assert_int_equal(META_CALL(f->m, target_set_state, 1, (enum meta_target_state)7), -EINVAL);
+	assert_int_equal(META_CALL(f->m, target_set_state, 1, META_TARGET_DRAINING), 0);
+	assert_int_equal(META_CALL(f->m, targets_list, t, 4), 3);
+	assert_int_equal(t[0].state, META_TARGET_DRAINING);
+	assert_string_equal(meta_target_state_name(t[0].state), "draining");
+}
+
+static struct meta_target new_target(const char *url, const char *pool)
+{
+	struct meta_target t;
+
+	memset(&t, 0, sizeof(t));
+	snprintf(t.url, sizeof(t.url), "%s", url);
+	snprintf(t.uuid, sizeof(t.uuid), "abcdef00-0000-4000-8000-000000000001");
+	snprintf(t.pool, sizeof(t.pool), "%s", pool);
+	snprintf(t.node, sizeof(t.node), "host-b");
+	snprintf(t.media, sizeof(t.media), "nvme");
+	t.state = META_TARGET_UP;
+	return t;
+}
+
+/* META-8: target_add hands out the next id, one URL per live target, ids never reused. */
+static void t_target_add(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target t = new_target("file:/dev/nvme0n1", "nvme"), got[8];
+	uint32_t id = 0;
+
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), 0);
+	assert_int_equal(id, 4);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 8), 4);
+	assert_int_equal(got[3].id, 4);
+	assert_string_equal(got[3].url, "file:/dev/nvme0n1");
+	assert_string_equal(got[3].pool, "nvme");
+	assert_string_equal(got[3].node, "host-b");
+	assert_string_equal(got[3].media, "nvme");
+	assert_int_equal(got[3].state, META_TARGET_UP);
+
+	/* the same URL again, or one a formatted target has */
+	id = 0;
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EEXIST);
+	assert_int_equal(id, 0);
+	t = new_target("dir:/srv/t2", "dir");
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EEXIST);
+	/* bad fields */
+	t = new_target("dir:/x", "Bad Pool");
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EINVAL);
+	t = new_target("", "dir");
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EINVAL);
+	t = new_target("dir:/x", "dir");
+	t.state = META_TARGET_REMOVED;
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EINVAL);
+	t.state = (enum meta_target_state)9;
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EINVAL);
+	assert_int_equal(META_CALL(f->m, targets_list, NULL, 0), 4);
+
+	/* removed (it holds no chain): its URL is free again, its id is not */
+	assert_int_equal(META_CALL(f->m, target_set_state, 4, META_TARGET_REMOVED), 0);
+	t = new_target("file:/dev/nvme0n1", "nvme");
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), 0);
+	assert_int_equal(id, 5);
+	/* survives a reopen */
+	fx_reopen(f);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 8), 5);
+	assert_int_equal(got[3].state, META_TARGET_REMOVED);
+	assert_int_equal(got[4].state, META_TARGET_UP);
+	assert_string_equal(got[4].url, "file:/dev/nvme0n1");
+}
+
+/* META-7: drained and removed targets are in no chain; removed is final. */
+static void t_target_states(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target in, got[4];
+	uint32_t mem[2] = {1, 3};
+	uint64_t epoch = 0;
+
+	memset(&in, 0, sizeof(in));
+	in.state = META_TARGET_DRAINED;
+	/* target 2 is in chains 0 and 1 */
+	assert_int_equal(META_CALL(f->m, target_update, 2, META_TSET_STATE, &in), -EBUSY);
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_REMOVED), -EBUSY);
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_DRAINING), 0);
+	/* move it out of both chains */
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 1, mem, 2, &epoch), 0);
+	mem[0] = 3;
+	assert_int_equal(META_CALL(f->m, chain_update, 1, 1, mem, 1, &epoch), 0);
+	assert_int_equal(META_CALL(f->m, target_update, 2, META_TSET_STATE, &in), 0);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_int_equal(got[1].state, META_TARGET_DRAINED);
+	/* a chain may not name it now */
+	mem[0] = 2;
+	assert_int_equal(META_CALL(f->m, chain_update, 1, 2, mem, 1, &epoch), -EINVAL);
+	/* removed, then nothing changes it any more */
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_REMOVED), 0);
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_UP), -EINVAL);
+	snprintf(in.pool, sizeof(in.pool), "other");
+	assert_int_equal(META_CALL(f->m, target_update, 2, META_TSET_POOL, &in), -EINVAL);
+	assert_int_equal(META_CALL(f->m, chain_update, 1, 2, mem, 1, &epoch), -EINVAL);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_int_equal(got[1].state, META_TARGET_REMOVED);
+	assert_string_equal(got[1].pool, "ssd");
+}
+
+static void t_target_update(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target in, got[4];
+
+	memset(&in, 0, sizeof(in));
+	snprintf(in.pool, sizeof(in.pool), "fast");
+	snprintf(in.node, sizeof(in.node), "rack1-host7");
+	snprintf(in.media, sizeof(in.media), "nvme");
+	in.state = META_TARGET_OFFLINE;
+	/* only what the mask names changes */
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_POOL, &in), 0);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_string_equal(got[2].pool, "fast");
+	assert_string_equal(got[2].node, "node2");
+	assert_string_equal(got[2].media, "hdd");
+	assert_int_equal(got[2].state, META_TARGET_UP);
+	assert_int_equal(META_CALL(f->m, target_update, 3,
+				   META_TSET_NODE | META_TSET_MEDIA | META_TSET_STATE, &in),
+			 0);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_string_equal(got[2].node, "rack1-host7");
+	assert_string_equal(got[2].media, "nvme");
+	assert_int_equal(got[2].state, META_TARGET_OFFLINE);
+	/* bad requests change nothing */
+	snprintf(in.pool, sizeof(in.pool), "-x");
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_POOL, &in), -EINVAL);
+	snprintf(in.pool, sizeof(in.pool), "UPPER");
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_POOL, &in), -EINVAL);
+	in.pool[0] = '\0';
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_POOL, &in), -EINVAL);
+	snprintf(in.pool, sizeof(in.pool), "ok");
+	assert_int_equal(META_CALL(f->m, target_update, 3, 0x100, &in), -EINVAL);
+	assert_int_equal(META_CALL(f->m, target_update, 9, META_TSET_POOL, &in), -ENOENT);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_string_equal(got[2].pool, "fast");
+	assert_true(meta_pool_name_ok("a234567890123456789012345678901"));
+	assert_false(meta_pool_name_ok("a2345678901234567890123456789012"));
+	assert_true(meta_pool_name_ok("nvme"));
+	assert_false(meta_pool_name_ok(".x"));
+	assert_false(meta_pool_name_ok("a/b"));
+}
+
+/* A volume formatted by the first release (schema 1) keeps working: a read-only open reads it
+ * untouched; a writable open upgrades it in place, keeping every row. */
+static void t_migrate_v1(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target got[4];
+	struct meta_chain c[2];
+	struct meta_volume v;
+	struct meta *m = NULL;
+	char err[512] = "", host[META_NODE_MAX] = "";
+	size_t len0 = 0, len1 = 0;
+	void *before, *after;
+
+	if (!E->make_old)
+		skip();
+	assert_int_equal(E->make_old(f->dir), 0);
+	before = E->file ? read_file(f->file, &len0) : NULL;
+	assert_int_equal(meta_open(f->url, META_O_RDONLY, &m, err, sizeof(err)), 0);
+	assert_int_equal(META_CALL(m, volume_get, &v), 0);
+	assert_string_equal(v.name, "old");
+	assert_int_equal(META_CALL(m, targets_list, got, 4), 2);
+	assert_string_equal(got[1].url, "faulty:/srv/b");
+	assert_int_equal(got[1].state, META_TARGET_OFFLINE);
+	assert_string_equal(got[1].pool, "");
+	meta_close(m);
+	if (before) {
+		after = read_file(f->file, &len1);
+		assert_int_equal(len0, len1);
+		assert_memory_equal(before, after, len0);
+		free(after);
+		free(before);
+	}
+
+	assert_int_equal(meta_open(f->url, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
+	assert_int_equal(META_CALL(m, targets_list, got, 4), 2);
+	for (int i = 0; i < 2; i++) {
+		assert_string_equal(got[i].pool, "dir");
+		assert_string_equal(got[i].media, "dir");
+		assert_string_equal(got[i].node, host);
+	}
+	assert_int_equal(got[0].state, META_TARGET_UP);
+	assert_int_equal(got[1].state, META_TARGET_OFFLINE);
+	assert_int_equal(META_CALL(m, chains_list, c, 2), 1);
+	assert_int_equal(c[0].epoch, 5);
+	assert_int_equal(c[0].nmembers, 2);
+	/* the new operations work on it */
+	struct meta_target t = new_target("dir:/srv/c", "dir");
+	uint32_t id = 0;
+	assert_int_equal(META_CALL(m, target_add, &t, &id), 0);
+	assert_int_equal(id, 3);
+	assert_int_equal(META_CALL(m, sync), 0);
+	meta_close(m);
+	/* and a second open finds it migrated (nothing to do) */
+	assert_int_equal(meta_open(f->url, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(META_CALL(m, targets_list, got, 4), 3);
+	assert_string_equal(got[2].pool, "dir");
+	assert_int_equal(META_CALL(m, check, false, NULL, NULL), 0);
+	meta_close(m);
 }
 
 static void t_chains(void **state)
@@ -2328,6 +2588,10 @@ int main(void)
 	    T(t_format_invalid),
 	    T(t_targets),
 	    T(t_chains),
+	    T(t_target_add),
+	    T(t_target_states),
+	    T(t_target_update),
+	    TB(t_migrate_v1),
 	    T(t_root),
 	    T(t_mknod_types),
 	    T(t_mknod_errors),
