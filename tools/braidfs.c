@@ -47,8 +47,7 @@ int main(int argc, char **argv)
 	} cmds[] = {
 	    {"format", cmd_format},  {"mount", cmd_mount},   {"umount", cmd_umount},
 	    {"unmount", cmd_umount}, {"status", cmd_status}, {"fsck", cmd_fsck},
-	    {"bench", cmd_bench},
-	    {"device", cmd_device},
+	    {"bench", cmd_bench},    {"device", cmd_device},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))
