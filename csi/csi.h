@@ -60,6 +60,7 @@
 #define CSI_MAX_META	     8
 #define CSI_DEFAULT_CAPACITY (1ull << 30) /* when CreateVolume names no capacity */
 #define CSI_ID_MAX	     128	  /* volume ids we hand out and accept (<dir>[@url]) */
+#define CSI_WRAPPER_MAX	     16
 
 struct csi {
 	/* immutable after start */
@@ -70,6 +71,10 @@ struct csi {
 	char volumes_dir[PATH_MAX];   /* inside each file system, e.g. "/volumes" */
 	char state_dir[PATH_MAX / 2]; /* base mounts, logs */
 	char braidfs[PATH_MAX];	      /* the braidfs command */
+	/* --mount-wrapper: words put before `braidfs mount` (CSI-3 in Kubernetes: run the
+	 * mount process on the host, outside the plugin container's cgroup) */
+	char *wrapper[CSI_WRAPPER_MAX];
+	unsigned nwrapper;
 	bool controller, node;
 	unsigned workers;
 

@@ -44,6 +44,11 @@ static const char help[] =
     "                        (default /var/lib/braidfs-csi; in Kubernetes, a hostPath\n"
     "                        with Bidirectional mount propagation)\n"
     "  --braidfs PATH        the braidfs command (default: braidfs from PATH)\n"
+    "  --mount-wrapper 'CMD ARGS'  words run before 'braidfs mount ...' (split on\n"
+    "                        spaces). In Kubernetes a container restart kills every\n"
+    "                        process of the container, so run the mount processes on\n"
+    "                        the host: --mount-wrapper 'nsenter --target 1 --mount --pid\n"
+    "                        -- systemd-run --scope --collect --quiet --' (hostPID)\n"
     "  --workers N           threads that run calls (default 4)\n"
     "  --log PATH            log to PATH instead of stderr\n"
     "  -v, --verbose         log debug messages\n"
@@ -81,6 +86,7 @@ int main(int argc, char **argv)
 	    {"log", required_argument, NULL, 'l'},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
+	    {"mount-wrapper", required_argument, NULL, 'W'},
 	    {0},
 	};
 	static struct csi c;
@@ -147,6 +153,16 @@ int main(int argc, char **argv)
 		}
 		case 'l':
 			logpath = optarg;
+			break;
+		case 'W':
+			c.nwrapper = 0;
+			for (char *save = NULL, *w = strtok_r(optarg, " ", &save); w;
+			     w = strtok_r(NULL, " ", &save)) {
+				if (c.nwrapper == CSI_WRAPPER_MAX)
+					return usage_err("--mount-wrapper has more than 16 words%s",
+							 "");
+				c.wrapper[c.nwrapper++] = w;
+			}
 			break;
 		case 'v':
 			verbose = true;

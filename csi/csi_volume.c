@@ -152,7 +152,17 @@ grpc_status_code csi_fs_mount(struct csi *c, struct csi_vol *v, struct csi_reply
 	}
 	/* CSI-3: `braidfs mount` daemonizes (its own session) and returns once mounted. A dead
 	 * mount at v->base is removed by it first (CSI-4). */
-	char *argv[] = {c->braidfs, "mount", "-o", log, (char *)v->meta, v->base, NULL};
+	char *argv[CSI_WRAPPER_MAX + 8];
+	unsigned n = 0;
+	for (unsigned i = 0; i < c->nwrapper; i++)
+		argv[n++] = c->wrapper[i];
+	argv[n++] = c->braidfs;
+	argv[n++] = "mount";
+	argv[n++] = "-o";
+	argv[n++] = log;
+	argv[n++] = (char *)v->meta;
+	argv[n++] = v->base;
+	argv[n] = NULL;
 	e = csi_run(argv, out, sizeof(out));
 	if (e != 0) {
 		/* Someone else may have won the lock meanwhile. */

@@ -155,3 +155,25 @@ def test_node_argument_codes(plugin):
         C.NOT_FOUND
     plugin.unpublish(v.volume_id, t)
     plugin.unstage(v.volume_id, staging)
+
+
+def test_mount_wrapper(plugin):
+    """--mount-wrapper runs `braidfs mount` through the given command (Kubernetes: on the
+    host, see docs/kubernetes.md)."""
+    wrap = os.path.join(plugin.base, "wrap.sh")
+    log = os.path.join(plugin.base, "wrap.log")
+    with open(wrap, "w") as f:
+        f.write(f'#!/bin/sh\necho "$@" >> {log}\nexec "$@"\n')
+    os.chmod(wrap, 0o755)
+    plugin.stop()
+    plugin.start("--mount-wrapper", f"/bin/sh {wrap}")
+    v = plugin.create("pvc-wrap", 4 * MiB)
+    words = open(log).read().split()
+    assert words[1:3] == ["mount", "-o"] and words[-2] == plugin.meta
+    staging, (t,) = paths(plugin)
+    mkparents([t])
+    plugin.stage(v.volume_id, staging)
+    plugin.publish(v.volume_id, staging, t)
+    assert os.statvfs(t).f_blocks * 4096 == 4 * MiB
+    plugin.unpublish(v.volume_id, t)
+    plugin.unstage(v.volume_id, staging)
