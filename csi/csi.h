@@ -112,8 +112,8 @@ struct csi_map_entry {
 void **csi_map(struct csi_reply *r, const ProtobufCMessageDescriptor *entry, size_t n,
 	       const char *const *keys, const char *const *values);
 
-/* CSI-2: claim volume id for this call; false if another call holds it (ABORTED). */
-bool csi_volume_claim(struct csi *c, const char *id);
+/* CSI-2: claim volume id for this call, or ABORTED when another call holds it. */
+grpc_status_code csi_claim(struct csi *c, const char *id, struct csi_reply *r);
 void csi_volume_release(struct csi *c, const char *id);
 
 /* ---- csi_volume.c: where volumes live ------------------------------------------------- */
@@ -137,6 +137,11 @@ grpc_status_code csi_vol_from_name(struct csi *c, const char *name, const char *
 /* Make sure meta's base mount is alive (mount it, or repair it: CSI-4) and fill v->base and
  * v->path. UNAVAILABLE with the reason when it cannot be mounted. */
 grpc_status_code csi_fs_mount(struct csi *c, struct csi_vol *v, struct csi_reply *r);
+
+/* Parse id, mount its file system (csi_fs_mount) and find the volume's directory there:
+ * NOT_FOUND when it is not there. */
+grpc_status_code csi_vol_find(struct csi *c, const char *id, struct csi_vol *v,
+			      struct csi_reply *r);
 
 /* ---- csi_mount.c: mount helpers --------------------------------------------------------- */
 

@@ -225,9 +225,8 @@ CSI_HANDLER(csi_create_volume, Csi__V1__CreateVolumeRequest, Csi__V1__CreateVolu
 				c->node_id);
 	if ((code = csi_vol_from_name(c, in->name, meta, &v, r)))
 		return code;
-	if (!csi_volume_claim(c, v.id))
-		return csi_fail(r, GRPC_STATUS_ABORTED, "an operation on volume %s is in progress",
-				v.id);
+	if ((code = csi_claim(c, v.id, r)))
+		return code;
 	code = csi_fs_mount(c, &v, r);
 	struct stat st;
 	if (code == GRPC_STATUS_OK && stat(v.path, &st) == 0) {
@@ -284,9 +283,8 @@ CSI_HANDLER(csi_delete_volume, Csi__V1__DeleteVolumeRequest, Csi__V1__DeleteVolu
 		return r->code = GRPC_STATUS_OK; /* CSI-1: a volume that is not there is deleted */
 	if (code)
 		return code;
-	if (!csi_volume_claim(c, v.id))
-		return csi_fail(r, GRPC_STATUS_ABORTED, "an operation on volume %s is in progress",
-				v.id);
+	if ((code = csi_claim(c, v.id, r)))
+		return code;
 	code = csi_fs_mount(c, &v, r);
 	if (code == GRPC_STATUS_OK) {
 		int e = csi_rmtree(v.path);
@@ -297,19 +295,6 @@ CSI_HANDLER(csi_delete_volume, Csi__V1__DeleteVolumeRequest, Csi__V1__DeleteVolu
 			log_info("volume %s: deleted %s", v.id, v.fs_path);
 	}
 	csi_volume_release(c, v.id);
-	return code;
-}
-
-/* Opens the volume's directory: NOT_FOUND when it is not there. */
-static grpc_status_code find_volume(struct csi *c, const char *id, struct csi_vol *v,
-				    struct csi_reply *r)
-{
-	struct stat st;
-	grpc_status_code code = csi_vol_parse(c, id, v, r);
-	if (code == GRPC_STATUS_OK)
-		code = csi_fs_mount(c, v, r);
-	if (code == GRPC_STATUS_OK && (stat(v->path, &st) < 0 || !S_ISDIR(st.st_mode)))
-		code = csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s does not exist", id);
 	return code;
 }
 
@@ -325,7 +310,7 @@ CSI_HANDLER(csi_validate_volume_capabilities, Csi__V1__ValidateVolumeCapabilitie
 		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
 	if (in->n_volume_capabilities == 0)
 		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_capabilities is required");
-	if ((code = find_volume(c, in->volume_id, &v, r)))
+	if ((code = csi_vol_find(c, in->volume_id, &v, r)))
 		return code;
 	for (size_t i = 0; i < in->n_volume_capabilities; i++) {
 		if (csi_check_capability(in->volume_capabilities[i], &probe)) {
@@ -437,10 +422,9 @@ CSI_HANDLER(csi_controller_expand_volume, Csi__V1__ControllerExpandVolumeRequest
 		return code;
 	if ((code = csi_vol_parse(c, in->volume_id, &v, r)))
 		return code;
-	if (!csi_volume_claim(c, v.id))
-		return csi_fail(r, GRPC_STATUS_ABORTED, "an operation on volume %s is in progress",
-				v.id);
-	code = find_volume(c, in->volume_id, &v, r);
+	if ((code = csi_claim(c, v.id, r)))
+		return code;
+	code = csi_vol_find(c, in->volume_id, &v, r);
 	int64_t have = code ? 0 : quota_bytes(v.path);
 	if (!code && have < 0)
 		code = csi_fail(r, GRPC_STATUS_INTERNAL, "volume %s has no quota: %s", v.id,

@@ -42,17 +42,25 @@ static enum csi_mnt_state mount_of(const char *path, const struct csi_vol *v, bo
 	return st;
 }
 
-/* The base mount alive and the volume's directory there (CSI-4 repairs the base). */
-static grpc_status_code volume_dir(struct csi *c, const char *id, struct csi_vol *v,
-				   struct csi_reply *r)
+/* Bind src onto dst (made if missing), read-only if ro; a dead mount at dst goes first
+ * (CSI-4). */
+static grpc_status_code place(const struct csi_vol *v, const char *src, const char *dst, bool ro,
+			      bool dead, struct csi_reply *r)
 {
-	struct stat st;
-	grpc_status_code code = csi_vol_parse(c, id, v, r);
-	if (code == GRPC_STATUS_OK)
-		code = csi_fs_mount(c, v, r);
-	if (code == GRPC_STATUS_OK && (stat(v->path, &st) < 0 || !S_ISDIR(st.st_mode)))
-		code = csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s does not exist", id);
-	return code;
+	int e;
+	if (dead) {
+		log_info("volume %s: mount %s is dead; mounting it again", v->id, dst);
+		if ((e = csi_umount(dst)) < 0)
+			return csi_fail(r, GRPC_STATUS_INTERNAL,
+					"cannot remove the dead mount %s: %s", dst, strerror(-e));
+	}
+	e = mkdir_p(dst, 0750);
+	if (e == 0)
+		e = csi_bind(src, dst, ro);
+	if (e < 0)
+		return csi_fail(r, GRPC_STATUS_INTERNAL, "cannot mount volume %s at %s: %s", v->id,
+				dst, strerror(-e));
+	return GRPC_STATUS_OK;
 }
 
 /* Bind the volume's directory onto the staging path; a dead staging mount goes first. */
@@ -65,22 +73,29 @@ static grpc_status_code stage(struct csi_vol *v, const char *staging, struct csi
 	if (st == CSI_MNT_LIVE)
 		return csi_fail(r, GRPC_STATUS_ALREADY_EXISTS,
 				"staging path %s holds another mount", staging);
-	if (st == CSI_MNT_DEAD) {
-		log_info("volume %s: staging mount %s is dead; mounting it again", v->id, staging);
-		int e = csi_umount(staging);
-		if (e < 0)
-			return csi_fail(r, GRPC_STATUS_INTERNAL,
-					"cannot remove the dead mount %s: %s", staging,
-					strerror(-e));
-	}
-	int e = mkdir_p(staging, 0750);
-	if (e == 0)
-		e = csi_bind(v->path, staging, false);
-	if (e < 0)
-		return csi_fail(r, GRPC_STATUS_INTERNAL, "cannot mount volume %s at %s: %s", v->id,
-				staging, strerror(-e));
+	grpc_status_code code = place(v, v->path, staging, false, st == CSI_MNT_DEAD, r);
+	if (code)
+		return code;
 	log_info("volume %s: staged at %s", v->id, staging);
 	return GRPC_STATUS_OK;
+}
+
+/* The checks every stage/publish/unstage/unpublish starts with: volume_id, the path named
+ * `what` (and a second one, may be NULL), the capability when cap_needed, then the volume
+ * id parsed and claimed (CSI-2: release it when done). */
+static grpc_status_code node_begin(struct csi *c, const char *id, const char *what,
+				   const char *path, const char *what2, const char *path2,
+				   const Csi__V1__VolumeCapability *cap, bool cap_needed,
+				   struct csi_vol *v, struct csi_reply *r)
+{
+	grpc_status_code code;
+	if (!id || !id[0])
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
+	if ((code = check_path(what, path, r)) || (what2 && (code = check_path(what2, path2, r))) ||
+	    (cap_needed && (code = csi_check_capability(cap, r))) ||
+	    (code = csi_vol_parse(c, id, v, r)))
+		return code;
+	return csi_claim(c, v->id, r);
 }
 
 CSI_HANDLER(csi_node_stage_volume, Csi__V1__NodeStageVolumeRequest,
@@ -89,17 +104,10 @@ CSI_HANDLER(csi_node_stage_volume, Csi__V1__NodeStageVolumeRequest,
 	struct csi_vol v;
 	grpc_status_code code;
 
-	if (!in->volume_id || !in->volume_id[0])
-		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
-	if ((code = check_path("staging_target_path", in->staging_target_path, r)) ||
-	    (code = csi_check_capability(in->volume_capability, r)))
+	if ((code = node_begin(c, in->volume_id, "staging_target_path", in->staging_target_path,
+			       NULL, NULL, in->volume_capability, true, &v, r)))
 		return code;
-	if ((code = csi_vol_parse(c, in->volume_id, &v, r)))
-		return code;
-	if (!csi_volume_claim(c, v.id))
-		return csi_fail(r, GRPC_STATUS_ABORTED, "an operation on volume %s is in progress",
-				v.id);
-	code = volume_dir(c, in->volume_id, &v, r);
+	code = csi_vol_find(c, in->volume_id, &v, r);
 	if (code == GRPC_STATUS_OK)
 		code = stage(&v, in->staging_target_path, r);
 	csi_volume_release(c, v.id);
@@ -112,15 +120,9 @@ CSI_HANDLER(csi_node_unstage_volume, Csi__V1__NodeUnstageVolumeRequest,
 	struct csi_vol v;
 	grpc_status_code code;
 
-	if (!in->volume_id || !in->volume_id[0])
-		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
-	if ((code = check_path("staging_target_path", in->staging_target_path, r)))
+	if ((code = node_begin(c, in->volume_id, "staging_target_path", in->staging_target_path,
+			       NULL, NULL, NULL, false, &v, r)))
 		return code;
-	if ((code = csi_vol_parse(c, in->volume_id, &v, r)))
-		return code;
-	if (!csi_volume_claim(c, v.id))
-		return csi_fail(r, GRPC_STATUS_ABORTED, "an operation on volume %s is in progress",
-				v.id);
 	/* The CO made the staging directory and removes it; only the mount is ours. Not
 	 * mounted (any more) is success (CSI-1). */
 	int e = csi_umount(in->staging_target_path);
@@ -156,20 +158,8 @@ static grpc_status_code publish(struct csi_vol *v, const char *staging, const ch
 	if (st == CSI_MNT_LIVE)
 		return csi_fail(r, GRPC_STATUS_ALREADY_EXISTS, "target path %s holds another mount",
 				target);
-	if (st == CSI_MNT_DEAD) {
-		log_info("volume %s: target mount %s is dead; mounting it again", v->id, target);
-		int e = csi_umount(target);
-		if (e < 0)
-			return csi_fail(r, GRPC_STATUS_INTERNAL,
-					"cannot remove the dead mount %s: %s", target,
-					strerror(-e));
-	}
-	int e = mkdir_p(target, 0750);
-	if (e == 0)
-		e = csi_bind(staging, target, ro);
-	if (e < 0)
-		return csi_fail(r, GRPC_STATUS_INTERNAL, "cannot mount volume %s at %s: %s", v->id,
-				target, strerror(-e));
+	if ((code = place(v, staging, target, ro, st == CSI_MNT_DEAD, r)))
+		return code;
 	log_info("volume %s: published at %s%s", v->id, target, ro ? " (read-only)" : "");
 	return GRPC_STATUS_OK;
 }
@@ -180,21 +170,14 @@ CSI_HANDLER(csi_node_publish_volume, Csi__V1__NodePublishVolumeRequest,
 	struct csi_vol v;
 	grpc_status_code code;
 
-	if (!in->volume_id || !in->volume_id[0])
-		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
-	if ((code = check_path("target_path", in->target_path, r)) ||
-	    (code = check_path("staging_target_path", in->staging_target_path, r)) ||
-	    (code = csi_check_capability(in->volume_capability, r)))
+	if ((code =
+		 node_begin(c, in->volume_id, "target_path", in->target_path, "staging_target_path",
+			    in->staging_target_path, in->volume_capability, true, &v, r)))
 		return code;
 	int mode = in->volume_capability->access_mode->mode;
 	bool ro = in->readonly ||
 		  mode == CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__SINGLE_NODE_READER_ONLY;
-	if ((code = csi_vol_parse(c, in->volume_id, &v, r)))
-		return code;
-	if (!csi_volume_claim(c, v.id))
-		return csi_fail(r, GRPC_STATUS_ABORTED, "an operation on volume %s is in progress",
-				v.id);
-	code = volume_dir(c, in->volume_id, &v, r);
+	code = csi_vol_find(c, in->volume_id, &v, r);
 	if (code == GRPC_STATUS_OK)
 		code = publish(&v, in->staging_target_path, in->target_path, ro, r);
 	csi_volume_release(c, v.id);
@@ -207,15 +190,9 @@ CSI_HANDLER(csi_node_unpublish_volume, Csi__V1__NodeUnpublishVolumeRequest,
 	struct csi_vol v;
 	grpc_status_code code;
 
-	if (!in->volume_id || !in->volume_id[0])
-		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
-	if ((code = check_path("target_path", in->target_path, r)))
+	if ((code = node_begin(c, in->volume_id, "target_path", in->target_path, NULL, NULL, NULL,
+			       false, &v, r)))
 		return code;
-	if ((code = csi_vol_parse(c, in->volume_id, &v, r)))
-		return code;
-	if (!csi_volume_claim(c, v.id))
-		return csi_fail(r, GRPC_STATUS_ABORTED, "an operation on volume %s is in progress",
-				v.id);
 	int e = csi_umount(in->target_path);
 	/* The target path is ours to remove (the spec: the SP deletes what it created). An
 	 * unmounted, empty directory only; anything else is left and reported. */

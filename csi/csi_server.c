@@ -101,7 +101,7 @@ static void reply_fini(struct csi_reply *r)
 
 /* ---- CSI-2: one call per volume ----------------------------------------------------------- */
 
-bool csi_volume_claim(struct csi *c, const char *id)
+static bool csi_volume_claim(struct csi *c, const char *id)
 {
 	bool ok = true;
 	pthread_mutex_lock(&c->lock);
@@ -123,6 +123,13 @@ bool csi_volume_claim(struct csi *c, const char *id)
 		ok = false;
 	pthread_mutex_unlock(&c->lock);
 	return ok;
+}
+
+grpc_status_code csi_claim(struct csi *c, const char *id, struct csi_reply *r)
+{
+	if (csi_volume_claim(c, id))
+		return GRPC_STATUS_OK;
+	return csi_fail(r, GRPC_STATUS_ABORTED, "an operation on volume %s is in progress", id);
 }
 
 void csi_volume_release(struct csi *c, const char *id)

@@ -183,3 +183,14 @@ done:
 		code = csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume path too long");
 	return code;
 }
+
+grpc_status_code csi_vol_find(struct csi *c, const char *id, struct csi_vol *v, struct csi_reply *r)
+{
+	struct stat st;
+	grpc_status_code code = csi_vol_parse(c, id, v, r);
+	if (code == GRPC_STATUS_OK)
+		code = csi_fs_mount(c, v, r);
+	if (code == GRPC_STATUS_OK && (stat(v->path, &st) < 0 || !S_ISDIR(st.st_mode)))
+		code = csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s does not exist", id);
+	return code;
+}
