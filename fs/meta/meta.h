@@ -47,8 +47,9 @@
  *
  * ERRORS
  *   Every function returns 0 (or a count) or -errno: -ENOENT, -EEXIST, -ENOTEMPTY, -ENOTDIR,
- *   -EISDIR, -ENODATA (xattr), -ERANGE (buffer), -EIO (engine failure, logged at debug with the
- *   engine's own message), -EBUSY (locked by another process), -EINVAL (bad URL or argument).
+ *   -EISDIR, -ENODATA (xattr, no quota), -ERANGE (buffer), -EIO (engine failure, logged at debug
+ *   with the engine's own message), -EBUSY (locked by another process), -EINVAL (bad URL or
+ *   argument), -EDQUOT (a quota limit, META-7), -EXDEV (across quota roots, META-7).
  */
 #ifndef BRAIDFS_META_H
 #define BRAIDFS_META_H
