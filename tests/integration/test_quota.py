@@ -25,6 +25,15 @@ def quota(path):
     return {k: int(v) for k, v in (kv.split("=") for kv in raw.split())}
 
 
+def wait_usage(path, key, want, timeout=20):
+    """An unlinked inode counts until the kernel forgets it (an async FORGET) and it is
+    purged: wait for the usage to reach want."""
+    end = time.time() + timeout
+    while time.time() < end and quota(path)[key] != want:
+        time.sleep(0.05)
+    assert quota(path)[key] == want, f"{key} of {path}: {quota(path)[key]}, expected {want}"
+
+
 def fill(path, limit_hint, bs=MiB):
     """Write bs blocks until the file system refuses; return (bytes written, errno)."""
     written = 0
@@ -142,7 +151,7 @@ def test_exdev_across_roots(volume):
     os.rename(os.path.join(q1, "f"), os.path.join(q1, "d", "f"))
     # mv falls back to copy + delete, and the accounts follow
     subprocess.run(["mv", os.path.join(q1, "d", "f"), q2], check=True)
-    assert quota(q1)["bytes_used"] == 0
+    wait_usage(q1, "bytes_used", 0)
     assert quota(q2)["bytes_used"] == 1000
 
 
@@ -172,12 +181,8 @@ def test_truncate_and_unlink_free_usage(volume):
     os.unlink(p)
     assert quota(vol)["bytes_used"] == 2 * MiB
     os.close(fd)
-    for _ in range(50):
-        if quota(vol)["bytes_used"] == 0:
-            break
-        time.sleep(0.1)
-    q = quota(vol)
-    assert q["bytes_used"] == 0 and q["inodes_used"] == 0
+    wait_usage(vol, "bytes_used", 0)
+    assert quota(vol)["inodes_used"] == 0
 
 
 def test_inode_limit(volume):
@@ -190,11 +195,7 @@ def test_inode_limit(volume):
     expect_errno(errno.EDQUOT, open, os.path.join(vol, "c"), "w")
     expect_errno(errno.EDQUOT, os.mkdir, os.path.join(vol, "e"))
     os.unlink(os.path.join(vol, "a"))
-    # the inode counts until the kernel forgets it and it is purged (like an open file)
-    for _ in range(100):
-        if quota(vol)["inodes_used"] == 2:
-            break
-        time.sleep(0.05)
+    wait_usage(vol, "inodes_used", 2)
     open(os.path.join(vol, "c"), "w").close()
 
 
