@@ -177,3 +177,45 @@ def test_mount_wrapper(plugin):
     assert os.statvfs(t).f_blocks * 4096 == 4 * MiB
     plugin.unpublish(v.volume_id, t)
     plugin.unstage(v.volume_id, staging)
+
+
+def test_controller_and_node_plugins_share_the_mount(plugin):
+    """The controller pod and the node pod on one node: two plugins, two state dirs, one
+    file system. The second one uses the mount the first one made (the SQLite engine allows
+    one mount of a file system at a time), found through the file system's mount lock."""
+    import subprocess
+    import grpc
+    v = plugin.create("pvc-shared", 4 * MiB)  # this plugin mounts the file system
+    daemon = plugin.mount_daemon_pid()
+    sock2 = os.path.join(plugin.base, "sock2", "csi.sock")
+    argv = plugin.argv("--node")
+    argv[argv.index("--endpoint") + 1] = "unix://" + sock2
+    argv[argv.index("--state-dir") + 1] = os.path.join(plugin.base, "state2")
+    argv[argv.index("--log") + 1] = os.path.join(plugin.base, "csi2.log")
+    p2 = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    ch = None
+    try:
+        ch = grpc.insecure_channel("unix://" + sock2)
+        grpc.channel_ready_future(ch).result(timeout=20)
+        node2 = plugin.pbg.NodeStub(ch)
+        staging, (t,) = paths(plugin)
+        mkparents([t])
+        node2.NodeStageVolume(plugin.pb.NodeStageVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging,
+            volume_capability=plugin.cap()), timeout=60)
+        node2.NodePublishVolume(plugin.pb.NodePublishVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging, target_path=t,
+            volume_capability=plugin.cap()), timeout=60)
+        with open(os.path.join(t, "f"), "wb") as f:
+            f.write(b"shared")
+        assert plugin.mount_daemon_pid() == daemon  # still the one mount process
+        assert not [m for m in mounts_under(os.path.join(plugin.base, "state2"))]
+        node2.NodeUnpublishVolume(plugin.pb.NodeUnpublishVolumeRequest(
+            volume_id=v.volume_id, target_path=t), timeout=60)
+        node2.NodeUnstageVolume(plugin.pb.NodeUnstageVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging), timeout=60)
+    finally:
+        if ch:
+            ch.close()
+        p2.terminate()
+        p2.wait(timeout=20)
