@@ -158,6 +158,10 @@ int csi_umount(const char *path);
  * the exit status, or -errno when it could not run. The child gets its own session so that
  * anything it leaves running is not tied to us (CSI-3). */
 int csi_run(char *const argv[], char *out, size_t len);
+/* When the plugin is PID 1 of a container, the mount processes `braidfs mount` leaves
+ * behind become its children once their parent exits: reap those that ended (never a
+ * child csi_run() is waiting for). Called on SIGCHLD. */
+void csi_reap_orphans(void);
 /* Remove a directory tree (no symlinks followed, stays on one file system). 0 or -errno. */
 int csi_rmtree(const char *path);
 

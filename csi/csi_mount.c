@@ -17,6 +17,47 @@
 #include "common/log.h"
 #include "csi/csi.h"
 
+/* Children csi_run() is waiting for: the orphan reaper must leave them alone. */
+static pthread_mutex_t kids_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t kids[64]; /* protected by kids_lock; 0 = free slot */
+
+static void kid_note(pid_t pid, pid_t old)
+{
+	pthread_mutex_lock(&kids_lock);
+	for (size_t i = 0; i < sizeof(kids) / sizeof(kids[0]); i++) {
+		if (kids[i] == old) {
+			kids[i] = pid;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&kids_lock);
+}
+
+static bool kid_is_ours(pid_t pid)
+{
+	bool ours = false;
+	pthread_mutex_lock(&kids_lock);
+	for (size_t i = 0; i < sizeof(kids) / sizeof(kids[0]); i++)
+		ours |= kids[i] == pid;
+	pthread_mutex_unlock(&kids_lock);
+	return ours;
+}
+
+void csi_reap_orphans(void)
+{
+	for (;;) {
+		siginfo_t si;
+		memset(&si, 0, sizeof(si));
+		/* Peek (WNOWAIT): reap only what is not a csi_run() child being waited for. */
+		if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
+			return;
+		if (kid_is_ours(si.si_pid))
+			return; /* csi_run reaps it; the next SIGCHLD brings us back */
+		if (waitpid(si.si_pid, NULL, WNOHANG) > 0)
+			log_info("reaped process %d (a mount process that ended)", (int)si.si_pid);
+	}
+}
+
 /* mountinfo escapes space, tab, newline and backslash as \ooo (octal). Decode in place;
  * returns false on a malformed escape. */
 static bool unescape(char *s)
@@ -121,6 +162,8 @@ int csi_run(char *const argv[], char *out, size_t len)
 		close(pfd[1]);
 		return e;
 	}
+	if (pid > 0)
+		kid_note(pid, 0);
 	if (pid == 0) {
 		/* CSI-3: a session of its own, and signals back to their defaults. */
 		setsid();
@@ -156,10 +199,13 @@ int csi_run(char *const argv[], char *out, size_t len)
 	/* One line for messages: the last non-empty line is the reason. */
 	while (n && (out[n - 1] == '\n' || out[n - 1] == ' '))
 		out[--n] = '\0';
-	int status;
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR)
-			return -errno;
+	int status, w;
+	while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+		;
+	int e = errno;
+	kid_note(0, pid);
+	if (w < 0)
+		return -e;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 

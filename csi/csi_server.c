@@ -482,6 +482,16 @@ int csi_serve(struct csi *c)
 			r == -EEXIST ? "it exists and is not a socket" : strerror(-r));
 		return 1;
 	}
+	/* Signals are taken by sigwait below, never by a gRPC, completion-queue or worker
+	 * thread: they all inherit this mask, so it is set before grpc_init starts threads. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGCHLD); /* csi_reap_orphans() */
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
 	g_csi = c;
 	grpc_init();
 	g_cq = grpc_completion_queue_create_for_next(NULL);
@@ -507,14 +517,6 @@ int csi_serve(struct csi *c)
 		return 1;
 	}
 
-	/* Signals are taken by sigwait here, never by a gRPC or worker thread. */
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-
 	pthread_t cq_thr, *wk = calloc(c->workers, sizeof(*wk));
 	if (!wk) {
 		fprintf(stderr, "braidfs-csi: out of memory\n");
@@ -529,7 +531,8 @@ int csi_serve(struct csi *c)
 		 c->controller ? ", controller" : "", c->node ? ", node" : "");
 
 	int sig = 0;
-	sigwait(&set, &sig);
+	while (sigwait(&set, &sig) == 0 && sig == SIGCHLD)
+		csi_reap_orphans();
 	log_info("signal %d: stopping (mounts stay: they do not depend on this process)", sig);
 	grpc_server_shutdown_and_notify(g_server, g_cq, &g_server);
 	grpc_server_cancel_all_calls(g_server);

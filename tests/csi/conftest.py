@@ -117,9 +117,9 @@ class Plugin:
                 "--meta", self.meta, "--state-dir", self.state, "--braidfs", BRAIDFS,
                 "--log", self.log] + list(extra)
 
-    def start(self, *extra):
+    def start(self, *extra, prefix=()):
         import grpc
-        self.proc = subprocess.Popen(self.argv(*extra), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(list(prefix) + self.argv(*extra), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         end = time.time() + 20
         while time.time() < end:
@@ -161,6 +161,16 @@ class Plugin:
                 return int(f.readline().strip() or 0) or None
         except (OSError, ValueError):
             return None
+
+    def is_our_daemon(self, pid):
+        """The lock file holds the pid as its writer saw it: in another PID namespace that
+        number is someone else's here. Only a braidfs mount of this file system counts."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            return False
+        return self.meta.encode() in argv and b"mount" in argv
 
     def log_tail(self, n=20):
         try:
@@ -206,7 +216,7 @@ class Plugin:
         for mp in sorted(mounts_under(self.base), key=len, reverse=True):
             subprocess.run(["umount", "-l", mp], capture_output=True)
         pid = self.mount_daemon_pid()
-        if pid and pid_alive(pid):
+        if pid and pid_alive(pid) and self.is_our_daemon(pid):
             os.kill(pid, signal.SIGTERM)
             if not wait_gone(pid, 10):
                 os.kill(pid, signal.SIGKILL)

@@ -121,3 +121,46 @@ def test_dead_mount_repaired_by_stage(plugin):
         f.write(b"x")
     plugin.unpublish(v.volume_id, target)
     plugin.unstage(v.volume_id, staging)
+
+
+def _procs_with(word):
+    """Host pids whose command line contains word, with their state and parent."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if word.encode() in argv and b"mount" in argv:
+            out.append((int(d), fields[0], int(fields[1])))
+    return out
+
+
+def test_pid1_reaps_orphaned_mount_processes(plugin):
+    """As PID 1 of a container (here: of a new PID namespace) the plugin inherits the mount
+    processes `braidfs mount` leaves behind; one that ends must not stay a zombie."""
+    plugin.stop()
+    plugin.start(prefix=["unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--"])
+    plugin.create("pvc-pid1", 4 * MiB)
+    daemons = _procs_with(plugin.meta)
+    assert len(daemons) == 1, daemons
+    pid, state, ppid = daemons[0]
+    with open(f"/proc/{ppid}/cmdline", "rb") as f:
+        assert b"braidfs-csi" in f.read(), "the mount process is not the plugin's child"
+    os.kill(pid, 9)
+    end = time.time() + 10
+    while time.time() < end and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "the ended mount process stayed a zombie"
+    # and the plugin still serves (the next call repairs the dead mount: CSI-4)
+    v = plugin.create("pvc-pid1b", 4 * MiB)
+    assert v.capacity_bytes == 4 * MiB
+    # unshare ignores SIGTERM while it waits: stop the plugin itself (its namespace, and the
+    # mount process in it, go with it)
+    os.kill(ppid, 15)
+    plugin.proc.wait(timeout=20)
