@@ -18,6 +18,7 @@ static const char usage[] =
     "  fsck     check (and repair) metadata and replicas\n"
     "  bench    measure the local disk, braidfs and its peers side by side\n"
     "  device   block devices of this machine; add, drain, remove targets\n"
+    "  quota    set, show or clear a directory quota\n"
     "\n"
     "Run 'braidfs COMMAND --help' for a command's options.\n"
     "\n"
@@ -47,7 +48,7 @@ int main(int argc, char **argv)
 	} cmds[] = {
 	    {"format", cmd_format},  {"mount", cmd_mount},   {"umount", cmd_umount},
 	    {"unmount", cmd_umount}, {"status", cmd_status}, {"fsck", cmd_fsck},
-	    {"bench", cmd_bench},    {"device", cmd_device},
+	    {"bench", cmd_bench},    {"device", cmd_device}, {"quota", cmd_quota},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))

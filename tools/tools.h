@@ -73,5 +73,6 @@ int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_fsck(int argc, char **argv);
 int cmd_device(int argc, char **argv);
+int cmd_quota(int argc, char **argv);
 
 #endif

@@ -30,6 +30,20 @@
  *           naming such a target fails with -EINVAL. Removed is final.
  *   META-8  Target ids are never reused (a removed target keeps its row); target_add() hands
  *           out the next id. One URL names at most one target that is not removed (-EEXIST).
+ *   META-9  Directory quotas (project-quota style). A directory may be a quota root; every
+ *           inode below it carries that root's ino in `qroot` (inherited from the parent at
+ *           mknod; the root directory itself carries its own ino so that its children inherit
+ *           it). Quota roots do not nest. A root's usage is kept in the same transaction as
+ *           every change it counts, so it is exact after a crash:
+ *             inodes_used = inodes below the root (the root itself not counted), counted until
+ *                           their row is deleted (purge, rmdir);
+ *             bytes_used  = sum over its regular files of max(size, qres), where qres is a
+ *                           reservation the FUSE layer takes (quota_reserve) before data may
+ *                           land beyond the recorded size; qres drops to 0 when
+ *                           META_IF_WDIRTY is cleared (FS-3: no write in flight, size recorded).
+ *           Sizes, not allocated blocks, are charged: they match statfs and need no chunk scan.
+ *           quota_reserve and mknod fail with -EDQUOT rather than exceed a limit; link and
+ *           rename between different quota roots fail with -EXDEV (mv then copies).
  *
  * THREADS
  *   A `struct meta` is safe to call from any number of threads at once; the engine serializes
@@ -38,8 +52,9 @@
  *
  * ERRORS
  *   Every function returns 0 (or a count) or -errno: -ENOENT, -EEXIST, -ENOTEMPTY, -ENOTDIR,
- *   -EISDIR, -ENODATA (xattr), -ERANGE (buffer), -EIO (engine failure, logged at debug with the
- *   engine's own message), -EBUSY (locked by another process), -EINVAL (bad URL or argument).
+ *   -EISDIR, -ENODATA (xattr, no quota), -ERANGE (buffer), -EIO (engine failure, logged at debug
+ *   with the engine's own message), -EBUSY (locked by another process), -EINVAL (bad URL or
+ *   argument), -EDQUOT (a quota limit, META-9), -EXDEV (across quota roots, META-9).
  */
 #ifndef BRAIDFS_META_H
 #define BRAIDFS_META_H
@@ -61,6 +76,8 @@
 #define META_NODE_MAX	    65	 /* node (host) name + NUL */
 #define META_MEDIA_MAX	    16	 /* media class + NUL: "nvme", "ssd", "hdd", "dir", ... */
 
+#define META_QUOTA_XATTR "trusted.braidfs.quota" /* virtual xattr handled by fs_fuse.c */
+
 /* inode flags (meta_attr.flags) */
 #define META_IF_WDIRTY 0x1 /* META-4 */
 
@@ -74,6 +91,8 @@ struct meta_attr {
 	int64_t atime_ns, mtime_ns, ctime_ns, btime_ns; /* ns since the epoch */
 	uint64_t generation;
 	uint32_t flags; /* META_IF_* */
+	uint64_t qroot; /* META-9: quota root accounting this inode, 0 if none (read-only here) */
+	uint64_t qres;	/* META-9: bytes reserved beyond size (read-only; quota_reserve sets it) */
 };
 
 /* setattr mask */
@@ -136,6 +155,13 @@ struct meta_chain {
 	uint64_t epoch;
 	uint32_t nmembers;
 	uint32_t members[META_MAX_REPLICAS]; /* target ids; [0] is the primary */
+};
+
+/* META-9: one quota root. A limit of 0 means "no limit" for that resource. */
+struct meta_quota {
+	uint64_t ino; /* the quota root directory */
+	uint64_t bytes_limit, inodes_limit;
+	uint64_t bytes_used, inodes_used;
 };
 
 struct meta_statfs {
@@ -252,6 +278,24 @@ struct meta_ops {
 	/* META-5: make every committed transaction durable. */
 	int (*sync)(struct meta *m);
 	int (*statfs)(struct meta *m, struct meta_statfs *ret);
+	/* Directory quotas (META-9). quota_set makes directory `dir` a quota root with these
+	 * limits, or changes the limits of an existing root (a limit below the usage is allowed:
+	 * it only stops growth). Making a root walks dir's subtree, tags every inode and counts
+	 * the usage, in one transaction. -ENOTDIR, -EINVAL if dir is inside another quota root or
+	 * holds one (no nesting). quota_get answers for the root that accounts `ino` (any inode
+	 * below a root, or the root itself); -ENODATA if none. quota_clear removes a root
+	 * (-ENODATA if dir is not one) and untags its inodes. */
+	int (*quota_set)(struct meta *m, uint64_t dir, uint64_t bytes_limit, uint64_t inodes_limit);
+	int (*quota_get)(struct meta *m, uint64_t ino, struct meta_quota *ret);
+	int (*quota_clear)(struct meta *m, uint64_t dir);
+	/* Before data may land beyond the recorded size of regular file ino: set META_IF_WDIRTY
+	 * (META-4) and, if ino is under a quota root, raise its reservation qres to at most
+	 * `want` and at least `need` bytes (need <= want), charging the root. -EDQUOT if `need`
+	 * does not fit. *ret_reserved = the bytes now covered (max(size, qres)); UINT64_MAX when
+	 * ino has no quota root (nothing to reserve). One transaction. */
+	int (*quota_reserve)(struct meta *m, uint64_t ino, uint64_t need, uint64_t want,
+			     uint64_t *ret_reserved);
+
 	/* Namespace consistency: nlink vs entries, entries naming missing inodes, directories
 	 * unreachable from the root. Returns the number of problems found (after repair, if
 	 * repair). */

@@ -61,7 +61,7 @@
 #include <unistd.h>
 
 #define MS_APP_ID	   0x42524653 /* "BRFS": PRAGMA application_id of every braidfs db */
-#define MS_SCHEMA_VERSION  2	      /* PRAGMA user_version written by format() */
+#define MS_SCHEMA_VERSION  3	      /* PRAGMA user_version written by format() */
 #define MS_BUSY_TIMEOUT_MS 5000	      /* then -EBUSY */
 #define MS_BATCH	   256	      /* rows per lock hold in readdir/inodes/orphans */
 #define MS_STATFS_BATCH	   8192	      /* rows per lock hold in statfs (no callback: cheap rows) */
@@ -74,7 +74,8 @@
 #define MS_SQL_IFDIR "16384"
 #define MS_SQL_IFREG "32768"
 
-/* Schema version 2 (version 1 had no targets.pool/node/media; ms_migrate() adds them). Why
+/* Schema version 3 (version 1 had no targets.pool/node/media, version 2 no quotas;
+ * ms_migrate() adds them). Why
  * this shape:
  *  - inodes.ino AUTOINCREMENT: SQLite then never hands out a number again, even after the
  *    highest row is deleted (META-2). Root is inserted as 1 by format().
@@ -90,6 +91,19 @@
  *    cannot be listed twice in one chain (UNIQUE).
  *  - namespace tables carry no foreign keys: they would need enforcement lookups on every
  *    create; the engine keeps them consistent inside each transaction and check() verifies. */
+/* Version 3 (META-9): the quota table and its index; inodes gain qroot and qres. */
+#define MS_QUOTA_SCHEMA                                                                            \
+	"CREATE TABLE quotas ("                                                                    \
+	" ino INTEGER PRIMARY KEY,"                                                                \
+	" bytes_limit INTEGER NOT NULL, inodes_limit INTEGER NOT NULL,"                            \
+	" bytes_used INTEGER NOT NULL, inodes_used INTEGER NOT NULL);"                             \
+	"CREATE INDEX inodes_by_qroot ON inodes (qroot) WHERE qroot != 0;"
+
+/* Schema 2 -> 3, run by ms_migrate(). */
+#define MS_MIGRATE_2_TO_3                                                                          \
+	"ALTER TABLE inodes ADD COLUMN qroot INTEGER NOT NULL DEFAULT 0;"                          \
+	"ALTER TABLE inodes ADD COLUMN qres INTEGER NOT NULL DEFAULT 0;" MS_QUOTA_SCHEMA
+
 /* clang-format off */
 static const char ms_schema_sql[] =
 	"CREATE TABLE volume ("
@@ -119,8 +133,10 @@ static const char ms_schema_sql[] =
 	" atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,"
 	" btime INTEGER NOT NULL,"
 	" generation INTEGER NOT NULL, flags INTEGER NOT NULL,"
-	" link BLOB);" /* symlink target, NULL for every other type */
+	" link BLOB," /* symlink target, NULL for every other type */
+	" qroot INTEGER NOT NULL DEFAULT 0, qres INTEGER NOT NULL DEFAULT 0);" /* META-9 */
 	"CREATE INDEX inodes_pending ON inodes (ino) WHERE nlink = 0 OR flags & 1 != 0;"
+	MS_QUOTA_SCHEMA
 	"CREATE TABLE dentries ("
 	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
 	" parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,"
@@ -134,10 +150,10 @@ static const char ms_schema_sql[] =
 
 #define MS_ATTR_COLS                                                                               \
 	"ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime, generation, "         \
-	"flags"
+	"flags, qroot, qres"
 #define MS_ATTR_COLS_I                                                                             \
 	"i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, "        \
-	"i.btime, i.generation, i.flags"
+	"i.btime, i.generation, i.flags, i.qroot, i.qres"
 
 /* Every statement the engine runs more than once, prepared once per connection. */
 #define MS_STMTS(X)                                                                                \
@@ -173,11 +189,11 @@ static const char ms_schema_sql[] =
 	X(CHAIN_ADD, "INSERT INTO chain_members (chain, pos, target) VALUES (?1, ?2, ?3)")         \
 	X(INODE_GET, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino = ?1")                         \
 	X(INODE_PUT, "UPDATE inodes SET mode = ?2, nlink = ?3, uid = ?4, gid = ?5, rdev = ?6, "    \
-		     "size = ?7, atime = ?8, mtime = ?9, ctime = ?10, btime = ?11, flags = ?12 "   \
-		     "WHERE ino = ?1")                                                             \
+		     "size = ?7, atime = ?8, mtime = ?9, ctime = ?10, btime = ?11, flags = ?12, "  \
+		     "qres = ?13 WHERE ino = ?1")                                                  \
 	X(INODE_INSERT, "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, "    \
-			"ctime, btime, generation, flags, link) "                                  \
-			"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")         \
+			"ctime, btime, generation, flags, link, qroot) "                           \
+			"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")    \
 	X(INODE_DELETE, "DELETE FROM inodes WHERE ino = ?1")                                       \
 	X(INODE_CTIME, "UPDATE inodes SET ctime = ?2 WHERE ino = ?1")                              \
 	X(INODE_LINK, "SELECT mode, link FROM inodes WHERE ino = ?1")                              \
@@ -206,6 +222,24 @@ static const char ms_schema_sql[] =
 	X(ORPHANS, "SELECT " MS_ATTR_COLS " FROM inodes "                                          \
 		   "WHERE (nlink = 0 OR flags & 1 != 0) AND ino > ?1 ORDER BY ino LIMIT ?2")       \
 	X(INODES, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino > ?1 ORDER BY ino LIMIT ?2")      \
+	X(QUOTA_GET, "SELECT bytes_limit, inodes_limit, bytes_used, inodes_used FROM quotas "      \
+		     "WHERE ino = ?1")                                                             \
+	X(QUOTA_ADD, "UPDATE quotas SET bytes_used = max(0, bytes_used + ?2), "                    \
+		     "inodes_used = max(0, inodes_used + ?3) WHERE ino = ?1")                      \
+	X(QUOTA_LIMITS, "UPDATE quotas SET bytes_limit = ?2, inodes_limit = ?3 WHERE ino = ?1")    \
+	X(QUOTA_DEL, "DELETE FROM quotas WHERE ino = ?1")                                          \
+	X(QUOTA_UNTAG, "UPDATE inodes SET qroot = 0, qres = 0 WHERE qroot = ?1")                   \
+	X(QUOTA_SUBTREE_ROOTS, "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION SELECT d.ino FROM "    \
+			       "dentries d JOIN sub ON d.parent = sub.ino) "                       \
+			       "SELECT count(*) FROM sub JOIN quotas q ON q.ino = sub.ino")        \
+	X(QUOTA_TAG, "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION SELECT d.ino FROM "              \
+		     "dentries d JOIN sub ON d.parent = sub.ino) "                                 \
+		     "UPDATE inodes SET qroot = ?1 WHERE ino IN sub")                              \
+	X(QUOTA_CREATE,                                                                            \
+	  "INSERT INTO quotas (ino, bytes_limit, inodes_limit, bytes_used, "                       \
+	  "inodes_used) SELECT ?1, ?2, ?3, coalesce(sum(CASE WHEN mode & " MS_SQL_IFMT             \
+	  " = " MS_SQL_IFREG " THEN max(size, qres) ELSE 0 END), 0), count(*) - 1 "                \
+	  "FROM inodes WHERE qroot = ?1")                                                          \
 	X(STATFS, "SELECT count(*), coalesce(sum(CASE WHEN mode & " MS_SQL_IFMT " = " MS_SQL_IFREG \
 		  " THEN size ELSE 0 END), 0), max(ino) FROM (SELECT ino, mode, size "             \
 		  "FROM inodes WHERE ino > ?1 ORDER BY ino LIMIT ?2)")
@@ -242,6 +276,7 @@ struct ms {
 	int64_t statfs_dv;
 	struct meta_statfs statfs;
 	/* immutable after open: */
+	int64_t schema_version; /* as found by ms_validate(); 0 for a new database */
 	bool rdonly;
 	char path[URL_MAX];
 };
@@ -484,6 +519,8 @@ static void ms_row_attr(sqlite3_stmt *st, int c, struct meta_attr *a)
 	a->btime_ns = sqlite3_column_int64(st, c + 10);
 	a->generation = (uint64_t)sqlite3_column_int64(st, c + 11);
 	a->flags = (uint32_t)sqlite3_column_int64(st, c + 12);
+	a->qroot = (uint64_t)sqlite3_column_int64(st, c + 13);
+	a->qres = (uint64_t)sqlite3_column_int64(st, c + 14);
 }
 
 /* A name column into a NUL-terminated buffer of META_NAME_MAX + 1 bytes. */
@@ -545,6 +582,7 @@ static int ms_inode_put(struct ms *m, const struct meta_attr *a)
 	sqlite3_bind_int64(st, 10, a->ctime_ns);
 	sqlite3_bind_int64(st, 11, a->btime_ns);
 	sqlite3_bind_int64(st, 12, a->flags);
+	sqlite3_bind_int64(st, 13, (int64_t)a->qres);
 	return ms_done(m, st, "inode put");
 }
 
@@ -574,6 +612,7 @@ static int ms_inode_insert(struct ms *m, const struct meta_attr *a, const char *
 		ms_bind_name(st, 13, link);
 	else
 		sqlite3_bind_null(st, 13);
+	sqlite3_bind_int64(st, 14, (int64_t)a->qroot);
 	r = ms_done(m, st, "inode insert");
 	if (r < 0)
 		return r;
@@ -581,14 +620,85 @@ static int ms_inode_insert(struct ms *m, const struct meta_attr *a, const char *
 	return 0;
 }
 
-/* Delete an inode row and its xattrs. */
-static int ms_inode_delete(struct ms *m, uint64_t ino)
+/* ---- quota accounting (META-9), inside a transaction ------------------------------------ */
+
+/* Bytes an inode charges to its quota root. */
+static uint64_t ms_charged(const struct meta_attr *a)
 {
-	int r = ms_run3(m, MSQ_XATTR_DEL_ALL, (int64_t)ino, 0, 0);
+	return S_ISREG(a->mode) ? MAX(a->size, a->qres) : 0;
+}
+
+/* The quota row of root `ino`; -ENODATA if it has none. */
+static int ms_quota_row(struct ms *m, uint64_t ino, struct meta_quota *ret)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_QUOTA_GET, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		ret->ino = ino;
+		ret->bytes_limit = (uint64_t)sqlite3_column_int64(st, 0);
+		ret->inodes_limit = (uint64_t)sqlite3_column_int64(st, 1);
+		ret->bytes_used = (uint64_t)sqlite3_column_int64(st, 2);
+		ret->inodes_used = (uint64_t)sqlite3_column_int64(st, 3);
+	} else if (rc == SQLITE_DONE) {
+		r = -ENODATA;
+	} else {
+		r = ms_errno(m, rc, "quota get");
+	}
+	sqlite3_reset(st);
+	return r;
+}
+
+/* Room left under a limit (0 = unlimited). */
+static uint64_t ms_room(uint64_t limit, uint64_t used)
+{
+	if (limit == 0)
+		return UINT64_MAX;
+	return used >= limit ? 0 : limit - used;
+}
+
+/* Charge root with dbytes / dinodes. With `check`, growth that would pass a limit is
+ * refused with -EDQUOT (shrinking never is). */
+static int ms_quota_charge(struct ms *m, uint64_t root, int64_t dbytes, int64_t dinodes, bool check)
+{
+	struct meta_quota q;
+	int r;
+
+	if (root == 0 || (dbytes == 0 && dinodes == 0))
+		return 0;
+	if (check) {
+		r = ms_quota_row(m, root, &q);
+		if (r == -ENODATA)
+			return 0; /* a tag without a row: check() reports it */
+		if (r < 0)
+			return r;
+		if (dbytes > 0 && (uint64_t)dbytes > ms_room(q.bytes_limit, q.bytes_used))
+			return -EDQUOT;
+		if (dinodes > 0 && (uint64_t)dinodes > ms_room(q.inodes_limit, q.inodes_used))
+			return -EDQUOT;
+	}
+	return ms_run3(m, MSQ_QUOTA_ADD, (int64_t)root, dbytes, dinodes);
+}
+
+/* Delete an inode row and its xattrs, and uncharge its quota root (META-9). */
+static int ms_inode_delete(struct ms *m, const struct meta_attr *a)
+{
+	int r = ms_run3(m, MSQ_XATTR_DEL_ALL, (int64_t)a->ino, 0, 0);
 
 	if (r < 0)
 		return r;
-	return ms_run3(m, MSQ_INODE_DELETE, (int64_t)ino, 0, 0);
+	if (a->qroot == a->ino)
+		r = ms_run3(m, MSQ_QUOTA_DEL, (int64_t)a->ino, 0, 0); /* an empty root goes */
+	else if (a->qroot)
+		r = ms_quota_charge(m, a->qroot, -(int64_t)ms_charged(a), -1, false);
+	if (r < 0)
+		return r;
+	return ms_run3(m, MSQ_INODE_DELETE, (int64_t)a->ino, 0, 0);
 }
 
 /* Directory ino: nlink += dnlink, mtime = ctime = now (an entry in it changed). */
@@ -613,14 +723,13 @@ static int ms_dir_get(struct ms *m, uint64_t ino, struct meta_attr *ret)
 
 /* A directory new entries may go into: not one that check() orphaned (nlink 0), as Linux
  * refuses to create in a removed directory (IS_DEADDIR). */
-static int ms_dir_live(struct ms *m, uint64_t ino)
+static int ms_dir_live(struct ms *m, uint64_t ino, struct meta_attr *ret)
 {
-	struct meta_attr a;
-	int r = ms_dir_get(m, ino, &a);
+	int r = ms_dir_get(m, ino, ret);
 
 	if (r < 0)
 		return r;
-	return a.nlink == 0 ? -ENOENT : 0;
+	return ret->nlink == 0 ? -ENOENT : 0;
 }
 
 /* The entry `name` in directory `parent` (which the caller checked): its id and the inode it
@@ -1003,6 +1112,14 @@ static int ms_validate(struct ms *m, int flags, char *err, size_t errlen)
 		ms_seterr(err, errlen, "%s is corrupted: no schema version", m->path);
 		return -EIO;
 	}
+	if (ver < MS_SCHEMA_VERSION && m->rdonly) {
+		ms_seterr(err, errlen,
+			  "%s has metadata schema version %lld and needs an upgrade to %d: open it "
+			  "read-write once (braidfs mount or braidfs fsck)",
+			  m->path, (long long)ver, MS_SCHEMA_VERSION);
+		return -EINVAL;
+	}
+	m->schema_version = ver;
 	/* Touch the pages every mount needs first, so that a damaged file is named here and not
 	 * by the first lookup. */
 	rc = ms_open_int(m->db, "SELECT count(*) FROM volume", &nvol);
@@ -1072,20 +1189,23 @@ static int ms_configure(struct ms *m, char *err, size_t errlen)
 	return 0;
 }
 
-/* Bring a database of an older schema up to MS_SCHEMA_VERSION, in one transaction (a crash
- * leaves the old version whole). Another process may have migrated it first: the version is
- * read again under the write lock. A read-only handle does not migrate: it reads an old
- * schema through the *_V1 statements.
+/* Bring a database of an older schema up to MS_SCHEMA_VERSION, one step per version, all in
+ * one transaction (a crash leaves the old version whole). Another process may have migrated it
+ * first: the version is read again under the write lock. A read-only handle never migrates:
+ * ms_validate() refuses to open an older schema read-only.
  *   1 -> 2: targets gain pool, node and media. Version 1 knew only dir: targets (faulty: is
  *           their test twin), all on the one host that ran it, so pool and media become
- *           'dir' and node this host's name. */
+ *           'dir' and node this host's name.
+ *   2 -> 3: directory quotas (META-9): the quotas table, inodes.qroot and inodes.qres. */
 static int ms_migrate(struct ms *m, char *err, size_t errlen)
 {
-	char host[META_NODE_MAX] = "";
+	char host[META_NODE_MAX] = "", sql[64];
 	sqlite3_stmt *st = NULL;
 	int64_t ver = 0;
 	int rc, r;
 
+	if (m->rdonly || !m->formatted || m->schema >= MS_SCHEMA_VERSION)
+		return 0;
 	if (gethostname(host, sizeof(host) - 1) < 0)
 		host[0] = '\0';
 	r = ms_run3(m, MSQ_BEGIN_W, 0, 0, 0);
@@ -1112,21 +1232,29 @@ static int ms_migrate(struct ms *m, char *err, size_t errlen)
 		}
 		sqlite3_finalize(st);
 		if (r == 0)
-			r = ms_exec(m, "PRAGMA user_version = 2");
-		if (r == 0)
 			ver = 2;
+	}
+	if (r == 0 && ver < 3) {
+		r = ms_exec(m, MS_MIGRATE_2_TO_3);
+		if (r == 0)
+			ver = 3;
+	}
+	if (r == 0) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", MS_SCHEMA_VERSION);
+		r = ms_exec(m, sql);
 	}
 	r = ms_end(m, r);
 	if (r < 0) {
 		ms_seterr(err, errlen,
-			  "%s: cannot upgrade the metadata schema from version %lld: %s", m->path,
-			  (long long)m->schema, strerror(-r));
+			  "%s: cannot upgrade the metadata schema from version %lld to %d: %s",
+			  m->path, (long long)m->schema, MS_SCHEMA_VERSION, strerror(-r));
 		return r;
 	}
 	if (ver != m->schema)
-		log_debug("meta sqlite %s: schema upgraded from version %lld to %lld", m->path,
-			  (long long)m->schema, (long long)ver);
+		log_info("metadata %s: schema upgraded from version %lld to %lld", m->path,
+			 (long long)m->schema, (long long)ver);
 	m->schema = ver;
+	m->schema_version = ver;
 	return 0;
 }
 
@@ -1252,13 +1380,10 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 			goto fail;
 	}
 	r = ms_configure(m, err, errlen);
+	if (r == 0)
+		r = ms_migrate(m, err, errlen);
 	if (r < 0)
 		goto fail;
-	if (m->formatted && !m->rdonly && m->schema < MS_SCHEMA_VERSION) {
-		r = ms_migrate(m, err, errlen);
-		if (r < 0)
-			goto fail;
-	}
 	sqlite3_db_config(m->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
 	*ret = &m->base;
 	return 0;
@@ -2020,12 +2145,13 @@ static int ms_readdirplus(struct meta *mm, uint64_t dir, uint64_t off, meta_dire
 static int ms_setattr_tx(struct ms *m, uint64_t ino, unsigned mask, const struct meta_attr *in,
 			 struct meta_attr *ret)
 {
-	struct meta_attr a;
+	struct meta_attr a, old;
 	int r;
 
 	r = ms_inode_get(m, ino, &a);
 	if (r < 0)
 		return r;
+	old = a;
 	if (mask & META_SET_SIZE) {
 		if (S_ISDIR(a.mode))
 			return -EISDIR;
@@ -2048,8 +2174,20 @@ static int ms_setattr_tx(struct ms *m, uint64_t ino, unsigned mask, const struct
 		a.mtime_ns = in->mtime_ns;
 	if (mask & META_SET_CTIME)
 		a.ctime_ns = in->ctime_ns;
-	if (mask & META_SET_FLAGS)
+	if (mask & META_SET_FLAGS) {
+		/* META-9: clearing WDIRTY ends every reservation (FS-3: nothing in flight). */
+		if ((a.flags & META_IF_WDIRTY) && !(in->flags & META_IF_WDIRTY))
+			a.qres = 0;
 		a.flags = in->flags;
+	}
+	if (a.qroot && a.qroot != a.ino) {
+		/* The data path reserved before writing, so a recorded size never needs room it
+		 * did not get: account, do not refuse (a refusal here would lose a size). */
+		r = ms_quota_charge(m, a.qroot, (int64_t)ms_charged(&a) - (int64_t)ms_charged(&old),
+				    0, false);
+		if (r < 0)
+			return r;
+	}
 	r = ms_inode_put(m, &a);
 	if (r < 0)
 		return r;
@@ -2079,10 +2217,10 @@ static int ms_setattr(struct meta *mm, uint64_t ino, unsigned mask, const struct
 static int ms_mknod_tx(struct ms *m, uint64_t parent, const char *name, const struct meta_attr *in,
 		       const char *link, struct meta_attr *ret)
 {
-	struct meta_attr a;
+	struct meta_attr a, p;
 	int r;
 
-	r = ms_dir_live(m, parent);
+	r = ms_dir_live(m, parent, &p);
 	if (r < 0)
 		return r;
 	r = ms_dent_get(m, parent, name, NULL, NULL);
@@ -2090,8 +2228,13 @@ static int ms_mknod_tx(struct ms *m, uint64_t parent, const char *name, const st
 		return -EEXIST;
 	if (r != -ENOENT)
 		return r;
+	/* META-9: the new inode belongs to the parent's quota root and counts against it. */
+	r = ms_quota_charge(m, p.qroot, 0, 1, true);
+	if (r < 0)
+		return r;
 
 	memset(&a, 0, sizeof(a));
+	a.qroot = p.qroot;
 	a.mode = in->mode;
 	if ((a.mode & S_IFMT) == 0)
 		a.mode |= link ? S_IFLNK : S_IFREG; /* mknod(2): type 0 is a regular file */
@@ -2175,7 +2318,7 @@ static int ms_mknod(struct meta *mm, uint64_t parent, const char *name, const st
 static int ms_link_tx(struct ms *m, uint64_t ino, uint64_t newparent, const char *newname,
 		      int64_t now, struct meta_attr *ret)
 {
-	struct meta_attr a;
+	struct meta_attr a, np;
 	int r;
 
 	r = ms_inode_get(m, ino, &a);
@@ -2185,9 +2328,11 @@ static int ms_link_tx(struct ms *m, uint64_t ino, uint64_t newparent, const char
 		return -EPERM;
 	if (a.nlink >= MS_LINK_MAX)
 		return -EMLINK;
-	r = ms_dir_live(m, newparent);
+	r = ms_dir_live(m, newparent, &np);
 	if (r < 0)
 		return r;
+	if (np.qroot != a.qroot)
+		return -EXDEV; /* META-9: an inode is accounted to one quota root */
 	r = ms_dent_get(m, newparent, newname, NULL, NULL);
 	if (r == 0)
 		return -EEXIST;
@@ -2305,7 +2450,7 @@ static int ms_rmdir_tx(struct ms *m, uint64_t parent, const char *name, int64_t 
 		return -ENOTEMPTY;
 	r = ms_run3(m, MSQ_DENT_DELETE, id, 0, 0);
 	if (r == 0)
-		r = ms_inode_delete(m, a.ino);
+		r = ms_inode_delete(m, &a);
 	if (r == 0)
 		r = ms_dir_touch(m, parent, -1, now);
 	if (r < 0)
@@ -2354,15 +2499,20 @@ static int ms_rename_tx(struct ms *m, uint64_t parent, const char *name, uint64_
 			const char *newname, unsigned flags, int64_t now,
 			struct meta_attr *ret_replaced)
 {
-	struct meta_attr src, dst;
+	struct meta_attr src, dst, pa, na;
 	int64_t sid, did = 0;
 	bool have_dst, sdir, ddir;
 	int r;
 
 	memset(ret_replaced, 0, sizeof(*ret_replaced));
-	r = ms_dir_get(m, parent, NULL);
-	if (r == 0 && newparent != parent)
-		r = ms_dir_live(m, newparent);
+	r = ms_dir_get(m, parent, &pa);
+	if (r == 0 && newparent != parent) {
+		r = ms_dir_live(m, newparent, &na);
+		/* META-9: what moves between quota roots would change accounts: refuse, as XFS
+		 * project quotas do, so that mv copies instead. */
+		if (r == 0 && pa.qroot != na.qroot)
+			r = -EXDEV;
+	}
 	if (r < 0)
 		return r;
 	r = ms_dent_get(m, parent, name, &sid, &src);
@@ -2429,7 +2579,7 @@ static int ms_rename_tx(struct ms *m, uint64_t parent, const char *name, uint64_
 		if (ddir) {
 			/* An empty directory has nothing to keep open data for: gone now, as
 			 * rmdir. */
-			r = ms_inode_delete(m, dst.ino);
+			r = ms_inode_delete(m, &dst);
 			dst.nlink = 0;
 		} else {
 			if (dst.nlink > 0)
@@ -2707,6 +2857,161 @@ static int ms_removexattr(struct meta *mm, uint64_t ino, const char *name)
 	return r;
 }
 
+/* ---- quotas (META-9) ------------------------------------------------------------------- */
+
+static int ms_quota_set_tx(struct ms *m, uint64_t dir, uint64_t bytes, uint64_t inodes)
+{
+	struct meta_attr a;
+	sqlite3_stmt *st;
+	int64_t nested = 0;
+	int rc, r;
+
+	r = ms_dir_live(m, dir, &a);
+	if (r < 0)
+		return r;
+	if (a.qroot == dir)
+		return ms_run3(m, MSQ_QUOTA_LIMITS, (int64_t)dir, (int64_t)bytes, (int64_t)inodes);
+	if (a.qroot != 0)
+		return -EINVAL; /* inside another root: no nesting */
+	r = ms_prep(m, MSQ_QUOTA_SUBTREE_ROOTS, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)dir);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		nested = sqlite3_column_int64(st, 0);
+	else
+		r = ms_errno(m, rc, "quota subtree");
+	sqlite3_reset(st);
+	if (r < 0)
+		return r;
+	if (nested > 0)
+		return -EINVAL; /* holds a root: no nesting */
+	r = ms_run3(m, MSQ_QUOTA_TAG, (int64_t)dir, 0, 0);
+	if (r == 0)
+		r = ms_run3(m, MSQ_QUOTA_CREATE, (int64_t)dir, (int64_t)bytes, (int64_t)inodes);
+	return r;
+}
+
+static int ms_quota_set(struct meta *mm, uint64_t dir, uint64_t bytes_limit, uint64_t inodes_limit)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	if (bytes_limit > INT64_MAX || inodes_limit > INT64_MAX)
+		return -EINVAL;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_quota_set_tx(m, dir, bytes_limit, inodes_limit));
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_quota_get(struct meta *mm, uint64_t ino, struct meta_quota *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_quota q;
+	struct meta_attr a;
+	int r;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_inode_get(m, ino, &a);
+	if (r == 0)
+		r = a.qroot ? ms_quota_row(m, a.qroot, &q) : -ENODATA;
+	ms_unlock(m);
+	if (r == 0)
+		*ret = q;
+	return r;
+}
+
+static int ms_quota_clear_tx(struct ms *m, uint64_t dir)
+{
+	struct meta_attr a;
+	int r;
+
+	r = ms_dir_get(m, dir, &a);
+	if (r < 0)
+		return r;
+	if (a.qroot != dir)
+		return -ENODATA;
+	r = ms_run3(m, MSQ_QUOTA_UNTAG, (int64_t)dir, 0, 0);
+	if (r == 0)
+		r = ms_run3(m, MSQ_QUOTA_DEL, (int64_t)dir, 0, 0);
+	return r;
+}
+
+static int ms_quota_clear(struct meta *mm, uint64_t dir)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_quota_clear_tx(m, dir));
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_quota_reserve_tx(struct ms *m, uint64_t ino, uint64_t need, uint64_t want,
+			       uint64_t *ret)
+{
+	struct meta_attr a;
+	struct meta_quota q;
+	uint64_t cur, grant;
+	int r;
+
+	r = ms_inode_get(m, ino, &a);
+	if (r < 0)
+		return r;
+	if (!S_ISREG(a.mode))
+		return S_ISDIR(a.mode) ? -EISDIR : -EINVAL;
+	a.flags |= META_IF_WDIRTY; /* META-4 */
+	*ret = UINT64_MAX;
+	if (a.qroot) {
+		cur = ms_charged(&a);
+		*ret = cur;
+		if (want > cur) {
+			r = ms_quota_row(m, a.qroot, &q);
+			if (r < 0 && r != -ENODATA)
+				return r;
+			uint64_t room = r == 0 ? ms_room(q.bytes_limit, q.bytes_used) : UINT64_MAX;
+
+			grant = want - cur <= room ? want : cur + room;
+			if (grant < need)
+				return -EDQUOT;
+			r = ms_quota_charge(m, a.qroot, (int64_t)(grant - cur), 0, false);
+			if (r < 0)
+				return r;
+			a.qres = grant;
+			*ret = grant;
+		}
+	}
+	return ms_inode_put(m, &a);
+}
+
+static int ms_quota_reserve(struct meta *mm, uint64_t ino, uint64_t need, uint64_t want,
+			    uint64_t *ret_reserved)
+{
+	struct ms *m = ms_of(mm);
+	uint64_t got = 0;
+	int r;
+
+	if (need > want || want > INT64_MAX)
+		return need > want ? -EINVAL : -EFBIG;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_quota_reserve_tx(m, ino, need, want, &got));
+	ms_unlock(m);
+	if (r == 0 && ret_reserved)
+		*ret_reserved = got;
+	return r;
+}
+
 /* ---- orphans, scans, sync, statfs ------------------------------------------------------ */
 
 static int ms_purge_tx(struct ms *m, uint64_t ino)
@@ -2728,7 +3033,7 @@ static int ms_purge_tx(struct ms *m, uint64_t ino)
 		if (r > 0)
 			return -ENOTEMPTY;
 	}
-	return ms_inode_delete(m, ino);
+	return ms_inode_delete(m, &a);
 }
 
 static int ms_purge(struct meta *mm, uint64_t ino)
@@ -2979,7 +3284,8 @@ enum ms_ck_kind {
 	MS_CK_DIR_MULTI,
 	MS_CK_ROOT_NAMED,
 	MS_CK_XATTR_ORPHAN,
-	MS_CK_UNREACHABLE
+	MS_CK_UNREACHABLE,
+	MS_CK_QUOTA_USAGE
 };
 
 static int ms_check_step(struct ms_check *c, enum ms_ck_kind kind, const char *sql, const char *fix)
@@ -3029,6 +3335,15 @@ static int ms_check_step(struct ms_check *c, enum ms_ck_kind kind, const char *s
 				  "%" PRIu64 " xattrs belong to missing inode %" PRIu64 "%s", b, a,
 				  fixing ? "; removed" : "");
 			break;
+		case MS_CK_QUOTA_USAGE: /* root, bytes, inodes, counted bytes, counted inodes */
+			ms_report(
+			    c, a, fixing,
+			    "quota root %" PRIu64 " records %" PRIu64 " bytes and %lld inodes, "
+			    "counted %lld bytes and %lld inodes%s",
+			    a, b, (long long)sqlite3_column_int64(st, 2),
+			    (long long)sqlite3_column_int64(st, 3),
+			    (long long)sqlite3_column_int64(st, 4), fixing ? "; corrected" : "");
+			break;
 		case MS_CK_UNREACHABLE: /* ino */
 			ms_report(c, a, fixing,
 				  "directory %" PRIu64 " is not reachable from the root%s", a,
@@ -3045,6 +3360,14 @@ static int ms_check_step(struct ms_check *c, enum ms_ck_kind kind, const char *s
 }
 
 #define MS_IS_DIR(x) "(" x " & " MS_SQL_IFMT " = " MS_SQL_IFDIR ")"
+/* Per quota root: recorded usage and the usage its tagged inodes add up to (META-9). */
+#define MS_QUOTA_COUNT                                                                             \
+	"SELECT q.ino AS ino, q.bytes_used AS bytes_used, q.inodes_used AS inodes_used,"           \
+	" coalesce(sum(CASE WHEN i.mode & " MS_SQL_IFMT " = " MS_SQL_IFREG                         \
+	" THEN max(i.size, i.qres) ELSE 0 END), 0) AS b,"                                          \
+	" count(i.ino) - (CASE WHEN EXISTS (SELECT 1 FROM inodes r WHERE r.ino = q.ino AND"        \
+	" r.qroot = q.ino) THEN 1 ELSE 0 END) AS n"                                                \
+	" FROM quotas q LEFT JOIN inodes i ON i.qroot = q.ino GROUP BY q.ino"
 
 static int ms_check_namespace(struct ms_check *c)
 {
@@ -3113,6 +3436,15 @@ static int ms_check_namespace(struct ms_check *c)
 				  " (SELECT 1 FROM inodes i WHERE i.ino = x.ino) GROUP BY x.ino",
 				  "DELETE FROM xattrs WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = xattrs.ino)");
+	/* META-9: every root's usage equals what its tagged inodes add up to. */
+	if (r == 0)
+		r = ms_check_step(
+		    c, MS_CK_QUOTA_USAGE,
+		    "SELECT ino, bytes_used, inodes_used, b, n FROM"
+		    " (" MS_QUOTA_COUNT ") WHERE b != bytes_used OR n != inodes_used",
+		    "UPDATE quotas SET bytes_used = (SELECT b FROM (" MS_QUOTA_COUNT
+		    ") c WHERE c.ino = quotas.ino), inodes_used = (SELECT n FROM (" MS_QUOTA_COUNT
+		    ") c WHERE c.ino = quotas.ino)");
 	if (r < 0)
 		return r;
 
@@ -3283,5 +3615,9 @@ const struct meta_ops meta_sqlite_ops = {
     .inodes = ms_inodes,
     .sync = ms_sync,
     .statfs = ms_statfs,
+    .quota_set = ms_quota_set,
+    .quota_get = ms_quota_get,
+    .quota_clear = ms_quota_clear,
+    .quota_reserve = ms_quota_reserve,
     .check = ms_check,
 };

@@ -1014,14 +1014,9 @@ static void t_migrate_v1(void **state)
 		skip();
 	assert_int_equal(E->make_old(f->dir), 0);
 	before = E->file ? read_file(f->file, &len0) : NULL;
-	assert_int_equal(meta_open(f->url, META_O_RDONLY, &m, err, sizeof(err)), 0);
-	assert_int_equal(META_CALL(m, volume_get, &v), 0);
-	assert_string_equal(v.name, "old");
-	assert_int_equal(META_CALL(m, targets_list, got, 4), 2);
-	assert_string_equal(got[1].url, "faulty:/srv/b");
-	assert_int_equal(got[1].state, META_TARGET_OFFLINE);
-	assert_string_equal(got[1].pool, "");
-	meta_close(m);
+	/* read-only: refused, and the file is left exactly as it was */
+	assert_int_equal(meta_open(f->url, META_O_RDONLY, &m, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "needs an upgrade"));
 	if (before) {
 		after = read_file(f->file, &len1);
 		assert_int_equal(len0, len1);
@@ -1031,6 +1026,8 @@ static void t_migrate_v1(void **state)
 	}
 
 	assert_int_equal(meta_open(f->url, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(META_CALL(m, volume_get, &v), 0);
+	assert_string_equal(v.name, "old");
 	assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
 	assert_int_equal(META_CALL(m, targets_list, got, 4), 2);
 	for (int i = 0; i < 2; i++) {
@@ -2569,6 +2566,245 @@ static void t_threads(void **state)
 	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
 }
 
+/* ---- directory quotas (META-9) ------------------------------------------------------------ */
+
+static struct meta_quota quota(struct fx *f, uint64_t ino)
+{
+	struct meta_quota q;
+	int r = META_CALL(f->m, quota_get, ino, &q);
+
+	if (r < 0)
+		fail_msg("quota_get(%llu) = %d", (unsigned long long)ino, r);
+	return q;
+}
+
+static void set_size(struct fx *f, uint64_t ino, uint64_t size, uint32_t flags)
+{
+	struct meta_attr in = {0};
+
+	in.size = size;
+	in.flags = flags;
+	assert_int_equal(META_CALL(f->m, setattr, ino, META_SET_SIZE | META_SET_FLAGS, &in, NULL),
+			 0);
+}
+
+static void t_quota_basic(void **state)
+{
+	struct fx *f = *state;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "vol"), plain = mkfile(f, META_ROOT_INO, "plain");
+	struct meta_quota q;
+	struct meta_attr in;
+
+	assert_int_equal(META_CALL(f->m, quota_get, d, &q), -ENODATA);
+	assert_int_equal(META_CALL(f->m, quota_set, plain, 100, 0), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, quota_set, 999999, 100, 0), -ENOENT);
+	assert_int_equal(META_CALL(f->m, quota_set, d, 1000, 3), 0);
+	q = quota(f, d);
+	assert_int_equal(q.ino, d);
+	assert_int_equal(q.bytes_limit, 1000);
+	assert_int_equal(q.inodes_limit, 3);
+	assert_int_equal(q.bytes_used, 0);
+	assert_int_equal(q.inodes_used, 0);
+	assert_int_equal(get(f, d).qroot, d);
+	assert_int_equal(get(f, plain).qroot, 0);
+
+	/* Inherited at create, counted; the inode limit answers EDQUOT. */
+	uint64_t sub = mkdir_(f, d, "sub");
+	uint64_t a = mkfile(f, sub, "a");
+	in = attr_in(f, S_IFLNK | 0777);
+	struct meta_attr out;
+	assert_int_equal(META_CALL(f->m, mknod, d, "l", &in, "target", &out), 0);
+	assert_int_equal(out.qroot, d);
+	assert_int_equal(get(f, a).qroot, d);
+	assert_int_equal(quota(f, a).inodes_used, 3);
+	in = attr_in(f, S_IFREG | 0644);
+	assert_int_equal(META_CALL(f->m, mknod, d, "x", &in, NULL, &out), -EDQUOT);
+	assert_int_equal(lookup_ino(f, d, "x"), 0);
+
+	/* Sizes are charged (symlink length is not). */
+	set_size(f, a, 600, 0);
+	assert_int_equal(quota(f, d).bytes_used, 600);
+	set_size(f, a, 200, 0);
+	assert_int_equal(quota(f, d).bytes_used, 200);
+
+	/* Raising the limits lets it grow again; limits below usage only stop growth. */
+	assert_int_equal(META_CALL(f->m, quota_set, d, 100, 10), 0);
+	q = quota(f, d);
+	assert_int_equal(q.bytes_limit, 100);
+	assert_int_equal(q.bytes_used, 200);
+	assert_int_equal(META_CALL(f->m, mknod, d, "x", &in, NULL, &out), 0);
+	assert_int_equal(quota(f, d).inodes_used, 4);
+
+	/* Survives reopen (one transaction each). */
+	fx_reopen(f);
+	q = quota(f, sub);
+	assert_int_equal(q.bytes_used, 200);
+	assert_int_equal(q.inodes_used, 4);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_quota_reserve(void **state)
+{
+	struct fx *f = *state;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "vol");
+	uint64_t plain = mkfile(f, META_ROOT_INO, "plain"), got = 0;
+
+	assert_int_equal(META_CALL(f->m, quota_set, d, 1000, 0), 0);
+	uint64_t a = mkfile(f, d, "a"), b = mkfile(f, d, "b");
+
+	/* No quota root: only the WDIRTY mark. */
+	assert_int_equal(META_CALL(f->m, quota_reserve, plain, 10, 20, &got), 0);
+	assert_true(got == UINT64_MAX);
+	assert_int_equal(get(f, plain).flags, META_IF_WDIRTY);
+
+	/* want granted when it fits, else what is left as long as need fits. */
+	assert_int_equal(META_CALL(f->m, quota_reserve, a, 100, 400, &got), 0);
+	assert_int_equal(got, 400);
+	assert_int_equal(get(f, a).qres, 400);
+	assert_int_equal(get(f, a).flags, META_IF_WDIRTY);
+	assert_int_equal(quota(f, d).bytes_used, 400);
+	assert_int_equal(META_CALL(f->m, quota_reserve, b, 500, 900, &got), 0);
+	assert_int_equal(got, 600);
+	assert_int_equal(quota(f, d).bytes_used, 1000);
+	assert_int_equal(META_CALL(f->m, quota_reserve, b, 601, 700, &got), -EDQUOT);
+	assert_int_equal(get(f, b).qres, 600); /* rolled back whole */
+	assert_int_equal(META_CALL(f->m, quota_reserve, a, 10, 400, &got), 0);
+	assert_int_equal(got, 400); /* already covered: no charge */
+	assert_int_equal(META_CALL(f->m, quota_reserve, a, 20, 10, &got), -EINVAL);
+	assert_int_equal(META_CALL(f->m, quota_reserve, d, 1, 1, &got), -EISDIR);
+
+	/* Recording the size keeps the reservation while WDIRTY stays ... */
+	set_size(f, a, 300, META_IF_WDIRTY);
+	assert_int_equal(quota(f, d).bytes_used, 1000);
+	/* ... and clearing WDIRTY releases it down to the size. */
+	set_size(f, a, 300, 0);
+	assert_int_equal(get(f, a).qres, 0);
+	assert_int_equal(quota(f, d).bytes_used, 900);
+
+	/* Unlink keeps the orphan charged until purge, which frees it. */
+	struct meta_attr u;
+	assert_int_equal(META_CALL(f->m, unlink, d, "b", tick(f), &u), 0);
+	assert_int_equal(quota(f, d).bytes_used, 900);
+	assert_int_equal(META_CALL(f->m, purge, b), 0);
+	assert_int_equal(quota(f, d).bytes_used, 300);
+	assert_int_equal(quota(f, d).inodes_used, 1);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_quota_exdev(void **state)
+{
+	struct fx *f = *state;
+	uint64_t q1 = mkdir_(f, META_ROOT_INO, "q1"), q2 = mkdir_(f, META_ROOT_INO, "q2");
+	uint64_t out = mkdir_(f, META_ROOT_INO, "out");
+	struct meta_attr r;
+
+	assert_int_equal(META_CALL(f->m, quota_set, q1, 0, 100), 0);
+	assert_int_equal(META_CALL(f->m, quota_set, q2, 0, 100), 0);
+	uint64_t a = mkfile(f, q1, "a");
+	uint64_t s1 = mkdir_(f, q1, "s1");
+	uint64_t o = mkfile(f, out, "o");
+
+	assert_int_equal(META_CALL(f->m, rename, q1, "a", q2, "a", 0, tick(f), &r), -EXDEV);
+	assert_int_equal(META_CALL(f->m, rename, q1, "a", out, "a", 0, tick(f), &r), -EXDEV);
+	assert_int_equal(META_CALL(f->m, rename, out, "o", q1, "o", 0, tick(f), &r), -EXDEV);
+	assert_int_equal(META_CALL(f->m, rename, q1, "a", q2, "a", RENAME_EXCHANGE, tick(f), &r),
+			 -EXDEV);
+	assert_int_equal(META_CALL(f->m, link, a, q2, "a2", tick(f), &r), -EXDEV);
+	assert_int_equal(META_CALL(f->m, link, o, q1, "o2", tick(f), &r), -EXDEV);
+	/* Inside one root, and moving a root itself among unquotaed directories, are fine. */
+	assert_int_equal(META_CALL(f->m, rename, q1, "a", s1, "a", 0, tick(f), &r), 0);
+	assert_int_equal(META_CALL(f->m, link, a, q1, "a2", tick(f), &r), 0);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "q2", out, "q2", 0, tick(f), &r),
+			 0);
+	/* Moving a root into another root would nest them. */
+	assert_int_equal(META_CALL(f->m, rename, out, "q2", s1, "q2", 0, tick(f), &r), -EXDEV);
+	assert_int_equal(quota(f, q1).inodes_used, 2);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_quota_existing_tree(void **state)
+{
+	struct fx *f = *state;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "d"), s = mkdir_(f, d, "s");
+	uint64_t a = mkfile(f, s, "a"), b = mkfile(f, d, "b");
+	struct meta_attr r;
+
+	set_size(f, a, 5000, 0);
+	set_size(f, b, 70, 0);
+	/* No nesting, either way. */
+	assert_int_equal(META_CALL(f->m, quota_set, s, 10, 0), 0);
+	assert_int_equal(META_CALL(f->m, quota_set, d, 10, 0), -EINVAL);
+	assert_int_equal(META_CALL(f->m, quota_clear, d), -ENODATA);
+	assert_int_equal(META_CALL(f->m, quota_clear, s), 0);
+	assert_int_equal(get(f, a).qroot, 0);
+	/* A non-empty tree is tagged and counted at once, even over its limit. */
+	assert_int_equal(META_CALL(f->m, quota_set, d, 10, 0), 0);
+	struct meta_quota q = quota(f, a);
+	assert_int_equal(q.ino, d);
+	assert_int_equal(q.bytes_used, 5070);
+	assert_int_equal(q.inodes_used, 3);
+	assert_int_equal(META_CALL(f->m, quota_set, s, 10, 0), -EINVAL);
+	/* rmdir of an empty root removes its quota; clear untags. */
+	assert_int_equal(META_CALL(f->m, quota_clear, d), 0);
+	assert_int_equal(META_CALL(f->m, quota_get, a, &q), -ENODATA);
+	uint64_t e = mkdir_(f, META_ROOT_INO, "e");
+	assert_int_equal(META_CALL(f->m, quota_set, e, 10, 0), 0);
+	assert_int_equal(META_CALL(f->m, rmdir, META_ROOT_INO, "e", tick(f), &r), 0);
+	e = mkdir_(f, META_ROOT_INO, "e");
+	assert_int_equal(META_CALL(f->m, quota_get, e, &q), -ENODATA);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_quota_check_repairs(void **state)
+{
+	struct fx *f = *state;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "d");
+
+	if (!E->raw_exec)
+		skip();
+	assert_int_equal(META_CALL(f->m, quota_set, d, 0, 0), 0);
+	uint64_t a = mkfile(f, d, "a");
+	set_size(f, a, 123, 0);
+	meta_close(f->m);
+	f->m = NULL;
+	assert_int_equal(E->raw_exec(f->dir, "UPDATE quotas SET bytes_used = 7, inodes_used = 9"),
+			 0);
+	fx_reopen(f);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 1);
+	assert_int_equal(META_CALL(f->m, check, true, NULL, NULL), 0);
+	assert_int_equal(quota(f, d).bytes_used, 123);
+	assert_int_equal(quota(f, d).inodes_used, 1);
+}
+
+/* A version-1 database (before quotas) is upgraded by the first read-write open. */
+static void t_quota_migration(void **state)
+{
+	struct fx *f = *state;
+	char err[512] = "";
+	struct meta *ro = NULL;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "d"), a = mkfile(f, d, "a");
+
+	if (!E->raw_exec)
+		skip();
+	set_size(f, a, 42, 0);
+	meta_close(f->m);
+	f->m = NULL;
+	assert_int_equal(E->raw_exec(f->dir, "DROP INDEX inodes_by_qroot; DROP TABLE quotas;"
+					     "ALTER TABLE inodes DROP COLUMN qroot;"
+					     "ALTER TABLE inodes DROP COLUMN qres;"
+					     "PRAGMA user_version = 2;"),
+			 0);
+	assert_int_equal(meta_open(f->url, META_O_RDONLY, &ro, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "needs an upgrade"));
+	fx_reopen(f);
+	assert_int_equal(get(f, a).size, 42);
+	assert_int_equal(META_CALL(f->m, quota_set, d, 100, 0), 0);
+	assert_int_equal(quota(f, a).bytes_used, 42);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+	fx_reopen(f); /* already version 3: nothing to do */
+	assert_int_equal(quota(f, a).bytes_used, 42);
+}
+
 /* ---- main ----------------------------------------------------------------------------------- */
 
 #define T(fn)  cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
@@ -2624,6 +2860,12 @@ int main(void)
 	    T(t_check_root_missing),
 	    T(t_rdonly_and_second_handle),
 	    T(t_threads),
+	    T(t_quota_basic),
+	    T(t_quota_reserve),
+	    T(t_quota_exdev),
+	    T(t_quota_existing_tree),
+	    T(t_quota_check_repairs),
+	    T(t_quota_migration),
 	};
 	int failed = 0;
 
