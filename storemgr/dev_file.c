@@ -41,9 +41,10 @@
 #include "common/url.h"
 #include "common/util.h"
 
-#define SM_DEV_FILE_RINGS   8  /* batches in flight at once */
-#define SM_DEV_FILE_QD	    64 /* queue depth of each ring */
-#define SM_DEV_FILE_RETRIES 16 /* resubmissions of one I/O before -EIO */
+#define SM_DEV_FILE_RINGS   8	 /* batches in flight at once */
+#define SM_DEV_FILE_QD	    64	 /* queue depth of each ring */
+#define SM_DEV_FILE_RETRIES 16	 /* resubmissions of one I/O before -EIO */
+#define SM_DEV_FILE_BUSY_MS 1000 /* how long an exclusive open waits for a dying holder */
 
 struct sm_dev_file_ring {
 	pthread_mutex_t lock;
@@ -156,7 +157,26 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 	if (blockdev && excl)
 		oflags |= O_EXCL;
 	int r;
-	f->fd = open(path, oflags);
+	/* A process killed while it held the device keeps it until the kernel has torn down its
+	 * rings (asynchronously, after the process is reaped): an exclusive open waits for that
+	 * a little, so that a crashed mount can be restarted at once. */
+	for (int ms = 0;; ms += 10) {
+		f->fd = open(path, oflags);
+		if (f->fd >= 0 && (blockdev || !excl || flock(f->fd, LOCK_EX | LOCK_NB) == 0))
+			break;
+		int e = errno;
+		if (f->fd >= 0) {
+			close(f->fd);
+			f->fd = -1;
+			if (e == EWOULDBLOCK)
+				e = EBUSY;
+		}
+		if (e != EBUSY || ms >= SM_DEV_FILE_BUSY_MS) {
+			errno = e;
+			break;
+		}
+		usleep(10000);
+	}
 	if (f->fd < 0) {
 		r = -errno;
 		if (r == -EINVAL)
@@ -175,16 +195,6 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 			       rdonly ? "reading" : "writing", strerror(-r));
 		else
 			seterr(err, errlen, "%s: cannot open %s: %s", url, path, strerror(-r));
-		goto fail;
-	}
-	if (!blockdev && excl && flock(f->fd, LOCK_EX | LOCK_NB) < 0) {
-		r = -errno;
-		if (r == -EWOULDBLOCK) {
-			r = -EBUSY;
-			seterr(err, errlen, "%s: in use by another process", url);
-		} else {
-			seterr(err, errlen, "%s: cannot lock %s: %s", url, path, strerror(-r));
-		}
 		goto fail;
 	}
 	if (blockdev) {

@@ -12,13 +12,16 @@
 #include "common/util.h"
 
 /* Every backend, by scheme. The fault-injecting twin is registered like any other so that
- * integration tests can mount a volume on it with an ordinary URL. */
+ * integration tests can mount a volume on it with an ordinary URL. The block chunk store comes
+ * last: it has no scheme of its own but serves every device URL (file:, iscsi://, nbd://...)
+ * that the device registry (sm_dev.c) knows. */
 static const struct sm_ops *const sm_backends[] = {
     &sm_dir_ops,
     &sm_faulty_ops,
+    &sm_block_ops,
 };
 
-#define SM_SCHEMES "dir:/path"
+#define SM_SCHEMES "dir:/path, file:/dev/NAME or file:/path/image"
 
 void sm_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -55,6 +58,9 @@ const struct sm_ops *sm_ops_for(const char *url)
 		return NULL;
 	for (size_t i = 0; i < ARRAY_SIZE(sm_backends); i++)
 		if (strcmp(s, sm_backends[i]->scheme) == 0)
+			return sm_backends[i];
+	for (size_t i = 0; i < ARRAY_SIZE(sm_backends); i++)
+		if (sm_backends[i]->serves && sm_backends[i]->serves(url))
 			return sm_backends[i];
 	return NULL;
 }
