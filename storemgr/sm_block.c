@@ -107,7 +107,8 @@ struct blk_pending {
 struct sm_block {
 	struct sm_target base; /* first: a struct sm_target * is a struct sm_block * */
 	struct sm_dev *dev;
-	struct sm_block_sb sb; /* protected by cp_lock; identity and layout never change */
+	struct sm_block_sb sb; /* generation, copy, cp_*, replay_pos: protected by cp_lock; the
+				* identity, nonce and layout never change after open */
 	struct sm_block_limits lim;
 	uint32_t cblocks; /* blocks per chunk */
 
@@ -870,7 +871,14 @@ static int blk_checkpoint(struct sm_block *b)
 	r = blk_sb_write(b->dev, &sb);
 	if (r)
 		goto out;
-	b->sb = sb;
+	/* only what a checkpoint changes: writers read the layout and identity without a lock */
+	b->sb.generation = sb.generation;
+	b->sb.copy = sb.copy;
+	b->sb.cp_area = sb.cp_area;
+	b->sb.cp_len = sb.cp_len;
+	b->sb.cp_crc = sb.cp_crc;
+	b->sb.cp_seq = sb.cp_seq;
+	b->sb.replay_pos = sb.replay_pos;
 	STAT_ADD(b, flushes, 2);
 	STAT_ADD(b, checkpoints, 1);
 	__atomic_store_n(&b->st.cp_bytes, (uint64_t)len, __ATOMIC_RELAXED);

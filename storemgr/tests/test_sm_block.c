@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
@@ -344,6 +345,55 @@ static void test_checkpoint_corrupt(void **state)
 		   "its checkpoint is corrupt (checksum");
 }
 
+/* A real block device: a loop device over the image (root only). */
+static void test_loop_device(void **state)
+{
+	struct fx *f = *state;
+	if (geteuid() != 0)
+		skip();
+	char cmd[600], dev[64] = "";
+	snprintf(cmd, sizeof(cmd), "losetup --find --show %s 2>/dev/null", f->img);
+	FILE *p = popen(cmd, "r");
+	if (!p || !fgets(dev, sizeof(dev), p) || strncmp(dev, "/dev/loop", 9) != 0) {
+		if (p)
+			pclose(p);
+		print_message("no loop device (%s): skipped\n", dev);
+		skip();
+	}
+	pclose(p);
+	dev[strcspn(dev, "\n")] = '\0';
+	char url[80];
+	snprintf(url, sizeof(url), "file:%s", dev);
+	int r = sm_format(url, &f->id, false, f->err, sizeof(f->err));
+	if (r == 0)
+		r = sm_open(url, &f->id, &f->t, f->err, sizeof(f->err));
+	struct sm_target *t2 = NULL;
+	char err2[256] = "";
+	int r2 = r ? 0 : sm_open(url, &f->id, &t2, err2, sizeof(err2)); /* O_EXCL: refused */
+	uint8_t data[3 * BS + 100], back[sizeof(data)];
+	fill(data, sizeof(data), 21);
+	ssize_t w = r ? -1 : f->t->ops->write(f->t, 2, 1, data, sizeof(data), 50);
+	ssize_t rd = r ? -1 : f->t->ops->read(f->t, 2, 1, back, sizeof(back), 50);
+	struct sm_statfs sf = {0};
+	if (!r)
+		f->t->ops->statfs(f->t, &sf);
+	fx_close(f);
+	sm_close(t2);
+	snprintf(cmd, sizeof(cmd), "losetup -d %s", dev);
+	if (system(cmd) != 0)
+		print_message("losetup -d %s failed\n", dev);
+	if (r)
+		fail_msg("%s: %d %s", url, r, f->err);
+	assert_int_equal(r2, -EBUSY);
+	assert_non_null(strstr(err2, "in use by another process"));
+	assert_int_equal(w, sizeof(data));
+	assert_int_equal(rd, sizeof(back));
+	assert_memory_equal(back, data, sizeof(data));
+	struct sm_block_sb sb = {0};
+	assert_int_equal(sm_block_layout(IMG_BYTES / BS, &sb), 0);
+	assert_int_equal(sf.total_bytes, sb.data_blocks * BS); /* BLKGETSIZE64 saw the image */
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* corruption behind the store's back (FMT-11) */
 
@@ -416,6 +466,7 @@ static void test_small_files(void **state)
 	uint8_t data[BS];
 	struct sm_statfs s0, s1;
 	assert_int_equal(o->statfs(f->t, &s0), 0);
+	size_t heap0 = mallinfo2().uordblks;
 	/* four writers, as a file system would have: their log records share log blocks */
 	pthread_t th[SF_THREADS];
 	struct sf_arg a[SF_THREADS];
@@ -431,8 +482,15 @@ static void test_small_files(void **state)
 	assert_int_equal(o->sync_all(f->t), 0);
 	assert_int_equal(o->statfs(f->t, &s1), 0);
 	uint64_t used = s1.used_bytes - s0.used_bytes;
-	print_message("10,000 files of 4 KiB use %llu bytes (%.3fx their size)\n",
-		      (unsigned long long)used, (double)used / (N * (double)BS));
+	size_t heap = mallinfo2().uordblks - heap0;
+	assert_int_equal(sm_block_checkpoint(f->t), 0);
+	struct sm_block_stats st;
+	sm_block_stats(f->t, &st);
+	print_message("10,000 files of 4 KiB use %llu bytes (%.3fx their size); index memory "
+		      "%zu bytes per file; a checkpoint of %llu bytes held writers %.2f ms\n",
+		      (unsigned long long)used, (double)used / (N * (double)BS), heap / N,
+		      (unsigned long long)st.cp_bytes, (double)st.cp_freeze_ns / 1e6);
+	assert_true(heap / N < 400); /* memory grows with what is stored */
 	assert_true(used < 2ull * N * BS);
 	assert_int_equal(s1.chunks, N);
 	assert_int_equal(s1.used_bytes + s1.free_bytes, s1.total_bytes);
@@ -1081,6 +1139,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_open_refusals, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_torn_superblock, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_checkpoint_corrupt, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_loop_device, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_corruption, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_small_files, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_log_wrap, setup, teardown),
