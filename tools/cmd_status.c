@@ -86,9 +86,14 @@ int cmd_status(int argc, char **argv)
 			r = st->ops->statfs(st, &sf);
 		sm_close(st);
 		const char *state = t->state == META_TARGET_UP ? "up" : "offline";
-		if (r < 0)
+		/* a block target is opened by one process at a time: the mount has it */
+		bool held = r == -EBUSY && pid > 0;
+		if (held)
+			snprintf(terr, sizeof(terr),
+				 "held by the mount (pid %d): usage is the mount's", (int)pid);
+		else if (r < 0)
 			state = "unreachable";
-		if (r < 0 || t->state != META_TARGET_UP)
+		if ((r < 0 && !held) || t->state != META_TARGET_UP)
 			rc = 1;
 		if (r == 0)
 			printf("  %-3u %-12s %-10s %-10s %-10s %-8llu %s\n", t->id, state,
