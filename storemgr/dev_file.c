@@ -10,11 +10,11 @@
  * page cache would hide from it what the device really holds. A file system without O_DIRECT
  * (tmpfs) is refused with a message that says so.
  *
- * I/O goes through io_uring (liburing). A device owns a small pool of rings, each with its own
- * lock; a caller takes the first idle ring (trylock, starting at a slot picked by its thread),
- * or waits for its own slot's ring when all are busy. A ring is held by one caller across its
- * batch (submit + wait), so the pool gives SM_DEV_FILE_RINGS batches in flight at once, each
- * with a queue depth up to SM_DEV_FILE_QD: DEV-5 without one global lock across I/O.
+ * I/O goes through io_uring (liburing), one ring per thread: a thread's first I/O on a device
+ * gives it a slot and sets up that slot's ring, so SM_DEV_FILE_SLOTS threads each run their
+ * batches without waiting for anyone (DEV-5). A ring has its own lock all the same: threads
+ * beyond SM_DEV_FILE_SLOTS share the slots (slot % SM_DEV_FILE_SLOTS), and a ring is held by
+ * one caller across its batch (submit + wait). Rings live until the device is closed.
  *
  * DEV-2: a short transfer or -EAGAIN/-EINTR is resubmitted for the rest, at most
  * SM_DEV_FILE_RETRIES times per I/O; then -EIO (DEV-6).
@@ -41,13 +41,14 @@
 #include "common/url.h"
 #include "common/util.h"
 
-#define SM_DEV_FILE_RINGS   8	 /* batches in flight at once */
+#define SM_DEV_FILE_SLOTS   64	 /* threads with a ring of their own, per device */
 #define SM_DEV_FILE_QD	    64	 /* queue depth of each ring */
 #define SM_DEV_FILE_RETRIES 16	 /* resubmissions of one I/O before -EIO */
 #define SM_DEV_FILE_BUSY_MS 1000 /* how long an exclusive open waits for a dying holder */
 
 struct sm_dev_file_ring {
 	pthread_mutex_t lock;
+	bool ready;	      /* __atomic (acquire/release): ring is set up */
 	struct io_uring ring; /* protected by lock */
 };
 
@@ -55,10 +56,13 @@ struct sm_dev_file {
 	struct sm_dev base; /* first: a struct sm_dev * is a struct sm_dev_file * */
 	int fd;
 	bool blockdev;
-	unsigned nrings;
-	struct sm_dev_file_ring rings[SM_DEV_FILE_RINGS];
-	unsigned next; /* __atomic: where the next caller without a slot starts looking */
+	uint64_t id;		    /* unique per open: a thread's slot cache key */
+	unsigned next_slot;	    /* __atomic: the slot the next new thread gets */
+	pthread_mutex_t setup_lock; /* sets up rings */
+	struct sm_dev_file_ring rings[SM_DEV_FILE_SLOTS];
 };
+
+static uint64_t sm_dev_file_ids; /* __atomic */
 
 static struct sm_dev_file *sm_dev_file_of(struct sm_dev *d)
 {
@@ -103,10 +107,12 @@ static void sm_dev_file_close(struct sm_dev *d)
 	if (!d)
 		return;
 	struct sm_dev_file *f = sm_dev_file_of(d);
-	for (unsigned i = 0; i < f->nrings; i++) {
-		io_uring_queue_exit(&f->rings[i].ring);
+	for (unsigned i = 0; i < SM_DEV_FILE_SLOTS; i++) {
+		if (f->rings[i].ready)
+			io_uring_queue_exit(&f->rings[i].ring);
 		pthread_mutex_destroy(&f->rings[i].lock);
 	}
+	pthread_mutex_destroy(&f->setup_lock);
 	if (f->fd >= 0)
 		close(f->fd); /* also drops the flock */
 	free(f);
@@ -151,6 +157,10 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 	}
 	f->fd = -1;
 	f->base.ops = &sm_dev_file_ops;
+	f->id = __atomic_add_fetch(&sm_dev_file_ids, 1, __ATOMIC_RELAXED);
+	pthread_mutex_init(&f->setup_lock, NULL);
+	for (unsigned i = 0; i < SM_DEV_FILE_SLOTS; i++)
+		pthread_mutex_init(&f->rings[i].lock, NULL);
 	f->blockdev = blockdev;
 	snprintf(f->base.url, sizeof(f->base.url), "%s", url);
 	int oflags = (rdonly ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
@@ -220,18 +230,16 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 		r = -EINVAL;
 		goto fail;
 	}
-	for (; f->nrings < SM_DEV_FILE_RINGS; f->nrings++) {
-		struct sm_dev_file_ring *rg = &f->rings[f->nrings];
-		r = io_uring_queue_init(SM_DEV_FILE_QD, &rg->ring, 0);
-		if (r < 0) {
-			seterr(err, errlen, "%s: cannot set up io_uring: %s", url, strerror(-r));
-			goto fail;
-		}
-		pthread_mutex_init(&rg->lock, NULL);
+	/* the first ring now: a system without io_uring is refused at open, not at first I/O */
+	r = io_uring_queue_init(SM_DEV_FILE_QD, &f->rings[0].ring, 0);
+	if (r < 0) {
+		seterr(err, errlen, "%s: cannot set up io_uring: %s", url, strerror(-r));
+		goto fail;
 	}
+	f->rings[0].ready = true;
 	snprintf(f->base.desc, sizeof(f->base.desc),
-		 "%s %.160s (direct I/O, io_uring %u x qd %u%s)",
-		 blockdev ? "block device" : "image file", path, f->nrings, SM_DEV_FILE_QD,
+		 "%s %.160s (direct I/O, io_uring per thread, qd %u%s)",
+		 blockdev ? "block device" : "image file", path, SM_DEV_FILE_QD,
 		 f->base.rotational ? ", rotational" : "");
 	*ret = &f->base;
 	return 0;
@@ -243,17 +251,38 @@ fail:
 /* ---------------------------------------------------------------------------------------- */
 /* the ring pool */
 
+/* This thread's ring, locked. Setting up a ring can fail (-errno); then the thread uses ring 0,
+ * which open set up. */
 static struct sm_dev_file_ring *sm_dev_file_ring_get(struct sm_dev_file *f)
 {
-	static __thread unsigned slot = UINT32_MAX;
-	if (slot == UINT32_MAX)
-		slot = __atomic_fetch_add(&f->next, 1, __ATOMIC_RELAXED);
-	for (unsigned i = 0; i < f->nrings; i++) {
-		struct sm_dev_file_ring *rg = &f->rings[(slot + i) % f->nrings];
-		if (pthread_mutex_trylock(&rg->lock) == 0)
-			return rg;
+	/* a few devices' slots per thread, keyed by the device's id (never reused, unlike its
+	 * address) */
+	static __thread struct {
+		uint64_t id;
+		unsigned slot;
+	} cache[4];
+	static __thread unsigned victim;
+	unsigned slot = UINT32_MAX;
+	for (unsigned i = 0; i < ARRAY_SIZE(cache); i++)
+		if (cache[i].id == f->id)
+			slot = cache[i].slot;
+	if (slot == UINT32_MAX) {
+		slot = __atomic_fetch_add(&f->next_slot, 1, __ATOMIC_RELAXED) % SM_DEV_FILE_SLOTS;
+		unsigned v = victim++ % ARRAY_SIZE(cache);
+		cache[v].id = f->id;
+		cache[v].slot = slot;
 	}
-	struct sm_dev_file_ring *rg = &f->rings[slot % f->nrings];
+	struct sm_dev_file_ring *rg = &f->rings[slot];
+	if (!__atomic_load_n(&rg->ready, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_lock(&f->setup_lock);
+		if (!rg->ready) {
+			if (io_uring_queue_init(SM_DEV_FILE_QD, &rg->ring, 0) == 0)
+				__atomic_store_n(&rg->ready, true, __ATOMIC_RELEASE);
+			else
+				rg = &f->rings[0];
+		}
+		pthread_mutex_unlock(&f->setup_lock);
+	}
 	pthread_mutex_lock(&rg->lock);
 	return rg;
 }

@@ -17,9 +17,9 @@
  *      blocks packed for small files), compute a crc32c per block, write them (one I/O per
  *      run, all submitted at once).
  *   3. Reserve log space (waits only when the log is full: a checkpoint frees it), take
- *      apply_rw shared, append the records to the open log block. Group commit: one log write
- *      is in flight at a time; records of every writer that arrive meanwhile go into the next
- *      block, which the first of them writes when the device answers (FMT-6).
+ *      apply_rw shared, append the records to the open log block. Group commit: at most
+ *      LOG_INFLIGHT log writes are in flight; records of every writer that arrive meanwhile go
+ *      into the next block, which the first of them writes when there is room (FMT-6).
  *   4. When the log block holding the records is written (not flushed: SM-3), apply them to
  *      the in-memory index; blocks they unmap go to the pending list with the block's seq.
  *   sync (SM-4) waits for nothing but one device flush that started after the caller's writes
@@ -74,6 +74,9 @@
 #define READ_RETRIES 8	/* a read that keeps racing with remaps gives up with -EIO */
 #define LOG_CAP	     (SM_BLOCK_BS - SM_BLOCK_LOG_HDR)
 #define STACK_BLOCKS 64 /* reads of up to this many blocks keep their mappings on the stack */
+#define LOG_INFLIGHT 2	/* log block writes at once */
+#define LOG_WINDOW   (2 * LOG_INFLIGHT) /* sealed blocks beyond `written`, done or not */
+#define LOG_BUFS     (LOG_INFLIGHT + 2)
 
 /* One chunk: its length and a mapping per 4 KiB block up to the last one stored. */
 struct blk_chunk {
@@ -125,8 +128,10 @@ struct sm_block {
 	pthread_mutex_t log_lock;
 	pthread_cond_t log_cond; /* log state changed: a write or flush ended, space freed */
 	pthread_cond_t cp_cond;	 /* wakes the checkpoint thread */
-	uint8_t *lbuf[2];	 /* the open log block and the one in flight */
-	unsigned open_buf;
+	uint8_t *lbuf[LOG_BUFS]; /* the open log block, the ones in flight, spares */
+	bool lbusy[LOG_BUFS];	 /* in flight */
+	bool ldone[LOG_WINDOW];	 /* block seq % LOG_WINDOW is written, above `written` */
+	unsigned open_buf, inflight;
 	uint32_t used, count; /* bytes and records in the open block */
 	uint64_t next_seq;    /* the open block's sequence */
 	uint64_t written;     /* every log block <= written is on the device (DEV-3) */
@@ -134,7 +139,7 @@ struct sm_block {
 	uint64_t cp_seq;      /* the superblock's checkpoint holds records <= cp_seq */
 	uint64_t reserved;    /* log blocks promised to writers inside apply_rw */
 	uint64_t gen;	      /* this open's generation, in every log block it writes */
-	bool writing, flushing, cp_want, stopping;
+	bool flushing, cp_want, stopping;
 	int broken; /* a log write or flush failed: the target answers -EIO to every change */
 
 	pthread_rwlock_t apply_rw;
@@ -532,10 +537,20 @@ static int blk_apply(struct sm_block *b, const struct sm_block_rec *r, uint64_t 
 /* ---------------------------------------------------------------------------------------- */
 /* the log (FMT-6) */
 
-/* log_lock held, !writing, count > 0: write the open block and wait for it. */
+/* May the open block be written now? It holds records, fewer than LOG_INFLIGHT log writes are
+ * in flight, and the blocks sealed beyond `written` stay within LOG_WINDOW. */
+static bool blk_log_can_seal(const struct sm_block *b)
+{
+	return b->count > 0 && b->inflight < LOG_INFLIGHT && b->next_seq - b->written < LOG_WINDOW;
+}
+
+/* log_lock held, blk_log_can_seal(): seal the open block, write it, wait for it. Several may
+ * be in flight and finish in any order: `written` moves over the blocks that are all done, so
+ * it never passes a block that could be missing after a crash (replay stops at the first). */
 static int blk_log_write_locked(struct sm_block *b)
 {
-	uint8_t *buf = b->lbuf[b->open_buf];
+	unsigned bi = b->open_buf;
+	uint8_t *buf = b->lbuf[bi];
 	struct sm_block_log_hdr h = {
 	    .nonce = b->sb.nonce,
 	    .seq = b->next_seq,
@@ -545,23 +560,33 @@ static int blk_log_write_locked(struct sm_block *b)
 	    .used = b->used,
 	};
 	sm_block_log_seal(buf, &h);
-	b->open_buf ^= 1;
+	b->lbusy[bi] = true;
+	b->inflight++;
 	b->used = b->count = 0;
 	b->next_seq++;
-	b->writing = true;
+	for (unsigned i = 0; i < LOG_BUFS; i++) /* at most LOG_INFLIGHT busy: one is free */
+		if (!b->lbusy[i]) {
+			b->open_buf = i;
+			break;
+		}
 	uint64_t pos = b->sb.log_start + h.seq % b->sb.log_blocks;
 	pthread_mutex_unlock(&b->log_lock);
 	int r = sm_dev_pwrite(b->dev, buf, SM_BLOCK_BS, pos * SM_BLOCK_BS, 0);
 	pthread_mutex_lock(&b->log_lock);
-	b->writing = false;
+	b->lbusy[bi] = false;
+	b->inflight--;
 	if (r < 0) {
 		if (!b->broken)
 			b->broken = r;
 		log_debug("target %s: log write failed: %s", b->base.url, strerror(-r));
 	} else {
-		b->written = h.seq;
 		STAT_ADD(b, log_blocks, 1);
 		STAT_ADD(b, log_records, h.count);
+		b->ldone[h.seq % LOG_WINDOW] = true;
+		while (b->ldone[(b->written + 1) % LOG_WINDOW]) {
+			b->ldone[(b->written + 1) % LOG_WINDOW] = false;
+			b->written++;
+		}
 		if (b->written - b->cp_seq >= b->sb.log_blocks / 2)
 			pthread_cond_signal(&b->cp_cond);
 	}
@@ -614,26 +639,27 @@ static int blk_log_commit(struct sm_block *b, const struct sm_block_rec *recs, u
 	int r = 0;
 	pthread_mutex_lock(&b->log_lock);
 	while (atomic && b->used + total > LOG_CAP && !b->broken) {
-		if (b->writing || b->count == 0)
-			pthread_cond_wait(&b->log_cond, &b->log_lock);
-		else
+		if (blk_log_can_seal(b))
 			blk_log_write_locked(b);
+		else
+			pthread_cond_wait(&b->log_cond, &b->log_lock);
 	}
 	for (unsigned i = 0; i < n && !b->broken; i++) {
 		while (!b->broken && !sm_block_rec_put(b->lbuf[b->open_buf], &b->used, &recs[i])) {
-			if (b->writing || b->count == 0)
-				pthread_cond_wait(&b->log_cond, &b->log_lock);
-			else
+			if (blk_log_can_seal(b))
 				blk_log_write_locked(b);
+			else
+				pthread_cond_wait(&b->log_cond, &b->log_lock);
 		}
 		b->count++;
 		seq = b->next_seq;
 	}
+	/* group commit: the block is written by the first of its writers that finds room to */
 	while (!b->broken && b->written < seq) {
-		if (b->writing || b->count == 0 || b->next_seq != seq)
-			pthread_cond_wait(&b->log_cond, &b->log_lock);
-		else
+		if (b->next_seq == seq && blk_log_can_seal(b))
 			blk_log_write_locked(b);
+		else
+			pthread_cond_wait(&b->log_cond, &b->log_lock);
 	}
 	if (b->broken)
 		r = -EIO;
@@ -1104,8 +1130,8 @@ static void blk_free(struct sm_block *b)
 	pthread_mutex_destroy(&b->cp_lock);
 	free(b->bitmap);
 	free(b->pend);
-	free(b->lbuf[0]);
-	free(b->lbuf[1]);
+	for (unsigned i = 0; i < LOG_BUFS; i++)
+		free(b->lbuf[i]);
 	sm_dev_close(b->dev);
 	free(b);
 }
@@ -1354,10 +1380,11 @@ int sm_block_open_dev(struct sm_dev *dev, const char *url, const struct sm_ident
 	char why[256] = "";
 	uint8_t *sbbuf = NULL;
 	int r;
-	b->lbuf[0] = sm_dev_alloc(SM_BLOCK_BS);
-	b->lbuf[1] = sm_dev_alloc(SM_BLOCK_BS);
+	bool nomem = false;
+	for (unsigned i = 0; i < LOG_BUFS; i++)
+		nomem |= !(b->lbuf[i] = sm_dev_alloc(SM_BLOCK_BS));
 	sbbuf = sm_dev_alloc(2 * SM_BLOCK_BS);
-	if (!b->lbuf[0] || !b->lbuf[1] || !sbbuf) {
+	if (nomem || !sbbuf) {
 		r = -ENOMEM;
 		sm_seterr(err, errlen, "out of memory");
 		goto fail;
