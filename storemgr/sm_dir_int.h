@@ -21,6 +21,7 @@
 
 #include "common/url.h"
 #include "storemgr/sm.h"
+#include "storemgr/sm_int.h"
 
 #define SM_DIR_ID_FILE	     "braidfs-target"
 #define SM_DIR_CHUNKS	     "chunks"
@@ -89,10 +90,6 @@ static inline struct sm_dir *sm_dir_of(struct sm_target *t)
 {
 	return (struct sm_dir *)t;
 }
-
-/* Message into err (NULL / 0 ok). Defined in sm.c. */
-void sm_seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 /* "<scheme>:/abs/path[?query]" -> *ret, its path absolute and without a trailing '/'.
  * -EINVAL with a message for anything else (relative path, a host, another scheme). */

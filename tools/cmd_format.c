@@ -27,9 +27,15 @@ static const char help[] =
     "  META_URL   where the metadata lives: sqlite:///ABSOLUTE/PATH.db (created; its\n"
     "             directory must exist)\n"
     "  NAME       the volume's name: 1-63 characters of [A-Za-z0-9._-]\n"
-    "  TARGET     where chunks live: dir:/ABSOLUTE/PATH, an existing empty directory\n"
-    "             (a local disk or a NAS mount); faulty:/PATH is a test target that\n"
-    "             fails on command (see docs/cli.md)\n"
+    "  TARGET     where chunks live:\n"
+    "               dir:/ABSOLUTE/PATH     an existing empty directory (a local disk\n"
+    "                                      or a NAS mount), one file per chunk\n"
+    "               file:/dev/NAME         a whole block device, in braidfs' own\n"
+    "                                      on-device format (docs/format.md)\n"
+    "               file:/ABSOLUTE/PATH    an image file in that format, at least\n"
+    "                                      64 MiB, on a file system with O_DIRECT\n"
+    "                                      (create it: truncate -s 10G PATH)\n"
+    "             faulty:/PATH is a dir: target that fails on command (docs/cli.md)\n"
     "\n"
     "Every target joins a pool, and a chain (the targets that hold one share of the\n"
     "chunks) takes its members from one pool, on different nodes where the pool spans\n"
@@ -53,8 +59,10 @@ static const char help[] =
     "  -C, --consistency MODE  strong (default): a write and an fsync return only when\n"
     "                          every replica has them; weak: when the first replica\n"
     "                          has them, the others follow in the background\n"
-    "  -f, --force             use target directories that are not empty (their files\n"
-    "                          are kept; an old braidfs identity is replaced)\n"
+    "  -f, --force             use targets that are not empty: a directory's files\n"
+    "                          are kept and an old braidfs identity is replaced; a\n"
+    "                          device or image that holds data or another braidfs\n"
+    "                          target is overwritten\n"
     "  -h, --help              show this help\n"
     "\n"
     "Format never overwrites an existing volume: to start over, unmount it, delete\n"
@@ -63,6 +71,8 @@ static const char help[] =
     "Example:\n"
     "  braidfs format --replicas 2 sqlite:///var/lib/braidfs/meta.db vol1 \\\n"
     "          dir:/var/lib/braidfs/t1 dir:/var/lib/braidfs/t2\n"
+    "  braidfs format sqlite:///var/lib/braidfs/meta.db vol2 file:/dev/nvme1n1 \\\n"
+    "          file:/srv/images/t2.img\n"
     "\n"
     "Exit status: 0 formatted, 1 failed (nothing was overwritten), 2 usage error.\n";
 
@@ -269,7 +279,8 @@ int cmd_format(int argc, char **argv)
 				die_msg("format", "bad target %s", err);
 			else
 				die_msg("format",
-					"unknown target kind '%s:' in %s (expected dir:/PATH)",
+					"unknown target kind '%s:' in %s (expected dir:/PATH, "
+					"file:/dev/NAME or file:/PATH/IMAGE)",
 					u.scheme, targets[i]);
 			return EXIT_USAGE;
 		}

@@ -87,9 +87,14 @@ int cmd_status(int argc, char **argv)
 		sm_close(st);
 		const char *state = meta_target_state_name(t->state);
 		bool counts = t->state != META_TARGET_DRAINED && t->state != META_TARGET_REMOVED;
-		if (r < 0 && t->state != META_TARGET_REMOVED)
+		/* a block target is opened by one process at a time: the mount has it */
+		bool held = r == -EBUSY && pid > 0;
+		if (held)
+			snprintf(terr, sizeof(terr),
+				 "held by the mount (pid %d): usage is the mount's", (int)pid);
+		else if (r < 0 && t->state != META_TARGET_REMOVED)
 			state = "unreachable";
-		if (counts && (r < 0 || t->state == META_TARGET_OFFLINE))
+		if (counts && ((r < 0 && !held) || t->state == META_TARGET_OFFLINE))
 			rc = 1;
 		printf("  %-3u %-11s %-8s %-12s %-7s %-6u ", t->id, state,
 		       t->pool[0] ? t->pool : "-", t->node[0] ? t->node : "-",
