@@ -64,12 +64,10 @@ struct sm_dev;
 
 struct sm_dev_ops {
 	const char *scheme; /* "file", "iscsi", "nbd", "nbd+unix" */
-	int (*open)(const char *url, unsigned flags, struct sm_dev **ret, char *err,
-		    size_t errlen);
+	int (*open)(const char *url, unsigned flags, struct sm_dev **ret, char *err, size_t errlen);
 	void (*close)(struct sm_dev *d); /* syncs nothing */
 	int (*pread)(struct sm_dev *d, void *buf, size_t len, uint64_t off);
-	int (*pwrite)(struct sm_dev *d, const void *buf, size_t len, uint64_t off,
-		      unsigned flags);
+	int (*pwrite)(struct sm_dev *d, const void *buf, size_t len, uint64_t off, unsigned flags);
 	/* Run n I/Os at once (in any order, as parallel as the backend can) and wait for all.
 	 * Each io gets its own result; returns 0 when all succeeded, else the first error. */
 	int (*submit)(struct sm_dev *d, struct sm_dev_io *ios, unsigned n);
@@ -82,9 +80,9 @@ struct sm_dev_ops {
 /* The generic handle every backend's device starts with. */
 struct sm_dev {
 	const struct sm_dev_ops *ops;
-	uint64_t size;	     /* bytes, a multiple of SM_DEV_ALIGN */
-	uint32_t lbs;	     /* the device's logical block size (512 or 4096) */
-	bool rotational;     /* an HDD behind it, when the backend can tell */
+	uint64_t size;	 /* bytes, a multiple of SM_DEV_ALIGN */
+	uint32_t lbs;	 /* the device's logical block size (512 or 4096) */
+	bool rotational; /* an HDD behind it, when the backend can tell */
 	char url[1024];
 	char desc[256]; /* one line for status: "image file /x (direct I/O, io_uring qd 32)" */
 };

@@ -34,7 +34,8 @@ int sm_dev_open(const char *url, unsigned flags, struct sm_dev **ret, char *err,
 	const struct sm_dev_ops *ops = sm_dev_ops_for(url);
 	if (!ops) {
 		if (err && errlen)
-			snprintf(err, errlen, "%s: not a device URL (file:, iscsi://, nbd://, nbd+unix://)",
+			snprintf(err, errlen,
+				 "%s: not a device URL (file:, iscsi://, nbd://, nbd+unix://)",
 				 url ? url : "(null)");
 		return -EINVAL;
 	}
