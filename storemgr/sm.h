@@ -31,7 +31,10 @@
  *   Every function may be called from any thread, concurrently, also for the same chunk
  *   (the caller orders overlapping writes). A backend keeps its own locks.
  *
- * ERRORS: 0 / byte count or -errno. -ENOSPC, -EIO, -EROFS pass up unchanged.
+ * ERRORS: 0 / byte count or -errno. -ENOSPC, -EIO, -EROFS pass up unchanged. -EBADMSG from
+ *   read() means the store's own checksum of the bytes asked for did not match (silent
+ *   corruption on the medium): the data service repairs that copy from another replica (DS-4)
+ *   rather than treating the target as failed.
  */
 #ifndef BRAIDFS_SM_H
 #define BRAIDFS_SM_H
@@ -65,6 +68,12 @@ struct sm_chunk_info {
 	uint64_t length; /* logical length (highest written byte + 1, holes included) */
 };
 typedef int (*sm_chunk_cb)(void *ctx, const struct sm_chunk_info *ci);
+
+/* What a target counted (since it was opened, unless its backend keeps them on the medium):
+ * reads that failed their checksum (-EBADMSG), bytes read and written by chunk I/O. */
+struct sm_counters {
+	uint64_t csum_errors, bytes_read, bytes_written;
+};
 
 #define SM_CAP_SPARSE	 0x1 /* holes cost no space; seek() can find them */
 #define SM_CAP_PUNCH	 0x2 /* punch() frees space */
@@ -121,6 +130,8 @@ struct sm_ops {
 	int (*statfs)(struct sm_target *t, struct sm_statfs *ret);
 	/* Every chunk on the target, in no particular order. cb returning non-zero stops. */
 	int (*list)(struct sm_target *t, sm_chunk_cb cb, void *ctx);
+	/* Optional (NULL: the backend counts nothing). Never fails on an open target. */
+	int (*counters)(struct sm_target *t, struct sm_counters *ret);
 };
 
 /* The generic handle every backend's target starts with. */
