@@ -22,10 +22,23 @@
  *   then runs as in strong mode. If a primary fails, it leaves the chain and the next member
  *   becomes primary after its queue caught up.
  *
- * LOCK ORDER (outermost first): stripe -> chain.change_lock -> chain.lock; lag_lock,
- *   tgt.qlock, pool_lock, open_lock and batch locks are leaves. No ds lock but a stripe and
- *   the chain's change_lock is held while chain_failed runs; only the change_lock while
- *   chain_changed runs.
+ * READ REPAIR (DS-4)
+ *   A member whose read answers -EBADMSG (its store's checksum of the bytes failed) stays in
+ *   the chain; the next member is asked. Once one answered, the reader takes the cut lock
+ *   (shared) and the chunk's stripe lock, checks that each bad copy still fails (a writer or
+ *   another reader may have rewritten it meanwhile), and rewrites it from a member that
+ *   verifies: the whole chunk, exact length, then sync (ds_copy_chunk). No member verifies:
+ *   -EIO. Each step is counted (ds_stats) and logged at warning level: corruption on a medium
+ *   is something an operator must see, so this is the one place ds logs above debug on a
+ *   path that does not fail.
+ *
+ * LOCK ORDER (outermost first): cut_lock -> stripe -> chain.change_lock -> chain.lock;
+ *   lag_lock, tgt.qlock, pool_lock, open_lock and batch locks are leaves. No ds lock but the
+ *   cut lock, a stripe and the chain's change_lock is held while chain_failed runs; only the
+ *   change_lock while chain_changed runs. cut_lock is a writer-preferring rwlock: remove and
+ *   trim/truncate (which delete whole chunks without stripe locks) hold it exclusively;
+ *   repairs that may create a chunk (read repair, check, scrub) hold it shared, so they can
+ *   never recreate a chunk that a concurrent remove deleted.
  *
  * REBUILD (ds_rebuild)
  *   Open the target on demand (SM-1), copy the chain's chunks from the primary chunk by chunk
@@ -170,7 +183,12 @@ struct ds {
 	pthread_cond_t lag_cond;
 	uint64_t lag_bytes; /* protected by lag_lock: weak bytes not yet on every replica */
 
-	uint64_t bytes_written, bytes_read, replica_failures; /* __atomic */
+	/* see the LOCK ORDER above; writer-preferring so that a stream of chunk repairs cannot
+	 * starve a remove */
+	pthread_rwlock_t cut_lock;
+
+	uint64_t bytes_written, bytes_read, replica_failures;	  /* __atomic */
+	uint64_t csum_errors_seen, repairs_done, repair_failures; /* __atomic (DS-4) */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -636,6 +654,7 @@ static void ds_free(struct ds *ds)
 	pthread_mutex_destroy(&ds->lag_lock);
 	pthread_cond_destroy(&ds->lag_cond);
 	pthread_mutex_destroy(&ds->open_lock);
+	pthread_rwlock_destroy(&ds->cut_lock);
 	free(ds->targets);
 	free(ds->chains);
 	free(ds);
@@ -732,6 +751,11 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	pthread_mutex_init(&ds->lag_lock, NULL);
 	pthread_cond_init(&ds->lag_cond, NULL);
 	pthread_mutex_init(&ds->open_lock, NULL);
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&ds->cut_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	for (unsigned i = 0; i < ds->ntargets; i++) {
 		struct ds_tgt *t = &ds->targets[i];
 		t->id = cfg->targets[i].id;
@@ -857,12 +881,19 @@ static int ds_range_ok(const struct ds *ds, uint64_t off, uint64_t len)
 	return 0;
 }
 
+static void ds_heal(struct ds *ds, unsigned ci, const struct ds_rop *op, struct ds_tgt *const *bad,
+		    unsigned nbad);
+
 /* A read-only operation on the first member that answers (DS-2): a member that fails is
- * reported like a failed write and the next one is asked. */
+ * reported like a failed write and the next one is asked. A data read that fails its checksum
+ * is not a failure of the member (DS-4): the next one is asked, and the bad copies are
+ * rewritten from the one that answered. */
 static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 {
 	struct ds_snap s;
 	ds_snap(ds, ci, &s);
+	struct ds_tgt *bad[DS_MAX_REPLICAS];
+	unsigned nbad = 0;
 	int last = -EIO;
 	for (uint32_t i = 0; i < s.n; i++) {
 		struct ds_tgt *t = s.m[i];
@@ -874,11 +905,32 @@ static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 		ds_apply(op);
 		bool answer = op->ret >= 0 || (op->op == DS_OP_SEEK && op->ret == -ENXIO) ||
 			      (op->op == DS_OP_LENGTH && op->ret == -ENOENT);
-		if (answer)
+		if (answer) {
+			if (nbad)
+				ds_heal(ds, ci, op, bad, nbad);
 			return 0;
+		}
+		if (op->op == DS_OP_READ && op->ret == -EBADMSG) {
+			__atomic_add_fetch(&ds->csum_errors_seen, 1, __ATOMIC_RELAXED);
+			log_warn("ds: checksum error on target %u (%s): inode %llu chunk %u, %llu "
+				 "byte(s) at offset %llu; reading another replica",
+				 t->id, t->url, (unsigned long long)op->ino, op->idx,
+				 (unsigned long long)op->len, (unsigned long long)op->off);
+			bad[nbad++] = t;
+			continue;
+		}
 		last = (int)op->ret;
 		__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
 		ds_drop(ds, ci, t, last); /* refuses to drop the last member: fine for a read */
+	}
+	if (nbad) {
+		__atomic_add_fetch(&ds->repair_failures, nbad, __ATOMIC_RELAXED);
+		log_err(
+		    "ds: inode %llu chunk %u: unrecoverable: %u cop%s failed the checksum and no "
+		    "replica could serve %llu byte(s) at offset %llu; the reader gets EIO",
+		    (unsigned long long)op->ino, op->idx, nbad, nbad == 1 ? "y" : "ies",
+		    (unsigned long long)op->len, (unsigned long long)op->off);
+		return -EIO;
 	}
 	return last;
 }
@@ -1110,24 +1162,30 @@ static int ds_cut(struct ds *ds, uint64_t ino, uint64_t size)
 	return ds_targets_op(ds, &op, list, ds_all_targets(ds, list));
 }
 
+/* ds_cut under the cut lock: no repair may recreate a chunk it deletes. */
+static int ds_cut_locked(struct ds *ds, uint64_t ino, uint64_t size)
+{
+	pthread_rwlock_wrlock(&ds->cut_lock);
+	int r = ds_cut(ds, ino, size);
+	pthread_rwlock_unlock(&ds->cut_lock);
+	return r;
+}
+
 int ds_truncate(struct ds *ds, uint64_t ino, uint64_t old_size, uint64_t new_size)
 {
 	if (new_size >= old_size)
 		return 0; /* growing: the new range is a hole, zeros by SM-2 */
-	return ds_cut(ds, ino, new_size);
+	return ds_cut_locked(ds, ino, new_size);
 }
 
 int ds_trim(struct ds *ds, uint64_t ino, uint64_t size)
 {
-	return ds_cut(ds, ino, size);
+	return ds_cut_locked(ds, ino, size);
 }
 
 int ds_remove(struct ds *ds, uint64_t ino)
 {
-	struct ds_tgt *list[DS_MAX_TARGETS];
-	struct ds_rop op = {.op = DS_OP_REMOVE, .ino = ino, .idx = 0};
-	ds_barrier(ds);
-	return ds_targets_op(ds, &op, list, ds_all_targets(ds, list));
+	return ds_cut_locked(ds, ino, 0);
 }
 
 /* Per-chunk pieces of [off, off+len) with op (PUNCH / ALLOCATE). */
@@ -1255,6 +1313,9 @@ void ds_stats(struct ds *ds, struct ds_stats *ret)
 	ret->bytes_written = __atomic_load_n(&ds->bytes_written, __ATOMIC_RELAXED);
 	ret->bytes_read = __atomic_load_n(&ds->bytes_read, __ATOMIC_RELAXED);
 	ret->replica_failures = __atomic_load_n(&ds->replica_failures, __ATOMIC_RELAXED);
+	ret->csum_errors_seen = __atomic_load_n(&ds->csum_errors_seen, __ATOMIC_RELAXED);
+	ret->repairs_done = __atomic_load_n(&ds->repairs_done, __ATOMIC_RELAXED);
+	ret->repair_failures = __atomic_load_n(&ds->repair_failures, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&ds->lag_lock);
 	ret->repl_lag_bytes = ds->lag_bytes;
 	pthread_mutex_unlock(&ds->lag_lock);
@@ -1322,16 +1383,23 @@ static bool ds_all_zero(const char *p, size_t n)
 	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
 }
 
-/* Make dst's copy of (ino, idx) byte-identical to src's first len bytes, exact length. */
-static int ds_copy_chunk(struct ds *ds, struct ds_tgt *src, struct ds_tgt *dst, uint64_t ino,
-			 uint32_t idx, uint64_t len, char *buf)
+/* Make dst's copy of (ino, idx) byte-identical to src's first len bytes, exact length, and
+ * durable. Called with the chunk's stripe lock. *ret_src (may be NULL) says whether reading
+ * src was what failed. */
+static int ds_copy_chunk(struct ds_tgt *src, struct ds_tgt *dst, uint64_t ino, uint32_t idx,
+			 uint64_t len, char *buf, bool *ret_src)
 {
-	struct sm_target *s = src->sm, *d = dst->sm;
+	struct sm_target *s = ds_tsm(src), *d = ds_tsm(dst);
+	bool dummy;
+	ret_src = ret_src ? ret_src : &dummy;
+	*ret_src = false;
 	for (uint64_t off = 0; off < len; off += DS_CHECK_PIECE) {
 		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - off);
 		ssize_t k = s->ops->read(s, ino, idx, buf, n, off);
-		if (k < 0)
+		if (k < 0) {
+			*ret_src = true;
 			return (int)k;
+		}
 		int r = ds_all_zero(buf, n) ? d->ops->punch(d, ino, idx, off, n)
 					    : (int)d->ops->write(d, ino, idx, buf, n, off);
 		if (r < 0)
@@ -1340,8 +1408,102 @@ static int ds_copy_chunk(struct ds *ds, struct ds_tgt *src, struct ds_tgt *dst, 
 	int r = d->ops->truncate(d, ino, idx, len);
 	if (r < 0)
 		return r;
-	(void)ds;
 	return d->ops->sync_ino(d, ino);
+}
+
+/* Does t's copy of [off, off+len) of (ino, idx) still fail its checksum? */
+static bool ds_still_bad(struct ds_tgt *t, uint64_t ino, uint32_t idx, uint64_t off, uint64_t len,
+			 char *buf)
+{
+	struct sm_target *sm = ds_tsm(t);
+	for (uint64_t o = 0; o < len; o += DS_CHECK_PIECE) {
+		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - o);
+		if (sm->ops->read(sm, ino, idx, buf, n, off + o) == -EBADMSG)
+			return true;
+	}
+	return false;
+}
+
+/* Rewrite dst's copy of (ino, idx) from the first member of s that is open, not dst, not in
+ * skip[] and whose whole copy reads back (DS-4). Called with the cut lock (shared) and the
+ * chunk's stripe lock. 0, or -errno with the failing side named in why. */
+static int ds_repair_copy(const struct ds_snap *s, struct ds_tgt *dst, struct ds_tgt *const *skip,
+			  unsigned nskip, uint64_t ino, uint32_t idx, char *buf,
+			  struct ds_tgt **ret_src, char *why, size_t whylen)
+{
+	int r = -EIO;
+	snprintf(why, whylen, "no other replica to copy from");
+	for (uint32_t k = 0; k < s->n; k++) {
+		struct ds_tgt *src = s->m[k];
+		bool skipped = src == dst || !ds_tsm(src);
+		for (unsigned j = 0; j < nskip && !skipped; j++)
+			skipped = skip[j] == src;
+		if (skipped)
+			continue;
+		struct sm_target *ssm = ds_tsm(src);
+		uint64_t len = 0;
+		r = ssm->ops->chunk_length(ssm, ino, idx, &len);
+		if (r == -ENOENT)
+			len = 0, r = 0;
+		bool src_failed = r < 0;
+		if (!src_failed)
+			r = ds_copy_chunk(src, dst, ino, idx, len, buf, &src_failed);
+		if (r == 0) {
+			*ret_src = src;
+			return 0;
+		}
+		snprintf(why, whylen, "%s target %u (%s): %s", src_failed ? "reading" : "writing",
+			 src_failed ? src->id : dst->id, src_failed ? src->url : dst->url,
+			 strerror(-r));
+		if (!src_failed)
+			return r; /* dst cannot take it: another source will not help */
+	}
+	return r;
+}
+
+/* DS-4, after op (a read of ino/idx) was answered by op->t while the members bad[0..nbad)
+ * failed their checksum: rewrite each bad copy from a member that verifies, under the cut lock
+ * (no remove can delete the chunk meanwhile and see it recreated) and the chunk's stripe lock
+ * (DS-3: no writer between the copy's read and its write). */
+static void ds_heal(struct ds *ds, unsigned ci, const struct ds_rop *op, struct ds_tgt *const *bad,
+		    unsigned nbad)
+{
+	char *buf = malloc(DS_CHECK_PIECE);
+	if (!buf) {
+		__atomic_add_fetch(&ds->repair_failures, nbad, __ATOMIC_RELAXED);
+		log_err("ds: inode %llu chunk %u: out of memory: %u bad cop%s not repaired",
+			(unsigned long long)op->ino, op->idx, nbad, nbad == 1 ? "y" : "ies");
+		return;
+	}
+	pthread_rwlock_rdlock(&ds->cut_lock);
+	pthread_mutex_t *sl = ds_stripe(ds, op->ino, op->idx);
+	pthread_mutex_lock(sl);
+	ds_barrier(ds); /* weak: what was queued for this chunk is on every member first */
+	struct ds_snap s;
+	ds_snap(ds, ci, &s);
+	for (unsigned i = 0; i < nbad; i++) {
+		struct ds_tgt *t = bad[i];
+		if (!ds_snap_has(&s, t) ||
+		    !ds_still_bad(t, op->ino, op->idx, op->off, op->len, buf))
+			continue; /* left the chain, or rewritten meanwhile: nothing to repair */
+		struct ds_tgt *src = NULL;
+		char why[1200];
+		int r =
+		    ds_repair_copy(&s, t, bad, nbad, op->ino, op->idx, buf, &src, why, sizeof(why));
+		if (r == 0) {
+			__atomic_add_fetch(&ds->repairs_done, 1, __ATOMIC_RELAXED);
+			log_warn(
+			    "ds: repaired inode %llu chunk %u on target %u (%s) from target %u",
+			    (unsigned long long)op->ino, op->idx, t->id, t->url, src->id);
+		} else {
+			__atomic_add_fetch(&ds->repair_failures, 1, __ATOMIC_RELAXED);
+			log_err("ds: cannot repair inode %llu chunk %u on target %u (%s): %s",
+				(unsigned long long)op->ino, op->idx, t->id, t->url, why);
+		}
+	}
+	pthread_mutex_unlock(sl);
+	pthread_rwlock_unlock(&ds->cut_lock);
+	free(buf);
 }
 
 struct ds_checker {
@@ -1449,8 +1611,8 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 			res->missing++;
 		else
 			res->mismatches++;
-		bool fixed = ck->repair &&
-			     ds_copy_chunk(ds, s.m[p], s.m[k], ino, idx, len[p], ck->bufs[1]) == 0;
+		bool fixed = ck->repair && ds_copy_chunk(s.m[p], s.m[k], ino, idx, len[p],
+							 ck->bufs[1], NULL) == 0;
 		if (fixed)
 			res->repaired++;
 		if (ck->report)

@@ -29,6 +29,14 @@
  *         fails a read is reported like a failed write and the read is retried on the next.
  *   DS-3  Overlapping writes to one chunk are applied in the same order on every replica
  *         (the caller's per-inode ordering plus the per-chunk lock here).
+ *   DS-4  A replica read that fails its store's checksum (-EBADMSG) is NOT a replica failure:
+ *         the chain is left as it is, and the read is served by the next in-chain replica
+ *         whose copy verifies. Before the read returns, every copy that failed is rewritten
+ *         from a replica that verifies (whole chunk, exact length, synced) under the chunk's
+ *         lock (DS-3), after checking under that lock that it still fails; each copy found
+ *         bad, repaired or left unrepaired is counted (ds_stats) and logged at warning level
+ *         with target, inode, chunk and offset. When no replica verifies, the read fails with
+ *         -EIO and is logged as unrecoverable.
  *
  * THREADS
  *   Every function is safe from any thread. The caller keeps writes and truncates of one
@@ -94,6 +102,10 @@ struct ds_stats {
 	uint64_t bytes_written, bytes_read;
 	uint64_t replica_failures;
 	uint64_t repl_lag_bytes; /* weak: bytes not yet on every replica */
+	/* DS-4, by reads and by ds_scrub: replica copies that failed their checksum, copies
+	 * rewritten from a good replica, copies that could not be (no good replica, or the
+	 * rewrite failed) */
+	uint64_t csum_errors_seen, repairs_done, repair_failures;
 };
 
 struct ds;

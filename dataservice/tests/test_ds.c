@@ -729,6 +729,136 @@ static void test_ds2_read_failover(void **state)
 	assert_int_equal(ds_read(f->ds, 75, back, sizeof(back), 100), -EIO);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* DS-4: read repair */
+
+#define RR_INO 77
+
+static void stats(struct dfx *f, struct ds_stats *st)
+{
+	ds_stats(f->ds, st);
+}
+
+/* One chain of n faulty members; bad is a bit mask of members (by chain position) whose copy of
+ * chunk 0 of RR_INO fails its checksum. */
+static void read_repair_case(struct dfx *f, unsigned n, unsigned bad, enum ds_consistency mode)
+{
+	const char *const s[] = {"faulty", "faulty", "faulty"};
+	f->want_chains = 1;
+	make(f, n, n, s, mode);
+	const size_t len = CS + 5000;
+	char *data = malloc(len), *back = malloc(len);
+	fill(data, len, 100 + bad);
+	assert_int_equal(ds_write(f->ds, RR_INO, data, len, 0), (ssize_t)len);
+	assert_int_equal(ds_fsync(f->ds, RR_INO), 0);
+	for (unsigned k = 0; k < n; k++)
+		if (bad & (1u << k))
+			set_fault(f, k, "corrupt=1\nino=77\nidx=0\n");
+
+	/* members are asked in chain order: the bad ones before the first good one are seen */
+	unsigned seen = 0;
+	while (seen < n && (bad & (1u << seen)))
+		seen++;
+	bool all_bad = seen == n;
+	struct ds_stats st;
+	for (int round = 0; round < 2; round++) {
+		memset(back, 0, len);
+		ssize_t r = ds_read(f->ds, RR_INO, back, len, 0); /* chunk 0 (bad) and 1 */
+		stats(f, &st);
+		if (all_bad) {
+			assert_int_equal(r, -EIO);
+			assert_int_equal(st.csum_errors_seen, (round + 1) * n);
+			assert_int_equal(st.repair_failures, (round + 1) * n);
+			assert_int_equal(st.repairs_done, 0);
+		} else {
+			/* the data is right; the second read meets no error: it was repaired */
+			assert_int_equal(r, (ssize_t)len);
+			assert_memory_equal(back, data, len);
+			assert_int_equal(st.csum_errors_seen, seen);
+			assert_int_equal(st.repairs_done, seen);
+			assert_int_equal(st.repair_failures, 0);
+		}
+		assert_int_equal(st.replica_failures, 0);
+	}
+	/* never a replica failure: the chain is untouched */
+	struct ds_chain_cfg c;
+	chain0(f, &c);
+	assert_int_equal(c.nmembers, n);
+	assert_int_equal(c.epoch, 1);
+	assert_int_equal(f->cb_calls, 0);
+	if (all_bad) {
+		/* the bytes on the media were never touched: with the corruption gone they read */
+		for (unsigned k = 0; k < n; k++)
+			set_fault(f, k, NULL);
+		assert_int_equal(ds_read(f->ds, RR_INO, back, len, 0), (ssize_t)len);
+		assert_memory_equal(back, data, len);
+	}
+	check_replicas(f, RR_INO, 1);
+	free(data);
+	free(back);
+}
+
+static void test_ds4_primary_bad(void **state)
+{
+	read_repair_case(*state, 2, 0x1, DS_STRONG);
+}
+
+static void test_ds4_secondary_bad(void **state)
+{
+	/* reads go to the primary: a bad secondary is not seen (scrub finds it) */
+	read_repair_case(*state, 2, 0x2, DS_STRONG);
+}
+
+static void test_ds4_both_bad(void **state)
+{
+	read_repair_case(*state, 2, 0x3, DS_STRONG);
+}
+
+static void test_ds4_three_replicas(void **state)
+{
+	struct dfx *f = *state;
+	for (unsigned bad = 1; bad < 8; bad++) {
+		read_repair_case(f, 3, bad, DS_STRONG);
+		teardown(state);
+		setup(state);
+		f = *state;
+	}
+}
+
+static void test_ds4_weak(void **state)
+{
+	read_repair_case(*state, 2, 0x1, DS_WEAK);
+}
+
+/* The bad copy cannot be rewritten (its target refuses writes): the read is still served,
+ * the failure counted, the chain untouched, and the next read tries again. */
+static void test_ds4_repair_fails(void **state)
+{
+	struct dfx *f = *state;
+	const char *const s[] = {"faulty", "faulty"};
+	one_chain(f, s, 2);
+	char data[3000], back[3000];
+	fill(data, sizeof(data), 7);
+	assert_int_equal(ds_write(f->ds, 78, data, sizeof(data), 0), sizeof(data));
+	set_fault(f, 0, "corrupt=1\nwrite=EIO\npunch=EIO\n");
+	struct ds_stats st;
+	for (uint64_t round = 1; round <= 2; round++) {
+		assert_int_equal(ds_read(f->ds, 78, back, sizeof(back), 0), sizeof(back));
+		assert_memory_equal(back, data, sizeof(back));
+		stats(f, &st);
+		assert_int_equal(st.csum_errors_seen, round);
+		assert_int_equal(st.repair_failures, round);
+		assert_int_equal(st.repairs_done, 0);
+	}
+	struct ds_chain_cfg c;
+	chain0(f, &c);
+	assert_int_equal(c.nmembers, 2);
+	assert_int_equal(f->cb_calls, 0);
+	/* a chunk that is absent everywhere reads as zeros, corrupt=1 or not (SM-2) */
+	assert_int_equal(ds_read(f->ds, 79, back, sizeof(back), 0), sizeof(back));
+	assert_true(all_zero(back, sizeof(back)));
+}
+
 static void test_down_target(void **state)
 {
 	struct dfx *f = *state;
@@ -1239,18 +1369,36 @@ static void test_rebuild_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    T(test_replicas_2),	    T(test_replicas_3),
-	    T(test_addressing),	    T(test_read_holes),
-	    T(test_truncate),	    T(test_punch_allocate),
-	    T(test_seek),	    T(test_trim_remove),
-	    T(test_weak),	    T(test_weak_primary_fails),
-	    T(test_ds1_write_eio),  T(test_ds1_all_fail),
-	    T(test_ds1_enospc),	    T(test_ds1_callback_fails),
-	    T(test_ds1_sync),	    T(test_ds2_read_failover),
-	    T(test_down_target),    T(test_open_errors),
-	    T(test_statfs),	    T(test_check),
-	    T(test_concurrent),	    T(test_rebuild),
-	    T(test_rebuild_errors), T(test_bench),
+	    T(test_replicas_2),
+	    T(test_replicas_3),
+	    T(test_addressing),
+	    T(test_read_holes),
+	    T(test_truncate),
+	    T(test_punch_allocate),
+	    T(test_seek),
+	    T(test_trim_remove),
+	    T(test_weak),
+	    T(test_weak_primary_fails),
+	    T(test_ds1_write_eio),
+	    T(test_ds1_all_fail),
+	    T(test_ds1_enospc),
+	    T(test_ds1_callback_fails),
+	    T(test_ds1_sync),
+	    T(test_ds2_read_failover),
+	    T(test_ds4_primary_bad),
+	    T(test_ds4_secondary_bad),
+	    T(test_ds4_both_bad),
+	    T(test_ds4_three_replicas),
+	    T(test_ds4_weak),
+	    T(test_ds4_repair_fails),
+	    T(test_down_target),
+	    T(test_open_errors),
+	    T(test_statfs),
+	    T(test_check),
+	    T(test_concurrent),
+	    T(test_rebuild),
+	    T(test_rebuild_errors),
+	    T(test_bench),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
