@@ -1329,6 +1329,24 @@ void ds_stats(struct ds *ds, struct ds_stats *ret)
 	pthread_mutex_unlock(&ds->lag_lock);
 }
 
+int ds_target_stats(struct ds *ds, struct ds_target_stat *ret, unsigned max)
+{
+	unsigned n = MIN(max, ds->ntargets);
+	for (unsigned i = 0; i < n; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		struct sm_target *sm = ds_tsm(t);
+		struct ds_target_stat *r = &ret[i];
+		memset(r, 0, sizeof(*r));
+		r->id = t->id;
+		r->open = sm != NULL;
+		if (!sm)
+			continue;
+		r->has_counters = sm->ops->counters && sm->ops->counters(sm, &r->counters) == 0;
+		r->has_statfs = sm->ops->statfs(sm, &r->statfs) == 0;
+	}
+	return (int)n;
+}
+
 int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max)
 {
 	unsigned n = MIN(max, ds->nchains);

@@ -149,6 +149,19 @@ int ds_sync_all(struct ds *ds);
 int ds_statfs(struct ds *ds, uint64_t *ret_total, uint64_t *ret_free);
 void ds_stats(struct ds *ds, struct ds_stats *ret);
 
+/* One target as this process sees it (status of a mounted volume asks the mount for these:
+ * a block target can be open in one process only). */
+struct ds_target_stat {
+	uint32_t id;
+	bool open;	   /* open in this process */
+	bool has_counters; /* its backend keeps counters (sm_ops.counters) */
+	struct sm_counters counters;
+	bool has_statfs; /* its statfs answered */
+	struct sm_statfs statfs;
+};
+/* Every configured target, in configuration order; returns the count (at most max). */
+int ds_target_stats(struct ds *ds, struct ds_target_stat *ret, unsigned max);
+
 /* Current chain table snapshot (for status / tests). Returns count. */
 int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max);
 

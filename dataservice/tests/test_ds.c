@@ -1495,6 +1495,15 @@ static void test_scrub(void **state)
 	}
 	ds_stats(f->ds, &st);
 	assert_int_equal(st.csum_errors_seen, 3 * want_csum); /* reads met no bad copy */
+	/* the targets' own counters: target 0 answered every one of those EBADMSGs */
+	struct ds_target_stat ts[MAXT];
+	assert_int_equal(ds_target_stats(f->ds, ts, MAXT), 3);
+	for (unsigned t = 0; t < 3; t++) {
+		assert_int_equal(ts[t].id, f->targets[t].id);
+		assert_true(ts[t].open && ts[t].has_counters && ts[t].has_statfs);
+		assert_int_equal(ts[t].counters.csum_errors, t == 0 ? 3 * want_csum : 0);
+		assert_true(ts[t].counters.bytes_read > 0 && ts[t].statfs.total_bytes > 0);
+	}
 
 	/* both copies bad: unrecoverable, not repaired, the chain untouched */
 	c = &ch[((uint64_t)ds_ino_seed(204) + 0) % 3];
