@@ -19,16 +19,17 @@
  *               (the buffer filled with junk) and counts a csum_error, until the chunk is
  *               rewritten — a successful write, truncate or punch of it heals it, as a real
  *               store heals a bad block it rewrites (coarser: any write heals the whole
- *               chunk); a chunk deleted (remove, truncate to 0) holds nothing bad. after= and
- *               times= do not apply to it.
+ *               chunk); a chunk deleted (remove, truncate to 0) holds nothing bad. Healing
+ *               lasts across opens: a chunk file changed after the control file was written
+ *               (ctime newer than its mtime) is healthy. after= and times= do not apply.
  *   delay_ms=N  every call sleeps N ms first (a slow device)
  * A fault fails the call before it touches the directory, so nothing of it lands.
  *
  * The file is re-read when its inode, size, mtime or ctime changed, checked at most every
  * poll_ms (default 100) so that the data path does not stat() on every call; a test that
  * toggles a fault on a live mount waits a little over poll_ms. Deleting the file clears all
- * faults. Counters (after, times) and the set of healed chunks restart whenever the file is
- * re-read (a new control file is a new corruption event).
+ * faults. Counters (after, times) and the set of chunks healed by this process restart
+ * whenever the file is re-read: a new control file is a new corruption event.
  *
  * COUNTERS (the optional sm_ops.counters): reads answered -EBADMSG, bytes read and written by
  * successful chunk I/O, since open.
@@ -452,16 +453,23 @@ static int smf_open(const char *url, const struct sm_identity *expect, struct sm
 	return 0;
 }
 
-/* Is (ino, idx) corrupt right now (corrupt=1, filters match, not healed)? Existence is the
- * caller's to check: a chunk that does not exist holds nothing that could fail a checksum. */
+/* Is (ino, idx) corrupt right now? corrupt=1, the filters match, not healed by this process,
+ * and the chunk exists and was last changed no later than the control file (a chunk rewritten
+ * since — by another process too, e.g. a scrub of the unmounted volume — is healed: the
+ * file's ctime is the twin's record that lasts across opens). */
 static bool smf_corrupt(struct sm_faulty *f, uint64_t ino, uint32_t idx)
 {
 	pthread_mutex_lock(&f->lock);
 	smf_poll(f);
 	bool bad = f->corrupt && smf_matches(f, SMF_CHUNK(ino, idx)) &&
 		   !smf_healed_has(&f->healed, ino, idx);
+	struct timespec declared = f->st.st_mtim;
 	pthread_mutex_unlock(&f->lock);
-	return bad;
+	struct stat st;
+	if (!bad || sm_dir_chunk_stat(&f->dir.base, ino, idx, &st) < 0 || st.st_size == 0)
+		return false;
+	return st.st_ctim.tv_sec < declared.tv_sec ||
+	       (st.st_ctim.tv_sec == declared.tv_sec && st.st_ctim.tv_nsec <= declared.tv_nsec);
 }
 
 /* After a successful rewrite of (ino, idx): a corrupt chunk is healed. */
@@ -480,9 +488,7 @@ static ssize_t smf_read(struct sm_target *t, uint64_t ino, uint32_t idx, void *b
 {
 	struct sm_faulty *f = smf_of(t);
 	ssize_t e = smf_check(f, SMF_READ, SMF_CHUNK(ino, idx));
-	uint64_t clen;
-	if (!e && smf_corrupt(f, ino, idx) && sm_dir_chunk_length(t, ino, idx, &clen) == 0 &&
-	    clen > 0) {
+	if (!e && smf_corrupt(f, ino, idx)) {
 		memset(buf, SMF_JUNK, len);
 		log_debug("%s: chunk %llu.%u is corrupt: read answers EBADMSG", f->dir.path,
 			  (unsigned long long)ino, idx);

@@ -960,6 +960,26 @@ static void test_faulty_corrupt(void **state)
 	assert_int_equal(counters(f).csum_errors, 6);
 }
 
+/* Healing lasts across opens (a scrub of an unmounted volume is another process than the mount
+ * that comes next): the chunk file's ctime is the record. */
+static void test_faulty_corrupt_reopen(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	char data[100], back[100];
+	fill(data, sizeof(data), 9);
+	assert_int_equal(t_write(f, 5, 0, data, sizeof(data), 0), sizeof(data));
+	assert_int_equal(t_write(f, 5, 1, data, sizeof(data), 0), sizeof(data));
+	set_fault(f, "corrupt=1\nino=5\n");
+	usleep(30 * 1000); /* file times tick coarsely: the rewrite must come a tick later */
+	assert_int_equal(t_write(f, 5, 0, data, sizeof(data), 0), sizeof(data));
+	fx_reopen(f);
+	assert_int_equal(t_read(f, 5, 0, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data, sizeof(back));
+	assert_int_equal(t_read(f, 5, 1, back, sizeof(back), 0), -EBADMSG);
+	assert_int_equal(counters(f).csum_errors, 1); /* counted since this open */
+}
+
 /* idx= filters error faults as well; bad filter lists are ignored (with a warning). */
 static void test_faulty_filters(void **state)
 {
@@ -1039,8 +1059,11 @@ static const struct tcase conformance[] = {
 };
 
 static const struct tcase faulty_only[] = {
-    {"faulty_write", test_faulty_write},     {"faulty_poll", test_faulty_poll},
-    {"faulty_open", test_faulty_open},	     {"faulty_corrupt", test_faulty_corrupt},
+    {"faulty_write", test_faulty_write},
+    {"faulty_poll", test_faulty_poll},
+    {"faulty_open", test_faulty_open},
+    {"faulty_corrupt", test_faulty_corrupt},
+    {"faulty_corrupt_reopen", test_faulty_corrupt_reopen},
     {"faulty_filters", test_faulty_filters},
 };
 
