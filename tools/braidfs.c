@@ -16,6 +16,7 @@ static const char usage[] =
     "  umount   flush and unmount a mounted volume\n"
     "  status   show a volume, its targets, chains and their health\n"
     "  fsck     check (and repair) metadata and replicas\n"
+    "  scrub    verify every replica's checksums and contents, repair (mounted or not)\n"
     "\n"
     "Run 'braidfs COMMAND --help' for a command's options.\n"
     "\n"
@@ -45,6 +46,7 @@ int main(int argc, char **argv)
 	} cmds[] = {
 	    {"format", cmd_format},  {"mount", cmd_mount},   {"umount", cmd_umount},
 	    {"unmount", cmd_umount}, {"status", cmd_status}, {"fsck", cmd_fsck},
+	    {"scrub", cmd_scrub},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))
