@@ -197,10 +197,11 @@ int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, v
  * it is fsck's), each chunk under the cut lock (shared) and its stripe lock, its lengths taken
  * under the lock, and the reads paced by a token bucket of `rate` bytes/s OUTSIDE the locks,
  * so that writers wait for one chunk at most and applications keep their bandwidth. Checksum
- * errors found and repaired count in ds_stats like read repairs (DS-4). progress runs after
- * every chunk (and once before the first), on the calling thread. cancel: when *cancel becomes
- * non-zero (atomic), the scrub stops before the next chunk with -ECANCELED (ret holds what was
- * done). Returns as ds_check. */
+ * errors found and repaired count in ds_stats like read repairs (DS-4). report runs with the
+ * chunk's locks held (it must not block: a writer of that chunk waits); progress runs after
+ * every chunk (and once before the first) with no lock held, on the calling thread. cancel: when
+ * *cancel becomes non-zero (atomic), the scrub stops before the next chunk with -ECANCELED (ret
+ * holds what was done). Returns as ds_check. */
 typedef void (*ds_check_progress_fn)(void *ctx, const struct ds_check_result *sofar);
 struct ds_scrub_opts {
 	bool repair;
