@@ -440,21 +440,6 @@ int cmd_mount(int argc, char **argv)
 
 /* ---- umount ---- */
 
-/* Alive and not a zombie (a foreground mount's parent may not have reaped it yet). */
-static bool pid_running(pid_t pid)
-{
-	char p[64], buf[512];
-	snprintf(p, sizeof(p), "/proc/%d/stat", (int)pid);
-	FILE *f = fopen(p, "r");
-	if (!f)
-		return false;
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	const char *rp = strrchr(buf, ')');
-	return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
-}
-
 int cmd_umount(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -546,7 +531,7 @@ int cmd_umount(int argc, char **argv)
 		       mnt);
 		return 0;
 	}
-	if (lazy && pid > 0 && pid_running(pid)) {
+	if (lazy && pid > 0 && run_pid_alive(pid)) {
 		printf("braidfs: detached %s; pid %d finishes writing when the last file there is "
 		       "closed\n",
 		       mnt, (int)pid);
@@ -555,7 +540,7 @@ int cmd_umount(int argc, char **argv)
 	if (pid > 0) {
 		int64_t t0 = now_monotonic_ns();
 		bool said = false;
-		while (pid_running(pid)) {
+		while (run_pid_alive(pid)) {
 			int64_t el = (now_monotonic_ns() - t0) / 1000000000;
 			if (el >= 2 && !said) {
 				fprintf(stderr,

@@ -4,7 +4,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +91,20 @@ int run_read(pid_t pid, struct run_entry *ret)
 	return r;
 }
 
+bool run_pid_alive(pid_t pid)
+{
+	char p[64], buf[512];
+	snprintf(p, sizeof(p), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(p, "r");
+	if (!f)
+		return false;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	const char *rp = strrchr(buf, ')');
+	return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
+}
+
 pid_t run_find_mount(const char *mnt)
 {
 	DIR *d = opendir(RUN_DIR);
@@ -101,13 +114,21 @@ pid_t run_find_mount(const char *mnt)
 	pid_t found = 0;
 	while ((de = readdir(d))) {
 		size_t n = strlen(de->d_name);
-		if (n < 7 || strcmp(de->d_name + n - 6, ".mount"))
-			continue;
 		char p[512];
 		snprintf(p, sizeof(p), RUN_DIR "/%s", de->d_name);
+		if (n > 4 && !strcmp(de->d_name + n - 4, ".ctl")) {
+			/* the socket of a mount killed with SIGKILL: nobody unlinked it */
+			char *end;
+			long pid = strtol(de->d_name, &end, 10);
+			if (end == de->d_name + n - 4 && pid > 0 && !run_pid_alive((pid_t)pid))
+				unlink(p);
+			continue;
+		}
+		if (n < 7 || strcmp(de->d_name + n - 6, ".mount"))
+			continue;
 		struct run_entry e;
 		int r = read_file_entry(p, &e);
-		if (r == -EBADMSG || (r == 0 && kill(e.pid, 0) < 0 && errno == ESRCH)) {
+		if (r == -EBADMSG || (r == 0 && !run_pid_alive(e.pid))) {
 			unlink(p);
 			continue;
 		}

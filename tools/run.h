@@ -2,7 +2,9 @@
  * `status` and `scrub`:
  *   <pid>.mount  three lines: pid, mount point, META_URL (written once the mount is ready)
  *   <pid>.ctl    the daemon's control socket (ctl_server.c, docs/ctl-protocol.md)
- * Both are removed by the daemon on exit; entries of dead pids are removed by run_find_mount.
+ * Both are removed by the daemon on exit; those of dead pids (a mount killed by SIGKILL) are
+ * removed by run_find_mount (every `umount` scans), and a new daemon with a recycled pid
+ * replaces its socket.
  * The files are root's (the directory is 0755, root-owned): a reader still bounds what it
  * reads and checks what it parses.
  */
@@ -10,6 +12,7 @@
 #define BRAIDFS_RUN_H
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -27,6 +30,8 @@ void run_path(pid_t pid, const char *ext, char *out, size_t len);
 int run_add(const char *mnt, const char *meta_url);
 /* Remove this process's entry. */
 void run_del(void);
+/* Alive and not a zombie (a daemon killed with SIGKILL may wait to be reaped). */
+bool run_pid_alive(pid_t pid);
 /* The pid serving mnt, or 0. Stale entries (dead pids) are removed. */
 pid_t run_find_mount(const char *mnt);
 /* The entry of pid: 0, -ENOENT (none), -EBADMSG (not three well-formed lines). */

@@ -451,6 +451,22 @@ def test_control_socket(fvol):
     assert v.pid() and pid_alive(v.pid())
 
 
+def test_socket_of_a_killed_mount_is_cleaned_up(make_volume):
+    v = make_volume(targets=("dir", "dir"))
+    pid = v.pid()
+    path = f"/run/braidfs/{pid}.ctl"
+    assert os.path.exists(path)
+    v.kill9()
+    assert os.path.exists(path)  # SIGKILL: nobody could unlink it
+    r = braidfs("umount", v.mnt)
+    assert r.returncode == 0 and "dead mount" in r.stdout, r.stdout + r.stderr
+    assert not os.path.exists(path), "umount's scan left the dead mount's socket"
+    assert not os.path.exists(f"/run/braidfs/{pid}.mount")
+    v.mount()
+    assert os.path.exists(ctl_path(v))
+    assert "checksums 0 bad copies met" in v.status().stdout
+
+
 # --------------------------------------------------------------------------- usage
 
 
