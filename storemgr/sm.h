@@ -33,9 +33,10 @@
  *   Every function may be called from any thread, concurrently, also for the same chunk
  *   (the caller orders overlapping writes). A backend keeps its own locks.
  *
- * ERRORS: 0 / byte count or -errno. -ENOSPC, -EIO, -EROFS pass up unchanged. read() answers
- *   -EBADMSG when the bytes on the medium fail their stored checksum (backends that keep one:
- *   the block store); nothing of them is returned, and counters() counts it.
+ * ERRORS: 0 / byte count or -errno. -ENOSPC, -EIO, -EROFS pass up unchanged. -EBADMSG from
+ *   read() means the store's own checksum of the bytes asked for did not match (silent
+ *   corruption on the medium): the data service repairs that copy from another replica (DS-4)
+ *   rather than treating the target as failed.
  */
 #ifndef BRAIDFS_SM_H
 #define BRAIDFS_SM_H
@@ -138,7 +139,7 @@ struct sm_ops {
 	int (*statfs)(struct sm_target *t, struct sm_statfs *ret);
 	/* Every chunk on the target, in no particular order. cb returning non-zero stops. */
 	int (*list)(struct sm_target *t, sm_chunk_cb cb, void *ctx);
-	/* Optional (NULL: the backend counts nothing). Never fails on a live target. */
+	/* Optional (NULL: the backend counts nothing). Never fails on an open target. */
 	int (*counters)(struct sm_target *t, struct sm_counters *ret);
 };
 

@@ -1516,22 +1516,28 @@ out:
 	return r;
 }
 
-int sm_dir_chunk_length(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t *ret)
+int sm_dir_chunk_stat(struct sm_target *t, uint64_t ino, uint32_t idx, struct stat *ret)
 {
 	struct sm_dir *d = sm_dir_of(t);
-	struct stat st;
 	int r = 0;
 	struct sm_dir_fd *e = sm_dir_peek(d, ino, idx);
 	if (e) {
-		if (fstat(e->fd, &st) < 0)
+		if (fstat(e->fd, ret) < 0)
 			r = -errno;
 		sm_dir_put(d, e);
 	} else {
 		char name[32];
 		sm_dir_chunk_name(name, ino, idx);
-		if (fstatat(d->chunks_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		if (fstatat(d->chunks_fd, name, ret, AT_SYMLINK_NOFOLLOW) < 0)
 			r = -errno;
 	}
+	return r;
+}
+
+int sm_dir_chunk_length(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t *ret)
+{
+	struct stat st;
+	int r = sm_dir_chunk_stat(t, ino, idx, &st);
 	*ret = r < 0 ? 0 : (uint64_t)st.st_size;
 	return r;
 }

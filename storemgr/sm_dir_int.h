@@ -18,6 +18,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <sys/stat.h>
 
 #include "common/url.h"
 #include "storemgr/sm.h"
@@ -122,6 +123,8 @@ int sm_dir_remove(struct sm_target *t, uint64_t ino, uint32_t from_idx);
 int sm_dir_seek(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t off, int whence,
 		uint64_t *ret);
 int sm_dir_chunk_length(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t *ret);
+/* stat(2) of the chunk's file (the twin looks at its ctime): 0, -ENOENT, -errno. */
+int sm_dir_chunk_stat(struct sm_target *t, uint64_t ino, uint32_t idx, struct stat *ret);
 int sm_dir_sync_ino(struct sm_target *t, uint64_t ino);
 int sm_dir_sync_all(struct sm_target *t);
 int sm_dir_statfs(struct sm_target *t, struct sm_statfs *ret);

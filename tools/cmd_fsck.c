@@ -26,18 +26,20 @@ static const char help[] =
     "    file's size;\n"
     "  - the chains: a chain with fewer members than the volume's replica count, or\n"
     "    with a member that is offline, is degraded (the volume runs on fewer copies);\n"
-    "  - the replicas: every chunk is read from every target of its chain and compared\n"
-    "    byte for byte; chunks of deleted files, chunks beyond a file's end and chunks\n"
-    "    on a target outside their chain are reported.\n"
+    "  - the replicas: every chunk is read from every target of its chain (a target\n"
+    "    that keeps checksums verifies them) and compared byte for byte; chunks of\n"
+    "    deleted files, chunks beyond a file's end and chunks on a target outside\n"
+    "    their chain are reported.\n"
     "\n"
     "Options:\n"
     "  -r, --repair   fix what is found: namespace counts, leftovers of an unclean\n"
     "                 stop, degraded chains (a reachable target, of the chain's pool\n"
     "                 and on a node the chain lacks before any other, holding the\n"
     "                 fewest chains, is rebuilt from the chain's primary, rejoins the\n"
-    "                 chain and is marked up; progress on stderr), and replicas that\n"
-    "                 differ from the chain's primary (which is copied over them);\n"
-    "                 stray chunks are deleted\n"
+    "                 chain and is marked up; progress on stderr), copies that fail\n"
+    "                 their checksum (rewritten from a replica that verifies), and\n"
+    "                 replicas that differ from the chain's primary (which is copied\n"
+    "                 over them); stray chunks are deleted\n"
     "  -q, --quiet    print only the summary\n"
     "  -h, --help     show this help\n"
     "\n"
@@ -536,12 +538,15 @@ int cmd_fsck(int argc, char **argv)
 		goto out;
 	}
 	char b[32];
-	printf("  %llu chunk(s), %s compared; %llu differing, %llu missing, %llu stray, "
-	       "%llu beyond end of file%s\n",
+	printf("  %llu chunk(s), %s read; %llu checksum error(s), %llu differing, %llu missing, "
+	       "%llu unreadable, %llu stray, %llu beyond end of file\n",
 	       (unsigned long long)res.chunks, fmt_size(res.bytes_compared, b, sizeof(b)),
-	       (unsigned long long)res.mismatches, (unsigned long long)res.missing,
-	       (unsigned long long)res.strays, (unsigned long long)res.beyond_eof,
-	       repair ? "" : "");
+	       (unsigned long long)res.csum_errors, (unsigned long long)res.mismatches,
+	       (unsigned long long)res.missing, (unsigned long long)res.unreadable,
+	       (unsigned long long)res.strays, (unsigned long long)res.beyond_eof);
+	if (res.unrecoverable)
+		printf("  %llu chunk(s) unrecoverable: no replica reads without error\n",
+		       (unsigned long long)res.unrecoverable);
 	if (repair && res.repaired)
 		printf("  %llu replica problem(s) repaired\n", (unsigned long long)res.repaired);
 	cx.problems += (uint64_t)r;

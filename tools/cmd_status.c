@@ -1,5 +1,7 @@
-/* braidfs status — the volume, its targets (health, usage), its chains, and who has it
- * mounted. Reads only; safe while the volume is mounted. */
+/* braidfs status — the volume, its targets (health, usage, counters), its chains, and who has
+ * it mounted. Reads only; safe while the volume is mounted: then the numbers of the targets
+ * the mount has open, and the data service's counters, come from the mount process over its
+ * control socket (docs/ctl-protocol.md) — a block target can be open in one process only. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -10,6 +12,7 @@
 
 #include "common/util.h"
 #include "storemgr/sm.h"
+#include "tools/ctl_client.h"
 #include "tools/tools.h"
 
 static const char help[] =
@@ -20,6 +23,12 @@ static const char help[] =
     "draining, drained, removed), pool, node, media class, the number of chains it is\n"
     "a member of, space and chunk count, and every chain (the ordered list of targets\n"
     "that hold a share of the chunks; the first is the primary) with its epoch.\n"
+    "\n"
+    "Counters: when the volume is mounted, the mount process's data service counts\n"
+    "bytes read and written, replica failures, and checksum errors met by reads and\n"
+    "scrubs with the repairs they made (since it was mounted); each target that keeps\n"
+    "counters adds its own (checksum errors, bytes read and written since it was\n"
+    "opened). When it is not mounted, the counters the targets report are shown.\n"
     "\n"
     "Options:\n"
     "  -h, --help   show this help\n"
@@ -65,7 +74,40 @@ int cmd_status(int argc, char **argv)
 		printf("files     %llu inode(s), %s in files\n", (unsigned long long)ms.inodes,
 		       fmt_size(ms.bytes, b1, sizeof(b1)));
 
+	/* the mount's own view, when it is mounted and answers */
+	struct run_entry e;
+	struct ds_stats ds = {0};
+	struct ds_target_stat *ts = calloc(v.ntargets + 1, sizeof(*ts));
+	unsigned nts = 0;
+	bool live = false;
+	if (ts && ctl_client_find_mount(url, &e) == 1) {
+		struct ctl_client cl;
+		char cerr[CTL_VALUE_MAX + 64];
+		if (ctl_client_open(&cl, e.pid, cerr, sizeof(cerr)) == 0 &&
+		    ctl_client_stats(&cl, &ds, ts, v.ntargets, &nts, cerr, sizeof(cerr)) == 0)
+			live = true;
+		ctl_client_close(&cl);
+		if (!live)
+			printf("counters  not available: %s\n", cerr);
+	}
+	if (live) {
+		printf("io        %s read, %s written, %llu replica failure(s) since mounted\n",
+		       fmt_size(ds.bytes_read, b1, sizeof(b1)),
+		       fmt_size(ds.bytes_written, b2, sizeof(b2)),
+		       (unsigned long long)ds.replica_failures);
+		printf("checksums %llu bad cop%s met, %llu repaired, %llu not repaired (reads and "
+		       "scrubs)\n",
+		       (unsigned long long)ds.csum_errors_seen,
+		       ds.csum_errors_seen == 1 ? "y" : "ies", (unsigned long long)ds.repairs_done,
+		       (unsigned long long)ds.repair_failures);
+		if (v.info.consistency == META_WEAK)
+			printf("          %s not yet on every replica (weak consistency)\n",
+			       fmt_size(ds.repl_lag_bytes, b1, sizeof(b1)));
+	}
+
 	int rc = 0;
+	struct sm_counters *cnt = calloc(v.ntargets + 1, sizeof(*cnt));
+	bool *has_cnt = calloc(v.ntargets + 1, sizeof(*has_cnt));
 	printf("\ntargets\n  %-3s %-11s %-8s %-12s %-7s %-6s %-10s %-10s %-10s %-7s %s\n", "ID",
 	       "STATE", "POOL", "NODE", "CLASS", "CHAINS", "USED", "FREE", "SIZE", "CHUNKS", "URL");
 	for (unsigned i = 0; i < v.ntargets; i++) {
@@ -74,17 +116,35 @@ int cmd_status(int argc, char **argv)
 		for (unsigned ci = 0; ci < v.nchains; ci++)
 			for (uint32_t k = 0; k < v.chains[ci].nmembers; k++)
 				nch += v.chains[ci].members[k] == t->id;
-		struct sm_identity expect = {.target_id = t->id};
-		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", v.info.uuid);
-		struct sm_target *st = NULL;
+		const struct ds_target_stat *d = NULL;
+		for (unsigned k = 0; k < nts; k++)
+			if (ts[k].id == t->id && ts[k].open)
+				d = &ts[k];
 		struct sm_statfs sf = {0};
 		char terr[1024] = "";
-		int r = -ENODEV; /* a removed target is not ours to open */
-		if (t->state != META_TARGET_REMOVED)
+		int r = 0;
+		if (d) { /* the mount has it open: its numbers */
+			sf = d->statfs;
+			r = d->has_statfs ? 0 : -EIO;
+			if (r < 0)
+				snprintf(terr, sizeof(terr), "the mount cannot read its space");
+			if (cnt && has_cnt) {
+				has_cnt[i] = d->has_counters;
+				cnt[i] = d->counters;
+			}
+		} else if (t->state == META_TARGET_REMOVED) {
+			r = -ENODEV; /* a removed target is not ours to open */
+		} else {
+			struct sm_identity expect = {.target_id = t->id};
+			snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", v.info.uuid);
+			struct sm_target *st = NULL;
 			r = sm_open(t->url, &expect, &st, terr, sizeof(terr));
-		if (r == 0)
-			r = st->ops->statfs(st, &sf);
-		sm_close(st);
+			if (r == 0)
+				r = st->ops->statfs(st, &sf);
+			if (r == 0 && st->ops->counters && cnt && has_cnt)
+				has_cnt[i] = st->ops->counters(st, &cnt[i]) == 0;
+			sm_close(st);
+		}
 		const char *state = meta_target_state_name(t->state);
 		bool counts = t->state != META_TARGET_DRAINED && t->state != META_TARGET_REMOVED;
 		/* a block target is opened by one process at a time: the mount has it */
@@ -111,6 +171,25 @@ int cmd_status(int argc, char **argv)
 			printf("%-10s %-10s %-10s %-7s %s\n      %s\n", "-", "-", "-", "-", t->url,
 			       terr[0] ? terr : strerror(-r));
 	}
+	if (cnt && has_cnt) {
+		printf("\ntarget counters (%s)\n  %-3s %-11s %-10s %s\n",
+		       live ? "in the mount, since it opened them" : "as the targets report them",
+		       "ID", "CSUM-ERRORS", "READ", "WRITTEN");
+		for (unsigned i = 0; i < v.ntargets; i++) {
+			if (!has_cnt[i]) {
+				printf("  %-3u %-11s %-10s %s\n", v.targets[i].id, "-", "-",
+				       "-   (this kind of target keeps no counters)");
+				continue;
+			}
+			printf("  %-3u %-11llu %-10s %s\n", v.targets[i].id,
+			       (unsigned long long)cnt[i].csum_errors,
+			       fmt_size(cnt[i].bytes_read, b1, sizeof(b1)),
+			       fmt_size(cnt[i].bytes_written, b2, sizeof(b2)));
+		}
+	}
+	free(cnt);
+	free(has_cnt);
+	free(ts);
 	printf("\nchains\n  %-3s %-6s %s\n", "ID", "EPOCH", "MEMBERS (primary first)");
 	for (unsigned i = 0; i < v.nchains; i++) {
 		const struct meta_chain *ch = &v.chains[i];

@@ -74,5 +74,6 @@ int cmd_status(int argc, char **argv);
 int cmd_fsck(int argc, char **argv);
 int cmd_device(int argc, char **argv);
 int cmd_quota(int argc, char **argv);
+int cmd_scrub(int argc, char **argv);
 
 #endif

@@ -926,6 +926,27 @@ static void test_sync_statfs(void **state)
 	assert_true(o->caps & SM_CAP_SPARSE);
 }
 
+/* A backend that keeps counters (sm_ops.counters) counts at least the bytes it moved and no
+ * checksum error on clean data. */
+static void test_counters(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	if (!f->t->ops->counters)
+		return; /* optional: nothing to conform to */
+	struct sm_counters c0, c1;
+	assert_int_equal(f->t->ops->counters(f->t, &c0), 0);
+	char data[5000], back[5000];
+	fill(data, sizeof(data), 3);
+	assert_int_equal(t_write(f, 9, 0, data, sizeof(data), 100), sizeof(data));
+	assert_int_equal(t_read(f, 9, 0, back, sizeof(back), 100), sizeof(back));
+	assert_memory_equal(back, data, sizeof(back));
+	assert_int_equal(f->t->ops->counters(f->t, &c1), 0);
+	assert_true(c1.bytes_written - c0.bytes_written >= sizeof(data));
+	assert_true(c1.bytes_read - c0.bytes_read >= sizeof(back));
+	assert_int_equal(c1.csum_errors, c0.csum_errors);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* the fault twin itself */
 
@@ -961,6 +982,119 @@ static void test_faulty_write(void **state)
 	assert_int_equal(f->t->ops->remove(f->t, 1, 0), -EROFS);
 	set_fault(f, "");
 	assert_int_equal(f->t->ops->sync_all(f->t), 0);
+}
+
+static struct sm_counters counters(struct fx *f)
+{
+	struct sm_counters c;
+	assert_non_null(f->t->ops->counters);
+	assert_int_equal(f->t->ops->counters(f->t, &c), 0);
+	return c;
+}
+
+/* corrupt=1: reads of an existing matching chunk answer EBADMSG until it is rewritten. */
+static void test_faulty_corrupt(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	char data[3][6000], back[6000];
+	for (int i = 0; i < 3; i++)
+		fill(data[i], sizeof(data[i]), 40 + (uint32_t)i);
+	assert_int_equal(t_write(f, 5, 0, data[0], sizeof(data[0]), 0), sizeof(data[0]));
+	assert_int_equal(t_write(f, 5, 1, data[1], sizeof(data[1]), 0), sizeof(data[1]));
+	assert_int_equal(t_write(f, 6, 0, data[2], sizeof(data[2]), 0), sizeof(data[2]));
+	struct sm_counters c = counters(f);
+	assert_int_equal(c.csum_errors, 0);
+	assert_int_equal(c.bytes_written, 3 * sizeof(data[0]));
+	assert_int_equal(c.bytes_read, 0);
+
+	set_fault(f, "corrupt=1\nino=5\nidx=1\n");
+	memset(back, 0, sizeof(back));
+	assert_int_equal(t_read(f, 5, 1, back, 100, 10), -EBADMSG);
+	assert_int_equal((uint8_t)back[0], 0xbd); /* junk, never the caller's old bytes */
+	assert_int_equal(t_read(f, 5, 1, back, sizeof(back), 0), -EBADMSG); /* it stays bad */
+	assert_int_equal(t_read(f, 5, 0, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data[0], sizeof(back));
+	assert_int_equal(t_read(f, 6, 0, back, sizeof(back), 0), sizeof(back));
+	assert_int_equal(t_read(f, 5, 2, back, 10, 0), 10); /* absent: nothing to be bad */
+	assert_true(all_zero(back, 10));
+	c = counters(f);
+	assert_int_equal(c.csum_errors, 2);
+	assert_int_equal(c.bytes_read, 2 * sizeof(back) + 10);
+
+	/* a write heals it: the store rewrote the block */
+	assert_int_equal(t_write(f, 5, 1, data[1], 10, 0), 10);
+	assert_int_equal(t_read(f, 5, 1, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data[1], sizeof(back));
+	assert_int_equal(counters(f).csum_errors, 2);
+
+	/* a new control file is a new event; several inodes; truncate and punch heal too */
+	set_fault(f, "corrupt=1\nino=5,6\n");
+	assert_int_equal(t_read(f, 5, 1, back, 1, 0), -EBADMSG);
+	assert_int_equal(t_read(f, 5, 0, back, 1, 0), -EBADMSG);
+	assert_int_equal(t_read(f, 6, 0, back, 1, 0), -EBADMSG);
+	assert_int_equal(f->t->ops->truncate(f->t, 6, 0, sizeof(data[2])), 0);
+	assert_int_equal(t_read(f, 6, 0, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data[2], sizeof(back));
+	assert_int_equal(f->t->ops->punch(f->t, 5, 0, 0, 4096), 0);
+	assert_int_equal(t_read(f, 5, 0, back, 1, 4096), 1);
+	/* a removed chunk holds nothing bad; written again it is healthy */
+	assert_int_equal(f->t->ops->remove(f->t, 5, 1), 0);
+	assert_int_equal(t_read(f, 5, 1, back, 10, 0), 10);
+	assert_true(all_zero(back, 10));
+	assert_int_equal(counters(f).csum_errors, 5);
+
+	/* no filter: every chunk; deleting the file ends the corruption */
+	set_fault(f, "corrupt = 1   # everything\n");
+	assert_int_equal(t_read(f, 6, 0, back, 1, 0), -EBADMSG);
+	set_fault(f, NULL);
+	assert_int_equal(t_read(f, 6, 0, back, 1, 0), 1);
+	set_fault(f, "corrupt=0\n");
+	assert_int_equal(t_read(f, 6, 0, back, 1, 0), 1);
+	assert_int_equal(counters(f).csum_errors, 6);
+}
+
+/* Healing lasts across opens (a scrub of an unmounted volume is another process than the mount
+ * that comes next): the chunk file's ctime is the record. */
+static void test_faulty_corrupt_reopen(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	char data[100], back[100];
+	fill(data, sizeof(data), 9);
+	assert_int_equal(t_write(f, 5, 0, data, sizeof(data), 0), sizeof(data));
+	assert_int_equal(t_write(f, 5, 1, data, sizeof(data), 0), sizeof(data));
+	set_fault(f, "corrupt=1\nino=5\n");
+	usleep(30 * 1000); /* file times tick coarsely: the rewrite must come a tick later */
+	assert_int_equal(t_write(f, 5, 0, data, sizeof(data), 0), sizeof(data));
+	fx_reopen(f);
+	assert_int_equal(t_read(f, 5, 0, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data, sizeof(back));
+	assert_int_equal(t_read(f, 5, 1, back, sizeof(back), 0), -EBADMSG);
+	assert_int_equal(counters(f).csum_errors, 1); /* counted since this open */
+}
+
+/* idx= filters error faults as well; bad filter lists are ignored (with a warning). */
+static void test_faulty_filters(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	char data[16] = "abc", back[16];
+	set_fault(f, "write=EIO\nidx=3,4\n");
+	assert_int_equal(t_write(f, 1, 2, data, sizeof(data), 0), sizeof(data));
+	assert_int_equal(t_write(f, 1, 3, data, sizeof(data), 0), -EIO);
+	assert_int_equal(t_write(f, 2, 4, data, sizeof(data), 0), -EIO);
+	set_fault(f, "sync=EIO\nidx=3\n"); /* sync_ino names no chunk: an idx filter spares it */
+	assert_int_equal(f->t->ops->sync_ino(f->t, 1), 0);
+	set_fault(f, "read=EIO\nino=7,8\nidx=0\n");
+	assert_int_equal(t_read(f, 7, 0, back, sizeof(back), 0), -EIO);
+	assert_int_equal(t_read(f, 8, 0, back, sizeof(back), 0), -EIO);
+	assert_int_equal(t_read(f, 8, 1, back, sizeof(back), 0), sizeof(back));
+	assert_int_equal(t_read(f, 9, 0, back, sizeof(back), 0), sizeof(back));
+	set_fault(f, "read=EIO\nino=7,x\ncorrupt=2\n"); /* bad list and value: ignored */
+	assert_int_equal(t_read(f, 9, 0, back, sizeof(back), 0), -EIO);
+	set_fault(f, "corrupt=1\nidx=99999999999\n"); /* out of range: no filter, all corrupt */
+	assert_int_equal(t_read(f, 1, 2, back, sizeof(back), 0), -EBADMSG);
 }
 
 static void test_faulty_poll(void **state)
@@ -1015,12 +1149,16 @@ static const struct tcase conformance[] = {
     {"fd_cache", test_fd_cache},
     {"concurrent", test_concurrent},
     {"sync_statfs", test_sync_statfs},
+    {"counters", test_counters},
 };
 
 static const struct tcase faulty_only[] = {
     {"faulty_write", test_faulty_write},
     {"faulty_poll", test_faulty_poll},
     {"faulty_open", test_faulty_open},
+    {"faulty_corrupt", test_faulty_corrupt},
+    {"faulty_corrupt_reopen", test_faulty_corrupt_reopen},
+    {"faulty_filters", test_faulty_filters},
 };
 
 int main(void)

@@ -538,6 +538,21 @@ def write_file(path, data, mode=0o644, fsync=False):
         os.close(fd)
 
 
+def set_fault(target_dir, text):
+    """Replace a faulty: target's control file atomically (None: delete it), then wait until
+    the target has re-read it (it looks every ~100 ms)."""
+    p = os.path.join(target_dir, "braidfs-fault")
+    if text is None:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    else:
+        write_file(p + ".tmp", text.encode())
+        os.rename(p + ".tmp", p)
+    time.sleep(0.4)
+
+
 def read_file(path):
     with open(path, "rb") as f:
         return f.read()
