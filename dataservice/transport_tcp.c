@@ -929,6 +929,10 @@ static void client_on_close(struct conn *c, int err)
 {
 	struct tcp_client *cl = c->owner;
 	struct pend *failed = NULL;
+	/* XP-2: a silent peer is -ETIMEDOUT; any other loss (reset, EOF, EPIPE on a send,
+	 * a framing error) is -ECONNRESET, the one error callers may retry on */
+	if (err != -ETIMEDOUT)
+		err = -ECONNRESET;
 	pthread_mutex_lock(&cl->lock);
 	bool current = cl->conn == c;
 	if (current)
@@ -1191,9 +1195,21 @@ static int client_conn_locked(struct tcp_client *cl, struct conn **ret)
 		if (cl->freeing)
 			return -ECONNRESET;
 		if (cl->conn) {
-			conn_ref(cl->conn);
-			*ret = cl->conn;
-			return 0;
+			struct conn *c = cl->conn;
+			pthread_mutex_lock(&c->lock);
+			bool lost = c->broken || c->closed;
+			pthread_mutex_unlock(&c->lock);
+			if (!lost) {
+				conn_ref(c);
+				*ret = c;
+				return 0;
+			}
+			/* lost, and the I/O thread has not closed it yet: a retry should not
+			 * wait for that, it needs a new connection (the old one's requests
+			 * still fail through its on_close) */
+			cl->conn = NULL;
+			conn_unref(c); /* the client's reference */
+			continue;
 		}
 		if (!cl->dialing)
 			break;

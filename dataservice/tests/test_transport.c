@@ -649,6 +649,91 @@ static void test_hello(void **state)
 	assert_non_null(strstr(err, "needs a handler"));
 }
 
+/* A server by hand: greets, reads part of the next frame, then resets the connection
+ * (garbage = false) or answers with bytes that are no frame header (garbage = true). */
+struct bad_server {
+	int lfd;
+	bool garbage;
+};
+
+static void *bad_server_main(void *arg)
+{
+	struct bad_server *bs = arg;
+	int fd = accept(bs->lfd, NULL, NULL);
+	uint8_t buf[4096];
+	struct proto_hdr h;
+	struct proto_body b;
+	if (fd < 0 || raw_recv(fd, &h, &b, buf) < 0)
+		return NULL;
+	struct proto_body r = {.hello = {.version = 1, .max_payload = PROTO_MAX_PAYLOAD}};
+	strcpy(r.hello.volume_uuid, VOL);
+	struct proto_hdr rh = {.version = 1, .op = PROTO_OP_HELLO, .flags = PROTO_F_REPLY};
+	raw_send(fd, buf, raw_frame(rh, &r, buf));
+	size_t got = 0;
+	while (got < 200000) {
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	if (bs->garbage) {
+		memset(buf, 'x', PROTO_HDR_SIZE);
+		raw_send(fd, buf, PROTO_HDR_SIZE);
+		while (recv(fd, buf, sizeof(buf), 0) > 0) /* until the client hangs up */
+			;
+	} else {
+		struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close = RST */
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
+	close(fd);
+	return NULL;
+}
+
+/* XP-2: however the loss shows on the socket (a reset in the middle of sending a frame, a
+ * peer whose framing is lost), what is in flight fails with -ECONNRESET, the error callers
+ * retry on. */
+static void bad_peer(bool garbage)
+{
+	int lfd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t al = sizeof(a);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(lfd, 4), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+	pthread_t th;
+	struct bad_server bs = {lfd, garbage};
+	assert_int_equal(pthread_create(&th, NULL, bad_server_main, &bs), 0);
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", ntohs(a.sin_port));
+	struct xp_client *c = connect_to(url, NULL);
+	uint8_t *d = calloc(1, PROTO_MAX_DATA);
+	struct proto_body b = {.data = d, .data_len = PROTO_MAX_DATA};
+	struct xp_msg m = {.op = PROTO_OP_WRITE, .chain = PROTO_NO_CHAIN, .body = &b};
+	struct xp_resp r;
+	assert_int_equal(xp_call(c, &m, &r), -ECONNRESET);
+	shutdown(lfd, SHUT_RDWR);
+	pthread_join(th, NULL);
+	close(lfd);
+	/* and the next request does not find the lost connection again */
+	uint64_t v;
+	assert_int_equal(seek_call(c, 1, 1, &v), -ECONNREFUSED);
+	free(d);
+	xp_client_free(c);
+}
+
+static void test_reset_mid_frame(void **state)
+{
+	(void)state;
+	bad_peer(false);
+}
+
+static void test_garbage_reply(void **state)
+{
+	(void)state;
+	bad_peer(true);
+}
+
 /* XP-1, XP-3: a peer that sends requests and never reads the replies. */
 static void test_slow_reader(void **state)
 {
@@ -961,6 +1046,8 @@ int main(void)
 	    cmocka_unit_test(test_timeout),
 	    cmocka_unit_test(test_slow_reader),
 	    cmocka_unit_test(test_reconnect),
+	    cmocka_unit_test(test_reset_mid_frame),
+	    cmocka_unit_test(test_garbage_reply),
 	    cmocka_unit_test(test_stream),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
