@@ -554,7 +554,7 @@ int proto_body_decode(const struct proto_hdr *h, const uint8_t *payload, size_t 
 int proto_frame_decode(const uint8_t *buf, size_t len, struct proto_hdr *ret_hdr,
 		       struct proto_body *ret_body, char *err, size_t errlen)
 {
-	struct proto_hdr h;
+	struct proto_hdr h = {.len = 0}; /* set by proto_hdr_decode; gcc cannot always tell */
 	int r = proto_hdr_decode(buf, len, &h, err, errlen);
 	if (r < 0)
 		return r;
