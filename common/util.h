@@ -23,6 +23,10 @@ static inline uint64_t hash_mix64(uint64_t x)
 	return x;
 }
 
+/* A one-line reason into a caller's buffer: err may be NULL or errlen 0 (then nothing). Every
+ * layer's "char *err, size_t errlen" out-parameter is filled through this. */
+void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* "4M", "1GiB", "512k", "4096" -> bytes (binary units). 0 or -EINVAL / -ERANGE. */
 int parse_size(const char *s, uint64_t *ret);
 /* 1536 -> "1.5 KiB" into buf. Returns buf. */

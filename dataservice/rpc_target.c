@@ -29,19 +29,6 @@
 #include "common/url.h"
 #include "common/util.h"
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || !errlen)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* client: a remote target */
 
@@ -117,7 +104,7 @@ static int rpc_call0(struct rpc_target *t, uint16_t op, struct proto_body *b)
 static int rpc_format(const char *url, const struct sm_identity *id, bool force, char *err,
 		      size_t errlen)
 {
-	seterr(err, errlen, "%s: a remote target is formatted on its own node", url);
+	set_err(err, errlen, "%s: a remote target is formatted on its own node", url);
 	return -EOPNOTSUPP;
 }
 
@@ -139,23 +126,23 @@ static int identity_check(const char *url, const struct sm_identity *id,
 	if (!expect)
 		return 0;
 	if (expect->volume_uuid[0] && strcmp(expect->volume_uuid, id->volume_uuid)) {
-		seterr(err, errlen, "target %s belongs to volume %s, not to volume %s", url,
-		       id->volume_uuid, expect->volume_uuid);
+		set_err(err, errlen, "target %s belongs to volume %s, not to volume %s", url,
+			id->volume_uuid, expect->volume_uuid);
 		return -EINVAL;
 	}
 	if (expect->target_id != id->target_id) {
-		seterr(err, errlen, "target %s is target id %u, expected target id %u", url,
-		       id->target_id, expect->target_id);
+		set_err(err, errlen, "target %s is target id %u, expected target id %u", url,
+			id->target_id, expect->target_id);
 		return -EINVAL;
 	}
 	if (expect->target_uuid[0] && strcmp(expect->target_uuid, id->target_uuid)) {
-		seterr(err, errlen, "target %s has target UUID %s, expected %s", url,
-		       id->target_uuid, expect->target_uuid);
+		set_err(err, errlen, "target %s has target UUID %s, expected %s", url,
+			id->target_uuid, expect->target_uuid);
 		return -EINVAL;
 	}
 	if (expect->chunk_size && expect->chunk_size != id->chunk_size) {
-		seterr(err, errlen, "target %s has chunk size %u, the volume has %u", url,
-		       id->chunk_size, expect->chunk_size);
+		set_err(err, errlen, "target %s has chunk size %u, the volume has %u", url,
+			id->chunk_size, expect->chunk_size);
 		return -EINVAL;
 	}
 	return 0;
@@ -166,7 +153,7 @@ int rpc_target_open(struct xp_client *xc, uint32_t target_id, const struct sm_id
 {
 	struct rpc_target *t = calloc(1, sizeof(*t));
 	if (!t) {
-		seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	t->base.ops = &rpc_target_ops;
@@ -178,16 +165,16 @@ int rpc_target_open(struct xp_client *xc, uint32_t target_id, const struct sm_id
 	struct xp_resp r;
 	int st = rpc_call(t, PROTO_OP_IDENTITY, &b, &r);
 	if (st < 0) {
-		seterr(err, errlen, "target %s: %s", t->base.url,
-		       st == -ENODEV ? "the node serves no such target" : strerror(-st));
+		set_err(err, errlen, "target %s: %s", t->base.url,
+			st == -ENODEV ? "the node serves no such target" : strerror(-st));
 		free(t);
 		return st;
 	}
 	t->id = r.body.ident;
 	xp_resp_fini(&r);
 	if (t->id.target_id != target_id) {
-		seterr(err, errlen, "target %s answered as target id %u", t->base.url,
-		       t->id.target_id);
+		set_err(err, errlen, "target %s answered as target id %u", t->base.url,
+			t->id.target_id);
 		free(t);
 		return -EBADMSG;
 	}
@@ -207,15 +194,15 @@ static int rpc_open(const char *url, const struct sm_identity *expect, struct sm
 	struct url u;
 	char why[128], v[32];
 	if (url_parse(url, &u, why, sizeof(why)) < 0) {
-		seterr(err, errlen, "%s", why);
+		set_err(err, errlen, "%s", why);
 		return -EINVAL;
 	}
 	char *end;
 	unsigned long id = strtoul(u.path[0] == '/' ? u.path + 1 : "", &end, 10);
 	if (!u.has_authority || u.port <= 0 || u.path[0] != '/' || !u.path[1] || *end ||
 	    id > UINT32_MAX) {
-		seterr(err, errlen, "'%s' is not a remote target URL (tcp://HOST:PORT/TARGET_ID)",
-		       url);
+		set_err(err, errlen, "'%s' is not a remote target URL (tcp://HOST:PORT/TARGET_ID)",
+			url);
 		return -EINVAL;
 	}
 	struct xp_client_cfg cfg;
@@ -480,12 +467,12 @@ int rpc_server_new(const struct rpc_server_cfg *cfg, struct rpc_server **ret, ch
 {
 	unsigned window = cfg->window ? cfg->window : 1024;
 	if (window & (window - 1)) {
-		seterr(err, errlen, "deduplication window %u is not a power of 2", window);
+		set_err(err, errlen, "deduplication window %u is not a power of 2", window);
 		return -EINVAL;
 	}
 	struct rpc_server *s = calloc(1, sizeof(*s));
 	if (!s) {
-		seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	s->cfg = *cfg;
@@ -498,22 +485,22 @@ int rpc_server_new(const struct rpc_server_cfg *cfg, struct rpc_server **ret, ch
 	s->dd_mask = DD_BUCKETS - 1;
 	if (!s->targets || !s->target_ids || !s->dd_hash) {
 		rpc_server_free(s);
-		seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	for (unsigned i = 0; i < cfg->ntargets; i++) {
 		struct sm_identity id;
 		int r = cfg->targets[i]->ops->identity(cfg->targets[i], &id);
 		if (r < 0) {
-			seterr(err, errlen, "target %s: identity: %s", cfg->targets[i]->url,
-			       strerror(-r));
+			set_err(err, errlen, "target %s: identity: %s", cfg->targets[i]->url,
+				strerror(-r));
 			rpc_server_free(s);
 			return r;
 		}
 		for (unsigned j = 0; j < i; j++) {
 			if (s->target_ids[j] == id.target_id) {
-				seterr(err, errlen, "targets %s and %s are both target id %u",
-				       cfg->targets[j]->url, cfg->targets[i]->url, id.target_id);
+				set_err(err, errlen, "targets %s and %s are both target id %u",
+					cfg->targets[j]->url, cfg->targets[i]->url, id.target_id);
 				rpc_server_free(s);
 				return -EINVAL;
 			}

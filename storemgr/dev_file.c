@@ -70,18 +70,6 @@ static struct sm_dev_file *sm_dev_file_of(struct sm_dev *d)
 	return (struct sm_dev_file *)d;
 }
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || !errlen)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* open / close */
 
@@ -126,12 +114,13 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 	struct url u;
 	char uerr[256];
 	if (url_parse(url, &u, uerr, sizeof(uerr)) < 0) {
-		seterr(err, errlen, "bad device URL: %s", uerr);
+		set_err(err, errlen, "bad device URL: %s", uerr);
 		return -EINVAL;
 	}
 	if (strcmp(u.scheme, "file") != 0 || (u.has_authority && u.host[0]) || u.path[0] != '/') {
-		seterr(err, errlen, "%s: %s (expected file:/dev/NAME or file:/ABSOLUTE/PATH/IMAGE)",
-		       url, u.path[0] != '/' ? "relative path" : "not a local file");
+		set_err(err, errlen,
+			"%s: %s (expected file:/dev/NAME or file:/ABSOLUTE/PATH/IMAGE)", url,
+			u.path[0] != '/' ? "relative path" : "not a local file");
 		return -EINVAL;
 	}
 	const char *path = u.path;
@@ -140,20 +129,20 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 	if (stat(path, &st) < 0) {
 		int e = errno;
 		if (e == ENOENT)
-			seterr(err, errlen, "%s: %s does not exist", url, path);
+			set_err(err, errlen, "%s: %s does not exist", url, path);
 		else
-			seterr(err, errlen, "%s: cannot access %s: %s", url, path, strerror(e));
+			set_err(err, errlen, "%s: cannot access %s: %s", url, path, strerror(e));
 		return -e;
 	}
 	bool blockdev = S_ISBLK(st.st_mode);
 	if (!blockdev && !S_ISREG(st.st_mode)) {
-		seterr(err, errlen, "%s: not a block device or regular file", url);
+		set_err(err, errlen, "%s: not a block device or regular file", url);
 		return -EINVAL;
 	}
 
 	struct sm_dev_file *f = calloc(1, sizeof(*f));
 	if (!f) {
-		seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	f->fd = -1;
@@ -192,21 +181,21 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 	if (f->fd < 0) {
 		r = -errno;
 		if (r == -EINVAL)
-			seterr(
+			set_err(
 			    err, errlen,
 			    "%s: the file system under %s does not support O_DIRECT (tmpfs?); put "
 			    "the image on a disk file system",
 			    url, path);
 		else if (r == -EBUSY)
-			seterr(err, errlen,
-			       "%s: in use by another process (mounted, or opened "
-			       "exclusively)",
-			       url);
+			set_err(err, errlen,
+				"%s: in use by another process (mounted, or opened "
+				"exclusively)",
+				url);
 		else if (r == -EACCES || r == -EPERM || r == -EROFS)
-			seterr(err, errlen, "%s: cannot open %s for %s: %s", url, path,
-			       rdonly ? "reading" : "writing", strerror(-r));
+			set_err(err, errlen, "%s: cannot open %s for %s: %s", url, path,
+				rdonly ? "reading" : "writing", strerror(-r));
 		else
-			seterr(err, errlen, "%s: cannot open %s: %s", url, path, strerror(-r));
+			set_err(err, errlen, "%s: cannot open %s: %s", url, path, strerror(-r));
 		goto fail;
 	}
 	if (blockdev) {
@@ -214,8 +203,8 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 		int lbs = 0;
 		if (ioctl(f->fd, BLKGETSIZE64, &bytes) < 0 || ioctl(f->fd, BLKSSZGET, &lbs) < 0) {
 			r = -errno;
-			seterr(err, errlen, "%s: cannot read the size of %s: %s", url, path,
-			       strerror(-r));
+			set_err(err, errlen, "%s: cannot read the size of %s: %s", url, path,
+				strerror(-r));
 			goto fail;
 		}
 		f->base.size = bytes / SM_DEV_ALIGN * SM_DEV_ALIGN;
@@ -227,15 +216,15 @@ static int sm_dev_file_open(const char *url, unsigned flags, struct sm_dev **ret
 		f->base.rotational = false;
 	}
 	if (f->base.lbs > SM_DEV_ALIGN || f->base.lbs == 0) {
-		seterr(err, errlen, "%s: logical block size %u is not supported (at most %u)", url,
-		       f->base.lbs, SM_DEV_ALIGN);
+		set_err(err, errlen, "%s: logical block size %u is not supported (at most %u)", url,
+			f->base.lbs, SM_DEV_ALIGN);
 		r = -EINVAL;
 		goto fail;
 	}
 	/* the first ring now: a system without io_uring is refused at open, not at first I/O */
 	r = io_uring_queue_init(SM_DEV_FILE_QD, &f->rings[0].ring, 0);
 	if (r < 0) {
-		seterr(err, errlen, "%s: cannot set up io_uring: %s", url, strerror(-r));
+		set_err(err, errlen, "%s: cannot set up io_uring: %s", url, strerror(-r));
 		goto fail;
 	}
 	f->rings[0].ready = true;

@@ -26,16 +26,6 @@ static const struct sm_ops *const sm_backends[] = {
 
 #define SM_SCHEMES "dir:/path, file:/dev/NAME or file:/path/image"
 
-void sm_seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || errlen == 0)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* The scheme of url, lower-cased; -EINVAL when url has none. */
 static int sm_scheme(const char *url, char *out, size_t outlen)
 {
@@ -74,23 +64,23 @@ int sm_identity_expect(const char *what, const struct sm_identity *have,
 	if (!expect)
 		return 0;
 	if (expect->volume_uuid[0] && strcmp(expect->volume_uuid, have->volume_uuid)) {
-		sm_seterr(err, errlen, "target %s belongs to volume %s, not to volume %s", what,
-			  have->volume_uuid, expect->volume_uuid);
+		set_err(err, errlen, "target %s belongs to volume %s, not to volume %s", what,
+			have->volume_uuid, expect->volume_uuid);
 		return -EINVAL;
 	}
 	if (expect->target_id != have->target_id) {
-		sm_seterr(err, errlen, "target %s is target id %u, expected target id %u", what,
-			  have->target_id, expect->target_id);
+		set_err(err, errlen, "target %s is target id %u, expected target id %u", what,
+			have->target_id, expect->target_id);
 		return -EINVAL;
 	}
 	if (expect->target_uuid[0] && strcmp(expect->target_uuid, have->target_uuid)) {
-		sm_seterr(err, errlen, "target %s has target UUID %s, expected %s", what,
-			  have->target_uuid, expect->target_uuid);
+		set_err(err, errlen, "target %s has target UUID %s, expected %s", what,
+			have->target_uuid, expect->target_uuid);
 		return -EINVAL;
 	}
 	if (expect->chunk_size && expect->chunk_size != have->chunk_size) {
-		sm_seterr(err, errlen, "target %s has chunk size %u, the volume has %u", what,
-			  have->chunk_size, expect->chunk_size);
+		set_err(err, errlen, "target %s has chunk size %u, the volume has %u", what,
+			have->chunk_size, expect->chunk_size);
 		return -EINVAL;
 	}
 	return 0;
@@ -100,11 +90,10 @@ static int sm_unknown(const char *url, char *err, size_t errlen)
 {
 	char s[32];
 	if (sm_scheme(url, s, sizeof(s)) < 0)
-		sm_seterr(err, errlen, "not a target URL '%s' (expected " SM_SCHEMES ")",
-			  url ? url : "");
+		set_err(err, errlen, "not a target URL '%s' (expected " SM_SCHEMES ")",
+			url ? url : "");
 	else
-		sm_seterr(err, errlen, "unknown target URL scheme '%s' (expected " SM_SCHEMES ")",
-			  s);
+		set_err(err, errlen, "unknown target URL scheme '%s' (expected " SM_SCHEMES ")", s);
 	return -EINVAL;
 }
 
@@ -152,8 +141,7 @@ int sm_wipe(const char *url, char *err, size_t errlen)
 		return r < 0 ? r : sm_dir_wipe_path(u.path, err, errlen);
 	}
 	if (strcmp(s, "file") != 0) {
-		sm_seterr(err, errlen, "wiping a %s: target is not supported; its identity stays",
-			  s);
+		set_err(err, errlen, "wiping a %s: target is not supported; its identity stays", s);
 		return -EOPNOTSUPP;
 	}
 	const char *path = url + 5;
@@ -165,7 +153,7 @@ int sm_wipe(const char *url, char *err, size_t errlen)
 	int fd = open(p, O_WRONLY | O_CLOEXEC);
 	if (fd < 0) {
 		int e = errno;
-		sm_seterr(err, errlen, "cannot open %s to wipe it: %s", p, strerror(e));
+		set_err(err, errlen, "cannot open %s to wipe it: %s", p, strerror(e));
 		return -e;
 	}
 	char *zero = calloc(1, SM_WIPE_HEAD);
@@ -175,6 +163,6 @@ int sm_wipe(const char *url, char *err, size_t errlen)
 	free(zero);
 	close(fd);
 	if (r < 0)
-		sm_seterr(err, errlen, "cannot wipe %s: %s", p, strerror(-r));
+		set_err(err, errlen, "cannot wipe %s: %s", p, strerror(-r));
 	return r;
 }

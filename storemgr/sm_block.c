@@ -955,7 +955,7 @@ static int blk_dev_open(const char *url, struct sm_dev **ret, char *err, size_t 
 {
 	int r = sm_dev_open(url, SM_DEV_EXCL, ret, err, errlen);
 	if (r == -EBUSY && err && !strstr(err, "in use"))
-		sm_seterr(err, errlen, "%s: in use by another process", url);
+		set_err(err, errlen, "%s: in use by another process", url);
 	return r;
 }
 
@@ -965,12 +965,12 @@ static int blk_probe(struct sm_dev *dev, const char *url, char *err, size_t errl
 {
 	uint8_t *buf = sm_dev_alloc(SM_BLOCK_PROBE_BYTES);
 	if (!buf) {
-		sm_seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	int r = sm_dev_pread(dev, buf, SM_BLOCK_PROBE_BYTES, 0);
 	if (r < 0) {
-		sm_seterr(err, errlen, "%s: cannot read: %s", url, strerror(-r));
+		set_err(err, errlen, "%s: cannot read: %s", url, strerror(-r));
 		goto out;
 	}
 	struct sm_block_sb sb[2];
@@ -979,24 +979,22 @@ static int blk_probe(struct sm_dev *dev, const char *url, char *err, size_t errl
 	int pb = sm_block_sb_parse(buf + SM_BLOCK_BS, SM_BLOCK_BS, &sb[1], why[1], sizeof(why[1]));
 	if (pa == 0 || pb == 0) {
 		const struct sm_block_sb *s = pa == 0 ? &sb[0] : &sb[1];
-		sm_seterr(err, errlen,
-			  "device %s is not empty (holds a braidfs target of volume %s)", url,
-			  s->id.volume_uuid);
+		set_err(err, errlen, "device %s is not empty (holds a braidfs target of volume %s)",
+			url, s->id.volume_uuid);
 		r = -EEXIST;
 	} else if (sm_block_has_magic(buf, SM_BLOCK_BS) ||
 		   sm_block_has_magic(buf + SM_BLOCK_BS, SM_BLOCK_BS)) {
-		sm_seterr(err, errlen,
-			  "device %s is not empty (holds a damaged braidfs target: %s)", url,
-			  sm_block_has_magic(buf, SM_BLOCK_BS) ? why[0] : why[1]);
+		set_err(err, errlen, "device %s is not empty (holds a damaged braidfs target: %s)",
+			url, sm_block_has_magic(buf, SM_BLOCK_BS) ? why[0] : why[1]);
 		r = -EEXIST;
 	} else {
 		r = 0;
 		for (size_t i = 0; i < SM_BLOCK_PROBE_BYTES; i++)
 			if (buf[i]) {
-				sm_seterr(err, errlen,
-					  "device %s is not empty (holds data: its first bytes are "
-					  "not zero)",
-					  url);
+				set_err(err, errlen,
+					"device %s is not empty (holds data: its first bytes are "
+					"not zero)",
+					url);
 				r = -ENOTEMPTY;
 				break;
 			}
@@ -1012,13 +1010,13 @@ int sm_block_format_dev(struct sm_dev *dev, const char *url, const struct sm_ide
 	if (!dry_run) {
 		if (!id || id->chunk_size < SM_BLOCK_BS || id->chunk_size > (1u << 30) ||
 		    id->chunk_size % SM_BLOCK_BS) {
-			sm_seterr(err, errlen,
-				  "invalid chunk size %u (a multiple of 4 KiB, at most 1 GiB)",
-				  id ? id->chunk_size : 0);
+			set_err(err, errlen,
+				"invalid chunk size %u (a multiple of 4 KiB, at most 1 GiB)",
+				id ? id->chunk_size : 0);
 			return -EINVAL;
 		}
 		if (!uuid_str_valid(id->volume_uuid) || !uuid_str_valid(id->target_uuid)) {
-			sm_seterr(err, errlen, "invalid volume or target UUID for target %s", url);
+			set_err(err, errlen, "invalid volume or target UUID for target %s", url);
 			return -EINVAL;
 		}
 	}
@@ -1027,10 +1025,10 @@ int sm_block_format_dev(struct sm_dev *dev, const char *url, const struct sm_ide
 	uint8_t *buf = NULL;
 	if (sm_block_layout(dev->size / SM_BLOCK_BS, &sb) < 0) {
 		char have[32];
-		sm_seterr(err, errlen,
-			  "device %s is too small for a braidfs target (%s; at least %llu MiB)",
-			  url, fmt_size(dev->size, have, sizeof(have)),
-			  (unsigned long long)(SM_BLOCK_MIN_BYTES >> 20));
+		set_err(err, errlen,
+			"device %s is too small for a braidfs target (%s; at least %llu MiB)", url,
+			fmt_size(dev->size, have, sizeof(have)),
+			(unsigned long long)(SM_BLOCK_MIN_BYTES >> 20));
 		r = -ENOSPC;
 		goto out;
 	}
@@ -1045,7 +1043,7 @@ int sm_block_format_dev(struct sm_dev *dev, const char *url, const struct sm_ide
 	sb.id.format_version = SM_FORMAT_VERSION;
 	if (getrandom(&sb.nonce, sizeof(sb.nonce), 0) != sizeof(sb.nonce)) {
 		r = -errno;
-		sm_seterr(err, errlen, "%s: no random bytes: %s", url, strerror(errno));
+		set_err(err, errlen, "%s: no random bytes: %s", url, strerror(errno));
 		goto out;
 	}
 	/* an empty index in area 0, then both superblock copies, one after the other (FMT-2) */
@@ -1066,7 +1064,7 @@ int sm_block_format_dev(struct sm_dev *dev, const char *url, const struct sm_ide
 	for (sb.generation = 1; !r && sb.generation <= 2; sb.generation++)
 		r = blk_sb_write(dev, &sb);
 	if (r)
-		sm_seterr(err, errlen, "%s: cannot write the superblock: %s", url, strerror(-r));
+		set_err(err, errlen, "%s: cannot write the superblock: %s", url, strerror(-r));
 out:
 	free(buf);
 	return r;
@@ -1076,7 +1074,7 @@ static int blk_format_do(const char *url, const struct sm_identity *id, bool for
 			 char *err, size_t errlen)
 {
 	if (!dry_run && !id) {
-		sm_seterr(err, errlen, "no identity to format %s with", url);
+		set_err(err, errlen, "no identity to format %s with", url);
 		return -EINVAL;
 	}
 	struct sm_dev *dev;
@@ -1355,7 +1353,7 @@ int sm_block_open_dev(struct sm_dev *dev, const char *url, const struct sm_ident
 	struct sm_block *b = calloc(1, sizeof(*b));
 	if (!b) {
 		sm_dev_close(dev);
-		sm_seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	b->dev = dev;
@@ -1386,17 +1384,17 @@ int sm_block_open_dev(struct sm_dev *dev, const char *url, const struct sm_ident
 	sbbuf = sm_dev_alloc(2 * SM_BLOCK_BS);
 	if (nomem || !sbbuf) {
 		r = -ENOMEM;
-		sm_seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		goto fail;
 	}
 	if (b->dev->size < 2 * SM_BLOCK_BS) {
 		r = -ENOENT;
-		sm_seterr(err, errlen, "device %s holds no braidfs target (it is too small)", url);
+		set_err(err, errlen, "device %s holds no braidfs target (it is too small)", url);
 		goto fail;
 	}
 	r = sm_dev_pread(b->dev, sbbuf, 2 * SM_BLOCK_BS, 0);
 	if (r < 0) {
-		sm_seterr(err, errlen, "%s: cannot read the superblock: %s", url, strerror(-r));
+		set_err(err, errlen, "%s: cannot read the superblock: %s", url, strerror(-r));
 		goto fail;
 	}
 	/* FMT-2: the valid copy with the highest generation */
@@ -1416,15 +1414,15 @@ int sm_block_open_dev(struct sm_dev *dev, const char *url, const struct sm_ident
 		if (!sm_block_has_magic(sbbuf, SM_BLOCK_BS) &&
 		    !sm_block_has_magic(sbbuf + SM_BLOCK_BS, SM_BLOCK_BS)) {
 			r = -ENOENT;
-			sm_seterr(err, errlen,
-				  "device %s holds no braidfs target (no superblock; format it "
-				  "first)",
-				  url);
+			set_err(err, errlen,
+				"device %s holds no braidfs target (no superblock; format it "
+				"first)",
+				url);
 		} else {
 			r = -EBADMSG;
-			sm_seterr(err, errlen,
-				  "device %s: both superblock copies are corrupt (A: %s; B: %s)",
-				  url, whys[0], whys[1]);
+			set_err(err, errlen,
+				"device %s: both superblock copies are corrupt (A: %s; B: %s)", url,
+				whys[0], whys[1]);
 		}
 		goto fail;
 	}
@@ -1436,16 +1434,16 @@ int sm_block_open_dev(struct sm_dev *dev, const char *url, const struct sm_ident
 	if (b->sb.dev_blocks * SM_BLOCK_BS > b->dev->size) {
 		r = -EBADMSG;
 		char have[32], want[32];
-		sm_seterr(err, errlen, "device %s is smaller (%s) than the target it holds (%s)",
-			  url, fmt_size(b->dev->size, have, sizeof(have)),
-			  fmt_size(b->sb.dev_blocks * SM_BLOCK_BS, want, sizeof(want)));
+		set_err(err, errlen, "device %s is smaller (%s) than the target it holds (%s)", url,
+			fmt_size(b->dev->size, have, sizeof(have)),
+			fmt_size(b->sb.dev_blocks * SM_BLOCK_BS, want, sizeof(want)));
 		goto fail;
 	}
 	if (b->sb.id.format_version != SM_FORMAT_VERSION) {
 		r = -EPROTONOSUPPORT;
-		sm_seterr(err, errlen,
-			  "target %s has on-disk format version %u; this braidfs reads version %d",
-			  url, b->sb.id.format_version, SM_FORMAT_VERSION);
+		set_err(err, errlen,
+			"target %s has on-disk format version %u; this braidfs reads version %d",
+			url, b->sb.id.format_version, SM_FORMAT_VERSION);
 		goto fail;
 	}
 	r = sm_identity_expect(url, &b->sb.id, expect, err, errlen);
@@ -1457,18 +1455,18 @@ int sm_block_open_dev(struct sm_dev *dev, const char *url, const struct sm_ident
 
 	r = blk_load_checkpoint(b, why, sizeof(why));
 	if (r < 0) {
-		sm_seterr(err, errlen, "target %s: its checkpoint is corrupt (%s)", url, why);
+		set_err(err, errlen, "target %s: its checkpoint is corrupt (%s)", url, why);
 		goto fail;
 	}
 	b->cp_seq = b->durable = b->sb.cp_seq;
 	r = blk_replay(b, why, sizeof(why));
 	if (r < 0) {
-		sm_seterr(err, errlen, "target %s: cannot replay its log (%s)", url, why);
+		set_err(err, errlen, "target %s: cannot replay its log (%s)", url, why);
 		goto fail;
 	}
 	r = blk_build_alloc(b, why, sizeof(why));
 	if (r < 0) {
-		sm_seterr(err, errlen, "target %s: its index is inconsistent (%s)", url, why);
+		set_err(err, errlen, "target %s: its index is inconsistent (%s)", url, why);
 		goto fail;
 	}
 	/* FMT-8: what was replayed goes into a checkpoint before this open writes any log block,
@@ -1486,14 +1484,14 @@ int sm_block_open_dev(struct sm_dev *dev, const char *url, const struct sm_ident
 			b->sb = sb;
 	}
 	if (r < 0) {
-		sm_seterr(err, errlen, "target %s: cannot write its superblock: %s", url,
-			  strerror(-r));
+		set_err(err, errlen, "target %s: cannot write its superblock: %s", url,
+			strerror(-r));
 		goto fail;
 	}
 	b->gen = b->sb.generation;
 	if (pthread_create(&b->cp_thread, NULL, blk_cp_main, b) != 0) {
 		r = -EAGAIN;
-		sm_seterr(err, errlen, "target %s: cannot start its checkpoint thread", url);
+		set_err(err, errlen, "target %s: cannot start its checkpoint thread", url);
 		goto fail;
 	}
 	b->cp_thread_on = true;

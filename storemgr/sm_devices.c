@@ -54,18 +54,6 @@ const char *sm_media_name(enum sm_media m)
 	return (unsigned)m < ARRAY_SIZE(names) ? names[m] : "unknown";
 }
 
-static void smd_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void smd_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || !errlen)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* Copy a string, cut to the destination's size. */
 static void smd_copy(char *dst, size_t len, const char *src)
 {
@@ -202,7 +190,7 @@ static bool smd_is_partition(const char *dir)
 	char p[PATH_MAX];
 	if (strlen(dir) + sizeof("/partition") > sizeof(p))
 		return false;
-	smd_err(p, sizeof(p), "%s/partition", dir);
+	set_err(p, sizeof(p), "%s/partition", dir);
 	return access(p, F_OK) == 0;
 }
 
@@ -257,7 +245,7 @@ static int smd_sysfs(const struct sm_devenv *env, const char *name, const char *
 	snprintf(d->name, sizeof(d->name), "%s", name);
 	snprintf(d->path, sizeof(d->path), "%s/%s", env->dev, name);
 	if (smd_attr(dir, "dev", b, sizeof(b)) < 0 || smd_parse_devno(b, &d->major, &d->minor)) {
-		smd_err(err, errlen, "%s: no readable device number in %s/dev", name, dir);
+		set_err(err, errlen, "%s: no readable device number in %s/dev", name, dir);
 		return -EBADMSG;
 	}
 	if (smd_attr_u64(dir, "size", &v) == 0 && v <= UINT64_MAX / 512)
@@ -308,7 +296,7 @@ static void smd_braidfs_identity(struct sm_device *d)
 	char url[400], err[200] = "";
 	snprintf(url, sizeof(url), "file:%s", d->path);
 	if (!sm_ops_for(url)) {
-		smd_err(d->braidfs_error, sizeof(d->braidfs_error),
+		set_err(d->braidfs_error, sizeof(d->braidfs_error),
 			"this braidfs has no file: target backend to read it");
 		return;
 	}
@@ -319,7 +307,7 @@ static void smd_braidfs_identity(struct sm_device *d)
 		r = t->ops->identity(t, &id);
 	sm_close(t);
 	if (r < 0) {
-		smd_err(d->braidfs_error, sizeof(d->braidfs_error), "%s",
+		set_err(d->braidfs_error, sizeof(d->braidfs_error), "%s",
 			err[0] ? err : strerror(-r));
 		return;
 	}
@@ -348,7 +336,7 @@ static void smd_content(struct sm_device *d)
 	}
 	int fd = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0) {
-		smd_err(d->probe_error, sizeof(d->probe_error), "cannot open %s: %s", d->path,
+		set_err(d->probe_error, sizeof(d->probe_error), "cannot open %s: %s", d->path,
 			strerror(errno));
 		return;
 	}
@@ -356,7 +344,7 @@ static void smd_content(struct sm_device *d)
 	char *head = malloc(SMD_HEAD);
 	if (!head) {
 		close(fd);
-		smd_err(d->probe_error, sizeof(d->probe_error), "out of memory");
+		set_err(d->probe_error, sizeof(d->probe_error), "out of memory");
 		return;
 	}
 	int r = pread_full(fd, head, SMD_HEAD, 0);
@@ -366,7 +354,7 @@ static void smd_content(struct sm_device *d)
 	free(head);
 	if (r < 0 && r != -ENODATA) {
 		close(fd);
-		smd_err(d->probe_error, sizeof(d->probe_error), "cannot read %s: %s", d->path,
+		set_err(d->probe_error, sizeof(d->probe_error), "cannot read %s: %s", d->path,
 			strerror(-r));
 		return;
 	}
@@ -374,7 +362,7 @@ static void smd_content(struct sm_device *d)
 	if (!pr || blkid_probe_set_device(pr, fd, 0, 0) < 0) {
 		blkid_free_probe(pr);
 		close(fd);
-		smd_err(d->probe_error, sizeof(d->probe_error), "libblkid cannot probe %s",
+		set_err(d->probe_error, sizeof(d->probe_error), "libblkid cannot probe %s",
 			d->path);
 		return;
 	}
@@ -387,7 +375,7 @@ static void smd_content(struct sm_device *d)
 	} else if (r < 0) {
 		blkid_free_probe(pr);
 		close(fd);
-		smd_err(d->probe_error, sizeof(d->probe_error), "libblkid failed on %s", d->path);
+		set_err(d->probe_error, sizeof(d->probe_error), "libblkid failed on %s", d->path);
 		return;
 	} else if (r == 0) {
 		smd_blkid_value(pr, "TYPE", d->fstype, sizeof(d->fstype));
@@ -455,12 +443,12 @@ static int smd_one(const struct sm_devenv *env, const char *name, struct sm_devi
 	char dir[PATH_MAX];
 	memset(d, 0, sizeof(*d));
 	if (!name[0] || strchr(name, '/') || name[0] == '.' || strlen(name) >= sizeof(d->name)) {
-		smd_err(err, errlen, "'%s' is not a block device name", name);
+		set_err(err, errlen, "'%s' is not a block device name", name);
 		return -EINVAL;
 	}
 	snprintf(dir, sizeof(dir), "%s/class/block/%s", env->sysfs, name);
 	if (access(dir, F_OK) < 0) {
-		smd_err(err, errlen, "no block device '%s' in %s/class/block", name, env->sysfs);
+		set_err(err, errlen, "no block device '%s' in %s/class/block", name, env->sysfs);
 		return -ENOENT;
 	}
 	int r = smd_sysfs(env, name, dir, d, err, errlen);
@@ -493,7 +481,7 @@ int sm_devices_scan(const struct sm_devenv *env, struct sm_device **ret, unsigne
 	DIR *dh = opendir(dir);
 	if (!dh) {
 		int e = errno;
-		smd_err(err, errlen, "cannot list block devices in %s: %s", dir, strerror(e));
+		set_err(err, errlen, "cannot list block devices in %s: %s", dir, strerror(e));
 		return -e;
 	}
 	struct sm_device *v = NULL;
@@ -508,7 +496,7 @@ int sm_devices_scan(const struct sm_devenv *env, struct sm_device **ret, unsigne
 			struct sm_device *nv = realloc(v, nc * sizeof(*nv));
 			if (!nv) {
 				r = -ENOMEM;
-				smd_err(err, errlen, "out of memory");
+				set_err(err, errlen, "out of memory");
 				break;
 			}
 			v = nv;
@@ -551,20 +539,20 @@ int sm_device_by_path(const struct sm_devenv *env, const char *path, struct sm_d
 	char real[PATH_MAX], dev[PATH_MAX];
 	if (!realpath(path, real)) {
 		int e = errno;
-		smd_err(err, errlen, "%s: %s", path, strerror(e));
+		set_err(err, errlen, "%s: %s", path, strerror(e));
 		return -e;
 	}
 	if (!realpath(env->dev, dev))
 		snprintf(dev, sizeof(dev), "%s", env->dev);
 	size_t l = strlen(dev);
 	if (strncmp(real, dev, l) != 0 || real[l] != '/' || strchr(real + l + 1, '/')) {
-		smd_err(err, errlen, "%s is not a block device of this machine (not in %s)", path,
+		set_err(err, errlen, "%s is not a block device of this machine (not in %s)", path,
 			env->dev);
 		return -ENOTBLK;
 	}
 	int r = sm_device_probe(env, real + l + 1, ret, err, errlen);
 	if (r == -ENOENT) {
-		smd_err(err, errlen, "%s is not a block device (sysfs does not know %s)", path,
+		set_err(err, errlen, "%s is not a block device (sysfs does not know %s)", path,
 			real + l + 1);
 		return -ENOTBLK;
 	}

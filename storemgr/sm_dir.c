@@ -104,24 +104,23 @@ int sm_dir_url_parse(const char *url, const char *scheme, struct url *u, char *e
 {
 	char uerr[256];
 	if (url_parse(url, u, uerr, sizeof(uerr)) < 0) {
-		sm_seterr(err, errlen, "bad target URL: %s", uerr);
+		set_err(err, errlen, "bad target URL: %s", uerr);
 		return -EINVAL;
 	}
 	if (strcmp(u->scheme, scheme) != 0) {
-		sm_seterr(err, errlen, "target URL '%s' is not a %s: URL", url, scheme);
+		set_err(err, errlen, "target URL '%s' is not a %s: URL", url, scheme);
 		return -EINVAL;
 	}
 	if (u->has_authority && u->host[0]) {
-		sm_seterr(
+		set_err(
 		    err, errlen,
 		    "target URL '%s' names a host; a %s target is local (expected %s:/abs/path)",
 		    url, scheme, scheme);
 		return -EINVAL;
 	}
 	if (u->path[0] != '/') {
-		sm_seterr(err, errlen,
-			  "target URL '%s' has a relative path (expected %s:/abs/path)", url,
-			  scheme);
+		set_err(err, errlen, "target URL '%s' has a relative path (expected %s:/abs/path)",
+			url, scheme);
 		return -EINVAL;
 	}
 	size_t n = strlen(u->path);
@@ -360,13 +359,12 @@ static int sm_dir_count(int dfd, const char *ignore, unsigned *ret_n, bool *ret_
 static int sm_dir_writable_err(const char *path, int e, char *err, size_t errlen)
 {
 	if (e == EROFS)
-		sm_seterr(err, errlen, "target directory %s is on a read-only file system", path);
+		set_err(err, errlen, "target directory %s is on a read-only file system", path);
 	else if (e == EACCES || e == EPERM)
-		sm_seterr(err, errlen, "target directory %s is not writable (permission denied)",
-			  path);
+		set_err(err, errlen, "target directory %s is not writable (permission denied)",
+			path);
 	else
-		sm_seterr(err, errlen, "target directory %s is not writable: %s", path,
-			  strerror(e));
+		set_err(err, errlen, "target directory %s is not writable: %s", path, strerror(e));
 	return -e;
 }
 
@@ -408,7 +406,7 @@ int sm_dir_wipe_path(const char *path, char *err, size_t errlen)
 	int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0) {
 		int e = errno;
-		sm_seterr(err, errlen, "cannot open target directory %s: %s", path, strerror(e));
+		set_err(err, errlen, "cannot open target directory %s: %s", path, strerror(e));
 		return -e;
 	}
 	/* the identity first: a crash half way leaves a directory no volume claims */
@@ -431,7 +429,7 @@ int sm_dir_wipe_path(const char *path, char *err, size_t errlen)
 		r = -errno;
 	close(dfd);
 	if (r < 0)
-		sm_seterr(err, errlen, "cannot wipe target directory %s: %s", path, strerror(-r));
+		set_err(err, errlen, "cannot wipe target directory %s: %s", path, strerror(-r));
 	return r;
 }
 
@@ -440,32 +438,32 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 {
 	int dfd = -1, cfd = -1, r;
 	if (!dry_run && (!id || !sm_dir_chunk_size_ok(id->chunk_size))) {
-		sm_seterr(err, errlen, "invalid chunk size %u (a multiple of 4 KiB, at most 1 GiB)",
-			  id ? id->chunk_size : 0);
+		set_err(err, errlen, "invalid chunk size %u (a multiple of 4 KiB, at most 1 GiB)",
+			id ? id->chunk_size : 0);
 		return -EINVAL;
 	}
 	if (!dry_run && (!uuid_str_valid(id->volume_uuid) || !uuid_str_valid(id->target_uuid))) {
-		sm_seterr(err, errlen, "invalid volume or target UUID for target %s", path);
+		set_err(err, errlen, "invalid volume or target UUID for target %s", path);
 		return -EINVAL;
 	}
 	struct stat st;
 	if (stat(path, &st) < 0) {
 		r = -errno;
 		if (r == -ENOENT)
-			sm_seterr(err, errlen, "target directory %s does not exist", path);
+			set_err(err, errlen, "target directory %s does not exist", path);
 		else
-			sm_seterr(err, errlen, "cannot access target directory %s: %s", path,
-				  strerror(-r));
+			set_err(err, errlen, "cannot access target directory %s: %s", path,
+				strerror(-r));
 		return r;
 	}
 	if (!S_ISDIR(st.st_mode)) {
-		sm_seterr(err, errlen, "target %s is not a directory", path);
+		set_err(err, errlen, "target %s is not a directory", path);
 		return -ENOTDIR;
 	}
 	dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0) {
 		r = -errno;
-		sm_seterr(err, errlen, "cannot open target directory %s: %s", path, strerror(-r));
+		set_err(err, errlen, "cannot open target directory %s: %s", path, strerror(-r));
 		return r;
 	}
 
@@ -473,28 +471,28 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 	bool has_id = false;
 	r = sm_dir_count(dfd, ignore, &nother, &has_id);
 	if (r < 0) {
-		sm_seterr(err, errlen, "cannot list target directory %s: %s", path, strerror(-r));
+		set_err(err, errlen, "cannot list target directory %s: %s", path, strerror(-r));
 		goto out;
 	}
 	if (!force && has_id) {
 		struct sm_identity old;
 		char why[160];
 		if (sm_dir_id_load(dfd, &old, why, sizeof(why)) == 0)
-			sm_seterr(err, errlen,
-				  "target directory %s is not empty (holds a braidfs target of "
-				  "volume %s)",
-				  path, old.volume_uuid);
+			set_err(err, errlen,
+				"target directory %s is not empty (holds a braidfs target of "
+				"volume %s)",
+				path, old.volume_uuid);
 		else
-			sm_seterr(err, errlen,
-				  "target directory %s is not empty (holds a damaged braidfs "
-				  "target identity: %s)",
-				  path, why);
+			set_err(err, errlen,
+				"target directory %s is not empty (holds a damaged braidfs "
+				"target identity: %s)",
+				path, why);
 		r = -EEXIST;
 		goto out;
 	}
 	if (!force && nother) {
-		sm_seterr(err, errlen, "target directory %s is not empty (holds %u other file%s)",
-			  path, nother, nother == 1 ? "" : "s");
+		set_err(err, errlen, "target directory %s is not empty (holds %u other file%s)",
+			path, nother, nother == 1 ? "" : "s");
 		r = -ENOTEMPTY;
 		goto out;
 	}
@@ -520,21 +518,20 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 		/* SM-2: chunks of a previous target must not be read back as this one's. */
 		r = sm_dir_wipe_chunks(dfd);
 		if (r < 0) {
-			sm_seterr(err, errlen, "cannot delete old chunks in %s: %s", path,
-				  strerror(-r));
+			set_err(err, errlen, "cannot delete old chunks in %s: %s", path,
+				strerror(-r));
 			goto out;
 		}
 	}
 	if (mkdirat(dfd, SM_DIR_CHUNKS, 0755) < 0 && errno != EEXIST) {
 		r = -errno;
-		sm_seterr(err, errlen, "cannot create %s/%s: %s", path, SM_DIR_CHUNKS,
-			  strerror(-r));
+		set_err(err, errlen, "cannot create %s/%s: %s", path, SM_DIR_CHUNKS, strerror(-r));
 		goto out;
 	}
 	cfd = openat(dfd, SM_DIR_CHUNKS, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (cfd < 0) {
 		r = -errno;
-		sm_seterr(err, errlen, "cannot open %s/%s: %s", path, SM_DIR_CHUNKS, strerror(-r));
+		set_err(err, errlen, "cannot open %s/%s: %s", path, SM_DIR_CHUNKS, strerror(-r));
 		goto out;
 	}
 	for (unsigned i = 0; i < SM_DIR_FANOUT; i++) {
@@ -542,14 +539,14 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 		snprintf(fan, sizeof(fan), "%02x", i);
 		if (mkdirat(cfd, fan, 0755) < 0 && errno != EEXIST) {
 			r = -errno;
-			sm_seterr(err, errlen, "cannot create %s/%s/%s: %s", path, SM_DIR_CHUNKS,
-				  fan, strerror(-r));
+			set_err(err, errlen, "cannot create %s/%s/%s: %s", path, SM_DIR_CHUNKS, fan,
+				strerror(-r));
 			goto out;
 		}
 	}
 	if (fsync(cfd) < 0 || fsync(dfd) < 0) {
 		r = -errno;
-		sm_seterr(err, errlen, "cannot sync %s: %s", path, strerror(-r));
+		set_err(err, errlen, "cannot sync %s: %s", path, strerror(-r));
 		goto out;
 	}
 	/* The identity goes last: a target that has one has its whole layout. */
@@ -557,8 +554,7 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 	nid.format_version = SM_FORMAT_VERSION;
 	r = sm_dir_id_store(dfd, &nid);
 	if (r < 0)
-		sm_seterr(err, errlen, "cannot write %s/%s: %s", path, SM_DIR_ID_FILE,
-			  strerror(-r));
+		set_err(err, errlen, "cannot write %s/%s: %s", path, SM_DIR_ID_FILE, strerror(-r));
 out:
 	if (cfd >= 0)
 		close(cfd);
@@ -608,33 +604,32 @@ int sm_dir_open_path(const struct sm_ops *ops, const char *url, const char *path
 	if (dfd < 0) {
 		r = -errno;
 		if (r == -ENOENT)
-			sm_seterr(err, errlen, "target directory %s does not exist", path);
+			set_err(err, errlen, "target directory %s does not exist", path);
 		else if (r == -ENOTDIR)
-			sm_seterr(err, errlen, "target %s is not a directory", path);
+			set_err(err, errlen, "target %s is not a directory", path);
 		else
-			sm_seterr(err, errlen, "cannot open target directory %s: %s", path,
-				  strerror(-r));
+			set_err(err, errlen, "cannot open target directory %s: %s", path,
+				strerror(-r));
 		return r;
 	}
 	struct sm_identity id;
 	char why[160];
 	r = sm_dir_id_load(dfd, &id, why, sizeof(why));
 	if (r == -ENOENT) {
-		sm_seterr(
-		    err, errlen,
-		    "target directory %s holds no braidfs target (no %s file; format it first)",
-		    path, SM_DIR_ID_FILE);
+		set_err(err, errlen,
+			"target directory %s holds no braidfs target (no %s file; format it first)",
+			path, SM_DIR_ID_FILE);
 		goto fail;
 	}
 	if (r < 0) {
-		sm_seterr(err, errlen, "target %s: identity file %s is corrupt (%s)", path,
-			  SM_DIR_ID_FILE, why);
+		set_err(err, errlen, "target %s: identity file %s is corrupt (%s)", path,
+			SM_DIR_ID_FILE, why);
 		goto fail;
 	}
 	if (id.format_version != SM_FORMAT_VERSION) {
-		sm_seterr(err, errlen,
-			  "target %s has on-disk format version %u; this braidfs reads version %d",
-			  path, id.format_version, SM_FORMAT_VERSION);
+		set_err(err, errlen,
+			"target %s has on-disk format version %u; this braidfs reads version %d",
+			path, id.format_version, SM_FORMAT_VERSION);
 		r = -EPROTONOSUPPORT;
 		goto fail;
 	}
@@ -644,8 +639,8 @@ int sm_dir_open_path(const struct sm_ops *ops, const char *url, const char *path
 	cfd = openat(dfd, SM_DIR_CHUNKS, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (cfd < 0) {
 		r = -errno;
-		sm_seterr(err, errlen, "target %s has no usable %s directory: %s", path,
-			  SM_DIR_CHUNKS, strerror(-r));
+		set_err(err, errlen, "target %s has no usable %s directory: %s", path,
+			SM_DIR_CHUNKS, strerror(-r));
 		if (r == -ENOENT)
 			r = -EBADMSG;
 		goto fail;
@@ -654,7 +649,7 @@ int sm_dir_open_path(const struct sm_ops *ops, const char *url, const char *path
 	struct sm_dir *d = calloc(1, MAX(size, sizeof(struct sm_dir)));
 	if (!d) {
 		r = -ENOMEM;
-		sm_seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		goto fail;
 	}
 	d->base.ops = ops;
@@ -681,7 +676,7 @@ int sm_dir_open_path(const struct sm_ops *ops, const char *url, const char *path
 		s->buckets = calloc(s->nbuckets, sizeof(*s->buckets));
 		if (!s->buckets) {
 			sm_dir_close(&d->base);
-			sm_seterr(err, errlen, "out of memory");
+			set_err(err, errlen, "out of memory");
 			return -ENOMEM;
 		}
 	}

@@ -444,8 +444,8 @@ static int smf_open(const char *url, const struct sm_identity *expect, struct sm
 	smf_clear(f);
 	r = smf_check(f, SMF_OPEN, SMF_NONE);
 	if (r < 0) {
-		sm_seterr(err, errlen, "cannot open target %s: %s (injected by %s/%s)", u.path,
-			  strerror(-r), u.path, SMF_FILE);
+		set_err(err, errlen, "cannot open target %s: %s (injected by %s/%s)", u.path,
+			strerror(-r), u.path, SMF_FILE);
 		smf_close(&d->base);
 		return r;
 	}

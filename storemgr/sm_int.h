@@ -6,11 +6,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 
+#include "common/util.h" /* set_err */
 #include "storemgr/sm.h"
-
-/* Message into err (NULL / 0 ok). */
-void sm_seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 /* SM-1: does the identity `have` of the target named `what` match `expect` (NULL: anything)?
  * An empty uuid or a zero chunk size in expect matches any. 0, or -EINVAL with one line in err

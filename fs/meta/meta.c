@@ -18,20 +18,6 @@ static const struct meta_ops *const meta_engines[] = {
     &meta_sqlite_ops,
 };
 
-static void meta_seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void meta_seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t errlen)
 {
 	struct url u;
@@ -41,18 +27,17 @@ int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t e
 	if (err && errlen > 0)
 		err[0] = '\0';
 	if (!url || !ret) {
-		meta_seterr(err, errlen, "no metadata URL given");
+		set_err(err, errlen, "no metadata URL given");
 		return -EINVAL;
 	}
 	if (flags & ~(META_O_CREATE | META_O_RDONLY) ||
 	    (flags & (META_O_CREATE | META_O_RDONLY)) == (META_O_CREATE | META_O_RDONLY)) {
-		meta_seterr(err, errlen, "invalid open flags 0x%x", (unsigned)flags);
+		set_err(err, errlen, "invalid open flags 0x%x", (unsigned)flags);
 		return -EINVAL;
 	}
 	r = url_parse(url, &u, uerr, (int)sizeof(uerr));
 	if (r < 0) {
-		meta_seterr(err, errlen, "bad metadata URL: %s (expected sqlite:///abs/path.db)",
-			    uerr);
+		set_err(err, errlen, "bad metadata URL: %s (expected sqlite:///abs/path.db)", uerr);
 		return r;
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(meta_engines); i++) {
@@ -61,8 +46,8 @@ int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t e
 		if (strcmp(ops->scheme, u.scheme) == 0)
 			return ops->open(url, flags, ret, err, errlen);
 	}
-	meta_seterr(err, errlen,
-		    "unknown metadata URL scheme '%s' (expected sqlite:///abs/path.db)", u.scheme);
+	set_err(err, errlen, "unknown metadata URL scheme '%s' (expected sqlite:///abs/path.db)",
+		u.scheme);
 	return -EINVAL;
 }
 

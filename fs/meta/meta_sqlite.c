@@ -296,20 +296,6 @@ static void ms_unlock(struct ms *m)
 	pthread_mutex_unlock(&m->lock);
 }
 
-static void ms_seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void ms_seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* SQLite result -> -errno, in exactly one place. Call it right after the failing call, before
  * anything else touches the connection (sqlite3_errmsg() describes the latest call). */
 static int ms_errno(struct ms *m, int rc, const char *what)
@@ -924,13 +910,12 @@ static int ms_precheck(struct ms *m, int flags, enum ms_file *ret, char *err, si
 	if (stat(m->path, &sb) < 0) {
 		r = -errno;
 		if (r != -ENOENT) {
-			ms_seterr(err, errlen, "cannot access %s: %s", m->path, strerror(-r));
+			set_err(err, errlen, "cannot access %s: %s", m->path, strerror(-r));
 			return r;
 		}
 		if (!(flags & META_O_CREATE)) {
-			ms_seterr(err, errlen,
-				  "no metadata database at %s (run 'braidfs format' first)",
-				  m->path);
+			set_err(err, errlen,
+				"no metadata database at %s (run 'braidfs format' first)", m->path);
 			return -ENOENT;
 		}
 		/* SQLite would say "unable to open database file"; say which directory. */
@@ -948,21 +933,20 @@ static int ms_precheck(struct ms *m, int flags, enum ms_file *ret, char *err, si
 		else
 			r = S_ISDIR(sb.st_mode) ? 0 : -ENOTDIR;
 		if (r < 0) {
-			ms_seterr(err, errlen, "cannot create %s: directory %s: %s", m->path, dir,
-				  strerror(-r));
+			set_err(err, errlen, "cannot create %s: directory %s: %s", m->path, dir,
+				strerror(-r));
 			return r;
 		}
 		*ret = MS_FILE_MISSING;
 		return 0;
 	}
 	if (S_ISDIR(sb.st_mode)) {
-		ms_seterr(err, errlen, "%s is a directory, not a braidfs metadata database",
-			  m->path);
+		set_err(err, errlen, "%s is a directory, not a braidfs metadata database", m->path);
 		return -EISDIR;
 	}
 	if (!S_ISREG(sb.st_mode)) {
-		ms_seterr(err, errlen, "%s is not a regular file, not a braidfs metadata database",
-			  m->path);
+		set_err(err, errlen, "%s is not a regular file, not a braidfs metadata database",
+			m->path);
 		return -EINVAL;
 	}
 	snprintf(side, sizeof(side), "%s-wal", m->path);
@@ -976,7 +960,7 @@ static int ms_precheck(struct ms *m, int flags, enum ms_file *ret, char *err, si
 	fd = open(m->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		r = -errno;
-		ms_seterr(err, errlen, "cannot open %s: %s", m->path, strerror(-r));
+		set_err(err, errlen, "cannot open %s: %s", m->path, strerror(-r));
 		return r;
 	}
 	r = pread_full(fd, hdr, sizeof(hdr), 0);
@@ -984,35 +968,34 @@ static int ms_precheck(struct ms *m, int flags, enum ms_file *ret, char *err, si
 	if (r == -ENODATA)
 		goto not_sqlite;
 	if (r < 0) {
-		ms_seterr(err, errlen, "cannot read %s: %s", m->path, strerror(-r));
+		set_err(err, errlen, "cannot read %s: %s", m->path, strerror(-r));
 		return r;
 	}
 	if (memcmp(hdr, magic, sizeof(magic)) != 0)
 		goto not_sqlite;
 	app = ms_be32(hdr + 68);
 	if (app != 0 && app != MS_APP_ID) {
-		ms_seterr(err, errlen,
-			  "%s is not a braidfs metadata database (an SQLite database of another "
-			  "application, id 0x%08x)",
-			  m->path, app);
+		set_err(err, errlen,
+			"%s is not a braidfs metadata database (an SQLite database of another "
+			"application, id 0x%08x)",
+			m->path, app);
 		return -EINVAL;
 	}
 	/* A rollback journal next to a database that is not already ours: SQLite would replay it
 	 * into the file on first read. braidfs databases live in WAL mode and never have one. */
 	snprintf(side, sizeof(side), "%s-journal", m->path);
 	if (app != MS_APP_ID && ms_file_nonempty(side)) {
-		ms_seterr(err, errlen,
-			  "%s is not a braidfs metadata database (an SQLite database with a "
-			  "rollback journal)",
-			  m->path);
+		set_err(err, errlen,
+			"%s is not a braidfs metadata database (an SQLite database with a "
+			"rollback journal)",
+			m->path);
 		return -EINVAL;
 	}
 	*ret = MS_FILE_SQLITE;
 	return 0;
 
 not_sqlite:
-	ms_seterr(err, errlen, "%s is not a braidfs metadata database (not an SQLite file)",
-		  m->path);
+	set_err(err, errlen, "%s is not a braidfs metadata database (not an SQLite file)", m->path);
 	return -EINVAL;
 }
 
@@ -1044,28 +1027,28 @@ static int ms_open_fail(struct ms *m, int rc, char *err, size_t errlen)
 
 	switch (rc & 0xff) {
 	case SQLITE_NOTADB:
-		ms_seterr(err, errlen, "%s is not a braidfs metadata database (%s)", m->path, msg);
+		set_err(err, errlen, "%s is not a braidfs metadata database (%s)", m->path, msg);
 		return -EINVAL;
 	case SQLITE_CORRUPT:
-		ms_seterr(err, errlen, "%s is corrupted: %s", m->path, msg);
+		set_err(err, errlen, "%s is corrupted: %s", m->path, msg);
 		return -EIO;
 	case SQLITE_BUSY:
 	case SQLITE_LOCKED:
-		ms_seterr(err, errlen, "%s is locked by another process (%s)", m->path, msg);
+		set_err(err, errlen, "%s is locked by another process (%s)", m->path, msg);
 		return -EBUSY;
 	case SQLITE_CANTOPEN:
 	case SQLITE_PERM:
 	case SQLITE_READONLY: {
 		int e = sqlite3_system_errno(m->db);
 
-		ms_seterr(err, errlen, "cannot open %s: %s", m->path, e ? strerror(e) : msg);
+		set_err(err, errlen, "cannot open %s: %s", m->path, e ? strerror(e) : msg);
 		return e ? -e : -EACCES;
 	}
 	case SQLITE_NOMEM:
-		ms_seterr(err, errlen, "cannot open %s: out of memory", m->path);
+		set_err(err, errlen, "cannot open %s: out of memory", m->path);
 		return -ENOMEM;
 	default:
-		ms_seterr(err, errlen, "cannot open %s: %s", m->path, msg);
+		set_err(err, errlen, "cannot open %s: %s", m->path, msg);
 		return -EIO;
 	}
 }
@@ -1086,37 +1069,37 @@ static int ms_validate(struct ms *m, int flags, char *err, size_t errlen)
 		return ms_open_fail(m, rc, err, errlen);
 	if (app == 0 && ntab == 0) {
 		if (!(flags & META_O_CREATE)) {
-			ms_seterr(err, errlen,
-				  "no metadata database at %s (the file is an empty database; run "
-				  "'braidfs format' first)",
-				  m->path);
+			set_err(err, errlen,
+				"no metadata database at %s (the file is an empty database; run "
+				"'braidfs format' first)",
+				m->path);
 			return -ENOENT;
 		}
 		return 0; /* empty: format() will fill it */
 	}
 	if (app != MS_APP_ID) {
-		ms_seterr(err, errlen,
-			  "%s is not a braidfs metadata database (an SQLite database of another "
-			  "application)",
-			  m->path);
+		set_err(err, errlen,
+			"%s is not a braidfs metadata database (an SQLite database of another "
+			"application)",
+			m->path);
 		return -EINVAL;
 	}
 	if (ver > MS_SCHEMA_VERSION) {
-		ms_seterr(err, errlen,
-			  "%s has metadata schema version %lld, newer than this braidfs (%d): "
-			  "upgrade braidfs",
-			  m->path, (long long)ver, MS_SCHEMA_VERSION);
+		set_err(err, errlen,
+			"%s has metadata schema version %lld, newer than this braidfs (%d): "
+			"upgrade braidfs",
+			m->path, (long long)ver, MS_SCHEMA_VERSION);
 		return -EINVAL;
 	}
 	if (ver < 1) {
-		ms_seterr(err, errlen, "%s is corrupted: no schema version", m->path);
+		set_err(err, errlen, "%s is corrupted: no schema version", m->path);
 		return -EIO;
 	}
 	if (ver < MS_SCHEMA_VERSION && m->rdonly) {
-		ms_seterr(err, errlen,
-			  "%s has metadata schema version %lld and needs an upgrade to %d: open it "
-			  "read-write once (braidfs mount or braidfs fsck)",
-			  m->path, (long long)ver, MS_SCHEMA_VERSION);
+		set_err(err, errlen,
+			"%s has metadata schema version %lld and needs an upgrade to %d: open it "
+			"read-write once (braidfs mount or braidfs fsck)",
+			m->path, (long long)ver, MS_SCHEMA_VERSION);
 		return -EINVAL;
 	}
 	m->schema_version = ver;
@@ -1129,14 +1112,14 @@ static int ms_validate(struct ms *m, int flags, char *err, size_t errlen)
 				 " = " MS_SQL_IFDIR,
 				 &nroot);
 	if (rc != SQLITE_OK && (rc & 0xff) == SQLITE_ERROR) {
-		ms_seterr(err, errlen, "%s is corrupted: %s", m->path, sqlite3_errmsg(m->db));
+		set_err(err, errlen, "%s is corrupted: %s", m->path, sqlite3_errmsg(m->db));
 		return -EIO;
 	}
 	if (rc != SQLITE_OK)
 		return ms_open_fail(m, rc, err, errlen);
 	if (nvol != 1 || nroot != 1) {
-		ms_seterr(err, errlen, "%s is corrupted: %s", m->path,
-			  nvol != 1 ? "no volume row" : "no root directory");
+		set_err(err, errlen, "%s is corrupted: %s", m->path,
+			nvol != 1 ? "no volume row" : "no root directory");
 		return -EIO;
 	}
 	m->schema = ver;
@@ -1172,8 +1155,8 @@ static int ms_configure(struct ms *m, char *err, size_t errlen)
 			int r = rc == SQLITE_ROW ? -EIO : ms_open_fail(m, rc, err, errlen);
 
 			if (rc == SQLITE_ROW)
-				ms_seterr(err, errlen, "%s: cannot switch to WAL mode (got '%s')",
-					  m->path, mode ? (const char *)mode : "?");
+				set_err(err, errlen, "%s: cannot switch to WAL mode (got '%s')",
+					m->path, mode ? (const char *)mode : "?");
 			sqlite3_finalize(st);
 			return r;
 		}
@@ -1245,9 +1228,9 @@ static int ms_migrate(struct ms *m, char *err, size_t errlen)
 	}
 	r = ms_end(m, r);
 	if (r < 0) {
-		ms_seterr(err, errlen,
-			  "%s: cannot upgrade the metadata schema from version %lld to %d: %s",
-			  m->path, (long long)m->schema, MS_SCHEMA_VERSION, strerror(-r));
+		set_err(err, errlen,
+			"%s: cannot upgrade the metadata schema from version %lld to %d: %s",
+			m->path, (long long)m->schema, MS_SCHEMA_VERSION, strerror(-r));
 		return r;
 	}
 	if (ver != m->schema)
@@ -1273,49 +1256,48 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 		return -EINVAL;
 	if (flags & ~(META_O_CREATE | META_O_RDONLY) ||
 	    (flags & (META_O_CREATE | META_O_RDONLY)) == (META_O_CREATE | META_O_RDONLY)) {
-		ms_seterr(err, errlen, "invalid open flags 0x%x", (unsigned)flags);
+		set_err(err, errlen, "invalid open flags 0x%x", (unsigned)flags);
 		return -EINVAL;
 	}
 	r = url_parse(url, &u, uerr, (int)sizeof(uerr));
 	if (r < 0) {
-		ms_seterr(err, errlen, "bad metadata URL: %s (expected sqlite:///abs/path.db)",
-			  uerr);
+		set_err(err, errlen, "bad metadata URL: %s (expected sqlite:///abs/path.db)", uerr);
 		return r;
 	}
 	if (strcmp(u.scheme, "sqlite") != 0) {
-		ms_seterr(err, errlen, "not an sqlite URL: '%s' (expected sqlite:///abs/path.db)",
-			  url);
+		set_err(err, errlen, "not an sqlite URL: '%s' (expected sqlite:///abs/path.db)",
+			url);
 		return -EINVAL;
 	}
 	if (u.host[0] || u.userinfo[0] || u.port) {
-		ms_seterr(err, errlen,
-			  "sqlite URL '%s' names a host; a local file takes three slashes: "
-			  "sqlite:///abs/path.db",
-			  url);
+		set_err(err, errlen,
+			"sqlite URL '%s' names a host; a local file takes three slashes: "
+			"sqlite:///abs/path.db",
+			url);
 		return -EINVAL;
 	}
 	if (u.query[0]) {
-		ms_seterr(err, errlen, "sqlite URL '%s' has a query; none is supported", url);
+		set_err(err, errlen, "sqlite URL '%s' has a query; none is supported", url);
 		return -EINVAL;
 	}
 	if (!u.path[0] || strcmp(u.path, "/") == 0) {
-		ms_seterr(err, errlen,
-			  "sqlite URL '%s' has no file path (expected "
-			  "sqlite:///abs/path.db)",
-			  url);
+		set_err(err, errlen,
+			"sqlite URL '%s' has no file path (expected "
+			"sqlite:///abs/path.db)",
+			url);
 		return -EINVAL;
 	}
 	if (u.path[0] != '/') {
-		ms_seterr(err, errlen,
-			  "sqlite URL '%s' has a relative path '%s'; use an absolute one: "
-			  "sqlite:///abs/path.db",
-			  url, u.path);
+		set_err(err, errlen,
+			"sqlite URL '%s' has a relative path '%s'; use an absolute one: "
+			"sqlite:///abs/path.db",
+			url, u.path);
 		return -EINVAL;
 	}
 
 	m = calloc(1, sizeof(*m));
 	if (!m) {
-		ms_seterr(err, errlen, "out of memory");
+		set_err(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	m->base.ops = &meta_sqlite_ops;
@@ -1328,10 +1310,10 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 	if (r < 0)
 		goto fail;
 	if (state == MS_FILE_EMPTY && !(flags & META_O_CREATE)) {
-		ms_seterr(err, errlen,
-			  "no metadata database at %s (the file is empty; run 'braidfs format' "
-			  "first)",
-			  m->path);
+		set_err(err, errlen,
+			"no metadata database at %s (the file is empty; run 'braidfs format' "
+			"first)",
+			m->path);
 		r = -ENOENT;
 		goto fail;
 	}
@@ -1343,7 +1325,7 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 
 		if (fd < 0) {
 			r = -errno;
-			ms_seterr(err, errlen, "cannot create %s: %s", m->path, strerror(-r));
+			set_err(err, errlen, "cannot create %s: %s", m->path, strerror(-r));
 			goto fail;
 		}
 		close(fd);
@@ -1359,7 +1341,7 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 	rc = sqlite3_open_v2(m->path, &m->db, oflags, NULL);
 	if (rc != SQLITE_OK) {
 		if (!m->db) {
-			ms_seterr(err, errlen, "cannot open %s: out of memory", m->path);
+			set_err(err, errlen, "cannot open %s: out of memory", m->path);
 			r = -ENOMEM;
 		} else {
 			r = ms_open_fail(m, rc, err, errlen);
