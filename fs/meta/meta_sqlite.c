@@ -487,6 +487,18 @@ static int ms_end(struct ms *m, int r)
 	return r;
 }
 
+/* One write transaction around `call` (an ms_*_tx() call: 0 or -errno): under the handle's
+ * lock, begin, then ms_end() commits on 0 and rolls back otherwise. Evaluates to the result. */
+#define MS_WRITE_TX(m, call)                                                                       \
+	({                                                                                         \
+		ms_lock(m);                                                                        \
+		int r_ = ms_begin(m);                                                              \
+		if (r_ == 0)                                                                       \
+			r_ = ms_end(m, (call));                                                    \
+		ms_unlock(m);                                                                      \
+		r_;                                                                                \
+	})
+
 /* ---- rows <-> structs ------------------------------------------------------------------ */
 
 static void ms_row_attr(sqlite3_stmt *st, int c, struct meta_attr *a)
@@ -1850,11 +1862,7 @@ static int ms_target_add(struct meta *mm, const struct meta_target *t, uint32_t 
 
 	if (!t || !ms_target_ok(t) || t->state == META_TARGET_REMOVED)
 		return -EINVAL;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_target_add_tx(m, t, &id));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_target_add_tx(m, t, &id));
 	if (r == 0 && ret_id)
 		*ret_id = id;
 	return r;
@@ -2186,11 +2194,7 @@ static int ms_setattr(struct meta *mm, uint64_t ino, unsigned mask, const struct
 
 	if ((mask & ~MS_SETATTR_ALL) || (mask && !in))
 		return -EINVAL;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_setattr_tx(m, ino, mask, in, &a));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_setattr_tx(m, ino, mask, in, &a));
 	if (r == 0 && ret)
 		*ret = a;
 	return r;
@@ -2287,11 +2291,7 @@ static int ms_mknod(struct meta *mm, uint64_t parent, const char *name, const st
 		if (n > META_SYMLINK_MAX)
 			return -ENAMETOOLONG;
 	}
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_mknod_tx(m, parent, name, in, link, &a));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_mknod_tx(m, parent, name, in, link, &a));
 	if (r == 0 && ret)
 		*ret = a;
 	return r;
@@ -2349,11 +2349,7 @@ static int ms_link(struct meta *mm, uint64_t ino, uint64_t newparent, const char
 		return r;
 	if (ms_name_is_dot(newname))
 		return -EEXIST;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_link_tx(m, ino, newparent, newname, now_ns, &a));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_link_tx(m, ino, newparent, newname, now_ns, &a));
 	if (r == 0 && ret)
 		*ret = a;
 	return r;
@@ -2400,11 +2396,7 @@ static int ms_unlink(struct meta *mm, uint64_t parent, const char *name, int64_t
 	r = ms_name_check(name);
 	if (r < 0)
 		return r;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_unlink_tx(m, parent, name, now_ns, &a));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_unlink_tx(m, parent, name, now_ns, &a));
 	if (r == 0 && ret)
 		*ret = a;
 	return r;
@@ -2453,11 +2445,7 @@ static int ms_rmdir(struct meta *mm, uint64_t parent, const char *name, int64_t 
 	r = ms_name_check(name);
 	if (r < 0)
 		return r;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_rmdir_tx(m, parent, name, now_ns, &a));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_rmdir_tx(m, parent, name, now_ns, &a));
 	if (r == 0 && ret)
 		*ret = a;
 	return r;
@@ -2699,11 +2687,7 @@ static int ms_setxattr(struct meta *mm, uint64_t ino, const char *name, const vo
 		return -EINVAL;
 	if (size > META_XATTR_SIZE_MAX)
 		return -E2BIG;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_setxattr_tx(m, ino, name, value, size, flags));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_setxattr_tx(m, ino, name, value, size, flags));
 	return r;
 }
 
@@ -2831,11 +2815,7 @@ static int ms_removexattr(struct meta *mm, uint64_t ino, const char *name)
 	r = ms_xattr_name_check(name);
 	if (r < 0)
 		return r;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_removexattr_tx(m, ino, name));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_removexattr_tx(m, ino, name));
 	return r;
 }
 
@@ -2882,11 +2862,7 @@ static int ms_quota_set(struct meta *mm, uint64_t dir, uint64_t bytes_limit, uin
 
 	if (bytes_limit > INT64_MAX || inodes_limit > INT64_MAX)
 		return -EINVAL;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_quota_set_tx(m, dir, bytes_limit, inodes_limit));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_quota_set_tx(m, dir, bytes_limit, inodes_limit));
 	return r;
 }
 
@@ -2930,11 +2906,7 @@ static int ms_quota_clear(struct meta *mm, uint64_t dir)
 	struct ms *m = ms_of(mm);
 	int r;
 
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_quota_clear_tx(m, dir));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_quota_clear_tx(m, dir));
 	return r;
 }
 
@@ -2984,11 +2956,7 @@ static int ms_quota_reserve(struct meta *mm, uint64_t ino, uint64_t need, uint64
 
 	if (need > want || want > INT64_MAX)
 		return need > want ? -EINVAL : -EFBIG;
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_quota_reserve_tx(m, ino, need, want, &got));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_quota_reserve_tx(m, ino, need, want, &got));
 	if (r == 0 && ret_reserved)
 		*ret_reserved = got;
 	return r;
@@ -3023,11 +2991,7 @@ static int ms_purge(struct meta *mm, uint64_t ino)
 	struct ms *m = ms_of(mm);
 	int r;
 
-	ms_lock(m);
-	r = ms_begin(m);
-	if (r == 0)
-		r = ms_end(m, ms_purge_tx(m, ino));
-	ms_unlock(m);
+	r = MS_WRITE_TX(m, ms_purge_tx(m, ino));
 	return r;
 }
 
