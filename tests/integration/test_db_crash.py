@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from conftest import braidfs, pid_alive
+from conftest import braidfs
+from test_postgres import _children_of, _clear_stale_pidfile
 
 ROUNDS = int(os.environ.get("BRAIDFS_DB_CRASH_ROUNDS", "10"))
 PGBIN = os.environ.get("BRAIDFS_PGBIN", "/usr/lib/postgresql/15/bin")
@@ -59,19 +60,10 @@ def _wait_gone(pids, timeout=30):
 
 
 def _descendants(pid):
-    kids = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
+    """pid and every process below it."""
+    out = [pid]
+    for kid in _children_of(pid):
+        out += _descendants(kid)
     return out
 
 
@@ -201,15 +193,7 @@ class Postgres:
         return _descendants(pm)
 
     def after_kill(self):
-        # A postmaster killed with -9 whose zombie lingers makes PostgreSQL take its
-        # postmaster.pid for a live server: remove it once the process is gone.
-        pidf = os.path.join(self.data, "postmaster.pid")
-        try:
-            pid = int(open(pidf).readline())
-        except (OSError, ValueError):
-            return
-        if not pid_alive(pid) or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
-            os.unlink(pidf)
+        _clear_stale_pidfile(self.data)
 
     def stop(self, mode="fast"):
         _run(self.ctl + ["stop", "-m", mode], user="postgres", check=False)

@@ -35,12 +35,9 @@ def _as_postgres(argv, timeout=300, check=True):
     return p
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_postgres_pgbench(volume):
-    if not os.path.exists(os.path.join(PGBIN, "postgres")) or _pg_user() is None:
-        pytest.skip("PostgreSQL binaries or the postgres user missing")
-    pw = _pg_user()
+def _cluster_paths(volume, pw):
+    """A data directory on the mount, a socket directory on local disk, a random port:
+    (data, sock, port, log file, pg_ctl argv, client connection argv)."""
     os.chmod(volume.mnt, 0o755)
     data = volume.path("pgdata")
     os.mkdir(data, 0o700)
@@ -52,6 +49,16 @@ def test_postgres_pgbench(volume):
     opts = f"-c listen_addresses='' -k {sock} -p {port} -c fsync=on -c max_connections=20"
     ctl = [f"{PGBIN}/pg_ctl", "-D", data, "-l", logf, "-o", opts, "-w", "-t", "120"]
     conn = ["-h", sock, "-p", port]
+    return data, sock, port, logf, ctl, conn
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_postgres_pgbench(volume):
+    if not os.path.exists(os.path.join(PGBIN, "postgres")) or _pg_user() is None:
+        pytest.skip("PostgreSQL binaries or the postgres user missing")
+    pw = _pg_user()
+    data, sock, port, logf, ctl, conn = _cluster_paths(volume, pw)
     started = False
     try:
         _as_postgres([f"{PGBIN}/initdb", "-D", data, "--auth=trust", "-E", "UTF8",
@@ -147,17 +154,7 @@ def test_postgres_crash_recovery(volume):
         pytest.skip("PostgreSQL binaries or the postgres user missing")
     from conftest import braidfs
     pw = _pg_user()
-    os.chmod(volume.mnt, 0o755)
-    data = volume.path("pgdata")
-    os.mkdir(data, 0o700)
-    os.chown(data, pw.pw_uid, pw.pw_gid)
-    sock = tempfile.mkdtemp(prefix="braidfs-pgsock-")
-    os.chown(sock, pw.pw_uid, pw.pw_gid)
-    port = str(random.randint(20000, 60000))
-    logf = os.path.join(sock, "log")
-    opts = f"-c listen_addresses='' -k {sock} -p {port} -c fsync=on -c max_connections=20"
-    ctl = [f"{PGBIN}/pg_ctl", "-D", data, "-l", logf, "-o", opts, "-w", "-t", "120"]
-    conn = ["-h", sock, "-p", port]
+    data, sock, port, logf, ctl, conn = _cluster_paths(volume, pw)
     lockf = os.path.join(sock, f".s.PGSQL.{port}.lock")
 
     def psql(sql):
