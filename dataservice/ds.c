@@ -1934,6 +1934,17 @@ fail:
 	return r;
 }
 
+/* ds_rebuild_chunk under the chunk's stripe lock (DS-3): no writer can slip in between. */
+static int ds_rebuild_chunk_locked(struct ds_rebuilder *rb, uint64_t ino, uint32_t idx,
+				   bool *ret_absent)
+{
+	pthread_mutex_t *sl = ds_stripe(rb->ds, ino, idx);
+	pthread_mutex_lock(sl);
+	int r = ds_rebuild_chunk(rb, ino, idx, ret_absent);
+	pthread_mutex_unlock(sl);
+	return r;
+}
+
 /* Chunks of list l that belong to chain ci, moved to the front; returns their count. */
 static size_t ds_keep_chain(struct ds *ds, struct ds_clist *l, unsigned ci)
 {
@@ -2034,11 +2045,8 @@ int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress
 	/* (a) copy every chunk of the chain, each under its stripe lock (DS-3) */
 	for (size_t i = 0; i < src.n; i++) {
 		const struct ds_cent *e = &src.v[i];
-		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
 		bool absent;
-		pthread_mutex_lock(sl);
-		r = ds_rebuild_chunk(&rb, e->ino, e->idx, &absent);
-		pthread_mutex_unlock(sl);
+		r = ds_rebuild_chunk_locked(&rb, e->ino, e->idx, &absent);
 		if (r < 0)
 			goto out;
 		rb.p.chunks_done++;
@@ -2051,11 +2059,8 @@ int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress
 		const struct ds_cent *e = &dst.v[i];
 		if (ds_clist_has(&src, e->ino, e->idx))
 			continue;
-		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
 		bool absent;
-		pthread_mutex_lock(sl);
-		r = ds_rebuild_chunk(&rb, e->ino, e->idx, &absent);
-		pthread_mutex_unlock(sl);
+		r = ds_rebuild_chunk_locked(&rb, e->ino, e->idx, &absent);
 		if (r < 0)
 			goto out;
 		if (absent)
