@@ -87,6 +87,18 @@ struct sm_dev {
 	char desc[256]; /* one line for status: "image file /x (direct I/O, io_uring qd 32)" */
 };
 
+/* DEV-1 and the device's range for [off, off+len): aligned and inside. Every entry point checks
+ * with these (the registry, and each backend's own, which callers may reach directly). */
+static inline bool sm_dev_span_ok(const struct sm_dev *d, uint64_t off, uint64_t len)
+{
+	return off % SM_DEV_ALIGN == 0 && len % SM_DEV_ALIGN == 0 && off <= d->size &&
+	       len <= d->size - off;
+}
+static inline bool sm_dev_io_ok(const struct sm_dev *d, const void *buf, uint64_t off, size_t len)
+{
+	return (uintptr_t)buf % SM_DEV_ALIGN == 0 && sm_dev_span_ok(d, off, len);
+}
+
 /* Registry (sm_dev.c). */
 const struct sm_dev_ops *sm_dev_ops_for(const char *url); /* NULL: not a device scheme */
 int sm_dev_open(const char *url, unsigned flags, struct sm_dev **ret, char *err, size_t errlen);

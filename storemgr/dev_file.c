@@ -382,8 +382,7 @@ static int sm_dev_file_run(struct sm_dev_file *f, struct io_uring *ring, struct 
 /* DEV-1 and the range, also when a caller reaches the ops table without the registry. */
 static int sm_dev_file_check(struct sm_dev_file *f, const struct sm_dev_io *io)
 {
-	if (io->len % SM_DEV_ALIGN || io->off % SM_DEV_ALIGN || (uintptr_t)io->buf % SM_DEV_ALIGN ||
-	    io->off > f->base.size || io->len > f->base.size - io->off)
+	if (!sm_dev_io_ok(&f->base, io->buf, io->off, io->len))
 		return -EINVAL;
 	if (io->op == SM_DEV_WRITE && f->rdonly)
 		return -EROFS;
@@ -444,7 +443,7 @@ static int sm_dev_file_discard(struct sm_dev *d, uint64_t off, uint64_t len)
 	struct sm_dev_file *f = sm_dev_file_of(d);
 	if (f->rdonly)
 		return -EROFS;
-	if (off % SM_DEV_ALIGN || len % SM_DEV_ALIGN || off > d->size || len > d->size - off)
+	if (!sm_dev_span_ok(d, off, len))
 		return -EINVAL;
 	if (len == 0)
 		return 0;

@@ -619,20 +619,13 @@ static int net_run_other(struct net_dev *nd, enum net_kind kind, uint64_t off, u
 	return result;
 }
 
-static bool net_in_range(const struct net_dev *nd, uint64_t off, uint64_t len)
-{
-	return off <= nd->dev.size && len <= nd->dev.size - off;
-}
-
 int net_dev_submit(struct sm_dev *d, struct sm_dev_io *ios, unsigned n)
 {
 	struct net_dev *nd = (struct net_dev *)d;
 	uint64_t pieces = 0;
 	bool emulate_fua = false;
 	for (unsigned i = 0; i < n; i++) {
-		if (ios[i].len % SM_DEV_ALIGN || ios[i].off % SM_DEV_ALIGN ||
-		    (uintptr_t)ios[i].buf % SM_DEV_ALIGN ||
-		    !net_in_range(nd, ios[i].off, ios[i].len))
+		if (!sm_dev_io_ok(d, ios[i].buf, ios[i].off, ios[i].len))
 			return -EINVAL; /* DEV-1 */
 		if (ios[i].op == SM_DEV_WRITE && nd->rdonly)
 			return -EROFS;
@@ -681,7 +674,7 @@ int net_dev_flush(struct sm_dev *d)
 int net_dev_discard(struct sm_dev *d, uint64_t off, uint64_t len)
 {
 	struct net_dev *nd = (struct net_dev *)d;
-	if (off % SM_DEV_ALIGN || len % SM_DEV_ALIGN || !net_in_range(nd, off, len))
+	if (!sm_dev_span_ok(d, off, len))
 		return -EINVAL;
 	if (nd->rdonly)
 		return -EROFS;

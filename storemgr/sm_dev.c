@@ -51,26 +51,16 @@ void sm_dev_close(struct sm_dev *d)
 		d->ops->close(d);
 }
 
-static bool aligned(const void *buf, size_t len, uint64_t off)
-{
-	return ((uintptr_t)buf % SM_DEV_ALIGN) == 0 && len % SM_DEV_ALIGN == 0 &&
-	       off % SM_DEV_ALIGN == 0;
-}
-
 int sm_dev_pread(struct sm_dev *d, void *buf, size_t len, uint64_t off)
 {
-	if (!aligned(buf, len, off)) /* DEV-1 */
-		return -EINVAL;
-	if (off > d->size || len > d->size - off)
+	if (!sm_dev_io_ok(d, buf, off, len)) /* DEV-1 */
 		return -EINVAL;
 	return d->ops->pread(d, buf, len, off);
 }
 
 int sm_dev_pwrite(struct sm_dev *d, const void *buf, size_t len, uint64_t off, unsigned flags)
 {
-	if (!aligned(buf, len, off))
-		return -EINVAL;
-	if (off > d->size || len > d->size - off)
+	if (!sm_dev_io_ok(d, buf, off, len))
 		return -EINVAL;
 	return d->ops->pwrite(d, buf, len, off, flags);
 }
@@ -78,8 +68,7 @@ int sm_dev_pwrite(struct sm_dev *d, const void *buf, size_t len, uint64_t off, u
 int sm_dev_submit(struct sm_dev *d, struct sm_dev_io *ios, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++)
-		if (!aligned(ios[i].buf, ios[i].len, ios[i].off) || ios[i].off > d->size ||
-		    ios[i].len > d->size - ios[i].off)
+		if (!sm_dev_io_ok(d, ios[i].buf, ios[i].off, ios[i].len))
 			return -EINVAL;
 	return n ? d->ops->submit(d, ios, n) : 0;
 }
@@ -91,7 +80,7 @@ int sm_dev_flush(struct sm_dev *d)
 
 int sm_dev_discard(struct sm_dev *d, uint64_t off, uint64_t len)
 {
-	if (off % SM_DEV_ALIGN || len % SM_DEV_ALIGN || off > d->size || len > d->size - off)
+	if (!sm_dev_span_ok(d, off, len))
 		return -EINVAL;
 	return d->ops->discard ? d->ops->discard(d, off, len) : -EOPNOTSUPP;
 }
