@@ -40,7 +40,7 @@
  *   meta.h); readdir/inodes/orphans drop it between batches of MS_BATCH rows so that a long
  *   listing does not starve writers. No other lock exists, so there is no lock order.
  */
-#include "fs/meta/meta.h"
+#include "fs/meta/meta_int.h"
 
 #include "common/log.h"
 #include "common/url.h"
@@ -437,20 +437,11 @@ static int ms_end(struct ms *m, int r)
 
 static void ms_row_attr(sqlite3_stmt *st, int c, struct meta_attr *a)
 {
-	memset(a, 0, sizeof(*a));
-	a->ino = (uint64_t)sqlite3_column_int64(st, c + 0);
-	a->mode = (uint32_t)sqlite3_column_int64(st, c + 1);
-	a->nlink = (uint32_t)sqlite3_column_int64(st, c + 2);
-	a->uid = (uint32_t)sqlite3_column_int64(st, c + 3);
-	a->gid = (uint32_t)sqlite3_column_int64(st, c + 4);
-	a->rdev = (uint64_t)sqlite3_column_int64(st, c + 5);
-	a->size = (uint64_t)sqlite3_column_int64(st, c + 6);
-	a->atime_ns = sqlite3_column_int64(st, c + 7);
-	a->mtime_ns = sqlite3_column_int64(st, c + 8);
-	a->ctime_ns = sqlite3_column_int64(st, c + 9);
-	a->btime_ns = sqlite3_column_int64(st, c + 10);
-	a->generation = (uint64_t)sqlite3_column_int64(st, c + 11);
-	a->flags = (uint32_t)sqlite3_column_int64(st, c + 12);
+	int64_t v[META_ATTR_NCOLS];
+
+	for (int i = 0; i < META_ATTR_NCOLS; i++)
+		v[i] = sqlite3_column_int64(st, c + i);
+	meta_attr_from_cols(a, v);
 }
 
 /* A name column into a NUL-terminated buffer of META_NAME_MAX + 1 bytes. */
@@ -713,29 +704,6 @@ static int ms_check_not_ancestor(struct ms *m, uint64_t dir, uint64_t from)
 }
 
 /* ---- argument checks ------------------------------------------------------------------- */
-
-/* A path component: 1..META_NAME_MAX bytes, no '/'. */
-static int ms_name_check(const char *name)
-{
-	size_t n;
-
-	if (!name)
-		return -EINVAL;
-	n = strnlen(name, META_NAME_MAX + 1);
-	if (n == 0)
-		return -EINVAL;
-	if (n > META_NAME_MAX)
-		return -ENAMETOOLONG;
-	if (memchr(name, '/', n))
-		return -EINVAL;
-	return 0;
-}
-
-/* "." and ".." are never stored: the FUSE layer answers them. */
-static bool ms_name_is_dot(const char *name)
-{
-	return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
-}
 
 /* ---- open / close ---------------------------------------------------------------------- */
 
@@ -1051,11 +1019,9 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 		err[0] = '\0';
 	if (!url || !ret)
 		return -EINVAL;
-	if (flags & ~(META_O_CREATE | META_O_RDONLY) ||
-	    (flags & (META_O_CREATE | META_O_RDONLY)) == (META_O_CREATE | META_O_RDONLY)) {
-		ms_seterr(err, errlen, "invalid open flags 0x%x", (unsigned)flags);
-		return -EINVAL;
-	}
+	r = meta_open_flags_check(flags, err, errlen);
+	if (r < 0)
+		return r;
 	r = url_parse(url, &u, uerr, (int)sizeof(uerr));
 	if (r < 0) {
 		ms_seterr(err, errlen, "bad metadata URL: %s (expected sqlite:///abs/path.db)",
@@ -1182,11 +1148,6 @@ fail:
 }
 
 /* ---- cluster tables -------------------------------------------------------------------- */
-
-static bool ms_str_ok(const char *s, size_t cap)
-{
-	return strnlen(s, cap) < cap;
-}
 
 /* format(): the targets, with one statement prepared for this call only (format runs once). */
 static int ms_format_insert_targets(struct ms *m, const struct meta_target *t, unsigned n)
@@ -1363,25 +1324,9 @@ static int ms_format(struct meta *mm, const struct meta_volume *vol, const struc
 	struct ms *m = ms_of(mm);
 	int r;
 
-	if (!vol || (ntargets && !t) || (nchains && !c) || ntargets > META_MAX_TARGETS)
-		return -EINVAL;
-	if (!ms_str_ok(vol->name, sizeof(vol->name)) || !ms_str_ok(vol->uuid, sizeof(vol->uuid)))
-		return -EINVAL;
-	if (vol->chunk_size == 0 || (vol->chunk_size & (vol->chunk_size - 1)) ||
-	    vol->replicas < 1 || vol->replicas > META_MAX_REPLICAS ||
-	    (vol->consistency != META_STRONG && vol->consistency != META_WEAK))
-		return -EINVAL;
-	for (unsigned i = 0; i < ntargets; i++) {
-		if (t[i].id < 1 || !ms_str_ok(t[i].url, sizeof(t[i].url)) ||
-		    !ms_str_ok(t[i].uuid, sizeof(t[i].uuid)) ||
-		    (t[i].state != META_TARGET_UP && t[i].state != META_TARGET_OFFLINE))
-			return -EINVAL;
-	}
-	for (unsigned i = 0; i < nchains; i++) {
-		if (c[i].nmembers < 1 || c[i].nmembers > META_MAX_REPLICAS ||
-		    c[i].epoch > INT64_MAX)
-			return -EINVAL;
-	}
+	r = meta_format_check(vol, t, ntargets, c, nchains);
+	if (r < 0)
+		return r;
 
 	ms_lock(m);
 	if (m->rdonly) {
@@ -1606,7 +1551,7 @@ static int ms_lookup(struct meta *mm, uint64_t parent, const char *name, struct 
 	struct meta_attr a;
 	int r;
 
-	r = ms_name_check(name);
+	r = meta_name_check(name);
 	if (r < 0)
 		return r;
 	ms_lock(m);
@@ -1874,43 +1819,11 @@ static int ms_mknod(struct meta *mm, uint64_t parent, const char *name, const st
 {
 	struct ms *m = ms_of(mm);
 	struct meta_attr a;
-	mode_t type;
 	int r;
 
-	r = ms_name_check(name);
+	r = meta_mknod_check(name, in, link);
 	if (r < 0)
 		return r;
-	if (!in)
-		return -EINVAL;
-	if (ms_name_is_dot(name))
-		return -EEXIST;
-	type = in->mode & S_IFMT;
-	switch (type) {
-	case 0:
-	case S_IFREG:
-	case S_IFDIR:
-	case S_IFIFO:
-	case S_IFSOCK:
-	case S_IFCHR:
-	case S_IFBLK:
-		if (link && type != 0)
-			return -EINVAL;
-		break;
-	case S_IFLNK:
-		if (!link)
-			return -EINVAL;
-		break;
-	default:
-		return -EINVAL;
-	}
-	if (link) {
-		size_t n = strnlen(link, META_SYMLINK_MAX + 1);
-
-		if (n == 0)
-			return -ENOENT; /* symlink(2) with an empty target */
-		if (n > META_SYMLINK_MAX)
-			return -ENAMETOOLONG;
-	}
 	ms_lock(m);
 	r = ms_begin(m);
 	if (r == 0)
@@ -1966,10 +1879,10 @@ static int ms_link(struct meta *mm, uint64_t ino, uint64_t newparent, const char
 	struct meta_attr a;
 	int r;
 
-	r = ms_name_check(newname);
+	r = meta_name_check(newname);
 	if (r < 0)
 		return r;
-	if (ms_name_is_dot(newname))
+	if (meta_name_is_dot(newname))
 		return -EEXIST;
 	ms_lock(m);
 	r = ms_begin(m);
@@ -2019,7 +1932,7 @@ static int ms_unlink(struct meta *mm, uint64_t parent, const char *name, int64_t
 	struct meta_attr a;
 	int r;
 
-	r = ms_name_check(name);
+	r = meta_name_check(name);
 	if (r < 0)
 		return r;
 	ms_lock(m);
@@ -2072,7 +1985,7 @@ static int ms_rmdir(struct meta *mm, uint64_t parent, const char *name, int64_t 
 	struct meta_attr a;
 	int r;
 
-	r = ms_name_check(name);
+	r = meta_name_check(name);
 	if (r < 0)
 		return r;
 	ms_lock(m);
@@ -2211,16 +2124,9 @@ static int ms_rename(struct meta *mm, uint64_t parent, const char *name, uint64_
 	struct meta_attr rep;
 	int r;
 
-	r = ms_name_check(name);
-	if (r == 0)
-		r = ms_name_check(newname);
+	r = meta_rename_check(name, newname, flags);
 	if (r < 0)
 		return r;
-	if (ms_name_is_dot(name) || ms_name_is_dot(newname))
-		return -EINVAL;
-	if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE) ||
-	    (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE))
-		return -EINVAL;
 	ms_lock(m);
 	r = ms_begin(m);
 	if (r == 0)
@@ -2233,21 +2139,6 @@ static int ms_rename(struct meta *mm, uint64_t parent, const char *name, uint64_
 }
 
 /* ---- xattrs ---------------------------------------------------------------------------- */
-
-/* 1..255 bytes; longer is ERANGE as in Linux. */
-static int ms_xattr_name_check(const char *name)
-{
-	size_t n;
-
-	if (!name)
-		return -EINVAL;
-	n = strnlen(name, META_XATTR_NAME_MAX + 1);
-	if (n == 0)
-		return -EINVAL;
-	if (n > META_XATTR_NAME_MAX)
-		return -ERANGE;
-	return 0;
-}
 
 /* 1 if the xattr exists, 0 if not. */
 static int ms_xattr_exists(struct ms *m, uint64_t ino, const char *name)
@@ -2309,13 +2200,9 @@ static int ms_setxattr(struct meta *mm, uint64_t ino, const char *name, const vo
 	struct ms *m = ms_of(mm);
 	int r;
 
-	r = ms_xattr_name_check(name);
+	r = meta_setxattr_check(name, value, size, flags);
 	if (r < 0)
 		return r;
-	if (flags & ~(XATTR_CREATE | XATTR_REPLACE) || (size && !value))
-		return -EINVAL;
-	if (size > META_XATTR_SIZE_MAX)
-		return -E2BIG;
 	ms_lock(m);
 	r = ms_begin(m);
 	if (r == 0)
@@ -2330,7 +2217,7 @@ static int ms_getxattr(struct meta *mm, uint64_t ino, const char *name, void *bu
 	sqlite3_stmt *st;
 	int rc, r;
 
-	r = ms_xattr_name_check(name);
+	r = meta_xattr_name_check(name);
 	if (r < 0)
 		return r;
 	if (ino == 0 || ino > INT64_MAX)
@@ -2445,7 +2332,7 @@ static int ms_removexattr(struct meta *mm, uint64_t ino, const char *name)
 	struct ms *m = ms_of(mm);
 	int r;
 
-	r = ms_xattr_name_check(name);
+	r = meta_xattr_name_check(name);
 	if (r < 0)
 		return r;
 	ms_lock(m);
@@ -2678,112 +2565,32 @@ static int ms_statfs(struct meta *mm, struct meta_statfs *ret)
 
 struct ms_check {
 	struct ms *m;
-	bool repair;
-	meta_report_cb cb;
-	void *ctx;
-	int found;   /* problems seen */
-	int unfixed; /* problems seen and not repaired */
+	struct meta_checker k; /* counts and words the findings (meta_int.h) */
 };
 
-static void ms_report(struct ms_check *c, uint64_t ino, bool repaired, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void ms_report(struct ms_check *c, uint64_t ino, bool repaired, const char *fmt, ...)
-{
-	char what[512];
-	va_list ap;
-
-	c->found++;
-	if (!repaired)
-		c->unfixed++;
-	if (!c->cb)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof(what), fmt, ap);
-	va_end(ap);
-	c->cb(c->ctx, what, ino, repaired);
-}
-
-/* A name column, printable: bytes outside 0x20..0x7e become \xNN. */
-static void ms_col_name_printable(sqlite3_stmt *st, int col, char *out, size_t outlen)
-{
-	const unsigned char *p = sqlite3_column_blob(st, col);
-	int n = sqlite3_column_bytes(st, col);
-	size_t o = 0;
-
-	for (int i = 0; i < n && p && o + 5 < outlen; i++) {
-		if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
-			out[o++] = (char)p[i];
-		else
-			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", p[i]);
-	}
-	out[o] = '\0';
-}
-
-/* Run `sql` (columns per `kind`), report each row, then run `fix` if repairing. The fix uses
- * the same condition inside the same transaction, so it touches exactly the rows reported. */
-enum ms_ck_kind {
-	MS_CK_ENTRY_MISSING_INODE,
-	MS_CK_ENTRY_BAD_PARENT,
-	MS_CK_DIR_MULTI,
-	MS_CK_ROOT_NAMED,
-	MS_CK_XATTR_ORPHAN,
-	MS_CK_UNREACHABLE
-};
-
-static int ms_check_step(struct ms_check *c, enum ms_ck_kind kind, const char *sql, const char *fix)
+/* Run `sql` (columns: a, b[, name[, c]] as `kind` says, see enum meta_finding), report each
+ * row, then run `fix` if repairing. The fix uses the same condition inside the same
+ * transaction, so it touches exactly the rows reported. */
+static int ms_check_step(struct ms_check *c, enum meta_finding kind, const char *sql,
+			 const char *fix)
 {
 	struct ms *m = c->m;
 	sqlite3_stmt *st = NULL;
-	char name[4 * META_NAME_MAX + 8];
 	int rc, n = 0, r = 0;
-	bool fixing = c->repair && fix;
+	bool fixing = c->k.repair && fix;
 
 	rc = sqlite3_prepare_v2(m->db, sql, -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "check prepare");
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		uint64_t a = (uint64_t)sqlite3_column_int64(st, 0);
-		uint64_t b = (uint64_t)sqlite3_column_int64(st, 1);
+		int cols = sqlite3_column_count(st);
 
 		n++;
-		switch (kind) {
-		case MS_CK_ENTRY_MISSING_INODE: /* ino, parent, name */
-			ms_col_name_printable(st, 2, name, sizeof(name));
-			ms_report(c, a, fixing,
-				  "entry '%s' in directory %" PRIu64 " names missing inode %" PRIu64
-				  "%s",
-				  name, b, a, fixing ? "; entry removed" : "");
-			break;
-		case MS_CK_ENTRY_BAD_PARENT: /* ino, parent, name, parent exists */
-			ms_col_name_printable(st, 2, name, sizeof(name));
-			ms_report(c, a, fixing,
-				  "entry '%s' (inode %" PRIu64 ") is in %s %" PRIu64 "%s", name, a,
-				  sqlite3_column_int(st, 3) ? "non-directory" : "missing directory",
-				  b, fixing ? "; entry removed" : "");
-			break;
-		case MS_CK_DIR_MULTI: /* ino, count */
-			ms_report(c, a, fixing,
-				  "directory %" PRIu64 " has %" PRIu64 " entries naming it%s", a, b,
-				  fixing ? "; all but the oldest removed" : "");
-			break;
-		case MS_CK_ROOT_NAMED: /* ino, parent, name */
-			ms_col_name_printable(st, 2, name, sizeof(name));
-			ms_report(c, a, fixing,
-				  "entry '%s' in directory %" PRIu64 " names the root directory%s",
-				  name, b, fixing ? "; entry removed" : "");
-			break;
-		case MS_CK_XATTR_ORPHAN: /* ino, count */
-			ms_report(c, a, fixing,
-				  "%" PRIu64 " xattrs belong to missing inode %" PRIu64 "%s", b, a,
-				  fixing ? "; removed" : "");
-			break;
-		case MS_CK_UNREACHABLE: /* ino */
-			ms_report(c, a, fixing,
-				  "directory %" PRIu64 " is not reachable from the root%s", a,
-				  fixing ? "; its entries removed and it is orphaned" : "");
-			break;
-		}
+		meta_finding(&c->k, kind, fixing, (uint64_t)sqlite3_column_int64(st, 0),
+			     cols > 1 ? sqlite3_column_int64(st, 1) : 0,
+			     cols > 3 ? sqlite3_column_int64(st, 3) : 0,
+			     cols > 2 ? sqlite3_column_blob(st, 2) : NULL,
+			     cols > 2 ? (size_t)sqlite3_column_bytes(st, 2) : 0);
 	}
 	if (rc != SQLITE_DONE)
 		r = ms_errno(m, rc, "check");
@@ -2805,9 +2612,9 @@ static int ms_check_namespace(struct ms_check *c)
 	/* The root first: everything else is judged by reachability from it. */
 	r = ms_inode_get(m, META_ROOT_INO, &root);
 	if (r == -ENOENT) {
-		ms_report(c, META_ROOT_INO, c->repair, "root directory (inode 1) is missing%s",
-			  c->repair ? "; recreated empty, mode 0755, owner 0:0" : "");
-		if (c->repair) {
+		meta_finding(&c->k, META_FIND_ROOT_MISSING, c->k.repair, META_ROOT_INO, 0, 0, NULL,
+			     0);
+		if (c->k.repair) {
 			int64_t now = now_realtime_ns();
 			char sql[256];
 
@@ -2822,25 +2629,25 @@ static int ms_check_namespace(struct ms_check *c)
 			r = 0;
 		}
 	} else if (r == 0 && !S_ISDIR(root.mode)) {
-		ms_report(c, META_ROOT_INO, false, "root inode 1 is not a directory (mode 0%o)",
-			  root.mode);
+		meta_finding(&c->k, META_FIND_ROOT_NOT_DIR, false, META_ROOT_INO, root.mode, 0,
+			     NULL, 0);
 		return 0; /* nothing below can be judged */
 	}
 	if (r < 0)
 		return r;
 
-	r = ms_check_step(c, MS_CK_ROOT_NAMED,
+	r = ms_check_step(c, META_FIND_ROOT_NAMED,
 			  "SELECT ino, parent, name FROM dentries WHERE ino = 1",
 			  "DELETE FROM dentries WHERE ino = 1");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_ENTRY_MISSING_INODE,
+		r = ms_check_step(c, META_FIND_ENTRY_MISSING_INODE,
 				  "SELECT d.ino, d.parent, d.name FROM dentries d WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = d.ino)",
 				  "DELETE FROM dentries WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = dentries.ino)");
 	if (r == 0)
 		r = ms_check_step(
-		    c, MS_CK_ENTRY_BAD_PARENT,
+		    c, META_FIND_ENTRY_BAD_PARENT,
 		    "SELECT d.ino, d.parent, d.name, p.ino IS NOT NULL FROM dentries d"
 		    " LEFT JOIN inodes p ON p.ino = d.parent"
 		    " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode"),
@@ -2848,7 +2655,7 @@ static int ms_check_namespace(struct ms_check *c)
 		    " LEFT JOIN inodes p ON p.ino = d.parent"
 		    " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode") ")");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_DIR_MULTI,
+		r = ms_check_step(c, META_FIND_DIR_MULTI,
 				  "SELECT d.ino, count(*) FROM dentries d JOIN inodes i"
 				  " ON i.ino = d.ino WHERE " MS_IS_DIR(
 				      "i.mode") " GROUP BY d.ino HAVING count(*) > 1",
@@ -2857,7 +2664,7 @@ static int ms_check_namespace(struct ms_check *c)
 				      "i.mode") " AND d.id > (SELECT min(e.id) FROM dentries e"
 						" WHERE e.ino = d.ino))");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_XATTR_ORPHAN,
+		r = ms_check_step(c, META_FIND_XATTR_ORPHAN,
 				  "SELECT x.ino, count(*) FROM xattrs x WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = x.ino) GROUP BY x.ino",
 				  "DELETE FROM xattrs WHERE NOT EXISTS"
@@ -2882,7 +2689,7 @@ static int ms_check_namespace(struct ms_check *c)
 					     "d WHERE d.ino = i.ino"
 					     " OR d.parent = i.ino));");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_UNREACHABLE, "SELECT ino FROM temp.ms_unreach",
+		r = ms_check_step(c, META_FIND_UNREACHABLE, "SELECT ino FROM temp.ms_unreach",
 				  "DELETE FROM dentries WHERE ino IN temp.ms_unreach"
 				  " OR parent IN temp.ms_unreach;"
 				  "UPDATE inodes SET nlink = 0 WHERE ino IN temp.ms_unreach;");
@@ -2915,23 +2722,13 @@ static int ms_check_namespace(struct ms_check *c)
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "check prepare");
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		uint64_t ino = (uint64_t)sqlite3_column_int64(st, 0);
-		int64_t have = sqlite3_column_int64(st, 1), want = sqlite3_column_int64(st, 2);
-
-		if (want == 0)
-			ms_report(
-			    c, ino, c->repair,
-			    "inode %" PRIu64 " has nlink %" PRId64 " but no directory entry%s", ino,
-			    have, c->repair ? "; orphaned (nlink 0), purge will free it" : "");
-		else
-			ms_report(c, ino, c->repair,
-				  "inode %" PRIu64 " has nlink %" PRId64 ", entries say %" PRId64
-				  "%s",
-				  ino, have, want, c->repair ? "; corrected" : "");
+		meta_finding(&c->k, META_FIND_NLINK, c->k.repair,
+			     (uint64_t)sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+			     sqlite3_column_int64(st, 2), NULL, 0);
 	}
 	r = rc == SQLITE_DONE ? 0 : ms_errno(m, rc, "check nlink");
 	sqlite3_finalize(st);
-	if (r == 0 && c->repair)
+	if (r == 0 && c->k.repair)
 		r = ms_exec(m, "UPDATE inodes SET nlink = (SELECT want FROM temp.ms_want w"
 			       " WHERE w.ino = inodes.ino) WHERE ino IN (SELECT ino FROM"
 			       " temp.ms_want WHERE nlink != want)");
@@ -2941,7 +2738,7 @@ static int ms_check_namespace(struct ms_check *c)
 static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 {
 	struct ms *m = ms_of(mm);
-	struct ms_check c = {.m = m, .repair = repair, .cb = cb, .ctx = ctx};
+	struct ms_check c = {.m = m, .k = {.repair = repair, .cb = cb, .ctx = ctx}};
 	sqlite3_stmt *st = NULL;
 	int rc, r;
 
@@ -2965,15 +2762,17 @@ static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 		const char *msg = (const char *)sqlite3_column_text(st, 0);
 
 		if (msg && strcmp(msg, "ok") != 0)
-			ms_report(&c, 0, false, "database file: %s", msg);
+			meta_finding(&c.k, META_FIND_STORAGE, false, 0, 0, 0, msg, strlen(msg));
 	}
 	if (rc != SQLITE_DONE) {
 		/* Too damaged even to check: that is a finding, not an engine failure. */
-		ms_report(&c, 0, false, "database file: %s", sqlite3_errmsg(m->db));
+		const char *msg = sqlite3_errmsg(m->db);
+
+		meta_finding(&c.k, META_FIND_STORAGE, false, 0, 0, 0, msg, strlen(msg));
 	}
 	sqlite3_finalize(st);
-	if (c.found > 0) {
-		r = c.unfixed;
+	if (c.k.found > 0) {
+		r = c.k.unfixed;
 		goto out;
 	}
 
@@ -2993,7 +2792,7 @@ static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 		     " temp.ms_unreach; DROP TABLE IF EXISTS temp.ms_want;",
 		     NULL, NULL, NULL);
 	if (r == 0)
-		r = repair ? c.unfixed : c.found;
+		r = repair ? c.k.unfixed : c.k.found;
 out:
 	ms_unlock(m);
 	return r;
