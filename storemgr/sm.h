@@ -121,6 +121,11 @@ struct sm_ops {
 	int (*statfs)(struct sm_target *t, struct sm_statfs *ret);
 	/* Every chunk on the target, in no particular order. cb returning non-zero stops. */
 	int (*list)(struct sm_target *t, sm_chunk_cb cb, void *ctx);
+	/* Optional (NULL: nothing is cached). Drop what is cached of ino's chunks (open file
+	 * handles), because another process that shares the target may have replaced or removed
+	 * their files: two mounts of one volume on one machine (FS-6 in fs/fs.h). Data stays:
+	 * a dropped handle with unsynced writes is synced by the next sync_ino (SM-4). */
+	void (*forget)(struct sm_target *t, uint64_t ino);
 };
 
 /* The generic handle every backend's target starts with. */

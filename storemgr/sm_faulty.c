@@ -406,4 +406,5 @@ const struct sm_ops sm_faulty_ops = {
     .sync_all = smf_sync_all,
     .statfs = smf_statfs,
     .list = smf_list,
+    .forget = sm_dir_forget,
 };
