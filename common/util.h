@@ -2,6 +2,7 @@
 #ifndef BRAIDFS_UTIL_H
 #define BRAIDFS_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -9,6 +10,18 @@
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b)     ((a) < (b) ? (a) : (b))
 #define MAX(a, b)     ((a) > (b) ? (a) : (b))
+
+/* A 64-bit finalizer (MurmurHash3's fmix64): spreads every input bit over the result, for hash
+ * tables keyed by inode and chunk numbers. */
+static inline uint64_t hash_mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
 
 /* "4M", "1GiB", "512k", "4096" -> bytes (binary units). 0 or -EINVAL / -ERANGE. */
 int parse_size(const char *s, uint64_t *ret);
@@ -25,6 +38,8 @@ int pread_full(int fd, void *buf, size_t len, off_t off);
 
 /* 16 random bytes -> "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" (37 bytes with NUL). */
 int uuid_generate_str(char out[37]);
+/* Exactly 36 characters "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", lower-case hex digits. */
+bool uuid_str_valid(const char *s);
 
 /* mkdir -p with mode; 0 or -errno. */
 int mkdir_p(const char *path, mode_t mode);

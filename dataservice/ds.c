@@ -22,10 +22,29 @@
  *   then runs as in strong mode. If a primary fails, it leaves the chain and the next member
  *   becomes primary after its queue caught up.
  *
- * LOCK ORDER (outermost first): stripe -> chain.change_lock -> chain.lock; lag_lock,
- *   tgt.qlock, pool_lock, open_lock and batch locks are leaves. No ds lock but a stripe and
- *   the chain's change_lock is held while chain_failed runs; only the change_lock while
- *   chain_changed runs.
+ * READ REPAIR (DS-4)
+ *   A member whose read answers -EBADMSG (its store's checksum of the bytes failed) stays in
+ *   the chain; the next member is asked. Once one answered, the reader takes the cut lock
+ *   (shared) and the chunk's stripe lock, checks that each bad copy still fails (a writer or
+ *   another reader may have rewritten it meanwhile), and rewrites it from a member that
+ *   verifies: the whole chunk, exact length, then sync (ds_copy_chunk). No member verifies:
+ *   -EIO. Each step is counted (ds_stats) and logged at warning level: corruption on a medium
+ *   is something an operator must see, so this is the one place ds logs above debug on a
+ *   path that does not fail.
+ *
+ * LOCK ORDER (outermost first): cut_lock -> stripe -> chain.change_lock -> chain.lock;
+ *   lag_lock, tgt.qlock, pool_lock, open_lock and batch locks are leaves. No ds lock but the
+ *   cut lock, a stripe and the chain's change_lock is held while chain_failed runs; only the
+ *   change_lock while chain_changed runs. cut_lock is a writer-preferring rwlock: remove and
+ *   trim/truncate (which delete whole chunks without stripe locks) hold it exclusively;
+ *   repairs that may create a chunk (read repair, check, scrub) hold it shared, so they can
+ *   never recreate a chunk that a concurrent remove deleted.
+ *
+ * CHECK AND SCRUB (ds_check, ds_scrub: one engine, ds_check_run)
+ *   List, sort by (ino, idx); per chunk, under the cut lock (shared) and its stripe lock: read
+ *   every open in-chain copy (checksums verified by the store), compare, repair from the first
+ *   copy that verified. The scrub paces its reads with a token bucket between chunks, no lock
+ *   held; fsck's check also judges placement (strays, orphans, beyond EOF).
  *
  * REBUILD (ds_rebuild)
  *   Open the target on demand (SM-1), copy the chain's chunks from the primary chunk by chunk
@@ -41,9 +60,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/tbucket.h"
 #include "common/util.h"
 
 #define DS_STRIPES	1024
@@ -170,7 +191,12 @@ struct ds {
 	pthread_cond_t lag_cond;
 	uint64_t lag_bytes; /* protected by lag_lock: weak bytes not yet on every replica */
 
-	uint64_t bytes_written, bytes_read, replica_failures; /* __atomic */
+	/* see the LOCK ORDER above; writer-preferring so that a stream of chunk repairs cannot
+	 * starve a remove */
+	pthread_rwlock_t cut_lock;
+
+	uint64_t bytes_written, bytes_read, replica_failures;	  /* __atomic */
+	uint64_t csum_errors_seen, repairs_done, repair_failures; /* __atomic (DS-4) */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -636,6 +662,7 @@ static void ds_free(struct ds *ds)
 	pthread_mutex_destroy(&ds->lag_lock);
 	pthread_cond_destroy(&ds->lag_cond);
 	pthread_mutex_destroy(&ds->open_lock);
+	pthread_rwlock_destroy(&ds->cut_lock);
 	free(ds->targets);
 	free(ds->chains);
 	free(ds);
@@ -732,6 +759,11 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	pthread_mutex_init(&ds->lag_lock, NULL);
 	pthread_cond_init(&ds->lag_cond, NULL);
 	pthread_mutex_init(&ds->open_lock, NULL);
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&ds->cut_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	for (unsigned i = 0; i < ds->ntargets; i++) {
 		struct ds_tgt *t = &ds->targets[i];
 		t->id = cfg->targets[i].id;
@@ -857,12 +889,19 @@ static int ds_range_ok(const struct ds *ds, uint64_t off, uint64_t len)
 	return 0;
 }
 
+static void ds_heal(struct ds *ds, unsigned ci, const struct ds_rop *op, struct ds_tgt *const *bad,
+		    unsigned nbad);
+
 /* A read-only operation on the first member that answers (DS-2): a member that fails is
- * reported like a failed write and the next one is asked. */
+ * reported like a failed write and the next one is asked. A data read that fails its checksum
+ * is not a failure of the member (DS-4): the next one is asked, and the bad copies are
+ * rewritten from the one that answered. */
 static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 {
 	struct ds_snap s;
 	ds_snap(ds, ci, &s);
+	struct ds_tgt *bad[DS_MAX_REPLICAS];
+	unsigned nbad = 0;
 	int last = -EIO;
 	for (uint32_t i = 0; i < s.n; i++) {
 		struct ds_tgt *t = s.m[i];
@@ -874,11 +913,32 @@ static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 		ds_apply(op);
 		bool answer = op->ret >= 0 || (op->op == DS_OP_SEEK && op->ret == -ENXIO) ||
 			      (op->op == DS_OP_LENGTH && op->ret == -ENOENT);
-		if (answer)
+		if (answer) {
+			if (nbad)
+				ds_heal(ds, ci, op, bad, nbad);
 			return 0;
+		}
+		if (op->op == DS_OP_READ && op->ret == -EBADMSG) {
+			__atomic_add_fetch(&ds->csum_errors_seen, 1, __ATOMIC_RELAXED);
+			log_warn("ds: checksum error on target %u (%s): inode %llu chunk %u, %llu "
+				 "byte(s) at offset %llu; reading another replica",
+				 t->id, t->url, (unsigned long long)op->ino, op->idx,
+				 (unsigned long long)op->len, (unsigned long long)op->off);
+			bad[nbad++] = t;
+			continue;
+		}
 		last = (int)op->ret;
 		__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
 		ds_drop(ds, ci, t, last); /* refuses to drop the last member: fine for a read */
+	}
+	if (nbad) {
+		__atomic_add_fetch(&ds->repair_failures, nbad, __ATOMIC_RELAXED);
+		log_err(
+		    "ds: inode %llu chunk %u: unrecoverable: %u cop%s failed the checksum and no "
+		    "replica could serve %llu byte(s) at offset %llu; the reader gets EIO",
+		    (unsigned long long)op->ino, op->idx, nbad, nbad == 1 ? "y" : "ies",
+		    (unsigned long long)op->len, (unsigned long long)op->off);
+		return -EIO;
 	}
 	return last;
 }
@@ -1110,24 +1170,30 @@ static int ds_cut(struct ds *ds, uint64_t ino, uint64_t size)
 	return ds_targets_op(ds, &op, list, ds_all_targets(ds, list));
 }
 
+/* ds_cut under the cut lock: no repair may recreate a chunk it deletes. */
+static int ds_cut_locked(struct ds *ds, uint64_t ino, uint64_t size)
+{
+	pthread_rwlock_wrlock(&ds->cut_lock);
+	int r = ds_cut(ds, ino, size);
+	pthread_rwlock_unlock(&ds->cut_lock);
+	return r;
+}
+
 int ds_truncate(struct ds *ds, uint64_t ino, uint64_t old_size, uint64_t new_size)
 {
 	if (new_size >= old_size)
 		return 0; /* growing: the new range is a hole, zeros by SM-2 */
-	return ds_cut(ds, ino, new_size);
+	return ds_cut_locked(ds, ino, new_size);
 }
 
 int ds_trim(struct ds *ds, uint64_t ino, uint64_t size)
 {
-	return ds_cut(ds, ino, size);
+	return ds_cut_locked(ds, ino, size);
 }
 
 int ds_remove(struct ds *ds, uint64_t ino)
 {
-	struct ds_tgt *list[DS_MAX_TARGETS];
-	struct ds_rop op = {.op = DS_OP_REMOVE, .ino = ino, .idx = 0};
-	ds_barrier(ds);
-	return ds_targets_op(ds, &op, list, ds_all_targets(ds, list));
+	return ds_cut_locked(ds, ino, 0);
 }
 
 void ds_forget(struct ds *ds, uint64_t ino)
@@ -1265,9 +1331,30 @@ void ds_stats(struct ds *ds, struct ds_stats *ret)
 	ret->bytes_written = __atomic_load_n(&ds->bytes_written, __ATOMIC_RELAXED);
 	ret->bytes_read = __atomic_load_n(&ds->bytes_read, __ATOMIC_RELAXED);
 	ret->replica_failures = __atomic_load_n(&ds->replica_failures, __ATOMIC_RELAXED);
+	ret->csum_errors_seen = __atomic_load_n(&ds->csum_errors_seen, __ATOMIC_RELAXED);
+	ret->repairs_done = __atomic_load_n(&ds->repairs_done, __ATOMIC_RELAXED);
+	ret->repair_failures = __atomic_load_n(&ds->repair_failures, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&ds->lag_lock);
 	ret->repl_lag_bytes = ds->lag_bytes;
 	pthread_mutex_unlock(&ds->lag_lock);
+}
+
+int ds_target_stats(struct ds *ds, struct ds_target_stat *ret, unsigned max)
+{
+	unsigned n = MIN(max, ds->ntargets);
+	for (unsigned i = 0; i < n; i++) {
+		struct ds_tgt *t = &ds->targets[i];
+		struct sm_target *sm = ds_tsm(t);
+		struct ds_target_stat *r = &ret[i];
+		memset(r, 0, sizeof(*r));
+		r->id = t->id;
+		r->open = sm != NULL;
+		if (!sm)
+			continue;
+		r->has_counters = sm->ops->counters && sm->ops->counters(sm, &r->counters) == 0;
+		r->has_statfs = sm->ops->statfs(sm, &r->statfs) == 0;
+	}
+	return (int)n;
 }
 
 int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max)
@@ -1332,16 +1419,23 @@ static bool ds_all_zero(const char *p, size_t n)
 	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
 }
 
-/* Make dst's copy of (ino, idx) byte-identical to src's first len bytes, exact length. */
-static int ds_copy_chunk(struct ds *ds, struct ds_tgt *src, struct ds_tgt *dst, uint64_t ino,
-			 uint32_t idx, uint64_t len, char *buf)
+/* Make dst's copy of (ino, idx) byte-identical to src's first len bytes, exact length, and
+ * durable. Called with the chunk's stripe lock. *ret_src (may be NULL) says whether reading
+ * src was what failed. */
+static int ds_copy_chunk(struct ds_tgt *src, struct ds_tgt *dst, uint64_t ino, uint32_t idx,
+			 uint64_t len, char *buf, bool *ret_src)
 {
-	struct sm_target *s = src->sm, *d = dst->sm;
+	struct sm_target *s = ds_tsm(src), *d = ds_tsm(dst);
+	bool dummy;
+	ret_src = ret_src ? ret_src : &dummy;
+	*ret_src = false;
 	for (uint64_t off = 0; off < len; off += DS_CHECK_PIECE) {
 		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - off);
 		ssize_t k = s->ops->read(s, ino, idx, buf, n, off);
-		if (k < 0)
+		if (k < 0) {
+			*ret_src = true;
 			return (int)k;
+		}
 		int r = ds_all_zero(buf, n) ? d->ops->punch(d, ino, idx, off, n)
 					    : (int)d->ops->write(d, ino, idx, buf, n, off);
 		if (r < 0)
@@ -1350,18 +1444,114 @@ static int ds_copy_chunk(struct ds *ds, struct ds_tgt *src, struct ds_tgt *dst, 
 	int r = d->ops->truncate(d, ino, idx, len);
 	if (r < 0)
 		return r;
-	(void)ds;
 	return d->ops->sync_ino(d, ino);
+}
+
+/* Does t's copy of [off, off+len) of (ino, idx) still fail its checksum? */
+static bool ds_still_bad(struct ds_tgt *t, uint64_t ino, uint32_t idx, uint64_t off, uint64_t len,
+			 char *buf)
+{
+	struct sm_target *sm = ds_tsm(t);
+	for (uint64_t o = 0; o < len; o += DS_CHECK_PIECE) {
+		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - o);
+		if (sm->ops->read(sm, ino, idx, buf, n, off + o) == -EBADMSG)
+			return true;
+	}
+	return false;
+}
+
+/* Rewrite dst's copy of (ino, idx) from the first member of s that is open, not dst, not in
+ * skip[] and whose whole copy reads back (DS-4). Called with the cut lock (shared) and the
+ * chunk's stripe lock. 0, or -errno with the failing side named in why. */
+static int ds_repair_copy(const struct ds_snap *s, struct ds_tgt *dst, struct ds_tgt *const *skip,
+			  unsigned nskip, uint64_t ino, uint32_t idx, char *buf,
+			  struct ds_tgt **ret_src, char *why, size_t whylen)
+{
+	int r = -EIO;
+	snprintf(why, whylen, "no other replica to copy from");
+	for (uint32_t k = 0; k < s->n; k++) {
+		struct ds_tgt *src = s->m[k];
+		bool skipped = src == dst || !ds_tsm(src);
+		for (unsigned j = 0; j < nskip && !skipped; j++)
+			skipped = skip[j] == src;
+		if (skipped)
+			continue;
+		struct sm_target *ssm = ds_tsm(src);
+		uint64_t len = 0;
+		r = ssm->ops->chunk_length(ssm, ino, idx, &len);
+		if (r == -ENOENT)
+			len = 0, r = 0;
+		bool src_failed = r < 0;
+		if (!src_failed)
+			r = ds_copy_chunk(src, dst, ino, idx, len, buf, &src_failed);
+		if (r == 0) {
+			*ret_src = src;
+			return 0;
+		}
+		snprintf(why, whylen, "%s target %u (%s): %s", src_failed ? "reading" : "writing",
+			 src_failed ? src->id : dst->id, src_failed ? src->url : dst->url,
+			 strerror(-r));
+		if (!src_failed)
+			return r; /* dst cannot take it: another source will not help */
+	}
+	return r;
+}
+
+/* DS-4, after op (a read of ino/idx) was answered by op->t while the members bad[0..nbad)
+ * failed their checksum: rewrite each bad copy from a member that verifies, under the cut lock
+ * (no remove can delete the chunk meanwhile and see it recreated) and the chunk's stripe lock
+ * (DS-3: no writer between the copy's read and its write). */
+static void ds_heal(struct ds *ds, unsigned ci, const struct ds_rop *op, struct ds_tgt *const *bad,
+		    unsigned nbad)
+{
+	char *buf = malloc(DS_CHECK_PIECE);
+	if (!buf) {
+		__atomic_add_fetch(&ds->repair_failures, nbad, __ATOMIC_RELAXED);
+		log_err("ds: inode %llu chunk %u: out of memory: %u bad cop%s not repaired",
+			(unsigned long long)op->ino, op->idx, nbad, nbad == 1 ? "y" : "ies");
+		return;
+	}
+	pthread_rwlock_rdlock(&ds->cut_lock);
+	pthread_mutex_t *sl = ds_stripe(ds, op->ino, op->idx);
+	pthread_mutex_lock(sl);
+	ds_barrier(ds); /* weak: what was queued for this chunk is on every member first */
+	struct ds_snap s;
+	ds_snap(ds, ci, &s);
+	for (unsigned i = 0; i < nbad; i++) {
+		struct ds_tgt *t = bad[i];
+		if (!ds_snap_has(&s, t) ||
+		    !ds_still_bad(t, op->ino, op->idx, op->off, op->len, buf))
+			continue; /* left the chain, or rewritten meanwhile: nothing to repair */
+		struct ds_tgt *src = NULL;
+		char why[1200];
+		int r =
+		    ds_repair_copy(&s, t, bad, nbad, op->ino, op->idx, buf, &src, why, sizeof(why));
+		if (r == 0) {
+			__atomic_add_fetch(&ds->repairs_done, 1, __ATOMIC_RELAXED);
+			log_warn(
+			    "ds: repaired inode %llu chunk %u on target %u (%s) from target %u",
+			    (unsigned long long)op->ino, op->idx, t->id, t->url, src->id);
+		} else {
+			__atomic_add_fetch(&ds->repair_failures, 1, __ATOMIC_RELAXED);
+			log_err("ds: cannot repair inode %llu chunk %u on target %u (%s): %s",
+				(unsigned long long)op->ino, op->idx, t->id, t->url, why);
+		}
+	}
+	pthread_mutex_unlock(sl);
+	pthread_rwlock_unlock(&ds->cut_lock);
+	free(buf);
 }
 
 struct ds_checker {
 	struct ds *ds;
 	bool repair;
+	bool scrub; /* in-chain copies only: no stray/orphan/EOF work (safe while mounted) */
 	ds_keep_fn keep;
 	ds_report_fn report;
 	void *ctx;
 	struct ds_check_result *res;
-	char *bufs[DS_MAX_REPLICAS];
+	char *bufs[DS_MAX_REPLICAS]; /* one piece per chain member, allocated on first use */
+	char *copy_buf;
 };
 
 static void ds_check_report(struct ds_checker *ck, const char *what, uint64_t ino, uint32_t idx,
@@ -1373,153 +1563,304 @@ static void ds_check_report(struct ds_checker *ck, const char *what, uint64_t in
 		ck->report(ck->ctx, what, ino, idx, t->id, repaired);
 }
 
-/* One (ino, idx): its copies are e[0..n). Called with the chunk's stripe lock. */
+/* fsck only (nothing runs meanwhile, so the listing is the truth): copies outside the chain
+ * are strays, copies of inodes keep() rejects are orphans, bytes past the inode's size are
+ * beyond_eof. Returns how many bytes of the chunk the in-chain copies may hold. */
+static uint64_t ds_check_placement(struct ds_checker *ck, const struct ds_cent *e, size_t n,
+				   const struct ds_snap *s)
+{
+	struct ds *ds = ck->ds;
+	uint64_t ino = e[0].ino, cs = ds->chunk_size, base = (uint64_t)e[0].idx * cs;
+	uint32_t idx = e[0].idx;
+	uint64_t size = UINT64_MAX;
+	bool keep = ck->keep ? ck->keep(ck->ctx, ino, &size) : true;
+	uint64_t limit = !keep || size <= base ? 0 : MIN(cs, size - base);
+	for (size_t i = 0; i < n; i++) {
+		struct ds_tgt *t = &ds->targets[e[i].tgt];
+		struct sm_target *sm = ds_tsm(t);
+		if (!ds_snap_has(s, t)) {
+			if (e[i].length == 0)
+				continue; /* holds no bytes: nothing to read back wrongly */
+			ck->res->strays++;
+			bool fixed = ck->repair && sm->ops->truncate(sm, ino, idx, 0) == 0;
+			ds_check_report(ck, "stray", ino, idx, t, fixed);
+		} else if (e[i].length > limit) {
+			ck->res->beyond_eof++;
+			bool fixed = ck->repair && sm->ops->truncate(sm, ino, idx, limit) == 0;
+			ds_check_report(ck, keep ? "beyond_eof" : "orphan", ino, idx, t, fixed);
+		}
+	}
+	return limit;
+}
+
+enum ds_copy_state { DS_CP_OK, DS_CP_BAD /* -EBADMSG */, DS_CP_FAIL /* any other error */ };
+
+/* One (ino, idx): its listed copies are e[0..n). Called with the cut lock (shared) and the
+ * chunk's stripe lock. Reads every open in-chain copy over the longest one, piece by piece;
+ * the store verifies its checksums on the way (DS-4) and the copies that read are compared
+ * with each other. Then: a copy that failed its checksum is rewritten from the first member
+ * whose whole copy verified; a verified copy that differs from the first verified one (the
+ * primary when it verifies: without per-block checksums there is no better witness) is
+ * overwritten by it. */
 static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t n)
 {
 	struct ds *ds = ck->ds;
 	struct ds_check_result *res = ck->res;
-	uint64_t ino = e[0].ino, cs = ds->chunk_size;
+	uint64_t ino = e[0].ino;
 	uint32_t idx = e[0].idx;
-	uint64_t base = (uint64_t)idx * cs;
-	uint64_t size = UINT64_MAX;
-	bool keep = ck->keep ? ck->keep(ck->ctx, ino, &size) : true;
-	uint64_t limit = !keep || size <= base ? 0 : MIN(cs, size - base);
 	struct ds_snap s;
 	ds_snap(ds, ds_chain_of(ds, ino, idx), &s);
+	uint64_t limit = ck->scrub ? ds->chunk_size : ds_check_placement(ck, e, n, &s);
 
-	uint64_t len[DS_MAX_REPLICAS] = {0}; /* per chain member; 0 = absent */
-	bool present[DS_MAX_REPLICAS] = {0};
-	for (size_t i = 0; i < n; i++) {
-		struct ds_tgt *t = &ds->targets[e[i].tgt];
-		int pos = -1;
-		for (uint32_t k = 0; k < s.n; k++)
-			if (s.m[k] == t)
-				pos = (int)k;
-		if (pos < 0) {
-			if (e[i].length == 0)
-				continue; /* holds no bytes: nothing to read back wrongly */
-			res->strays++;
-			bool fixed = ck->repair && t->sm->ops->truncate(t->sm, ino, idx, 0) == 0;
-			ds_check_report(ck, "stray", ino, idx, t, fixed);
-			continue;
-		}
-		if (e[i].length > limit) {
-			res->beyond_eof++;
-			bool fixed =
-			    ck->repair && t->sm->ops->truncate(t->sm, ino, idx, limit) == 0;
-			ds_check_report(ck, keep ? "beyond_eof" : "orphan", ino, idx, t, fixed);
-		}
-		present[pos] = e[i].length > 0;
-		len[pos] = MIN(e[i].length, limit);
-	}
-
-	/* Compare the in-chain copies that can be read, over the longest one. */
-	int p = -1;
+	/* the in-chain copies as they are now, under the lock */
+	uint64_t len[DS_MAX_REPLICAS] = {0}; /* 0 = absent */
+	enum ds_copy_state st[DS_MAX_REPLICAS] = {0};
+	bool open[DS_MAX_REPLICAS] = {0}, differs[DS_MAX_REPLICAS] = {0};
 	uint64_t L = 0;
 	for (uint32_t k = 0; k < s.n; k++) {
-		if (!s.m[k]->sm)
+		struct sm_target *sm = ds_tsm(s.m[k]);
+		if (!sm)
 			continue;
-		if (p < 0)
-			p = (int)k;
+		open[k] = true;
+		int r = sm->ops->chunk_length(sm, ino, idx, &len[k]);
+		if (r == -ENOENT)
+			len[k] = 0;
+		else if (r < 0)
+			st[k] = DS_CP_FAIL;
+		len[k] = MIN(len[k], limit);
 		L = MAX(L, len[k]);
+		if (!ck->bufs[k] && !(ck->bufs[k] = malloc(DS_CHECK_PIECE)))
+			return -ENOMEM;
 	}
-	if (p < 0 || L == 0)
-		return 0;
-	bool differs[DS_MAX_REPLICAS] = {0};
-	bool pfail = false;
-	for (uint64_t off = 0; off < L && !pfail; off += DS_CHECK_PIECE) {
+	for (uint64_t off = 0; off < L; off += DS_CHECK_PIECE) {
 		size_t piece = (size_t)MIN((uint64_t)DS_CHECK_PIECE, L - off);
-		struct sm_target *ps = s.m[p]->sm;
-		if (ps->ops->read(ps, ino, idx, ck->bufs[0], piece, off) < 0) {
-			pfail = true;
-			break;
-		}
-		res->bytes_compared += piece;
-		for (uint32_t k = (uint32_t)p + 1; k < s.n; k++) {
-			struct sm_target *ms = s.m[k]->sm;
-			if (!ms || differs[k])
+		int ref = -1; /* the first copy that read this piece */
+		for (uint32_t k = 0; k < s.n; k++) {
+			if (!open[k] || st[k] != DS_CP_OK)
 				continue;
-			if (ms->ops->read(ms, ino, idx, ck->bufs[1], piece, off) < 0 ||
-			    memcmp(ck->bufs[0], ck->bufs[1], piece) != 0)
-				differs[k] = true;
+			struct sm_target *sm = ds_tsm(s.m[k]);
+			ssize_t r = sm->ops->read(sm, ino, idx, ck->bufs[k], piece, off);
 			res->bytes_compared += piece;
+			if (r < 0) {
+				st[k] = r == -EBADMSG ? DS_CP_BAD : DS_CP_FAIL;
+				continue;
+			}
+			if (ref < 0)
+				ref = (int)k;
+			else if (!differs[k] && memcmp(ck->bufs[ref], ck->bufs[k], piece) != 0)
+				differs[k] = true;
 		}
 	}
-	if (pfail) {
-		res->mismatches++;
-		ds_check_report(ck, "unreadable", ino, idx, s.m[p], false);
+
+	int good = -1; /* the first member whose whole copy verified */
+	struct ds_tgt *bad[DS_MAX_REPLICAS];
+	unsigned nbad = 0;
+	for (uint32_t k = 0; k < s.n; k++) {
+		if (!open[k])
+			continue;
+		if (st[k] == DS_CP_BAD)
+			bad[nbad++] = s.m[k];
+		else if (st[k] == DS_CP_OK && good < 0)
+			good = (int)k;
+	}
+	res->csum_errors += nbad;
+	__atomic_add_fetch(&ds->csum_errors_seen, nbad, __ATOMIC_RELAXED);
+	if (good < 0) { /* every open copy failed (or none is open: nothing to say) */
+		bool any = false;
+		for (uint32_t k = 0; k < s.n; k++) {
+			if (!open[k])
+				continue;
+			any = true;
+			res->unreadable += st[k] == DS_CP_FAIL;
+			ds_check_report(ck, st[k] == DS_CP_BAD ? "checksum" : "unreadable", ino,
+					idx, s.m[k], false);
+		}
+		if (any) {
+			res->unrecoverable++;
+			__atomic_add_fetch(&ds->repair_failures, nbad, __ATOMIC_RELAXED);
+			if (ck->report)
+				ck->report(ck->ctx, "unrecoverable", ino, idx, s.m[0]->id, false);
+		}
 		return 0;
 	}
-	for (uint32_t k = (uint32_t)p + 1; k < s.n; k++) {
-		if (!differs[k])
+	for (uint32_t k = 0; k < s.n; k++) {
+		if (!open[k] || (int)k == good)
 			continue;
-		bool missing = !present[k] || !present[p];
-		struct ds_tgt *where = present[k] ? s.m[p] : s.m[k];
-		if (missing)
-			res->missing++;
-		else
-			res->mismatches++;
-		bool fixed = ck->repair &&
-			     ds_copy_chunk(ds, s.m[p], s.m[k], ino, idx, len[p], ck->bufs[1]) == 0;
-		if (fixed)
-			res->repaired++;
-		if (ck->report)
-			ck->report(ck->ctx, missing ? "missing" : "mismatch", ino, idx,
-				   missing ? where->id : s.m[k]->id, fixed);
+		struct ds_tgt *t = s.m[k];
+		if (st[k] == DS_CP_FAIL) {
+			/* a target that cannot read is DS-2's business, not a repair's */
+			res->unreadable++;
+			ds_check_report(ck, "unreadable", ino, idx, t, false);
+		} else if (st[k] == DS_CP_BAD) {
+			bool fixed = false;
+			if (ck->repair) {
+				struct ds_tgt *src;
+				char why[1200];
+				fixed = ds_repair_copy(&s, t, bad, nbad, ino, idx, ck->copy_buf,
+						       &src, why, sizeof(why)) == 0;
+				__atomic_add_fetch(fixed ? &ds->repairs_done : &ds->repair_failures,
+						   1, __ATOMIC_RELAXED);
+				if (!fixed)
+					log_debug("ds: cannot repair inode %llu chunk %u on target "
+						  "%u: %s",
+						  (unsigned long long)ino, idx, t->id, why);
+			}
+			ds_check_report(ck, "checksum", ino, idx, t, fixed);
+		} else if (differs[k]) {
+			bool missing = !len[k] || !len[good];
+			struct ds_tgt *where = len[k] ? s.m[good] : t;
+			if (missing)
+				res->missing++;
+			else
+				res->mismatches++;
+			bool fixed = ck->repair && ds_copy_chunk(s.m[good], t, ino, idx, len[good],
+								 ck->copy_buf, NULL) == 0;
+			ds_check_report(ck, missing ? "missing" : "mismatch", ino, idx,
+					missing ? where : t, fixed);
+		}
 	}
 	return 0;
 }
 
-int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, void *ctx,
-	     struct ds_check_result *ret)
+/* Sleep ns, in slices, returning early (-ECANCELED) when *cancel becomes non-zero. */
+static int ds_pace_sleep(int64_t ns, const int *cancel)
+{
+	while (ns > 0) {
+		if (cancel && __atomic_load_n(cancel, __ATOMIC_ACQUIRE))
+			return -ECANCELED;
+		int64_t slice = MIN(ns, 50 * 1000000LL);
+		struct timespec ts = {(time_t)(slice / 1000000000), (long)(slice % 1000000000)};
+		nanosleep(&ts, NULL);
+		ns -= slice;
+	}
+	return 0;
+}
+
+struct ds_check_run {
+	bool repair, scrub;
+	uint64_t rate;
+	ds_keep_fn keep;
+	ds_report_fn report;
+	ds_check_progress_fn progress;
+	void *ctx;
+	const int *cancel;
+};
+
+/* ds_check and ds_scrub: list, sort by (ino, idx), then each chunk under the cut lock (shared)
+ * and its stripe lock, paced outside the locks. */
+static int ds_check_run(struct ds *ds, const struct ds_check_run *o, struct ds_check_result *ret)
 {
 	struct ds_check_result res = {0};
 	struct ds_clist l = {0};
-	struct ds_checker ck = {
-	    .ds = ds, .repair = repair, .keep = keep, .report = report, .ctx = ctx, .res = &res};
+	struct ds_checker ck = {.ds = ds,
+				.repair = o->repair,
+				.scrub = o->scrub,
+				.keep = o->keep,
+				.report = o->report,
+				.ctx = o->ctx,
+				.res = &res};
+	struct ds_tgt *list[DS_MAX_TARGETS];
+	unsigned nlist = 0;
 	int r = 0;
 
 	ds_barrier(ds);
-	for (unsigned i = 0; i < ds->ntargets; i++) {
-		struct ds_tgt *t = &ds->targets[i];
-		if (!t->sm)
+	if (o->scrub) {
+		nlist = ds_chain_targets(ds, false, list); /* copies elsewhere are not read */
+	} else {
+		for (unsigned i = 0; i < ds->ntargets; i++)
+			list[nlist++] = &ds->targets[i];
+	}
+	for (unsigned i = 0; i < nlist; i++) {
+		struct sm_target *sm = ds_tsm(list[i]);
+		if (!sm)
 			continue;
-		l.tgt = i;
-		r = t->sm->ops->list(t->sm, ds_check_collect, &l);
+		l.tgt = (uint32_t)(list[i] - ds->targets);
+		r = sm->ops->list(sm, ds_check_collect, &l);
 		if (r < 0)
 			goto out;
 	}
 	qsort(l.v, l.n, sizeof(*l.v), ds_cent_cmp);
-	ck.bufs[0] = malloc(DS_CHECK_PIECE);
-	ck.bufs[1] = malloc(DS_CHECK_PIECE);
-	if (!ck.bufs[0] || !ck.bufs[1]) {
+	ck.copy_buf = malloc(DS_CHECK_PIECE);
+	if (!ck.copy_buf) {
 		r = -ENOMEM;
 		goto out;
 	}
+	/* totals for progress: every open in-chain copy read over the longest listed one */
+	for (size_t a = 0, b; a < l.n; a = b) {
+		struct ds_snap s;
+		ds_snap(ds, ds_chain_of(ds, l.v[a].ino, l.v[a].idx), &s);
+		uint64_t longest = 0, nopen = 0;
+		for (b = a; b < l.n && l.v[b].ino == l.v[a].ino && l.v[b].idx == l.v[a].idx; b++)
+			if (ds_snap_has(&s, &ds->targets[l.v[b].tgt]))
+				longest = MAX(longest, l.v[b].length);
+		for (uint32_t k = 0; k < s.n; k++)
+			nopen += ds_tsm(s.m[k]) != NULL;
+		res.chunks_total++;
+		res.bytes_total += longest * nopen;
+	}
+	struct tbucket tb;
+	tb_init(&tb, o->rate, 0, now_monotonic_ns());
+	if (o->progress)
+		o->progress(o->ctx, &res);
 	for (size_t a = 0, b; a < l.n; a = b) {
 		for (b = a + 1; b < l.n && l.v[b].ino == l.v[a].ino && l.v[b].idx == l.v[a].idx;
 		     b++)
 			;
-		res.chunks++;
+		if (o->cancel && __atomic_load_n(o->cancel, __ATOMIC_ACQUIRE)) {
+			r = -ECANCELED;
+			goto out;
+		}
+		uint64_t before = res.bytes_compared;
 		pthread_mutex_t *sl = ds_stripe(ds, l.v[a].ino, l.v[a].idx);
+		pthread_rwlock_rdlock(&ds->cut_lock);
 		pthread_mutex_lock(sl);
+		ds_barrier(ds); /* weak: queued writes of this chunk are on every member */
 		r = ds_check_chunk(&ck, &l.v[a], b - a);
 		pthread_mutex_unlock(sl);
+		pthread_rwlock_unlock(&ds->cut_lock);
 		if (r < 0)
+			goto out;
+		res.chunks++;
+		if (o->progress)
+			o->progress(o->ctx, &res);
+		/* pay for what was read, outside the locks; the last chunk owes no wait */
+		int64_t wait = tb_take(&tb, res.bytes_compared - before, now_monotonic_ns());
+		if (b < l.n && (r = ds_pace_sleep(wait, o->cancel)) < 0)
 			goto out;
 	}
 out:
-	free(ck.bufs[0]);
-	free(ck.bufs[1]);
+	for (unsigned k = 0; k < DS_MAX_REPLICAS; k++)
+		free(ck.bufs[k]);
+	free(ck.copy_buf);
 	free(l.v);
 	if (ret)
 		*ret = res;
 	if (r < 0)
 		return r;
-	uint64_t problems = res.mismatches + res.missing + res.strays + res.beyond_eof;
-	if (repair)
+	uint64_t problems = res.mismatches + res.missing + res.strays + res.beyond_eof +
+			    res.csum_errors + res.unreadable;
+	if (o->repair)
 		problems -= MIN(problems, res.repaired);
 	return (int)MIN(problems, (uint64_t)INT32_MAX);
+}
+
+int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, void *ctx,
+	     struct ds_check_result *ret)
+{
+	struct ds_check_run o = {.repair = repair, .keep = keep, .report = report, .ctx = ctx};
+	return ds_check_run(ds, &o, ret);
+}
+
+int ds_scrub(struct ds *ds, const struct ds_scrub_opts *opts, struct ds_check_result *ret)
+{
+	struct ds_check_run o = {.repair = opts->repair,
+				 .scrub = true,
+				 .rate = opts->rate,
+				 .report = opts->report,
+				 .progress = opts->progress,
+				 .ctx = opts->ctx,
+				 .cancel = opts->cancel};
+	return ds_check_run(ds, &o, ret);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1783,5 +2124,144 @@ out:
 	free(dst.v);
 	if (ret)
 		*ret = rb.p;
+	return r;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* membership changes without data: reorder, drop; delete what a dropped member kept */
+
+static int ds_chain_index(const struct ds *ds, uint32_t chain_id)
+{
+	for (unsigned i = 0; i < ds->nchains; i++)
+		if (ds->chains[i].id == chain_id)
+			return (int)i;
+	return -1;
+}
+
+int ds_chain_set(struct ds *ds, uint32_t chain_id, uint64_t expect_epoch,
+		 const uint32_t *new_members, uint32_t n, char *err, size_t errlen)
+{
+	char dummy[8];
+	if (!err || !errlen) {
+		err = dummy;
+		errlen = sizeof(dummy);
+	}
+	err[0] = '\0';
+	int ci = ds_chain_index(ds, chain_id);
+	if (ci < 0) {
+		snprintf(err, errlen, "no chain %u", chain_id);
+		return -ENOENT;
+	}
+	if (!new_members || n < 1 || n > DS_MAX_REPLICAS) {
+		snprintf(err, errlen, "chain %u: %u members asked for (1 to %d)", chain_id, n,
+			 DS_MAX_REPLICAS);
+		return -EINVAL;
+	}
+	struct ds_chain *c = &ds->chains[ci];
+	pthread_mutex_lock(&c->change_lock);
+	struct ds_snap now;
+	ds_snap(ds, (unsigned)ci, &now);
+	struct ds_tgt *m[DS_MAX_REPLICAS];
+	int r = 0;
+	if (expect_epoch && now.epoch != expect_epoch) {
+		snprintf(err, errlen, "chain %u is at epoch %llu, not %llu; run again", chain_id,
+			 (unsigned long long)now.epoch, (unsigned long long)expect_epoch);
+		r = -ESTALE;
+		goto out;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		m[i] = NULL;
+		for (uint32_t k = 0; k < now.n; k++)
+			if (now.m[k]->id == new_members[i])
+				m[i] = now.m[k];
+		for (uint32_t j = 0; j < i && m[i]; j++)
+			if (new_members[j] == new_members[i])
+				m[i] = NULL;
+		if (!m[i]) { /* no data moves here: only members that have the chain's data */
+			snprintf(err, errlen,
+				 "target %u is not a member of chain %u, or is named twice",
+				 new_members[i], chain_id);
+			r = -EINVAL;
+			goto out;
+		}
+	}
+	uint64_t ne = now.epoch + 1;
+	if (ds->chain_changed) {
+		r = ds->chain_changed(ds->cb_ctx, c->id, now.epoch, new_members, n, &ne);
+		if (r < 0) {
+			snprintf(err, errlen, "cannot commit chain %u: %s", chain_id, strerror(-r));
+			goto out;
+		}
+	}
+	pthread_mutex_lock(&c->lock);
+	memcpy(c->m, m, n * sizeof(*m));
+	c->n = n;
+	c->epoch = ne;
+	pthread_mutex_unlock(&c->lock);
+	log_debug("ds: chain %u now has %u member(s), epoch %llu", c->id, n,
+		  (unsigned long long)ne);
+out:
+	pthread_mutex_unlock(&c->change_lock);
+	return r;
+}
+
+int ds_purge_strays(struct ds *ds, uint32_t target_id, uint64_t *ret_removed, char *err,
+		    size_t errlen)
+{
+	char dummy[8];
+	if (!err || !errlen) {
+		err = dummy;
+		errlen = sizeof(dummy);
+	}
+	err[0] = '\0';
+	struct ds_tgt *t = NULL;
+	for (unsigned i = 0; i < ds->ntargets; i++)
+		if (ds->targets[i].id == target_id)
+			t = &ds->targets[i];
+	if (ret_removed)
+		*ret_removed = 0;
+	if (!t) {
+		snprintf(err, errlen, "no target %u", target_id);
+		return -ENOENT;
+	}
+	int r = ds_attach(ds, t, err, errlen);
+	if (r < 0)
+		return r;
+	ds_barrier(ds);
+	struct sm_target *sm = ds_tsm(t);
+	struct ds_clist l = {0};
+	r = sm->ops->list(sm, ds_check_collect, &l);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot list the chunks of target %u (%s): %s", t->id, t->url,
+			 strerror(-r));
+		goto out;
+	}
+	uint64_t removed = 0;
+	for (size_t i = 0; i < l.n; i++) {
+		const struct ds_cent *e = &l.v[i];
+		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
+		struct ds_snap s;
+		pthread_mutex_lock(sl);
+		ds_snap(ds, ds_chain_of(ds, e->ino, e->idx), &s);
+		if (!ds_snap_has(&s, t)) {
+			r = sm->ops->truncate(sm, e->ino, e->idx, 0);
+			if (r == 0)
+				removed++;
+		}
+		pthread_mutex_unlock(sl);
+		if (r < 0) {
+			snprintf(err, errlen, "cannot delete chunk %llu.%u on target %u (%s): %s",
+				 (unsigned long long)e->ino, e->idx, t->id, t->url, strerror(-r));
+			goto out;
+		}
+	}
+	r = sm->ops->sync_all(sm);
+	if (r < 0)
+		snprintf(err, errlen, "cannot sync target %u (%s): %s", t->id, t->url,
+			 strerror(-r));
+	if (ret_removed)
+		*ret_removed = removed;
+out:
+	free(l.v);
 	return r;
 }

@@ -29,6 +29,14 @@
  *         fails a read is reported like a failed write and the read is retried on the next.
  *   DS-3  Overlapping writes to one chunk are applied in the same order on every replica
  *         (the caller's per-inode ordering plus the per-chunk lock here).
+ *   DS-4  A replica read that fails its store's checksum (-EBADMSG) is NOT a replica failure:
+ *         the chain is left as it is, and the read is served by the next in-chain replica
+ *         whose copy verifies. Before the read returns, every copy that failed is rewritten
+ *         from a replica that verifies (whole chunk, exact length, synced) under the chunk's
+ *         lock (DS-3), after checking under that lock that it still fails; each copy found
+ *         bad, repaired or left unrepaired is counted (ds_stats) and logged at warning level
+ *         with target, inode, chunk and offset. When no replica verifies, the read fails with
+ *         -EIO and is logged as unrecoverable.
  *
  * THREADS
  *   Every function is safe from any thread. The caller keeps writes and truncates of one
@@ -94,6 +102,10 @@ struct ds_stats {
 	uint64_t bytes_written, bytes_read;
 	uint64_t replica_failures;
 	uint64_t repl_lag_bytes; /* weak: bytes not yet on every replica */
+	/* DS-4, by reads and by ds_scrub: replica copies that failed their checksum, copies
+	 * rewritten from a good replica, copies that could not be (no good replica, or the
+	 * rewrite failed) */
+	uint64_t csum_errors_seen, repairs_done, repair_failures;
 };
 
 struct ds;
@@ -126,7 +138,7 @@ int ds_allocate(struct ds *ds, uint64_t ino, uint64_t off, uint64_t len);
 /* Delete every chunk of ino (SM-5 from idx 0) on every target. */
 int ds_remove(struct ds *ds, uint64_t ino);
 /* Forget what is cached of ino's chunks on every open target (sm_ops.forget): another process
- * sharing the targets may have replaced their files (FS-6). Never fails. */
+ * sharing the targets may have replaced their files (FS-7). Never fails. */
 void ds_forget(struct ds *ds, uint64_t ino);
 /* Trim after a crash: delete everything of ino at or beyond size (META-4 recovery). */
 int ds_trim(struct ds *ds, uint64_t ino, uint64_t size);
@@ -140,25 +152,69 @@ int ds_sync_all(struct ds *ds);
 int ds_statfs(struct ds *ds, uint64_t *ret_total, uint64_t *ret_free);
 void ds_stats(struct ds *ds, struct ds_stats *ret);
 
+/* One target as this process sees it (status of a mounted volume asks the mount for these:
+ * a block target can be open in one process only). */
+struct ds_target_stat {
+	uint32_t id;
+	bool open;	   /* open in this process */
+	bool has_counters; /* its backend keeps counters (sm_ops.counters) */
+	struct sm_counters counters;
+	bool has_statfs; /* its statfs answered */
+	struct sm_statfs statfs;
+};
+/* Every configured target, in configuration order; returns the count (at most max). */
+int ds_target_stats(struct ds *ds, struct ds_target_stat *ret, unsigned max);
+
 /* Current chain table snapshot (for status / tests). Returns count. */
 int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max);
 
-/* fsck / verification. For every chunk present on any target: compare the bytes of every
- * in-chain replica; report mismatches, chunks on a target outside their chain, and chunks of
- * inodes for which keep() says no or beyond the inode's size. With repair, copy the
- * primary's chunk over differing replicas and delete the strays. Returns the number of
- * problems (remaining after repair when repair). */
+/* fsck / verification. For every chunk present on any target: read every in-chain replica
+ * (the store verifies its checksums, DS-4) and compare the ones that read; report copies that
+ * fail their checksum, mismatches, chunks on a target outside their chain, and chunks of
+ * inodes for which keep() says no or beyond the inode's size. With repair: a copy that failed
+ * its checksum is rewritten from the first replica that verified, a differing copy from the
+ * first verified one (the primary when it verifies), strays are deleted and data beyond EOF
+ * truncated. Nothing may write the volume meanwhile (fsck holds the volume lock). Returns the
+ * number of problems (copies; remaining after repair when repair), or -errno.
+ * report's `what`: "checksum", "mismatch", "missing", "unreadable", "unrecoverable" (no copy of
+ * the chunk verifies; target = the primary), "stray", "orphan", "beyond_eof". */
 typedef bool (*ds_keep_fn)(void *ctx, uint64_t ino, uint64_t *ret_size);
 typedef void (*ds_report_fn)(void *ctx, const char *what, uint64_t ino, uint32_t idx,
 			     uint32_t target_id, bool repaired);
 struct ds_check_result {
-	uint64_t chunks; /* distinct (ino, idx) examined */
-	uint64_t bytes_compared;
+	uint64_t chunks;	 /* distinct (ino, idx) examined */
+	uint64_t chunks_total;	 /* distinct (ino, idx) listed */
+	uint64_t bytes_compared; /* bytes read from replicas */
+	uint64_t bytes_total;	 /* bytes the listing said would be read (in use: an estimate) */
 	uint64_t mismatches, missing, strays, beyond_eof;
-	uint64_t repaired;
+	uint64_t csum_errors;	/* copies that failed their checksum */
+	uint64_t unreadable;	/* copies that failed to read for another reason */
+	uint64_t unrecoverable; /* chunks no open in-chain copy of which reads */
+	uint64_t repaired;	/* copies repaired (every kind) */
 };
 int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, void *ctx,
 	     struct ds_check_result *ret);
+
+/* Scrub: ds_check's replica reading and comparing, safe while the volume is in use (DS-3):
+ * only in-chain copies are read (no stray / orphan / EOF work: that needs the namespace quiet,
+ * it is fsck's), each chunk under the cut lock (shared) and its stripe lock, its lengths taken
+ * under the lock, and the reads paced by a token bucket of `rate` bytes/s OUTSIDE the locks,
+ * so that writers wait for one chunk at most and applications keep their bandwidth. Checksum
+ * errors found and repaired count in ds_stats like read repairs (DS-4). report runs with the
+ * chunk's locks held (it must not block: a writer of that chunk waits); progress runs after
+ * every chunk (and once before the first) with no lock held, on the calling thread. cancel: when
+ * *cancel becomes non-zero (atomic), the scrub stops before the next chunk with -ECANCELED (ret
+ * holds what was done). Returns as ds_check. */
+typedef void (*ds_check_progress_fn)(void *ctx, const struct ds_check_result *sofar);
+struct ds_scrub_opts {
+	bool repair;
+	uint64_t rate;		       /* bytes per second read from targets; 0 = unlimited */
+	ds_report_fn report;	       /* may be NULL */
+	ds_check_progress_fn progress; /* may be NULL */
+	void *ctx;
+	const int *cancel; /* may be NULL */
+};
+int ds_scrub(struct ds *ds, const struct ds_scrub_opts *opts, struct ds_check_result *ret);
 
 /* Rebuild (repair after DS-1). Make target_id, which must NOT be a member of chain_id, an exact
  * replica of the chain's data and append it to the chain as its last member:
@@ -188,5 +244,23 @@ struct ds_rebuild_progress {
 typedef void (*ds_progress_fn)(void *ctx, const struct ds_rebuild_progress *p);
 int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress_fn progress,
 	       void *ctx, struct ds_rebuild_progress *ret, char *err, size_t errlen);
+
+/* Reorder or shrink a chain without moving data: new_members must be distinct current members
+ * (at least one), in the order wanted, [0] the primary. Used after ds_rebuild made a new
+ * member a full replica, to drop the member it replaces (device add / drain: placement.h), and
+ * to move primaries. Under the chain's change_lock: -ESTALE when expect_epoch is not 0 and
+ * not the chain's epoch; else the chain is committed through chain_changed (epoch+1) and
+ * becomes the in-memory chain. A dropped member keeps its chunks of the chain until
+ * ds_purge_strays. Returns 0, or -ENOENT (no such chain), -EINVAL (not a subset, a duplicate,
+ * empty), -ESTALE, or chain_changed's error (nothing changed), with a one-line reason in err. */
+int ds_chain_set(struct ds *ds, uint32_t chain_id, uint64_t expect_epoch,
+		 const uint32_t *new_members, uint32_t n, char *err, size_t errlen);
+
+/* Delete from target_id every chunk whose chain does not list target_id (chunks a member
+ * dropped by ds_chain_set still holds, or strays), each under its stripe lock. The target is
+ * opened on demand like ds_rebuild. *ret_removed gets the count. Writers must be kept away.
+ * -ENOENT unknown target; else the failing step's error with a one-line reason in err. */
+int ds_purge_strays(struct ds *ds, uint32_t target_id, uint64_t *ret_removed, char *err,
+		    size_t errlen);
 
 #endif

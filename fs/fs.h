@@ -21,7 +21,15 @@
  *         durable metadata commit of the size (META-5). fsync of a directory makes every
  *         committed namespace operation durable.
  *   FS-5  Errors reach the application: every -errno from meta/ds is replied as is.
- *   FS-6  Shared engines (META_CAP_SHARED: several mounts of one volume) get close-to-open
+ *   FS-6  Directory quotas (META-9): before a write, fallocate or truncate may make a file
+ *         under a quota root longer than what its root is charged for (max(db_size, qres)),
+ *         the charge is raised with meta quota_reserve (by FS_QUOTA_STEP at a time, at
+ *         least to the new end), which answers EDQUOT at the limit before any byte lands.
+ *         statfs on an inode under a quota root reports the quota. The virtual xattr
+ *         META_QUOTA_XATTR on a directory sets, reads and (removexattr) clears a quota
+ *         while mounted; only root may use it (the kernel already limits trusted.* to
+ *         CAP_SYS_ADMIN).
+ *   FS-7  Shared engines (META_CAP_SHARED: several mounts of one volume) get close-to-open
  *         consistency, as NFS: a close records the size (FS-3 already does); an open reads
  *         the inode from the database, adopts it unless this mount has unrecorded changes
  *         (dirty or a write in flight), drops the kernel's cached attributes and the data
@@ -76,7 +84,13 @@ struct fs_inode {
 	bool fresh;  /* created by this mount and never given data: holds no chunk anywhere, so
 		      * purging it needs no data-service work */
 	uint32_t inflight; /* writes/truncates under way that may put data beyond db_size */
+	uint64_t qroot;	   /* META-9 quota root, 0 if none (as loaded; see fs/README.md) */
+	uint64_t qres;	   /* FS-6: bytes reserved in the database beyond db_size, 0 if none */
 };
+
+/* FS-6: how far beyond a write's end a quota reservation reaches, so that a stream of
+ * appends costs one metadata transaction per step, not one per write. */
+#define FS_QUOTA_STEP (4u << 20)
 
 struct fs {
 	struct meta *meta;

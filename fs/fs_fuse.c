@@ -223,6 +223,27 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	reply_attr(req, fs, &a);
 }
 
+/* FS-6: raise the quota charge of ip (under a quota root) to cover at least `need` bytes,
+ * up to `want`; sets META_IF_WDIRTY in the same transaction (FS-3). Called with ip->lock
+ * held. */
+static int quota_reserve(struct fs *fs, struct fs_inode *ip, uint64_t need, uint64_t want)
+{
+	uint64_t got = 0;
+	int r =
+	    META_CALL(fs->meta, quota_reserve, ip->ino, need, MIN(want, (uint64_t)INT64_MAX), &got);
+	if (r < 0)
+		return r;
+	fs_meta_touched(fs);
+	ip->wmark = true;
+	if (got == UINT64_MAX) { /* the quota was cleared meanwhile */
+		ip->qroot = 0;
+		ip->qres = 0;
+	} else {
+		ip->qres = got;
+	}
+	return 0;
+}
+
 /* Truncate to new size (FS-3): the database learns the new size first, with the WDIRTY mark
  * when shrinking, then the chunks beyond it go; a crash in between is finished by recovery. */
 static int do_truncate(struct fs *fs, struct fs_inode *ip, uint64_t size, int64_t now)
@@ -237,11 +258,15 @@ static int do_truncate(struct fs *fs, struct fs_inode *ip, uint64_t size, int64_
 	a.ctime_ns = now;
 	unsigned mask = META_SET_SIZE | META_SET_MTIME | META_SET_CTIME;
 	bool shrink = size < old;
+	int r = 0;
+	if (ip->qroot && size > MAX(ip->db_size, ip->qres))
+		r = quota_reserve(fs, ip, size, size); /* FS-6: EDQUOT before anything changes */
 	if (shrink && !ip->wmark) {
 		a.flags = META_IF_WDIRTY;
 		mask |= META_SET_FLAGS;
 	}
-	int r = META_CALL(fs->meta, setattr, ip->ino, mask, &a, NULL);
+	if (r == 0)
+		r = META_CALL(fs->meta, setattr, ip->ino, mask, &a, NULL);
 	if (r == 0) {
 		fs_meta_touched(fs);
 		if (mask & META_SET_FLAGS)
@@ -627,7 +652,7 @@ static int file_new(struct fs *fs, uint64_t ino, const struct meta_attr *a,
 	return 0;
 }
 
-/* FS-6: the kernel's cached size of an inode another mount may have changed may be older
+/* FS-7: the kernel's cached size of an inode another mount may have changed may be older
  * than the one just adopted: make it ask again (attributes only; pages go with keep_cache
  * off). */
 static void drop_kernel_attrs(struct fs *fs, uint64_t ino)
@@ -643,7 +668,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fs *fs = req_fs(req);
 	struct meta_attr a;
 	int r = 0;
-	if (fs->shared) /* FS-6: start from what the database holds now */
+	if (fs->shared) /* FS-7: start from what the database holds now */
 		r = META_CALL(fs->meta, getattr, ino, &a);
 	if (r == 0)
 		r = file_new(fs, ino, fs->shared ? &a : NULL, fi);
@@ -679,7 +704,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct fs_file *f = file_of(fi);
 	pthread_mutex_lock(&f->ip->lock);
 	/* A new inode number: no chunk can exist for it yet, unless another mount of a shared
-	 * volume writes it (FS-6). */
+	 * volume writes it (FS-7). */
 	f->ip->fresh = !fs->shared;
 	pthread_mutex_unlock(&f->ip->lock);
 	fs_inode_lookup_add(fs, f->ip, 1);
@@ -774,10 +799,18 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 }
 
 /* Mark the inode WDIRTY in the database before data may land beyond its recorded size
- * (FS-3). Called with ip->lock held. */
+ * (FS-3), and under a quota root reserve the bytes first (FS-6). Called with ip->lock held. */
 static int mark_extending(struct fs *fs, struct fs_inode *ip, uint64_t end)
 {
-	if (end <= ip->db_size || ip->wmark)
+	if (end <= ip->db_size)
+		return 0;
+	if (ip->qroot) {
+		if (end <= ip->qres)
+			return 0; /* reserved before, and WDIRTY set with it */
+		return quota_reserve(fs, ip, end,
+				     end > UINT64_MAX - FS_QUOTA_STEP ? end : end + FS_QUOTA_STEP);
+	}
+	if (ip->wmark)
 		return 0;
 	struct meta_attr a = {0};
 	a.flags = META_IF_WDIRTY;
@@ -930,6 +963,24 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	sv.f_favail = sv.f_bfree;
 	sv.f_files = ms.inodes + sv.f_ffree;
 	sv.f_namemax = META_NAME_MAX;
+	/* FS-6: inside a quota root, df shows the quota: its limit as the size and what is left
+	 * of it (never more than the targets have) as free. */
+	struct meta_quota q;
+	if (ino != META_ROOT_INO && META_CALL(fs->meta, quota_get, ino, &q) == 0) {
+		if (q.bytes_limit) {
+			uint64_t left =
+			    q.bytes_used < q.bytes_limit ? q.bytes_limit - q.bytes_used : 0;
+			sv.f_blocks = q.bytes_limit / 4096;
+			sv.f_bfree = MIN(left, avail) / 4096;
+			sv.f_bavail = sv.f_bfree;
+		}
+		if (q.inodes_limit) {
+			sv.f_files = q.inodes_limit;
+			sv.f_ffree =
+			    q.inodes_used < q.inodes_limit ? q.inodes_limit - q.inodes_used : 0;
+			sv.f_favail = sv.f_ffree;
+		}
+	}
 	fuse_reply_statfs(req, &sv);
 }
 
@@ -944,12 +995,87 @@ static bool is_acl_xattr(const char *name)
 	       !strcmp(name, "system.posix_acl_default");
 }
 
+static void reply_sized(fuse_req_t req, int r, const char *buf, size_t size)
+{
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)r);
+	else
+		fuse_reply_buf(req, buf, (size_t)r);
+}
+
+/* FS-6: the quota xattr. Its value is "BYTES" or "BYTES:INODES" (BYTES as parse_size: 4096,
+ * 10M, 1GiB; 0 = no limit);
+ * it is virtual: never stored, never listed (so cp -a does not copy quotas around). */
+static bool is_quota_xattr(const char *name)
+{
+	return !strcmp(name, META_QUOTA_XATTR);
+}
+
+/* Bounded parse of the value the caller sent: digits, optionally ':' and digits. */
+static int parse_quota_value(const char *v, size_t size, uint64_t *bytes, uint64_t *inodes)
+{
+	char buf[64];
+	if (size == 0 || size >= sizeof(buf))
+		return -EINVAL;
+	memcpy(buf, v, size);
+	buf[size] = '\0';
+	if (buf[size - 1] == '\n')
+		buf[size - 1] = '\0';
+	char *colon = strchr(buf, ':');
+	if (colon)
+		*colon = '\0';
+	int r = parse_size(buf, bytes);
+	*inodes = 0;
+	if (r == 0 && colon)
+		r = parse_size(colon + 1, inodes);
+	return r < 0 ? -EINVAL : 0;
+}
+
+static int quota_xattr_set(fuse_req_t req, struct fs *fs, fuse_ino_t ino, const char *value,
+			   size_t size)
+{
+	uint64_t bytes, inodes;
+	if (fuse_req_ctx(req)->uid != 0)
+		return -EPERM;
+	int r = parse_quota_value(value, size, &bytes, &inodes);
+	if (r == 0)
+		r = META_CALL(fs->meta, quota_set, ino, bytes, inodes);
+	if (r == 0)
+		log_info("quota on directory inode %llu: %llu bytes, %llu inodes",
+			 (unsigned long long)ino, (unsigned long long)bytes,
+			 (unsigned long long)inodes);
+	return r;
+}
+
+/* "root=INO bytes_limit=N inodes_limit=N bytes_used=N inodes_used=N" of the root that
+ * accounts ino; ENODATA when there is none. */
+static void quota_xattr_get(fuse_req_t req, struct fs *fs, fuse_ino_t ino, size_t size)
+{
+	struct meta_quota q;
+	char buf[256];
+	int r = META_CALL(fs->meta, quota_get, ino, &q);
+	if (r == 0)
+		r = snprintf(buf, sizeof(buf),
+			     "root=%llu bytes_limit=%llu inodes_limit=%llu bytes_used=%llu "
+			     "inodes_used=%llu",
+			     (unsigned long long)q.ino, (unsigned long long)q.bytes_limit,
+			     (unsigned long long)q.inodes_limit, (unsigned long long)q.bytes_used,
+			     (unsigned long long)q.inodes_used);
+	if (r > 0 && size && (size_t)r > size)
+		r = -ERANGE;
+	reply_sized(req, r, buf, size);
+}
+
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			size_t size, int flags)
 {
 	struct fs *fs = req_fs(req);
 	int r;
-	if (is_acl_xattr(name))
+	if (is_quota_xattr(name))
+		r = quota_xattr_set(req, fs, ino, value, size);
+	else if (is_acl_xattr(name))
 		r = -EOPNOTSUPP;
 	else if (strlen(name) > META_XATTR_NAME_MAX)
 		r = -ERANGE;
@@ -962,19 +1088,13 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	fuse_reply_err(req, -r);
 }
 
-static void reply_sized(fuse_req_t req, int r, const char *buf, size_t size)
-{
-	if (r < 0)
-		fuse_reply_err(req, -r);
-	else if (size == 0)
-		fuse_reply_xattr(req, (size_t)r);
-	else
-		fuse_reply_buf(req, buf, (size_t)r);
-}
-
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct fs *fs = req_fs(req);
+	if (is_quota_xattr(name)) {
+		quota_xattr_get(req, fs, ino, size);
+		return;
+	}
 	char *buf = size ? malloc(size) : NULL;
 	int r = (size && !buf) ? -ENOMEM : META_CALL(fs->meta, getxattr, ino, name, buf, size);
 	reply_sized(req, r, buf, size);
@@ -993,7 +1113,13 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	struct fs *fs = req_fs(req);
-	int r = is_acl_xattr(name) ? -EOPNOTSUPP : META_CALL(fs->meta, removexattr, ino, name);
+	int r;
+	if (is_quota_xattr(name))
+		r = fuse_req_ctx(req)->uid != 0 ? -EPERM : META_CALL(fs->meta, quota_clear, ino);
+	else if (is_acl_xattr(name))
+		r = -EOPNOTSUPP;
+	else
+		r = META_CALL(fs->meta, removexattr, ino, name);
 	if (r == 0)
 		fs_meta_touched(fs); /* the engine updated ctime in the same transaction */
 	fuse_reply_err(req, -r);

@@ -109,6 +109,8 @@ static void seed(struct fs_inode *ip, const struct meta_attr *a)
 	ip->mtime_ns = a->mtime_ns;
 	ip->ctime_ns = a->ctime_ns;
 	ip->wmark = (a->flags & META_IF_WDIRTY) != 0;
+	ip->qroot = a->qroot;
+	ip->qres = a->qres;
 }
 
 int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr, struct fs_inode **ret)
@@ -258,8 +260,10 @@ int fs_inode_flush(struct fs *fs, struct fs_inode *ip, bool durable)
 			fs_meta_touched(fs);
 			ip->db_size = ip->size;
 			ip->dirty = false;
-			if (clear)
+			if (clear) {
 				ip->wmark = false;
+				ip->qres = 0; /* META-9: the engine dropped the reservation */
+			}
 		} else {
 			log_err("inode %llu: cannot record size in metadata: %s",
 				(unsigned long long)ip->ino, strerror(-r));
@@ -279,7 +283,7 @@ void fs_inode_overlay(struct fs *fs, struct meta_attr *attr)
 	pthread_mutex_lock(&ip->lock);
 	ip->nlink = attr->nlink;
 	if (S_ISREG(attr->mode) && fs->shared && !ip->dirty && ip->inflight == 0) {
-		/* FS-6: nothing unrecorded here, so what the database holds (perhaps written by
+		/* FS-7: nothing unrecorded here, so what the database holds (perhaps written by
 		 * another mount) is the newest. */
 		ip->size = ip->db_size = attr->size;
 		ip->mtime_ns = attr->mtime_ns;

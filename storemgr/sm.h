@@ -2,14 +2,16 @@
  *
  * WHAT IT OWNS
  *   A *target* is one place that stores chunks: a directory (dir:/path, one file per chunk,
- *   for NAS mounts and tests), later a raw device or image file, an iSCSI LUN or an NBD export
+ *   for NAS mounts and tests), or a raw device or image file, an iSCSI LUN or an NBD export
  *   (one unified on-device chunk-store format). A chunk is named by (ino, idx) and holds up
  *   to chunk_size bytes; it may be sparse. The storage manager knows nothing of files, chains
  *   or replicas: that is the data service's job one layer up.
  *
  * BACKENDS
  *   One `struct sm_ops` table per kind of target, chosen by URL scheme via sm_format() and
- *   sm_open(). Call sites read `caps`, never the scheme.
+ *   sm_open(). Call sites read `caps`, never the scheme. dir: is a directory (sm_dir.c); every
+ *   block address space that storemgr/dev.h knows (file:, iscsi://, nbd://, nbd+unix://) is
+ *   one chunk store with one on-device format (sm_block.c, docs/format.md).
  *
  * INVARIANTS (cited as SM-n)
  *   SM-1  A target carries an identity (format version, volume uuid, target uuid, target id)
@@ -31,7 +33,10 @@
  *   Every function may be called from any thread, concurrently, also for the same chunk
  *   (the caller orders overlapping writes). A backend keeps its own locks.
  *
- * ERRORS: 0 / byte count or -errno. -ENOSPC, -EIO, -EROFS pass up unchanged.
+ * ERRORS: 0 / byte count or -errno. -ENOSPC, -EIO, -EROFS pass up unchanged. -EBADMSG from
+ *   read() means the store's own checksum of the bytes asked for did not match (silent
+ *   corruption on the medium): the data service repairs that copy from another replica (DS-4)
+ *   rather than treating the target as failed.
  */
 #ifndef BRAIDFS_SM_H
 #define BRAIDFS_SM_H
@@ -72,9 +77,22 @@ typedef int (*sm_chunk_cb)(void *ctx, const struct sm_chunk_info *ci);
 
 struct sm_target;
 
+/* What a target counts as it runs (since open). A backend fills in what it knows, 0 else. */
+struct sm_counters {
+	uint64_t csum_errors;	/* blocks read whose stored checksum did not match (-EBADMSG) */
+	uint64_t bytes_read;	/* payload returned by read() */
+	uint64_t bytes_written; /* payload taken by write() */
+	uint64_t syncs;		/* sync_ino() / sync_all() calls */
+	uint64_t flushes;	/* device cache flushes they and the backend issued */
+};
+
 struct sm_ops {
-	const char *scheme; /* "dir" */
+	const char *scheme; /* "dir"; for a backend that serves a family of schemes, its name */
 	unsigned caps;
+	/* Optional: a backend that serves URLs of several schemes (the block chunk store serves
+	 * every device URL: file:, iscsi://, nbd://) says here which; sm_ops_for() asks it when no
+	 * backend's `scheme` is the URL's. */
+	bool (*serves)(const char *url);
 
 	/* Prepare the location named by url to hold chunks, write the identity. SM-6.
 	 * err gets a one-line reason on failure ("target directory /x is not empty", ...). */
@@ -121,9 +139,11 @@ struct sm_ops {
 	int (*statfs)(struct sm_target *t, struct sm_statfs *ret);
 	/* Every chunk on the target, in no particular order. cb returning non-zero stops. */
 	int (*list)(struct sm_target *t, sm_chunk_cb cb, void *ctx);
+	/* Optional (NULL: the backend counts nothing). Never fails on an open target. */
+	int (*counters)(struct sm_target *t, struct sm_counters *ret);
 	/* Optional (NULL: nothing is cached). Drop what is cached of ino's chunks (open file
 	 * handles), because another process that shares the target may have replaced or removed
-	 * their files: two mounts of one volume on one machine (FS-6 in fs/fs.h). Data stays:
+	 * their files: two mounts of one volume on one machine (FS-7 in fs/fs.h). Data stays:
 	 * a dropped handle with unsynced writes is synced by the next sync_ino (SM-4). */
 	void (*forget)(struct sm_target *t, uint64_t ino);
 };
@@ -141,7 +161,13 @@ int sm_format_check(const char *url, bool force, char *err, size_t errlen);
 int sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret, char *err,
 	    size_t errlen);
 void sm_close(struct sm_target *t);
+/* Undo format(): the identity and every chunk go, the location is as format found it (a dir:
+ * target's directory empty again; a file: device or image gets its first 8 KiB — both
+ * superblock copies — zeroed and flushed). The caller must know the target belongs to no
+ * volume any more (braidfs device remove --wipe). -EOPNOTSUPP for kinds it cannot wipe. */
+int sm_wipe(const char *url, char *err, size_t errlen);
 
 extern const struct sm_ops sm_dir_ops;
+extern const struct sm_ops sm_block_ops; /* every device URL: see storemgr/dev.h */
 
 #endif

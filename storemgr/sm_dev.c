@@ -11,6 +11,7 @@
 
 /* Every device backend, by scheme. */
 static const struct sm_dev_ops *const sm_devs[] = {
+    &sm_dev_file_ops,
     &sm_dev_iscsi_ops,
     &sm_dev_nbd_ops,
     &sm_dev_nbd_unix_ops,

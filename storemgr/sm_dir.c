@@ -133,18 +133,6 @@ int sm_dir_url_parse(const char *url, const char *scheme, struct url *u, char *e
 /* ---------------------------------------------------------------------------------------- */
 /* identity (SM-1) */
 
-static bool sm_dir_uuid_ok(const char *s)
-{
-	if (strlen(s) != 36)
-		return false;
-	for (int i = 0; i < 36; i++) {
-		bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-		if (dash ? s[i] != '-' : sm_dir_hexval(s[i]) < 0)
-			return false;
-	}
-	return true;
-}
-
 static bool sm_dir_chunk_size_ok(uint32_t cs)
 {
 	return cs >= SM_DIR_CHUNK_MIN && cs <= SM_DIR_CHUNK_MAX && cs % SM_DIR_CHUNK_MIN == 0;
@@ -245,14 +233,14 @@ int sm_dir_id_parse(const char *buf, size_t n, struct sm_identity *ret, char *wh
 			r = vl == 36 ? 0 : -1;
 			if (!r) {
 				memcpy(id.volume_uuid, v, 36);
-				r = sm_dir_uuid_ok(id.volume_uuid) ? 0 : -1;
+				r = uuid_str_valid(id.volume_uuid) ? 0 : -1;
 			}
 		} else if (kl == 11 && !strncmp(line, "target_uuid", kl)) {
 			bit = 16;
 			r = vl == 36 ? 0 : -1;
 			if (!r) {
 				memcpy(id.target_uuid, v, 36);
-				r = sm_dir_uuid_ok(id.target_uuid) ? 0 : -1;
+				r = uuid_str_valid(id.target_uuid) ? 0 : -1;
 			}
 		} else {
 			continue; /* a later minor revision may add keys; the crc covers them */
@@ -415,6 +403,38 @@ static int sm_dir_wipe_chunks(int dfd)
 	return r;
 }
 
+int sm_dir_wipe_path(const char *path, char *err, size_t errlen)
+{
+	int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		int e = errno;
+		sm_seterr(err, errlen, "cannot open target directory %s: %s", path, strerror(e));
+		return -e;
+	}
+	/* the identity first: a crash half way leaves a directory no volume claims */
+	int r = 0;
+	if (unlinkat(dfd, SM_DIR_ID_FILE, 0) < 0 && errno != ENOENT)
+		r = -errno;
+	if (r == 0 && fsync(dfd) < 0)
+		r = -errno;
+	if (r == 0)
+		r = sm_dir_wipe_chunks(dfd);
+	for (unsigned i = 0; r == 0 && i < SM_DIR_FANOUT; i++) {
+		char fan[16];
+		snprintf(fan, sizeof(fan), "%s/%02x", SM_DIR_CHUNKS, i);
+		if (unlinkat(dfd, fan, AT_REMOVEDIR) < 0 && errno != ENOENT)
+			r = -errno;
+	}
+	if (r == 0 && unlinkat(dfd, SM_DIR_CHUNKS, AT_REMOVEDIR) < 0 && errno != ENOENT)
+		r = -errno;
+	if (r == 0 && fsync(dfd) < 0)
+		r = -errno;
+	close(dfd);
+	if (r < 0)
+		sm_seterr(err, errlen, "cannot wipe target directory %s: %s", path, strerror(-r));
+	return r;
+}
+
 int sm_dir_format_path(const char *path, const struct sm_identity *id, bool force, bool dry_run,
 		       const char *ignore, char *err, size_t errlen)
 {
@@ -424,7 +444,7 @@ int sm_dir_format_path(const char *path, const struct sm_identity *id, bool forc
 			  id ? id->chunk_size : 0);
 		return -EINVAL;
 	}
-	if (!dry_run && (!sm_dir_uuid_ok(id->volume_uuid) || !sm_dir_uuid_ok(id->target_uuid))) {
+	if (!dry_run && (!uuid_str_valid(id->volume_uuid) || !uuid_str_valid(id->target_uuid))) {
 		sm_seterr(err, errlen, "invalid volume or target UUID for target %s", path);
 		return -EINVAL;
 	}
@@ -618,32 +638,9 @@ int sm_dir_open_path(const struct sm_ops *ops, const char *url, const char *path
 		r = -EPROTONOSUPPORT;
 		goto fail;
 	}
-	if (expect) {
-		if (expect->volume_uuid[0] && strcmp(expect->volume_uuid, id.volume_uuid)) {
-			sm_seterr(err, errlen, "target %s belongs to volume %s, not to volume %s",
-				  path, id.volume_uuid, expect->volume_uuid);
-			r = -EINVAL;
-			goto fail;
-		}
-		if (expect->target_id != id.target_id) {
-			sm_seterr(err, errlen, "target %s is target id %u, expected target id %u",
-				  path, id.target_id, expect->target_id);
-			r = -EINVAL;
-			goto fail;
-		}
-		if (expect->target_uuid[0] && strcmp(expect->target_uuid, id.target_uuid)) {
-			sm_seterr(err, errlen, "target %s has target UUID %s, expected %s", path,
-				  id.target_uuid, expect->target_uuid);
-			r = -EINVAL;
-			goto fail;
-		}
-		if (expect->chunk_size && expect->chunk_size != id.chunk_size) {
-			sm_seterr(err, errlen, "target %s has chunk size %u, the volume has %u",
-				  path, id.chunk_size, expect->chunk_size);
-			r = -EINVAL;
-			goto fail;
-		}
-	}
+	r = sm_identity_expect(path, &id, expect, err, errlen);
+	if (r < 0)
+		goto fail;
 	cfd = openat(dfd, SM_DIR_CHUNKS, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (cfd < 0) {
 		r = -errno;
@@ -770,13 +767,7 @@ int sm_dir_identity(struct sm_target *t, struct sm_identity *ret)
 
 static uint64_t sm_dir_key(uint64_t ino, uint32_t idx)
 {
-	uint64_t x = ino * 0x9e3779b97f4a7c15ULL ^ idx;
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
+	return hash_mix64(ino * 0x9e3779b97f4a7c15ULL ^ idx);
 }
 
 static struct sm_dir_shard *sm_dir_shard_of(struct sm_dir *d, uint64_t h)
@@ -1525,22 +1516,28 @@ out:
 	return r;
 }
 
-int sm_dir_chunk_length(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t *ret)
+int sm_dir_chunk_stat(struct sm_target *t, uint64_t ino, uint32_t idx, struct stat *ret)
 {
 	struct sm_dir *d = sm_dir_of(t);
-	struct stat st;
 	int r = 0;
 	struct sm_dir_fd *e = sm_dir_peek(d, ino, idx);
 	if (e) {
-		if (fstat(e->fd, &st) < 0)
+		if (fstat(e->fd, ret) < 0)
 			r = -errno;
 		sm_dir_put(d, e);
 	} else {
 		char name[32];
 		sm_dir_chunk_name(name, ino, idx);
-		if (fstatat(d->chunks_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		if (fstatat(d->chunks_fd, name, ret, AT_SYMLINK_NOFOLLOW) < 0)
 			r = -errno;
 	}
+	return r;
+}
+
+int sm_dir_chunk_length(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t *ret)
+{
+	struct stat st;
+	int r = sm_dir_chunk_stat(t, ino, idx, &st);
 	*ret = r < 0 ? 0 : (uint64_t)st.st_size;
 	return r;
 }

@@ -18,9 +18,11 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <sys/stat.h>
 
 #include "common/url.h"
 #include "storemgr/sm.h"
+#include "storemgr/sm_int.h"
 
 #define SM_DIR_ID_FILE	     "braidfs-target"
 #define SM_DIR_CHUNKS	     "chunks"
@@ -90,10 +92,6 @@ static inline struct sm_dir *sm_dir_of(struct sm_target *t)
 	return (struct sm_dir *)t;
 }
 
-/* Message into err (NULL / 0 ok). Defined in sm.c. */
-void sm_seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
 /* "<scheme>:/abs/path[?query]" -> *ret, its path absolute and without a trailing '/'.
  * -EINVAL with a message for anything else (relative path, a host, another scheme). */
 int sm_dir_url_parse(const char *url, const char *scheme, struct url *ret, char *err,
@@ -101,6 +99,9 @@ int sm_dir_url_parse(const char *url, const char *scheme, struct url *ret, char 
 
 /* format() of a dir-like target at path. ignore: one more file name that does not make the
  * directory "not empty" (the twin's control file), or NULL. */
+/* Remove the identity, every chunk file, the fanout dirs and chunks/: what format made.
+ * Anything else in the directory stays (a rmdir that finds more fails with -ENOTEMPTY). */
+int sm_dir_wipe_path(const char *path, char *err, size_t errlen);
 int sm_dir_format_path(const char *path, const struct sm_identity *id, bool force, bool dry_run,
 		       const char *ignore, char *err, size_t errlen);
 /* open() of a dir-like target: allocates `size` (>= sizeof(struct sm_dir)) zeroed bytes, sets
@@ -123,6 +124,8 @@ void sm_dir_forget(struct sm_target *t, uint64_t ino);
 int sm_dir_seek(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t off, int whence,
 		uint64_t *ret);
 int sm_dir_chunk_length(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t *ret);
+/* stat(2) of the chunk's file (the twin looks at its ctime): 0, -ENOENT, -errno. */
+int sm_dir_chunk_stat(struct sm_target *t, uint64_t ino, uint32_t idx, struct stat *ret);
 int sm_dir_sync_ino(struct sm_target *t, uint64_t ino);
 int sm_dir_sync_all(struct sm_target *t);
 int sm_dir_statfs(struct sm_target *t, struct sm_statfs *ret);

@@ -17,6 +17,9 @@ static const char usage[] =
     "  status   show a volume, its targets, chains and their health\n"
     "  fsck     check (and repair) metadata and replicas\n"
     "  bench    measure the local disk, braidfs and its peers side by side\n"
+    "  device   block devices of this machine; add, drain, remove targets\n"
+    "  quota    set, show or clear a directory quota\n"
+    "  scrub    verify every replica's checksums and contents, repair (mounted or not)\n"
     "\n"
     "Run 'braidfs COMMAND --help' for a command's options.\n"
     "\n"
@@ -46,7 +49,8 @@ int main(int argc, char **argv)
 	} cmds[] = {
 	    {"format", cmd_format},  {"mount", cmd_mount},   {"umount", cmd_umount},
 	    {"unmount", cmd_umount}, {"status", cmd_status}, {"fsck", cmd_fsck},
-	    {"bench", cmd_bench},
+	    {"bench", cmd_bench},    {"device", cmd_device}, {"quota", cmd_quota},
+	    {"scrub", cmd_scrub},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))

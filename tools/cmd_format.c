@@ -11,7 +11,9 @@
 #include "common/log.h"
 #include "common/url.h"
 #include "common/util.h"
+#include "dataservice/placement.h"
 #include "storemgr/sm.h"
+#include "storemgr/sm_devices.h"
 #include "tools/tools.h"
 
 static const char help[] =
@@ -28,20 +30,42 @@ static const char help[] =
     "             such as ?sslmode=require go after it; the tables go into the first\n"
     "             schema of the search_path)\n"
     "  NAME       the volume's name: 1-63 characters of [A-Za-z0-9._-]\n"
-    "  TARGET     where chunks live: dir:/ABSOLUTE/PATH, an existing empty directory\n"
-    "             (a local disk or a NAS mount); faulty:/PATH is a test target that\n"
-    "             fails on command (see docs/cli.md)\n"
+    "  TARGET     where chunks live:\n"
+    "               dir:/ABSOLUTE/PATH     an existing empty directory (a local disk\n"
+    "                                      or a NAS mount), one file per chunk\n"
+    "               file:/dev/NAME         a whole block device, in braidfs' own\n"
+    "                                      on-device format (docs/format.md)\n"
+    "               file:/ABSOLUTE/PATH    an image file in that format, at least\n"
+    "                                      64 MiB, on a file system with O_DIRECT\n"
+    "                                      (create it: truncate -s 10G PATH)\n"
+    "             faulty:/PATH is a dir: target that fails on command (docs/cli.md)\n"
+    "\n"
+    "Every target joins a pool, and a chain (the targets that hold one share of the\n"
+    "chunks) takes its members from one pool, on different nodes where the pool spans\n"
+    "enough of them. A target's pool is its media class unless --pool says otherwise:\n"
+    "nvme, ssd or hdd for a local block device, virtual for a loop device, remote for\n"
+    "iSCSI and NBD, file for an image file, dir for a directory.\n"
     "\n"
     "Options:\n"
     "  -r, --replicas N        copies of every chunk, 1..8, at most the number of\n"
-    "                          targets (default: 2, or 1 with a single target)\n"
+    "                          targets in each pool (default: 2, or 1 with a single\n"
+    "                          target)\n"
+    "  -n, --chains N          number of chains, fixed for the life of the volume:\n"
+    "                          every chunk is found by (inode seed + index) mod N, so\n"
+    "                          it can never change. At least the number of targets,\n"
+    "                          at most 4096 (default: 64, or the number of targets if\n"
+    "                          that is larger). More chains spread load and rebuilds\n"
+    "                          more evenly when targets are added later\n"
+    "  -p, --pool NAME         put every target into pool NAME (1-31 of a-z 0-9 . _ -)\n"
     "  -c, --chunk-size SIZE   chunk size, a power of two from 64K to 64M\n"
     "                          (default 4M; suffixes K, M, G)\n"
     "  -C, --consistency MODE  strong (default): a write and an fsync return only when\n"
     "                          every replica has them; weak: when the first replica\n"
     "                          has them, the others follow in the background\n"
-    "  -f, --force             use target directories that are not empty (their files\n"
-    "                          are kept; an old braidfs identity is replaced)\n"
+    "  -f, --force             use targets that are not empty: a directory's files\n"
+    "                          are kept and an old braidfs identity is replaced; a\n"
+    "                          device or image that holds data or another braidfs\n"
+    "                          target is overwritten\n"
     "  -h, --help              show this help\n"
     "\n"
     "Format never overwrites an existing volume: to start over, unmount it, delete\n"
@@ -51,6 +75,8 @@ static const char help[] =
     "Examples:\n"
     "  braidfs format --replicas 2 sqlite:///var/lib/braidfs/meta.db vol1 \\\n"
     "          dir:/var/lib/braidfs/t1 dir:/var/lib/braidfs/t2\n"
+    "  braidfs format sqlite:///var/lib/braidfs/meta.db vol2 file:/dev/nvme1n1 \\\n"
+    "          file:/srv/images/t2.img\n"
     "  braidfs format postgres://braidfs@db1:5432/braidfs vol1 \\\n"
     "          dir:/srv/nas/t1 dir:/srv/nas/t2\n"
     "\n"
@@ -68,6 +94,78 @@ static int valid_name(const char *s)
 	return 1;
 }
 
+/* Build the chain table (placement.h): chains split over the pools in proportion to their
+ * targets (pl_split), each pool's chains built by pl_build over its targets, weighted by the
+ * size statfs reports for each (the targets are formatted by now). Chain ids 0..nc-1, epoch 1. */
+static int format_chains(const struct meta_target *mt, unsigned nt, unsigned replicas,
+			 struct meta_chain *ch, unsigned nc, char *err, size_t errlen)
+{
+	unsigned npools = 0, first[META_MAX_TARGETS], weight[META_MAX_TARGETS],
+		 share[META_MAX_TARGETS];
+	for (unsigned i = 0; i < nt; i++) {
+		unsigned p = 0;
+		while (p < npools && strcmp(mt[first[p]].pool, mt[i].pool))
+			p++;
+		if (p == npools) {
+			first[npools] = i;
+			weight[npools++] = 0;
+		}
+		weight[p]++;
+	}
+	if (pl_split(weight, npools, nc, share) < 0) {
+		snprintf(err, errlen, "%u chains cannot be split over %u pools", nc, npools);
+		return -EINVAL;
+	}
+	struct pl_target *t = calloc(nt, sizeof(*t));
+	struct pl_chain *c = calloc(nc, sizeof(*c));
+	int r = -ENOMEM;
+	snprintf(err, errlen, "out of memory");
+	if (!t || !c)
+		goto out;
+	unsigned base = 0;
+	for (unsigned p = 0; p < npools; p++) {
+		unsigned n = 0;
+		for (unsigned i = 0; i < nt; i++) {
+			if (strcmp(mt[i].pool, mt[first[p]].pool))
+				continue;
+			struct sm_identity expect = {.target_id = mt[i].id};
+			struct sm_target *st = NULL;
+			struct sm_statfs sf = {0};
+			char serr[256];
+			if (sm_open(mt[i].url, &expect, &st, serr, sizeof(serr)) == 0)
+				st->ops->statfs(st, &sf);
+			sm_close(st);
+			t[n++] = (struct pl_target){.id = mt[i].id,
+						    .node = vol_node_number(mt, nt, mt[i].node),
+						    .size = sf.total_bytes,
+						    .role = PL_ACTIVE};
+		}
+		for (unsigned k = 0; k < share[p]; k++)
+			c[k].id = base + k;
+		r = pl_build(t, n, replicas, c, share[p]);
+		if (r < 0) {
+			snprintf(err, errlen,
+				 "cannot place %u chains of %u replicas on pool '%s': %s", share[p],
+				 replicas, mt[first[p]].pool, strerror(-r));
+			goto out;
+		}
+		for (unsigned k = 0; k < share[p]; k++) {
+			struct meta_chain *m = &ch[base + k];
+			m->id = c[k].id;
+			m->epoch = 1;
+			m->nmembers = c[k].n;
+			memcpy(m->members, c[k].m, sizeof(m->members));
+		}
+		base += share[p];
+	}
+	r = 0;
+	err[0] = '\0';
+out:
+	free(t);
+	free(c);
+	return r;
+}
+
 int cmd_format(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -75,18 +173,37 @@ int cmd_format(int argc, char **argv)
 	    {"chunk-size", required_argument, NULL, 'c'},
 	    {"consistency", required_argument, NULL, 'C'},
 	    {"force", no_argument, NULL, 'f'},
+	    {"chains", required_argument, NULL, 'n'},
+	    {"pool", required_argument, NULL, 'p'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
 	};
-	long replicas = -1;
+	long replicas = -1, nchains = -1;
+	const char *pool = NULL;
 	uint64_t chunk = 4u << 20;
 	enum meta_consistency cons = META_STRONG;
 	bool force = false;
 	int c;
 	optind = 1;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":r:c:C:fh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":r:c:C:fn:p:h", opts, NULL)) != -1) {
 		switch (c) {
+		case 'n': {
+			char *end;
+			nchains = strtol(optarg, &end, 10);
+			if (*end || nchains < 1 || nchains > META_MAX_CHAINS) {
+				die_msg("format",
+					"--chains must be a number from 1 to %d, not '%s'",
+					META_MAX_CHAINS, optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		}
+		case 'p':
+			if (!pool_arg_ok("format", optarg))
+				return EXIT_USAGE;
+			pool = optarg;
+			break;
 		case 'r': {
 			char *end;
 			replicas = strtol(optarg, &end, 10);
@@ -152,6 +269,14 @@ int cmd_format(int argc, char **argv)
 			replicas, ntargets);
 		return EXIT_USAGE;
 	}
+	if (nchains < 0)
+		nchains = ntargets > 64 ? ntargets : 64;
+	if ((unsigned long)nchains < ntargets) {
+		die_msg("format",
+			"--chains %ld is fewer than the %u targets (every target needs a chain)",
+			nchains, ntargets);
+		return EXIT_USAGE;
+	}
 	char err[1024] = "";
 	for (unsigned i = 0; i < ntargets; i++) {
 		if (!sm_ops_for(targets[i])) {
@@ -160,7 +285,8 @@ int cmd_format(int argc, char **argv)
 				die_msg("format", "bad target %s", err);
 			else
 				die_msg("format",
-					"unknown target kind '%s:' in %s (expected dir:/PATH)",
+					"unknown target kind '%s:' in %s (expected dir:/PATH, "
+					"file:/dev/NAME or file:/PATH/IMAGE)",
 					u.scheme, targets[i]);
 			return EXIT_USAGE;
 		}
@@ -171,10 +297,47 @@ int cmd_format(int argc, char **argv)
 			}
 	}
 
+	/* Pools (PL): every target's pool, and in every pool room for the replicas. */
+	struct meta_target *mt = calloc(ntargets, sizeof(*mt));
+	struct meta_chain *ch = calloc((size_t)nchains, sizeof(*ch));
+	if (!mt || !ch) {
+		free(mt);
+		free(ch);
+		die_msg("format", "out of memory");
+		return 1;
+	}
+	struct sm_devenv env = sm_devenv_system();
+	char host[META_NODE_MAX] = "";
+	if (gethostname(host, sizeof(host) - 1) < 0)
+		snprintf(host, sizeof(host), "localhost");
+	for (unsigned i = 0; i < ntargets; i++) {
+		enum sm_media media = sm_media_for_url(&env, targets[i]);
+		snprintf(mt[i].media, sizeof(mt[i].media), "%s", sm_media_name(media));
+		snprintf(mt[i].pool, sizeof(mt[i].pool), "%s", pool ? pool : mt[i].media);
+		snprintf(mt[i].node, sizeof(mt[i].node), "%s", host);
+	}
+	for (unsigned i = 0; i < ntargets; i++) {
+		unsigned n = 0;
+		for (unsigned j = 0; j < ntargets; j++)
+			n += !strcmp(mt[j].pool, mt[i].pool);
+		if (n < (unsigned)replicas) {
+			die_msg("format",
+				"pool '%s' has %u target(s), fewer than the %ld replicas every "
+				"chain of "
+				"it needs (put the targets into one pool with --pool NAME)",
+				mt[i].pool, n, replicas);
+			free(mt);
+			free(ch);
+			return EXIT_USAGE;
+		}
+	}
+
 	/* Every target must be formattable before any is touched (SM-6). */
 	for (unsigned i = 0; i < ntargets; i++) {
 		if (sm_format_check(targets[i], force, err, sizeof(err)) < 0) {
 			die_msg("format", "%s", err);
+			free(mt);
+			free(ch);
 			return 1;
 		}
 	}
@@ -183,6 +346,8 @@ int cmd_format(int argc, char **argv)
 	struct url mu;
 	if (url_parse(meta_url, &mu, err, sizeof(err)) < 0) {
 		die_msg("format", "bad META_URL %s", err);
+		free(mt);
+		free(ch);
 		return EXIT_USAGE;
 	}
 	bool existed = !strcmp(mu.scheme, "sqlite") && access(mu.path, F_OK) == 0;
@@ -190,6 +355,8 @@ int cmd_format(int argc, char **argv)
 	int r = meta_open(meta_url, META_O_CREATE, &m, err, sizeof(err));
 	if (r < 0) {
 		die_msg("format", "%s", err);
+		free(mt);
+		free(ch);
 		return 1;
 	}
 	struct meta_volume vol = {0};
@@ -198,6 +365,8 @@ int cmd_format(int argc, char **argv)
 			"%s already holds volume '%s' (uuid %s); refusing to format over it",
 			meta_url, vol.name, vol.uuid);
 		meta_close(m);
+		free(mt);
+		free(ch);
 		return 1;
 	}
 	memset(&vol, 0, sizeof(vol));
@@ -209,13 +378,6 @@ int cmd_format(int argc, char **argv)
 	vol.consistency = cons;
 	vol.created_ns = now_realtime_ns();
 
-	struct meta_target *mt = calloc(ntargets, sizeof(*mt));
-	struct meta_chain *ch = calloc(ntargets, sizeof(*ch));
-	if (!mt || !ch) {
-		r = -ENOMEM;
-		die_msg("format", "out of memory");
-		goto fail;
-	}
 	unsigned done = 0;
 	for (unsigned i = 0; i < ntargets; i++) {
 		mt[i].id = i + 1;
@@ -240,15 +402,13 @@ int cmd_format(int argc, char **argv)
 		}
 		done++;
 	}
-	/* Chain i starts at target i: primaries spread evenly over the targets. */
-	for (unsigned i = 0; i < ntargets; i++) {
-		ch[i].id = i;
-		ch[i].epoch = 1;
-		ch[i].nmembers = (uint32_t)replicas;
-		for (unsigned k = 0; k < (unsigned)replicas; k++)
-			ch[i].members[k] = mt[(i + k) % ntargets].id;
+	r = format_chains(mt, ntargets, (unsigned)replicas, ch, (unsigned)nchains, err,
+			  sizeof(err));
+	if (r < 0) {
+		die_msg("format", "%s", err);
+		goto fail;
 	}
-	r = META_CALL(m, format, &vol, mt, ntargets, ch, ntargets, getuid(), getgid());
+	r = META_CALL(m, format, &vol, mt, ntargets, ch, (unsigned)nchains, getuid(), getgid());
 	if (r == 0)
 		r = META_CALL(m, sync);
 	if (r < 0) {
@@ -257,9 +417,10 @@ int cmd_format(int argc, char **argv)
 	}
 	char cs[32];
 	printf("braidfs: formatted volume '%s' (uuid %s)\n"
-	       "  %u target(s), %ld replica(s) of every chunk, chunk size %s, %s consistency\n"
+	       "  %u target(s), %ld chain(s), %ld replica(s) of every chunk, chunk size %s, %s "
+	       "consistency\n"
 	       "  mount it with: braidfs mount %s MOUNTPOINT\n",
-	       vol.name, vol.uuid, ntargets, replicas, fmt_size(chunk, cs, sizeof(cs)),
+	       vol.name, vol.uuid, ntargets, nchains, replicas, fmt_size(chunk, cs, sizeof(cs)),
 	       consistency_name(cons), meta_url);
 	free(mt);
 	free(ch);

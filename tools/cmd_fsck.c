@@ -26,17 +26,20 @@ static const char help[] =
     "    file's size;\n"
     "  - the chains: a chain with fewer members than the volume's replica count, or\n"
     "    with a member that is offline, is degraded (the volume runs on fewer copies);\n"
-    "  - the replicas: every chunk is read from every target of its chain and compared\n"
-    "    byte for byte; chunks of deleted files, chunks beyond a file's end and chunks\n"
-    "    on a target outside their chain are reported.\n"
+    "  - the replicas: every chunk is read from every target of its chain (a target\n"
+    "    that keeps checksums verifies them) and compared byte for byte; chunks of\n"
+    "    deleted files, chunks beyond a file's end and chunks on a target outside\n"
+    "    their chain are reported.\n"
     "\n"
     "Options:\n"
     "  -r, --repair   fix what is found: namespace counts, leftovers of an unclean\n"
-    "                 stop, degraded chains (a reachable target that left the chain,\n"
-    "                 else any other reachable target, is rebuilt from the chain's\n"
-    "                 primary, rejoins the chain and is marked up; progress on\n"
-    "                 stderr), and replicas that differ from the chain's primary\n"
-    "                 (which is copied over them); stray chunks are deleted\n"
+    "                 stop, degraded chains (a reachable target, of the chain's pool\n"
+    "                 and on a node the chain lacks before any other, holding the\n"
+    "                 fewest chains, is rebuilt from the chain's primary, rejoins the\n"
+    "                 chain and is marked up; progress on stderr), copies that fail\n"
+    "                 their checksum (rewritten from a replica that verifies), and\n"
+    "                 replicas that differ from the chain's primary (which is copied\n"
+    "                 over them); stray chunks are deleted\n"
     "  -q, --quiet    print only the summary\n"
     "  -h, --help     show this help\n"
     "\n"
@@ -54,7 +57,7 @@ struct fsck_ctx {
 
 struct chain_fix {
 	struct vol *v;
-	uint32_t *ids;		       /* target ids, ascending: the format rule's order */
+	uint32_t *ids;		       /* target ids, ascending */
 	enum meta_target_state *state; /* per v->targets[i], updated by repair */
 	bool *tried, *failed;	       /* per v->targets[i]: rebuild attempted / failed */
 	char (*why)[1100];	       /* per v->targets[i]: why it could not be used */
@@ -78,27 +81,10 @@ static bool chain_has(const struct ds_chain_cfg *c, uint32_t id)
 	return false;
 }
 
-/* The members `braidfs format` gave chain c: chain i = targets i, i+1, ... mod T (by id).
- * Only while the volume has that shape (as many chains as targets); returns the count. */
-static unsigned rule_members(const struct chain_fix *f, uint32_t chain_id, uint32_t *out)
+/* A member that serves: up, or draining (its chains are moving away but it still has them). */
+static bool serves(enum meta_target_state s)
 {
-	const struct vol *v = f->v;
-	if (v->nchains != v->ntargets || chain_id >= v->ntargets)
-		return 0;
-	unsigned n = MIN(v->info.replicas, v->ntargets);
-	for (unsigned k = 0; k < n; k++)
-		out[k] = f->ids[(chain_id + k) % v->ntargets];
-	return n;
-}
-
-static bool rule_says(const struct chain_fix *f, uint32_t chain_id, uint32_t target)
-{
-	uint32_t m[META_MAX_TARGETS];
-	unsigned n = rule_members(f, chain_id, m);
-	for (unsigned k = 0; k < n; k++)
-		if (m[k] == target)
-			return true;
-	return false;
+	return s == META_TARGET_UP || s == META_TARGET_DRAINING;
 }
 
 static unsigned live_members(const struct chain_fix *f, const struct ds_chain_cfg *c)
@@ -106,7 +92,7 @@ static unsigned live_members(const struct chain_fix *f, const struct ds_chain_cf
 	unsigned live = 0;
 	for (uint32_t k = 0; k < c->nmembers; k++) {
 		int p = tpos(f->v, c->members[k]);
-		live += p >= 0 && f->state[p] == META_TARGET_UP;
+		live += p >= 0 && serves(f->state[p]);
 	}
 	return live;
 }
@@ -137,23 +123,13 @@ static void describe(const struct chain_fix *f, const struct ds_chain_cfg *c, ch
 	const char *sep = " (";
 	for (uint32_t k = 0; k < c->nmembers; k++) {
 		int p = tpos(v, c->members[k]);
-		if (p < 0 || f->state[p] == META_TARGET_UP)
+		if (p < 0 || serves(f->state[p]))
 			continue;
 		append(out, len, "%starget %u %s is offline but still listed", sep,
 		       v->targets[p].id, v->targets[p].url);
 		sep = "; ";
 	}
-	uint32_t m[META_MAX_TARGETS];
-	unsigned n = rule_members(f, c->id, m);
-	for (unsigned k = 0; k < n; k++) {
-		int p = tpos(v, m[k]);
-		if (p < 0 || chain_has(c, m[k]))
-			continue;
-		append(out, len, "%starget %u %s is %s", sep, m[k], v->targets[p].url,
-		       f->state[p] == META_TARGET_UP ? "up but not a member" : "offline");
-		sep = "; ";
-	}
-	if (!n && c->nmembers < v->info.replicas) {
+	if (c->nmembers < v->info.replicas) {
 		append(out, len, "%s%u member(s) missing", sep, v->info.replicas - c->nmembers);
 		sep = "; ";
 	}
@@ -221,45 +197,84 @@ static bool rebuild_one(struct fsck_ctx *cx, struct chain_fix *f, struct ds_chai
 	return true;
 }
 
+/* Chains target t is a member of. */
+static unsigned held(const struct chain_fix *f, uint32_t t)
+{
+	unsigned n = 0;
+	for (unsigned c = 0; c < f->nch; c++)
+		n += chain_has(&f->ch[c], t);
+	return n;
+}
+
+/* Is some member of chain c on the node of target index p? */
+static bool node_in_chain(const struct chain_fix *f, const struct ds_chain_cfg *c, int p)
+{
+	for (uint32_t k = 0; k < c->nmembers; k++) {
+		int q = tpos(f->v, c->members[k]);
+		if (q >= 0 && !strcmp(f->v->targets[q].node, f->v->targets[p].node))
+			return true;
+	}
+	return false;
+}
+
+/* Which target to rebuild into a degraded chain first, as placement would choose
+ * (dataservice/placement.h): one of the chain's pool before any other, on a node the chain
+ * lacks (PL-2), holding the fewest chains (PL-4), then the lowest id. */
+static bool better_candidate(const struct chain_fix *f, const struct ds_chain_cfg *c,
+			     const char *pool, int a, int b)
+{
+	const struct meta_target *ta = &f->v->targets[a], *tb = &f->v->targets[b];
+	bool pa = !strcmp(ta->pool, pool), pb = !strcmp(tb->pool, pool);
+	if (pa != pb)
+		return pa;
+	bool na = !node_in_chain(f, c, a), nb = !node_in_chain(f, c, b);
+	if (na != nb)
+		return na;
+	unsigned ha = held(f, ta->id), hb = held(f, tb->id);
+	if (ha != hb)
+		return ha < hb;
+	return ta->id < tb->id;
+}
+
 static void repair_chain(struct fsck_ctx *cx, struct chain_fix *f, struct ds_chain_cfg *c)
 {
 	struct vol *v = f->v;
 	uint32_t order[META_MAX_TARGETS];
-	unsigned n = rule_members(f, c->id, order);
-	for (unsigned i = 0; i < v->ntargets; i++) { /* then any other target, by id */
-		bool dup = false;
-		for (unsigned k = 0; k < n; k++)
-			dup |= order[k] == f->ids[i];
-		if (!dup)
-			order[n++] = f->ids[i];
+	unsigned n = 0;
+	char pool[META_POOL_MAX] = "";
+	int prim = c->nmembers ? tpos(v, c->members[0]) : -1;
+	if (prim >= 0)
+		snprintf(pool, sizeof(pool), "%s", v->targets[prim].pool);
+	for (unsigned i = 0; i < v->ntargets; i++) { /* insertion sort by preference */
+		int p = tpos(v, f->ids[i]);
+		unsigned k = n++;
+		for (; k > 0 && better_candidate(f, c, pool, p, tpos(v, order[k - 1])); k--)
+			order[k] = order[k - 1];
+		order[k] = f->ids[i];
 	}
 	for (unsigned k = 0; k < n && c->nmembers < v->info.replicas; k++) {
 		int p = tpos(v, order[k]);
-		if (p < 0 || chain_has(c, order[k]) || f->failed[p])
+		/* draining, drained and removed targets never gain a chain */
+		if (p < 0 || chain_has(c, order[k]) || f->failed[p] ||
+		    (f->state[p] != META_TARGET_UP && f->state[p] != META_TARGET_OFFLINE))
 			continue;
 		if (rebuild_one(cx, f, c, p))
 			ds_chains(v->ds, f->ch, f->nch); /* c now lists it */
 	}
 }
 
-/* After the rebuilds: an offline target that is reachable and back in every chain it belongs
- * to (by the format rule; without the rule: in some chain) is marked up. */
+/* After the rebuilds: an offline target that is reachable and a member of some chain is
+ * marked up. The chains that still list it were not written since it went offline (DS-1: the
+ * first write to a chain with an offline member drops the member), and the others were just
+ * rebuilt onto it, so its data is current wherever it is listed. */
 static void mark_up(struct fsck_ctx *cx, struct chain_fix *f)
 {
 	struct vol *v = f->v;
 	for (unsigned i = 0; i < v->ntargets; i++) {
 		const struct meta_target *t = &v->targets[i];
-		if (f->state[i] == META_TARGET_UP || f->failed[i])
+		if (f->state[i] != META_TARGET_OFFLINE || f->failed[i])
 			continue;
-		bool rule = v->nchains == v->ntargets; /* rule_members applies */
-		bool all = true, any = false;
-		for (unsigned c = 0; c < f->nch; c++) {
-			bool in = chain_has(&f->ch[c], t->id);
-			any |= in;
-			if (rule && rule_says(f, f->ch[c].id, t->id) && !in)
-				all = false;
-		}
-		if (!all || !any)
+		if (!held(f, t->id))
 			continue;
 		if (!f->tried[i]) { /* still listed, never rebuilt here: is it reachable? */
 			struct sm_identity expect = {.target_id = t->id,
@@ -347,7 +362,7 @@ static int check_chains(struct fsck_ctx *cx, struct vol *v, bool repair)
 		const char *sep = ": ";
 		for (unsigned i = 0; i < v->ntargets; i++) {
 			if (!f.failed[i] ||
-			    (chain_has(&f.ch[c], v->targets[i].id) && f.state[i] == META_TARGET_UP))
+			    (chain_has(&f.ch[c], v->targets[i].id) && serves(f.state[i])))
 				continue;
 			printf("%s%s", sep, f.why[i]);
 			sep = "; ";
@@ -360,7 +375,7 @@ static int check_chains(struct fsck_ctx *cx, struct vol *v, bool repair)
 		bool in = false;
 		for (unsigned c = 0; c < f.nch; c++)
 			in |= chain_has(&f.ch[c], v->targets[i].id);
-		if (!in && f.state[i] != META_TARGET_UP)
+		if (!in && f.state[i] == META_TARGET_OFFLINE)
 			printf("  note: target %u %s is offline and in no chain (it holds no data "
 			       "in use)\n",
 			       v->targets[i].id, v->targets[i].url);
@@ -526,12 +541,15 @@ int cmd_fsck(int argc, char **argv)
 		goto out;
 	}
 	char b[32];
-	printf("  %llu chunk(s), %s compared; %llu differing, %llu missing, %llu stray, "
-	       "%llu beyond end of file%s\n",
+	printf("  %llu chunk(s), %s read; %llu checksum error(s), %llu differing, %llu missing, "
+	       "%llu unreadable, %llu stray, %llu beyond end of file\n",
 	       (unsigned long long)res.chunks, fmt_size(res.bytes_compared, b, sizeof(b)),
-	       (unsigned long long)res.mismatches, (unsigned long long)res.missing,
-	       (unsigned long long)res.strays, (unsigned long long)res.beyond_eof,
-	       repair ? "" : "");
+	       (unsigned long long)res.csum_errors, (unsigned long long)res.mismatches,
+	       (unsigned long long)res.missing, (unsigned long long)res.unreadable,
+	       (unsigned long long)res.strays, (unsigned long long)res.beyond_eof);
+	if (res.unrecoverable)
+		printf("  %llu chunk(s) unrecoverable: no replica reads without error\n",
+		       (unsigned long long)res.unrecoverable);
 	if (repair && res.repaired)
 		printf("  %llu replica problem(s) repaired\n", (unsigned long long)res.repaired);
 	cx.problems += (uint64_t)r;

@@ -3,8 +3,9 @@
  * mount forks before anything opens a database or starts a thread; the child does all the
  * work and tells the parent over a pipe either "OK" or the one-line reason it failed, so
  * the user sees real errors and an exit code while the mount still runs in the background.
- * The child records itself in /run/braidfs/<pid>.mount so that umount can wait for it to
- * finish writing before it returns.
+ * The child records itself in /run/braidfs/<pid>.mount (run.c) so that umount can wait for
+ * it to finish writing before it returns, and serves the control socket
+ * /run/braidfs/<pid>.ctl (ctl_server.c: scrub, stats) while it is mounted.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,16 +23,15 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <dirent.h>
 #include <stdarg.h>
 
 #include "common/log.h"
 #include "common/url.h"
 #include "common/util.h"
 #include "fs/fs.h"
+#include "tools/ctl_server.h"
+#include "tools/run.h"
 #include "tools/tools.h"
-
-#define RUN_DIR "/run/braidfs"
 
 static const char mount_help[] =
     "Usage: braidfs mount [-f] [-o OPTIONS] META_URL MOUNTPOINT\n"
@@ -142,65 +142,6 @@ static int mount_path(const char *in, char *out, size_t len)
 	return 0;
 }
 
-/* ---- registry of running mounts ---- */
-
-static void registry_path(pid_t pid, char *out, size_t len)
-{
-	snprintf(out, len, RUN_DIR "/%d.mount", (int)pid);
-}
-
-static void registry_add(const char *mnt, const char *meta_url)
-{
-	char p[128];
-	mkdir_p(RUN_DIR, 0755);
-	registry_path(getpid(), p, sizeof(p));
-	FILE *f = fopen(p, "w");
-	if (!f)
-		return;
-	fprintf(f, "%d\n%s\n%s\n", (int)getpid(), mnt, meta_url);
-	fclose(f);
-}
-
-static void registry_del(void)
-{
-	char p[128];
-	registry_path(getpid(), p, sizeof(p));
-	unlink(p);
-}
-
-/* The pid serving mnt, or 0. Stale entries (dead pids) are removed. */
-static pid_t registry_find(const char *mnt)
-{
-	DIR *d = opendir(RUN_DIR);
-	if (!d)
-		return 0;
-	struct dirent *de;
-	pid_t found = 0;
-	while ((de = readdir(d))) {
-		if (!strstr(de->d_name, ".mount"))
-			continue;
-		char p[512], line[PATH_MAX + 16], m[PATH_MAX + 16] = "";
-		snprintf(p, sizeof(p), RUN_DIR "/%s", de->d_name);
-		FILE *f = fopen(p, "r");
-		if (!f)
-			continue;
-		pid_t pid = 0;
-		if (fgets(line, sizeof(line), f))
-			pid = (pid_t)atol(line);
-		if (fgets(m, sizeof(m), f))
-			m[strcspn(m, "\n")] = '\0';
-		fclose(f);
-		if (pid <= 0 || (kill(pid, 0) < 0 && errno == ESRCH)) {
-			unlink(p);
-			continue;
-		}
-		if (!strcmp(m, mnt))
-			found = pid;
-	}
-	closedir(d);
-	return found;
-}
-
 /* ---- mount ---- */
 
 struct mount_opts {
@@ -287,6 +228,7 @@ static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, i
 	raise_nofile();
 	struct vol v;
 	struct fs *fs = NULL;
+	struct ctl_server *ctl = NULL;
 	int r = vol_open(&v, meta_url, 0, err, sizeof(err));
 	if (r < 0) {
 		report(status_fd, "%s", err);
@@ -341,7 +283,14 @@ static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, i
 		goto out;
 	}
 	vol_lock_note(&v, mnt);
-	registry_add(mnt, meta_url);
+	int rr = run_add(mnt, meta_url);
+	if (rr < 0)
+		log_warn("cannot record the mount in %s: %s (umount will not wait for it)", RUN_DIR,
+			 strerror(-rr));
+	else if ((rr = ctl_server_start(v.ds, v.info.name, &ctl, err, sizeof(err))) < 0)
+		log_warn("no control socket: %s ('braidfs scrub' and counters in 'braidfs "
+			 "status' need it)",
+			 err);
 	log_info("volume %s mounted at %s", v.info.name, mnt);
 	report(status_fd, "OK");
 	if (status_fd >= 0) {
@@ -358,9 +307,10 @@ static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, i
 	r = fs_loop(fs);
 	log_info("volume %s: unmounting from %s", v.info.name, mnt);
 out:
+	ctl_server_stop(ctl); /* a scrub in flight is cancelled before the data service closes */
 	fs_free(fs);
 	vol_close(&v);
-	registry_del();
+	run_del();
 	if (r >= 0)
 		log_info("volume at %s: all data and metadata written; exiting", mnt);
 	return r < 0 ? 1 : 0;
@@ -512,21 +462,6 @@ int cmd_mount(int argc, char **argv)
 
 /* ---- umount ---- */
 
-/* Alive and not a zombie (a foreground mount's parent may not have reaped it yet). */
-static bool pid_running(pid_t pid)
-{
-	char p[64], buf[512];
-	snprintf(p, sizeof(p), "/proc/%d/stat", (int)pid);
-	FILE *f = fopen(p, "r");
-	if (!f)
-		return false;
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	const char *rp = strrchr(buf, ')');
-	return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
-}
-
 int cmd_umount(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -575,7 +510,7 @@ int cmd_umount(int argc, char **argv)
 		die_msg("umount", "%s is not a braidfs mount point", mnt);
 		return 1;
 	}
-	pid_t pid = registry_find(mnt);
+	pid_t pid = run_find_mount(mnt);
 	bool dead = mount_dead(mnt);
 	if (!dead) {
 		int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -618,7 +553,7 @@ int cmd_umount(int argc, char **argv)
 		       mnt);
 		return 0;
 	}
-	if (lazy && pid > 0 && pid_running(pid)) {
+	if (lazy && pid > 0 && run_pid_alive(pid)) {
 		printf("braidfs: detached %s; pid %d finishes writing when the last file there is "
 		       "closed\n",
 		       mnt, (int)pid);
@@ -627,7 +562,7 @@ int cmd_umount(int argc, char **argv)
 	if (pid > 0) {
 		int64_t t0 = now_monotonic_ns();
 		bool said = false;
-		while (pid_running(pid)) {
+		while (run_pid_alive(pid)) {
 			int64_t el = (now_monotonic_ns() - t0) / 1000000000;
 			if (el >= 2 && !said) {
 				fprintf(stderr,

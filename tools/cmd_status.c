@@ -1,5 +1,7 @@
-/* braidfs status — the volume, its targets (health, usage), its chains, and who has it
- * mounted. Reads only; safe while the volume is mounted. */
+/* braidfs status — the volume, its targets (health, usage, counters), its chains, and who has
+ * it mounted. Reads only; safe while the volume is mounted: then the numbers of the targets
+ * the mount has open, and the data service's counters, come from the mount process over its
+ * control socket (docs/ctl-protocol.md) — a block target can be open in one process only. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -10,36 +12,37 @@
 
 #include "common/util.h"
 #include "storemgr/sm.h"
+#include "tools/ctl_client.h"
 #include "tools/tools.h"
 
 static const char help[] =
     "Usage: braidfs status META_URL\n"
     "\n"
     "Show the volume whose metadata is at META_URL: its settings, whether and where it\n"
-    "is mounted (every mount, with its node, of a postgres:// volume), its files, every target "
-    "with its state (up, offline, unreachable),\n"
-    "space and chunk count, and every chain (the ordered list of targets that hold a\n"
-    "share of the chunks; the first is the primary) with its epoch.\n"
+    "is mounted (every mount, with its node, of a postgres:// volume), its files, every\n"
+    "target with its state (up, offline, unreachable, draining, drained, removed), pool,\n"
+    "node, media class, the number of chains it is a member of, space and chunk count,\n"
+    "and every chain (the ordered list of targets that hold a share of the chunks; the\n"
+    "first is the primary) with its epoch.\n"
+    "\n"
+    "Counters: when the volume is mounted, the mount process's data service counts\n"
+    "bytes read and written, replica failures, and checksum errors met by reads and\n"
+    "scrubs with the repairs they made (since it was mounted); each target that keeps\n"
+    "counters adds its own (checksum errors, bytes read and written since it was\n"
+    "opened). When it is not mounted, the counters the targets report are shown.\n"
     "\n"
     "Options:\n"
     "  -h, --help   show this help\n"
     "\n"
-    "Exit status: 0 every target up and reachable, 1 some target is not (or the volume\n"
-    "cannot be read), 2 usage error.\n";
+    "Exit status: 0 every target that serves (up or draining) is reachable and none is\n"
+    "offline, 1 otherwise (or the volume cannot be read), 2 usage error. Drained and\n"
+    "removed targets do not count.\n";
 
 int cmd_status(int argc, char **argv)
 {
-	static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
-	int c;
-	optind = 1;
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		if (c == 'h') {
-			fputs(help, stdout);
-			return 0;
-		}
-		return bad_option("status", argv, c);
-	}
+	int rc0 = help_only_options(argc, argv, "status", help);
+	if (rc0 >= 0)
+		return rc0;
 	if (argc - optind != 1) {
 		die_msg("status", "needs META_URL (try --help)");
 		return EXIT_USAGE;
@@ -63,6 +66,7 @@ int cmd_status(int argc, char **argv)
 	printf("          created %s\n", when);
 	struct vol_holder *h = calloc(VOL_HOLDERS_MAX, sizeof(*h));
 	int nh = h ? vol_holders(&v, h, VOL_HOLDERS_MAX) : -ENOMEM;
+	pid_t pid = nh > 0 ? h[0].pid : 0; /* a one-node volume's one holder */
 	if (nh < 0)
 		printf("mounted   ? (%s)\n", strerror(-nh));
 	else if (nh == 0)
@@ -84,35 +88,122 @@ int cmd_status(int argc, char **argv)
 		printf("files     %llu inode(s), %s in files\n", (unsigned long long)ms.inodes,
 		       fmt_size(ms.bytes, b1, sizeof(b1)));
 
+	/* the mount's own view, when it is mounted and answers */
+	struct run_entry e;
+	struct ds_stats ds = {0};
+	struct ds_target_stat *ts = calloc(v.ntargets + 1, sizeof(*ts));
+	unsigned nts = 0;
+	bool live = false;
+	if (ts && ctl_client_find_mount(url, &e) == 1) {
+		struct ctl_client cl;
+		char cerr[CTL_VALUE_MAX + 64];
+		if (ctl_client_open(&cl, e.pid, cerr, sizeof(cerr)) == 0 &&
+		    ctl_client_stats(&cl, &ds, ts, v.ntargets, &nts, cerr, sizeof(cerr)) == 0)
+			live = true;
+		ctl_client_close(&cl);
+		if (!live)
+			printf("counters  not available: %s\n", cerr);
+	}
+	if (live) {
+		printf("io        %s read, %s written, %llu replica failure(s) since mounted\n",
+		       fmt_size(ds.bytes_read, b1, sizeof(b1)),
+		       fmt_size(ds.bytes_written, b2, sizeof(b2)),
+		       (unsigned long long)ds.replica_failures);
+		printf("checksums %llu bad cop%s met, %llu repaired, %llu not repaired (reads and "
+		       "scrubs)\n",
+		       (unsigned long long)ds.csum_errors_seen,
+		       ds.csum_errors_seen == 1 ? "y" : "ies", (unsigned long long)ds.repairs_done,
+		       (unsigned long long)ds.repair_failures);
+		if (v.info.consistency == META_WEAK)
+			printf("          %s not yet on every replica (weak consistency)\n",
+			       fmt_size(ds.repl_lag_bytes, b1, sizeof(b1)));
+	}
+
 	int rc = 0;
-	printf("\ntargets\n  %-3s %-12s %-10s %-10s %-10s %-8s %s\n", "ID", "STATE", "USED", "FREE",
-	       "SIZE", "CHUNKS", "URL");
+	struct sm_counters *cnt = calloc(v.ntargets + 1, sizeof(*cnt));
+	bool *has_cnt = calloc(v.ntargets + 1, sizeof(*has_cnt));
+	printf("\ntargets\n  %-3s %-11s %-8s %-12s %-7s %-6s %-10s %-10s %-10s %-7s %s\n", "ID",
+	       "STATE", "POOL", "NODE", "CLASS", "CHAINS", "USED", "FREE", "SIZE", "CHUNKS", "URL");
 	for (unsigned i = 0; i < v.ntargets; i++) {
 		const struct meta_target *t = &v.targets[i];
-		struct sm_identity expect = {.target_id = t->id};
-		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", v.info.uuid);
-		struct sm_target *st = NULL;
+		unsigned nch = 0;
+		for (unsigned ci = 0; ci < v.nchains; ci++)
+			for (uint32_t k = 0; k < v.chains[ci].nmembers; k++)
+				nch += v.chains[ci].members[k] == t->id;
+		const struct ds_target_stat *d = NULL;
+		for (unsigned k = 0; k < nts; k++)
+			if (ts[k].id == t->id && ts[k].open)
+				d = &ts[k];
 		struct sm_statfs sf = {0};
 		char terr[1024] = "";
-		int r = sm_open(t->url, &expect, &st, terr, sizeof(terr));
-		if (r == 0)
-			r = st->ops->statfs(st, &sf);
-		sm_close(st);
-		const char *state = t->state == META_TARGET_UP ? "up" : "offline";
-		if (r < 0)
+		int r = 0;
+		if (d) { /* the mount has it open: its numbers */
+			sf = d->statfs;
+			r = d->has_statfs ? 0 : -EIO;
+			if (r < 0)
+				snprintf(terr, sizeof(terr), "the mount cannot read its space");
+			if (cnt && has_cnt) {
+				has_cnt[i] = d->has_counters;
+				cnt[i] = d->counters;
+			}
+		} else if (t->state == META_TARGET_REMOVED) {
+			r = -ENODEV; /* a removed target is not ours to open */
+		} else {
+			struct sm_identity expect = {.target_id = t->id};
+			snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", v.info.uuid);
+			struct sm_target *st = NULL;
+			r = sm_open(t->url, &expect, &st, terr, sizeof(terr));
+			if (r == 0)
+				r = st->ops->statfs(st, &sf);
+			if (r == 0 && st->ops->counters && cnt && has_cnt)
+				has_cnt[i] = st->ops->counters(st, &cnt[i]) == 0;
+			sm_close(st);
+		}
+		const char *state = meta_target_state_name(t->state);
+		bool counts = t->state != META_TARGET_DRAINED && t->state != META_TARGET_REMOVED;
+		/* a block target is opened by one process at a time: the mount has it */
+		bool held = r == -EBUSY && pid > 0;
+		if (held)
+			snprintf(terr, sizeof(terr),
+				 "held by the mount (pid %d): usage is the mount's", (int)pid);
+		else if (r < 0 && t->state != META_TARGET_REMOVED)
 			state = "unreachable";
-		if (r < 0 || t->state != META_TARGET_UP)
+		if (counts && ((r < 0 && !held) || t->state == META_TARGET_OFFLINE))
 			rc = 1;
+		printf("  %-3u %-11s %-8s %-12s %-7s %-6u ", t->id, state,
+		       t->pool[0] ? t->pool : "-", t->node[0] ? t->node : "-",
+		       t->media[0] ? t->media : "-", nch);
 		if (r == 0)
-			printf("  %-3u %-12s %-10s %-10s %-10s %-8llu %s\n", t->id, state,
+			printf("%-10s %-10s %-10s %-7llu %s\n",
 			       fmt_size(sf.used_bytes, b1, sizeof(b1)),
 			       fmt_size(sf.free_bytes, b2, sizeof(b2)),
 			       fmt_size(sf.total_bytes, b3, sizeof(b3)),
 			       (unsigned long long)sf.chunks, t->url);
+		else if (t->state == META_TARGET_REMOVED)
+			printf("%-10s %-10s %-10s %-7s %s\n", "-", "-", "-", "-", t->url);
 		else
-			printf("  %-3u %-12s %-10s %-10s %-10s %-8s %s\n      %s\n", t->id, state,
-			       "-", "-", "-", "-", t->url, terr[0] ? terr : strerror(-r));
+			printf("%-10s %-10s %-10s %-7s %s\n      %s\n", "-", "-", "-", "-", t->url,
+			       terr[0] ? terr : strerror(-r));
 	}
+	if (cnt && has_cnt) {
+		printf("\ntarget counters (%s)\n  %-3s %-11s %-10s %s\n",
+		       live ? "in the mount, since it opened them" : "as the targets report them",
+		       "ID", "CSUM-ERRORS", "READ", "WRITTEN");
+		for (unsigned i = 0; i < v.ntargets; i++) {
+			if (!has_cnt[i]) {
+				printf("  %-3u %-11s %-10s %s\n", v.targets[i].id, "-", "-",
+				       "-   (this kind of target keeps no counters)");
+				continue;
+			}
+			printf("  %-3u %-11llu %-10s %s\n", v.targets[i].id,
+			       (unsigned long long)cnt[i].csum_errors,
+			       fmt_size(cnt[i].bytes_read, b1, sizeof(b1)),
+			       fmt_size(cnt[i].bytes_written, b2, sizeof(b2)));
+		}
+	}
+	free(cnt);
+	free(has_cnt);
+	free(ts);
 	printf("\nchains\n  %-3s %-6s %s\n", "ID", "EPOCH", "MEMBERS (primary first)");
 	for (unsigned i = 0; i < v.nchains; i++) {
 		const struct meta_chain *ch = &v.chains[i];

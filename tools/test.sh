@@ -5,7 +5,8 @@
 # plain build and the POSIX part of them against the sanitizer build, then print one line
 # "N passed, N failed".
 # Environment: BRAIDFS_CRASH_ROUNDS (crash-test rounds, default 20), BRAIDFS_QUICK=1 (skip
-# the tests marked slow), PYTEST_ARGS (extra pytest arguments).
+# the tests marked slow), PYTEST_ARGS (extra pytest arguments), BRAIDFS_CSI_KILL_ROUNDS (kill -9
+# rounds of the CSI plugin under a writer, default 3).
 set -u
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -18,12 +19,17 @@ rm -f "$out"/*.xml "$out"/asan.*
 
 build() { # dir extra-args...
 	local dir=$1; shift
-	if [ ! -d "$dir" ]; then meson setup "$dir" -Dwerror=true "$@" >"$out/setup-$(basename "$dir").log" 2>&1 || { cat "$out/setup-$(basename "$dir").log"; return 1; }; fi
+	if [ ! -d "$dir" ]; then meson setup "$dir" -Dwerror=true "$@" >"$out/setup-$(basename "$dir").log" 2>&1 || { cat "$out/setup-$(basename "$dir").log"; return 1; }
+	else meson configure "$dir" -Dcsi=auto >/dev/null 2>&1; fi # a dir made before csi/ built
 	ninja -C "$dir" >"$out/build-$(basename "$dir").log" 2>&1 || { tail -50 "$out/build-$(basename "$dir").log"; return 1; }
 }
 fail_build=0
 build build || fail_build=1
 build build-asan -Db_sanitize=address,undefined -Db_lundef=false || fail_build=1
+# The CSI plugin is a meson feature; test.sh installed its packages, so it must be built.
+for d in build build-asan; do
+	[ -x "$d/csi/braidfs-csi" ] || { echo "test.sh: $d/csi/braidfs-csi was not built"; fail_build=1; }
+done
 
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export ASAN_OPTIONS=detect_leaks=1
@@ -38,11 +44,20 @@ if [ $fail_build = 0 ]; then
 	echo "== integration tests (plain build)"
 	BRAIDFS_BIN=$top/build/tools/braidfs /usr/bin/python3 -m pytest "${pyargs[@]}" \
 		--junitxml="$out/integration.xml" ${PYTEST_ARGS:-} tests/integration
+	echo "== CSI plugin tests (plain build)"
+	BRAIDFS_BIN=$top/build/tools/braidfs BRAIDFS_CSI_BIN=$top/build/csi/braidfs-csi \
+		/usr/bin/python3 -m pytest "${pyargs[@]}" --junitxml="$out/csi.xml" ${PYTEST_ARGS:-} \
+		tests/csi
 	echo "== integration tests, POSIX part (ASan+UBSan build)"
 	# Sanitizer reports of the mount daemons go to files; any report is a failure.
 	ASAN_OPTIONS=detect_leaks=1:log_path=$out/asan UBSAN_OPTIONS=print_stacktrace=1:log_path=$out/asan \
 	BRAIDFS_BIN=$top/build-asan/tools/braidfs /usr/bin/python3 -m pytest "${pyargs[@]}" -m "not slow" \
 		--junitxml="$out/integration-asan.xml" ${PYTEST_ARGS:-} tests/integration/test_posix.py
+	echo "== CSI plugin tests (ASan+UBSan build)"
+	ASAN_OPTIONS=detect_leaks=1:log_path=$out/asan UBSAN_OPTIONS=print_stacktrace=1:log_path=$out/asan \
+	BRAIDFS_BIN=$top/build-asan/tools/braidfs BRAIDFS_CSI_BIN=$top/build-asan/csi/braidfs-csi \
+		/usr/bin/python3 -m pytest "${pyargs[@]}" --junitxml="$out/csi-asan.xml" \
+		${PYTEST_ARGS:-} tests/csi
 fi
 
 /usr/bin/python3 - "$top" "$out" "$fail_build" <<'PY'

@@ -28,6 +28,7 @@ struct vol_holder {
 	bool exclusive;
 	bool gone;	    /* on this host and the process is dead: its registration has not
 			     * expired yet (at most VOL_CLIENT_TTL_MS) */
+	bool remote;	    /* on another host (shared engines) */
 	char host[256];	    /* shared engines only */
 	char mnt[PATH_MAX]; /* "" when unknown, or for fsck */
 };
@@ -55,7 +56,14 @@ struct vol {
 
 /* Open the metadata and read the volume, targets and chains. err: one-line reason. */
 int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, size_t errlen);
-/* Open every target through the data service. */
+/* Read targets and chains again (after this process changed them). */
+int vol_reload(struct vol *v, char *err, size_t errlen);
+/* Does the data service get this target (every state but removed)? */
+bool vol_target_in_data(const struct meta_target *t);
+/* Does it serve I/O: up, or draining (still in chains while they move away)? */
+bool vol_target_serves(const struct meta_target *t);
+/* Open every target through the data service: up and draining ones opened, offline and
+ * drained ones known but closed (a rebuild opens them on demand), removed ones left out. */
 int vol_open_data(struct vol *v, char *err, size_t errlen);
 /* Take the volume lock for a mount at mountpoint, or, with mountpoint NULL, for a tool that
  * needs the volume alone (fsck). One-node engines: one holder at a time; shared engines: any
@@ -67,9 +75,19 @@ void vol_lock_note(struct vol *v, const char *mountpoint);
 /* The live users of the volume, without taking the lock: fills up to max, returns the
  * count, or -errno. */
 int vol_holders(struct vol *v, struct vol_holder *out, int max);
+/* One-node engines: who holds the lock file, without opening the volume: 0 none, 1 held
+ * (pid, mnt filled). Shared engines have no lock file: 0. */
+int vol_lock_holder(const char *meta_url, pid_t *pid, char *mnt, size_t mntlen);
 void vol_close(struct vol *v);
 
 const char *consistency_name(enum meta_consistency c);
+
+/* Is name a valid pool name? If not, say so (one line) and return false. */
+bool pool_arg_ok(const char *cmd, const char *name);
+
+/* Placement's node number for a node name: 1 + the index of the first of t[0..n-1] on that
+ * node (so equal names get equal numbers). */
+uint32_t vol_node_number(const struct meta_target *t, unsigned n, const char *node);
 
 /* " (pid N)", or " (pid N, gone; its registration expires within S s)" into buf. */
 const char *vol_holder_pid(const struct vol_holder *h, char *buf, size_t len);
@@ -80,6 +98,9 @@ void die_msg(const char *cmd, const char *fmt, ...) __attribute__((format(printf
 /* getopt_long said '?' (unknown option) or ':' (missing argument): print one line in our
  * format and return EXIT_USAGE. Call getopt with opterr = 0 and a ':'-prefixed optstring. */
 int bad_option(const char *cmd, char **argv, int c);
+/* Options of a command whose only option is --help: -1 to go on (optind at the first
+ * argument), else the exit code (0 after printing help). */
+int help_only_options(int argc, char **argv, const char *cmd, const char *help);
 
 int cmd_bench(int argc, char **argv);
 int cmd_format(int argc, char **argv);
@@ -87,5 +108,8 @@ int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_fsck(int argc, char **argv);
+int cmd_device(int argc, char **argv);
+int cmd_quota(int argc, char **argv);
+int cmd_scrub(int argc, char **argv);
 
 #endif

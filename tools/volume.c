@@ -6,7 +6,7 @@
  *     held by the one mount or by fsck; the kernel releases it when the holder dies, so a
  *     kill -9 never leaves a stale lock behind;
  *   - an engine shared by many nodes (META_CAP_SHARED, PostgreSQL): a client registration in
- *     the database (META-9). Mounts register side by side; fsck registers as exclusive, so
+ *     the database (META-12). Mounts register side by side; fsck registers as exclusive, so
  *     it runs only when no mount is alive and no mount starts while it runs. A thread renews
  *     the registration every VOL_CLIENT_TTL_MS / 3; a holder killed with -9 stops renewing
  *     and its row expires after VOL_CLIENT_TTL_MS by the database's clock.
@@ -60,9 +60,42 @@ int bad_option(const char *cmd, char **argv, int c)
 	return EXIT_USAGE;
 }
 
+int help_only_options(int argc, char **argv, const char *cmd, const char *help)
+{
+	static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+	int c;
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(help, stdout);
+			return 0;
+		}
+		return bad_option(cmd, argv, c);
+	}
+	return -1;
+}
+
 const char *consistency_name(enum meta_consistency c)
 {
 	return c == META_WEAK ? "weak" : "strong";
+}
+
+bool pool_arg_ok(const char *cmd, const char *name)
+{
+	if (meta_pool_name_ok(name))
+		return true;
+	die_msg(cmd, "invalid pool name '%s' (1-31 of a-z 0-9 . _ -, not starting with . or -)",
+		name);
+	return false;
+}
+
+uint32_t vol_node_number(const struct meta_target *t, unsigned n, const char *node)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (!strcmp(t[i].node, node))
+			return i + 1;
+	return n + 1;
 }
 
 int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, size_t errlen)
@@ -83,22 +116,40 @@ int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, siz
 		snprintf(err, errlen, "cannot read the volume from %s: %s", meta_url, strerror(-r));
 		return r;
 	}
+	return vol_reload(v, err, errlen);
+}
+
+int vol_reload(struct vol *v, char *err, size_t errlen)
+{
+	free(v->targets);
+	free(v->chains);
+	v->ntargets = v->nchains = 0;
 	v->targets = calloc(META_MAX_TARGETS, sizeof(*v->targets));
-	v->chains = calloc(META_MAX_TARGETS, sizeof(*v->chains));
+	v->chains = calloc(META_MAX_CHAINS, sizeof(*v->chains));
 	if (!v->targets || !v->chains)
 		return -ENOMEM;
-	r = META_CALL(v->meta, targets_list, v->targets, META_MAX_TARGETS);
+	int r = META_CALL(v->meta, targets_list, v->targets, META_MAX_TARGETS);
 	if (r >= 0) {
 		v->ntargets = (unsigned)(r < META_MAX_TARGETS ? r : META_MAX_TARGETS);
-		r = META_CALL(v->meta, chains_list, v->chains, META_MAX_TARGETS);
+		r = META_CALL(v->meta, chains_list, v->chains, META_MAX_CHAINS);
 	}
 	if (r < 0) {
-		snprintf(err, errlen, "cannot read targets and chains from %s: %s", meta_url,
+		snprintf(err, errlen, "cannot read targets and chains from %s: %s", v->meta_url,
 			 strerror(-r));
 		return r;
 	}
-	v->nchains = (unsigned)(r < META_MAX_TARGETS ? r : META_MAX_TARGETS);
+	v->nchains = (unsigned)(r < META_MAX_CHAINS ? r : META_MAX_CHAINS);
 	return 0;
+}
+
+bool vol_target_in_data(const struct meta_target *t)
+{
+	return t->state != META_TARGET_REMOVED;
+}
+
+bool vol_target_serves(const struct meta_target *t)
+{
+	return t->state == META_TARGET_UP || t->state == META_TARGET_DRAINING;
 }
 
 /* DS-1: a replica failed; commit the chain without it before the write is acknowledged. */
@@ -137,13 +188,17 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 {
 	struct ds_target_cfg *t = calloc(v->ntargets ? v->ntargets : 1, sizeof(*t));
 	struct ds_chain_cfg *c = calloc(v->nchains ? v->nchains : 1, sizeof(*c));
+	unsigned nt = 0;
 	int r = -ENOMEM;
 	if (!t || !c)
 		goto out;
 	for (unsigned i = 0; i < v->ntargets; i++) {
-		t[i].id = v->targets[i].id;
-		snprintf(t[i].url, sizeof(t[i].url), "%s", v->targets[i].url);
-		t[i].up = v->targets[i].state == META_TARGET_UP;
+		if (!vol_target_in_data(&v->targets[i]))
+			continue;
+		t[nt].id = v->targets[i].id;
+		snprintf(t[nt].url, sizeof(t[nt].url), "%s", v->targets[i].url);
+		t[nt].up = vol_target_serves(&v->targets[i]);
+		nt++;
 	}
 	for (unsigned i = 0; i < v->nchains; i++) {
 		c[i].id = v->chains[i].id;
@@ -155,7 +210,7 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 	    .chunk_size = v->info.chunk_size,
 	    .consistency = v->info.consistency == META_WEAK ? DS_WEAK : DS_STRONG,
 	    .targets = t,
-	    .ntargets = v->ntargets,
+	    .ntargets = nt,
 	    .chains = c,
 	    .nchains = v->nchains,
 	    .chain_failed = chain_failed,
@@ -173,8 +228,10 @@ out:
 static int lock_path(const char *meta_url, char *out, size_t len)
 {
 	/* a one-node engine keeps its database in a file: the lock lives beside it */
+	const struct meta_ops *ops = meta_ops_for(meta_url);
 	struct url u;
-	if (url_parse(meta_url, &u, NULL, 0) < 0 || !u.path[0])
+	if (!ops || (ops->caps & META_CAP_SHARED) || url_parse(meta_url, &u, NULL, 0) < 0 ||
+	    !u.path[0])
 		return -ENOTSUP;
 	if (snprintf(out, len, "%s.lock", u.path) >= (int)len)
 		return -ENAMETOOLONG;
@@ -215,8 +272,8 @@ static void holder_from_client(const struct meta_client *c, struct vol_holder *h
 	snprintf(h->host, sizeof(h->host), "%s", c->host);
 	snprintf(h->mnt, sizeof(h->mnt), "%s", c->mountpoint);
 	/* A process of this host that died without unregistering (kill -9): say so. */
-	if (gethostname(me, sizeof(me) - 1) == 0 && !strcmp(me, c->host) && c->pid > 0 &&
-	    kill(c->pid, 0) < 0 && errno == ESRCH)
+	h->remote = gethostname(me, sizeof(me) - 1) < 0 || strcmp(me, c->host) != 0;
+	if (!h->remote && c->pid > 0 && kill(c->pid, 0) < 0 && errno == ESRCH)
 		h->gone = true;
 }
 
@@ -269,7 +326,7 @@ static void *vol_heartbeat(void *arg)
 	return NULL;
 }
 
-/* Shared engines: register (META-9), learn whether we are alone, start the heartbeat. */
+/* Shared engines: register (META-12), learn whether we are alone, start the heartbeat. */
 static int vol_register(struct vol *v, const char *mountpoint, struct vol_holder *holder)
 {
 	struct meta_client conflict, *all = NULL;
@@ -287,7 +344,7 @@ static int vol_register(struct vol *v, const char *mountpoint, struct vol_holder
 	if (r < 0)
 		return r;
 	v->client_id = id;
-	/* alone: nobody but us alive (an exclusive registration is alone by META-9) */
+	/* alone: nobody but us alive (an exclusive registration is alone by META-12) */
 	v->alone = true;
 	all = calloc(VOL_HOLDERS_MAX, sizeof(*all));
 	r = all ? META_CALL_OPT(v->meta, clients_list, all, VOL_HOLDERS_MAX) : -ENOMEM;
@@ -359,6 +416,25 @@ void vol_lock_note(struct vol *v, const char *mountpoint)
 		log_debug("cannot note the mount in the lock file: %s", strerror(errno));
 }
 
+int vol_lock_holder(const char *meta_url, pid_t *pid, char *mnt, size_t mntlen)
+{
+	char path[4200];
+	if (lock_path(meta_url, path, sizeof(path)) < 0)
+		return 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	int held = 0;
+	if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
+		held = 1;
+		read_holder(fd, pid, mnt, mntlen);
+	} else {
+		flock(fd, LOCK_UN);
+	}
+	close(fd);
+	return held;
+}
+
 int vol_holders(struct vol *v, struct vol_holder *out, int max)
 {
 	if (vol_shared(v)) {
@@ -375,23 +451,10 @@ int vol_holders(struct vol *v, struct vol_holder *out, int max)
 		free(all);
 		return r < 0 ? r : n;
 	}
-	char path[4200];
-	if (lock_path(v->meta_url, path, sizeof(path)) < 0)
-		return 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	int held = 0;
-	if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
-		held = 1;
-		if (max > 0) {
-			memset(&out[0], 0, sizeof(out[0]));
-			read_holder(fd, &out[0].pid, out[0].mnt, sizeof(out[0].mnt));
-		}
-	} else {
-		flock(fd, LOCK_UN);
-	}
-	close(fd);
+	struct vol_holder h = {0};
+	int held = vol_lock_holder(v->meta_url, &h.pid, h.mnt, sizeof(h.mnt));
+	if (held && max > 0)
+		out[0] = h;
 	return held;
 }
 

@@ -729,6 +729,136 @@ static void test_ds2_read_failover(void **state)
 	assert_int_equal(ds_read(f->ds, 75, back, sizeof(back), 100), -EIO);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* DS-4: read repair */
+
+#define RR_INO 77
+
+static void stats(struct dfx *f, struct ds_stats *st)
+{
+	ds_stats(f->ds, st);
+}
+
+/* One chain of n faulty members; bad is a bit mask of members (by chain position) whose copy of
+ * chunk 0 of RR_INO fails its checksum. */
+static void read_repair_case(struct dfx *f, unsigned n, unsigned bad, enum ds_consistency mode)
+{
+	const char *const s[] = {"faulty", "faulty", "faulty"};
+	f->want_chains = 1;
+	make(f, n, n, s, mode);
+	const size_t len = CS + 5000;
+	char *data = malloc(len), *back = malloc(len);
+	fill(data, len, 100 + bad);
+	assert_int_equal(ds_write(f->ds, RR_INO, data, len, 0), (ssize_t)len);
+	assert_int_equal(ds_fsync(f->ds, RR_INO), 0);
+	for (unsigned k = 0; k < n; k++)
+		if (bad & (1u << k))
+			set_fault(f, k, "corrupt=1\nino=77\nidx=0\n");
+
+	/* members are asked in chain order: the bad ones before the first good one are seen */
+	unsigned seen = 0;
+	while (seen < n && (bad & (1u << seen)))
+		seen++;
+	bool all_bad = seen == n;
+	struct ds_stats st;
+	for (int round = 0; round < 2; round++) {
+		memset(back, 0, len);
+		ssize_t r = ds_read(f->ds, RR_INO, back, len, 0); /* chunk 0 (bad) and 1 */
+		stats(f, &st);
+		if (all_bad) {
+			assert_int_equal(r, -EIO);
+			assert_int_equal(st.csum_errors_seen, (round + 1) * n);
+			assert_int_equal(st.repair_failures, (round + 1) * n);
+			assert_int_equal(st.repairs_done, 0);
+		} else {
+			/* the data is right; the second read meets no error: it was repaired */
+			assert_int_equal(r, (ssize_t)len);
+			assert_memory_equal(back, data, len);
+			assert_int_equal(st.csum_errors_seen, seen);
+			assert_int_equal(st.repairs_done, seen);
+			assert_int_equal(st.repair_failures, 0);
+		}
+		assert_int_equal(st.replica_failures, 0);
+	}
+	/* never a replica failure: the chain is untouched */
+	struct ds_chain_cfg c;
+	chain0(f, &c);
+	assert_int_equal(c.nmembers, n);
+	assert_int_equal(c.epoch, 1);
+	assert_int_equal(f->cb_calls, 0);
+	if (all_bad) {
+		/* the bytes on the media were never touched: with the corruption gone they read */
+		for (unsigned k = 0; k < n; k++)
+			set_fault(f, k, NULL);
+		assert_int_equal(ds_read(f->ds, RR_INO, back, len, 0), (ssize_t)len);
+		assert_memory_equal(back, data, len);
+	}
+	check_replicas(f, RR_INO, 1);
+	free(data);
+	free(back);
+}
+
+static void test_ds4_primary_bad(void **state)
+{
+	read_repair_case(*state, 2, 0x1, DS_STRONG);
+}
+
+static void test_ds4_secondary_bad(void **state)
+{
+	/* reads go to the primary: a bad secondary is not seen (scrub finds it) */
+	read_repair_case(*state, 2, 0x2, DS_STRONG);
+}
+
+static void test_ds4_both_bad(void **state)
+{
+	read_repair_case(*state, 2, 0x3, DS_STRONG);
+}
+
+static void test_ds4_three_replicas(void **state)
+{
+	struct dfx *f = *state;
+	for (unsigned bad = 1; bad < 8; bad++) {
+		read_repair_case(f, 3, bad, DS_STRONG);
+		teardown(state);
+		setup(state);
+		f = *state;
+	}
+}
+
+static void test_ds4_weak(void **state)
+{
+	read_repair_case(*state, 2, 0x1, DS_WEAK);
+}
+
+/* The bad copy cannot be rewritten (its target refuses writes): the read is still served,
+ * the failure counted, the chain untouched, and the next read tries again. */
+static void test_ds4_repair_fails(void **state)
+{
+	struct dfx *f = *state;
+	const char *const s[] = {"faulty", "faulty"};
+	one_chain(f, s, 2);
+	char data[3000], back[3000];
+	fill(data, sizeof(data), 7);
+	assert_int_equal(ds_write(f->ds, 78, data, sizeof(data), 0), sizeof(data));
+	set_fault(f, 0, "corrupt=1\nwrite=EIO\npunch=EIO\n");
+	struct ds_stats st;
+	for (uint64_t round = 1; round <= 2; round++) {
+		assert_int_equal(ds_read(f->ds, 78, back, sizeof(back), 0), sizeof(back));
+		assert_memory_equal(back, data, sizeof(back));
+		stats(f, &st);
+		assert_int_equal(st.csum_errors_seen, round);
+		assert_int_equal(st.repair_failures, round);
+		assert_int_equal(st.repairs_done, 0);
+	}
+	struct ds_chain_cfg c;
+	chain0(f, &c);
+	assert_int_equal(c.nmembers, 2);
+	assert_int_equal(f->cb_calls, 0);
+	/* a chunk that is absent everywhere reads as zeros, corrupt=1 or not (SM-2) */
+	assert_int_equal(ds_read(f->ds, 79, back, sizeof(back), 0), sizeof(back));
+	assert_true(all_zero(back, sizeof(back)));
+}
+
 static void test_down_target(void **state)
 {
 	struct dfx *f = *state;
@@ -1232,6 +1362,360 @@ static void test_rebuild_errors(void **state)
 	free(a);
 }
 
+/* A membership move as device add/drain runs it: rebuild onto the new target, drop the old
+ * member (ds_chain_set), delete what it kept (ds_purge_strays). Every replica byte-identical,
+ * ds_check clean, and the chain never below its replica count. */
+static void test_chain_move(void **state)
+{
+	struct dfx *f = *state;
+	make(f, 4, 2, NULL, DS_STRONG); /* chains 100 {10,11} 101 {11,12} 102 {12,13} 103 {13,10} */
+	const size_t size = 16 * CS;
+	char *a = calloc(1, size);
+	for (uint32_t i = 0; i < 16; i++)
+		wr(f, 77, a, (uint64_t)i * CS + 3 * i, CS - 7 * i, 900 + i);
+	assert_int_equal(ds_fsync(f->ds, 77), 0);
+	unsigned on10 = files_on(f, 0, 77, 15);
+	assert_true(on10 > 0);
+
+	/* chain 100 {10, 11}: 12 replaces 10, and becomes the primary */
+	struct ds_rebuild_progress res;
+	assert_int_equal(ds_rebuild(f->ds, 100, 12, NULL, NULL, &res, f->err, sizeof(f->err)), 0);
+	struct ds_chain_cfg ch[MAXT];
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 4);
+	assert_int_equal(ch[0].nmembers, 3); /* three replicas while both are there */
+	uint32_t want[2] = {12, 11};
+	assert_int_equal(ds_chain_set(f->ds, 100, ch[0].epoch, want, 2, f->err, sizeof(f->err)), 0);
+	assert_int_equal(f->changed_chain, 100);
+	assert_int_equal(f->changed_n, 2);
+	assert_int_equal(f->changed_last, 11);
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 4);
+	assert_int_equal(ch[0].nmembers, 2);
+	assert_int_equal(ch[0].members[0], 12);
+	assert_int_equal(ch[0].members[1], 11);
+	assert_int_equal(ch[0].epoch, 3);
+	read_expect(f, 77, a, 0, size);
+
+	/* target 10 still holds its chunks of chain 100: strays, until purged */
+	struct ds_check_result cr;
+	assert_true(ds_check(f->ds, false, NULL, NULL, NULL, &cr) > 0);
+	assert_true(cr.strays > 0);
+	uint64_t removed = 0;
+	assert_int_equal(ds_purge_strays(f->ds, 10, &removed, f->err, sizeof(f->err)), 0);
+	assert_int_equal(removed, cr.strays);
+	assert_int_equal(ds_check(f->ds, false, NULL, NULL, NULL, &cr), 0);
+	assert_true(files_on(f, 0, 77, 15) < on10); /* its chunks of chain 103 stay */
+	assert_true(files_on(f, 0, 77, 15) > 0);
+	check_replicas(f, 77, 15);
+	/* the new member takes writes; a purge with nothing to do removes nothing */
+	wr(f, 77, a, 5, 2 * CS, 999);
+	assert_int_equal(ds_fsync(f->ds, 77), 0);
+	check_replicas(f, 77, 15);
+	assert_int_equal(ds_purge_strays(f->ds, 12, &removed, f->err, sizeof(f->err)), 0);
+	assert_int_equal(removed, 0);
+
+	/* errors change nothing */
+	uint32_t bad[3] = {12, 13};
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, bad, 2, f->err, sizeof(f->err)), -EINVAL);
+	assert_non_null(strstr(f->err, "13"));
+	bad[1] = 12;
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, bad, 2, f->err, sizeof(f->err)), -EINVAL);
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, bad, 0, f->err, sizeof(f->err)), -EINVAL);
+	assert_int_equal(ds_chain_set(f->ds, 100, 2, want, 2, f->err, sizeof(f->err)), -ESTALE);
+	assert_int_equal(ds_chain_set(f->ds, 555, 0, want, 2, f->err, sizeof(f->err)), -ENOENT);
+	assert_int_equal(ds_purge_strays(f->ds, 99, &removed, f->err, sizeof(f->err)), -ENOENT);
+	f->cb_fail = -EIO;
+	uint32_t one[1] = {11};
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, one, 1, NULL, 0), -EIO);
+	f->cb_fail = 0;
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 4);
+	assert_int_equal(ch[0].nmembers, 2);
+	assert_int_equal(ch[0].epoch, 3);
+	/* shrink to one: allowed (the caller keeps the replica count) */
+	assert_int_equal(ds_chain_set(f->ds, 100, 0, one, 1, NULL, 0), 0);
+	assert_int_equal(ds_chains(f->ds, ch, MAXT), 4);
+	assert_int_equal(ch[0].nmembers, 1);
+	read_expect(f, 77, a, 0, size);
+	free(a);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* scrub */
+
+struct scrub_log {
+	int reports, progress_calls;
+	int checksum, mismatch, missing, unrecoverable, repaired;
+	struct ds_check_result last;
+	int cancel_after; /* chunks; 0 = never */
+	int cancel;
+};
+
+static void scrub_report(void *ctx, const char *what, uint64_t ino, uint32_t idx, uint32_t target,
+			 bool repaired)
+{
+	struct scrub_log *l = ctx;
+	(void)ino, (void)idx, (void)target;
+	l->reports++;
+	l->checksum += !strcmp(what, "checksum");
+	l->mismatch += !strcmp(what, "mismatch");
+	l->missing += !strcmp(what, "missing");
+	l->unrecoverable += !strcmp(what, "unrecoverable");
+	l->repaired += repaired;
+}
+
+static void scrub_progress(void *ctx, const struct ds_check_result *p)
+{
+	struct scrub_log *l = ctx;
+	l->progress_calls++;
+	assert_true(p->chunks <= p->chunks_total);
+	assert_true(p->chunks >= l->last.chunks);
+	l->last = *p;
+	if (l->cancel_after && (int)p->chunks >= l->cancel_after)
+		__atomic_store_n(&l->cancel, 1, __ATOMIC_RELEASE);
+}
+
+static int scrub(struct dfx *f, bool repair, uint64_t rate, struct scrub_log *l,
+		 struct ds_check_result *res)
+{
+	*l = (struct scrub_log){.cancel_after = l->cancel_after};
+	struct ds_scrub_opts o = {.repair = repair,
+				  .rate = rate,
+				  .report = scrub_report,
+				  .progress = scrub_progress,
+				  .ctx = l,
+				  .cancel = &l->cancel};
+	return ds_scrub(f->ds, &o, res);
+}
+
+/* Members (target index) of the chain of (ino, idx). */
+static bool on_target(struct dfx *f, uint64_t ino, uint32_t idx, unsigned t)
+{
+	struct ds_chain_cfg ch[MAXT];
+	ds_chains(f->ds, ch, MAXT);
+	const struct ds_chain_cfg *c = &ch[((uint64_t)ds_ino_seed(ino) + idx) % f->nchains];
+	for (uint32_t k = 0; k < c->nmembers; k++)
+		if (tindex(f, c->members[k]) == t)
+			return true;
+	return false;
+}
+
+static void test_scrub(void **state)
+{
+	struct dfx *f = *state;
+	const char *const s[] = {"faulty", "faulty", "faulty"};
+	make(f, 3, 2, s, DS_STRONG); /* 3 chains of 2 over 3 targets */
+	const size_t len = 5 * CS + 777;
+	char *data = malloc(len), *back = malloc(len);
+	fill(data, len, 23);
+	for (uint64_t ino = 200; ino < 206; ino++)
+		assert_int_equal(ds_write(f->ds, ino, data, len, 0), (ssize_t)len);
+	assert_int_equal(ds_sync_all(f->ds), 0);
+	struct scrub_log l = {0};
+	struct ds_check_result res;
+	assert_int_equal(scrub(f, true, 0, &l, &res), 0);
+	assert_int_equal(res.chunks, 6 * 6);
+	assert_int_equal(res.chunks_total, 6 * 6);
+	assert_int_equal(res.bytes_total, 2 * 6 * (uint64_t)len); /* two copies of each byte */
+	assert_int_equal(res.bytes_compared, res.bytes_total);
+	assert_int_equal(l.reports, 0);
+	assert_int_equal(l.progress_calls, 6 * 6 + 1);
+
+	/* target 0 corrupt for inodes 200 and 203; a flipped byte and a lost copy elsewhere */
+	set_fault(f, 0, "corrupt=1\nino=200,203\n");
+	unsigned want_csum = 0;
+	for (uint32_t idx = 0; idx < 6; idx++)
+		want_csum += on_target(f, 200, idx, 0) + on_target(f, 203, idx, 0);
+	assert_true(want_csum >= 2);
+	struct ds_chain_cfg ch[MAXT];
+	ds_chains(f->ds, ch, MAXT);
+	const struct ds_chain_cfg *c = &ch[((uint64_t)ds_ino_seed(201) + 2) % 3];
+	char p1[400], p2[400];
+	chunk_path(f, tindex(f, c->members[1]), 201, 2, p1, sizeof(p1));
+	flip_byte(p1, 100);
+	c = &ch[((uint64_t)ds_ino_seed(202) + 1) % 3];
+	chunk_path(f, tindex(f, c->members[1]), 202, 1, p2, sizeof(p2));
+	unlink(p2);
+	reopen(f, DS_STRONG); /* no cached fd hides the unlink */
+	set_fault(f, 0, "corrupt=1\nino=200,203\n");
+
+	/* --no-repair: everything found, nothing changed; found again the next time */
+	for (int round = 0; round < 2; round++) {
+		assert_int_equal(scrub(f, false, 0, &l, &res), (int)want_csum + 2);
+		assert_int_equal(res.csum_errors, want_csum);
+		assert_int_equal(res.mismatches, 1);
+		assert_int_equal(res.missing, 1);
+		assert_int_equal(res.repaired, 0);
+		assert_int_equal(res.unrecoverable, 0);
+		assert_int_equal(l.checksum, (int)want_csum);
+		assert_int_equal(l.repaired, 0);
+	}
+	struct ds_stats st;
+	ds_stats(f->ds, &st);
+	assert_int_equal(st.csum_errors_seen, 2 * want_csum);
+	assert_int_equal(st.repairs_done, 0);
+
+	/* repair: every problem fixed; a second scrub is clean; every replica identical */
+	assert_int_equal(scrub(f, true, 0, &l, &res), 0);
+	assert_int_equal(res.csum_errors, want_csum);
+	assert_int_equal(res.repaired, want_csum + 2);
+	assert_int_equal(l.repaired, (int)want_csum + 2);
+	ds_stats(f->ds, &st);
+	assert_int_equal(st.csum_errors_seen, 3 * want_csum);
+	assert_int_equal(st.repairs_done, want_csum);
+	assert_int_equal(st.repair_failures, 0);
+	assert_int_equal(scrub(f, false, 0, &l, &res), 0);
+	assert_int_equal(l.reports, 0);
+	for (uint64_t ino = 200; ino < 206; ino++) {
+		check_replicas(f, ino, 6);
+		assert_int_equal(ds_read(f->ds, ino, back, len, 0), (ssize_t)len);
+		assert_memory_equal(back, data, len);
+	}
+	ds_stats(f->ds, &st);
+	assert_int_equal(st.csum_errors_seen, 3 * want_csum); /* reads met no bad copy */
+	/* the targets' own counters: target 0 answered every one of those EBADMSGs */
+	struct ds_target_stat ts[MAXT];
+	assert_int_equal(ds_target_stats(f->ds, ts, MAXT), 3);
+	for (unsigned t = 0; t < 3; t++) {
+		assert_int_equal(ts[t].id, f->targets[t].id);
+		assert_true(ts[t].open && ts[t].has_counters && ts[t].has_statfs);
+		assert_int_equal(ts[t].counters.csum_errors, t == 0 ? 3 * want_csum : 0);
+		assert_true(ts[t].counters.bytes_read > 0 && ts[t].statfs.total_bytes > 0);
+	}
+
+	/* both copies bad: unrecoverable, not repaired, the chain untouched */
+	c = &ch[((uint64_t)ds_ino_seed(204) + 0) % 3];
+	set_fault(f, tindex(f, c->members[0]), "corrupt=1\nino=204\nidx=0\n");
+	set_fault(f, tindex(f, c->members[1]), "corrupt=1\nino=204\nidx=0\n");
+	unsigned other = 3 - tindex(f, c->members[0]) - tindex(f, c->members[1]);
+	set_fault(f, other, NULL);
+	assert_int_equal(scrub(f, true, 0, &l, &res), 2);
+	assert_int_equal(res.csum_errors, 2);
+	assert_int_equal(res.unrecoverable, 1);
+	assert_int_equal(res.repaired, 0);
+	assert_int_equal(l.unrecoverable, 1);
+	assert_int_equal(f->cb_calls, 0);
+	free(data);
+	free(back);
+}
+
+/* Strays are fsck's: a scrub reads only in-chain copies. Cancel stops between chunks. */
+static void test_scrub_stray_cancel(void **state)
+{
+	struct dfx *f = *state;
+	make(f, 3, 2, NULL, DS_STRONG);
+	char data[3 * CS];
+	fill(data, sizeof(data), 5);
+	assert_int_equal(ds_write(f->ds, 210, data, sizeof(data), 0), sizeof(data));
+	assert_int_equal(ds_write(f->ds, 211, data, sizeof(data), 0), sizeof(data));
+	unsigned stray = 0;
+	while (on_target(f, 210, 0, stray))
+		stray++;
+	char sp[400];
+	chunk_path(f, stray, 210, 0, sp, sizeof(sp));
+	int fd = open(sp, O_WRONLY | O_CREAT, 0644);
+	assert_int_equal(pwrite_full(fd, "junk", 4, 0), 0);
+	close(fd);
+	struct scrub_log l = {0};
+	struct ds_check_result res;
+	assert_int_equal(scrub(f, true, 0, &l, &res), 0);
+	assert_int_equal(res.strays, 0);
+	assert_int_equal(access(sp, F_OK), 0);
+	assert_int_equal(res.chunks, 6);
+
+	l.cancel_after = 2;
+	assert_int_equal(scrub(f, false, 0, &l, &res), -ECANCELED);
+	assert_int_equal(res.chunks, 2);
+	assert_int_equal(res.chunks_total, 6);
+}
+
+/* The token bucket bounds the rate: 2 MiB of replica bytes at 4 MiB/s take at least
+ * (2 MiB - burst - last chunk) / rate. */
+static void test_scrub_rate(void **state)
+{
+	struct dfx *f = *state;
+	make(f, 2, 2, NULL, DS_STRONG);
+	char *data = malloc(16 * CS);
+	fill(data, 16 * CS, 6);
+	assert_int_equal(ds_write(f->ds, 220, data, 16 * CS, 0), 16 * CS);
+	struct scrub_log l = {0};
+	struct ds_check_result res;
+	const uint64_t rate = 4 << 20;
+	int64_t t0 = now_monotonic_ns();
+	assert_int_equal(scrub(f, false, rate, &l, &res), 0);
+	double secs = (double)(now_monotonic_ns() - t0) / 1e9;
+	assert_int_equal(res.bytes_compared, 2 * 16 * CS);
+	double floor = (double)(res.bytes_compared - rate / 10 - 2 * CS) / (double)rate;
+	printf("scrub of %llu bytes at %llu B/s: %.3f s (at least %.3f s)\n",
+	       (unsigned long long)res.bytes_compared, (unsigned long long)rate, secs, floor);
+	assert_true(secs >= floor);
+	assert_true(secs < 10 * floor);
+	t0 = now_monotonic_ns();
+	assert_int_equal(scrub(f, false, 0, &l, &res), 0);
+	printf("unlimited: %.3f s\n", (double)(now_monotonic_ns() - t0) / 1e9);
+	free(data);
+}
+
+/* Scrubbing while writers run: the chunk lock keeps it from seeing a half-applied write (no
+ * false mismatch), and its repairs never undo a write; strong and weak mode. */
+struct scrub_bg {
+	struct dfx *f;
+	int stop;
+	int runs, problems, errors;
+};
+
+static void *scrub_bg_main(void *arg)
+{
+	struct scrub_bg *b = arg;
+	while (!__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
+		struct ds_check_result res;
+		struct ds_scrub_opts o = {.repair = true};
+		int r = ds_scrub(b->f->ds, &o, &res);
+		if (r < 0)
+			b->errors++;
+		else
+			b->problems += r + (int)res.repaired;
+		b->runs++;
+	}
+	return NULL;
+}
+
+static void scrub_concurrent(struct dfx *f, enum ds_consistency mode)
+{
+	make(f, 3, 2, NULL, mode);
+	struct scrub_bg bg = {.f = f};
+	pthread_t sth, th[3];
+	struct cw w[3];
+	assert_int_equal(pthread_create(&sth, NULL, scrub_bg_main, &bg), 0);
+	for (int i = 0; i < 3; i++) {
+		w[i] = (struct cw){.f = f, .ino = 230 + (uint64_t)i};
+		assert_int_equal(pthread_create(&th[i], NULL, conc_main, &w[i]), 0);
+	}
+	for (int i = 0; i < 3; i++) {
+		pthread_join(th[i], NULL);
+		assert_int_equal(w[i].rc, 0);
+	}
+	__atomic_store_n(&bg.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(sth, NULL);
+	printf("%d scrub run(s) while 3 writers ran\n", bg.runs);
+	assert_true(bg.runs >= 1);
+	assert_int_equal(bg.errors, 0);
+	assert_int_equal(bg.problems, 0);
+	ds_close(f->ds); /* weak: drained */
+	f->ds = NULL;
+	reopen(f, mode);
+	for (int i = 0; i < 3; i++)
+		check_replicas(f, 230 + (uint64_t)i, 8);
+}
+
+static void test_scrub_concurrent(void **state)
+{
+	scrub_concurrent(*state, DS_STRONG);
+}
+
+static void test_scrub_concurrent_weak(void **state)
+{
+	scrub_concurrent(*state, DS_WEAK);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1239,18 +1723,42 @@ static void test_rebuild_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    T(test_replicas_2),	    T(test_replicas_3),
-	    T(test_addressing),	    T(test_read_holes),
-	    T(test_truncate),	    T(test_punch_allocate),
-	    T(test_seek),	    T(test_trim_remove),
-	    T(test_weak),	    T(test_weak_primary_fails),
-	    T(test_ds1_write_eio),  T(test_ds1_all_fail),
-	    T(test_ds1_enospc),	    T(test_ds1_callback_fails),
-	    T(test_ds1_sync),	    T(test_ds2_read_failover),
-	    T(test_down_target),    T(test_open_errors),
-	    T(test_statfs),	    T(test_check),
-	    T(test_concurrent),	    T(test_rebuild),
-	    T(test_rebuild_errors), T(test_bench),
+	    T(test_replicas_2),
+	    T(test_replicas_3),
+	    T(test_addressing),
+	    T(test_read_holes),
+	    T(test_truncate),
+	    T(test_punch_allocate),
+	    T(test_seek),
+	    T(test_trim_remove),
+	    T(test_weak),
+	    T(test_weak_primary_fails),
+	    T(test_ds1_write_eio),
+	    T(test_ds1_all_fail),
+	    T(test_ds1_enospc),
+	    T(test_ds1_callback_fails),
+	    T(test_ds1_sync),
+	    T(test_ds2_read_failover),
+	    T(test_ds4_primary_bad),
+	    T(test_ds4_secondary_bad),
+	    T(test_ds4_both_bad),
+	    T(test_ds4_three_replicas),
+	    T(test_ds4_weak),
+	    T(test_ds4_repair_fails),
+	    T(test_scrub),
+	    T(test_scrub_stray_cancel),
+	    T(test_scrub_rate),
+	    T(test_scrub_concurrent),
+	    T(test_scrub_concurrent_weak),
+	    T(test_down_target),
+	    T(test_open_errors),
+	    T(test_statfs),
+	    T(test_check),
+	    T(test_concurrent),
+	    T(test_rebuild),
+	    T(test_rebuild_errors),
+	    T(test_chain_move),
+	    T(test_bench),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

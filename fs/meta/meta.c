@@ -63,6 +63,27 @@ int meta_open_begin(const char *url, int flags, struct meta **ret, struct url *u
 	return r;
 }
 
+/* The engine of a parsed URL's scheme (aliases followed), or NULL. */
+static const struct meta_ops *meta_engine(const struct url *u)
+{
+	const char *scheme = u->scheme;
+
+	for (size_t i = 0; i < ARRAY_SIZE(meta_aliases); i++)
+		if (strcmp(meta_aliases[i].alias, scheme) == 0)
+			scheme = meta_aliases[i].scheme;
+	for (size_t i = 0; i < ARRAY_SIZE(meta_engines); i++)
+		if (strcmp(meta_engines[i]->scheme, scheme) == 0)
+			return meta_engines[i];
+	return NULL;
+}
+
+const struct meta_ops *meta_ops_for(const char *url)
+{
+	struct url u;
+
+	return url && url_parse(url, &u, NULL, 0) == 0 ? meta_engine(&u) : NULL;
+}
+
 int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t errlen)
 {
 	struct url u;
@@ -70,16 +91,9 @@ int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t e
 
 	if (r < 0)
 		return r;
-	const char *scheme = u.scheme;
-	for (size_t i = 0; i < ARRAY_SIZE(meta_aliases); i++)
-		if (strcmp(meta_aliases[i].alias, scheme) == 0)
-			scheme = meta_aliases[i].scheme;
-	for (size_t i = 0; i < ARRAY_SIZE(meta_engines); i++) {
-		const struct meta_ops *ops = meta_engines[i];
-
-		if (strcmp(ops->scheme, scheme) == 0)
-			return ops->open(url, flags, ret, err, errlen);
-	}
+	const struct meta_ops *ops = meta_engine(&u);
+	if (ops)
+		return ops->open(url, flags, ret, err, errlen);
 	meta_seterr(err, errlen, "unknown metadata URL scheme '%s' (expected " META_URL_FORMS ")",
 		    u.scheme);
 	return -EINVAL;
@@ -94,6 +108,31 @@ void meta_close(struct meta *m)
 const struct meta_ops *meta_ops_of(const struct meta *m)
 {
 	return m ? m->ops : NULL;
+}
+
+const char *meta_target_state_name(enum meta_target_state s)
+{
+	static const char *const names[META_TARGET_NSTATES] = {
+	    [META_TARGET_UP] = "up",
+	    [META_TARGET_OFFLINE] = "offline",
+	    [META_TARGET_DRAINING] = "draining",
+	    [META_TARGET_DRAINED] = "drained",
+	    [META_TARGET_REMOVED] = "removed",
+	};
+	return (unsigned)s < META_TARGET_NSTATES ? names[s] : "?";
+}
+
+bool meta_pool_name_ok(const char *s)
+{
+	size_t n = s ? strnlen(s, META_POOL_MAX) : 0;
+
+	if (n == 0 || n >= META_POOL_MAX || s[0] == '.' || s[0] == '-')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '.' ||
+		      s[i] == '_' || s[i] == '-'))
+			return false;
+	return true;
 }
 
 /* ---- shared by the engines (meta_int.h) -------------------------------------------------- */
@@ -149,6 +188,8 @@ void meta_attr_from_cols(struct meta_attr *a, const int64_t v[META_ATTR_NCOLS])
 	a->btime_ns = v[10];
 	a->generation = (uint64_t)v[11];
 	a->flags = (uint32_t)v[12];
+	a->qroot = (uint64_t)v[13];
+	a->qres = (uint64_t)v[14];
 }
 
 int meta_open_flags_check(int flags, char *err, size_t errlen)
@@ -202,6 +243,111 @@ int meta_mknod_check(const char *name, const struct meta_attr *in, const char *l
 	return 0;
 }
 
+bool meta_target_ok(const struct meta_target *t)
+{
+	return meta_str_ok(t->url, sizeof(t->url)) && t->url[0] &&
+	       meta_str_ok(t->uuid, sizeof(t->uuid)) && (unsigned)t->state < META_TARGET_NSTATES &&
+	       meta_str_ok(t->pool, sizeof(t->pool)) &&
+	       (!t->pool[0] || meta_pool_name_ok(t->pool)) &&
+	       meta_str_ok(t->node, sizeof(t->node)) && meta_str_ok(t->media, sizeof(t->media));
+}
+
+int meta_setattr_apply(struct meta_attr *a, unsigned mask, const struct meta_attr *in)
+{
+	if (mask & META_SET_SIZE) {
+		if (S_ISDIR(a->mode))
+			return -EISDIR;
+		if (!S_ISREG(a->mode))
+			return -EINVAL;
+		if (in->size > INT64_MAX)
+			return -EFBIG;
+		a->size = in->size;
+	}
+	/* The type bits never change: only the permission bits (07777) come from `in`. */
+	if (mask & META_SET_MODE)
+		a->mode = (a->mode & S_IFMT) | (in->mode & 07777);
+	if (mask & META_SET_UID)
+		a->uid = in->uid;
+	if (mask & META_SET_GID)
+		a->gid = in->gid;
+	if (mask & META_SET_ATIME)
+		a->atime_ns = in->atime_ns;
+	if (mask & META_SET_MTIME)
+		a->mtime_ns = in->mtime_ns;
+	if (mask & META_SET_CTIME)
+		a->ctime_ns = in->ctime_ns;
+	if (mask & META_SET_FLAGS) {
+		/* META-9: clearing WDIRTY ends every reservation (FS-3: nothing in flight). */
+		if ((a->flags & META_IF_WDIRTY) && !(in->flags & META_IF_WDIRTY))
+			a->qres = 0;
+		a->flags = in->flags;
+	}
+	return 0;
+}
+
+void meta_mknod_attr(const struct meta_attr *in, const char *link, uint64_t qroot,
+		     struct meta_attr *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->qroot = qroot;
+	a->mode = in->mode;
+	if ((a->mode & S_IFMT) == 0)
+		a->mode |= link ? S_IFLNK : S_IFREG; /* mknod(2): type 0 is a regular file */
+	a->nlink = S_ISDIR(a->mode) ? 2 : 1;
+	a->uid = in->uid;
+	a->gid = in->gid;
+	a->rdev = (S_ISCHR(a->mode) || S_ISBLK(a->mode)) ? in->rdev : 0;
+	a->size = link ? strlen(link) : 0;
+	a->atime_ns = in->atime_ns;
+	a->mtime_ns = in->mtime_ns;
+	a->ctime_ns = in->ctime_ns;
+	a->btime_ns = in->btime_ns ? in->btime_ns : in->ctime_ns;
+	/* Inode numbers are never reused (META-2), so (ino, generation) is unique with a
+	 * constant generation. */
+	a->generation = 1;
+}
+
+int meta_target_update_check(unsigned mask, const struct meta_target *in)
+{
+	if (!in || (mask & ~(META_TSET_STATE | META_TSET_POOL | META_TSET_NODE | META_TSET_MEDIA)))
+		return -EINVAL;
+	if ((mask & META_TSET_STATE) && (unsigned)in->state >= META_TARGET_NSTATES)
+		return -EINVAL;
+	if ((mask & META_TSET_POOL) && !meta_pool_name_ok(in->pool))
+		return -EINVAL;
+	if (((mask & META_TSET_NODE) && !meta_str_ok(in->node, sizeof(in->node))) ||
+	    ((mask & META_TSET_MEDIA) && !meta_str_ok(in->media, sizeof(in->media))))
+		return -EINVAL;
+	return 0;
+}
+
+uint64_t meta_charged(const struct meta_attr *a)
+{
+	return S_ISREG(a->mode) ? MAX(a->size, a->qres) : 0;
+}
+
+/* Room left under a limit (0: no limit). */
+static uint64_t meta_room(uint64_t limit, uint64_t used)
+{
+	if (limit == 0)
+		return UINT64_MAX;
+	return used >= limit ? 0 : limit - used;
+}
+
+uint64_t meta_quota_room(const struct meta_quota *q)
+{
+	return meta_room(q->bytes_limit, q->bytes_used);
+}
+
+int meta_quota_fits(const struct meta_quota *q, int64_t dbytes, int64_t dinodes)
+{
+	if (dbytes > 0 && (uint64_t)dbytes > meta_room(q->bytes_limit, q->bytes_used))
+		return -EDQUOT;
+	if (dinodes > 0 && (uint64_t)dinodes > meta_room(q->inodes_limit, q->inodes_used))
+		return -EDQUOT;
+	return 0;
+}
+
 int meta_format_check(const struct meta_volume *vol, const struct meta_target *t, unsigned nt,
 		      const struct meta_chain *c, unsigned nc)
 {
@@ -215,9 +361,7 @@ int meta_format_check(const struct meta_volume *vol, const struct meta_target *t
 	    (vol->consistency != META_STRONG && vol->consistency != META_WEAK))
 		return -EINVAL;
 	for (unsigned i = 0; i < nt; i++) {
-		if (t[i].id < 1 || !meta_str_ok(t[i].url, sizeof(t[i].url)) ||
-		    !meta_str_ok(t[i].uuid, sizeof(t[i].uuid)) ||
-		    (t[i].state != META_TARGET_UP && t[i].state != META_TARGET_OFFLINE))
+		if (t[i].id < 1 || !meta_target_ok(&t[i]))
 			return -EINVAL;
 	}
 	for (unsigned i = 0; i < nc; i++) {
@@ -271,10 +415,22 @@ static void meta_printable(const unsigned char *p, size_t n, char *out, size_t o
 	out[o] = '\0';
 }
 
-void meta_finding(struct meta_checker *k, enum meta_finding kind, bool repaired, uint64_t a,
-		  int64_t b, int64_t c, const void *name, size_t n)
+int meta_find_col(enum meta_finding kind, int i, bool *has_name)
+{
+	static const int plain[5] = {0, 1, 3, -1, -1}, quota[5] = {0, 1, 2, 3, 4};
+
+	*has_name = kind != META_FIND_QUOTA_USAGE;
+	return i < 0 || i > 4 ? -1 : kind == META_FIND_QUOTA_USAGE ? quota[i] : plain[i];
+}
+
+void meta_finding(struct meta_checker *k, enum meta_finding kind, bool repaired,
+		  const struct meta_find *f)
 {
 	char nm[4 * META_NAME_MAX + 8], what[sizeof(nm) + 256];
+	uint64_t a = f->a;
+	int64_t b = f->b, c = f->c;
+	const void *name = f->name;
+	size_t n = f->n;
 	const char *fix = "";
 
 	k->found++;
@@ -284,6 +440,12 @@ void meta_finding(struct meta_checker *k, enum meta_finding kind, bool repaired,
 		return;
 	meta_printable(name, name ? n : 0, nm, sizeof(nm));
 	switch (kind) {
+	case META_FIND_QUOTA_USAGE:
+		snprintf(what, sizeof(what),
+			 "quota root %" PRIu64 " records %" PRId64 " bytes and %" PRId64
+			 " inodes, counted %" PRId64 " bytes and %" PRId64 " inodes%s",
+			 a, b, c, f->d, f->e, repaired ? "; corrected" : "");
+		break;
 	case META_FIND_STORAGE:
 		snprintf(what, sizeof(what), "database file: %.*s", (int)MIN(n, 400),
 			 name ? (const char *)name : "");

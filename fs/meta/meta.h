@@ -26,21 +26,41 @@
  *           after sync() every committed transaction survives a power cut.
  *   META-6  A chain changes only through chain_update(), which bumps its epoch in the same
  *           transaction and fails with -ESTALE if the caller's epoch is not the current one.
- *   META-7  (META_CAP_CLUSTER) Every time a lease, heartbeat or client registration is judged
- *           alive or expired, it is judged by the database's clock (now() in the same
+ *   META-7  A target that is drained or removed is a member of no chain: setting either state
+ *           fails with -EBUSY while the target is in a chain, and chain_update() (or format())
+ *           naming such a target fails with -EINVAL. Removed is final.
+ *   META-8  Target ids are never reused (a removed target keeps its row); target_add() hands
+ *           out the next id. One URL names at most one target that is not removed (-EEXIST).
+ *   META-9  Directory quotas (project-quota style). A directory may be a quota root; every
+ *           inode below it carries that root's ino in `qroot` (inherited from the parent at
+ *           mknod; the root directory itself carries its own ino so that its children inherit
+ *           it). Quota roots do not nest. A root's usage is kept in the same transaction as
+ *           every change it counts, so it is exact after a crash:
+ *             inodes_used = inodes below the root (the root itself not counted), counted until
+ *                           their row is deleted (purge, rmdir);
+ *             bytes_used  = sum over its regular files of max(size, qres), where qres is a
+ *                           reservation the FUSE layer takes (quota_reserve) before data may
+ *                           land beyond the recorded size; qres drops to 0 when
+ *                           META_IF_WDIRTY is cleared (FS-3: no write in flight, size recorded).
+ *           Sizes, not allocated blocks, are charged: they match statfs and need no chunk scan.
+ *           quota_reserve and mknod fail with -EDQUOT rather than exceed a limit; link and
+ *           rename between different quota roots fail with -EXDEV (mv then copies).
+ *   META-10 (META_CAP_CLUSTER) Every time a lease, node lease or client registration is
+ *           judged alive or expired, it is judged by the database's clock (now() in the same
  *           statement that reads or changes it), never by a caller's: the clocks of nodes do
- *           not matter. A caller that must act on its own (self-fencing) counts its lease as
- *           lost at (its monotonic time when it *sent* the successful acquire/renew) + ttl.
- *   META-8  A lease has at most one holder at a time. acquire/renew/release are each one
+ *           not matter. A caller that must act on its own (self-fencing, DIST-4) counts its
+ *           lease as lost at (its monotonic time when it *sent* the successful acquire/renew)
+ *           + ttl.
+ *   META-11 A lease has at most one holder at a time. acquire/renew/release are each one
  *           conditional statement; acquire succeeds only when the lease is free, expired or
  *           already the caller's. `generation` grows by one every time a holder's tenure
  *           starts (a new holder, or the same one after expiry): a fencing token. renew and
  *           release succeed only for the current holder with the current generation before
  *           expiry, and answer -ESTALE otherwise.
- *   META-9  (clients) An exclusive client (fsck --repair) is registered only when no other
- *           live client is, and no client registers while a live exclusive one exists; the
- *           check and the insert are one transaction. A client whose registration expired
- *           cannot renew it (-ESTALE): others may already have treated it as dead.
+ *   META-12 (clients) An exclusive client (fsck) is registered only when no other live client
+ *           is, and no client registers while a live exclusive one exists; the check and the
+ *           insert are one transaction. A client whose registration expired cannot renew it
+ *           (-ESTALE): others may already have treated it as dead.
  *
  * THREADS
  *   A `struct meta` is safe to call from any number of threads at once; the engine serializes
@@ -49,8 +69,9 @@
  *
  * ERRORS
  *   Every function returns 0 (or a count) or -errno: -ENOENT, -EEXIST, -ENOTEMPTY, -ENOTDIR,
- *   -EISDIR, -ENODATA (xattr), -ERANGE (buffer), -EIO (engine failure, logged at debug with the
- *   engine's own message), -EBUSY (locked by another process), -EINVAL (bad URL or argument),
+ *   -EISDIR, -ENODATA (xattr, no quota), -ERANGE (buffer), -EIO (engine failure, logged at debug
+ *   with the engine's own message), -EBUSY (locked by another process), -EINVAL (bad URL or
+ *   argument), -EDQUOT (a quota limit, META-9), -EXDEV (across quota roots, META-9),
  *   -EOPNOTSUPP (an optional op the engine lacks: see META_CALL_OPT).
  */
 #ifndef BRAIDFS_META_H
@@ -68,7 +89,13 @@
 #define META_XATTR_NAME_MAX 255
 #define META_XATTR_SIZE_MAX 65536
 #define META_MAX_REPLICAS   8
-#define META_MAX_TARGETS    256
+#define META_MAX_TARGETS    256	 /* target rows ever, removed ones included */
+#define META_MAX_CHAINS	    4096 /* chains of a volume (fixed at format time) */
+#define META_POOL_MAX	    32	 /* pool name + NUL: 1..31 of [a-z0-9._-] */
+#define META_NODE_MAX	    65	 /* node (host) name + NUL */
+#define META_MEDIA_MAX	    16	 /* media class + NUL: "nvme", "ssd", "hdd", "dir", ... */
+
+#define META_QUOTA_XATTR "trusted.braidfs.quota" /* virtual xattr handled by fs_fuse.c */
 
 /* inode flags (meta_attr.flags) */
 #define META_IF_WDIRTY 0x1 /* META-4 */
@@ -83,6 +110,8 @@ struct meta_attr {
 	int64_t atime_ns, mtime_ns, ctime_ns, btime_ns; /* ns since the epoch */
 	uint64_t generation;
 	uint32_t flags; /* META_IF_* */
+	uint64_t qroot; /* META-9: quota root accounting this inode, 0 if none (read-only here) */
+	uint64_t qres;	/* META-9: bytes reserved beyond size (read-only; quota_reserve sets it) */
 };
 
 /* setattr mask */
@@ -107,14 +136,38 @@ struct meta_volume {
 	int64_t created_ns;
 };
 
-enum meta_target_state { META_TARGET_UP = 0, META_TARGET_OFFLINE = 1 };
+/* Target states (META-7):
+ *   up ----(a write failed: DS-1)----> offline ----(fsck --repair rebuilt it)----> up
+ *   up | offline ----(device drain)----> draining ----(every chain moved off)----> drained
+ *   drained, or any state holding no chain ----(device remove)----> removed (final)
+ * The data service uses up and draining targets; offline ones only when a rebuild asks. */
+enum meta_target_state {
+	META_TARGET_UP = 0,
+	META_TARGET_OFFLINE = 1,
+	META_TARGET_DRAINING = 2, /* its chains are being moved to other targets */
+	META_TARGET_DRAINED = 3,  /* in no chain; still attached, identity kept */
+	META_TARGET_REMOVED = 4,  /* detached; the row stays so that its id is never reused */
+};
+#define META_TARGET_NSTATES 5
 
 struct meta_target {
 	uint32_t id; /* 1.. */
 	char url[1024];
 	char uuid[37];
 	enum meta_target_state state;
+	/* Placement (dataservice/placement.h): a chain's members come from one pool, on distinct
+	 * nodes where the pool spans enough of them. Empty strings: not recorded. */
+	char pool[META_POOL_MAX];   /* 1..31 of [a-z0-9._-] */
+	char node[META_NODE_MAX];   /* the host that owns it (gethostname) */
+	char media[META_MEDIA_MAX]; /* media class, lower case: nvme, ssd, hdd, virtual, remote,
+				       dir, file, unknown */
 };
+
+/* target_update() mask */
+#define META_TSET_STATE 0x1
+#define META_TSET_POOL	0x2
+#define META_TSET_NODE	0x4
+#define META_TSET_MEDIA 0x8
 
 struct meta_chain {
 	uint32_t id; /* 0..nchains-1 */
@@ -123,8 +176,15 @@ struct meta_chain {
 	uint32_t members[META_MAX_REPLICAS]; /* target ids; [0] is the primary */
 };
 
+/* META-9: one quota root. A limit of 0 means "no limit" for that resource. */
+struct meta_quota {
+	uint64_t ino; /* the quota root directory */
+	uint64_t bytes_limit, inodes_limit;
+	uint64_t bytes_used, inodes_used;
+};
+
 /* Cluster membership (META_CAP_CLUSTER). Ages and remaining times are computed by the database
- * (META-7); they are as of the statement that read them. */
+ * (META-10); they are as of the statement that read them. */
 enum meta_node_state { META_NODE_UP = 0, META_NODE_DOWN = 1 };
 
 struct meta_node {
@@ -141,7 +201,7 @@ struct meta_node {
 struct meta_lease {
 	char name[META_LEASE_NAME_MAX + 1];
 	uint32_t holder;      /* node id; 0: free (released or never taken) */
-	uint64_t generation;  /* META-8: fencing token, +1 per tenure */
+	uint64_t generation;  /* META-11: fencing token, +1 per tenure */
 	int64_t remaining_ns; /* expiry - now(), database clock; <= 0: expired */
 };
 
@@ -150,7 +210,7 @@ struct meta_client {
 	char host[256];
 	int32_t pid;
 	char mountpoint[1024]; /* "" for a tool (fsck) */
-	bool exclusive;	       /* META-9 */
+	bool exclusive;	       /* META-12 */
 	bool alive;	       /* registration not expired, database clock */
 	int64_t remaining_ns;  /* expiry - now(); <= 0: expired */
 };
@@ -197,6 +257,15 @@ struct meta_ops {
 	/* Fill up to max entries; return the count (which may exceed max: call again bigger). */
 	int (*targets_list)(struct meta *m, struct meta_target *ret, unsigned max);
 	int (*target_set_state)(struct meta *m, uint32_t id, enum meta_target_state state);
+	/* Add a target (t->id is ignored): META-8 gives it the next id, returned in *ret_id.
+	 * -EEXIST: its URL names a target that is not removed; -EINVAL: a bad field; -ENOSPC:
+	 * META_MAX_TARGETS rows exist. */
+	int (*target_add)(struct meta *m, const struct meta_target *t, uint32_t *ret_id);
+	/* Change the fields of target id named by mask (META_TSET_*) to those of in, in one
+	 * transaction. -ENOENT unknown id; -EBUSY drained/removed while in a chain (META-7);
+	 * -EINVAL a bad value, or any change to a removed target. */
+	int (*target_update)(struct meta *m, uint32_t id, unsigned mask,
+			     const struct meta_target *in);
 	int (*chains_list)(struct meta *m, struct meta_chain *ret, unsigned max);
 	/* META-6: replace members if the chain's epoch equals expect_epoch; epoch+1. */
 	int (*chain_update)(struct meta *m, uint32_t chain_id, uint64_t expect_epoch,
@@ -260,6 +329,24 @@ struct meta_ops {
 	/* META-5: make every committed transaction durable. */
 	int (*sync)(struct meta *m);
 	int (*statfs)(struct meta *m, struct meta_statfs *ret);
+	/* Directory quotas (META-9). quota_set makes directory `dir` a quota root with these
+	 * limits, or changes the limits of an existing root (a limit below the usage is allowed:
+	 * it only stops growth). Making a root walks dir's subtree, tags every inode and counts
+	 * the usage, in one transaction. -ENOTDIR, -EINVAL if dir is inside another quota root or
+	 * holds one (no nesting). quota_get answers for the root that accounts `ino` (any inode
+	 * below a root, or the root itself); -ENODATA if none. quota_clear removes a root
+	 * (-ENODATA if dir is not one) and untags its inodes. */
+	int (*quota_set)(struct meta *m, uint64_t dir, uint64_t bytes_limit, uint64_t inodes_limit);
+	int (*quota_get)(struct meta *m, uint64_t ino, struct meta_quota *ret);
+	int (*quota_clear)(struct meta *m, uint64_t dir);
+	/* Before data may land beyond the recorded size of regular file ino: set META_IF_WDIRTY
+	 * (META-4) and, if ino is under a quota root, raise its reservation qres to at most
+	 * `want` and at least `need` bytes (need <= want), charging the root. -EDQUOT if `need`
+	 * does not fit. *ret_reserved = the bytes now covered (max(size, qres)); UINT64_MAX when
+	 * ino has no quota root (nothing to reserve). One transaction. */
+	int (*quota_reserve)(struct meta *m, uint64_t ino, uint64_t need, uint64_t want,
+			     uint64_t *ret_reserved);
+
 	/* Namespace consistency: nlink vs entries, entries naming missing inodes, directories
 	 * unreachable from the root. Returns the number of problems found (after repair, if
 	 * repair). */
@@ -272,14 +359,15 @@ struct meta_ops {
 	/* Nodes (serve daemons, docs/distributed.md). register: insert, or update the row of the
 	 * same name (a node that restarts keeps its id): address, state UP, heartbeat now(),
 	 * lease_until now() + ttl. heartbeat: the same two times (-ENOENT: unknown id); a node
-	 * stops acknowledging writes ttl after it *sent* its last successful heartbeat (META-7). */
+	 * stops acknowledging writes ttl after it *sent* its last successful heartbeat (META-10).
+	 */
 	int (*node_register)(struct meta *m, const char *name, const char *address, uint32_t ttl_ms,
 			     uint32_t *ret_id);
 	int (*node_heartbeat)(struct meta *m, uint32_t id, uint32_t ttl_ms);
 	int (*node_set_state)(struct meta *m, uint32_t id, enum meta_node_state state);
 	int (*nodes_list)(struct meta *m, struct meta_node *ret, unsigned max); /* as targets */
 
-	/* Leases (META-8), e.g. "manager". holder is a registered node (-EINVAL otherwise).
+	/* Leases (META-11), e.g. "manager". holder is a registered node (-EINVAL otherwise).
 	 * acquire: -EBUSY if another node holds it unexpired; ret (may be NULL) gets the lease
 	 * as it stands after the call, also on -EBUSY/-ESTALE. get: -ENOENT if never taken. */
 	int (*lease_acquire)(struct meta *m, const char *name, uint32_t holder, uint32_t ttl_ms,
@@ -290,7 +378,7 @@ struct meta_ops {
 			     uint64_t generation);
 	int (*lease_get)(struct meta *m, const char *name, struct meta_lease *ret);
 
-	/* Clients (mounts and tools that need the volume; META-9). register: -EBUSY on a
+	/* Clients (mounts and tools that need the volume; META-12). register: -EBUSY on a
 	 * conflict, with the conflicting client in *ret_conflict (may be NULL). Expired rows are
 	 * removed by the next register. heartbeat: -ESTALE once expired or removed. list: every
 	 * row, expired ones too (alive = false), by id. */
@@ -306,10 +394,17 @@ struct meta_ops {
 
 #define META_TTL_MAX_MS (24u * 3600 * 1000)
 
+/* "up", "offline", "draining", "drained", "removed" ("?" for anything else). */
+const char *meta_target_state_name(enum meta_target_state s);
+/* Is s a valid pool name (1..META_POOL_MAX-1 of [a-z0-9._-], not starting with '.' or '-')? */
+bool meta_pool_name_ok(const char *s);
+
 /* Look up the engine by the URL's scheme and open it. On -EINVAL/-ENOENT/-EIO, err gets a
  * one-line reason fit for a user ("no such file", "not a braidfs metadata database", ...). */
 int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t errlen);
 void meta_close(struct meta *m);
+/* The engine a URL names by its scheme, without opening anything (NULL: none). */
+const struct meta_ops *meta_ops_for(const char *url);
 /* The ops table behind an open handle (every backend's struct meta starts with it). */
 const struct meta_ops *meta_ops_of(const struct meta *m);
 

@@ -109,7 +109,7 @@ static const char mp_session_sql[] =
  *  - identities never hand a number out twice (META-2; dentries.id is the readdir cookie);
  *  - names, symlink targets and xattrs are bytea: bytes, compared with memcmp;
  *  - `locks` holds one row per volume-wide lock (PG-3, client registration);
- *  - nodes, leases and clients compare times only with now() (META-7). */
+ *  - nodes, leases and clients compare times only with now() (META-10). */
 /* clang-format off */
 static const char mp_schema_sql[] =
 	"CREATE TABLE braidfs_schema ("
@@ -120,10 +120,12 @@ static const char mp_schema_sql[] =
 	" chunk_size bigint NOT NULL, replicas bigint NOT NULL, consistency bigint NOT NULL,"
 	" created_ns bigint NOT NULL);"
 	"CREATE TABLE locks (name text PRIMARY KEY);"
-	"INSERT INTO locks VALUES ('rename'), ('clients');"
+	"INSERT INTO locks VALUES ('rename'), ('clients'), ('targets');"
 	"CREATE TABLE targets ("
 	" id bigint PRIMARY KEY CHECK (id >= 1 AND id <= 4294967295),"
-	" url text NOT NULL, uuid text NOT NULL, state bigint NOT NULL);"
+	" url text NOT NULL, uuid text NOT NULL, state bigint NOT NULL,"
+	" pool text NOT NULL DEFAULT '', node text NOT NULL DEFAULT '',"
+	" media text NOT NULL DEFAULT '');"
 	"CREATE TABLE chains ("
 	" id bigint PRIMARY KEY CHECK (id >= 0 AND id <= 4294967295), epoch bigint NOT NULL);"
 	"CREATE TABLE chain_members ("
@@ -135,8 +137,13 @@ static const char mp_schema_sql[] =
 	" mode bigint NOT NULL, nlink bigint NOT NULL, uid bigint NOT NULL, gid bigint NOT NULL,"
 	" rdev bigint NOT NULL, size bigint NOT NULL, atime bigint NOT NULL, mtime bigint NOT NULL,"
 	" ctime bigint NOT NULL, btime bigint NOT NULL, generation bigint NOT NULL,"
-	" flags bigint NOT NULL, link bytea);"
+	" flags bigint NOT NULL, link bytea,"
+	" qroot bigint NOT NULL DEFAULT 0, qres bigint NOT NULL DEFAULT 0);" /* META-9 */
 	"CREATE INDEX inodes_pending ON inodes (ino) WHERE nlink = 0 OR (flags & 1) <> 0;"
+	"CREATE INDEX inodes_by_qroot ON inodes (qroot) WHERE qroot <> 0;"
+	"CREATE TABLE quotas ("
+	" ino bigint PRIMARY KEY, bytes_limit bigint NOT NULL, inodes_limit bigint NOT NULL,"
+	" bytes_used bigint NOT NULL, inodes_used bigint NOT NULL);"
 	"CREATE TABLE dentries ("
 	" id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
 	" parent bigint NOT NULL, name bytea NOT NULL, ino bigint NOT NULL,"
@@ -160,10 +167,14 @@ static const char mp_schema_sql[] =
 /* clang-format on */
 
 #define MP_ATTR_COLS                                                                               \
-	"ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime, generation, flags"
+	"ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime, generation, flags, "  \
+	"qroot, qres"
 #define MP_ATTR_COLS_I                                                                             \
 	"i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, "        \
-	"i.btime, i.generation, i.flags"
+	"i.btime, i.generation, i.flags, i.qroot, i.qres"
+/* what an inode charges its quota root (META-9) */
+#define MP_CHARGED(x)                                                                              \
+	"CASE WHEN (" x "mode & 61440) = 32768 THEN greatest(" x "size, " x "qres) ELSE 0 END"
 #define MP_IS_DIR(x)  "((" x " & 61440) = 16384)"
 #define MP_MS(x)      "(extract(epoch from (" x ")) * 1000000000)::int8"
 #define MP_LEASE_COLS "name, coalesce(holder, 0), generation, " MP_MS("expires - now()")
@@ -183,14 +194,27 @@ static const char mp_schema_sql[] =
 	X(VOLUME_GET, "",                                                                          \
 	  "SELECT name, uuid, format_version, chunk_size, replicas, consistency, "                 \
 	  "created_ns FROM volume WHERE id = 1")                                                   \
-	X(TARGETS_LIST, "", "SELECT id, url, uuid, state FROM targets ORDER BY id")                \
-	X(TARGET_SET_STATE, "ii", "UPDATE targets SET state = $2 WHERE id = $1")                   \
-	X(TARGET_INSERT, "itti",                                                                   \
-	  "INSERT INTO targets (id, url, uuid, state) VALUES ($1,$2,$3,$4)")                       \
+	X(TARGETS_LIST, "",                                                                        \
+	  "SELECT id, url, uuid, state, pool, node, media FROM targets ORDER BY id")               \
+	X(TARGET_INSERT, "ittittt",                                                                \
+	  "INSERT INTO targets (id, url, uuid, state, pool, node, media)"                          \
+	  " VALUES ($1, $2, $3, $4, $5, $6, $7)")                                                  \
+	X(TARGET_LOCK, "i", "SELECT state FROM targets WHERE id = $1 FOR UPDATE")                  \
+	X(TARGET_NCHAINS, "i", "SELECT count(*) FROM chain_members WHERE target = $1")             \
+	X(TARGET_URL_USERS, "t", "SELECT count(*) FROM targets WHERE url = $1 AND state <> 4")     \
+	X(TARGET_NEXT_ID, "", "SELECT coalesce(max(id), 0) + 1, count(*) FROM targets")            \
+	X(TARGET_UPDATE, "iiittt",                                                                 \
+	  "UPDATE targets SET state = CASE WHEN $2 & 1 <> 0 THEN $3 ELSE state END,"               \
+	  " pool = CASE WHEN $2 & 2 <> 0 THEN $4 ELSE pool END,"                                   \
+	  " node = CASE WHEN $2 & 4 <> 0 THEN $5 ELSE node END,"                                   \
+	  " media = CASE WHEN $2 & 8 <> 0 THEN $6 ELSE media END WHERE id = $1")                   \
 	X(CHAINS_LIST, "",                                                                         \
 	  "SELECT c.id, c.epoch, coalesce(m.target, 0) FROM chains c "                             \
 	  "LEFT JOIN chain_members m ON m.chain = c.id ORDER BY c.id, m.pos")                      \
 	X(CHAIN_INSERT, "ii", "INSERT INTO chains (id, epoch) VALUES ($1, $2)")                    \
+	X(CHAIN_TARGETS_OK, "a",                                                                   \
+	  "SELECT count(*) FROM (SELECT id FROM targets WHERE id = ANY($1::int8[])"                \
+	  " AND state NOT IN (3, 4) FOR SHARE) t")                                                 \
 	X(CHAIN_LOCK, "i", "SELECT epoch FROM chains WHERE id = $1 FOR UPDATE")                    \
 	X(CHAIN_SET_EPOCH, "ii", "UPDATE chains SET epoch = $2 WHERE id = $1")                     \
 	X(CHAIN_CLEAR, "i", "DELETE FROM chain_members WHERE chain = $1")                          \
@@ -207,24 +231,17 @@ static const char mp_schema_sql[] =
 	X(INODE_DELETE, "i",                                                                       \
 	  "WITH x AS (DELETE FROM xattrs WHERE ino = $1) "                                         \
 	  "DELETE FROM inodes WHERE ino = $1")                                                     \
-	X(SETATTR, "iiiiiiiiii",                                                                   \
-	  "UPDATE inodes SET"                                                                      \
-	  " mode = CASE WHEN $2 & 1 <> 0 THEN (mode & 61440) | ($3 & 4095) ELSE mode END,"         \
-	  " uid = CASE WHEN $2 & 2 <> 0 THEN $4 ELSE uid END,"                                     \
-	  " gid = CASE WHEN $2 & 4 <> 0 THEN $5 ELSE gid END,"                                     \
-	  " size = CASE WHEN $2 & 8 <> 0 THEN $6 ELSE size END,"                                   \
-	  " atime = CASE WHEN $2 & 16 <> 0 THEN $7 ELSE atime END,"                                \
-	  " mtime = CASE WHEN $2 & 32 <> 0 THEN $8 ELSE mtime END,"                                \
-	  " ctime = CASE WHEN $2 & 64 <> 0 THEN $9 ELSE ctime END,"                                \
-	  " flags = CASE WHEN $2 & 128 <> 0 THEN $10 ELSE flags END"                               \
-	  " WHERE ino = $1 AND ($2 & 8 = 0 OR (mode & 61440) = 32768) RETURNING " MP_ATTR_COLS)    \
+	X(INODE_PUT, "iiiiiiiiiiiii",                                                              \
+	  "UPDATE inodes SET mode = $2, nlink = $3, uid = $4, gid = $5, rdev = $6, size = $7,"     \
+	  " atime = $8, mtime = $9, ctime = $10, btime = $11, flags = $12, qres = $13"             \
+	  " WHERE ino = $1")                                                                       \
 	X(ROOT_INSERT, "iiii",                                                                     \
 	  "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime, "    \
 	  "generation, flags) VALUES ($1, 2, $2, $3, 0, 0, $4, $4, $4, $4, 1, 0) RETURNING ino")   \
-	X(MKNOD, "ibiiiiiiiiiiibi",                                                                \
+	X(MKNOD, "ibiiiiiiiiiiibii",                                                               \
 	  "WITH i AS (INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, ctime," \
-	  " btime, generation, flags, link) VALUES ($3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"    \
-	  " 1, 0, $14) RETURNING ino),"                                                            \
+	  " btime, generation, flags, link, qroot) VALUES ($3, $4, $5, $6, $7, $8, $9, $10, $11,"  \
+	  " $12, 1, 0, $14, $16) RETURNING ino),"                                                  \
 	  " d AS (INSERT INTO dentries (parent, name, ino) SELECT $1, $2, ino FROM i"              \
 	  " ON CONFLICT (parent, name) DO NOTHING RETURNING id),"                                  \
 	  " p AS (UPDATE inodes SET nlink = nlink + $15, mtime = $13, ctime = $13"                 \
@@ -273,7 +290,8 @@ static const char mp_schema_sql[] =
 	  "SELECT d.id, d.name, coalesce(i.ino, 0), coalesce(i.mode, 0), coalesce(i.nlink, 0),"    \
 	  " coalesce(i.uid, 0), coalesce(i.gid, 0), coalesce(i.rdev, 0), coalesce(i.size, 0),"     \
 	  " coalesce(i.atime, 0), coalesce(i.mtime, 0), coalesce(i.ctime, 0),"                     \
-	  " coalesce(i.btime, 0), coalesce(i.generation, 0), coalesce(i.flags, 0)"                 \
+	  " coalesce(i.btime, 0), coalesce(i.generation, 0), coalesce(i.flags, 0),"                \
+	  " coalesce(i.qroot, 0), coalesce(i.qres, 0)"                                             \
 	  " FROM dentries d LEFT JOIN inodes i ON i.ino = d.ino"                                   \
 	  " WHERE d.parent = $1 AND d.id > $2 ORDER BY d.id LIMIT $3")                             \
 	X(XATTR_GET, "ib", "SELECT value FROM xattrs WHERE ino = $1 AND name = $2")                \
@@ -287,6 +305,30 @@ static const char mp_schema_sql[] =
 	  " AND ino > $1 ORDER BY ino LIMIT $2")                                                   \
 	X(INODES, "ii",                                                                            \
 	  "SELECT " MP_ATTR_COLS " FROM inodes WHERE ino > $1 ORDER BY ino LIMIT $2")              \
+	X(QUOTA_GET, "i",                                                                          \
+	  "SELECT bytes_limit, inodes_limit, bytes_used, inodes_used FROM quotas WHERE ino = $1")  \
+	X(QUOTA_LOCK, "i",                                                                         \
+	  "SELECT bytes_limit, inodes_limit, bytes_used, inodes_used FROM quotas WHERE ino = $1"   \
+	  " FOR UPDATE")                                                                           \
+	X(QUOTA_ADD, "iii",                                                                        \
+	  "UPDATE quotas SET bytes_used = greatest(0, bytes_used + $2),"                           \
+	  " inodes_used = greatest(0, inodes_used + $3) WHERE ino = $1")                           \
+	X(QUOTA_LIMITS, "iii",                                                                     \
+	  "UPDATE quotas SET bytes_limit = $2, inodes_limit = $3 WHERE ino = $1")                  \
+	X(QUOTA_DEL, "i", "DELETE FROM quotas WHERE ino = $1")                                     \
+	X(QUOTA_UNTAG, "i", "UPDATE inodes SET qroot = 0, qres = 0 WHERE qroot = $1")              \
+	X(QUOTA_SUBTREE_ROOTS, "i",                                                                \
+	  "WITH RECURSIVE sub (ino) AS (SELECT $1::int8 UNION SELECT d.ino FROM dentries d"        \
+	  " JOIN sub ON d.parent = sub.ino) SELECT count(*) FROM sub JOIN quotas q ON q.ino ="     \
+	  " sub.ino")                                                                              \
+	X(QUOTA_TAG, "i",                                                                          \
+	  "WITH RECURSIVE sub (ino) AS (SELECT $1::int8 UNION SELECT d.ino FROM dentries d"        \
+	  " JOIN sub ON d.parent = sub.ino) UPDATE inodes SET qroot = $1 WHERE ino IN"             \
+	  " (SELECT ino FROM sub)")                                                                \
+	X(QUOTA_CREATE, "iii",                                                                     \
+	  "INSERT INTO quotas (ino, bytes_limit, inodes_limit, bytes_used, inodes_used)"           \
+	  " SELECT $1, $2, $3, coalesce(sum(" MP_CHARGED("") "), 0)::int8, count(*) - 1"           \
+							     " FROM inodes WHERE qroot = $1")      \
 	X(STATFS, "",                                                                              \
 	  "SELECT count(*), coalesce(sum(CASE WHEN (mode & 61440) = 32768 THEN size"               \
 	  " ELSE 0 END), 0)::int8 FROM inodes")                                                    \
@@ -877,6 +919,14 @@ static void mp_i64_row(struct mp_rd *rd, void *out)
 	*(int64_t *)out = mp_i64(rd, 0);
 }
 
+static void mp_pair_row(struct mp_rd *rd, void *out)
+{
+	int64_t *v = out;
+
+	v[0] = mp_i64(rd, 0);
+	v[1] = mp_i64(rd, 1);
+}
+
 /* One int8 from the first row of statement `id`; -ENOENT without a row. */
 static int mp_q_i64(struct mp *m, struct mp_conn *c, enum mp_sid id, const struct mp_args *a,
 		    int64_t *ret)
@@ -1211,9 +1261,7 @@ static int mp_has_children(struct mp *m, struct mp_conn *c, uint64_t ino)
 static int mp_check_not_ancestor(struct mp *m, struct mp_conn *c, uint64_t dir, uint64_t from)
 {
 	struct mp_args a = {0};
-	struct mp_rd rd = {0};
-	PGresult *res;
-	int64_t top, depth;
+	int64_t top, depth, v[2];
 	int r;
 
 	if (from == dir)
@@ -1221,15 +1269,11 @@ static int mp_check_not_ancestor(struct mp *m, struct mp_conn *c, uint64_t dir, 
 	arg_i64(&a, (int64_t)from);
 	arg_i64(&a, (int64_t)dir);
 	arg_i64(&a, MP_DEPTH_MAX);
-	r = mp_q(m, c, MPQ_ANCESTOR, &a, &res);
+	r = mp_one(m, c, MPQ_ANCESTOR, &a, mp_pair_row, v);
 	if (r < 0)
 		return r;
-	rd.res = res;
-	top = mp_i64(&rd, 0);
-	depth = mp_i64(&rd, 1);
-	PQclear(res);
-	if (rd.bad)
-		return mp_bad_row(m, "ancestor walk");
+	top = v[0];
+	depth = v[1];
 	if ((uint64_t)top == dir)
 		return -EINVAL;
 	if (top == META_ROOT_INO)
@@ -1237,6 +1281,105 @@ static int mp_check_not_ancestor(struct mp *m, struct mp_conn *c, uint64_t dir, 
 	log_debug("meta postgres %s: %s above directory %" PRIu64 "; run 'braidfs fsck'", m->where,
 		  depth >= MP_DEPTH_MAX ? "a directory loop" : "an unreachable directory", from);
 	return -EIO;
+}
+
+/* ---- quota accounting (META-9), inside a transaction ------------------------------------
+ * PG-6: a quota row is locked last (after every inode row the operation locks), and one
+ * operation charges one root only (link and rename refuse to cross roots), so quota rows add
+ * no lock cycle. Making or removing a root locks the inodes table (EXCLUSIVE: readers go on)
+ * for its transaction, so that no create slips past the tagging walk. */
+
+static void mp_quota_row(struct mp_rd *rd, void *out)
+{
+	struct meta_quota *q = out;
+
+	q->bytes_limit = (uint64_t)mp_i64(rd, 0);
+	q->inodes_limit = (uint64_t)mp_i64(rd, 1);
+	q->bytes_used = (uint64_t)mp_i64(rd, 2);
+	q->inodes_used = (uint64_t)mp_i64(rd, 3);
+}
+
+/* The quota row of root ino (locked with lock); -ENODATA if it has none. */
+static int mp_quota_get_row(struct mp *m, struct mp_conn *c, uint64_t ino, bool lock,
+			    struct meta_quota *ret)
+{
+	struct mp_args a = {0};
+	int r;
+
+	arg_i64(&a, (int64_t)ino);
+	r = mp_one(m, c, lock ? MPQ_QUOTA_LOCK : MPQ_QUOTA_GET, &a, mp_quota_row, ret);
+	if (r == -ENOENT)
+		return -ENODATA;
+	ret->ino = ino;
+	return r;
+}
+
+/* Charge root with dbytes / dinodes; with `check`, growth past a limit is -EDQUOT. */
+static int mp_quota_charge(struct mp *m, struct mp_conn *c, uint64_t root, int64_t dbytes,
+			   int64_t dinodes, bool check)
+{
+	struct mp_args a = {0};
+	struct meta_quota q;
+	int r;
+
+	if (root == 0 || (dbytes == 0 && dinodes == 0))
+		return 0;
+	if (check) {
+		r = mp_quota_get_row(m, c, root, true, &q);
+		if (r == -ENODATA)
+			return 0; /* a tag without a row: check() reports it */
+		if (r < 0)
+			return r;
+		r = meta_quota_fits(&q, dbytes, dinodes);
+		if (r < 0)
+			return r;
+	}
+	arg_i64(&a, (int64_t)root);
+	arg_i64(&a, dbytes);
+	arg_i64(&a, dinodes);
+	return mp_q(m, c, MPQ_QUOTA_ADD, &a, NULL);
+}
+
+/* Delete an inode row and its xattrs; uncharge its quota root (an empty root goes). */
+static int mp_inode_delete(struct mp *m, struct mp_conn *c, const struct meta_attr *a)
+{
+	int r = 0;
+
+	if (a->qroot == a->ino)
+		r = mp_run2(m, c, MPQ_QUOTA_DEL, (int64_t)a->ino, 0);
+	else if (a->qroot)
+		r = mp_quota_charge(m, c, a->qroot, -(int64_t)meta_charged(a), -1, false);
+	if (r == 0)
+		r = mp_run2(m, c, MPQ_INODE_DELETE, (int64_t)a->ino, 0);
+	return r;
+}
+
+/* Every mutable column of a (ino, generation and qroot never change here). */
+/* mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime: as INODE_PUT and MKNOD take
+ * them. */
+static void arg_attr(struct mp_args *q, const struct meta_attr *a)
+{
+	arg_i64(q, a->mode);
+	arg_i64(q, a->nlink);
+	arg_i64(q, a->uid);
+	arg_i64(q, a->gid);
+	arg_i64(q, (int64_t)a->rdev);
+	arg_i64(q, (int64_t)a->size);
+	arg_i64(q, a->atime_ns);
+	arg_i64(q, a->mtime_ns);
+	arg_i64(q, a->ctime_ns);
+	arg_i64(q, a->btime_ns);
+}
+
+static int mp_inode_put(struct mp *m, struct mp_conn *c, const struct meta_attr *a)
+{
+	struct mp_args q = {0};
+
+	arg_i64(&q, (int64_t)a->ino);
+	arg_attr(&q, a);
+	arg_i64(&q, a->flags);
+	arg_i64(&q, (int64_t)a->qres);
+	return mp_q(m, c, MPQ_INODE_PUT, &q, NULL);
 }
 
 /* ---- open / close ---------------------------------------------------------------------- */
@@ -1435,6 +1578,49 @@ fail:
 
 /* ---- cluster tables -------------------------------------------------------------------- */
 
+static int mp_target_insert(struct mp *m, struct mp_conn *c, uint32_t id,
+			    const struct meta_target *t)
+{
+	struct mp_args a = {0};
+
+	arg_i64(&a, id);
+	arg_str(&a, t->url);
+	arg_str(&a, t->uuid);
+	arg_i64(&a, t->state);
+	arg_str(&a, t->pool);
+	arg_str(&a, t->node);
+	arg_str(&a, t->media);
+	return mp_q(m, c, MPQ_TARGET_INSERT, &a, NULL);
+}
+
+/* Replace chain's members. META-7: every member is a known target neither drained nor removed;
+ * the members' rows are share-locked so that no target_update drains one meanwhile. */
+static int mp_chain_members(struct mp *m, struct mp_conn *c, uint32_t chain, const uint32_t *v,
+			    uint32_t n)
+{
+	struct mp_args a = {0};
+	int64_t ok = 0;
+	int r;
+
+	arg_u32_array(&a, v, n);
+	r = mp_q_i64(m, c, MPQ_CHAIN_TARGETS_OK, &a, &ok);
+	if (r < 0)
+		return r;
+	if (ok != n) {
+		log_debug("meta postgres %s: chain %u: a member is unknown, drained, removed or "
+			  "named twice",
+			  m->where, chain);
+		return -EINVAL;
+	}
+	r = mp_run2(m, c, MPQ_CHAIN_CLEAR, chain, 0);
+	if (r < 0)
+		return r;
+	a.n = 0;
+	arg_i64(&a, chain);
+	arg_u32_array(&a, v, n);
+	return mp_q(m, c, MPQ_CHAIN_ADD_MEMBERS, &a, NULL);
+}
+
 struct mp_format {
 	const struct meta_volume *vol;
 	const struct meta_target *t;
@@ -1510,12 +1696,13 @@ static int mp_format_tx(struct mp *m, struct mp_conn *c, void *arg)
 			return r;
 	}
 	for (unsigned i = 0; i < f->nt; i++) {
-		a.n = 0;
-		arg_i64(&a, f->t[i].id);
-		arg_str(&a, f->t[i].url);
-		arg_str(&a, f->t[i].uuid);
-		arg_i64(&a, f->t[i].state);
-		r = mp_q(m, c, MPQ_TARGET_INSERT, &a, NULL);
+		/* META-8: one URL per target that is not removed */
+		for (unsigned j = 0; j < i; j++)
+			if (f->t[i].state != META_TARGET_REMOVED &&
+			    f->t[j].state != META_TARGET_REMOVED &&
+			    !strcmp(f->t[i].url, f->t[j].url))
+				return -EINVAL;
+		r = mp_target_insert(m, c, f->t[i].id, &f->t[i]);
 		if (r < 0)
 			return r;
 	}
@@ -1524,12 +1711,8 @@ static int mp_format_tx(struct mp *m, struct mp_conn *c, void *arg)
 		arg_i64(&a, f->c[i].id);
 		arg_i64(&a, (int64_t)f->c[i].epoch);
 		r = mp_q(m, c, MPQ_CHAIN_INSERT, &a, NULL);
-		if (r < 0)
-			return r;
-		a.n = 0;
-		arg_i64(&a, f->c[i].id);
-		arg_u32_array(&a, f->c[i].members, f->c[i].nmembers);
-		r = mp_q(m, c, MPQ_CHAIN_ADD_MEMBERS, &a, NULL);
+		if (r == 0)
+			r = mp_chain_members(m, c, f->c[i].id, f->c[i].members, f->c[i].nmembers);
 		if (r < 0)
 			return r;
 	}
@@ -1633,6 +1816,9 @@ static void mp_target_row(struct mp_rd *rd, void *out)
 	mp_text(rd, 1, t->url, sizeof(t->url));
 	mp_text(rd, 2, t->uuid, sizeof(t->uuid));
 	t->state = (enum meta_target_state)mp_i64(rd, 3);
+	mp_text(rd, 4, t->pool, sizeof(t->pool));
+	mp_text(rd, 5, t->node, sizeof(t->node));
+	mp_text(rd, 6, t->media, sizeof(t->media));
 }
 
 static int mp_targets_list(struct meta *mm, struct meta_target *ret, unsigned max)
@@ -1642,32 +1828,97 @@ static int mp_targets_list(struct meta *mm, struct meta_target *ret, unsigned ma
 	return mp_run(mp_of(mm), mp_list_fn, &l);
 }
 
-struct mp_pair {
-	int64_t a, b;
+struct mp_target_op {
+	uint32_t id;
+	unsigned mask;
+	const struct meta_target *in;
 };
 
-static int mp_target_set_state_fn(struct mp *m, struct mp_conn *c, void *arg)
+static int mp_target_update_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
-	struct mp_pair *p = arg;
+	struct mp_target_op *o = arg;
 	struct mp_args a = {0};
+	int64_t state = 0, nchains = 0;
 	int r;
 
-	arg_i64(&a, p->a);
-	arg_i64(&a, p->b);
-	r = mp_count(m, c, MPQ_TARGET_SET_STATE, &a);
-	return r < 0 ? r : r == 0 ? -ENOENT : 0;
+	arg_i64(&a, o->id);
+	r = mp_q_i64(m, c, MPQ_TARGET_LOCK, &a, &state);
+	if (r < 0)
+		return r;
+	if (state == META_TARGET_REMOVED)
+		return -EINVAL; /* META-7: final */
+	if ((o->mask & META_TSET_STATE) &&
+	    (o->in->state == META_TARGET_DRAINED || o->in->state == META_TARGET_REMOVED)) {
+		/* the row lock holds off chain_update's share lock (mp_chain_members) */
+		r = mp_q_i64(m, c, MPQ_TARGET_NCHAINS, &a, &nchains);
+		if (r < 0)
+			return r;
+		if (nchains > 0)
+			return -EBUSY; /* META-7 */
+	}
+	arg_i64(&a, o->mask);
+	arg_i64(&a, o->in->state);
+	arg_str(&a, o->in->pool);
+	arg_str(&a, o->in->node);
+	arg_str(&a, o->in->media);
+	return mp_q(m, c, MPQ_TARGET_UPDATE, &a, NULL);
+}
+
+static int mp_target_update(struct meta *mm, uint32_t id, unsigned mask,
+			    const struct meta_target *in)
+{
+	struct mp_target_op o = {id, mask, in};
+	int r = meta_target_update_check(mask, in);
+
+	return r < 0 ? r : mp_tx(mp_of(mm), mp_target_update_tx, &o);
 }
 
 static int mp_target_set_state(struct meta *mm, uint32_t id, enum meta_target_state state)
 {
-	struct mp *m = mp_of(mm);
-	struct mp_pair p = {id, state};
+	struct meta_target in = {.state = state};
 
-	if (state != META_TARGET_UP && state != META_TARGET_OFFLINE)
+	return mp_target_update(mm, id, META_TSET_STATE, &in);
+}
+
+/* META-8: under the 'targets' lock, the URL must be free and the next id is max + 1. */
+static int mp_target_add_tx(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_target_op *o = arg;
+	struct mp_args a = {0};
+	int64_t users = 0, next, count, v[2];
+	int r;
+
+	arg_str(&a, "targets");
+	r = mp_q(m, c, MPQ_LOCK, &a, NULL);
+	if (r < 0)
+		return r;
+	a.n = 0;
+	arg_str(&a, o->in->url);
+	r = mp_q_i64(m, c, MPQ_TARGET_URL_USERS, &a, &users);
+	if (r < 0)
+		return r;
+	if (users > 0)
+		return -EEXIST;
+	r = mp_one(m, c, MPQ_TARGET_NEXT_ID, NULL, mp_pair_row, v);
+	if (r < 0)
+		return r;
+	next = v[0];
+	count = v[1];
+	if (count >= META_MAX_TARGETS || next > UINT32_MAX)
+		return -ENOSPC;
+	r = mp_target_insert(m, c, (uint32_t)next, o->in);
+	if (r == 0)
+		o->id = (uint32_t)next;
+	return r;
+}
+
+static int mp_target_add(struct meta *mm, const struct meta_target *t, uint32_t *ret_id)
+{
+	struct mp_target_op o = {0, 0, t};
+
+	if (!t || !meta_target_ok(t) || t->state == META_TARGET_REMOVED)
 		return -EINVAL;
-	if (m->rdonly)
-		return -EROFS;
-	return mp_run(m, mp_target_set_state_fn, &p); /* one idempotent statement (PG-5) */
+	return mp_call(mp_of(mm), true, mp_target_add_tx, &o, ret_id, &o.id, sizeof(o.id));
 }
 
 static int mp_chains_list_fn(struct mp *m, struct mp_conn *c, void *arg)
@@ -1736,12 +1987,7 @@ static int mp_chain_update_tx(struct mp *m, struct mp_conn *c, void *arg)
 		return -ESTALE;
 	if (epoch == INT64_MAX)
 		return -EOVERFLOW;
-	a.n = 0;
-	arg_i64(&a, u->id);
-	arg_u32_array(&a, u->members, u->n);
-	r = mp_run2(m, c, MPQ_CHAIN_CLEAR, u->id, 0);
-	if (r == 0)
-		r = mp_q(m, c, MPQ_CHAIN_ADD_MEMBERS, &a, NULL);
+	r = mp_chain_members(m, c, u->id, u->members, u->n);
 	if (r == 0)
 		r = mp_run2(m, c, MPQ_CHAIN_SET_EPOCH, u->id, epoch + 1);
 	if (r == 0)
@@ -2045,35 +2291,31 @@ struct mp_setattr {
 	struct meta_attr attr; /* out */
 };
 
-/* One conditional UPDATE (its own transaction, idempotent: PG-5); only a refused update
- * pays for a second look that says why. */
-static int mp_setattr_fn(struct mp *m, struct mp_conn *c, void *arg)
+static int mp_setattr_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
 	struct mp_setattr *s = arg;
 	const struct meta_attr *in = s->in;
-	struct mp_args a = {0};
-	int r;
+	struct meta_attr a, old;
+	int r = mp_inode(m, c, s->ino, true, &a);
 
-	if (s->ino == 0 || s->ino > INT64_MAX)
-		return -ENOENT;
-	arg_i64(&a, (int64_t)s->ino);
-	arg_i64(&a, s->mask);
-	arg_i64(&a, in ? in->mode : 0);
-	arg_i64(&a, in ? in->uid : 0);
-	arg_i64(&a, in ? in->gid : 0);
-	arg_i64(&a, in ? (int64_t)in->size : 0);
-	arg_i64(&a, in ? in->atime_ns : 0);
-	arg_i64(&a, in ? in->mtime_ns : 0);
-	arg_i64(&a, in ? in->ctime_ns : 0);
-	arg_i64(&a, in ? in->flags : 0);
-	r = mp_attr_query(m, c, MPQ_SETATTR, &a, &s->attr);
-	if (r == -ENOENT) {
-		struct meta_attr cur;
-
-		r = mp_inode(m, c, s->ino, false, &cur);
-		if (r == 0)
-			r = S_ISDIR(cur.mode) ? -EISDIR : -EINVAL;
+	if (r < 0)
+		return r;
+	old = a;
+	r = meta_setattr_apply(&a, s->mask, in);
+	if (r < 0)
+		return r;
+	if (a.qroot && a.qroot != a.ino) {
+		/* The data path reserved before writing: account, do not refuse (a refusal here
+		 * would lose a size). */
+		r = mp_quota_charge(m, c, a.qroot,
+				    (int64_t)meta_charged(&a) - (int64_t)meta_charged(&old), 0,
+				    false);
+		if (r < 0)
+			return r;
 	}
+	r = mp_inode_put(m, c, &a);
+	if (r == 0)
+		s->attr = a;
 	return r;
 }
 
@@ -2089,7 +2331,7 @@ static int mp_setattr(struct meta *mm, uint64_t ino, unsigned mask, const struct
 		return -EFBIG;
 	if (m->rdonly)
 		return -EROFS;
-	return mp_call(m, false, mp_setattr_fn, &s, ret, &s.attr, sizeof(s.attr));
+	return mp_call(m, true, mp_setattr_tx, &s, ret, &s.attr, sizeof(s.attr));
 }
 
 struct mp_mknod {
@@ -2107,44 +2349,25 @@ static int mp_mknod_tx(struct mp *m, struct mp_conn *c, void *arg)
 	struct meta_attr *a = &k->attr;
 	struct mp_args q = {0};
 	struct mp_rd rd = {0};
+	struct meta_attr p;
 	PGresult *res;
 	int64_t made;
-	int r = mp_dir_lock(m, c, k->parent, true, NULL); /* PG-1 */
+	int r = mp_dir_lock(m, c, k->parent, true, &p); /* PG-1 */
 	if (r < 0)
 		return r;
-	memset(a, 0, sizeof(*a));
-	a->mode = in->mode;
-	if ((a->mode & S_IFMT) == 0)
-		a->mode |= k->link ? S_IFLNK : S_IFREG; /* mknod(2): type 0 is a regular file */
-	a->nlink = S_ISDIR(a->mode) ? 2 : 1;
-	a->uid = in->uid;
-	a->gid = in->gid;
-	a->rdev = (S_ISCHR(a->mode) || S_ISBLK(a->mode)) ? in->rdev : 0;
-	a->size = k->link ? strlen(k->link) : 0;
-	a->atime_ns = in->atime_ns;
-	a->mtime_ns = in->mtime_ns;
-	a->ctime_ns = in->ctime_ns;
-	a->btime_ns = in->btime_ns ? in->btime_ns : in->ctime_ns;
-	a->generation = 1; /* numbers are never reused (META-2): (ino, 1) is unique */
+	/* META-9: the parent's quota root accounts the new inode */
+	meta_mknod_attr(in, k->link, p.qroot, a);
 
 	arg_i64(&q, (int64_t)k->parent);
 	arg_str(&q, k->name);
-	arg_i64(&q, a->mode);
-	arg_i64(&q, a->nlink);
-	arg_i64(&q, a->uid);
-	arg_i64(&q, a->gid);
-	arg_i64(&q, (int64_t)a->rdev);
-	arg_i64(&q, (int64_t)a->size);
-	arg_i64(&q, a->atime_ns);
-	arg_i64(&q, a->mtime_ns);
-	arg_i64(&q, a->ctime_ns);
-	arg_i64(&q, a->btime_ns);
+	arg_attr(&q, a);
 	arg_i64(&q, in->ctime_ns);
 	if (k->link)
 		arg_str(&q, k->link);
 	else
 		arg_null(&q);
 	arg_i64(&q, S_ISDIR(a->mode) ? 1 : 0);
+	arg_i64(&q, (int64_t)a->qroot);
 	r = mp_q(m, c, MPQ_MKNOD, &q, &res);
 	if (r < 0)
 		return r;
@@ -2155,7 +2378,7 @@ static int mp_mknod_tx(struct mp *m, struct mp_conn *c, void *arg)
 	if (rd.bad)
 		return mp_bad_row(m, "mknod");
 	if (made == 1)
-		return 0;
+		return mp_quota_charge(m, c, a->qroot, 0, 1, true); /* -EDQUOT rolls it back */
 	/* The name exists (the transaction rolls back the new inode): -EEXIST, or -EIO when
 	 * that entry is a broken one. */
 	r = mp_dent(m, c, k->parent, k->name, NULL, NULL);
@@ -2201,7 +2424,7 @@ static int mp_link_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
 	struct mp_nsop *o = arg;
 	struct mp_args q = {0};
-	struct meta_attr a;
+	struct meta_attr a, np;
 	int r;
 
 	/* sqlite's order of checks: the inode first, then the directory; locks: the directory
@@ -2211,7 +2434,9 @@ static int mp_link_tx(struct mp *m, struct mp_conn *c, void *arg)
 		return r;
 	if (S_ISDIR(a.mode))
 		return -EPERM;
-	r = mp_dir_lock(m, c, o->parent, true, NULL);
+	if (a.nlink >= MP_LINK_MAX)
+		return -EMLINK;
+	r = mp_dir_lock(m, c, o->parent, true, &np);
 	if (r < 0)
 		return r;
 	r = mp_inode(m, c, o->ino, true, &a);
@@ -2219,6 +2444,8 @@ static int mp_link_tx(struct mp *m, struct mp_conn *c, void *arg)
 		return r;
 	if (a.nlink >= MP_LINK_MAX)
 		return -EMLINK;
+	if (np.qroot != a.qroot)
+		return -EXDEV; /* META-9: an inode is accounted to one quota root */
 	arg_i64(&q, (int64_t)o->parent);
 	arg_str(&q, o->name);
 	arg_i64(&q, (int64_t)o->ino);
@@ -2288,7 +2515,7 @@ static int mp_rmdir_tx(struct mp *m, struct mp_conn *c, void *arg)
 		return -ENOTEMPTY;
 	r = mp_run2(m, c, MPQ_DENT_DELETE, id, 0);
 	if (r == 0)
-		r = mp_run2(m, c, MPQ_INODE_DELETE, (int64_t)a.ino, 0);
+		r = mp_inode_delete(m, c, &a);
 	if (r == 0)
 		r = mp_dir_touch(m, c, o->parent, -1, o->now);
 	if (r < 0)
@@ -2330,7 +2557,7 @@ struct mp_rename {
 static int mp_rename_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
 	struct mp_rename *o = arg;
-	struct meta_attr src, dst;
+	struct meta_attr src, dst, pa, na;
 	uint64_t parent = o->parent, newparent = o->newparent;
 	int64_t sid = 0, did = 0;
 	bool have_dst, sdir, ddir;
@@ -2347,22 +2574,27 @@ static int mp_rename_tx(struct mp *m, struct mp_conn *c, void *arg)
 	}
 	/* PG-2: both directories, in inode order; errors reported as the SQLite engine does. */
 	if (parent == newparent) {
-		rp = rn = mp_dir_lock(m, c, parent, false, NULL);
+		rp = rn = mp_dir_lock(m, c, parent, false, &pa);
+		na = pa;
 	} else if (parent < newparent) {
-		rp = mp_dir_lock(m, c, parent, false, NULL);
+		rp = mp_dir_lock(m, c, parent, false, &pa);
 		rn = rp < 0 && rp != -ENOENT && rp != -ENOTDIR
 			 ? rp
-			 : mp_dir_lock(m, c, newparent, true, NULL);
+			 : mp_dir_lock(m, c, newparent, true, &na);
 	} else {
-		rn = mp_dir_lock(m, c, newparent, true, NULL);
+		rn = mp_dir_lock(m, c, newparent, true, &na);
 		rp = rn < 0 && rn != -ENOENT && rn != -ENOTDIR
 			 ? rn
-			 : mp_dir_lock(m, c, parent, false, NULL);
+			 : mp_dir_lock(m, c, parent, false, &pa);
 	}
 	if (rp < 0)
 		return rp;
 	if (rn < 0)
 		return rn;
+	/* META-9: what moves between quota roots would change accounts: refuse, as XFS project
+	 * quotas do, so that mv copies instead. */
+	if (pa.qroot != na.qroot)
+		return -EXDEV;
 	r = mp_dent(m, c, parent, o->name, &sid, &src);
 	if (r < 0)
 		return r;
@@ -2433,7 +2665,7 @@ static int mp_rename_tx(struct mp *m, struct mp_conn *c, void *arg)
 			return r;
 		if (ddir) {
 			/* An empty directory keeps nothing open: gone now, as rmdir. */
-			r = mp_run2(m, c, MPQ_INODE_DELETE, (int64_t)dst.ino, 0);
+			r = mp_inode_delete(m, c, &dst);
 			dst.nlink = 0;
 		} else {
 			struct mp_args q = {0};
@@ -2650,6 +2882,153 @@ static int mp_removexattr(struct meta *mm, uint64_t ino, const char *name)
 	return mp_tx(mp_of(mm), mp_removexattr_tx, &b);
 }
 
+/* ---- quotas (META-9) ------------------------------------------------------------------- */
+
+struct mp_quota_op {
+	uint64_t ino;
+	uint64_t a, b;	     /* limits; reserve: need, want */
+	uint64_t got;	     /* out: reserve */
+	struct meta_quota q; /* out: get */
+};
+
+/* PG-6: no create or rename under dir while its subtree is tagged or untagged. */
+static int mp_quota_lock_tree(struct mp *m, struct mp_conn *c)
+{
+	return mp_exec(m, c, "LOCK TABLE inodes IN EXCLUSIVE MODE");
+}
+
+static int mp_quota_set_tx(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_quota_op *o = arg;
+	struct mp_args q = {0};
+	struct meta_attr a;
+	int64_t nested = 0;
+	int r = mp_quota_lock_tree(m, c);
+
+	if (r == 0)
+		r = mp_dir_lock(m, c, o->ino, true, &a);
+	if (r < 0)
+		return r;
+	arg_i64(&q, (int64_t)o->ino);
+	arg_i64(&q, (int64_t)o->a);
+	arg_i64(&q, (int64_t)o->b);
+	if (a.qroot == o->ino)
+		return mp_q(m, c, MPQ_QUOTA_LIMITS, &q, NULL);
+	if (a.qroot != 0)
+		return -EINVAL; /* inside another root: no nesting */
+	struct mp_args one = {0};
+
+	arg_i64(&one, (int64_t)o->ino);
+	r = mp_q_i64(m, c, MPQ_QUOTA_SUBTREE_ROOTS, &one, &nested);
+	if (r < 0)
+		return r;
+	if (nested > 0)
+		return -EINVAL; /* holds a root: no nesting */
+	r = mp_run2(m, c, MPQ_QUOTA_TAG, (int64_t)o->ino, 0);
+	if (r == 0)
+		r = mp_q(m, c, MPQ_QUOTA_CREATE, &q, NULL);
+	return r;
+}
+
+static int mp_quota_set(struct meta *mm, uint64_t dir, uint64_t bytes_limit, uint64_t inodes_limit)
+{
+	struct mp_quota_op o = {.ino = dir, .a = bytes_limit, .b = inodes_limit};
+
+	if (bytes_limit > INT64_MAX || inodes_limit > INT64_MAX)
+		return -EINVAL;
+	return mp_tx(mp_of(mm), mp_quota_set_tx, &o);
+}
+
+static int mp_quota_get_fn(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_quota_op *o = arg;
+	struct meta_attr a;
+	int r = mp_inode(m, c, o->ino, false, &a);
+
+	if (r < 0)
+		return r;
+	return a.qroot ? mp_quota_get_row(m, c, a.qroot, false, &o->q) : -ENODATA;
+}
+
+static int mp_quota_get(struct meta *mm, uint64_t ino, struct meta_quota *ret)
+{
+	struct mp_quota_op o = {.ino = ino};
+
+	return mp_call(mp_of(mm), false, mp_quota_get_fn, &o, ret, &o.q, sizeof(o.q));
+}
+
+static int mp_quota_clear_tx(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_quota_op *o = arg;
+	struct meta_attr a;
+	int r = mp_quota_lock_tree(m, c);
+
+	if (r == 0)
+		r = mp_dir_lock(m, c, o->ino, false, &a);
+	if (r < 0)
+		return r;
+	if (a.qroot != o->ino)
+		return -ENODATA;
+	r = mp_run2(m, c, MPQ_QUOTA_UNTAG, (int64_t)o->ino, 0);
+	if (r == 0)
+		r = mp_run2(m, c, MPQ_QUOTA_DEL, (int64_t)o->ino, 0);
+	return r;
+}
+
+static int mp_quota_clear(struct meta *mm, uint64_t dir)
+{
+	struct mp_quota_op o = {.ino = dir};
+
+	return mp_tx(mp_of(mm), mp_quota_clear_tx, &o);
+}
+
+static int mp_quota_reserve_tx(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_quota_op *o = arg;
+	struct meta_attr a;
+	struct meta_quota q;
+	uint64_t cur, grant, need = o->a, want = o->b;
+	int r = mp_inode(m, c, o->ino, true, &a);
+
+	if (r < 0)
+		return r;
+	if (!S_ISREG(a.mode))
+		return S_ISDIR(a.mode) ? -EISDIR : -EINVAL;
+	a.flags |= META_IF_WDIRTY; /* META-4 */
+	o->got = UINT64_MAX;
+	if (a.qroot) {
+		cur = meta_charged(&a);
+		o->got = cur;
+		if (want > cur) {
+			r = mp_quota_get_row(m, c, a.qroot, true, &q);
+			if (r < 0 && r != -ENODATA)
+				return r;
+			uint64_t room = r == 0 ? meta_quota_room(&q) : UINT64_MAX;
+
+			grant = want - cur <= room ? want : cur + room;
+			if (grant < need)
+				return -EDQUOT;
+			r = mp_quota_charge(m, c, a.qroot, (int64_t)(grant - cur), 0, false);
+			if (r < 0)
+				return r;
+			a.qres = grant;
+			o->got = grant;
+		}
+	}
+	return mp_inode_put(m, c, &a);
+}
+
+static int mp_quota_reserve(struct meta *mm, uint64_t ino, uint64_t need, uint64_t want,
+			    uint64_t *ret_reserved)
+{
+	struct mp_quota_op o = {.ino = ino, .a = need, .b = want};
+
+	if (need > want || want > INT64_MAX)
+		return need > want ? -EINVAL : -EFBIG;
+	return mp_call(mp_of(mm), true, mp_quota_reserve_tx, &o, ret_reserved, &o.got,
+		       sizeof(o.got));
+}
+
 /* ---- orphans, sync, statfs -------------------------------------------------------------- */
 
 static int mp_purge_tx(struct mp *m, struct mp_conn *c, void *arg)
@@ -2670,7 +3049,7 @@ static int mp_purge_tx(struct mp *m, struct mp_conn *c, void *arg)
 		if (r > 0)
 			return -ENOTEMPTY;
 	}
-	return mp_run2(m, c, MPQ_INODE_DELETE, (int64_t)p->ino, 0);
+	return mp_inode_delete(m, c, &a);
 }
 
 static int mp_purge(struct meta *mm, uint64_t ino)
@@ -2730,6 +3109,14 @@ static int mp_statfs(struct meta *mm, struct meta_statfs *ret)
 			  "s.mode") " GROUP BY d.parent) sd ON sd.parent = i.ino"                  \
 				    " WHERE i.ino NOT IN (SELECT ino FROM u))"
 
+/* Per quota root: recorded usage and what its tagged inodes add up to (META-9). */
+#define MP_QUOTA_COUNT_CTE                                                                         \
+	"WITH qc AS (SELECT q.ino, q.bytes_used, q.inodes_used, coalesce(sum(" MP_CHARGED(         \
+	    "i.") "), 0)::int8 AS b, (count(i.ino) - CASE WHEN EXISTS (SELECT 1 FROM inodes r"     \
+		  " WHERE r.ino = q.ino AND r.qroot = q.ino) THEN 1 ELSE 0 END)::int8 AS n"        \
+		  " FROM quotas q LEFT JOIN inodes i ON i.qroot = q.ino"                           \
+		  " GROUP BY q.ino, q.bytes_used, q.inodes_used)"
+
 /* Run `sql`, report each row, then run `fix` if repairing: the same condition in the same
  * transaction, so it touches exactly the rows reported. */
 static int mp_check_step(struct mp *m, struct mp_conn *c, struct meta_checker *k,
@@ -2750,19 +3137,23 @@ static int mp_check_step(struct mp *m, struct mp_conn *c, struct meta_checker *k
 	n = PQntuples(res);
 	for (int i = 0; i < n && !rd.bad; i++) {
 		int cols = PQnfields(res);
-		uint64_t a;
-		int64_t b, x;
-		const char *name = NULL;
-		size_t len = 0;
+		int64_t v[5] = {0};
+		bool named = false;
+		struct meta_find f;
 
-		/* columns: a[, b[, name[, x]]] as enum meta_finding says for the kind */
+		/* the columns meta_find_col names for the kind */
 		rd.row = i;
-		a = (uint64_t)mp_i64(&rd, 0);
-		b = cols > 1 ? mp_i64(&rd, 1) : 0;
-		name = cols > 2 ? mp_bytes(&rd, 2, &len) : NULL;
-		x = cols > 3 ? mp_i64(&rd, 3) : 0;
+		for (int j = 0; j < 5; j++) {
+			int col = meta_find_col(kind, j, &named);
+
+			if (col >= 0 && col < cols)
+				v[j] = mp_i64(&rd, col);
+		}
+		f = (struct meta_find){(uint64_t)v[0], v[1], v[2], v[3], v[4], NULL, 0};
+		if (named && cols > 2)
+			f.name = mp_bytes(&rd, 2, &f.n);
 		if (!rd.bad)
-			meta_finding(k, kind, fixing, a, b, x, name, len);
+			meta_finding(k, kind, fixing, &f);
 	}
 	PQclear(res);
 	if (rd.bad)
@@ -2779,7 +3170,9 @@ static int mp_check_namespace(struct mp *m, struct mp_conn *c, struct meta_check
 
 	/* The root first: everything else is judged by reachability from it. */
 	if (r == -ENOENT) {
-		meta_finding(k, META_FIND_ROOT_MISSING, k->repair, META_ROOT_INO, 0, 0, NULL, 0);
+		struct meta_find f = {.a = META_ROOT_INO};
+
+		meta_finding(k, META_FIND_ROOT_MISSING, k->repair, &f);
 		if (k->repair) {
 			int64_t now = now_realtime_ns();
 			char sql[320];
@@ -2795,8 +3188,9 @@ static int mp_check_namespace(struct mp *m, struct mp_conn *c, struct meta_check
 			r = 0;
 		}
 	} else if (r == 0 && !S_ISDIR(root.mode)) {
-		meta_finding(k, META_FIND_ROOT_NOT_DIR, false, META_ROOT_INO, root.mode, 0, NULL,
-			     0);
+		struct meta_find f = {.a = META_ROOT_INO, .b = root.mode};
+
+		meta_finding(k, META_FIND_ROOT_NOT_DIR, false, &f);
 		return 0; /* nothing below can be judged */
 	}
 	if (r < 0)
@@ -2837,6 +3231,16 @@ static int mp_check_namespace(struct mp *m, struct mp_conn *c, struct meta_check
 				  " ORDER BY x.ino",
 				  "DELETE FROM xattrs x WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = x.ino)");
+	/* META-9: every root's usage equals what its tagged inodes add up to. */
+	if (r == 0)
+		r = mp_check_step(m, c, k, META_FIND_QUOTA_USAGE,
+				  MP_QUOTA_COUNT_CTE
+				  " SELECT ino, bytes_used, inodes_used, b, n FROM qc"
+				  " WHERE b <> bytes_used OR n <> inodes_used"
+				  " ORDER BY ino",
+				  MP_QUOTA_COUNT_CTE " UPDATE quotas SET bytes_used = qc.b,"
+						     " inodes_used = qc.n FROM qc WHERE"
+						     " quotas.ino = qc.ino");
 	if (r == 0)
 		r = mp_check_step(m, c, k, META_FIND_UNREACHABLE,
 				  MP_UNREACH_CTE " SELECT ino FROM u ORDER BY ino",
@@ -2893,7 +3297,7 @@ static int mp_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 	return mp_run(m, mp_check_read_fn, &k);
 }
 
-/* ---- nodes, leases, clients (META_CAP_CLUSTER; META-7..9) ------------------------------ */
+/* ---- nodes, leases, clients (META_CAP_CLUSTER; META-10..12) ------------------------------ */
 
 static int mp_ttl_check(uint32_t ttl_ms)
 {
@@ -3038,7 +3442,7 @@ static int mp_lease_get_row(struct mp *m, struct mp_conn *c, struct mp_cluster *
 }
 
 /* acquire (x = holder), renew (x = holder, y = generation), release (x, y), get: each one
- * conditional statement judged by now() (META-7, META-8); a refusal reads the lease as it
+ * conditional statement judged by now() (META-10, META-11); a refusal reads the lease as it
  * stands so the caller learns who holds it. */
 enum mp_lease_op { MP_LEASE_ACQUIRE, MP_LEASE_RENEW, MP_LEASE_RELEASE, MP_LEASE_GET };
 
@@ -3144,7 +3548,7 @@ static void mp_client_row(struct mp_rd *rd, void *out)
 	o->remaining_ns = mp_i64(rd, 6);
 }
 
-/* META-9: reap the expired, look for a conflict and insert, under the 'clients' lock. */
+/* META-12: reap the expired, look for a conflict and insert, under the 'clients' lock. */
 static int mp_client_register_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
 	struct mp_cluster *k = arg;
@@ -3264,6 +3668,8 @@ const struct meta_ops meta_pg_ops = {
     .volume_get = mp_volume_get,
     .targets_list = mp_targets_list,
     .target_set_state = mp_target_set_state,
+    .target_add = mp_target_add,
+    .target_update = mp_target_update,
     .chains_list = mp_chains_list,
     .chain_update = mp_chain_update,
     .lookup = mp_lookup,
@@ -3286,6 +3692,10 @@ const struct meta_ops meta_pg_ops = {
     .inodes = mp_inodes,
     .sync = mp_sync,
     .statfs = mp_statfs,
+    .quota_set = mp_quota_set,
+    .quota_get = mp_quota_get,
+    .quota_clear = mp_quota_clear,
+    .quota_reserve = mp_quota_reserve,
     .check = mp_check,
     .node_register = mp_node_register,
     .node_heartbeat = mp_node_heartbeat,

@@ -61,7 +61,7 @@
 #include <unistd.h>
 
 #define MS_APP_ID	   0x42524653 /* "BRFS": PRAGMA application_id of every braidfs db */
-#define MS_SCHEMA_VERSION  1	      /* PRAGMA user_version written by format() */
+#define MS_SCHEMA_VERSION  3	      /* PRAGMA user_version written by format() */
 #define MS_BUSY_TIMEOUT_MS 5000	      /* then -EBUSY */
 #define MS_BATCH	   256	      /* rows per lock hold in readdir/inodes/orphans */
 #define MS_STATFS_BATCH	   8192	      /* rows per lock hold in statfs (no callback: cheap rows) */
@@ -74,7 +74,9 @@
 #define MS_SQL_IFDIR "16384"
 #define MS_SQL_IFREG "32768"
 
-/* Schema version 1. Why this shape:
+/* Schema version 3 (version 1 had no targets.pool/node/media, version 2 no quotas;
+ * ms_migrate() adds them). Why
+ * this shape:
  *  - inodes.ino AUTOINCREMENT: SQLite then never hands out a number again, even after the
  *    highest row is deleted (META-2). Root is inserted as 1 by format().
  *  - dentries.id AUTOINCREMENT is the readdir cookie (offset = id + 2): monotonic and never
@@ -89,6 +91,19 @@
  *    cannot be listed twice in one chain (UNIQUE).
  *  - namespace tables carry no foreign keys: they would need enforcement lookups on every
  *    create; the engine keeps them consistent inside each transaction and check() verifies. */
+/* Version 3 (META-9): the quota table and its index; inodes gain qroot and qres. */
+#define MS_QUOTA_SCHEMA                                                                            \
+	"CREATE TABLE quotas ("                                                                    \
+	" ino INTEGER PRIMARY KEY,"                                                                \
+	" bytes_limit INTEGER NOT NULL, inodes_limit INTEGER NOT NULL,"                            \
+	" bytes_used INTEGER NOT NULL, inodes_used INTEGER NOT NULL);"                             \
+	"CREATE INDEX inodes_by_qroot ON inodes (qroot) WHERE qroot != 0;"
+
+/* Schema 2 -> 3, run by ms_migrate(). */
+#define MS_MIGRATE_2_TO_3                                                                          \
+	"ALTER TABLE inodes ADD COLUMN qroot INTEGER NOT NULL DEFAULT 0;"                          \
+	"ALTER TABLE inodes ADD COLUMN qres INTEGER NOT NULL DEFAULT 0;" MS_QUOTA_SCHEMA
+
 /* clang-format off */
 static const char ms_schema_sql[] =
 	"CREATE TABLE volume ("
@@ -99,7 +114,9 @@ static const char ms_schema_sql[] =
 	" sync_seq INTEGER NOT NULL DEFAULT 0);" /* bumped by sync(): a write to commit */
 	"CREATE TABLE targets ("
 	" id INTEGER PRIMARY KEY CHECK (id >= 1),"
-	" url TEXT NOT NULL, uuid TEXT NOT NULL, state INTEGER NOT NULL);"
+	" url TEXT NOT NULL, uuid TEXT NOT NULL, state INTEGER NOT NULL,"
+	" pool TEXT NOT NULL DEFAULT '', node TEXT NOT NULL DEFAULT '',"
+	" media TEXT NOT NULL DEFAULT '');"
 	"CREATE TABLE chains ("
 	" id INTEGER PRIMARY KEY CHECK (id >= 0),"
 	" epoch INTEGER NOT NULL);"
@@ -116,8 +133,10 @@ static const char ms_schema_sql[] =
 	" atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,"
 	" btime INTEGER NOT NULL,"
 	" generation INTEGER NOT NULL, flags INTEGER NOT NULL,"
-	" link BLOB);" /* symlink target, NULL for every other type */
+	" link BLOB," /* symlink target, NULL for every other type */
+	" qroot INTEGER NOT NULL DEFAULT 0, qres INTEGER NOT NULL DEFAULT 0);" /* META-9 */
 	"CREATE INDEX inodes_pending ON inodes (ino) WHERE nlink = 0 OR flags & 1 != 0;"
+	MS_QUOTA_SCHEMA
 	"CREATE TABLE dentries ("
 	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
 	" parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,"
@@ -131,10 +150,10 @@ static const char ms_schema_sql[] =
 
 #define MS_ATTR_COLS                                                                               \
 	"ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime, generation, "         \
-	"flags"
+	"flags, qroot, qres"
 #define MS_ATTR_COLS_I                                                                             \
 	"i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, "        \
-	"i.btime, i.generation, i.flags"
+	"i.btime, i.generation, i.flags, i.qroot, i.qres"
 
 /* Every statement the engine runs more than once, prepared once per connection. */
 #define MS_STMTS(X)                                                                                \
@@ -146,11 +165,22 @@ static const char ms_schema_sql[] =
 	X(SYNC_NORMAL, "PRAGMA synchronous = NORMAL")                                              \
 	X(DATA_VERSION, "PRAGMA data_version")                                                     \
 	X(APP_ID, "PRAGMA application_id")                                                         \
+	X(USER_VERSION, "PRAGMA user_version")                                                     \
 	X(SYNC_MARK, "UPDATE volume SET sync_seq = sync_seq + 1 WHERE id = 1")                     \
 	X(VOLUME_GET, "SELECT name, uuid, format_version, chunk_size, replicas, consistency, "     \
 		      "created_ns FROM volume WHERE id = 1")                                       \
-	X(TARGETS_LIST, "SELECT id, url, uuid, state FROM targets ORDER BY id")                    \
+	X(TARGETS_LIST, "SELECT id, url, uuid, state, pool, node, media FROM targets ORDER BY id") \
+	X(TARGETS_LIST_V1, "SELECT id, url, uuid, state, '', '', '' FROM targets ORDER BY id")     \
+	X(TARGET_STATE, "SELECT state FROM targets WHERE id = ?1")                                 \
+	X(TARGET_NCHAINS, "SELECT count(*) FROM chain_members WHERE target = ?1")                  \
+	X(TARGET_URL_USER, "SELECT id FROM targets WHERE url = ?1 AND state != 4 LIMIT 1")         \
+	X(TARGET_NEXT_ID, "SELECT coalesce(max(id), 0) + 1, count(*) FROM targets")                \
+	X(TARGET_INSERT, "INSERT INTO targets (id, url, uuid, state, pool, node, media) "          \
+			 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")                                    \
 	X(TARGET_SET_STATE, "UPDATE targets SET state = ?2 WHERE id = ?1")                         \
+	X(TARGET_SET_POOL, "UPDATE targets SET pool = ?2 WHERE id = ?1")                           \
+	X(TARGET_SET_NODE, "UPDATE targets SET node = ?2 WHERE id = ?1")                           \
+	X(TARGET_SET_MEDIA, "UPDATE targets SET media = ?2 WHERE id = ?1")                         \
 	X(CHAINS_LIST, "SELECT c.id, c.epoch, m.target FROM chains c "                             \
 		       "LEFT JOIN chain_members m ON m.chain = c.id ORDER BY c.id, m.pos")         \
 	X(CHAIN_EPOCH, "SELECT epoch FROM chains WHERE id = ?1")                                   \
@@ -159,11 +189,11 @@ static const char ms_schema_sql[] =
 	X(CHAIN_ADD, "INSERT INTO chain_members (chain, pos, target) VALUES (?1, ?2, ?3)")         \
 	X(INODE_GET, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino = ?1")                         \
 	X(INODE_PUT, "UPDATE inodes SET mode = ?2, nlink = ?3, uid = ?4, gid = ?5, rdev = ?6, "    \
-		     "size = ?7, atime = ?8, mtime = ?9, ctime = ?10, btime = ?11, flags = ?12 "   \
-		     "WHERE ino = ?1")                                                             \
+		     "size = ?7, atime = ?8, mtime = ?9, ctime = ?10, btime = ?11, flags = ?12, "  \
+		     "qres = ?13 WHERE ino = ?1")                                                  \
 	X(INODE_INSERT, "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, "    \
-			"ctime, btime, generation, flags, link) "                                  \
-			"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")         \
+			"ctime, btime, generation, flags, link, qroot) "                           \
+			"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")    \
 	X(INODE_DELETE, "DELETE FROM inodes WHERE ino = ?1")                                       \
 	X(INODE_CTIME, "UPDATE inodes SET ctime = ?2 WHERE ino = ?1")                              \
 	X(INODE_LINK, "SELECT mode, link FROM inodes WHERE ino = ?1")                              \
@@ -192,6 +222,24 @@ static const char ms_schema_sql[] =
 	X(ORPHANS, "SELECT " MS_ATTR_COLS " FROM inodes "                                          \
 		   "WHERE (nlink = 0 OR flags & 1 != 0) AND ino > ?1 ORDER BY ino LIMIT ?2")       \
 	X(INODES, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino > ?1 ORDER BY ino LIMIT ?2")      \
+	X(QUOTA_GET, "SELECT bytes_limit, inodes_limit, bytes_used, inodes_used FROM quotas "      \
+		     "WHERE ino = ?1")                                                             \
+	X(QUOTA_ADD, "UPDATE quotas SET bytes_used = max(0, bytes_used + ?2), "                    \
+		     "inodes_used = max(0, inodes_used + ?3) WHERE ino = ?1")                      \
+	X(QUOTA_LIMITS, "UPDATE quotas SET bytes_limit = ?2, inodes_limit = ?3 WHERE ino = ?1")    \
+	X(QUOTA_DEL, "DELETE FROM quotas WHERE ino = ?1")                                          \
+	X(QUOTA_UNTAG, "UPDATE inodes SET qroot = 0, qres = 0 WHERE qroot = ?1")                   \
+	X(QUOTA_SUBTREE_ROOTS, "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION SELECT d.ino FROM "    \
+			       "dentries d JOIN sub ON d.parent = sub.ino) "                       \
+			       "SELECT count(*) FROM sub JOIN quotas q ON q.ino = sub.ino")        \
+	X(QUOTA_TAG, "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION SELECT d.ino FROM "              \
+		     "dentries d JOIN sub ON d.parent = sub.ino) "                                 \
+		     "UPDATE inodes SET qroot = ?1 WHERE ino IN sub")                              \
+	X(QUOTA_CREATE,                                                                            \
+	  "INSERT INTO quotas (ino, bytes_limit, inodes_limit, bytes_used, "                       \
+	  "inodes_used) SELECT ?1, ?2, ?3, coalesce(sum(CASE WHEN mode & " MS_SQL_IFMT             \
+	  " = " MS_SQL_IFREG " THEN max(size, qres) ELSE 0 END), 0), count(*) - 1 "                \
+	  "FROM inodes WHERE qroot = ?1")                                                          \
 	X(STATFS, "SELECT count(*), coalesce(sum(CASE WHEN mode & " MS_SQL_IFMT " = " MS_SQL_IFREG \
 		  " THEN size ELSE 0 END), 0), max(ino) FROM (SELECT ino, mode, size "             \
 		  "FROM inodes WHERE ino > ?1 ORDER BY ino LIMIT ?2)")
@@ -218,6 +266,7 @@ struct ms {
 	sqlite3 *db;
 	sqlite3_stmt *stmt[MSQ_COUNT]; /* prepared on first use */
 	bool formatted;		       /* application_id seen; schema present */
+	int64_t schema;		       /* user_version once formatted (1 until migrated) */
 	uint64_t commits;	       /* write transactions committed since the last sync() */
 	uint64_t txns;		       /* write transactions committed, ever (never reset) */
 	int64_t synced_dv;	       /* PRAGMA data_version at the last sync(); -1: never */
@@ -227,6 +276,7 @@ struct ms {
 	int64_t statfs_dv;
 	struct meta_statfs statfs;
 	/* immutable after open: */
+	int64_t schema_version; /* as found by ms_validate(); 0 for a new database */
 	bool rdonly;
 	char path[URL_MAX];
 };
@@ -348,8 +398,9 @@ static int ms_run3(struct ms *m, enum ms_sid id, int64_t a, int64_t b, int64_t c
 	return ms_done(m, st, ms_sql[id]);
 }
 
-/* One integer from a single-row statement (PRAGMA x). */
-static int ms_int_query(struct ms *m, enum ms_sid id, int64_t *ret)
+/* The first column of the first row of statement `id`, with ?1 = *key when key is given;
+ * `none` when there is no row. */
+static int ms_int_row(struct ms *m, enum ms_sid id, const int64_t *key, int none, int64_t *ret)
 {
 	sqlite3_stmt *st;
 	int rc, r;
@@ -357,15 +408,29 @@ static int ms_int_query(struct ms *m, enum ms_sid id, int64_t *ret)
 	r = ms_prep(m, id, &st);
 	if (r < 0)
 		return r;
+	if (key)
+		sqlite3_bind_int64(st, 1, *key);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
 		*ret = sqlite3_column_int64(st, 0);
 	else if (rc == SQLITE_DONE)
-		r = -EIO;
+		r = none;
 	else
 		r = ms_errno(m, rc, ms_sql[id]);
 	sqlite3_reset(st);
 	return r;
+}
+
+/* One integer from a single-row statement (PRAGMA x). */
+static int ms_int_query(struct ms *m, enum ms_sid id, int64_t *ret)
+{
+	return ms_int_row(m, id, NULL, -EIO, ret);
+}
+
+/* One integer column of a one-row query keyed by an id (-ENOENT: no row). */
+static int ms_int_by_id(struct ms *m, enum ms_sid id, int64_t key, int64_t *ret)
+{
+	return ms_int_row(m, id, &key, -ENOENT, ret);
 }
 
 static int ms_bind_name(sqlite3_stmt *st, int idx, const char *name)
@@ -389,6 +454,9 @@ static int ms_ready(struct ms *m)
 		return r;
 	if (id != MS_APP_ID)
 		return -ENOENT;
+	r = ms_int_query(m, MSQ_USER_VERSION, &m->schema);
+	if (r < 0)
+		return r;
 	m->formatted = true;
 	return 0;
 }
@@ -503,6 +571,7 @@ static int ms_inode_put(struct ms *m, const struct meta_attr *a)
 	sqlite3_bind_int64(st, 10, a->ctime_ns);
 	sqlite3_bind_int64(st, 11, a->btime_ns);
 	sqlite3_bind_int64(st, 12, a->flags);
+	sqlite3_bind_int64(st, 13, (int64_t)a->qres);
 	return ms_done(m, st, "inode put");
 }
 
@@ -532,6 +601,7 @@ static int ms_inode_insert(struct ms *m, const struct meta_attr *a, const char *
 		ms_bind_name(st, 13, link);
 	else
 		sqlite3_bind_null(st, 13);
+	sqlite3_bind_int64(st, 14, (int64_t)a->qroot);
 	r = ms_done(m, st, "inode insert");
 	if (r < 0)
 		return r;
@@ -539,14 +609,70 @@ static int ms_inode_insert(struct ms *m, const struct meta_attr *a, const char *
 	return 0;
 }
 
-/* Delete an inode row and its xattrs. */
-static int ms_inode_delete(struct ms *m, uint64_t ino)
+/* ---- quota accounting (META-9), inside a transaction ------------------------------------ */
+
+/* The quota row of root `ino`; -ENODATA if it has none. */
+static int ms_quota_row(struct ms *m, uint64_t ino, struct meta_quota *ret)
 {
-	int r = ms_run3(m, MSQ_XATTR_DEL_ALL, (int64_t)ino, 0, 0);
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_QUOTA_GET, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)ino);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		ret->ino = ino;
+		ret->bytes_limit = (uint64_t)sqlite3_column_int64(st, 0);
+		ret->inodes_limit = (uint64_t)sqlite3_column_int64(st, 1);
+		ret->bytes_used = (uint64_t)sqlite3_column_int64(st, 2);
+		ret->inodes_used = (uint64_t)sqlite3_column_int64(st, 3);
+	} else if (rc == SQLITE_DONE) {
+		r = -ENODATA;
+	} else {
+		r = ms_errno(m, rc, "quota get");
+	}
+	sqlite3_reset(st);
+	return r;
+}
+
+/* Charge root with dbytes / dinodes. With `check`, growth that would pass a limit is
+ * refused with -EDQUOT (shrinking never is). */
+static int ms_quota_charge(struct ms *m, uint64_t root, int64_t dbytes, int64_t dinodes, bool check)
+{
+	struct meta_quota q;
+	int r;
+
+	if (root == 0 || (dbytes == 0 && dinodes == 0))
+		return 0;
+	if (check) {
+		r = ms_quota_row(m, root, &q);
+		if (r == -ENODATA)
+			return 0; /* a tag without a row: check() reports it */
+		if (r < 0)
+			return r;
+		r = meta_quota_fits(&q, dbytes, dinodes);
+		if (r < 0)
+			return r;
+	}
+	return ms_run3(m, MSQ_QUOTA_ADD, (int64_t)root, dbytes, dinodes);
+}
+
+/* Delete an inode row and its xattrs, and uncharge its quota root (META-9). */
+static int ms_inode_delete(struct ms *m, const struct meta_attr *a)
+{
+	int r = ms_run3(m, MSQ_XATTR_DEL_ALL, (int64_t)a->ino, 0, 0);
 
 	if (r < 0)
 		return r;
-	return ms_run3(m, MSQ_INODE_DELETE, (int64_t)ino, 0, 0);
+	if (a->qroot == a->ino)
+		r = ms_run3(m, MSQ_QUOTA_DEL, (int64_t)a->ino, 0, 0); /* an empty root goes */
+	else if (a->qroot)
+		r = ms_quota_charge(m, a->qroot, -(int64_t)meta_charged(a), -1, false);
+	if (r < 0)
+		return r;
+	return ms_run3(m, MSQ_INODE_DELETE, (int64_t)a->ino, 0, 0);
 }
 
 /* Directory ino: nlink += dnlink, mtime = ctime = now (an entry in it changed). */
@@ -571,14 +697,13 @@ static int ms_dir_get(struct ms *m, uint64_t ino, struct meta_attr *ret)
 
 /* A directory new entries may go into: not one that check() orphaned (nlink 0), as Linux
  * refuses to create in a removed directory (IS_DEADDIR). */
-static int ms_dir_live(struct ms *m, uint64_t ino)
+static int ms_dir_live(struct ms *m, uint64_t ino, struct meta_attr *ret)
 {
-	struct meta_attr a;
-	int r = ms_dir_get(m, ino, &a);
+	int r = ms_dir_get(m, ino, ret);
 
 	if (r < 0)
 		return r;
-	return a.nlink == 0 ? -ENOENT : 0;
+	return ret->nlink == 0 ? -ENOENT : 0;
 }
 
 /* The entry `name` in directory `parent` (which the caller checked): its id and the inode it
@@ -938,6 +1063,14 @@ static int ms_validate(struct ms *m, int flags, char *err, size_t errlen)
 		ms_seterr(err, errlen, "%s is corrupted: no schema version", m->path);
 		return -EIO;
 	}
+	if (ver < MS_SCHEMA_VERSION && m->rdonly) {
+		ms_seterr(err, errlen,
+			  "%s has metadata schema version %lld and needs an upgrade to %d: open it "
+			  "read-write once (braidfs mount or braidfs fsck)",
+			  m->path, (long long)ver, MS_SCHEMA_VERSION);
+		return -EINVAL;
+	}
+	m->schema_version = ver;
 	/* Touch the pages every mount needs first, so that a damaged file is named here and not
 	 * by the first lookup. */
 	rc = ms_open_int(m->db, "SELECT count(*) FROM volume", &nvol);
@@ -957,6 +1090,7 @@ static int ms_validate(struct ms *m, int flags, char *err, size_t errlen)
 			  nvol != 1 ? "no volume row" : "no root directory");
 		return -EIO;
 	}
+	m->schema = ver;
 	m->formatted = true;
 	return 0;
 }
@@ -1003,6 +1137,75 @@ static int ms_configure(struct ms *m, char *err, size_t errlen)
 	rc = sqlite3_exec(m->db, sql, NULL, NULL, NULL);
 	if (rc != SQLITE_OK)
 		return ms_open_fail(m, rc, err, errlen);
+	return 0;
+}
+
+/* Bring a database of an older schema up to MS_SCHEMA_VERSION, one step per version, all in
+ * one transaction (a crash leaves the old version whole). Another process may have migrated it
+ * first: the version is read again under the write lock. A read-only handle never migrates:
+ * ms_validate() refuses to open an older schema read-only.
+ *   1 -> 2: targets gain pool, node and media. Version 1 knew only dir: targets (faulty: is
+ *           their test twin), all on the one host that ran it, so pool and media become
+ *           'dir' and node this host's name.
+ *   2 -> 3: directory quotas (META-9): the quotas table, inodes.qroot and inodes.qres. */
+static int ms_migrate(struct ms *m, char *err, size_t errlen)
+{
+	char host[META_NODE_MAX] = "", sql[64];
+	sqlite3_stmt *st = NULL;
+	int64_t ver = 0;
+	int rc, r;
+
+	if (m->rdonly || !m->formatted || m->schema >= MS_SCHEMA_VERSION)
+		return 0;
+	if (gethostname(host, sizeof(host) - 1) < 0)
+		host[0] = '\0';
+	r = ms_run3(m, MSQ_BEGIN_W, 0, 0, 0);
+	if (r == 0)
+		r = ms_int_query(m, MSQ_USER_VERSION, &ver);
+	if (r == 0 && ver < 2) {
+		r = ms_exec(m, "ALTER TABLE targets ADD COLUMN pool TEXT NOT NULL DEFAULT '';"
+			       "ALTER TABLE targets ADD COLUMN node TEXT NOT NULL DEFAULT '';"
+			       "ALTER TABLE targets ADD COLUMN media TEXT NOT NULL DEFAULT '';");
+		if (r == 0) {
+			rc = sqlite3_prepare_v2(
+			    m->db,
+			    "UPDATE targets SET node = ?1, pool = CASE WHEN url "
+			    "LIKE 'dir:%' OR url LIKE 'faulty:%' THEN 'dir' ELSE "
+			    "'unknown' END, media = CASE WHEN url LIKE 'dir:%' OR "
+			    "url LIKE 'faulty:%' THEN 'dir' ELSE 'unknown' END",
+			    -1, &st, NULL);
+			if (rc != SQLITE_OK)
+				r = ms_errno(m, rc, "prepare migration");
+		}
+		if (r == 0) {
+			sqlite3_bind_text(st, 1, host, -1, SQLITE_STATIC);
+			r = ms_done(m, st, "migrate targets");
+		}
+		sqlite3_finalize(st);
+		if (r == 0)
+			ver = 2;
+	}
+	if (r == 0 && ver < 3) {
+		r = ms_exec(m, MS_MIGRATE_2_TO_3);
+		if (r == 0)
+			ver = 3;
+	}
+	if (r == 0) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", MS_SCHEMA_VERSION);
+		r = ms_exec(m, sql);
+	}
+	r = ms_end(m, r);
+	if (r < 0) {
+		ms_seterr(err, errlen,
+			  "%s: cannot upgrade the metadata schema from version %lld to %d: %s",
+			  m->path, (long long)m->schema, MS_SCHEMA_VERSION, strerror(-r));
+		return r;
+	}
+	if (ver != m->schema)
+		log_info("metadata %s: schema upgraded from version %lld to %lld", m->path,
+			 (long long)m->schema, (long long)ver);
+	m->schema = ver;
+	m->schema_version = ver;
 	return 0;
 }
 
@@ -1126,6 +1329,8 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 			goto fail;
 	}
 	r = ms_configure(m, err, errlen);
+	if (r == 0)
+		r = ms_migrate(m, err, errlen);
 	if (r < 0)
 		goto fail;
 	sqlite3_db_config(m->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
@@ -1149,34 +1354,45 @@ fail:
 
 /* ---- cluster tables -------------------------------------------------------------------- */
 
-/* format(): the targets, with one statement prepared for this call only (format runs once). */
+/* Insert one target row with id `id` (inside a transaction). -EINVAL on a constraint. */
+static int ms_target_insert(struct ms *m, uint32_t id, const struct meta_target *t)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_TARGET_INSERT, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, t->url, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, t->uuid, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, t->state);
+	sqlite3_bind_text(st, 5, t->pool, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, t->node, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, t->media, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+		log_debug("meta sqlite %s: target %u: %s", m->path, id, sqlite3_errmsg(m->db));
+		r = -EINVAL;
+	} else if (rc != SQLITE_DONE) {
+		r = ms_errno(m, rc, "insert target");
+	}
+	sqlite3_reset(st);
+	return r;
+}
+
+/* format(): the targets. META-8: one URL per target that is not removed. */
 static int ms_format_insert_targets(struct ms *m, const struct meta_target *t, unsigned n)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, r = 0;
+	int r = 0;
 
-	rc = sqlite3_prepare_v2(m->db,
-				"INSERT INTO targets (id, url, uuid, state) "
-				"VALUES (?1, ?2, ?3, ?4)",
-				-1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return ms_errno(m, rc, "prepare targets");
 	for (unsigned i = 0; i < n && r == 0; i++) {
-		sqlite3_reset(st);
-		sqlite3_bind_int64(st, 1, t[i].id);
-		sqlite3_bind_text(st, 2, t[i].url, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, t[i].uuid, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 4, t[i].state);
-		rc = sqlite3_step(st);
-		if ((rc & 0xff) == SQLITE_CONSTRAINT) {
-			log_debug("meta sqlite %s: format: target %u: %s", m->path, t[i].id,
-				  sqlite3_errmsg(m->db));
-			r = -EINVAL;
-		} else if (rc != SQLITE_DONE) {
-			r = ms_errno(m, rc, "insert target");
-		}
+		for (unsigned j = 0; j < i; j++)
+			if (t[i].state != META_TARGET_REMOVED &&
+			    t[j].state != META_TARGET_REMOVED && !strcmp(t[i].url, t[j].url))
+				return -EINVAL;
+		r = ms_target_insert(m, t[i].id, &t[i]);
 	}
-	sqlite3_finalize(st);
 	return r;
 }
 
@@ -1187,6 +1403,20 @@ static int ms_chain_set_members(struct ms *m, uint32_t chain, const uint32_t *me
 
 	r = ms_run3(m, MSQ_CHAIN_CLEAR, chain, 0, 0);
 	for (uint32_t i = 0; i < n && r == 0; i++) {
+		int64_t state = 0;
+
+		/* META-7: drained and removed targets hold no chain (unknown ones: the FK) */
+		r = ms_int_by_id(m, MSQ_TARGET_STATE, members[i], &state);
+		if (r == 0 && (state == META_TARGET_DRAINED || state == META_TARGET_REMOVED)) {
+			log_debug("meta sqlite %s: chain %u: target %u is %s", m->path, chain,
+				  members[i],
+				  meta_target_state_name((enum meta_target_state)state));
+			r = -EINVAL;
+		}
+		if (r == -ENOENT)
+			r = -EINVAL;
+		if (r < 0)
+			break;
 		r = ms_prep(m, MSQ_CHAIN_ADD, &st);
 		if (r < 0)
 			break;
@@ -1348,6 +1578,7 @@ static int ms_format(struct meta *mm, const struct meta_volume *vol, const struc
 		r = -EIO;
 	if (r == 0) {
 		m->formatted = true;
+		m->schema = MS_SCHEMA_VERSION;
 		m->commits = 0;
 		ms_sync_dir(m);
 	}
@@ -1404,7 +1635,8 @@ static int ms_targets_list(struct meta *mm, struct meta_target *ret, unsigned ma
 	r = ms_ready(m);
 	if (r < 0)
 		goto out;
-	r = ms_prep(m, MSQ_TARGETS_LIST, &st);
+	/* a read-only handle on a version 1 database reads it as it is (ms_migrate) */
+	r = ms_prep(m, m->schema < 2 ? MSQ_TARGETS_LIST_V1 : MSQ_TARGETS_LIST, &st);
 	if (r < 0)
 		goto out;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1418,6 +1650,12 @@ static int ms_targets_list(struct meta *mm, struct meta_target *ret, unsigned ma
 			snprintf(t->uuid, sizeof(t->uuid), "%s",
 				 (const char *)sqlite3_column_text(st, 2) ?: "");
 			t->state = (enum meta_target_state)sqlite3_column_int(st, 3);
+			snprintf(t->pool, sizeof(t->pool), "%s",
+				 (const char *)sqlite3_column_text(st, 4) ?: "");
+			snprintf(t->node, sizeof(t->node), "%s",
+				 (const char *)sqlite3_column_text(st, 5) ?: "");
+			snprintf(t->media, sizeof(t->media), "%s",
+				 (const char *)sqlite3_column_text(st, 6) ?: "");
 		}
 		n++;
 	}
@@ -1428,22 +1666,129 @@ out:
 	return r;
 }
 
-static int ms_target_set_state(struct meta *mm, uint32_t id, enum meta_target_state state)
+/* Run an "UPDATE targets SET x = ?2 WHERE id = ?1" with a text value. */
+static int ms_target_set_text(struct ms *m, enum ms_sid sid, uint32_t id, const char *v)
+{
+	sqlite3_stmt *st;
+	int r = ms_prep(m, sid, &st);
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, v, -1, SQLITE_STATIC);
+	return ms_done(m, st, ms_sql[sid]);
+}
+
+static int ms_target_update_tx(struct ms *m, uint32_t id, unsigned mask,
+			       const struct meta_target *in)
+{
+	int64_t state = 0, nchains = 0;
+	int r = ms_int_by_id(m, MSQ_TARGET_STATE, id, &state);
+
+	if (r < 0)
+		return r;
+	if (state == META_TARGET_REMOVED)
+		return -EINVAL; /* META-7: final */
+	if ((mask & META_TSET_STATE) &&
+	    (in->state == META_TARGET_DRAINED || in->state == META_TARGET_REMOVED)) {
+		r = ms_int_by_id(m, MSQ_TARGET_NCHAINS, id, &nchains);
+		if (r < 0)
+			return r;
+		if (nchains > 0)
+			return -EBUSY; /* META-7 */
+	}
+	if (mask & META_TSET_STATE)
+		r = ms_run3(m, MSQ_TARGET_SET_STATE, id, in->state, 0);
+	if (r == 0 && (mask & META_TSET_POOL))
+		r = ms_target_set_text(m, MSQ_TARGET_SET_POOL, id, in->pool);
+	if (r == 0 && (mask & META_TSET_NODE))
+		r = ms_target_set_text(m, MSQ_TARGET_SET_NODE, id, in->node);
+	if (r == 0 && (mask & META_TSET_MEDIA))
+		r = ms_target_set_text(m, MSQ_TARGET_SET_MEDIA, id, in->media);
+	return r;
+}
+
+static int ms_target_update(struct meta *mm, uint32_t id, unsigned mask,
+			    const struct meta_target *in)
 {
 	struct ms *m = ms_of(mm);
+	int r = meta_target_update_check(mask, in);
+
+	if (r < 0)
+		return r;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0 && m->schema < 2 && (mask & ~META_TSET_STATE))
+		r = -EROFS; /* cannot happen: a writable handle migrated at open */
+	if (r == 0)
+		r = ms_end(m, ms_target_update_tx(m, id, mask, in));
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_target_set_state(struct meta *mm, uint32_t id, enum meta_target_state state)
+{
+	struct meta_target in = {.state = state};
+
+	return ms_target_update(mm, id, META_TSET_STATE, &in);
+}
+
+static int ms_target_add_tx(struct ms *m, const struct meta_target *t, uint32_t *ret_id)
+{
+	sqlite3_stmt *st;
+	int64_t next = 0, count = 0, user = 0;
+	int rc, r;
+
+	r = ms_prep(m, MSQ_TARGET_URL_USER, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, t->url, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		user = sqlite3_column_int64(st, 0);
+	else if (rc != SQLITE_DONE)
+		r = ms_errno(m, rc, "target url");
+	sqlite3_reset(st);
+	if (r < 0)
+		return r;
+	if (user)
+		return -EEXIST; /* META-8 */
+	r = ms_prep(m, MSQ_TARGET_NEXT_ID, &st);
+	if (r < 0)
+		return r;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		next = sqlite3_column_int64(st, 0);
+		count = sqlite3_column_int64(st, 1);
+	} else {
+		r = ms_errno(m, rc, "target next id");
+	}
+	sqlite3_reset(st);
+	if (r < 0)
+		return r;
+	if (count >= META_MAX_TARGETS || next > UINT32_MAX)
+		return -ENOSPC;
+	r = ms_target_insert(m, (uint32_t)next, t);
+	if (r == 0)
+		*ret_id = (uint32_t)next;
+	return r;
+}
+
+static int ms_target_add(struct meta *mm, const struct meta_target *t, uint32_t *ret_id)
+{
+	struct ms *m = ms_of(mm);
+	uint32_t id = 0;
 	int r;
 
-	if (state != META_TARGET_UP && state != META_TARGET_OFFLINE)
+	if (!t || !meta_target_ok(t) || t->state == META_TARGET_REMOVED)
 		return -EINVAL;
 	ms_lock(m);
 	r = ms_begin(m);
-	if (r == 0) {
-		r = ms_run3(m, MSQ_TARGET_SET_STATE, id, state, 0);
-		if (r == 0 && sqlite3_changes(m->db) == 0)
-			r = -ENOENT;
-		r = ms_end(m, r);
-	}
+	if (r == 0)
+		r = ms_end(m, ms_target_add_tx(m, t, &id));
 	ms_unlock(m);
+	if (r == 0 && ret_id)
+		*ret_id = id;
 	return r;
 }
 
@@ -1714,36 +2059,24 @@ static int ms_readdirplus(struct meta *mm, uint64_t dir, uint64_t off, meta_dire
 static int ms_setattr_tx(struct ms *m, uint64_t ino, unsigned mask, const struct meta_attr *in,
 			 struct meta_attr *ret)
 {
-	struct meta_attr a;
+	struct meta_attr a, old;
 	int r;
 
 	r = ms_inode_get(m, ino, &a);
 	if (r < 0)
 		return r;
-	if (mask & META_SET_SIZE) {
-		if (S_ISDIR(a.mode))
-			return -EISDIR;
-		if (!S_ISREG(a.mode))
-			return -EINVAL;
-		if (in->size > INT64_MAX)
-			return -EFBIG;
-		a.size = in->size;
+	old = a;
+	r = meta_setattr_apply(&a, mask, in);
+	if (r < 0)
+		return r;
+	if (a.qroot && a.qroot != a.ino) {
+		/* The data path reserved before writing, so a recorded size never needs room it
+		 * did not get: account, do not refuse (a refusal here would lose a size). */
+		r = ms_quota_charge(
+		    m, a.qroot, (int64_t)meta_charged(&a) - (int64_t)meta_charged(&old), 0, false);
+		if (r < 0)
+			return r;
 	}
-	/* The type bits never change: only the permission bits (07777) come from `in`. */
-	if (mask & META_SET_MODE)
-		a.mode = (a.mode & S_IFMT) | (in->mode & 07777);
-	if (mask & META_SET_UID)
-		a.uid = in->uid;
-	if (mask & META_SET_GID)
-		a.gid = in->gid;
-	if (mask & META_SET_ATIME)
-		a.atime_ns = in->atime_ns;
-	if (mask & META_SET_MTIME)
-		a.mtime_ns = in->mtime_ns;
-	if (mask & META_SET_CTIME)
-		a.ctime_ns = in->ctime_ns;
-	if (mask & META_SET_FLAGS)
-		a.flags = in->flags;
 	r = ms_inode_put(m, &a);
 	if (r < 0)
 		return r;
@@ -1773,10 +2106,10 @@ static int ms_setattr(struct meta *mm, uint64_t ino, unsigned mask, const struct
 static int ms_mknod_tx(struct ms *m, uint64_t parent, const char *name, const struct meta_attr *in,
 		       const char *link, struct meta_attr *ret)
 {
-	struct meta_attr a;
+	struct meta_attr a, p;
 	int r;
 
-	r = ms_dir_live(m, parent);
+	r = ms_dir_live(m, parent, &p);
 	if (r < 0)
 		return r;
 	r = ms_dent_get(m, parent, name, NULL, NULL);
@@ -1784,23 +2117,12 @@ static int ms_mknod_tx(struct ms *m, uint64_t parent, const char *name, const st
 		return -EEXIST;
 	if (r != -ENOENT)
 		return r;
+	/* META-9: the new inode belongs to the parent's quota root and counts against it. */
+	r = ms_quota_charge(m, p.qroot, 0, 1, true);
+	if (r < 0)
+		return r;
 
-	memset(&a, 0, sizeof(a));
-	a.mode = in->mode;
-	if ((a.mode & S_IFMT) == 0)
-		a.mode |= link ? S_IFLNK : S_IFREG; /* mknod(2): type 0 is a regular file */
-	a.nlink = S_ISDIR(a.mode) ? 2 : 1;
-	a.uid = in->uid;
-	a.gid = in->gid;
-	a.rdev = (S_ISCHR(a.mode) || S_ISBLK(a.mode)) ? in->rdev : 0;
-	a.size = link ? strlen(link) : 0;
-	a.atime_ns = in->atime_ns;
-	a.mtime_ns = in->mtime_ns;
-	a.ctime_ns = in->ctime_ns;
-	a.btime_ns = in->btime_ns ? in->btime_ns : in->ctime_ns;
-	/* Inode numbers are never reused (META-2), so (ino, generation) is unique with a
-	 * constant generation. */
-	a.generation = 1;
+	meta_mknod_attr(in, link, p.qroot, &a);
 	r = ms_inode_insert(m, &a, link, &a.ino);
 	if (r < 0)
 		return r;
@@ -1837,7 +2159,7 @@ static int ms_mknod(struct meta *mm, uint64_t parent, const char *name, const st
 static int ms_link_tx(struct ms *m, uint64_t ino, uint64_t newparent, const char *newname,
 		      int64_t now, struct meta_attr *ret)
 {
-	struct meta_attr a;
+	struct meta_attr a, np;
 	int r;
 
 	r = ms_inode_get(m, ino, &a);
@@ -1847,9 +2169,11 @@ static int ms_link_tx(struct ms *m, uint64_t ino, uint64_t newparent, const char
 		return -EPERM;
 	if (a.nlink >= MS_LINK_MAX)
 		return -EMLINK;
-	r = ms_dir_live(m, newparent);
+	r = ms_dir_live(m, newparent, &np);
 	if (r < 0)
 		return r;
+	if (np.qroot != a.qroot)
+		return -EXDEV; /* META-9: an inode is accounted to one quota root */
 	r = ms_dent_get(m, newparent, newname, NULL, NULL);
 	if (r == 0)
 		return -EEXIST;
@@ -1967,7 +2291,7 @@ static int ms_rmdir_tx(struct ms *m, uint64_t parent, const char *name, int64_t 
 		return -ENOTEMPTY;
 	r = ms_run3(m, MSQ_DENT_DELETE, id, 0, 0);
 	if (r == 0)
-		r = ms_inode_delete(m, a.ino);
+		r = ms_inode_delete(m, &a);
 	if (r == 0)
 		r = ms_dir_touch(m, parent, -1, now);
 	if (r < 0)
@@ -2016,15 +2340,20 @@ static int ms_rename_tx(struct ms *m, uint64_t parent, const char *name, uint64_
 			const char *newname, unsigned flags, int64_t now,
 			struct meta_attr *ret_replaced)
 {
-	struct meta_attr src, dst;
+	struct meta_attr src, dst, pa, na;
 	int64_t sid, did = 0;
 	bool have_dst, sdir, ddir;
 	int r;
 
 	memset(ret_replaced, 0, sizeof(*ret_replaced));
-	r = ms_dir_get(m, parent, NULL);
-	if (r == 0 && newparent != parent)
-		r = ms_dir_live(m, newparent);
+	r = ms_dir_get(m, parent, &pa);
+	if (r == 0 && newparent != parent) {
+		r = ms_dir_live(m, newparent, &na);
+		/* META-9: what moves between quota roots would change accounts: refuse, as XFS
+		 * project quotas do, so that mv copies instead. */
+		if (r == 0 && pa.qroot != na.qroot)
+			r = -EXDEV;
+	}
 	if (r < 0)
 		return r;
 	r = ms_dent_get(m, parent, name, &sid, &src);
@@ -2091,7 +2420,7 @@ static int ms_rename_tx(struct ms *m, uint64_t parent, const char *name, uint64_
 		if (ddir) {
 			/* An empty directory has nothing to keep open data for: gone now, as
 			 * rmdir. */
-			r = ms_inode_delete(m, dst.ino);
+			r = ms_inode_delete(m, &dst);
 			dst.nlink = 0;
 		} else {
 			if (dst.nlink > 0)
@@ -2343,6 +2672,161 @@ static int ms_removexattr(struct meta *mm, uint64_t ino, const char *name)
 	return r;
 }
 
+/* ---- quotas (META-9) ------------------------------------------------------------------- */
+
+static int ms_quota_set_tx(struct ms *m, uint64_t dir, uint64_t bytes, uint64_t inodes)
+{
+	struct meta_attr a;
+	sqlite3_stmt *st;
+	int64_t nested = 0;
+	int rc, r;
+
+	r = ms_dir_live(m, dir, &a);
+	if (r < 0)
+		return r;
+	if (a.qroot == dir)
+		return ms_run3(m, MSQ_QUOTA_LIMITS, (int64_t)dir, (int64_t)bytes, (int64_t)inodes);
+	if (a.qroot != 0)
+		return -EINVAL; /* inside another root: no nesting */
+	r = ms_prep(m, MSQ_QUOTA_SUBTREE_ROOTS, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)dir);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		nested = sqlite3_column_int64(st, 0);
+	else
+		r = ms_errno(m, rc, "quota subtree");
+	sqlite3_reset(st);
+	if (r < 0)
+		return r;
+	if (nested > 0)
+		return -EINVAL; /* holds a root: no nesting */
+	r = ms_run3(m, MSQ_QUOTA_TAG, (int64_t)dir, 0, 0);
+	if (r == 0)
+		r = ms_run3(m, MSQ_QUOTA_CREATE, (int64_t)dir, (int64_t)bytes, (int64_t)inodes);
+	return r;
+}
+
+static int ms_quota_set(struct meta *mm, uint64_t dir, uint64_t bytes_limit, uint64_t inodes_limit)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	if (bytes_limit > INT64_MAX || inodes_limit > INT64_MAX)
+		return -EINVAL;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_quota_set_tx(m, dir, bytes_limit, inodes_limit));
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_quota_get(struct meta *mm, uint64_t ino, struct meta_quota *ret)
+{
+	struct ms *m = ms_of(mm);
+	struct meta_quota q;
+	struct meta_attr a;
+	int r;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_inode_get(m, ino, &a);
+	if (r == 0)
+		r = a.qroot ? ms_quota_row(m, a.qroot, &q) : -ENODATA;
+	ms_unlock(m);
+	if (r == 0)
+		*ret = q;
+	return r;
+}
+
+static int ms_quota_clear_tx(struct ms *m, uint64_t dir)
+{
+	struct meta_attr a;
+	int r;
+
+	r = ms_dir_get(m, dir, &a);
+	if (r < 0)
+		return r;
+	if (a.qroot != dir)
+		return -ENODATA;
+	r = ms_run3(m, MSQ_QUOTA_UNTAG, (int64_t)dir, 0, 0);
+	if (r == 0)
+		r = ms_run3(m, MSQ_QUOTA_DEL, (int64_t)dir, 0, 0);
+	return r;
+}
+
+static int ms_quota_clear(struct meta *mm, uint64_t dir)
+{
+	struct ms *m = ms_of(mm);
+	int r;
+
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_quota_clear_tx(m, dir));
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_quota_reserve_tx(struct ms *m, uint64_t ino, uint64_t need, uint64_t want,
+			       uint64_t *ret)
+{
+	struct meta_attr a;
+	struct meta_quota q;
+	uint64_t cur, grant;
+	int r;
+
+	r = ms_inode_get(m, ino, &a);
+	if (r < 0)
+		return r;
+	if (!S_ISREG(a.mode))
+		return S_ISDIR(a.mode) ? -EISDIR : -EINVAL;
+	a.flags |= META_IF_WDIRTY; /* META-4 */
+	*ret = UINT64_MAX;
+	if (a.qroot) {
+		cur = meta_charged(&a);
+		*ret = cur;
+		if (want > cur) {
+			r = ms_quota_row(m, a.qroot, &q);
+			if (r < 0 && r != -ENODATA)
+				return r;
+			uint64_t room = r == 0 ? meta_quota_room(&q) : UINT64_MAX;
+
+			grant = want - cur <= room ? want : cur + room;
+			if (grant < need)
+				return -EDQUOT;
+			r = ms_quota_charge(m, a.qroot, (int64_t)(grant - cur), 0, false);
+			if (r < 0)
+				return r;
+			a.qres = grant;
+			*ret = grant;
+		}
+	}
+	return ms_inode_put(m, &a);
+}
+
+static int ms_quota_reserve(struct meta *mm, uint64_t ino, uint64_t need, uint64_t want,
+			    uint64_t *ret_reserved)
+{
+	struct ms *m = ms_of(mm);
+	uint64_t got = 0;
+	int r;
+
+	if (need > want || want > INT64_MAX)
+		return need > want ? -EINVAL : -EFBIG;
+	ms_lock(m);
+	r = ms_begin(m);
+	if (r == 0)
+		r = ms_end(m, ms_quota_reserve_tx(m, ino, need, want, &got));
+	ms_unlock(m);
+	if (r == 0 && ret_reserved)
+		*ret_reserved = got;
+	return r;
+}
+
 /* ---- orphans, scans, sync, statfs ------------------------------------------------------ */
 
 static int ms_purge_tx(struct ms *m, uint64_t ino)
@@ -2364,7 +2848,7 @@ static int ms_purge_tx(struct ms *m, uint64_t ino)
 		if (r > 0)
 			return -ENOTEMPTY;
 	}
-	return ms_inode_delete(m, ino);
+	return ms_inode_delete(m, &a);
 }
 
 static int ms_purge(struct meta *mm, uint64_t ino)
@@ -2568,29 +3052,37 @@ struct ms_check {
 	struct meta_checker k; /* counts and words the findings (meta_int.h) */
 };
 
-/* Run `sql` (columns: a, b[, name[, c]] as `kind` says, see enum meta_finding), report each
- * row, then run `fix` if repairing. The fix uses the same condition inside the same
- * transaction, so it touches exactly the rows reported. */
+/* Run `sql` (columns as meta_find_col says for `kind`), report each row, then run `fix` if
+ * repairing. The fix uses the same condition inside the same transaction, so it touches
+ * exactly the rows reported. */
 static int ms_check_step(struct ms_check *c, enum meta_finding kind, const char *sql,
 			 const char *fix)
 {
 	struct ms *m = c->m;
 	sqlite3_stmt *st = NULL;
 	int rc, n = 0, r = 0;
-	bool fixing = c->k.repair && fix;
+	bool fixing = c->k.repair && fix, named;
 
 	rc = sqlite3_prepare_v2(m->db, sql, -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "check prepare");
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		int cols = sqlite3_column_count(st);
+		int64_t v[5] = {0};
 
 		n++;
-		meta_finding(&c->k, kind, fixing, (uint64_t)sqlite3_column_int64(st, 0),
-			     cols > 1 ? sqlite3_column_int64(st, 1) : 0,
-			     cols > 3 ? sqlite3_column_int64(st, 3) : 0,
-			     cols > 2 ? sqlite3_column_blob(st, 2) : NULL,
-			     cols > 2 ? (size_t)sqlite3_column_bytes(st, 2) : 0);
+		for (int i = 0; i < 5; i++) {
+			int col = meta_find_col(kind, i, &named);
+
+			if (col >= 0 && col < cols)
+				v[i] = sqlite3_column_int64(st, col);
+		}
+		struct meta_find f = {(uint64_t)v[0], v[1], v[2], v[3], v[4], NULL, 0};
+		if (named && cols > 2) {
+			f.name = sqlite3_column_blob(st, 2);
+			f.n = (size_t)sqlite3_column_bytes(st, 2);
+		}
+		meta_finding(&c->k, kind, fixing, &f);
 	}
 	if (rc != SQLITE_DONE)
 		r = ms_errno(m, rc, "check");
@@ -2601,6 +3093,14 @@ static int ms_check_step(struct ms_check *c, enum meta_finding kind, const char 
 }
 
 #define MS_IS_DIR(x) "(" x " & " MS_SQL_IFMT " = " MS_SQL_IFDIR ")"
+/* Per quota root: recorded usage and the usage its tagged inodes add up to (META-9). */
+#define MS_QUOTA_COUNT                                                                             \
+	"SELECT q.ino AS ino, q.bytes_used AS bytes_used, q.inodes_used AS inodes_used,"           \
+	" coalesce(sum(CASE WHEN i.mode & " MS_SQL_IFMT " = " MS_SQL_IFREG                         \
+	" THEN max(i.size, i.qres) ELSE 0 END), 0) AS b,"                                          \
+	" count(i.ino) - (CASE WHEN EXISTS (SELECT 1 FROM inodes r WHERE r.ino = q.ino AND"        \
+	" r.qroot = q.ino) THEN 1 ELSE 0 END) AS n"                                                \
+	" FROM quotas q LEFT JOIN inodes i ON i.qroot = q.ino GROUP BY q.ino"
 
 static int ms_check_namespace(struct ms_check *c)
 {
@@ -2612,8 +3112,9 @@ static int ms_check_namespace(struct ms_check *c)
 	/* The root first: everything else is judged by reachability from it. */
 	r = ms_inode_get(m, META_ROOT_INO, &root);
 	if (r == -ENOENT) {
-		meta_finding(&c->k, META_FIND_ROOT_MISSING, c->k.repair, META_ROOT_INO, 0, 0, NULL,
-			     0);
+		struct meta_find f = {.a = META_ROOT_INO};
+
+		meta_finding(&c->k, META_FIND_ROOT_MISSING, c->k.repair, &f);
 		if (c->k.repair) {
 			int64_t now = now_realtime_ns();
 			char sql[256];
@@ -2629,8 +3130,9 @@ static int ms_check_namespace(struct ms_check *c)
 			r = 0;
 		}
 	} else if (r == 0 && !S_ISDIR(root.mode)) {
-		meta_finding(&c->k, META_FIND_ROOT_NOT_DIR, false, META_ROOT_INO, root.mode, 0,
-			     NULL, 0);
+		struct meta_find f = {.a = META_ROOT_INO, .b = root.mode};
+
+		meta_finding(&c->k, META_FIND_ROOT_NOT_DIR, false, &f);
 		return 0; /* nothing below can be judged */
 	}
 	if (r < 0)
@@ -2669,6 +3171,15 @@ static int ms_check_namespace(struct ms_check *c)
 				  " (SELECT 1 FROM inodes i WHERE i.ino = x.ino) GROUP BY x.ino",
 				  "DELETE FROM xattrs WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = xattrs.ino)");
+	/* META-9: every root's usage equals what its tagged inodes add up to. */
+	if (r == 0)
+		r = ms_check_step(
+		    c, META_FIND_QUOTA_USAGE,
+		    "SELECT ino, bytes_used, inodes_used, b, n FROM"
+		    " (" MS_QUOTA_COUNT ") WHERE b != bytes_used OR n != inodes_used",
+		    "UPDATE quotas SET bytes_used = (SELECT b FROM (" MS_QUOTA_COUNT
+		    ") c WHERE c.ino = quotas.ino), inodes_used = (SELECT n FROM (" MS_QUOTA_COUNT
+		    ") c WHERE c.ino = quotas.ino)");
 	if (r < 0)
 		return r;
 
@@ -2722,9 +3233,11 @@ static int ms_check_namespace(struct ms_check *c)
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "check prepare");
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		meta_finding(&c->k, META_FIND_NLINK, c->k.repair,
-			     (uint64_t)sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
-			     sqlite3_column_int64(st, 2), NULL, 0);
+		struct meta_find f = {.a = (uint64_t)sqlite3_column_int64(st, 0),
+				      .b = sqlite3_column_int64(st, 1),
+				      .c = sqlite3_column_int64(st, 2)};
+
+		meta_finding(&c->k, META_FIND_NLINK, c->k.repair, &f);
 	}
 	r = rc == SQLITE_DONE ? 0 : ms_errno(m, rc, "check nlink");
 	sqlite3_finalize(st);
@@ -2761,14 +3274,18 @@ static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *msg = (const char *)sqlite3_column_text(st, 0);
 
-		if (msg && strcmp(msg, "ok") != 0)
-			meta_finding(&c.k, META_FIND_STORAGE, false, 0, 0, 0, msg, strlen(msg));
+		if (msg && strcmp(msg, "ok") != 0) {
+			struct meta_find f = {.name = msg, .n = strlen(msg)};
+
+			meta_finding(&c.k, META_FIND_STORAGE, false, &f);
+		}
 	}
 	if (rc != SQLITE_DONE) {
 		/* Too damaged even to check: that is a finding, not an engine failure. */
 		const char *msg = sqlite3_errmsg(m->db);
+		struct meta_find f = {.name = msg, .n = strlen(msg)};
 
-		meta_finding(&c.k, META_FIND_STORAGE, false, 0, 0, 0, msg, strlen(msg));
+		meta_finding(&c.k, META_FIND_STORAGE, false, &f);
 	}
 	sqlite3_finalize(st);
 	if (c.k.found > 0) {
@@ -2807,6 +3324,8 @@ const struct meta_ops meta_sqlite_ops = {
     .volume_get = ms_volume_get,
     .targets_list = ms_targets_list,
     .target_set_state = ms_target_set_state,
+    .target_add = ms_target_add,
+    .target_update = ms_target_update,
     .chains_list = ms_chains_list,
     .chain_update = ms_chain_update,
     .lookup = ms_lookup,
@@ -2829,5 +3348,9 @@ const struct meta_ops meta_sqlite_ops = {
     .inodes = ms_inodes,
     .sync = ms_sync,
     .statfs = ms_statfs,
+    .quota_set = ms_quota_set,
+    .quota_get = ms_quota_get,
+    .quota_clear = ms_quota_clear,
+    .quota_reserve = ms_quota_reserve,
     .check = ms_check,
 };

@@ -1,6 +1,8 @@
 /* Conformance of every storage-manager backend to sm.h (SM-1..SM-6), plus the fault twin's own
- * controls. Every case runs once per backend ("dir", "faulty" with no faults) in a fresh temp
- * directory under $TMPDIR (default /tmp). */
+ * controls. Every case runs once per backend ("dir", "faulty" with no faults, and the block
+ * chunk store on an image file "file:") in a fresh temp directory under $TMPDIR (default /tmp;
+ * it must support O_DIRECT: not tmpfs). Where a case looks at the layout on the medium, it does
+ * so per kind: files for dir-like targets, the superblock for the block store. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -23,17 +25,22 @@
 #include "common/crc32c.h"
 #include "common/util.h"
 #include "storemgr/sm.h"
+#include "storemgr/sm_block_int.h"
 
 #define CS (64 * 1024u) /* chunk size of the test targets */
 
 struct backend {
 	const char *scheme;
 	const char *query; /* appended to every URL */
+	bool image;	   /* a block target: the URL names an image file <dir>/img */
 };
 
+#define IMAGE_BYTES (96ull << 20) /* sparse */
+
 static const struct backend backends[] = {
-    {"dir", ""},
-    {"faulty", "?poll_ms=0"},
+    {"dir", "", false},
+    {"faulty", "?poll_ms=0", false},
+    {"file", "", true},
 };
 
 struct fx {
@@ -63,8 +70,15 @@ static void rm_rf(const char *dir)
 
 static void fx_url(struct fx *f, char *out, size_t len, const char *sub)
 {
+	if (f->be->image && !sub)
+		sub = "img";
 	snprintf(out, len, "%s:%s%s%s%s", f->be->scheme, f->dir, sub ? "/" : "", sub ? sub : "",
 		 f->be->query);
+}
+
+static void fx_image_path(struct fx *f, char *out, size_t len)
+{
+	snprintf(out, len, "%s/img", f->dir);
 }
 
 static int setup(void **state)
@@ -76,6 +90,14 @@ static int setup(void **state)
 	if (!mkdtemp(f->dir))
 		return -1;
 	fx_url(f, f->url, sizeof(f->url), NULL);
+	if (f->be->image) {
+		char p[300];
+		fx_image_path(f, p, sizeof(p));
+		int fd = open(p, O_RDWR | O_CREAT | O_EXCL, 0600);
+		if (fd < 0 || ftruncate(fd, (off_t)IMAGE_BYTES) < 0)
+			return -1;
+		close(fd);
+	}
 	f->id.format_version = SM_FORMAT_VERSION;
 	f->id.target_id = 7;
 	f->id.chunk_size = CS;
@@ -119,6 +141,10 @@ static void chunk_path(struct fx *f, uint64_t ino, uint32_t idx, char *out, size
 
 static bool chunk_exists(struct fx *f, uint64_t ino, uint32_t idx)
 {
+	if (f->be->image) {
+		uint64_t len;
+		return f->t->ops->chunk_length(f->t, ino, idx, &len) == 0;
+	}
 	char p[512];
 	chunk_path(f, ino, idx, p, sizeof(p));
 	return access(p, F_OK) == 0;
@@ -197,6 +223,30 @@ static void test_format_identity(void **state)
 {
 	struct fx *f = *state;
 	fx_format_open(f);
+	if (f->be->image) {
+		/* both superblock copies hold the identity (FMT-2) */
+		char p[300];
+		fx_image_path(f, p, sizeof(p));
+		int fd = open(p, O_RDONLY);
+		assert_true(fd >= 0);
+		uint8_t blk[2][SM_BLOCK_BS];
+		assert_int_equal(pread(fd, blk, sizeof(blk), 0), sizeof(blk));
+		close(fd);
+		for (int i = 0; i < 2; i++) {
+			struct sm_block_sb sb;
+			char why[160];
+			assert_int_equal(
+			    sm_block_sb_parse(blk[i], SM_BLOCK_BS, &sb, why, sizeof(why)), 0);
+			assert_memory_equal(blk[i], "BRAIDSB", 8);
+			assert_int_equal(sb.copy, i);
+			assert_int_equal(sb.id.target_id, 7);
+			assert_int_equal(sb.id.chunk_size, CS);
+			assert_string_equal(sb.id.volume_uuid, f->id.volume_uuid);
+			assert_string_equal(sb.id.target_uuid, f->id.target_uuid);
+			assert_int_equal(sb.dev_blocks, IMAGE_BYTES / SM_BLOCK_BS);
+		}
+		goto common;
+	}
 
 	char p[512];
 	snprintf(p, sizeof(p), "%s/braidfs-target", f->dir);
@@ -222,6 +272,7 @@ static void test_format_identity(void **state)
 		assert_int_equal(stat(p, &st), 0);
 		assert_true(S_ISDIR(st.st_mode));
 	}
+common:;
 	struct sm_identity got;
 	assert_int_equal(f->t->ops->identity(f->t, &got), 0);
 	assert_int_equal(got.target_id, 7);
@@ -234,6 +285,13 @@ static void test_format_identity(void **state)
 
 	/* no expectations at all is fine too */
 	struct sm_target *t2;
+	if (f->be->image) {
+		/* one open at a time: a second index over the same blocks would corrupt both */
+		expect_err(f, sm_open(f->url, NULL, &t2, f->err, sizeof(f->err)), -EBUSY, "in use");
+		fx_reopen(f);
+		sm_close(f->t);
+		f->t = NULL;
+	}
 	assert_int_equal(sm_open(f->url, NULL, &t2, f->err, sizeof(f->err)), 0);
 	sm_close(t2);
 	sm_close(NULL);
@@ -259,12 +317,15 @@ static void test_bad_urls(void **state)
 	expect_err(f, sm_open(url, NULL, &t, f->err, sizeof(f->err)), -EINVAL, "relative");
 
 	expect_err(f, sm_format("xyz:/tmp/x", &f->id, false, f->err, sizeof(f->err)), -EINVAL,
-		   "unknown target URL scheme 'xyz' (expected dir:/path)");
+		   "unknown target URL scheme 'xyz' (expected dir:/path, file:/dev/NAME or "
+		   "file:/path/image)");
 	expect_err(f, sm_open("XYZ:/tmp/x", NULL, &t, f->err, sizeof(f->err)), -EINVAL,
 		   "unknown target URL scheme 'xyz'");
 	assert_null(sm_ops_for("nosuch:/x"));
 	assert_null(sm_ops_for("noscheme"));
 	assert_non_null(sm_ops_for("DIR:/x"));
+	assert_ptr_equal(sm_ops_for("file:/dev/x"), &sm_block_ops); /* a device URL */
+	assert_ptr_equal(sm_ops_for("FILE:/x.img"), &sm_block_ops);
 
 	struct sm_identity bad = f->id;
 	bad.chunk_size = 1000;
@@ -276,6 +337,22 @@ static void test_format_not_empty(void **state)
 {
 	struct fx *f = *state;
 	char p[512];
+	if (f->be->image) {
+		fx_image_path(f, p, sizeof(p));
+		int fd = open(p, O_WRONLY);
+		assert_true(fd >= 0);
+		assert_int_equal(pwrite(fd, "x", 1, 60000), 1); /* inside the first 64 KiB */
+		close(fd);
+		int r = sm_format(f->url, &f->id, false, f->err, sizeof(f->err));
+		expect_err(f, r, -ENOTEMPTY,
+			   "is not empty (holds data: its first bytes are not zero)");
+		assert_int_equal(sm_format_check(f->url, false, f->err, sizeof(f->err)),
+				 -ENOTEMPTY);
+		assert_int_equal(sm_format_check(f->url, true, f->err, sizeof(f->err)), 0);
+		assert_int_equal(sm_format(f->url, &f->id, true, f->err, sizeof(f->err)), 0);
+		assert_int_equal(sm_open(f->url, &f->id, &f->t, f->err, sizeof(f->err)), 0);
+		return;
+	}
 	snprintf(p, sizeof(p), "%s/a", f->dir);
 	write_file(p, "x");
 	snprintf(p, sizeof(p), "%s/b", f->dir);
@@ -326,7 +403,7 @@ static void test_format_twice(void **state)
 static void test_format_readonly(void **state)
 {
 	struct fx *f = *state;
-	if (geteuid() != 0)
+	if (geteuid() != 0 || f->be->image) /* a read-only image file: see test_sm_block.c */
 		skip();
 	char ro[512];
 	snprintf(ro, sizeof(ro), "%s/ro", f->dir);
@@ -375,6 +452,11 @@ static void test_open_errors(void **state)
 	other = f->id;
 	other.chunk_size = CS * 2;
 	expect_err(f, sm_open(f->url, &other, &t, f->err, sizeof(f->err)), -EINVAL, "chunk size");
+	if (f->be->image) {
+		/* damaged superblocks: test_sm_block.c */
+		assert_int_equal(sm_open(f->url, &f->id, &f->t, f->err, sizeof(f->err)), 0);
+		return;
+	}
 
 	/* one flipped byte: the checksum catches it */
 	char p[512];
@@ -590,10 +672,15 @@ static void test_remove(void **state)
 		assert_int_equal(t_write(f, A, i, data, sizeof(data), 0), sizeof(data));
 		assert_int_equal(t_write(f, B, i, data, sizeof(data), 0), sizeof(data));
 	}
-	/* a chunk the caller does not know of: written behind the target's back */
+	/* a chunk the caller does not know of: written behind the target's back (a dir target), or
+	 * by a write the caller forgot (any target) */
 	char p[512];
-	chunk_path(f, A, 1000, p, sizeof(p));
-	write_file(p, "stale");
+	if (f->be->image) {
+		assert_int_equal(t_write(f, A, 1000, "stale", 5, 0), 5);
+	} else {
+		chunk_path(f, A, 1000, p, sizeof(p));
+		write_file(p, "stale");
+	}
 	/* keep an fd of chunk 4 cached */
 	assert_int_equal(t_read(f, A, 4, back, sizeof(back), 0), sizeof(back));
 
@@ -613,10 +700,14 @@ static void test_remove(void **state)
 	fill(data2, sizeof(data2), 7);
 	assert_int_equal(t_write(f, A, 4, data2, sizeof(data2), 0), sizeof(data2));
 	assert_true(chunk_exists(f, A, 4));
-	int fd = open((chunk_path(f, A, 4, p, sizeof(p)), p), O_RDONLY);
-	assert_true(fd >= 0);
-	assert_int_equal(pread(fd, back, sizeof(back), 0), sizeof(back));
-	close(fd);
+	if (f->be->image) {
+		assert_int_equal(t_read(f, A, 4, back, sizeof(back), 0), sizeof(back));
+	} else {
+		int fd = open((chunk_path(f, A, 4, p, sizeof(p)), p), O_RDONLY);
+		assert_true(fd >= 0);
+		assert_int_equal(pread(fd, back, sizeof(back), 0), sizeof(back));
+		close(fd);
+	}
 	assert_memory_equal(back, data2, sizeof(back));
 	assert_int_equal(o->sync_ino(f->t, A), 0);
 
@@ -677,6 +768,8 @@ static void test_list(void **state)
 		assert_int_equal(t_write(f, want[i].ino, want[i].idx, data, want[i].length, 0),
 				 (ssize_t)want[i].length);
 	free(data);
+	if (f->be->image)
+		goto listed; /* no files to plant junk among */
 	/* things list() must skip */
 	char p[512];
 	snprintf(p, sizeof(p), "%s/chunks/00/junk", f->dir);
@@ -690,6 +783,7 @@ static void test_list(void **state)
 	snprintf(p, sizeof(p), "%s/chunks/03/0000000000000003.00000000", f->dir); /* a dir */
 	assert_int_equal(mkdir(p, 0755), 0);
 
+listed:;
 	struct list_ctx l = {want, ARRAY_SIZE(want), 0};
 	assert_int_equal(f->t->ops->list(f->t, list_cb, &l), 0);
 	assert_int_equal(l.extra, 0);
@@ -828,8 +922,29 @@ static void test_sync_statfs(void **state)
 	assert_true(st.free_bytes <= st.total_bytes);
 	assert_int_equal(st.chunks, 10); /* few chunks: counted, not estimated */
 	assert_true(st.used_bytes >= 10 * 8192);
-	assert_false(o->caps & SM_CAP_EXACT_CNT);
+	assert_int_equal(!!(o->caps & SM_CAP_EXACT_CNT), f->be->image);
 	assert_true(o->caps & SM_CAP_SPARSE);
+}
+
+/* A backend that keeps counters (sm_ops.counters) counts at least the bytes it moved and no
+ * checksum error on clean data. */
+static void test_counters(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	if (!f->t->ops->counters)
+		return; /* optional: nothing to conform to */
+	struct sm_counters c0, c1;
+	assert_int_equal(f->t->ops->counters(f->t, &c0), 0);
+	char data[5000], back[5000];
+	fill(data, sizeof(data), 3);
+	assert_int_equal(t_write(f, 9, 0, data, sizeof(data), 100), sizeof(data));
+	assert_int_equal(t_read(f, 9, 0, back, sizeof(back), 100), sizeof(back));
+	assert_memory_equal(back, data, sizeof(back));
+	assert_int_equal(f->t->ops->counters(f->t, &c1), 0);
+	assert_true(c1.bytes_written - c0.bytes_written >= sizeof(data));
+	assert_true(c1.bytes_read - c0.bytes_read >= sizeof(back));
+	assert_int_equal(c1.csum_errors, c0.csum_errors);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -867,6 +982,119 @@ static void test_faulty_write(void **state)
 	assert_int_equal(f->t->ops->remove(f->t, 1, 0), -EROFS);
 	set_fault(f, "");
 	assert_int_equal(f->t->ops->sync_all(f->t), 0);
+}
+
+static struct sm_counters counters(struct fx *f)
+{
+	struct sm_counters c;
+	assert_non_null(f->t->ops->counters);
+	assert_int_equal(f->t->ops->counters(f->t, &c), 0);
+	return c;
+}
+
+/* corrupt=1: reads of an existing matching chunk answer EBADMSG until it is rewritten. */
+static void test_faulty_corrupt(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	char data[3][6000], back[6000];
+	for (int i = 0; i < 3; i++)
+		fill(data[i], sizeof(data[i]), 40 + (uint32_t)i);
+	assert_int_equal(t_write(f, 5, 0, data[0], sizeof(data[0]), 0), sizeof(data[0]));
+	assert_int_equal(t_write(f, 5, 1, data[1], sizeof(data[1]), 0), sizeof(data[1]));
+	assert_int_equal(t_write(f, 6, 0, data[2], sizeof(data[2]), 0), sizeof(data[2]));
+	struct sm_counters c = counters(f);
+	assert_int_equal(c.csum_errors, 0);
+	assert_int_equal(c.bytes_written, 3 * sizeof(data[0]));
+	assert_int_equal(c.bytes_read, 0);
+
+	set_fault(f, "corrupt=1\nino=5\nidx=1\n");
+	memset(back, 0, sizeof(back));
+	assert_int_equal(t_read(f, 5, 1, back, 100, 10), -EBADMSG);
+	assert_int_equal((uint8_t)back[0], 0xbd); /* junk, never the caller's old bytes */
+	assert_int_equal(t_read(f, 5, 1, back, sizeof(back), 0), -EBADMSG); /* it stays bad */
+	assert_int_equal(t_read(f, 5, 0, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data[0], sizeof(back));
+	assert_int_equal(t_read(f, 6, 0, back, sizeof(back), 0), sizeof(back));
+	assert_int_equal(t_read(f, 5, 2, back, 10, 0), 10); /* absent: nothing to be bad */
+	assert_true(all_zero(back, 10));
+	c = counters(f);
+	assert_int_equal(c.csum_errors, 2);
+	assert_int_equal(c.bytes_read, 2 * sizeof(back) + 10);
+
+	/* a write heals it: the store rewrote the block */
+	assert_int_equal(t_write(f, 5, 1, data[1], 10, 0), 10);
+	assert_int_equal(t_read(f, 5, 1, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data[1], sizeof(back));
+	assert_int_equal(counters(f).csum_errors, 2);
+
+	/* a new control file is a new event; several inodes; truncate and punch heal too */
+	set_fault(f, "corrupt=1\nino=5,6\n");
+	assert_int_equal(t_read(f, 5, 1, back, 1, 0), -EBADMSG);
+	assert_int_equal(t_read(f, 5, 0, back, 1, 0), -EBADMSG);
+	assert_int_equal(t_read(f, 6, 0, back, 1, 0), -EBADMSG);
+	assert_int_equal(f->t->ops->truncate(f->t, 6, 0, sizeof(data[2])), 0);
+	assert_int_equal(t_read(f, 6, 0, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data[2], sizeof(back));
+	assert_int_equal(f->t->ops->punch(f->t, 5, 0, 0, 4096), 0);
+	assert_int_equal(t_read(f, 5, 0, back, 1, 4096), 1);
+	/* a removed chunk holds nothing bad; written again it is healthy */
+	assert_int_equal(f->t->ops->remove(f->t, 5, 1), 0);
+	assert_int_equal(t_read(f, 5, 1, back, 10, 0), 10);
+	assert_true(all_zero(back, 10));
+	assert_int_equal(counters(f).csum_errors, 5);
+
+	/* no filter: every chunk; deleting the file ends the corruption */
+	set_fault(f, "corrupt = 1   # everything\n");
+	assert_int_equal(t_read(f, 6, 0, back, 1, 0), -EBADMSG);
+	set_fault(f, NULL);
+	assert_int_equal(t_read(f, 6, 0, back, 1, 0), 1);
+	set_fault(f, "corrupt=0\n");
+	assert_int_equal(t_read(f, 6, 0, back, 1, 0), 1);
+	assert_int_equal(counters(f).csum_errors, 6);
+}
+
+/* Healing lasts across opens (a scrub of an unmounted volume is another process than the mount
+ * that comes next): the chunk file's ctime is the record. */
+static void test_faulty_corrupt_reopen(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	char data[100], back[100];
+	fill(data, sizeof(data), 9);
+	assert_int_equal(t_write(f, 5, 0, data, sizeof(data), 0), sizeof(data));
+	assert_int_equal(t_write(f, 5, 1, data, sizeof(data), 0), sizeof(data));
+	set_fault(f, "corrupt=1\nino=5\n");
+	usleep(30 * 1000); /* file times tick coarsely: the rewrite must come a tick later */
+	assert_int_equal(t_write(f, 5, 0, data, sizeof(data), 0), sizeof(data));
+	fx_reopen(f);
+	assert_int_equal(t_read(f, 5, 0, back, sizeof(back), 0), sizeof(back));
+	assert_memory_equal(back, data, sizeof(back));
+	assert_int_equal(t_read(f, 5, 1, back, sizeof(back), 0), -EBADMSG);
+	assert_int_equal(counters(f).csum_errors, 1); /* counted since this open */
+}
+
+/* idx= filters error faults as well; bad filter lists are ignored (with a warning). */
+static void test_faulty_filters(void **state)
+{
+	struct fx *f = *state;
+	fx_format_open(f);
+	char data[16] = "abc", back[16];
+	set_fault(f, "write=EIO\nidx=3,4\n");
+	assert_int_equal(t_write(f, 1, 2, data, sizeof(data), 0), sizeof(data));
+	assert_int_equal(t_write(f, 1, 3, data, sizeof(data), 0), -EIO);
+	assert_int_equal(t_write(f, 2, 4, data, sizeof(data), 0), -EIO);
+	set_fault(f, "sync=EIO\nidx=3\n"); /* sync_ino names no chunk: an idx filter spares it */
+	assert_int_equal(f->t->ops->sync_ino(f->t, 1), 0);
+	set_fault(f, "read=EIO\nino=7,8\nidx=0\n");
+	assert_int_equal(t_read(f, 7, 0, back, sizeof(back), 0), -EIO);
+	assert_int_equal(t_read(f, 8, 0, back, sizeof(back), 0), -EIO);
+	assert_int_equal(t_read(f, 8, 1, back, sizeof(back), 0), sizeof(back));
+	assert_int_equal(t_read(f, 9, 0, back, sizeof(back), 0), sizeof(back));
+	set_fault(f, "read=EIO\nino=7,x\ncorrupt=2\n"); /* bad list and value: ignored */
+	assert_int_equal(t_read(f, 9, 0, back, sizeof(back), 0), -EIO);
+	set_fault(f, "corrupt=1\nidx=99999999999\n"); /* out of range: no filter, all corrupt */
+	assert_int_equal(t_read(f, 1, 2, back, sizeof(back), 0), -EBADMSG);
 }
 
 static void test_faulty_poll(void **state)
@@ -921,12 +1149,16 @@ static const struct tcase conformance[] = {
     {"fd_cache", test_fd_cache},
     {"concurrent", test_concurrent},
     {"sync_statfs", test_sync_statfs},
+    {"counters", test_counters},
 };
 
 static const struct tcase faulty_only[] = {
     {"faulty_write", test_faulty_write},
     {"faulty_poll", test_faulty_poll},
     {"faulty_open", test_faulty_open},
+    {"faulty_corrupt", test_faulty_corrupt},
+    {"faulty_corrupt_reopen", test_faulty_corrupt_reopen},
+    {"faulty_filters", test_faulty_filters},
 };
 
 int main(void)

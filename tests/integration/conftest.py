@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 TEST_USER = "braidfs-test"
+IMAGE_BYTES = 4 << 30  # a file: target's image (sparse: it costs what is written)
 TEST_USER2 = "braidfs-test2"
 
 
@@ -214,11 +215,22 @@ class Volume:
         self.name = name
         self.target_dirs = []
         self.targets = []
+        self.images = []  # per target: the image file of a file: target, else None
         for i, kind in enumerate(targets):
             d = os.path.join(base, f"t{i}")
             os.mkdir(d)
             self.target_dirs.append(d)
-            self.targets.append(f"{kind}:{d}")
+            if kind == "file":
+                # a block target on a sparse image file: the chunk store's own format
+                # (docs/format.md); O_DIRECT needs a disk file system under it, not ramfs
+                img = os.path.join(d, "img")
+                with open(img, "wb") as f:
+                    f.truncate(IMAGE_BYTES)
+                self.images.append(img)
+                self.targets.append(f"file:{img}")
+            else:
+                self.images.append(None)
+                self.targets.append(f"{kind}:{d}")
         self.mnt = os.path.join(base, "mnt")
         self.log = os.path.join(base, "braidfs.log")  # the daemon's log (mount -o log=)
         os.mkdir(self.mnt)
@@ -421,10 +433,18 @@ def make_volume(test_dir):
     assert not problems, "; ".join(problems)
 
 
+# The kinds of target a volume can have: dir: (a directory, one file per chunk) and file: (the
+# block chunk store, docs/format.md, on a sparse image file).
+TARGET_KINDS = ("dir", "file")
+
+
 @pytest.fixture
-def volume(make_volume):
-    """A fresh 2-replica volume on two dir targets, mounted (daemonized)."""
-    return make_volume()
+def volume(make_volume, request):
+    """A fresh 2-replica volume on two targets, mounted (daemonized). The targets are dir:
+    unless the test asks for a kind, e.g. every kind in turn:
+        @pytest.mark.parametrize("volume", TARGET_KINDS, indirect=True)"""
+    kind = getattr(request, "param", "dir")
+    return make_volume(targets=(kind, kind))
 
 
 # --------------------------------------------------------------------------- users
@@ -524,6 +544,21 @@ def write_file(path, data, mode=0o644, fsync=False):
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def set_fault(target_dir, text):
+    """Replace a faulty: target's control file atomically (None: delete it), then wait until
+    the target has re-read it (it looks every ~100 ms)."""
+    p = os.path.join(target_dir, "braidfs-fault")
+    if text is None:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    else:
+        write_file(p + ".tmp", text.encode())
+        os.rename(p + ".tmp", p)
+    time.sleep(0.4)
 
 
 def read_file(path):

@@ -11,7 +11,7 @@ import pytest
 from conftest import (listdir, BIN, Volume, braidfs, is_mounted, pid_alive, read_file, tree_digest,
                       wait_pid_gone, write_file)
 
-SUBCOMMANDS = ["format", "mount", "umount", "status", "fsck"]
+SUBCOMMANDS = ["format", "mount", "umount", "status", "fsck", "device"]
 
 
 def assert_error(p, cmd):

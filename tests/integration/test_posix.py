@@ -1,4 +1,7 @@
-"""POSIX behaviour of a braidfs mount, one small test per behaviour, with real syscalls."""
+"""POSIX behaviour of a braidfs mount, one small test per behaviour, with real syscalls.
+
+Every test runs on each kind of target (conftest.TARGET_KINDS): [dir] directories, [file] the
+block chunk store on image files."""
 
 import errno
 import fcntl
@@ -15,12 +18,14 @@ import time
 import pytest
 
 from conftest import (listdir, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PY, RENAME_EXCHANGE,
-                      RENAME_NOREPLACE, drop_caches, expect_errno, fallocate, pwrite_all,
-                      rand_bytes, read_file, renameat2, sha256_file, spawn_py, tree_digest,
-                      wait_line, write_file)
+                      RENAME_NOREPLACE, TARGET_KINDS, drop_caches, expect_errno, fallocate,
+                      pwrite_all, rand_bytes, read_file, renameat2, sha256_file, spawn_py,
+                      tree_digest, wait_line, write_file)
 
 MiB = 1 << 20
 GiB = 1 << 30
+
+pytestmark = pytest.mark.parametrize("volume", TARGET_KINDS, indirect=True)
 
 
 # --------------------------------------------------------------------------- files and dirs

@@ -7,12 +7,11 @@ import hashlib
 import os
 import random
 import re
-import time
 
 import pytest
 
 from conftest import (chunk_files, compare_chunk_trees, pwrite_all, rand_bytes, read_file,
-                      sha256_file, write_file)
+                      set_fault, sha256_file, write_file)
 
 MiB = 1 << 20
 
@@ -196,18 +195,6 @@ def test_weak_consistency_identical_after_umount(make_volume):
     check_hashes(expect)
 
 
-def _set_fault(target_dir, text):
-    p = os.path.join(target_dir, "braidfs-fault")
-    if text is None:
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-    else:
-        write_file(p, text.encode())
-    time.sleep(0.4)  # braidfs re-reads it within ~100 ms
-
-
 def _target_lines(status_out, target_dir):
     return [ln for ln in status_out.splitlines() if target_dir in ln]
 
@@ -223,7 +210,7 @@ def test_faulty_second_target_write_eio(make_volume):
     assert _target_lines(st.stdout, v.target_dirs[1]), f"status does not list target 1:\n{st.stdout}"
     healthy_line = _target_lines(st.stdout, v.target_dirs[1])
     write_file(v.path("before"), os.urandom(MiB), fsync=True)
-    _set_fault(v.target_dirs[1], "write=EIO\n")
+    set_fault(v.target_dirs[1], "write=EIO\n")
     rng = random.Random(13)
     expect = random_files(v.mnt, rng, nfiles=3, writes=15)  # must not raise
     check_hashes(expect)
@@ -233,25 +220,25 @@ def test_faulty_second_target_write_eio(make_volume):
     assert lines, f"status does not list the failed target:\n{st.stdout}"
     assert lines != healthy_line and any(UNHEALTHY.search(ln) for ln in lines), \
         f"status does not show target 1 as out of the chain:\n{st.stdout}"
-    _set_fault(v.target_dirs[1], None)
+    set_fault(v.target_dirs[1], None)
     v.remount()
     check_hashes(expect)
 
 
 def test_faulty_target_fails_on_sync(make_volume):
     v = make_volume(targets=("dir", "faulty"))
-    _set_fault(v.target_dirs[1], "sync=EIO\n")
+    set_fault(v.target_dirs[1], "sync=EIO\n")
     rng = random.Random(14)
     expect = random_files(v.mnt, rng, nfiles=2, writes=10)
     check_hashes(expect)
-    _set_fault(v.target_dirs[1], None)
+    set_fault(v.target_dirs[1], None)
     v.remount()
     check_hashes(expect)
 
 
 def test_faulty_target_enospc(make_volume):
     v = make_volume(targets=("dir", "faulty"))
-    _set_fault(v.target_dirs[1], "write=ENOSPC\n")
+    set_fault(v.target_dirs[1], "write=ENOSPC\n")
     rng = random.Random(15)
     expect = random_files(v.mnt, rng, nfiles=2, writes=10)
     check_hashes(expect)
@@ -263,7 +250,7 @@ def test_faulty_read_served_by_other_replica(make_volume):
     write_file(v.path("f"), data, fsync=True)
     v.umount()
     v.mount()
-    _set_fault(v.target_dirs[0], "read=EIO\n")
+    set_fault(v.target_dirs[0], "read=EIO\n")
     assert read_file(v.path("f")) == data
 
 
@@ -271,8 +258,8 @@ def test_all_targets_faulty_gives_eio(make_volume):
     v = make_volume(targets=("faulty", "faulty"))
     v.expect_unclean = True  # no replica left: an unmount error is acceptable here
     write_file(v.path("ok"), b"fine", fsync=True)
-    _set_fault(v.target_dirs[0], "write=EIO\n")
-    _set_fault(v.target_dirs[1], "write=EIO\n")
+    set_fault(v.target_dirs[0], "write=EIO\n")
+    set_fault(v.target_dirs[1], "write=EIO\n")
     err = None
     fd = os.open(v.path("f"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -295,8 +282,8 @@ def test_all_targets_faulty_gives_eio(make_volume):
                 pass
     assert err is not None, "write+fsync with every replica failing succeeded: data lost silently"
     assert err.errno == errno.EIO, f"expected EIO, got {errno.errorcode.get(err.errno)}"
-    _set_fault(v.target_dirs[0], None)
-    _set_fault(v.target_dirs[1], None)
+    set_fault(v.target_dirs[0], None)
+    set_fault(v.target_dirs[1], None)
 
 
 def test_status_healthy(volume):
@@ -343,25 +330,25 @@ def _write_fsync_error(path, size=2 * MiB):
 def test_all_targets_enospc_reaches_app(make_volume):
     v = make_volume(targets=("faulty", "faulty"))
     v.expect_unclean = True
-    _set_fault(v.target_dirs[0], "write=ENOSPC\n")
-    _set_fault(v.target_dirs[1], "write=ENOSPC\n")
+    set_fault(v.target_dirs[0], "write=ENOSPC\n")
+    set_fault(v.target_dirs[1], "write=ENOSPC\n")
     err = _write_fsync_error(v.path("f"))
     assert err is not None, "write+fsync with every target full succeeded: data lost silently"
     assert err.errno in (errno.ENOSPC, errno.EIO), errno.errorcode.get(err.errno)
-    _set_fault(v.target_dirs[0], None)
-    _set_fault(v.target_dirs[1], None)
+    set_fault(v.target_dirs[0], None)
+    set_fault(v.target_dirs[1], None)
 
 
 def test_all_targets_sync_eio_fails_fsync(make_volume):
     v = make_volume(targets=("faulty", "faulty"))
     v.expect_unclean = True
-    _set_fault(v.target_dirs[0], "sync=EIO\n")
-    _set_fault(v.target_dirs[1], "sync=EIO\n")
+    set_fault(v.target_dirs[0], "sync=EIO\n")
+    set_fault(v.target_dirs[1], "sync=EIO\n")
     err = _write_fsync_error(v.path("f"))
     assert err is not None, "fsync succeeded although no target could sync"
     assert err.errno == errno.EIO, errno.errorcode.get(err.errno)
-    _set_fault(v.target_dirs[0], None)
-    _set_fault(v.target_dirs[1], None)
+    set_fault(v.target_dirs[0], None)
+    set_fault(v.target_dirs[1], None)
 
 
 def test_all_targets_read_eio_reaches_app(make_volume):
@@ -369,8 +356,8 @@ def test_all_targets_read_eio_reaches_app(make_volume):
     data = os.urandom(3 * MiB)
     write_file(v.path("f"), data, fsync=True)
     v.remount()  # cold page cache
-    _set_fault(v.target_dirs[0], "read=EIO\n")
-    _set_fault(v.target_dirs[1], "read=EIO\n")
+    set_fault(v.target_dirs[0], "read=EIO\n")
+    set_fault(v.target_dirs[1], "read=EIO\n")
     try:
         got = read_file(v.path("f"))
     except OSError as e:
@@ -378,8 +365,8 @@ def test_all_targets_read_eio_reaches_app(make_volume):
     else:
         raise AssertionError("read with every replica failing returned data "
                              f"({'zeros' if not got.strip(bytes(1)) else 'some bytes'}), not EIO")
-    _set_fault(v.target_dirs[0], None)
-    _set_fault(v.target_dirs[1], None)
+    set_fault(v.target_dirs[0], None)
+    set_fault(v.target_dirs[1], None)
     assert read_file(v.path("f")) == data, "data not readable once the targets recovered"
 
 
@@ -417,7 +404,7 @@ def test_stale_replica_never_served(make_volume):
     v = make_volume(targets=("faulty", "faulty"))
     v1 = os.urandom(12 * MiB)
     write_file(v.path("a"), v1, fsync=True)
-    _set_fault(v.target_dirs[1], "write=EIO\n")
+    set_fault(v.target_dirs[1], "write=EIO\n")
     v2 = os.urandom(12 * MiB)
     fd = os.open(v.path("a"), os.O_WRONLY)
     try:
@@ -425,12 +412,12 @@ def test_stale_replica_never_served(make_volume):
         os.fsync(fd)
     finally:
         os.close(fd)
-    _set_fault(v.target_dirs[1], None)
+    set_fault(v.target_dirs[1], None)
     assert read_file(v.path("a")) == v2
     v.remount()
     assert read_file(v.path("a")) == v2, "stale data after remount"
     v.remount()  # cold cache
-    _set_fault(v.target_dirs[0], "read=EIO\n")
+    set_fault(v.target_dirs[0], "read=EIO\n")
     try:
         got = read_file(v.path("a"))
     except OSError as e:
@@ -438,7 +425,7 @@ def test_stale_replica_never_served(make_volume):
     else:
         assert got == v2, ("with the good replica failing reads, the stale replica's old "
                            "data was returned")
-    _set_fault(v.target_dirs[0], None)
+    set_fault(v.target_dirs[0], None)
     v.umount()
     r = v.fsck(repair=True)
     assert r.returncode == 0, f"fsck --repair: {r.returncode}\n{r.stdout}{r.stderr}"
@@ -458,10 +445,10 @@ def test_degraded_volume_is_reported_and_repaired(make_volume):
     (exit 0, status exit 0, replicas identical)."""
     v = make_volume(targets=("dir", "faulty"))
     write_file(v.path("a"), os.urandom(9 * MiB), fsync=True)
-    _set_fault(v.target_dirs[1], "write=EIO\n")
+    set_fault(v.target_dirs[1], "write=EIO\n")
     b = os.urandom(9 * MiB)
     write_file(v.path("b"), b, fsync=True)
-    _set_fault(v.target_dirs[1], None)
+    set_fault(v.target_dirs[1], None)
     v.umount()
     st = v.status()
     assert st.returncode == 1, "status should flag the offline target"

@@ -54,7 +54,76 @@ struct engine {
 	/* One integer from a query run behind the engine's back. */
 	int (*raw_int)(struct fx *f, const char *sql, long long *ret);
 	const char *newer_schema_sql; /* raw SQL that makes the schema newer than the engine */
+	/* create, in dir, the database of a volume as the first release wrote it (schema 1: two
+	 * dir targets, one chain); NULL: the engine has no older release, the migration cases
+	 * skip */
+	int (*make_old)(const char *dir);
 };
+
+static void sqlite_file(const char *dir, char *out, size_t len)
+{
+	snprintf(out, len, "%s/meta.db", dir);
+}
+
+static int sqlite_exec_flags(const char *dir, const char *sql, int flags)
+{
+	char path[PATH_MAX];
+	sqlite3 *db = NULL;
+	char *msg = NULL;
+	int rc;
+
+	sqlite_file(dir, path, sizeof(path));
+	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | flags, NULL);
+	if (rc == SQLITE_OK) {
+		sqlite3_busy_timeout(db, 5000);
+		rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+	}
+	if (rc != SQLITE_OK)
+		print_error("raw_exec: %s: %s\n", sql, msg ? msg : sqlite3_errmsg(db));
+	sqlite3_free(msg);
+	sqlite3_close(db);
+	return rc == SQLITE_OK ? 0 : -EIO;
+}
+
+/* Schema version 1 exactly as braidfs 0.1 created it (tables only; no inode but the root). */
+static int sqlite_make_old(const char *dir)
+{
+	return sqlite_exec_flags(
+	    dir,
+	    "CREATE TABLE volume (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL,"
+	    " uuid TEXT NOT NULL, format_version INTEGER NOT NULL, chunk_size INTEGER NOT"
+	    " NULL, replicas INTEGER NOT NULL, consistency INTEGER NOT NULL, created_ns"
+	    " INTEGER NOT NULL, sync_seq INTEGER NOT NULL DEFAULT 0);"
+	    "CREATE TABLE targets (id INTEGER PRIMARY KEY CHECK (id >= 1), url TEXT NOT NULL,"
+	    " uuid TEXT NOT NULL, state INTEGER NOT NULL);"
+	    "CREATE TABLE chains (id INTEGER PRIMARY KEY CHECK (id >= 0), epoch INTEGER NOT"
+	    " NULL);"
+	    "CREATE TABLE chain_members (chain INTEGER NOT NULL REFERENCES chains (id), pos"
+	    " INTEGER NOT NULL, target INTEGER NOT NULL REFERENCES targets (id), PRIMARY KEY"
+	    " (chain, pos), UNIQUE (chain, target)) WITHOUT ROWID;"
+	    "CREATE TABLE inodes (ino INTEGER PRIMARY KEY AUTOINCREMENT, mode INTEGER NOT NULL,"
+	    " nlink INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, rdev INTEGER"
+	    " NOT NULL, size INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,"
+	    " ctime INTEGER NOT NULL, btime INTEGER NOT NULL, generation INTEGER NOT NULL,"
+	    " flags INTEGER NOT NULL, link BLOB);"
+	    "CREATE INDEX inodes_pending ON inodes (ino) WHERE nlink = 0 OR flags & 1 != 0;"
+	    "CREATE TABLE dentries (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT"
+	    " NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, UNIQUE (parent, name));"
+	    "CREATE INDEX dentries_by_parent ON dentries (parent, id);"
+	    "CREATE INDEX dentries_by_ino ON dentries (ino);"
+	    "CREATE TABLE xattrs (ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT"
+	    " NULL, PRIMARY KEY (ino, name));"
+	    "PRAGMA application_id = 1112688211; PRAGMA user_version = 1;"
+	    "INSERT INTO volume VALUES (1, 'old', '11111111-2222-4333-8444-555555555555', 1,"
+	    " 4194304, 2, 0, 1700000000000000000, 0);"
+	    "INSERT INTO targets VALUES (1, 'dir:/srv/a', '00000000-0000-4000-8000-00000000000a',"
+	    " 0), (2, 'faulty:/srv/b', '00000000-0000-4000-8000-00000000000b', 1);"
+	    "INSERT INTO chains VALUES (0, 5);"
+	    "INSERT INTO chain_members VALUES (0, 0, 1), (0, 1, 2);"
+	    "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime,"
+	    " generation, flags) VALUES (16877, 2, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0);",
+	    SQLITE_OPEN_CREATE);
+}
 
 static const struct engine *E; /* the engine under test */
 
@@ -71,11 +140,6 @@ struct fx {
 };
 
 /* ---- sqlite ---- */
-
-static void sqlite_file(const char *dir, char *out, size_t len)
-{
-	snprintf(out, len, "%s/meta.db", dir);
-}
 
 static int sqlite_store_new(struct fx *f, const char *tag, char *url, size_t len)
 {
@@ -95,18 +159,7 @@ static int sqlite_open_raw(struct fx *f, sqlite3 **db)
 
 static int sqlite_raw_exec(struct fx *f, const char *sql)
 {
-	sqlite3 *db = NULL;
-	char *msg = NULL;
-	int rc;
-
-	rc = sqlite_open_raw(f, &db);
-	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
-	if (rc != SQLITE_OK)
-		print_error("raw_exec: %s: %s\n", sql, msg ? msg : sqlite3_errmsg(db));
-	sqlite3_free(msg);
-	sqlite3_close(db);
-	return rc == SQLITE_OK ? 0 : -EIO;
+	return sqlite_exec_flags(f->dir, sql, SQLITE_OPEN_CREATE);
 }
 
 static int sqlite_raw_int(struct fx *f, const char *sql, long long *ret)
@@ -233,9 +286,9 @@ static int pg_raw_int(struct fx *f, const char *sql, long long *ret)
 
 static const struct engine engines[] = {
     {"sqlite", &meta_sqlite_ops, sqlite_store_new, NULL, sqlite_file, sqlite_raw_exec,
-     sqlite_raw_int, "PRAGMA user_version = 99"},
+     sqlite_raw_int, "PRAGMA user_version = 99", sqlite_make_old},
     {"postgres", &meta_pg_ops, pg_store_new, pg_stores_free, NULL, pg_raw_exec, pg_raw_int,
-     "UPDATE braidfs_schema SET version = 99"},
+     "UPDATE braidfs_schema SET version = 99", NULL},
 };
 
 /* ---- fixture helpers ---- */
@@ -273,6 +326,9 @@ static int do_format(struct meta *m)
 		snprintf(t[i].url, sizeof(t[i].url), "dir:/srv/t%d", i + 1);
 		snprintf(t[i].uuid, sizeof(t[i].uuid), "00000000-0000-4000-8000-00000000000%d", i);
 		t[i].state = META_TARGET_UP;
+		snprintf(t[i].pool, sizeof(t[i].pool), "%s", i < 2 ? "ssd" : "hdd.slow");
+		snprintf(t[i].node, sizeof(t[i].node), "node%d", i);
+		snprintf(t[i].media, sizeof(t[i].media), "%s", i < 2 ? "ssd" : "hdd");
 	}
 	c[0].id = 0;
 	c[0].epoch = 1;
@@ -957,6 +1013,10 @@ static void t_targets(void **state)
 		assert_string_equal(t[i].url, u);
 		assert_int_equal(t[i].state, META_TARGET_UP);
 		assert_int_equal(strlen(t[i].uuid), 36);
+		assert_string_equal(t[i].pool, i < 2 ? "ssd" : "hdd.slow");
+		snprintf(u, sizeof(u), "node%d", i);
+		assert_string_equal(t[i].node, u);
+		assert_string_equal(t[i].media, i < 2 ? "ssd" : "hdd");
 	}
 	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_OFFLINE), 0);
 	assert_int_equal(META_CALL(f->m, targets_list, t, 4), 3);
@@ -965,6 +1025,208 @@ static void t_targets(void **state)
 	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_UP), 0);
 	assert_int_equal(META_CALL(f->m, target_set_state, 99, META_TARGET_UP), -ENOENT);
 	assert_int_equal(META_CALL(f->m, target_set_state, 1, (enum meta_target_state)7), -EINVAL);
+	assert_int_equal(META_CALL(f->m, target_set_state, 1, META_TARGET_DRAINING), 0);
+	assert_int_equal(META_CALL(f->m, targets_list, t, 4), 3);
+	assert_int_equal(t[0].state, META_TARGET_DRAINING);
+	assert_string_equal(meta_target_state_name(t[0].state), "draining");
+}
+
+static struct meta_target new_target(const char *url, const char *pool)
+{
+	struct meta_target t;
+
+	memset(&t, 0, sizeof(t));
+	snprintf(t.url, sizeof(t.url), "%s", url);
+	snprintf(t.uuid, sizeof(t.uuid), "abcdef00-0000-4000-8000-000000000001");
+	snprintf(t.pool, sizeof(t.pool), "%s", pool);
+	snprintf(t.node, sizeof(t.node), "host-b");
+	snprintf(t.media, sizeof(t.media), "nvme");
+	t.state = META_TARGET_UP;
+	return t;
+}
+
+/* META-8: target_add hands out the next id, one URL per live target, ids never reused. */
+static void t_target_add(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target t = new_target("file:/dev/nvme0n1", "nvme"), got[8];
+	uint32_t id = 0;
+
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), 0);
+	assert_int_equal(id, 4);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 8), 4);
+	assert_int_equal(got[3].id, 4);
+	assert_string_equal(got[3].url, "file:/dev/nvme0n1");
+	assert_string_equal(got[3].pool, "nvme");
+	assert_string_equal(got[3].node, "host-b");
+	assert_string_equal(got[3].media, "nvme");
+	assert_int_equal(got[3].state, META_TARGET_UP);
+
+	/* the same URL again, or one a formatted target has */
+	id = 0;
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EEXIST);
+	assert_int_equal(id, 0);
+	t = new_target("dir:/srv/t2", "dir");
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EEXIST);
+	/* bad fields */
+	t = new_target("dir:/x", "Bad Pool");
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EINVAL);
+	t = new_target("", "dir");
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EINVAL);
+	t = new_target("dir:/x", "dir");
+	t.state = META_TARGET_REMOVED;
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EINVAL);
+	t.state = (enum meta_target_state)9;
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), -EINVAL);
+	assert_int_equal(META_CALL(f->m, targets_list, NULL, 0), 4);
+
+	/* removed (it holds no chain): its URL is free again, its id is not */
+	assert_int_equal(META_CALL(f->m, target_set_state, 4, META_TARGET_REMOVED), 0);
+	t = new_target("file:/dev/nvme0n1", "nvme");
+	assert_int_equal(META_CALL(f->m, target_add, &t, &id), 0);
+	assert_int_equal(id, 5);
+	/* survives a reopen */
+	fx_reopen(f);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 8), 5);
+	assert_int_equal(got[3].state, META_TARGET_REMOVED);
+	assert_int_equal(got[4].state, META_TARGET_UP);
+	assert_string_equal(got[4].url, "file:/dev/nvme0n1");
+}
+
+/* META-7: drained and removed targets are in no chain; removed is final. */
+static void t_target_states(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target in, got[4];
+	uint32_t mem[2] = {1, 3};
+	uint64_t epoch = 0;
+
+	memset(&in, 0, sizeof(in));
+	in.state = META_TARGET_DRAINED;
+	/* target 2 is in chains 0 and 1 */
+	assert_int_equal(META_CALL(f->m, target_update, 2, META_TSET_STATE, &in), -EBUSY);
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_REMOVED), -EBUSY);
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_DRAINING), 0);
+	/* move it out of both chains */
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 1, mem, 2, &epoch), 0);
+	mem[0] = 3;
+	assert_int_equal(META_CALL(f->m, chain_update, 1, 1, mem, 1, &epoch), 0);
+	assert_int_equal(META_CALL(f->m, target_update, 2, META_TSET_STATE, &in), 0);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_int_equal(got[1].state, META_TARGET_DRAINED);
+	/* a chain may not name it now */
+	mem[0] = 2;
+	assert_int_equal(META_CALL(f->m, chain_update, 1, 2, mem, 1, &epoch), -EINVAL);
+	/* removed, then nothing changes it any more */
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_REMOVED), 0);
+	assert_int_equal(META_CALL(f->m, target_set_state, 2, META_TARGET_UP), -EINVAL);
+	snprintf(in.pool, sizeof(in.pool), "other");
+	assert_int_equal(META_CALL(f->m, target_update, 2, META_TSET_POOL, &in), -EINVAL);
+	assert_int_equal(META_CALL(f->m, chain_update, 1, 2, mem, 1, &epoch), -EINVAL);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_int_equal(got[1].state, META_TARGET_REMOVED);
+	assert_string_equal(got[1].pool, "ssd");
+}
+
+static void t_target_update(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target in, got[4];
+
+	memset(&in, 0, sizeof(in));
+	snprintf(in.pool, sizeof(in.pool), "fast");
+	snprintf(in.node, sizeof(in.node), "rack1-host7");
+	snprintf(in.media, sizeof(in.media), "nvme");
+	in.state = META_TARGET_OFFLINE;
+	/* only what the mask names changes */
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_POOL, &in), 0);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_string_equal(got[2].pool, "fast");
+	assert_string_equal(got[2].node, "node2");
+	assert_string_equal(got[2].media, "hdd");
+	assert_int_equal(got[2].state, META_TARGET_UP);
+	assert_int_equal(META_CALL(f->m, target_update, 3,
+				   META_TSET_NODE | META_TSET_MEDIA | META_TSET_STATE, &in),
+			 0);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_string_equal(got[2].node, "rack1-host7");
+	assert_string_equal(got[2].media, "nvme");
+	assert_int_equal(got[2].state, META_TARGET_OFFLINE);
+	/* bad requests change nothing */
+	snprintf(in.pool, sizeof(in.pool), "-x");
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_POOL, &in), -EINVAL);
+	snprintf(in.pool, sizeof(in.pool), "UPPER");
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_POOL, &in), -EINVAL);
+	in.pool[0] = '\0';
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_POOL, &in), -EINVAL);
+	snprintf(in.pool, sizeof(in.pool), "ok");
+	assert_int_equal(META_CALL(f->m, target_update, 3, 0x100, &in), -EINVAL);
+	assert_int_equal(META_CALL(f->m, target_update, 9, META_TSET_POOL, &in), -ENOENT);
+	assert_int_equal(META_CALL(f->m, targets_list, got, 4), 3);
+	assert_string_equal(got[2].pool, "fast");
+	assert_true(meta_pool_name_ok("a234567890123456789012345678901"));
+	assert_false(meta_pool_name_ok("a2345678901234567890123456789012"));
+	assert_true(meta_pool_name_ok("nvme"));
+	assert_false(meta_pool_name_ok(".x"));
+	assert_false(meta_pool_name_ok("a/b"));
+}
+
+/* A volume formatted by the first release (schema 1) keeps working: a read-only open reads it
+ * untouched; a writable open upgrades it in place, keeping every row. */
+static void t_migrate_v1(void **state)
+{
+	struct fx *f = *state;
+	struct meta_target got[4];
+	struct meta_chain c[2];
+	struct meta_volume v;
+	struct meta *m = NULL;
+	char err[512] = "", host[META_NODE_MAX] = "";
+	size_t len0 = 0, len1 = 0;
+	void *before, *after;
+
+	if (!E->make_old)
+		skip();
+	assert_int_equal(E->make_old(f->dir), 0);
+	before = E->file ? read_file(f->file, &len0) : NULL;
+	/* read-only: refused, and the file is left exactly as it was */
+	assert_int_equal(meta_open(f->url, META_O_RDONLY, &m, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "needs an upgrade"));
+	if (before) {
+		after = read_file(f->file, &len1);
+		assert_int_equal(len0, len1);
+		assert_memory_equal(before, after, len0);
+		free(after);
+		free(before);
+	}
+
+	assert_int_equal(meta_open(f->url, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(META_CALL(m, volume_get, &v), 0);
+	assert_string_equal(v.name, "old");
+	assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
+	assert_int_equal(META_CALL(m, targets_list, got, 4), 2);
+	for (int i = 0; i < 2; i++) {
+		assert_string_equal(got[i].pool, "dir");
+		assert_string_equal(got[i].media, "dir");
+		assert_string_equal(got[i].node, host);
+	}
+	assert_int_equal(got[0].state, META_TARGET_UP);
+	assert_int_equal(got[1].state, META_TARGET_OFFLINE);
+	assert_int_equal(META_CALL(m, chains_list, c, 2), 1);
+	assert_int_equal(c[0].epoch, 5);
+	assert_int_equal(c[0].nmembers, 2);
+	/* the new operations work on it */
+	struct meta_target t = new_target("dir:/srv/c", "dir");
+	uint32_t id = 0;
+	assert_int_equal(META_CALL(m, target_add, &t, &id), 0);
+	assert_int_equal(id, 3);
+	assert_int_equal(META_CALL(m, sync), 0);
+	meta_close(m);
+	/* and a second open finds it migrated (nothing to do) */
+	assert_int_equal(meta_open(f->url, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(META_CALL(m, targets_list, got, 4), 3);
+	assert_string_equal(got[2].pool, "dir");
+	assert_int_equal(META_CALL(m, check, false, NULL, NULL), 0);
+	meta_close(m);
 }
 
 static void t_chains(void **state)
@@ -2811,7 +3073,7 @@ static void t_leases(void **state)
 	assert_int_equal(META_CALL(f->m, lease_acquire, "manager", b, 300, &l), 0);
 	assert_int_equal(l.holder, b);
 	assert_int_equal(l.generation, 2);
-	/* META-8: expired is expired, by the database's clock: no renewal, anyone may take it */
+	/* META-11: expired is expired, by the database's clock: no renewal, anyone may take it */
 	usleep(500 * 1000);
 	assert_int_equal(META_CALL(f->m, lease_get, "manager", &l), 0);
 	assert_true(l.remaining_ns <= 0);
@@ -2877,7 +3139,7 @@ static void t_clients(void **state)
 	snprintf(in.mountpoint, sizeof(in.mountpoint), "/mnt/b");
 	assert_int_equal(META_CALL(f->m, client_register, &in, 10000, &c2, NULL), 0);
 	assert_true(c2 != c1);
-	/* META-9: an exclusive one (fsck --repair) does not register beside them */
+	/* META-12: an exclusive one (fsck --repair) does not register beside them */
 	in.exclusive = true;
 	in.mountpoint[0] = '\0';
 	memset(&conflict, 0, sizeof(conflict));
@@ -3010,6 +3272,244 @@ static void t_open_newer_schema(void **state)
 	open_fails(f->url, META_O_RDONLY, NULL, -EINVAL, "upgrade braidfs");
 }
 
+/* ---- directory quotas (META-9) ------------------------------------------------------------ */
+
+static struct meta_quota quota(struct fx *f, uint64_t ino)
+{
+	struct meta_quota q;
+	int r = META_CALL(f->m, quota_get, ino, &q);
+
+	if (r < 0)
+		fail_msg("quota_get(%llu) = %d", (unsigned long long)ino, r);
+	return q;
+}
+
+static void set_size(struct fx *f, uint64_t ino, uint64_t size, uint32_t flags)
+{
+	struct meta_attr in = {0};
+
+	in.size = size;
+	in.flags = flags;
+	assert_int_equal(META_CALL(f->m, setattr, ino, META_SET_SIZE | META_SET_FLAGS, &in, NULL),
+			 0);
+}
+
+static void t_quota_basic(void **state)
+{
+	struct fx *f = *state;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "vol"), plain = mkfile(f, META_ROOT_INO, "plain");
+	struct meta_quota q;
+	struct meta_attr in;
+
+	assert_int_equal(META_CALL(f->m, quota_get, d, &q), -ENODATA);
+	assert_int_equal(META_CALL(f->m, quota_set, plain, 100, 0), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, quota_set, 999999, 100, 0), -ENOENT);
+	assert_int_equal(META_CALL(f->m, quota_set, d, 1000, 3), 0);
+	q = quota(f, d);
+	assert_int_equal(q.ino, d);
+	assert_int_equal(q.bytes_limit, 1000);
+	assert_int_equal(q.inodes_limit, 3);
+	assert_int_equal(q.bytes_used, 0);
+	assert_int_equal(q.inodes_used, 0);
+	assert_int_equal(get(f, d).qroot, d);
+	assert_int_equal(get(f, plain).qroot, 0);
+
+	/* Inherited at create, counted; the inode limit answers EDQUOT. */
+	uint64_t sub = mkdir_(f, d, "sub");
+	uint64_t a = mkfile(f, sub, "a");
+	in = attr_in(f, S_IFLNK | 0777);
+	struct meta_attr out;
+	assert_int_equal(META_CALL(f->m, mknod, d, "l", &in, "target", &out), 0);
+	assert_int_equal(out.qroot, d);
+	assert_int_equal(get(f, a).qroot, d);
+	assert_int_equal(quota(f, a).inodes_used, 3);
+	in = attr_in(f, S_IFREG | 0644);
+	assert_int_equal(META_CALL(f->m, mknod, d, "x", &in, NULL, &out), -EDQUOT);
+	assert_int_equal(lookup_ino(f, d, "x"), 0);
+
+	/* Sizes are charged (symlink length is not). */
+	set_size(f, a, 600, 0);
+	assert_int_equal(quota(f, d).bytes_used, 600);
+	set_size(f, a, 200, 0);
+	assert_int_equal(quota(f, d).bytes_used, 200);
+
+	/* Raising the limits lets it grow again; limits below usage only stop growth. */
+	assert_int_equal(META_CALL(f->m, quota_set, d, 100, 10), 0);
+	q = quota(f, d);
+	assert_int_equal(q.bytes_limit, 100);
+	assert_int_equal(q.bytes_used, 200);
+	assert_int_equal(META_CALL(f->m, mknod, d, "x", &in, NULL, &out), 0);
+	assert_int_equal(quota(f, d).inodes_used, 4);
+
+	/* Survives reopen (one transaction each). */
+	fx_reopen(f);
+	q = quota(f, sub);
+	assert_int_equal(q.bytes_used, 200);
+	assert_int_equal(q.inodes_used, 4);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_quota_reserve(void **state)
+{
+	struct fx *f = *state;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "vol");
+	uint64_t plain = mkfile(f, META_ROOT_INO, "plain"), got = 0;
+
+	assert_int_equal(META_CALL(f->m, quota_set, d, 1000, 0), 0);
+	uint64_t a = mkfile(f, d, "a"), b = mkfile(f, d, "b");
+
+	/* No quota root: only the WDIRTY mark. */
+	assert_int_equal(META_CALL(f->m, quota_reserve, plain, 10, 20, &got), 0);
+	assert_true(got == UINT64_MAX);
+	assert_int_equal(get(f, plain).flags, META_IF_WDIRTY);
+
+	/* want granted when it fits, else what is left as long as need fits. */
+	assert_int_equal(META_CALL(f->m, quota_reserve, a, 100, 400, &got), 0);
+	assert_int_equal(got, 400);
+	assert_int_equal(get(f, a).qres, 400);
+	assert_int_equal(get(f, a).flags, META_IF_WDIRTY);
+	assert_int_equal(quota(f, d).bytes_used, 400);
+	assert_int_equal(META_CALL(f->m, quota_reserve, b, 500, 900, &got), 0);
+	assert_int_equal(got, 600);
+	assert_int_equal(quota(f, d).bytes_used, 1000);
+	assert_int_equal(META_CALL(f->m, quota_reserve, b, 601, 700, &got), -EDQUOT);
+	assert_int_equal(get(f, b).qres, 600); /* rolled back whole */
+	assert_int_equal(META_CALL(f->m, quota_reserve, a, 10, 400, &got), 0);
+	assert_int_equal(got, 400); /* already covered: no charge */
+	assert_int_equal(META_CALL(f->m, quota_reserve, a, 20, 10, &got), -EINVAL);
+	assert_int_equal(META_CALL(f->m, quota_reserve, d, 1, 1, &got), -EISDIR);
+
+	/* Recording the size keeps the reservation while WDIRTY stays ... */
+	set_size(f, a, 300, META_IF_WDIRTY);
+	assert_int_equal(quota(f, d).bytes_used, 1000);
+	/* ... and clearing WDIRTY releases it down to the size. */
+	set_size(f, a, 300, 0);
+	assert_int_equal(get(f, a).qres, 0);
+	assert_int_equal(quota(f, d).bytes_used, 900);
+
+	/* Unlink keeps the orphan charged until purge, which frees it. */
+	struct meta_attr u;
+	assert_int_equal(META_CALL(f->m, unlink, d, "b", tick(f), &u), 0);
+	assert_int_equal(quota(f, d).bytes_used, 900);
+	assert_int_equal(META_CALL(f->m, purge, b), 0);
+	assert_int_equal(quota(f, d).bytes_used, 300);
+	assert_int_equal(quota(f, d).inodes_used, 1);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_quota_exdev(void **state)
+{
+	struct fx *f = *state;
+	uint64_t q1 = mkdir_(f, META_ROOT_INO, "q1"), q2 = mkdir_(f, META_ROOT_INO, "q2");
+	uint64_t out = mkdir_(f, META_ROOT_INO, "out");
+	struct meta_attr r;
+
+	assert_int_equal(META_CALL(f->m, quota_set, q1, 0, 100), 0);
+	assert_int_equal(META_CALL(f->m, quota_set, q2, 0, 100), 0);
+	uint64_t a = mkfile(f, q1, "a");
+	uint64_t s1 = mkdir_(f, q1, "s1");
+	uint64_t o = mkfile(f, out, "o");
+
+	assert_int_equal(META_CALL(f->m, rename, q1, "a", q2, "a", 0, tick(f), &r), -EXDEV);
+	assert_int_equal(META_CALL(f->m, rename, q1, "a", out, "a", 0, tick(f), &r), -EXDEV);
+	assert_int_equal(META_CALL(f->m, rename, out, "o", q1, "o", 0, tick(f), &r), -EXDEV);
+	assert_int_equal(META_CALL(f->m, rename, q1, "a", q2, "a", RENAME_EXCHANGE, tick(f), &r),
+			 -EXDEV);
+	assert_int_equal(META_CALL(f->m, link, a, q2, "a2", tick(f), &r), -EXDEV);
+	assert_int_equal(META_CALL(f->m, link, o, q1, "o2", tick(f), &r), -EXDEV);
+	/* Inside one root, and moving a root itself among unquotaed directories, are fine. */
+	assert_int_equal(META_CALL(f->m, rename, q1, "a", s1, "a", 0, tick(f), &r), 0);
+	assert_int_equal(META_CALL(f->m, link, a, q1, "a2", tick(f), &r), 0);
+	assert_int_equal(META_CALL(f->m, rename, META_ROOT_INO, "q2", out, "q2", 0, tick(f), &r),
+			 0);
+	/* Moving a root into another root would nest them. */
+	assert_int_equal(META_CALL(f->m, rename, out, "q2", s1, "q2", 0, tick(f), &r), -EXDEV);
+	assert_int_equal(quota(f, q1).inodes_used, 2);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_quota_existing_tree(void **state)
+{
+	struct fx *f = *state;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "d"), s = mkdir_(f, d, "s");
+	uint64_t a = mkfile(f, s, "a"), b = mkfile(f, d, "b");
+	struct meta_attr r;
+
+	set_size(f, a, 5000, 0);
+	set_size(f, b, 70, 0);
+	/* No nesting, either way. */
+	assert_int_equal(META_CALL(f->m, quota_set, s, 10, 0), 0);
+	assert_int_equal(META_CALL(f->m, quota_set, d, 10, 0), -EINVAL);
+	assert_int_equal(META_CALL(f->m, quota_clear, d), -ENODATA);
+	assert_int_equal(META_CALL(f->m, quota_clear, s), 0);
+	assert_int_equal(get(f, a).qroot, 0);
+	/* A non-empty tree is tagged and counted at once, even over its limit. */
+	assert_int_equal(META_CALL(f->m, quota_set, d, 10, 0), 0);
+	struct meta_quota q = quota(f, a);
+	assert_int_equal(q.ino, d);
+	assert_int_equal(q.bytes_used, 5070);
+	assert_int_equal(q.inodes_used, 3);
+	assert_int_equal(META_CALL(f->m, quota_set, s, 10, 0), -EINVAL);
+	/* rmdir of an empty root removes its quota; clear untags. */
+	assert_int_equal(META_CALL(f->m, quota_clear, d), 0);
+	assert_int_equal(META_CALL(f->m, quota_get, a, &q), -ENODATA);
+	uint64_t e = mkdir_(f, META_ROOT_INO, "e");
+	assert_int_equal(META_CALL(f->m, quota_set, e, 10, 0), 0);
+	assert_int_equal(META_CALL(f->m, rmdir, META_ROOT_INO, "e", tick(f), &r), 0);
+	e = mkdir_(f, META_ROOT_INO, "e");
+	assert_int_equal(META_CALL(f->m, quota_get, e, &q), -ENODATA);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+static void t_quota_check_repairs(void **state)
+{
+	struct fx *f = *state;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "d");
+
+	if (!E->raw_exec)
+		skip();
+	assert_int_equal(META_CALL(f->m, quota_set, d, 0, 0), 0);
+	uint64_t a = mkfile(f, d, "a");
+	set_size(f, a, 123, 0);
+	meta_close(f->m);
+	f->m = NULL;
+	assert_int_equal(E->raw_exec(f, "UPDATE quotas SET bytes_used = 7, inodes_used = 9"), 0);
+	fx_reopen(f);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 1);
+	assert_int_equal(META_CALL(f->m, check, true, NULL, NULL), 0);
+	assert_int_equal(quota(f, d).bytes_used, 123);
+	assert_int_equal(quota(f, d).inodes_used, 1);
+}
+
+/* A version-1 database (before quotas) is upgraded by the first read-write open. */
+static void t_quota_migration(void **state)
+{
+	struct fx *f = *state;
+	char err[512] = "";
+	struct meta *ro = NULL;
+	uint64_t d = mkdir_(f, META_ROOT_INO, "d"), a = mkfile(f, d, "a");
+
+	if (!E->make_old)
+		skip(); /* an engine without an older release has nothing to migrate */
+	set_size(f, a, 42, 0);
+	meta_close(f->m);
+	f->m = NULL;
+	assert_int_equal(E->raw_exec(f, "DROP INDEX inodes_by_qroot; DROP TABLE quotas;"
+					"ALTER TABLE inodes DROP COLUMN qroot;"
+					"ALTER TABLE inodes DROP COLUMN qres;"
+					"PRAGMA user_version = 2;"),
+			 0);
+	assert_int_equal(meta_open(f->url, META_O_RDONLY, &ro, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "needs an upgrade"));
+	fx_reopen(f);
+	assert_int_equal(get(f, a).size, 42);
+	assert_int_equal(META_CALL(f->m, quota_set, d, 100, 0), 0);
+	assert_int_equal(quota(f, a).bytes_used, 42);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+	fx_reopen(f); /* already version 3: nothing to do */
+	assert_int_equal(quota(f, a).bytes_used, 42);
+}
+
 /* ---- main ----------------------------------------------------------------------------------- */
 
 #define T(fn)  cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
@@ -3029,6 +3529,10 @@ int main(int argc, char **argv)
 	    T(t_format_invalid),
 	    T(t_targets),
 	    T(t_chains),
+	    T(t_target_add),
+	    T(t_target_states),
+	    T(t_target_update),
+	    TB(t_migrate_v1),
 	    T(t_root),
 	    T(t_mknod_types),
 	    T(t_mknod_errors),
@@ -3068,6 +3572,12 @@ int main(int argc, char **argv)
 	    T(t_leases),
 	    T(t_clients),
 	    T(t_reconnect),
+	    T(t_quota_basic),
+	    T(t_quota_reserve),
+	    T(t_quota_exdev),
+	    T(t_quota_existing_tree),
+	    T(t_quota_check_repairs),
+	    T(t_quota_migration),
 	};
 	int failed = 0, ran = 0;
 

@@ -1,0 +1,449 @@
+/* csi_controller — the Controller service: volumes are directories with a quota (csi.h). */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "csi/csi.h"
+#include "fs/meta/meta.h"
+
+#define OOM(r) csi_fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory")
+
+/* The byte limit of the quota on dir (the quota xattr, FS-6); -errno when there is none. */
+static int64_t quota_bytes(const char *dir)
+{
+	char buf[256];
+	ssize_t n = getxattr(dir, META_QUOTA_XATTR, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return -errno;
+	buf[n] = '\0';
+	const char *p = strstr(buf, "bytes_limit=");
+	if (!p)
+		return -EBADMSG;
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(p + strlen("bytes_limit="), &end, 10);
+	if (errno || (*end != ' ' && *end != '\0') || v > INT64_MAX)
+		return -EBADMSG;
+	return (int64_t)v;
+}
+
+static int quota_set(const char *dir, int64_t bytes)
+{
+	char v[32];
+	int n = snprintf(v, sizeof(v), "%" PRId64, bytes);
+	return setxattr(dir, META_QUOTA_XATTR, v, (size_t)n, 0) < 0 ? -errno : 0;
+}
+
+/* The capacity a CapacityRange asks for: `required` if set, else min(limit, default).
+ * INVALID_ARGUMENT for negative values, OUT_OF_RANGE for required > limit. */
+static grpc_status_code capacity_of(const Csi__V1__CapacityRange *cr, int64_t *ret,
+				    struct csi_reply *r)
+{
+	int64_t req = cr ? cr->required_bytes : 0, lim = cr ? cr->limit_bytes : 0;
+	if (req < 0 || lim < 0)
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+				"capacity_range must not be negative");
+	if (lim && req > lim)
+		return csi_fail(r, GRPC_STATUS_OUT_OF_RANGE,
+				"required_bytes %" PRId64 " is above limit_bytes %" PRId64, req,
+				lim);
+	const int64_t def = (int64_t)CSI_DEFAULT_CAPACITY;
+	*ret = req ? req : lim ? MIN(lim, def) : def;
+	return GRPC_STATUS_OK;
+}
+
+/* A volume's settings are the file system's (the data layout is per file system today):
+ * a StorageClass may name them, and a mismatch is refused rather than ignored. */
+static grpc_status_code check_layout(const char *meta, const char *replicas,
+				     const char *consistency, struct csi_reply *r)
+{
+	struct meta *m = NULL;
+	struct meta_volume vol;
+	char err[512] = "";
+	int e = meta_open(meta, META_O_RDONLY, &m, err, sizeof(err));
+	if (e == 0)
+		e = META_CALL(m, volume_get, &vol);
+	meta_close(m);
+	if (e < 0)
+		return csi_fail(r, GRPC_STATUS_UNAVAILABLE, "cannot read %s: %s", meta,
+				err[0] ? err : strerror(-e));
+	if (replicas) {
+		char *end;
+		unsigned long n = strtoul(replicas, &end, 10);
+		if (*end || end == replicas)
+			return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+					"parameter replicas must be a number, not '%.32s'",
+					replicas);
+		if (n != vol.replicas)
+			return csi_fail(
+			    r, GRPC_STATUS_INVALID_ARGUMENT,
+			    "parameter replicas=%lu, but file system %s keeps %u "
+			    "replica(s) of every chunk (use a StorageClass whose metaURL "
+			    "names a file system formatted with --replicas %lu)",
+			    n, meta, vol.replicas, n);
+	}
+	if (consistency) {
+		const char *have = vol.consistency == META_WEAK ? "weak" : "strong";
+		if (strcmp(consistency, "strong") && strcmp(consistency, "weak"))
+			return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+					"parameter consistency must be strong or weak, not '%.32s'",
+					consistency);
+		if (strcmp(consistency, have))
+			return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+					"parameter consistency=%s, but file system %s is %s",
+					consistency, meta, have);
+	}
+	return GRPC_STATUS_OK;
+}
+
+/* StorageClass parameters: metaURL (one of the plugin's --meta), replicas, consistency and
+ * pool. Keys of the external-provisioner (csi.storage.k8s.io/...) are ignored. */
+static grpc_status_code parse_params(struct csi *c, size_t n, void *const *entries,
+				     const char **meta_ret, bool check, struct csi_reply *r)
+{
+	struct csi_map_entry *const *p = (struct csi_map_entry *const *)entries;
+	const char *meta = c->meta[0], *replicas = NULL, *consistency = NULL;
+	for (size_t i = 0; i < n; i++) {
+		const char *k = p[i]->key, *v = p[i]->value;
+		if (!strncmp(k, "csi.storage.k8s.io/", 19))
+			continue;
+		if (!strcmp(k, "metaURL")) {
+			meta = NULL;
+			for (unsigned j = 0; j < c->nmeta; j++)
+				if (!strcmp(v, c->meta[j]))
+					meta = c->meta[j];
+			if (!meta)
+				return csi_fail(
+				    r, GRPC_STATUS_INVALID_ARGUMENT,
+				    "parameter metaURL '%.200s' is not a file system this "
+				    "plugin serves (its --meta options)",
+				    v);
+		} else if (!strcmp(k, "replicas")) {
+			replicas = v;
+		} else if (!strcmp(k, "consistency")) {
+			consistency = v;
+		} else if (!strcmp(k, "pool")) {
+			if (v[0] && strcmp(v, "default"))
+				return csi_fail(
+				    r, GRPC_STATUS_INVALID_ARGUMENT,
+				    "parameter pool=%.64s: this braidfs has one pool per "
+				    "file system ('default'); name the file system with "
+				    "metaURL",
+				    v);
+		} else {
+			return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+					"unknown parameter '%.64s' (known: metaURL, replicas, "
+					"consistency, pool)",
+					k);
+		}
+	}
+	*meta_ret = meta;
+	if (check && (replicas || consistency))
+		return check_layout(meta, replicas, consistency, r);
+	return GRPC_STATUS_OK;
+}
+
+static bool topology_has_me(struct csi *c, size_t n, Csi__V1__Topology **t)
+{
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < t[i]->n_segments; j++)
+			if (!strcmp(t[i]->segments[j]->key, CSI_TOPOLOGY_KEY) &&
+			    !strcmp(t[i]->segments[j]->value, c->node_id))
+				return true;
+	return false;
+}
+
+/* CSI-5: make the volume directory complete under a temporary name, then rename it. */
+static grpc_status_code make_volume(struct csi_vol *v, const char *name, int64_t cap,
+				    struct csi_reply *r)
+{
+	char parent[PATH_MAX], tmp[PATH_MAX + 2 * CSI_ID_MAX];
+	snprintf(parent, sizeof(parent), "%s", v->path);
+	*strrchr(parent, '/') = '\0';
+	snprintf(tmp, sizeof(tmp), "%s/.creating-%s", parent, v->dir);
+	int e = mkdir_p(parent, 0755);
+	if (e == 0)
+		e = csi_rmtree(tmp); /* left by a create that crashed */
+	if (e == 0 && mkdir(tmp, 0777) < 0)
+		e = -errno;
+	if (e == 0 && chmod(tmp, 0777) < 0) /* any pod user; kubelet applies fsGroup */
+		e = -errno;
+	if (e == 0 && setxattr(tmp, CSI_NAME_XATTR, name, strlen(name), 0) < 0)
+		e = -errno;
+	if (e == 0)
+		e = quota_set(tmp, cap);
+	if (e == 0 && rename(tmp, v->path) < 0)
+		e = -errno;
+	if (e < 0) {
+		csi_rmtree(tmp);
+		return csi_fail(r,
+				e == -ENOSPC || e == -EDQUOT ? GRPC_STATUS_RESOURCE_EXHAUSTED
+							     : GRPC_STATUS_INTERNAL,
+				"cannot create volume directory %s: %s", v->fs_path, strerror(-e));
+	}
+	log_info("volume %s: created %s with a quota of %" PRId64 " bytes", v->id, v->fs_path, cap);
+	return GRPC_STATUS_OK;
+}
+
+CSI_HANDLER(csi_create_volume, Csi__V1__CreateVolumeRequest, Csi__V1__CreateVolumeResponse)
+{
+	const char *meta;
+	int64_t cap;
+	struct csi_vol v;
+	grpc_status_code code;
+
+	if (!in->name || !in->name[0])
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "name is required");
+	if (strlen(in->name) > 255)
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "name is longer than 255 bytes");
+	if (in->n_volume_capabilities == 0)
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_capabilities is required");
+	for (size_t i = 0; i < in->n_volume_capabilities; i++)
+		if ((code = csi_check_capability(in->volume_capabilities[i], r)))
+			return code;
+	if (in->volume_content_source)
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+				"volume_content_source: braidfs has no snapshots or clones yet");
+	if ((code = capacity_of(in->capacity_range, &cap, r)))
+		return code;
+	if ((code =
+		 parse_params(c, in->n_parameters, (void *const *)in->parameters, &meta, true, r)))
+		return code;
+	const Csi__V1__TopologyRequirement *tr = in->accessibility_requirements;
+	if (tr && tr->n_requisite && !topology_has_me(c, tr->n_requisite, tr->requisite))
+		return csi_fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED,
+				"the file system is served by node %s, which is not in the "
+				"requisite topology",
+				c->node_id);
+	if ((code = csi_vol_from_name(c, in->name, meta, &v, r)))
+		return code;
+	if ((code = csi_claim(c, v.id, r)))
+		return code;
+	code = csi_fs_mount(c, &v, r);
+	struct stat st;
+	if (code == GRPC_STATUS_OK && stat(v.path, &st) == 0) {
+		/* CSI-1: it exists: the same name and a capacity in range is success. */
+		char have[256];
+		ssize_t n = getxattr(v.path, CSI_NAME_XATTR, have, sizeof(have) - 1);
+		int64_t got = quota_bytes(v.path);
+		int64_t req = in->capacity_range ? in->capacity_range->required_bytes : 0;
+		int64_t lim = in->capacity_range ? in->capacity_range->limit_bytes : 0;
+		if (n < 0 || (have[n] = '\0', strcmp(have, in->name)))
+			code = csi_fail(r, GRPC_STATUS_ALREADY_EXISTS,
+					"volume directory %s belongs to another name", v.fs_path);
+		else if (got < 0)
+			code = csi_fail(r, GRPC_STATUS_INTERNAL, "volume %s has no quota: %s", v.id,
+					strerror((int)-got));
+		else if ((req && got < req) || (lim && got > lim) || (!req && !lim && got != cap))
+			code = csi_fail(r, GRPC_STATUS_ALREADY_EXISTS,
+					"volume %s exists with capacity %" PRId64
+					", which does not match the request",
+					v.id, got);
+		else
+			cap = got;
+	} else if (code == GRPC_STATUS_OK) {
+		code = make_volume(&v, in->name, cap, r);
+	}
+	csi_volume_release(c, v.id);
+	if (code)
+		return code;
+
+	Csi__V1__Volume *vol = csi_alloc(r, sizeof(*vol));
+	Csi__V1__Topology **topo = csi_alloc(r, sizeof(*topo));
+	const char *keys[] = {"metaURL", "path"}, *vals[] = {meta, v.fs_path};
+	if (!vol || !topo || !(topo[0] = csi_topology(c, r)))
+		return OOM(r);
+	csi__v1__volume__init(vol);
+	vol->capacity_bytes = cap;
+	vol->volume_id = csi_strdup(r, v.id);
+	vol->volume_context = (Csi__V1__Volume__VolumeContextEntry **)csi_map(
+	    r, &csi__v1__volume__volume_context_entry__descriptor, 2, keys, vals);
+	vol->n_volume_context = 2;
+	vol->accessible_topology = topo;
+	vol->n_accessible_topology = 1;
+	if (!vol->volume_id || !vol->volume_context)
+		return OOM(r);
+	out->volume = vol;
+	return GRPC_STATUS_OK;
+}
+
+CSI_HANDLER(csi_delete_volume, Csi__V1__DeleteVolumeRequest, Csi__V1__DeleteVolumeResponse)
+{
+	struct csi_vol v;
+	grpc_status_code code = csi_vol_parse(c, in->volume_id, &v, r);
+	if (code == GRPC_STATUS_NOT_FOUND)
+		return r->code = GRPC_STATUS_OK; /* CSI-1: a volume that is not there is deleted */
+	if (code)
+		return code;
+	if ((code = csi_claim(c, v.id, r)))
+		return code;
+	code = csi_fs_mount(c, &v, r);
+	if (code == GRPC_STATUS_OK) {
+		int e = csi_rmtree(v.path);
+		if (e < 0)
+			code = csi_fail(r, GRPC_STATUS_INTERNAL, "cannot delete %s: %s", v.fs_path,
+					strerror(-e));
+		else
+			log_info("volume %s: deleted %s", v.id, v.fs_path);
+	}
+	csi_volume_release(c, v.id);
+	return code;
+}
+
+CSI_HANDLER(csi_validate_volume_capabilities, Csi__V1__ValidateVolumeCapabilitiesRequest,
+	    Csi__V1__ValidateVolumeCapabilitiesResponse)
+{
+	struct csi_vol v;
+	struct csi_reply probe = {0};
+	grpc_status_code code;
+	const char *meta;
+
+	if (!in->volume_id || !in->volume_id[0])
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
+	if (in->n_volume_capabilities == 0)
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_capabilities is required");
+	if ((code = csi_vol_find(c, in->volume_id, &v, r)))
+		return code;
+	for (size_t i = 0; i < in->n_volume_capabilities; i++) {
+		if (csi_check_capability(in->volume_capabilities[i], &probe)) {
+			out->message = csi_strdup(r, probe.msg);
+			return GRPC_STATUS_OK; /* not confirmed, with the reason */
+		}
+	}
+	if (parse_params(c, in->n_parameters, (void *const *)in->parameters, &meta, false,
+			 &probe)) {
+		out->message = csi_strdup(r, probe.msg);
+		return GRPC_STATUS_OK;
+	}
+	Csi__V1__ValidateVolumeCapabilitiesResponse__Confirmed *ok = csi_alloc(r, sizeof(*ok));
+	if (!ok)
+		return OOM(r);
+	csi__v1__validate_volume_capabilities_response__confirmed__init(ok);
+	/* The request outlives the packing of the answer: echo its parts. */
+	ok->n_volume_capabilities = in->n_volume_capabilities;
+	ok->volume_capabilities = in->volume_capabilities;
+	ok->n_volume_context = in->n_volume_context;
+	ok->volume_context =
+	    (Csi__V1__ValidateVolumeCapabilitiesResponse__Confirmed__VolumeContextEntry **)
+		in->volume_context;
+	ok->n_parameters = in->n_parameters;
+	ok->parameters =
+	    (Csi__V1__ValidateVolumeCapabilitiesResponse__Confirmed__ParametersEntry **)
+		in->parameters;
+	out->confirmed = ok;
+	return GRPC_STATUS_OK;
+}
+
+CSI_HANDLER(csi_get_capacity, Csi__V1__GetCapacityRequest, Csi__V1__GetCapacityResponse)
+{
+	struct csi_reply probe = {0};
+	const char *meta;
+	struct csi_vol v = {0};
+	struct statvfs sv;
+	grpc_status_code code;
+
+	for (size_t i = 0; i < in->n_volume_capabilities; i++)
+		if (csi_check_capability(in->volume_capabilities[i], &probe))
+			return GRPC_STATUS_OK; /* none for a capability we cannot serve */
+	const Csi__V1__Topology *t = in->accessible_topology;
+	if (t && !topology_has_me(c, 1, (Csi__V1__Topology **)&t))
+		return GRPC_STATUS_OK; /* nothing on other nodes */
+	if ((code =
+		 parse_params(c, in->n_parameters, (void *const *)in->parameters, &meta, false, r)))
+		return code;
+	v.meta = meta;
+	snprintf(v.id, sizeof(v.id), "capacity");
+	if ((code = csi_fs_mount(c, &v, r)))
+		return code;
+	if (statvfs(v.base, &sv) < 0)
+		return csi_fail(r, GRPC_STATUS_UNAVAILABLE, "statfs %s: %s", v.base,
+				strerror(errno));
+	out->available_capacity =
+	    (int64_t)MIN((uint64_t)sv.f_bavail * sv.f_frsize, (uint64_t)INT64_MAX);
+	return GRPC_STATUS_OK;
+}
+
+static Csi__V1__ControllerServiceCapability *
+ctl_cap(struct csi_reply *r, Csi__V1__ControllerServiceCapability__RPC__Type t)
+{
+	Csi__V1__ControllerServiceCapability *cap = csi_alloc(r, sizeof(*cap));
+	Csi__V1__ControllerServiceCapability__RPC *rpc = csi_alloc(r, sizeof(*rpc));
+	if (!cap || !rpc)
+		return NULL;
+	csi__v1__controller_service_capability__init(cap);
+	csi__v1__controller_service_capability__rpc__init(rpc);
+	rpc->type = t;
+	cap->type_case = CSI__V1__CONTROLLER_SERVICE_CAPABILITY__TYPE_RPC;
+	cap->rpc = rpc;
+	return cap;
+}
+
+CSI_HANDLER(csi_controller_get_capabilities, Csi__V1__ControllerGetCapabilitiesRequest,
+	    Csi__V1__ControllerGetCapabilitiesResponse)
+{
+	static const Csi__V1__ControllerServiceCapability__RPC__Type types[] = {
+	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__CREATE_DELETE_VOLUME,
+	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__GET_CAPACITY,
+	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__EXPAND_VOLUME,
+	};
+	size_t n = sizeof(types) / sizeof(types[0]);
+	out->capabilities = csi_alloc(r, n * sizeof(*out->capabilities));
+	if (!out->capabilities)
+		return OOM(r);
+	for (size_t i = 0; i < n; i++)
+		if (!(out->capabilities[i] = ctl_cap(r, types[i])))
+			return OOM(r);
+	out->n_capabilities = n;
+	return GRPC_STATUS_OK;
+}
+
+CSI_HANDLER(csi_controller_expand_volume, Csi__V1__ControllerExpandVolumeRequest,
+	    Csi__V1__ControllerExpandVolumeResponse)
+{
+	struct csi_vol v;
+	int64_t want;
+	grpc_status_code code;
+
+	if (!in->volume_id || !in->volume_id[0])
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
+	if (!in->capacity_range)
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "capacity_range is required");
+	if ((code = capacity_of(in->capacity_range, &want, r)))
+		return code;
+	if (in->volume_capability && (code = csi_check_capability(in->volume_capability, r)))
+		return code;
+	if ((code = csi_vol_parse(c, in->volume_id, &v, r)))
+		return code;
+	if ((code = csi_claim(c, v.id, r)))
+		return code;
+	code = csi_vol_find(c, in->volume_id, &v, r);
+	int64_t have = code ? 0 : quota_bytes(v.path);
+	if (!code && have < 0)
+		code = csi_fail(r, GRPC_STATUS_INTERNAL, "volume %s has no quota: %s", v.id,
+				strerror((int)-have));
+	if (!code && want > have) {
+		/* Every mount of the file system sees the new quota at once: no node step. */
+		int e = quota_set(v.path, want);
+		if (e < 0)
+			code = csi_fail(r, GRPC_STATUS_INTERNAL, "cannot set the quota of %s: %s",
+					v.fs_path, strerror(-e));
+		else
+			log_info("volume %s: expanded from %" PRId64 " to %" PRId64 " bytes", v.id,
+				 have, want);
+		have = want;
+	}
+	csi_volume_release(c, v.id);
+	if (code)
+		return code;
+	out->capacity_bytes = have; /* never shrinks */
+	out->node_expansion_required = 0;
+	return GRPC_STATUS_OK;
+}

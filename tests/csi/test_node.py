@@ -1,0 +1,221 @@
+"""Node service with real mounts: stage, publish, write, unpublish, unstage, paths removed,
+read-only publish, quota enforced, expansion visible in statfs, stats, argument codes."""
+
+import errno
+import os
+
+import grpc
+import pytest
+
+from conftest import code_of, mounts_under
+
+C = grpc.StatusCode
+MiB = 1 << 20
+
+
+def paths(plugin, n=1):
+    st = os.path.join(plugin.base, "kubelet", "staging")
+    pod = os.path.join(plugin.base, "kubelet", "pods")
+    os.makedirs(pod, exist_ok=True)
+    return st, [os.path.join(pod, f"p{i}", "mount") for i in range(n)]
+
+
+def mkparents(targets):
+    for t in targets:
+        os.makedirs(os.path.dirname(t), exist_ok=True)
+
+
+def test_stage_publish_write_unpublish_unstage(plugin):
+    v = plugin.create("pvc-life", 32 * MiB)
+    staging, (t0, t1) = paths(plugin, 2)
+    mkparents([t0, t1])
+    plugin.stage(v.volume_id, staging)
+    plugin.stage(v.volume_id, staging)  # CSI-1
+    plugin.publish(v.volume_id, staging, t0)
+    plugin.publish(v.volume_id, staging, t0)  # CSI-1
+    plugin.publish(v.volume_id, staging, t1, readonly=True)
+    with open(os.path.join(t0, "data"), "wb") as f:
+        f.write(b"d" * 100_000)
+        os.fsync(f.fileno())
+    os.mkdir(os.path.join(t0, "dir"))
+    with open(os.path.join(t1, "data"), "rb") as f:
+        assert f.read() == b"d" * 100_000
+    with pytest.raises(OSError) as e:
+        open(os.path.join(t1, "nope"), "wb")
+    assert e.value.errno == errno.EROFS
+    # publishing the same target with the other read-only flag conflicts
+    assert code_of(plugin.publish, v.volume_id, staging, t0, readonly=True) == \
+        C.ALREADY_EXISTS
+    st = os.statvfs(t0)
+    assert st.f_blocks * st.f_frsize == 32 * MiB
+    stats = plugin.node.NodeGetVolumeStats(plugin.pb.NodeGetVolumeStatsRequest(
+        volume_id=v.volume_id, volume_path=t0))
+    U = plugin.pb.VolumeUsage
+    by = {u.unit: u for u in stats.usage}
+    assert by[U.BYTES].total == 32 * MiB and 100_000 <= by[U.BYTES].used < 100_000 + 4096
+    assert by[U.INODES].used >= 2 and not stats.volume_condition.abnormal
+    for t in (t0, t1):
+        plugin.unpublish(v.volume_id, t)
+        assert not os.path.exists(t), "target path left behind"
+        plugin.unpublish(v.volume_id, t)  # CSI-1
+    plugin.unstage(v.volume_id, staging)
+    plugin.unstage(v.volume_id, staging)  # CSI-1
+    assert not [m for m in mounts_under(plugin.base) if "kubelet" in m]
+    # the data is in the volume: stage and publish again, read it
+    plugin.stage(v.volume_id, staging)
+    plugin.publish(v.volume_id, staging, t0)
+    assert os.path.getsize(os.path.join(t0, "data")) == 100_000
+    assert sorted(os.listdir(t0)) == ["data", "dir"]
+    plugin.unpublish(v.volume_id, t0)
+    plugin.unstage(v.volume_id, staging)
+
+
+def test_quota_enforced_and_expansion_visible(plugin):
+    pb = plugin.pb
+    v = plugin.create("pvc-q", 8 * MiB)
+    staging, (t,) = paths(plugin)
+    mkparents([t])
+    plugin.stage(v.volume_id, staging)
+    plugin.publish(v.volume_id, staging, t)
+    written = 0
+    with pytest.raises(OSError) as e:
+        with open(os.path.join(t, "fill"), "wb") as f:
+            while written < 64 * MiB:
+                written += f.write(b"q" * MiB)
+                f.flush()
+    assert e.value.errno == errno.EDQUOT
+    assert os.path.getsize(os.path.join(t, "fill")) <= 8 * MiB
+    r = plugin.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
+        volume_id=v.volume_id, capacity_range=pb.CapacityRange(required_bytes=16 * MiB)))
+    assert r.capacity_bytes == 16 * MiB
+    st = os.statvfs(t)  # online: the published volume sees it at once
+    assert st.f_blocks * st.f_frsize == 16 * MiB
+    with open(os.path.join(t, "more"), "wb") as f:
+        f.write(b"m" * (6 * MiB))
+    n = plugin.node.NodeExpandVolume(pb.NodeExpandVolumeRequest(
+        volume_id=v.volume_id, volume_path=t,
+        capacity_range=pb.CapacityRange(required_bytes=16 * MiB)))
+    assert n.capacity_bytes == 16 * MiB
+    plugin.unpublish(v.volume_id, t)
+    plugin.unstage(v.volume_id, staging)
+
+
+def test_node_argument_codes(plugin):
+    pb = plugin.pb
+    N = plugin.node
+    v = plugin.create("pvc-args", 4 * MiB)
+    staging, (t,) = paths(plugin)
+    mkparents([t])
+    cap = plugin.cap()
+    S = pb.NodeStageVolumeRequest
+    assert code_of(N.NodeStageVolume, S(staging_target_path=staging, volume_capability=cap)) \
+        == C.INVALID_ARGUMENT
+    assert code_of(N.NodeStageVolume, S(volume_id=v.volume_id, volume_capability=cap)) == \
+        C.INVALID_ARGUMENT
+    assert code_of(N.NodeStageVolume, S(volume_id=v.volume_id, staging_target_path=staging)) \
+        == C.INVALID_ARGUMENT
+    assert code_of(N.NodeStageVolume, S(volume_id=v.volume_id, staging_target_path="rel/p",
+                                        volume_capability=cap)) == C.INVALID_ARGUMENT
+    assert code_of(N.NodeStageVolume, S(volume_id=v.volume_id, staging_target_path=staging,
+                                        volume_capability=plugin.cap(block=True))) == \
+        C.INVALID_ARGUMENT
+    assert code_of(N.NodeStageVolume, S(volume_id="no-such", staging_target_path=staging,
+                                        volume_capability=cap)) == C.NOT_FOUND
+    P = pb.NodePublishVolumeRequest
+    assert code_of(N.NodePublishVolume, P(staging_target_path=staging, target_path=t,
+                                          volume_capability=cap)) == C.INVALID_ARGUMENT
+    assert code_of(N.NodePublishVolume, P(volume_id=v.volume_id, staging_target_path=staging,
+                                          volume_capability=cap)) == C.INVALID_ARGUMENT
+    assert code_of(N.NodePublishVolume, P(volume_id=v.volume_id, staging_target_path=staging,
+                                          target_path=t)) == C.INVALID_ARGUMENT
+    assert code_of(N.NodePublishVolume, P(volume_id="no-such", staging_target_path=staging,
+                                          target_path=t, volume_capability=cap)) == C.NOT_FOUND
+    # not staged yet
+    assert code_of(plugin.publish, v.volume_id, staging, t) == C.FAILED_PRECONDITION
+    assert code_of(N.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(target_path=t)) == \
+        C.INVALID_ARGUMENT
+    assert code_of(N.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(
+        volume_id=v.volume_id)) == C.INVALID_ARGUMENT
+    assert code_of(N.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(
+        staging_target_path=staging)) == C.INVALID_ARGUMENT
+    assert code_of(N.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(
+        volume_id=v.volume_id)) == C.INVALID_ARGUMENT
+    G = pb.NodeGetVolumeStatsRequest
+    assert code_of(N.NodeGetVolumeStats, G(volume_path=t)) == C.INVALID_ARGUMENT
+    assert code_of(N.NodeGetVolumeStats, G(volume_id=v.volume_id)) == C.INVALID_ARGUMENT
+    assert code_of(N.NodeGetVolumeStats, G(volume_id=v.volume_id, volume_path=t)) == \
+        C.NOT_FOUND
+    assert code_of(N.NodeExpandVolume, pb.NodeExpandVolumeRequest(
+        volume_id=v.volume_id, volume_path=t)) == C.NOT_FOUND
+    # a staged volume published elsewhere is not another volume's path
+    w = plugin.create("pvc-args2", 4 * MiB)
+    plugin.stage(v.volume_id, staging)
+    plugin.publish(v.volume_id, staging, t)
+    assert code_of(N.NodeGetVolumeStats, G(volume_id=w.volume_id, volume_path=t)) == \
+        C.NOT_FOUND
+    plugin.unpublish(v.volume_id, t)
+    plugin.unstage(v.volume_id, staging)
+
+
+def test_mount_wrapper(plugin):
+    """--mount-wrapper runs `braidfs mount` through the given command (Kubernetes: on the
+    host, see docs/kubernetes.md)."""
+    wrap = os.path.join(plugin.base, "wrap.sh")
+    log = os.path.join(plugin.base, "wrap.log")
+    with open(wrap, "w") as f:
+        f.write(f'#!/bin/sh\necho "$@" >> {log}\nexec "$@"\n')
+    os.chmod(wrap, 0o755)
+    plugin.stop()
+    plugin.start("--mount-wrapper", f"/bin/sh {wrap}")
+    v = plugin.create("pvc-wrap", 4 * MiB)
+    words = open(log).read().split()
+    assert words[1:3] == ["mount", "-o"] and words[-2] == plugin.meta
+    staging, (t,) = paths(plugin)
+    mkparents([t])
+    plugin.stage(v.volume_id, staging)
+    plugin.publish(v.volume_id, staging, t)
+    assert os.statvfs(t).f_blocks * 4096 == 4 * MiB
+    plugin.unpublish(v.volume_id, t)
+    plugin.unstage(v.volume_id, staging)
+
+
+def test_controller_and_node_plugins_share_the_mount(plugin):
+    """The controller pod and the node pod on one node: two plugins, two state dirs, one
+    file system. The second one uses the mount the first one made (the SQLite engine allows
+    one mount of a file system at a time), found through the file system's mount lock."""
+    import subprocess
+    import grpc
+    v = plugin.create("pvc-shared", 4 * MiB)  # this plugin mounts the file system
+    daemon = plugin.mount_daemon_pid()
+    sock2 = os.path.join(plugin.base, "sock2", "csi.sock")
+    argv = plugin.argv("--node")
+    argv[argv.index("--endpoint") + 1] = "unix://" + sock2
+    argv[argv.index("--state-dir") + 1] = os.path.join(plugin.base, "state2")
+    argv[argv.index("--log") + 1] = os.path.join(plugin.base, "csi2.log")
+    p2 = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    ch = None
+    try:
+        ch = grpc.insecure_channel("unix://" + sock2)
+        grpc.channel_ready_future(ch).result(timeout=20)
+        node2 = plugin.pbg.NodeStub(ch)
+        staging, (t,) = paths(plugin)
+        mkparents([t])
+        node2.NodeStageVolume(plugin.pb.NodeStageVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging,
+            volume_capability=plugin.cap()), timeout=60)
+        node2.NodePublishVolume(plugin.pb.NodePublishVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging, target_path=t,
+            volume_capability=plugin.cap()), timeout=60)
+        with open(os.path.join(t, "f"), "wb") as f:
+            f.write(b"shared")
+        assert plugin.mount_daemon_pid() == daemon  # still the one mount process
+        assert not [m for m in mounts_under(os.path.join(plugin.base, "state2"))]
+        node2.NodeUnpublishVolume(plugin.pb.NodeUnpublishVolumeRequest(
+            volume_id=v.volume_id, target_path=t), timeout=60)
+        node2.NodeUnstageVolume(plugin.pb.NodeUnstageVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging), timeout=60)
+    finally:
+        if ch:
+            ch.close()
+        p2.terminate()
+        p2.wait(timeout=20)
