@@ -220,7 +220,14 @@ class Volume:
             d = os.path.join(base, f"t{i}")
             os.mkdir(d)
             self.target_dirs.append(d)
-            if kind == "file":
+            if kind in ("iscsi", "nbd"):
+                # a LUN / export of the session's servers (net_target_url): reused by every
+                # test in turn, so format overwrites the previous test's target (--force)
+                self.images.append(None)
+                self.targets.append(net_target_url(kind))
+                if "--force" not in extra_format:
+                    extra_format = tuple(extra_format) + ("--force",)
+            elif kind == "file":
                 # a block target on a sparse image file: the chunk store's own format
                 # (docs/format.md); O_DIRECT needs a disk file system under it, not ramfs
                 img = os.path.join(d, "img")
@@ -434,8 +441,45 @@ def make_volume(test_dir):
 
 
 # The kinds of target a volume can have: dir: (a directory, one file per chunk) and file: (the
-# block chunk store, docs/format.md, on a sparse image file).
-TARGET_KINDS = ("dir", "file")
+# block chunk store, docs/format.md, on a sparse image file); "mixed" is a 3-replica volume with
+# one replica on each kind of block address space: a file: image, an iSCSI LUN (tgtd) and an
+# NBD export (nbdkit), the servers started on loopback for the session (net_target_url).
+TARGET_KINDS = ("dir", "file", "mixed")
+MIXED = ("file", "iscsi", "nbd")
+
+_NET = {}
+TARGETS_PY = os.path.join(REPO, "tests", "services", "targets.py")
+NET_LUN_MIB = 2048  # sparse backing files: they cost what is written
+
+
+def net_target_url(kind):
+    """The iSCSI or NBD URL of the session's test servers (tests/services/targets.py), started
+    on first use and stopped at the end of the session. Skips when tgtd / nbdkit are missing."""
+    if "urls" not in _NET:
+        d = tempfile.mkdtemp(prefix="braidfs-it-targets-")
+        r = subprocess.run(["/usr/bin/python3", TARGETS_PY, "start", d, str(NET_LUN_MIB)],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode == 77:
+            shutil.rmtree(d, ignore_errors=True)
+            pytest.skip(f"iSCSI/NBD test servers unavailable: {r.stderr.strip()}")
+        if r.returncode != 0:
+            subprocess.run(["/usr/bin/python3", TARGETS_PY, "stop", d], capture_output=True)
+            raise AssertionError(f"targets.py start failed: {r.stderr.strip()}")
+        urls = {}
+        for line in r.stdout.splitlines():
+            if line.startswith("export ") and "=" in line:
+                k, v = line[len("export "):].split("=", 1)
+                urls[k] = v.strip().strip("'\"")
+        _NET.update(dir=d, urls=urls)
+    key = {"iscsi": "BRAIDFS_TEST_ISCSI_URL", "nbd": "BRAIDFS_TEST_NBD_URL"}[kind]
+    return _NET["urls"][key]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if "dir" in _NET:
+        subprocess.run(["/usr/bin/python3", TARGETS_PY, "stop", _NET["dir"]],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(_NET["dir"], ignore_errors=True)
 
 
 @pytest.fixture
@@ -444,6 +488,8 @@ def volume(make_volume, request):
     unless the test asks for a kind, e.g. every kind in turn:
         @pytest.mark.parametrize("volume", TARGET_KINDS, indirect=True)"""
     kind = getattr(request, "param", "dir")
+    if kind == "mixed":
+        return make_volume(targets=MIXED, replicas=3, extra_format=("--pool", "mixed"))
     return make_volume(targets=(kind, kind))
 
 
