@@ -32,7 +32,15 @@
  *         committed (the connection broke before COMMIT was sent). A connection lost during
  *         COMMIT is resolved with txid_status(xid) after reconnecting: committed -> success,
  *         aborted -> run again, unknown -> -EIO with that said. Single-statement writes
- *         (setattr, target state, heartbeats, leases) are idempotent and simply run again.
+ *         (node heartbeats and state, leases) are idempotent and simply run again.
+ *   PG-6  Directory quotas (META-9): a quota row is locked last, after every inode row the
+ *         operation locks, and one operation charges one root only (link and rename refuse
+ *         to cross roots), so quota rows add no lock cycle. Making or removing a root locks
+ *         the inodes table in EXCLUSIVE mode (readers go on) for its transaction, so that no
+ *         create or rename slips past the walk that tags the subtree.
+ *   Target rows (META-7, META-8): target_add holds the 'targets' row of `locks` (ids are
+ *   max + 1); chain_update share-locks its members' rows, target_update locks its row, so a
+ *   target cannot be drained while a chain that names it commits.
  *
  * DURABILITY (META-5)
  *   Every session runs with synchronous_commit on (raised from off if the server default is
