@@ -30,7 +30,7 @@ import time
 import pytest
 
 import conftest
-from conftest import REPO, Volume, braidfs, force_unmount, read_file, write_file
+from conftest import REPO, Volume, braidfs, force_unmount, pid_alive, read_file, write_file
 import test_posix
 
 PG_SH = os.path.join(REPO, "tests", "services", "postgres.sh")
@@ -79,11 +79,13 @@ def new_database(base_url):
 
 
 def registry_pid(mnt):
-    """Pid of the mount daemon serving mnt, from braidfs mount's /run/braidfs registry."""
+    """Pid of the mount daemon serving mnt, from braidfs mount's /run/braidfs registry. A mount
+    killed with -9 leaves its entry behind until some umount scans: a live pid wins."""
     try:
         names = os.listdir("/run/braidfs")
     except OSError:
         return None
+    found = None
     for n in names:
         if not n.endswith(".mount"):
             continue
@@ -93,8 +95,10 @@ def registry_pid(mnt):
         except OSError:
             continue
         if len(lines) >= 2 and lines[1] == mnt and lines[0].isdigit():
-            return int(lines[0])
-    return None
+            found = int(lines[0])
+            if pid_alive(found):
+                return found
+    return found
 
 
 class PgVolume(Volume):
