@@ -1196,6 +1196,16 @@ int ds_remove(struct ds *ds, uint64_t ino)
 	return ds_cut_locked(ds, ino, 0);
 }
 
+void ds_forget(struct ds *ds, uint64_t ino)
+{
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct sm_target *sm = ds_tsm(&ds->targets[i]);
+
+		if (sm && sm->ops->forget)
+			sm->ops->forget(sm, ino);
+	}
+}
+
 /* Per-chunk pieces of [off, off+len) with op (PUNCH / ALLOCATE). */
 static int ds_range_op(struct ds *ds, enum ds_op kind, uint64_t ino, uint64_t off, uint64_t len)
 {

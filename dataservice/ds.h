@@ -137,6 +137,9 @@ int ds_punch(struct ds *ds, uint64_t ino, uint64_t off, uint64_t len);
 int ds_allocate(struct ds *ds, uint64_t ino, uint64_t off, uint64_t len);
 /* Delete every chunk of ino (SM-5 from idx 0) on every target. */
 int ds_remove(struct ds *ds, uint64_t ino);
+/* Forget what is cached of ino's chunks on every open target (sm_ops.forget): another process
+ * sharing the targets may have replaced their files (FS-7). Never fails. */
+void ds_forget(struct ds *ds, uint64_t ino);
 /* Trim after a crash: delete everything of ino at or beyond size (META-4 recovery). */
 int ds_trim(struct ds *ds, uint64_t ino, uint64_t size);
 /* lseek SEEK_DATA / SEEK_HOLE over a file of `size` bytes: *ret as lseek(2) would return;

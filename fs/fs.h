@@ -29,6 +29,15 @@
  *         META_QUOTA_XATTR on a directory sets, reads and (removexattr) clears a quota
  *         while mounted; only root may use it (the kernel already limits trusted.* to
  *         CAP_SYS_ADMIN).
+ *   FS-7  Shared engines (META_CAP_SHARED: several mounts of one volume) get close-to-open
+ *         consistency, as NFS: a close records the size (FS-3 already does); an open reads
+ *         the inode from the database, adopts it unless this mount has unrecorded changes
+ *         (dirty or a write in flight), drops the kernel's cached attributes and the data
+ *         service's cached chunk handles (ds_forget: the other mount may have replaced the
+ *         chunk files) and opens without keep_cache, so the next read sees what the other
+ *         mount closed. Names and
+ *         attributes otherwise follow entry_timeout / attr_timeout. A file created here
+ *         is never taken for "fresh" (another mount may write it).
  *
  * THREADS AND LOCKS
  *   libfuse's multi-threaded loop calls the op handlers from many threads at once.
@@ -89,6 +98,7 @@ struct fs {
 	struct meta_volume vol;
 	struct fs_options opt;
 	struct fuse_session *se;
+	bool shared; /* FS-6: the engine has META_CAP_SHARED (immutable after fs_new) */
 
 	pthread_mutex_t itab_lock;
 	struct fs_inode **itab; /* protected by itab_lock */
@@ -133,7 +143,8 @@ void fs_inode_open_add(struct fs *fs, struct fs_inode *ip, int delta);
 /* Record the size/mtime/ctime of a dirty inode in the database (FS-3); with durable, also
  * make it durable (META-5). */
 int fs_inode_flush(struct fs *fs, struct fs_inode *ip, bool durable);
-/* Overlay the in-memory fields of a cached inode onto attr (from the database). */
+/* Overlay the in-memory fields of a cached inode onto attr (from the database); with a
+ * shared engine, a clean cached inode adopts attr instead (FS-6). */
 void fs_inode_overlay(struct fs *fs, struct meta_attr *attr);
 /* Note a new nlink for ino (after unlink/rename/link); purges at once if nlink is 0 and
  * the inode is not in use. */

@@ -647,15 +647,37 @@ static int file_new(struct fs *fs, uint64_t ino, const struct meta_attr *a,
 	fi->fh = (uintptr_t)f;
 	if (fi->flags & O_DIRECT)
 		fi->direct_io = 1;
-	else
+	else if (!fs->shared)
 		fi->keep_cache = 1; /* one client: every change passes this kernel's cache */
 	return 0;
+}
+
+/* FS-7: the kernel's cached size of an inode another mount may have changed may be older
+ * than the one just adopted: make it ask again (attributes only; pages go with keep_cache
+ * off). */
+static void drop_kernel_attrs(struct fs *fs, uint64_t ino)
+{
+	int r = fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
+	if (r < 0 && r != -ENOENT)
+		log_debug("inode %llu: cannot drop the kernel's attributes: %s",
+			  (unsigned long long)ino, strerror(-r));
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = req_fs(req);
-	int r = file_new(fs, ino, NULL, fi);
+	struct meta_attr a;
+	int r = 0;
+	if (fs->shared) /* FS-7: start from what the database holds now */
+		r = META_CALL(fs->meta, getattr, ino, &a);
+	if (r == 0)
+		r = file_new(fs, ino, fs->shared ? &a : NULL, fi);
+	if (r == 0 && fs->shared) {
+		fs_inode_overlay(fs, &a); /* adopts a unless this mount has unrecorded changes */
+		drop_kernel_attrs(fs, ino);
+		/* the other mount may have replaced chunk files (truncate to 0 deletes them) */
+		ds_forget(fs->ds, ino);
+	}
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else if (fuse_reply_open(req, fi) == -ENOENT) {
@@ -681,7 +703,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	}
 	struct fs_file *f = file_of(fi);
 	pthread_mutex_lock(&f->ip->lock);
-	f->ip->fresh = true; /* a new inode number: no chunk can exist for it yet */
+	/* A new inode number: no chunk can exist for it yet, unless another mount of a shared
+	 * volume writes it (FS-7). */
+	f->ip->fresh = !fs->shared;
 	pthread_mutex_unlock(&f->ip->lock);
 	fs_inode_lookup_add(fs, f->ip, 1);
 	struct fuse_entry_param e = {0};
@@ -1146,6 +1170,7 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	fs->meta = meta;
 	fs->ds = ds;
 	fs->opt = *opt;
+	fs->shared = (meta_ops_of(meta)->caps & META_CAP_SHARED) != 0;
 	if (fs->opt.max_threads == 0)
 		fs->opt.max_threads = 16;
 	int r = META_CALL(meta, volume_get, &fs->vol);

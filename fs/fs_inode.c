@@ -282,7 +282,13 @@ void fs_inode_overlay(struct fs *fs, struct meta_attr *attr)
 		return;
 	pthread_mutex_lock(&ip->lock);
 	ip->nlink = attr->nlink;
-	if (S_ISREG(attr->mode)) {
+	if (S_ISREG(attr->mode) && fs->shared && !ip->dirty && ip->inflight == 0) {
+		/* FS-7: nothing unrecorded here, so what the database holds (perhaps written by
+		 * another mount) is the newest. */
+		ip->size = ip->db_size = attr->size;
+		ip->mtime_ns = attr->mtime_ns;
+		ip->ctime_ns = attr->ctime_ns;
+	} else if (S_ISREG(attr->mode)) {
 		attr->size = ip->size;
 		if (ip->dirty) {
 			attr->mtime_ns = ip->mtime_ns;

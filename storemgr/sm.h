@@ -141,6 +141,11 @@ struct sm_ops {
 	int (*list)(struct sm_target *t, sm_chunk_cb cb, void *ctx);
 	/* Optional (NULL: the backend counts nothing). Never fails on an open target. */
 	int (*counters)(struct sm_target *t, struct sm_counters *ret);
+	/* Optional (NULL: nothing is cached). Drop what is cached of ino's chunks (open file
+	 * handles), because another process that shares the target may have replaced or removed
+	 * their files: two mounts of one volume on one machine (FS-7 in fs/fs.h). Data stays:
+	 * a dropped handle with unsynced writes is synced by the next sync_ino (SM-4). */
+	void (*forget)(struct sm_target *t, uint64_t ino);
 };
 
 /* The generic handle every backend's target starts with. */

@@ -1655,6 +1655,11 @@ int sm_dir_list(struct sm_target *t, sm_chunk_cb cb, void *ctx)
 	return 0;
 }
 
+void sm_dir_forget(struct sm_target *t, uint64_t ino)
+{
+	sm_dir_drop(sm_dir_of(t), ino, 0, UINT32_MAX);
+}
+
 const struct sm_ops sm_dir_ops = {
     .scheme = "dir",
     .caps = SM_CAP_SPARSE | SM_CAP_PUNCH,
@@ -1675,4 +1680,5 @@ const struct sm_ops sm_dir_ops = {
     .sync_all = sm_dir_sync_all,
     .statfs = sm_dir_statfs,
     .list = sm_dir_list,
+    .forget = sm_dir_forget,
 };

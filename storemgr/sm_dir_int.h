@@ -120,6 +120,7 @@ int sm_dir_truncate(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t le
 int sm_dir_punch(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t off, uint64_t len);
 int sm_dir_allocate(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t off, uint64_t len);
 int sm_dir_remove(struct sm_target *t, uint64_t ino, uint32_t from_idx);
+void sm_dir_forget(struct sm_target *t, uint64_t ino);
 int sm_dir_seek(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t off, int whence,
 		uint64_t *ret);
 int sm_dir_chunk_length(struct sm_target *t, uint64_t ino, uint32_t idx, uint64_t *ret);

@@ -618,4 +618,5 @@ const struct sm_ops sm_faulty_ops = {
     .statfs = smf_statfs,
     .list = smf_list,
     .counters = smf_counters,
+    .forget = sm_dir_forget,
 };

@@ -318,12 +318,15 @@ static int open_locked(struct vol *v, const char *cmd, const char *url)
 		die_msg(cmd, "%s", err);
 		return 1;
 	}
-	pid_t hp = 0;
-	char hm[PATH_MAX] = "";
-	int r = vol_lock(v, &hp, hm, sizeof(hm));
+	struct vol_holder h;
+	int r = vol_lock(v, NULL, &h); /* exclusive: no mount, no fsck */
 	if (r == -EBUSY) {
-		die_msg(cmd, "volume '%s' is mounted%s%s (pid %d); unmount it first", v->info.name,
-			hm[0] ? " at " : "", hm, (int)hp);
+		char hp[128];
+		die_msg(cmd, "volume '%s' is %s%s%s%s%s%s; %s", v->info.name,
+			h.exclusive ? "in use by another braidfs command" : "mounted",
+			h.host[0] ? " on " : "", h.host, h.mnt[0] ? " at " : "", h.mnt,
+			vol_holder_pid(&h, hp, sizeof(hp)),
+			h.exclusive ? "wait until it is done" : "unmount it first");
 		return EXIT_USAGE;
 	}
 	if (r < 0) {

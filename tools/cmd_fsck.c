@@ -469,12 +469,15 @@ int cmd_fsck(int argc, char **argv)
 		die_msg("fsck", "%s", err);
 		goto out;
 	}
-	pid_t hp = 0;
-	char hm[PATH_MAX] = "";
-	int r = vol_lock(&v, &hp, hm, sizeof(hm));
+	struct vol_holder h;
+	int r = vol_lock(&v, NULL, &h);
 	if (r == -EBUSY) {
-		die_msg("fsck", "volume '%s' is mounted%s%s (pid %d); unmount it first",
-			v.info.name, hm[0] ? " at " : "", hm, (int)hp);
+		char hp[128];
+		die_msg("fsck", "volume '%s' is %s%s%s%s%s%s; %s", v.info.name,
+			h.exclusive ? "being checked by another braidfs fsck" : "mounted",
+			h.host[0] ? " on " : "", h.host, h.mnt[0] ? " at " : "", h.mnt,
+			vol_holder_pid(&h, hp, sizeof(hp)),
+			h.exclusive ? "wait until it is done" : "unmount it first");
 		goto out;
 	}
 	if (r < 0) {

@@ -41,9 +41,14 @@ static const char mount_help[] =
     "running in the background until 'braidfs umount MOUNTPOINT'. The targets named\n"
     "at format time are opened by this process: no other daemon is needed.\n"
     "\n"
-    "A volume is mounted at most once at a time. If MOUNTPOINT holds a braidfs mount\n"
-    "whose process died, it is cleaned up first. After an unclean stop the mount\n"
-    "finishes what was left (unlinked-but-open files, data beyond a file's size).\n"
+    "A volume in an sqlite:// database is mounted at most once at a time. A volume in a\n"
+    "postgres:// database may be mounted by any number of processes on any number of\n"
+    "nodes at once, with close-to-open consistency (as NFS): what one mount wrote and\n"
+    "closed, another sees when it opens the file; names and attributes another mount\n"
+    "changed show after entry_timeout / attr_timeout. No mount starts while braidfs fsck\n"
+    "runs. If MOUNTPOINT holds a braidfs mount whose process died, it is cleaned up\n"
+    "first. After an unclean stop the mount finishes what was left (unlinked-but-open\n"
+    "files, data beyond a file's size) when it is the only mount alive.\n"
     "\n"
     "Options:\n"
     "  -f, --foreground   stay in the foreground, log to stderr\n"
@@ -57,8 +62,9 @@ static const char mount_help[] =
     "       ro                 read-only mount\n"
     "  -h, --help         show this help\n"
     "\n"
-    "Example:\n"
+    "Examples:\n"
     "  braidfs mount sqlite:///var/lib/braidfs/meta.db /mnt/braidfs\n"
+    "  braidfs mount postgres://braidfs@db1:5432/braidfs /mnt/braidfs\n"
     "\n"
     "Exit status: 0 mounted, 1 failed, 2 usage error.\n";
 
@@ -228,12 +234,20 @@ static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, i
 		report(status_fd, "%s", err);
 		goto out;
 	}
-	pid_t hp = 0;
-	char hm[PATH_MAX] = "";
-	r = vol_lock(&v, &hp, hm, sizeof(hm));
+	struct vol_holder h;
+	r = vol_lock(&v, mnt, &h);
+	char hp[128];
+	if (r == -EBUSY && h.exclusive) {
+		report(status_fd,
+		       "volume '%s' is being checked by braidfs fsck%s%s%s; mount it when "
+		       "that is done",
+		       v.info.name, h.host[0] ? " on " : "", h.host,
+		       vol_holder_pid(&h, hp, sizeof(hp)));
+		goto out;
+	}
 	if (r == -EBUSY) {
-		report(status_fd, "volume '%s' is already mounted%s%s (pid %d)", v.info.name,
-		       hm[0] ? " at " : "", hm, (int)hp);
+		report(status_fd, "volume '%s' is already mounted%s%s%s", v.info.name,
+		       h.mnt[0] ? " at " : "", h.mnt, vol_holder_pid(&h, hp, sizeof(hp)));
 		goto out;
 	}
 	if (r < 0) {
@@ -250,7 +264,15 @@ static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, i
 		report(status_fd, "cannot start: %s", strerror(-r));
 		goto out;
 	}
-	r = fs_recover(fs);
+	/* Unfinished work may only be finished when no other mount is alive: it touches inodes
+	 * another mount may hold open or be writing (see tools/volume.c). */
+	if (v.alone)
+		r = fs_recover(fs);
+	else
+		log_info(
+		    "volume %s: other mounts are alive; work an unclean stop left is finished by "
+		    "the next mount that is alone, or by braidfs fsck --repair",
+		    v.info.name);
 	if (r < 0) {
 		report(status_fd, "recovery after an unclean stop failed: %s", strerror(-r));
 		goto out;

@@ -400,9 +400,17 @@ int cmd_scrub(int argc, char **argv)
 		die_msg("scrub", "%s", err);
 		goto out;
 	}
-	pid_t hp = 0;
-	char hm[PATH_MAX] = "";
-	int r = vol_lock(&v, &hp, hm, sizeof(hm));
+	struct vol_holder h;
+	int r = vol_lock(&v, NULL, &h);
+	pid_t hp = h.pid;
+	if (r == -EBUSY && h.remote) {
+		die_msg(
+		    "scrub",
+		    "volume '%s' is mounted on %s at %s (pid %d): run braidfs scrub on that host, "
+		    "where it talks to the mount",
+		    v.info.name, h.host, h.mnt[0] ? h.mnt : "?", (int)h.pid);
+		goto out;
+	}
 	if (r < 0 && r != -EBUSY) {
 		die_msg("scrub", "cannot lock volume '%s': %s", v.info.name, strerror(-r));
 		goto out;

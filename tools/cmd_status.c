@@ -19,10 +19,11 @@ static const char help[] =
     "Usage: braidfs status META_URL\n"
     "\n"
     "Show the volume whose metadata is at META_URL: its settings, whether and where it\n"
-    "is mounted, its files, every target with its state (up, offline, unreachable,\n"
-    "draining, drained, removed), pool, node, media class, the number of chains it is\n"
-    "a member of, space and chunk count, and every chain (the ordered list of targets\n"
-    "that hold a share of the chunks; the first is the primary) with its epoch.\n"
+    "is mounted (every mount, with its node, of a postgres:// volume), its files, every\n"
+    "target with its state (up, offline, unreachable, draining, drained, removed), pool,\n"
+    "node, media class, the number of chains it is a member of, space and chunk count,\n"
+    "and every chain (the ordered list of targets that hold a share of the chunks; the\n"
+    "first is the primary) with its epoch.\n"
     "\n"
     "Counters: when the volume is mounted, the mount process's data service counts\n"
     "bytes read and written, replica failures, and checksum errors met by reads and\n"
@@ -63,12 +64,25 @@ int cmd_status(int argc, char **argv)
 	       v.info.replicas, consistency_name(v.info.consistency),
 	       fmt_size(v.info.chunk_size, b1, sizeof(b1)), v.info.format_version);
 	printf("          created %s\n", when);
-	pid_t pid = 0;
-	char mnt[PATH_MAX] = "";
-	if (vol_lock_holder(url, &pid, mnt, sizeof(mnt)))
-		printf("mounted   at %s (pid %d)\n", mnt[0] ? mnt : "?", (int)pid);
-	else
+	struct vol_holder *h = calloc(VOL_HOLDERS_MAX, sizeof(*h));
+	int nh = h ? vol_holders(&v, h, VOL_HOLDERS_MAX) : -ENOMEM;
+	pid_t pid = nh > 0 ? h[0].pid : 0; /* a one-node volume's one holder */
+	if (nh < 0)
+		printf("mounted   ? (%s)\n", strerror(-nh));
+	else if (nh == 0)
 		printf("mounted   no\n");
+	for (int i = 0; i < nh && i < VOL_HOLDERS_MAX; i++) {
+		const char *what = i ? "         " : "mounted  ";
+		char hp[128];
+		if (h[i].exclusive)
+			printf("%s checked by braidfs fsck%s%s%s\n", what,
+			       h[i].host[0] ? " on " : "", h[i].host,
+			       vol_holder_pid(&h[i], hp, sizeof(hp)));
+		else
+			printf("%s at %s%s%s%s\n", what, h[i].host, h[i].host[0] ? ":" : "",
+			       h[i].mnt[0] ? h[i].mnt : "?", vol_holder_pid(&h[i], hp, sizeof(hp)));
+	}
+	free(h);
 	struct meta_statfs ms = {0};
 	if (META_CALL(v.meta, statfs, &ms) == 0)
 		printf("files     %llu inode(s), %s in files\n", (unsigned long long)ms.inodes,

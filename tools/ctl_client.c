@@ -22,7 +22,7 @@ int ctl_client_find_mount(const char *meta_url, struct run_entry *ret)
 	char mnt[PATH_MAX] = "";
 	memset(ret, 0, sizeof(*ret));
 	if (!vol_lock_holder(meta_url, &pid, mnt, sizeof(mnt)))
-		return 0;
+		return run_find_url(meta_url, ret); /* a shared engine's mount, if one is here */
 	if (pid > 0 && run_read(pid, ret) == 0)
 		return 1;
 	ret->pid = pid;

@@ -19,8 +19,10 @@ struct ctl_client {
 };
 
 /* The mount daemon serving the volume whose metadata is at meta_url: 1 and *ret when a mount
- * holds the volume lock and is registered in RUN_DIR; 0 when nobody holds the lock; -EBUSY when
- * a process that is not a mount holds it (fsck, a scrub of the unmounted volume: ret->pid). */
+ * holds the volume lock and is registered in RUN_DIR (or, for a shared engine, which has no
+ * lock file, when a mount of it on this host is registered there); 0 when nobody holds the
+ * lock; -EBUSY when a process that is not a mount holds it (fsck, a scrub of the unmounted
+ * volume: ret->pid). */
 int ctl_client_find_mount(const char *meta_url, struct run_entry *ret);
 /* Connect to pid's socket and exchange hello. 0, or -errno with a one-line reason in err. */
 int ctl_client_open(struct ctl_client *c, pid_t pid, char *err, size_t errlen);

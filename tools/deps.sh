@@ -4,7 +4,7 @@
 set -eu
 what=${1:-build}
 build_pkgs="meson ninja-build pkg-config gcc libfuse3-dev fuse3 libsqlite3-dev libyaml-dev
- libisal-dev liburing-dev libssl-dev libiscsi-dev libnbd-dev libblkid-dev libgrpc-dev
+ libisal-dev liburing-dev libssl-dev libpq-dev libiscsi-dev libnbd-dev libblkid-dev libgrpc-dev
  libprotobuf-c-dev protobuf-c-compiler"
 test_pkgs="libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-pytest-timeout
  fio python3-matplotlib attr acl util-linux fdisk e2fsprogs procps psmisc postgresql

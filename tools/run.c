@@ -105,13 +105,15 @@ bool run_pid_alive(pid_t pid)
 	return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
 }
 
-pid_t run_find_mount(const char *mnt)
+/* Scan RUN_DIR, removing stale entries; the first live entry whose mount point (or, with
+ * by_url, META_URL) is key goes to *ret. 1 found, 0 not. */
+static int run_find(const char *key, bool by_url, struct run_entry *ret)
 {
 	DIR *d = opendir(RUN_DIR);
 	if (!d)
 		return 0;
 	struct dirent *de;
-	pid_t found = 0;
+	int found = 0;
 	while ((de = readdir(d))) {
 		size_t n = strlen(de->d_name);
 		char p[512];
@@ -132,9 +134,22 @@ pid_t run_find_mount(const char *mnt)
 			unlink(p);
 			continue;
 		}
-		if (r == 0 && !strcmp(e.mnt, mnt))
-			found = e.pid;
+		if (r == 0 && !found && !strcmp(by_url ? e.meta_url : e.mnt, key)) {
+			*ret = e;
+			found = 1;
+		}
 	}
 	closedir(d);
 	return found;
+}
+
+pid_t run_find_mount(const char *mnt)
+{
+	struct run_entry e;
+	return run_find(mnt, false, &e) ? e.pid : 0;
+}
+
+int run_find_url(const char *meta_url, struct run_entry *ret)
+{
+	return run_find(meta_url, true, ret);
 }

@@ -34,6 +34,9 @@ void run_del(void);
 bool run_pid_alive(pid_t pid);
 /* The pid serving mnt, or 0. Stale entries (dead pids) are removed. */
 pid_t run_find_mount(const char *mnt);
+/* A mount of meta_url on this host (the first found): 1 and *ret, or 0. Several processes
+ * may mount one volume of a shared engine; this finds one of them. */
+int run_find_url(const char *meta_url, struct run_entry *ret);
 /* The entry of pid: 0, -ENOENT (none), -EBADMSG (not three well-formed lines). */
 int run_read(pid_t pid, struct run_entry *ret);
 

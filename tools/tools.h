@@ -6,6 +6,8 @@
 #ifndef BRAIDFS_TOOLS_H
 #define BRAIDFS_TOOLS_H
 
+#include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -14,6 +16,22 @@
 #include "fs/meta/meta.h"
 
 #define EXIT_USAGE 2
+
+/* Shared engines: a client registration expires this long after its last renewal (by the
+ * database's clock); it is renewed every third of it. */
+#define VOL_CLIENT_TTL_MS 15000
+#define VOL_HOLDERS_MAX	  256
+
+/* Who uses a volume (a mount, or fsck when exclusive). */
+struct vol_holder {
+	pid_t pid;
+	bool exclusive;
+	bool gone;	    /* on this host and the process is dead: its registration has not
+			     * expired yet (at most VOL_CLIENT_TTL_MS) */
+	bool remote;	    /* on another host (shared engines) */
+	char host[256];	    /* shared engines only */
+	char mnt[PATH_MAX]; /* "" when unknown, or for fsck */
+};
 
 struct vol {
 	char meta_url[1024];
@@ -24,7 +42,16 @@ struct vol {
 	struct meta_chain *chains;
 	unsigned nchains;
 	struct ds *ds;
-	int lock_fd; /* -1 when not held */
+	int lock_fd; /* one-node engines: the flock'd file; -1 when not held */
+	bool alone;  /* the lock says no other user was alive: recovery may run */
+	/* shared engines: our client registration and the thread that renews it */
+	uint64_t client_id; /* 0: none */
+	struct meta_client me;
+	pthread_t hb;
+	bool hb_running;
+	pthread_mutex_t hb_lock;
+	pthread_cond_t hb_cond; /* signalled to stop; protected by hb_lock */
+	bool hb_stop;		/* protected by hb_lock */
 };
 
 /* Open the metadata and read the volume, targets and chains. err: one-line reason. */
@@ -38,12 +65,18 @@ bool vol_target_serves(const struct meta_target *t);
 /* Open every target through the data service: up and draining ones opened, offline and
  * drained ones known but closed (a rebuild opens them on demand), removed ones left out. */
 int vol_open_data(struct vol *v, char *err, size_t errlen);
-/* Take the volume's mount lock (one mount at a time, also fsck). On -EBUSY, holder_pid and
- * holder_mnt say who has it. Released by vol_close or process death. */
-int vol_lock(struct vol *v, pid_t *holder_pid, char *holder_mnt, size_t mntlen);
-/* Record our pid and mount point in the lock file (after a successful mount). */
+/* Take the volume lock for a mount at mountpoint, or, with mountpoint NULL, for a tool that
+ * needs the volume alone (fsck). One-node engines: one holder at a time; shared engines: any
+ * number of mounts, or one exclusive tool (see the top of volume.c). On -EBUSY, *holder (may
+ * be NULL) says who is in the way. Released by vol_close or process death. */
+int vol_lock(struct vol *v, const char *mountpoint, struct vol_holder *holder);
+/* Record our pid and mount point next to the lock (after a successful mount). */
 void vol_lock_note(struct vol *v, const char *mountpoint);
-/* Who holds the lock without taking it: 0 none, 1 held (pid, mnt filled). */
+/* The live users of the volume, without taking the lock: fills up to max, returns the
+ * count, or -errno. */
+int vol_holders(struct vol *v, struct vol_holder *out, int max);
+/* One-node engines: who holds the lock file, without opening the volume: 0 none, 1 held
+ * (pid, mnt filled). Shared engines have no lock file: 0. */
 int vol_lock_holder(const char *meta_url, pid_t *pid, char *mnt, size_t mntlen);
 void vol_close(struct vol *v);
 
@@ -55,6 +88,9 @@ bool pool_arg_ok(const char *cmd, const char *name);
 /* Placement's node number for a node name: 1 + the index of the first of t[0..n-1] on that
  * node (so equal names get equal numbers). */
 uint32_t vol_node_number(const struct meta_target *t, unsigned n, const char *node);
+
+/* " (pid N)", or " (pid N, gone; its registration expires within S s)" into buf. */
+const char *vol_holder_pid(const struct vol_holder *h, char *buf, size_t len);
 
 /* Print "braidfs CMD: fmt" to stderr. */
 void die_msg(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

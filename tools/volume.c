@@ -1,20 +1,33 @@
 /* volume — open a braidfs volume for a subcommand: metadata, cluster tables, targets, and
- * the mount lock that keeps a volume mounted (or checked) by one process at a time.
+ * the volume lock that says who uses the volume.
  *
- * The lock is an flock(2) on "<database>.lock" next to a SQLite database: the kernel
- * releases it when the holder dies, so a kill -9 never leaves a stale lock behind. Engines
- * shared by many nodes (postgres) will hold a lease row instead.
+ * The lock depends on what the engine can share (caps, never the engine's name):
+ *   - an engine of one node (SQLite): an flock(2) on "<database>.lock" next to the database,
+ *     held by the one mount or by fsck; the kernel releases it when the holder dies, so a
+ *     kill -9 never leaves a stale lock behind;
+ *   - an engine shared by many nodes (META_CAP_SHARED, PostgreSQL): a client registration in
+ *     the database (META-12). Mounts register side by side; fsck registers as exclusive, so
+ *     it runs only when no mount is alive and no mount starts while it runs. A thread renews
+ *     the registration every VOL_CLIENT_TTL_MS / 3; a holder killed with -9 stops renewing
+ *     and its row expires after VOL_CLIENT_TTL_MS by the database's clock.
+ * vol.alone says that no other live user was registered when we took the lock: only then may
+ * a mount finish what an unclean stop left (orphans, data beyond a size), because that work
+ * must not touch inodes another live mount holds open or is writing.
  */
 #include "tools/tools.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -214,8 +227,11 @@ out:
 
 static int lock_path(const char *meta_url, char *out, size_t len)
 {
+	/* a one-node engine keeps its database in a file: the lock lives beside it */
+	const struct meta_ops *ops = meta_ops_for(meta_url);
 	struct url u;
-	if (url_parse(meta_url, &u, NULL, 0) < 0 || strcmp(u.scheme, "sqlite") != 0)
+	if (!ops || (ops->caps & META_CAP_SHARED) || url_parse(meta_url, &u, NULL, 0) < 0 ||
+	    !u.path[0])
 		return -ENOTSUP;
 	if (snprintf(out, len, "%s.lock", u.path) >= (int)len)
 		return -ENAMETOOLONG;
@@ -241,12 +257,131 @@ static void read_holder(int fd, pid_t *pid, char *mnt, size_t mntlen)
 	}
 }
 
-int vol_lock(struct vol *v, pid_t *holder_pid, char *holder_mnt, size_t mntlen)
+static bool vol_shared(const struct vol *v)
+{
+	return (meta_ops_of(v->meta)->caps & META_CAP_SHARED) != 0;
+}
+
+static void holder_from_client(const struct meta_client *c, struct vol_holder *h)
+{
+	char me[256] = "";
+
+	memset(h, 0, sizeof(*h));
+	h->pid = c->pid;
+	h->exclusive = c->exclusive;
+	snprintf(h->host, sizeof(h->host), "%s", c->host);
+	snprintf(h->mnt, sizeof(h->mnt), "%s", c->mountpoint);
+	/* A process of this host that died without unregistering (kill -9): say so. */
+	h->remote = gethostname(me, sizeof(me) - 1) < 0 || strcmp(me, c->host) != 0;
+	if (!h->remote && c->pid > 0 && kill(c->pid, 0) < 0 && errno == ESRCH)
+		h->gone = true;
+}
+
+const char *vol_holder_pid(const struct vol_holder *h, char *buf, size_t len)
+{
+	if (h->gone)
+		snprintf(buf, len, " (pid %d, gone; its registration expires within %d s)",
+			 (int)h->pid, VOL_CLIENT_TTL_MS / 1000);
+	else
+		snprintf(buf, len, " (pid %d)", (int)h->pid);
+	return buf;
+}
+
+/* The heartbeat of a shared-engine registration: renew every TTL/3. A registration that
+ * expired anyway (the process stalled, the database was away) is said loudly and taken again:
+ * meanwhile another mount may have finished "unfinished work" of ours. */
+static void *vol_heartbeat(void *arg)
+{
+	struct vol *v = arg;
+	struct timespec until;
+
+	pthread_mutex_lock(&v->hb_lock);
+	while (!v->hb_stop) {
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += VOL_CLIENT_TTL_MS / 3000;
+		while (!v->hb_stop &&
+		       pthread_cond_timedwait(&v->hb_cond, &v->hb_lock, &until) != ETIMEDOUT)
+			;
+		if (v->hb_stop)
+			break;
+		pthread_mutex_unlock(&v->hb_lock);
+		int r = META_CALL_OPT(v->meta, client_heartbeat, v->client_id, VOL_CLIENT_TTL_MS);
+		if (r == -ESTALE) {
+			log_err(
+			    "volume %s: this client's registration expired (the database did not "
+			    "hear from it for %d s); registering again",
+			    v->info.name, VOL_CLIENT_TTL_MS / 1000);
+			uint64_t id = 0;
+			r = META_CALL_OPT(v->meta, client_register, &v->me, VOL_CLIENT_TTL_MS, &id,
+					  NULL);
+			if (r == 0)
+				v->client_id = id;
+		}
+		if (r < 0)
+			log_warn("volume %s: cannot renew this client's registration: %s",
+				 v->info.name, strerror(-r));
+		pthread_mutex_lock(&v->hb_lock);
+	}
+	pthread_mutex_unlock(&v->hb_lock);
+	return NULL;
+}
+
+/* Shared engines: register (META-12), learn whether we are alone, start the heartbeat. */
+static int vol_register(struct vol *v, const char *mountpoint, struct vol_holder *holder)
+{
+	struct meta_client conflict, *all = NULL;
+	uint64_t id = 0;
+
+	memset(&v->me, 0, sizeof(v->me));
+	if (gethostname(v->me.host, sizeof(v->me.host) - 1) < 0)
+		snprintf(v->me.host, sizeof(v->me.host), "?");
+	v->me.pid = (int32_t)getpid();
+	v->me.exclusive = mountpoint == NULL;
+	snprintf(v->me.mountpoint, sizeof(v->me.mountpoint), "%s", mountpoint ? mountpoint : "");
+	int r = META_CALL_OPT(v->meta, client_register, &v->me, VOL_CLIENT_TTL_MS, &id, &conflict);
+	if (r == -EBUSY && holder)
+		holder_from_client(&conflict, holder);
+	if (r < 0)
+		return r;
+	v->client_id = id;
+	/* alone: nobody but us alive (an exclusive registration is alone by META-12) */
+	v->alone = true;
+	all = calloc(VOL_HOLDERS_MAX, sizeof(*all));
+	r = all ? META_CALL_OPT(v->meta, clients_list, all, VOL_HOLDERS_MAX) : -ENOMEM;
+	for (int i = 0; i < r && i < VOL_HOLDERS_MAX; i++)
+		if (all[i].alive && all[i].id != id)
+			v->alone = false;
+	free(all);
+	if (r < 0) {
+		META_CALL_OPT(v->meta, client_unregister, id);
+		v->client_id = 0;
+		return r;
+	}
+	pthread_mutex_init(&v->hb_lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&v->hb_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	v->hb_stop = false;
+	r = -pthread_create(&v->hb, NULL, vol_heartbeat, v);
+	if (r < 0) {
+		META_CALL_OPT(v->meta, client_unregister, id);
+		v->client_id = 0;
+		return r;
+	}
+	v->hb_running = true;
+	return 0;
+}
+
+int vol_lock(struct vol *v, const char *mountpoint, struct vol_holder *holder)
 {
 	char path[4200];
+	if (holder)
+		memset(holder, 0, sizeof(*holder));
+	if (vol_shared(v))
+		return vol_register(v, mountpoint, holder);
 	int r = lock_path(v->meta_url, path, sizeof(path));
-	if (r == -ENOTSUP)
-		return 0; /* shared engines use leases (later) */
 	if (r < 0)
 		return r;
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -256,7 +391,8 @@ int vol_lock(struct vol *v, pid_t *holder_pid, char *holder_mnt, size_t mntlen)
 		r = -errno;
 		if (r == -EWOULDBLOCK) {
 			r = -EBUSY;
-			read_holder(fd, holder_pid, holder_mnt, mntlen);
+			if (holder)
+				read_holder(fd, &holder->pid, holder->mnt, sizeof(holder->mnt));
 		}
 		close(fd);
 		return r;
@@ -266,13 +402,14 @@ int vol_lock(struct vol *v, pid_t *holder_pid, char *holder_mnt, size_t mntlen)
 	if (ftruncate(fd, 0) == 0 && pwrite(fd, note, (size_t)n, 0) < 0)
 		log_debug("cannot write %s: %s", path, strerror(errno));
 	v->lock_fd = fd;
+	v->alone = true;
 	return 0;
 }
 
 void vol_lock_note(struct vol *v, const char *mountpoint)
 {
 	if (v->lock_fd < 0)
-		return;
+		return; /* a shared engine's registration names its mount point already */
 	char note[4200];
 	int n = snprintf(note, sizeof(note), "%d\n%s\n", (int)getpid(), mountpoint);
 	if (ftruncate(v->lock_fd, 0) < 0 || pwrite(v->lock_fd, note, (size_t)n, 0) < 0)
@@ -298,10 +435,50 @@ int vol_lock_holder(const char *meta_url, pid_t *pid, char *mnt, size_t mntlen)
 	return held;
 }
 
+int vol_holders(struct vol *v, struct vol_holder *out, int max)
+{
+	if (vol_shared(v)) {
+		struct meta_client *all = calloc(VOL_HOLDERS_MAX, sizeof(*all));
+		int r = all ? META_CALL_OPT(v->meta, clients_list, all, VOL_HOLDERS_MAX) : -ENOMEM;
+		int n = 0;
+		for (int i = 0; i < r && i < VOL_HOLDERS_MAX; i++) {
+			if (!all[i].alive)
+				continue;
+			if (n < max)
+				holder_from_client(&all[i], &out[n]);
+			n++;
+		}
+		free(all);
+		return r < 0 ? r : n;
+	}
+	struct vol_holder h = {0};
+	int held = vol_lock_holder(v->meta_url, &h.pid, h.mnt, sizeof(h.mnt));
+	if (held && max > 0)
+		out[0] = h;
+	return held;
+}
+
 void vol_close(struct vol *v)
 {
 	ds_close(v->ds);
 	v->ds = NULL;
+	if (v->hb_running) {
+		pthread_mutex_lock(&v->hb_lock);
+		v->hb_stop = true;
+		pthread_cond_signal(&v->hb_cond);
+		pthread_mutex_unlock(&v->hb_lock);
+		pthread_join(v->hb, NULL);
+		pthread_cond_destroy(&v->hb_cond);
+		pthread_mutex_destroy(&v->hb_lock);
+		v->hb_running = false;
+	}
+	if (v->client_id) {
+		int r = META_CALL_OPT(v->meta, client_unregister, v->client_id);
+		if (r < 0 && r != -ENOENT)
+			log_warn("volume %s: cannot unregister this client: %s", v->info.name,
+				 strerror(-r));
+		v->client_id = 0;
+	}
 	meta_close(v->meta);
 	v->meta = NULL;
 	free(v->targets);

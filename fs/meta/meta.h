@@ -8,8 +8,9 @@
  *
  * BACKENDS
  *   One `struct meta_ops` table per engine, chosen by URL scheme (meta_open() looks it up):
- *   sqlite:///abs/path.db (embedded default, meta_sqlite.c). A postgres:// engine comes later
- *   behind the same table. Call sites never ask which engine they hold; they read `caps`.
+ *   sqlite:///abs/path.db (embedded default, meta_sqlite.c) and postgres://user@host:port/db
+ *   (also postgresql://; shared by many nodes, meta_pg.c). Call sites never ask which engine
+ *   they hold; they read `caps`.
  *
  * INVARIANTS (cited as META-n)
  *   META-1  Every namespace operation is exactly one transaction: it happens whole or not at
@@ -44,6 +45,22 @@
  *           Sizes, not allocated blocks, are charged: they match statfs and need no chunk scan.
  *           quota_reserve and mknod fail with -EDQUOT rather than exceed a limit; link and
  *           rename between different quota roots fail with -EXDEV (mv then copies).
+ *   META-10 (META_CAP_CLUSTER) Every time a lease, node lease or client registration is
+ *           judged alive or expired, it is judged by the database's clock (now() in the same
+ *           statement that reads or changes it), never by a caller's: the clocks of nodes do
+ *           not matter. A caller that must act on its own (self-fencing, DIST-4) counts its
+ *           lease as lost at (its monotonic time when it *sent* the successful acquire/renew)
+ *           + ttl.
+ *   META-11 A lease has at most one holder at a time. acquire/renew/release are each one
+ *           conditional statement; acquire succeeds only when the lease is free, expired or
+ *           already the caller's. `generation` grows by one every time a holder's tenure
+ *           starts (a new holder, or the same one after expiry): a fencing token. renew and
+ *           release succeed only for the current holder with the current generation before
+ *           expiry, and answer -ESTALE otherwise.
+ *   META-12 (clients) An exclusive client (fsck) is registered only when no other live client
+ *           is, and no client registers while a live exclusive one exists; the check and the
+ *           insert are one transaction. A client whose registration expired cannot renew it
+ *           (-ESTALE): others may already have treated it as dead.
  *
  * THREADS
  *   A `struct meta` is safe to call from any number of threads at once; the engine serializes
@@ -54,11 +71,13 @@
  *   Every function returns 0 (or a count) or -errno: -ENOENT, -EEXIST, -ENOTEMPTY, -ENOTDIR,
  *   -EISDIR, -ENODATA (xattr, no quota), -ERANGE (buffer), -EIO (engine failure, logged at debug
  *   with the engine's own message), -EBUSY (locked by another process), -EINVAL (bad URL or
- *   argument), -EDQUOT (a quota limit, META-9), -EXDEV (across quota roots, META-9).
+ *   argument), -EDQUOT (a quota limit, META-9), -EXDEV (across quota roots, META-9),
+ *   -EOPNOTSUPP (an optional op the engine lacks: see META_CALL_OPT).
  */
 #ifndef BRAIDFS_META_H
 #define BRAIDFS_META_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -162,6 +181,38 @@ struct meta_quota {
 	uint64_t ino; /* the quota root directory */
 	uint64_t bytes_limit, inodes_limit;
 	uint64_t bytes_used, inodes_used;
+};
+
+/* Cluster membership (META_CAP_CLUSTER). Ages and remaining times are computed by the database
+ * (META-10); they are as of the statement that read them. */
+enum meta_node_state { META_NODE_UP = 0, META_NODE_DOWN = 1 };
+
+struct meta_node {
+	uint32_t id; /* 1.., assigned by node_register */
+	char name[64];
+	char address[256];
+	enum meta_node_state state;
+	int64_t heartbeat_age_ns;   /* now() - last heartbeat, database clock */
+	int64_t lease_remaining_ns; /* its lease_until - now() (DIST-4); <= 0: expired */
+};
+
+#define META_LEASE_NAME_MAX 63
+
+struct meta_lease {
+	char name[META_LEASE_NAME_MAX + 1];
+	uint32_t holder;      /* node id; 0: free (released or never taken) */
+	uint64_t generation;  /* META-11: fencing token, +1 per tenure */
+	int64_t remaining_ns; /* expiry - now(), database clock; <= 0: expired */
+};
+
+struct meta_client {
+	uint64_t id; /* assigned by client_register */
+	char host[256];
+	int32_t pid;
+	char mountpoint[1024]; /* "" for a tool (fsck) */
+	bool exclusive;	       /* META-12 */
+	bool alive;	       /* registration not expired, database clock */
+	int64_t remaining_ns;  /* expiry - now(); <= 0: expired */
 };
 
 struct meta_statfs {
@@ -300,9 +351,48 @@ struct meta_ops {
 	 * unreachable from the root. Returns the number of problems found (after repair, if
 	 * repair). */
 	int (*check)(struct meta *m, bool repair, meta_report_cb cb, void *ctx);
+
+	/* ---- Optional (META_CAP_CLUSTER): nodes, leases and clients, for several nodes and
+	 * several mounts of one volume. NULL in an engine without the cap; call them through
+	 * META_CALL_OPT, which answers -EOPNOTSUPP then. ttl_ms: 1..META_TTL_MAX_MS. */
+
+	/* Nodes (serve daemons, docs/distributed.md). register: insert, or update the row of the
+	 * same name (a node that restarts keeps its id): address, state UP, heartbeat now(),
+	 * lease_until now() + ttl. heartbeat: the same two times (-ENOENT: unknown id); a node
+	 * stops acknowledging writes ttl after it *sent* its last successful heartbeat (META-10).
+	 */
+	int (*node_register)(struct meta *m, const char *name, const char *address, uint32_t ttl_ms,
+			     uint32_t *ret_id);
+	int (*node_heartbeat)(struct meta *m, uint32_t id, uint32_t ttl_ms);
+	int (*node_set_state)(struct meta *m, uint32_t id, enum meta_node_state state);
+	int (*nodes_list)(struct meta *m, struct meta_node *ret, unsigned max); /* as targets */
+
+	/* Leases (META-11), e.g. "manager". holder is a registered node (-EINVAL otherwise).
+	 * acquire: -EBUSY if another node holds it unexpired; ret (may be NULL) gets the lease
+	 * as it stands after the call, also on -EBUSY/-ESTALE. get: -ENOENT if never taken. */
+	int (*lease_acquire)(struct meta *m, const char *name, uint32_t holder, uint32_t ttl_ms,
+			     struct meta_lease *ret);
+	int (*lease_renew)(struct meta *m, const char *name, uint32_t holder, uint64_t generation,
+			   uint32_t ttl_ms, struct meta_lease *ret);
+	int (*lease_release)(struct meta *m, const char *name, uint32_t holder,
+			     uint64_t generation);
+	int (*lease_get)(struct meta *m, const char *name, struct meta_lease *ret);
+
+	/* Clients (mounts and tools that need the volume; META-12). register: -EBUSY on a
+	 * conflict, with the conflicting client in *ret_conflict (may be NULL). Expired rows are
+	 * removed by the next register. heartbeat: -ESTALE once expired or removed. list: every
+	 * row, expired ones too (alive = false), by id. */
+	int (*client_register)(struct meta *m, const struct meta_client *in, uint32_t ttl_ms,
+			       uint64_t *ret_id, struct meta_client *ret_conflict);
+	int (*client_heartbeat)(struct meta *m, uint64_t id, uint32_t ttl_ms);
+	int (*client_unregister)(struct meta *m, uint64_t id); /* -ENOENT: no such row */
+	int (*clients_list)(struct meta *m, struct meta_client *ret, unsigned max);
 };
 
-#define META_CAP_SHARED 0x1 /* many nodes may open it at once (postgres) */
+#define META_CAP_SHARED	 0x1 /* many nodes may open it at once (postgres) */
+#define META_CAP_CLUSTER 0x2 /* nodes, leases and clients ops are there */
+
+#define META_TTL_MAX_MS (24u * 3600 * 1000)
 
 /* "up", "offline", "draining", "drained", "removed" ("?" for anything else). */
 const char *meta_target_state_name(enum meta_target_state s);
@@ -313,6 +403,8 @@ bool meta_pool_name_ok(const char *s);
  * one-line reason fit for a user ("no such file", "not a braidfs metadata database", ...). */
 int meta_open(const char *url, int flags, struct meta **ret, char *err, size_t errlen);
 void meta_close(struct meta *m);
+/* The engine a URL names by its scheme, without opening anything (NULL: none). */
+const struct meta_ops *meta_ops_for(const char *url);
 /* The ops table behind an open handle (every backend's struct meta starts with it). */
 const struct meta_ops *meta_ops_of(const struct meta *m);
 
@@ -323,7 +415,10 @@ struct meta {
 
 /* Convenience wrappers: m->ops->fn(m, ...). */
 #define META_CALL(m, fn, ...) ((m)->ops->fn((m), ##__VA_ARGS__))
+/* The same for an optional op: -EOPNOTSUPP when the engine has none. */
+#define META_CALL_OPT(m, fn, ...) ((m)->ops->fn ? (m)->ops->fn((m), ##__VA_ARGS__) : -EOPNOTSUPP)
 
 extern const struct meta_ops meta_sqlite_ops;
+extern const struct meta_ops meta_pg_ops;
 
 #endif

@@ -40,7 +40,7 @@
  *   meta.h); readdir/inodes/orphans drop it between batches of MS_BATCH rows so that a long
  *   listing does not starve writers. No other lock exists, so there is no lock order.
  */
-#include "fs/meta/meta.h"
+#include "fs/meta/meta_int.h"
 
 #include "common/log.h"
 #include "common/url.h"
@@ -503,22 +503,11 @@ static int ms_end(struct ms *m, int r)
 
 static void ms_row_attr(sqlite3_stmt *st, int c, struct meta_attr *a)
 {
-	memset(a, 0, sizeof(*a));
-	a->ino = (uint64_t)sqlite3_column_int64(st, c + 0);
-	a->mode = (uint32_t)sqlite3_column_int64(st, c + 1);
-	a->nlink = (uint32_t)sqlite3_column_int64(st, c + 2);
-	a->uid = (uint32_t)sqlite3_column_int64(st, c + 3);
-	a->gid = (uint32_t)sqlite3_column_int64(st, c + 4);
-	a->rdev = (uint64_t)sqlite3_column_int64(st, c + 5);
-	a->size = (uint64_t)sqlite3_column_int64(st, c + 6);
-	a->atime_ns = sqlite3_column_int64(st, c + 7);
-	a->mtime_ns = sqlite3_column_int64(st, c + 8);
-	a->ctime_ns = sqlite3_column_int64(st, c + 9);
-	a->btime_ns = sqlite3_column_int64(st, c + 10);
-	a->generation = (uint64_t)sqlite3_column_int64(st, c + 11);
-	a->flags = (uint32_t)sqlite3_column_int64(st, c + 12);
-	a->qroot = (uint64_t)sqlite3_column_int64(st, c + 13);
-	a->qres = (uint64_t)sqlite3_column_int64(st, c + 14);
+	int64_t v[META_ATTR_NCOLS];
+
+	for (int i = 0; i < META_ATTR_NCOLS; i++)
+		v[i] = sqlite3_column_int64(st, c + i);
+	meta_attr_from_cols(a, v);
 }
 
 /* A name column into a NUL-terminated buffer of META_NAME_MAX + 1 bytes. */
@@ -620,12 +609,6 @@ static int ms_inode_insert(struct ms *m, const struct meta_attr *a, const char *
 
 /* ---- quota accounting (META-9), inside a transaction ------------------------------------ */
 
-/* Bytes an inode charges to its quota root. */
-static uint64_t ms_charged(const struct meta_attr *a)
-{
-	return S_ISREG(a->mode) ? MAX(a->size, a->qres) : 0;
-}
-
 /* The quota row of root `ino`; -ENODATA if it has none. */
 static int ms_quota_row(struct ms *m, uint64_t ino, struct meta_quota *ret)
 {
@@ -652,14 +635,6 @@ static int ms_quota_row(struct ms *m, uint64_t ino, struct meta_quota *ret)
 	return r;
 }
 
-/* Room left under a limit (0 = unlimited). */
-static uint64_t ms_room(uint64_t limit, uint64_t used)
-{
-	if (limit == 0)
-		return UINT64_MAX;
-	return used >= limit ? 0 : limit - used;
-}
-
 /* Charge root with dbytes / dinodes. With `check`, growth that would pass a limit is
  * refused with -EDQUOT (shrinking never is). */
 static int ms_quota_charge(struct ms *m, uint64_t root, int64_t dbytes, int64_t dinodes, bool check)
@@ -675,10 +650,9 @@ static int ms_quota_charge(struct ms *m, uint64_t root, int64_t dbytes, int64_t 
 			return 0; /* a tag without a row: check() reports it */
 		if (r < 0)
 			return r;
-		if (dbytes > 0 && (uint64_t)dbytes > ms_room(q.bytes_limit, q.bytes_used))
-			return -EDQUOT;
-		if (dinodes > 0 && (uint64_t)dinodes > ms_room(q.inodes_limit, q.inodes_used))
-			return -EDQUOT;
+		r = meta_quota_fits(&q, dbytes, dinodes);
+		if (r < 0)
+			return r;
 	}
 	return ms_run3(m, MSQ_QUOTA_ADD, (int64_t)root, dbytes, dinodes);
 }
@@ -693,7 +667,7 @@ static int ms_inode_delete(struct ms *m, const struct meta_attr *a)
 	if (a->qroot == a->ino)
 		r = ms_run3(m, MSQ_QUOTA_DEL, (int64_t)a->ino, 0, 0); /* an empty root goes */
 	else if (a->qroot)
-		r = ms_quota_charge(m, a->qroot, -(int64_t)ms_charged(a), -1, false);
+		r = ms_quota_charge(m, a->qroot, -(int64_t)meta_charged(a), -1, false);
 	if (r < 0)
 		return r;
 	return ms_run3(m, MSQ_INODE_DELETE, (int64_t)a->ino, 0, 0);
@@ -853,29 +827,6 @@ static int ms_check_not_ancestor(struct ms *m, uint64_t dir, uint64_t from)
 }
 
 /* ---- argument checks ------------------------------------------------------------------- */
-
-/* A path component: 1..META_NAME_MAX bytes, no '/'. */
-static int ms_name_check(const char *name)
-{
-	size_t n;
-
-	if (!name)
-		return -EINVAL;
-	n = strnlen(name, META_NAME_MAX + 1);
-	if (n == 0)
-		return -EINVAL;
-	if (n > META_NAME_MAX)
-		return -ENAMETOOLONG;
-	if (memchr(name, '/', n))
-		return -EINVAL;
-	return 0;
-}
-
-/* "." and ".." are never stored: the FUSE layer answers them. */
-static bool ms_name_is_dot(const char *name)
-{
-	return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
-}
 
 /* ---- open / close ---------------------------------------------------------------------- */
 
@@ -1266,11 +1217,9 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 		err[0] = '\0';
 	if (!url || !ret)
 		return -EINVAL;
-	if (flags & ~(META_O_CREATE | META_O_RDONLY) ||
-	    (flags & (META_O_CREATE | META_O_RDONLY)) == (META_O_CREATE | META_O_RDONLY)) {
-		set_err(err, errlen, "invalid open flags 0x%x", (unsigned)flags);
-		return -EINVAL;
-	}
+	r = meta_open_flags_check(flags, err, errlen);
+	if (r < 0)
+		return r;
 	r = url_parse(url, &u, uerr, (int)sizeof(uerr));
 	if (r < 0) {
 		set_err(err, errlen, "bad metadata URL: %s (expected sqlite:///abs/path.db)", uerr);
@@ -1398,20 +1347,6 @@ fail:
 }
 
 /* ---- cluster tables -------------------------------------------------------------------- */
-
-static bool ms_str_ok(const char *s, size_t cap)
-{
-	return strnlen(s, cap) < cap;
-}
-
-/* Every field of a target row a caller hands in: strings terminated and well formed. */
-static bool ms_target_ok(const struct meta_target *t)
-{
-	return ms_str_ok(t->url, sizeof(t->url)) && t->url[0] &&
-	       ms_str_ok(t->uuid, sizeof(t->uuid)) && (unsigned)t->state < META_TARGET_NSTATES &&
-	       ms_str_ok(t->pool, sizeof(t->pool)) && (!t->pool[0] || meta_pool_name_ok(t->pool)) &&
-	       ms_str_ok(t->node, sizeof(t->node)) && ms_str_ok(t->media, sizeof(t->media));
-}
 
 /* Insert one target row with id `id` (inside a transaction). -EINVAL on a constraint. */
 static int ms_target_insert(struct ms *m, uint32_t id, const struct meta_target *t)
@@ -1613,23 +1548,9 @@ static int ms_format(struct meta *mm, const struct meta_volume *vol, const struc
 	struct ms *m = ms_of(mm);
 	int r;
 
-	if (!vol || (ntargets && !t) || (nchains && !c) || ntargets > META_MAX_TARGETS)
-		return -EINVAL;
-	if (!ms_str_ok(vol->name, sizeof(vol->name)) || !ms_str_ok(vol->uuid, sizeof(vol->uuid)))
-		return -EINVAL;
-	if (vol->chunk_size == 0 || (vol->chunk_size & (vol->chunk_size - 1)) ||
-	    vol->replicas < 1 || vol->replicas > META_MAX_REPLICAS ||
-	    (vol->consistency != META_STRONG && vol->consistency != META_WEAK))
-		return -EINVAL;
-	for (unsigned i = 0; i < ntargets; i++) {
-		if (t[i].id < 1 || !ms_target_ok(&t[i]))
-			return -EINVAL;
-	}
-	for (unsigned i = 0; i < nchains; i++) {
-		if (c[i].nmembers < 1 || c[i].nmembers > META_MAX_REPLICAS ||
-		    c[i].epoch > INT64_MAX)
-			return -EINVAL;
-	}
+	r = meta_format_check(vol, t, ntargets, c, nchains);
+	if (r < 0)
+		return r;
 
 	ms_lock(m);
 	if (m->rdonly) {
@@ -1785,17 +1706,10 @@ static int ms_target_update(struct meta *mm, uint32_t id, unsigned mask,
 			    const struct meta_target *in)
 {
 	struct ms *m = ms_of(mm);
-	int r;
+	int r = meta_target_update_check(mask, in);
 
-	if (!in || (mask & ~(META_TSET_STATE | META_TSET_POOL | META_TSET_NODE | META_TSET_MEDIA)))
-		return -EINVAL;
-	if ((mask & META_TSET_STATE) && (unsigned)in->state >= META_TARGET_NSTATES)
-		return -EINVAL;
-	if ((mask & META_TSET_POOL) && !meta_pool_name_ok(in->pool))
-		return -EINVAL;
-	if (((mask & META_TSET_NODE) && !ms_str_ok(in->node, sizeof(in->node))) ||
-	    ((mask & META_TSET_MEDIA) && !ms_str_ok(in->media, sizeof(in->media))))
-		return -EINVAL;
+	if (r < 0)
+		return r;
 	ms_lock(m);
 	r = ms_begin(m);
 	if (r == 0 && m->schema < 2 && (mask & ~META_TSET_STATE))
@@ -1860,7 +1774,7 @@ static int ms_target_add(struct meta *mm, const struct meta_target *t, uint32_t 
 	uint32_t id = 0;
 	int r;
 
-	if (!t || !ms_target_ok(t) || t->state == META_TARGET_REMOVED)
+	if (!t || !meta_target_ok(t) || t->state == META_TARGET_REMOVED)
 		return -EINVAL;
 	r = MS_WRITE_TX(m, ms_target_add_tx(m, t, &id));
 	if (r == 0 && ret_id)
@@ -1972,7 +1886,7 @@ static int ms_lookup(struct meta *mm, uint64_t parent, const char *name, struct 
 	struct meta_attr a;
 	int r;
 
-	r = ms_name_check(name);
+	r = meta_name_check(name);
 	if (r < 0)
 		return r;
 	ms_lock(m);
@@ -2142,39 +2056,14 @@ static int ms_setattr_tx(struct ms *m, uint64_t ino, unsigned mask, const struct
 	if (r < 0)
 		return r;
 	old = a;
-	if (mask & META_SET_SIZE) {
-		if (S_ISDIR(a.mode))
-			return -EISDIR;
-		if (!S_ISREG(a.mode))
-			return -EINVAL;
-		if (in->size > INT64_MAX)
-			return -EFBIG;
-		a.size = in->size;
-	}
-	/* The type bits never change: only the permission bits (07777) come from `in`. */
-	if (mask & META_SET_MODE)
-		a.mode = (a.mode & S_IFMT) | (in->mode & 07777);
-	if (mask & META_SET_UID)
-		a.uid = in->uid;
-	if (mask & META_SET_GID)
-		a.gid = in->gid;
-	if (mask & META_SET_ATIME)
-		a.atime_ns = in->atime_ns;
-	if (mask & META_SET_MTIME)
-		a.mtime_ns = in->mtime_ns;
-	if (mask & META_SET_CTIME)
-		a.ctime_ns = in->ctime_ns;
-	if (mask & META_SET_FLAGS) {
-		/* META-9: clearing WDIRTY ends every reservation (FS-3: nothing in flight). */
-		if ((a.flags & META_IF_WDIRTY) && !(in->flags & META_IF_WDIRTY))
-			a.qres = 0;
-		a.flags = in->flags;
-	}
+	r = meta_setattr_apply(&a, mask, in);
+	if (r < 0)
+		return r;
 	if (a.qroot && a.qroot != a.ino) {
 		/* The data path reserved before writing, so a recorded size never needs room it
 		 * did not get: account, do not refuse (a refusal here would lose a size). */
-		r = ms_quota_charge(m, a.qroot, (int64_t)ms_charged(&a) - (int64_t)ms_charged(&old),
-				    0, false);
+		r = ms_quota_charge(
+		    m, a.qroot, (int64_t)meta_charged(&a) - (int64_t)meta_charged(&old), 0, false);
 		if (r < 0)
 			return r;
 	}
@@ -2219,23 +2108,7 @@ static int ms_mknod_tx(struct ms *m, uint64_t parent, const char *name, const st
 	if (r < 0)
 		return r;
 
-	memset(&a, 0, sizeof(a));
-	a.qroot = p.qroot;
-	a.mode = in->mode;
-	if ((a.mode & S_IFMT) == 0)
-		a.mode |= link ? S_IFLNK : S_IFREG; /* mknod(2): type 0 is a regular file */
-	a.nlink = S_ISDIR(a.mode) ? 2 : 1;
-	a.uid = in->uid;
-	a.gid = in->gid;
-	a.rdev = (S_ISCHR(a.mode) || S_ISBLK(a.mode)) ? in->rdev : 0;
-	a.size = link ? strlen(link) : 0;
-	a.atime_ns = in->atime_ns;
-	a.mtime_ns = in->mtime_ns;
-	a.ctime_ns = in->ctime_ns;
-	a.btime_ns = in->btime_ns ? in->btime_ns : in->ctime_ns;
-	/* Inode numbers are never reused (META-2), so (ino, generation) is unique with a
-	 * constant generation. */
-	a.generation = 1;
+	meta_mknod_attr(in, link, p.qroot, &a);
 	r = ms_inode_insert(m, &a, link, &a.ino);
 	if (r < 0)
 		return r;
@@ -2254,43 +2127,11 @@ static int ms_mknod(struct meta *mm, uint64_t parent, const char *name, const st
 {
 	struct ms *m = ms_of(mm);
 	struct meta_attr a;
-	mode_t type;
 	int r;
 
-	r = ms_name_check(name);
+	r = meta_mknod_check(name, in, link);
 	if (r < 0)
 		return r;
-	if (!in)
-		return -EINVAL;
-	if (ms_name_is_dot(name))
-		return -EEXIST;
-	type = in->mode & S_IFMT;
-	switch (type) {
-	case 0:
-	case S_IFREG:
-	case S_IFDIR:
-	case S_IFIFO:
-	case S_IFSOCK:
-	case S_IFCHR:
-	case S_IFBLK:
-		if (link && type != 0)
-			return -EINVAL;
-		break;
-	case S_IFLNK:
-		if (!link)
-			return -EINVAL;
-		break;
-	default:
-		return -EINVAL;
-	}
-	if (link) {
-		size_t n = strnlen(link, META_SYMLINK_MAX + 1);
-
-		if (n == 0)
-			return -ENOENT; /* symlink(2) with an empty target */
-		if (n > META_SYMLINK_MAX)
-			return -ENAMETOOLONG;
-	}
 	r = MS_WRITE_TX(m, ms_mknod_tx(m, parent, name, in, link, &a));
 	if (r == 0 && ret)
 		*ret = a;
@@ -2344,10 +2185,10 @@ static int ms_link(struct meta *mm, uint64_t ino, uint64_t newparent, const char
 	struct meta_attr a;
 	int r;
 
-	r = ms_name_check(newname);
+	r = meta_name_check(newname);
 	if (r < 0)
 		return r;
-	if (ms_name_is_dot(newname))
+	if (meta_name_is_dot(newname))
 		return -EEXIST;
 	r = MS_WRITE_TX(m, ms_link_tx(m, ino, newparent, newname, now_ns, &a));
 	if (r == 0 && ret)
@@ -2393,7 +2234,7 @@ static int ms_unlink(struct meta *mm, uint64_t parent, const char *name, int64_t
 	struct meta_attr a;
 	int r;
 
-	r = ms_name_check(name);
+	r = meta_name_check(name);
 	if (r < 0)
 		return r;
 	r = MS_WRITE_TX(m, ms_unlink_tx(m, parent, name, now_ns, &a));
@@ -2442,7 +2283,7 @@ static int ms_rmdir(struct meta *mm, uint64_t parent, const char *name, int64_t 
 	struct meta_attr a;
 	int r;
 
-	r = ms_name_check(name);
+	r = meta_name_check(name);
 	if (r < 0)
 		return r;
 	r = MS_WRITE_TX(m, ms_rmdir_tx(m, parent, name, now_ns, &a));
@@ -2582,16 +2423,9 @@ static int ms_rename(struct meta *mm, uint64_t parent, const char *name, uint64_
 	struct meta_attr rep;
 	int r;
 
-	r = ms_name_check(name);
-	if (r == 0)
-		r = ms_name_check(newname);
+	r = meta_rename_check(name, newname, flags);
 	if (r < 0)
 		return r;
-	if (ms_name_is_dot(name) || ms_name_is_dot(newname))
-		return -EINVAL;
-	if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE) ||
-	    (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE))
-		return -EINVAL;
 	ms_lock(m);
 	r = ms_begin(m);
 	if (r == 0)
@@ -2604,21 +2438,6 @@ static int ms_rename(struct meta *mm, uint64_t parent, const char *name, uint64_
 }
 
 /* ---- xattrs ---------------------------------------------------------------------------- */
-
-/* 1..255 bytes; longer is ERANGE as in Linux. */
-static int ms_xattr_name_check(const char *name)
-{
-	size_t n;
-
-	if (!name)
-		return -EINVAL;
-	n = strnlen(name, META_XATTR_NAME_MAX + 1);
-	if (n == 0)
-		return -EINVAL;
-	if (n > META_XATTR_NAME_MAX)
-		return -ERANGE;
-	return 0;
-}
 
 /* 1 if the xattr exists, 0 if not. */
 static int ms_xattr_exists(struct ms *m, uint64_t ino, const char *name)
@@ -2680,13 +2499,9 @@ static int ms_setxattr(struct meta *mm, uint64_t ino, const char *name, const vo
 	struct ms *m = ms_of(mm);
 	int r;
 
-	r = ms_xattr_name_check(name);
+	r = meta_setxattr_check(name, value, size, flags);
 	if (r < 0)
 		return r;
-	if (flags & ~(XATTR_CREATE | XATTR_REPLACE) || (size && !value))
-		return -EINVAL;
-	if (size > META_XATTR_SIZE_MAX)
-		return -E2BIG;
 	r = MS_WRITE_TX(m, ms_setxattr_tx(m, ino, name, value, size, flags));
 	return r;
 }
@@ -2697,7 +2512,7 @@ static int ms_getxattr(struct meta *mm, uint64_t ino, const char *name, void *bu
 	sqlite3_stmt *st;
 	int rc, r;
 
-	r = ms_xattr_name_check(name);
+	r = meta_xattr_name_check(name);
 	if (r < 0)
 		return r;
 	if (ino == 0 || ino > INT64_MAX)
@@ -2812,7 +2627,7 @@ static int ms_removexattr(struct meta *mm, uint64_t ino, const char *name)
 	struct ms *m = ms_of(mm);
 	int r;
 
-	r = ms_xattr_name_check(name);
+	r = meta_xattr_name_check(name);
 	if (r < 0)
 		return r;
 	r = MS_WRITE_TX(m, ms_removexattr_tx(m, ino, name));
@@ -2926,13 +2741,13 @@ static int ms_quota_reserve_tx(struct ms *m, uint64_t ino, uint64_t need, uint64
 	a.flags |= META_IF_WDIRTY; /* META-4 */
 	*ret = UINT64_MAX;
 	if (a.qroot) {
-		cur = ms_charged(&a);
+		cur = meta_charged(&a);
 		*ret = cur;
 		if (want > cur) {
 			r = ms_quota_row(m, a.qroot, &q);
 			if (r < 0 && r != -ENODATA)
 				return r;
-			uint64_t room = r == 0 ? ms_room(q.bytes_limit, q.bytes_used) : UINT64_MAX;
+			uint64_t room = r == 0 ? meta_quota_room(&q) : UINT64_MAX;
 
 			grant = want - cur <= room ? want : cur + room;
 			if (grant < need)
@@ -3180,122 +2995,40 @@ static int ms_statfs(struct meta *mm, struct meta_statfs *ret)
 
 struct ms_check {
 	struct ms *m;
-	bool repair;
-	meta_report_cb cb;
-	void *ctx;
-	int found;   /* problems seen */
-	int unfixed; /* problems seen and not repaired */
+	struct meta_checker k; /* counts and words the findings (meta_int.h) */
 };
 
-static void ms_report(struct ms_check *c, uint64_t ino, bool repaired, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void ms_report(struct ms_check *c, uint64_t ino, bool repaired, const char *fmt, ...)
-{
-	char what[512];
-	va_list ap;
-
-	c->found++;
-	if (!repaired)
-		c->unfixed++;
-	if (!c->cb)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof(what), fmt, ap);
-	va_end(ap);
-	c->cb(c->ctx, what, ino, repaired);
-}
-
-/* A name column, printable: bytes outside 0x20..0x7e become \xNN. */
-static void ms_col_name_printable(sqlite3_stmt *st, int col, char *out, size_t outlen)
-{
-	const unsigned char *p = sqlite3_column_blob(st, col);
-	int n = sqlite3_column_bytes(st, col);
-	size_t o = 0;
-
-	for (int i = 0; i < n && p && o + 5 < outlen; i++) {
-		if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
-			out[o++] = (char)p[i];
-		else
-			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", p[i]);
-	}
-	out[o] = '\0';
-}
-
-/* Run `sql` (columns per `kind`), report each row, then run `fix` if repairing. The fix uses
- * the same condition inside the same transaction, so it touches exactly the rows reported. */
-enum ms_ck_kind {
-	MS_CK_ENTRY_MISSING_INODE,
-	MS_CK_ENTRY_BAD_PARENT,
-	MS_CK_DIR_MULTI,
-	MS_CK_ROOT_NAMED,
-	MS_CK_XATTR_ORPHAN,
-	MS_CK_UNREACHABLE,
-	MS_CK_QUOTA_USAGE
-};
-
-static int ms_check_step(struct ms_check *c, enum ms_ck_kind kind, const char *sql, const char *fix)
+/* Run `sql` (columns as meta_find_col says for `kind`), report each row, then run `fix` if
+ * repairing. The fix uses the same condition inside the same transaction, so it touches
+ * exactly the rows reported. */
+static int ms_check_step(struct ms_check *c, enum meta_finding kind, const char *sql,
+			 const char *fix)
 {
 	struct ms *m = c->m;
 	sqlite3_stmt *st = NULL;
-	char name[4 * META_NAME_MAX + 8];
 	int rc, n = 0, r = 0;
-	bool fixing = c->repair && fix;
+	bool fixing = c->k.repair && fix, named;
 
 	rc = sqlite3_prepare_v2(m->db, sql, -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "check prepare");
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		uint64_t a = (uint64_t)sqlite3_column_int64(st, 0);
-		uint64_t b = (uint64_t)sqlite3_column_int64(st, 1);
+		int cols = sqlite3_column_count(st);
+		int64_t v[5] = {0};
 
 		n++;
-		switch (kind) {
-		case MS_CK_ENTRY_MISSING_INODE: /* ino, parent, name */
-			ms_col_name_printable(st, 2, name, sizeof(name));
-			ms_report(c, a, fixing,
-				  "entry '%s' in directory %" PRIu64 " names missing inode %" PRIu64
-				  "%s",
-				  name, b, a, fixing ? "; entry removed" : "");
-			break;
-		case MS_CK_ENTRY_BAD_PARENT: /* ino, parent, name, parent exists */
-			ms_col_name_printable(st, 2, name, sizeof(name));
-			ms_report(c, a, fixing,
-				  "entry '%s' (inode %" PRIu64 ") is in %s %" PRIu64 "%s", name, a,
-				  sqlite3_column_int(st, 3) ? "non-directory" : "missing directory",
-				  b, fixing ? "; entry removed" : "");
-			break;
-		case MS_CK_DIR_MULTI: /* ino, count */
-			ms_report(c, a, fixing,
-				  "directory %" PRIu64 " has %" PRIu64 " entries naming it%s", a, b,
-				  fixing ? "; all but the oldest removed" : "");
-			break;
-		case MS_CK_ROOT_NAMED: /* ino, parent, name */
-			ms_col_name_printable(st, 2, name, sizeof(name));
-			ms_report(c, a, fixing,
-				  "entry '%s' in directory %" PRIu64 " names the root directory%s",
-				  name, b, fixing ? "; entry removed" : "");
-			break;
-		case MS_CK_XATTR_ORPHAN: /* ino, count */
-			ms_report(c, a, fixing,
-				  "%" PRIu64 " xattrs belong to missing inode %" PRIu64 "%s", b, a,
-				  fixing ? "; removed" : "");
-			break;
-		case MS_CK_QUOTA_USAGE: /* root, bytes, inodes, counted bytes, counted inodes */
-			ms_report(
-			    c, a, fixing,
-			    "quota root %" PRIu64 " records %" PRIu64 " bytes and %lld inodes, "
-			    "counted %lld bytes and %lld inodes%s",
-			    a, b, (long long)sqlite3_column_int64(st, 2),
-			    (long long)sqlite3_column_int64(st, 3),
-			    (long long)sqlite3_column_int64(st, 4), fixing ? "; corrected" : "");
-			break;
-		case MS_CK_UNREACHABLE: /* ino */
-			ms_report(c, a, fixing,
-				  "directory %" PRIu64 " is not reachable from the root%s", a,
-				  fixing ? "; its entries removed and it is orphaned" : "");
-			break;
+		for (int i = 0; i < 5; i++) {
+			int col = meta_find_col(kind, i, &named);
+
+			if (col >= 0 && col < cols)
+				v[i] = sqlite3_column_int64(st, col);
 		}
+		struct meta_find f = {(uint64_t)v[0], v[1], v[2], v[3], v[4], NULL, 0};
+		if (named && cols > 2) {
+			f.name = sqlite3_column_blob(st, 2);
+			f.n = (size_t)sqlite3_column_bytes(st, 2);
+		}
+		meta_finding(&c->k, kind, fixing, &f);
 	}
 	if (rc != SQLITE_DONE)
 		r = ms_errno(m, rc, "check");
@@ -3325,9 +3058,10 @@ static int ms_check_namespace(struct ms_check *c)
 	/* The root first: everything else is judged by reachability from it. */
 	r = ms_inode_get(m, META_ROOT_INO, &root);
 	if (r == -ENOENT) {
-		ms_report(c, META_ROOT_INO, c->repair, "root directory (inode 1) is missing%s",
-			  c->repair ? "; recreated empty, mode 0755, owner 0:0" : "");
-		if (c->repair) {
+		struct meta_find f = {.a = META_ROOT_INO};
+
+		meta_finding(&c->k, META_FIND_ROOT_MISSING, c->k.repair, &f);
+		if (c->k.repair) {
 			int64_t now = now_realtime_ns();
 			char sql[256];
 
@@ -3342,25 +3076,26 @@ static int ms_check_namespace(struct ms_check *c)
 			r = 0;
 		}
 	} else if (r == 0 && !S_ISDIR(root.mode)) {
-		ms_report(c, META_ROOT_INO, false, "root inode 1 is not a directory (mode 0%o)",
-			  root.mode);
+		struct meta_find f = {.a = META_ROOT_INO, .b = root.mode};
+
+		meta_finding(&c->k, META_FIND_ROOT_NOT_DIR, false, &f);
 		return 0; /* nothing below can be judged */
 	}
 	if (r < 0)
 		return r;
 
-	r = ms_check_step(c, MS_CK_ROOT_NAMED,
+	r = ms_check_step(c, META_FIND_ROOT_NAMED,
 			  "SELECT ino, parent, name FROM dentries WHERE ino = 1",
 			  "DELETE FROM dentries WHERE ino = 1");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_ENTRY_MISSING_INODE,
+		r = ms_check_step(c, META_FIND_ENTRY_MISSING_INODE,
 				  "SELECT d.ino, d.parent, d.name FROM dentries d WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = d.ino)",
 				  "DELETE FROM dentries WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = dentries.ino)");
 	if (r == 0)
 		r = ms_check_step(
-		    c, MS_CK_ENTRY_BAD_PARENT,
+		    c, META_FIND_ENTRY_BAD_PARENT,
 		    "SELECT d.ino, d.parent, d.name, p.ino IS NOT NULL FROM dentries d"
 		    " LEFT JOIN inodes p ON p.ino = d.parent"
 		    " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode"),
@@ -3368,7 +3103,7 @@ static int ms_check_namespace(struct ms_check *c)
 		    " LEFT JOIN inodes p ON p.ino = d.parent"
 		    " WHERE p.ino IS NULL OR NOT " MS_IS_DIR("p.mode") ")");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_DIR_MULTI,
+		r = ms_check_step(c, META_FIND_DIR_MULTI,
 				  "SELECT d.ino, count(*) FROM dentries d JOIN inodes i"
 				  " ON i.ino = d.ino WHERE " MS_IS_DIR(
 				      "i.mode") " GROUP BY d.ino HAVING count(*) > 1",
@@ -3377,7 +3112,7 @@ static int ms_check_namespace(struct ms_check *c)
 				      "i.mode") " AND d.id > (SELECT min(e.id) FROM dentries e"
 						" WHERE e.ino = d.ino))");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_XATTR_ORPHAN,
+		r = ms_check_step(c, META_FIND_XATTR_ORPHAN,
 				  "SELECT x.ino, count(*) FROM xattrs x WHERE NOT EXISTS"
 				  " (SELECT 1 FROM inodes i WHERE i.ino = x.ino) GROUP BY x.ino",
 				  "DELETE FROM xattrs WHERE NOT EXISTS"
@@ -3385,7 +3120,7 @@ static int ms_check_namespace(struct ms_check *c)
 	/* META-9: every root's usage equals what its tagged inodes add up to. */
 	if (r == 0)
 		r = ms_check_step(
-		    c, MS_CK_QUOTA_USAGE,
+		    c, META_FIND_QUOTA_USAGE,
 		    "SELECT ino, bytes_used, inodes_used, b, n FROM"
 		    " (" MS_QUOTA_COUNT ") WHERE b != bytes_used OR n != inodes_used",
 		    "UPDATE quotas SET bytes_used = (SELECT b FROM (" MS_QUOTA_COUNT
@@ -3411,7 +3146,7 @@ static int ms_check_namespace(struct ms_check *c)
 					     "d WHERE d.ino = i.ino"
 					     " OR d.parent = i.ino));");
 	if (r == 0)
-		r = ms_check_step(c, MS_CK_UNREACHABLE, "SELECT ino FROM temp.ms_unreach",
+		r = ms_check_step(c, META_FIND_UNREACHABLE, "SELECT ino FROM temp.ms_unreach",
 				  "DELETE FROM dentries WHERE ino IN temp.ms_unreach"
 				  " OR parent IN temp.ms_unreach;"
 				  "UPDATE inodes SET nlink = 0 WHERE ino IN temp.ms_unreach;");
@@ -3444,23 +3179,15 @@ static int ms_check_namespace(struct ms_check *c)
 	if (rc != SQLITE_OK)
 		return ms_errno(m, rc, "check prepare");
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		uint64_t ino = (uint64_t)sqlite3_column_int64(st, 0);
-		int64_t have = sqlite3_column_int64(st, 1), want = sqlite3_column_int64(st, 2);
+		struct meta_find f = {.a = (uint64_t)sqlite3_column_int64(st, 0),
+				      .b = sqlite3_column_int64(st, 1),
+				      .c = sqlite3_column_int64(st, 2)};
 
-		if (want == 0)
-			ms_report(
-			    c, ino, c->repair,
-			    "inode %" PRIu64 " has nlink %" PRId64 " but no directory entry%s", ino,
-			    have, c->repair ? "; orphaned (nlink 0), purge will free it" : "");
-		else
-			ms_report(c, ino, c->repair,
-				  "inode %" PRIu64 " has nlink %" PRId64 ", entries say %" PRId64
-				  "%s",
-				  ino, have, want, c->repair ? "; corrected" : "");
+		meta_finding(&c->k, META_FIND_NLINK, c->k.repair, &f);
 	}
 	r = rc == SQLITE_DONE ? 0 : ms_errno(m, rc, "check nlink");
 	sqlite3_finalize(st);
-	if (r == 0 && c->repair)
+	if (r == 0 && c->k.repair)
 		r = ms_exec(m, "UPDATE inodes SET nlink = (SELECT want FROM temp.ms_want w"
 			       " WHERE w.ino = inodes.ino) WHERE ino IN (SELECT ino FROM"
 			       " temp.ms_want WHERE nlink != want)");
@@ -3470,7 +3197,7 @@ static int ms_check_namespace(struct ms_check *c)
 static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 {
 	struct ms *m = ms_of(mm);
-	struct ms_check c = {.m = m, .repair = repair, .cb = cb, .ctx = ctx};
+	struct ms_check c = {.m = m, .k = {.repair = repair, .cb = cb, .ctx = ctx}};
 	sqlite3_stmt *st = NULL;
 	int rc, r;
 
@@ -3493,16 +3220,22 @@ static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *msg = (const char *)sqlite3_column_text(st, 0);
 
-		if (msg && strcmp(msg, "ok") != 0)
-			ms_report(&c, 0, false, "database file: %s", msg);
+		if (msg && strcmp(msg, "ok") != 0) {
+			struct meta_find f = {.name = msg, .n = strlen(msg)};
+
+			meta_finding(&c.k, META_FIND_STORAGE, false, &f);
+		}
 	}
 	if (rc != SQLITE_DONE) {
 		/* Too damaged even to check: that is a finding, not an engine failure. */
-		ms_report(&c, 0, false, "database file: %s", sqlite3_errmsg(m->db));
+		const char *msg = sqlite3_errmsg(m->db);
+		struct meta_find f = {.name = msg, .n = strlen(msg)};
+
+		meta_finding(&c.k, META_FIND_STORAGE, false, &f);
 	}
 	sqlite3_finalize(st);
-	if (c.found > 0) {
-		r = c.unfixed;
+	if (c.k.found > 0) {
+		r = c.k.unfixed;
 		goto out;
 	}
 
@@ -3522,7 +3255,7 @@ static int ms_check(struct meta *mm, bool repair, meta_report_cb cb, void *ctx)
 		     " temp.ms_unreach; DROP TABLE IF EXISTS temp.ms_want;",
 		     NULL, NULL, NULL);
 	if (r == 0)
-		r = repair ? c.unfixed : c.found;
+		r = repair ? c.k.unfixed : c.k.found;
 out:
 	ms_unlock(m);
 	return r;

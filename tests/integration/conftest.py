@@ -271,23 +271,27 @@ class Volume:
             self.mount_opts = opts
         opts = [o for o in (self.mount_opts or "").split(",") if o]
         if not any(o.startswith("log=") for o in opts):
-            opts.append("log=" + self.log)
+            # a second mount point (shared engines) logs beside the first
+            opts.append("log=" + self.log + ("" if mnt == self.mnt else "." +
+                                             os.path.basename(mnt)))
         p = braidfs("mount", "-o", ",".join(opts), self.meta_url, mnt, timeout=120)
-        pid = self.pid()
+        pid = self.pid(mnt)
         if pid:
             self.pids.add(pid)
         if p.returncode != 0:
             raise AssertionError(f"braidfs mount -> exit {p.returncode}: {p.stderr.strip()}"
                                  f"{self.log_tail()}")
         assert is_mounted(mnt), "braidfs mount exited 0 but nothing is mounted"
-        assert pid and pid_alive(pid), "no live daemon pid in the lock file after mount"
-        self.mounted = True
+        assert pid and pid_alive(pid), "no live daemon pid for the mount after mount"
+        if mnt == self.mnt:
+            self.mounted = True
         return p
 
     def umount(self, mnt=None):
         mnt = mnt or self.mnt
-        pid = self.pid()
-        self.mounted = False
+        pid = self.pid(mnt)
+        if mnt == self.mnt:
+            self.mounted = False
         p = braidfs("umount", mnt, timeout=180)
         if p.returncode != 0:
             raise AssertionError(f"braidfs umount -> exit {p.returncode}: {p.stderr.strip()}")
@@ -308,8 +312,9 @@ class Volume:
             return ""
         return "\n--- daemon log tail ---\n" + "".join(lines)
 
-    def pid(self):
-        """Pid of the mount daemon: first line of <db>.lock (None if absent)."""
+    def pid(self, mnt=None):
+        """Pid of the mount daemon: first line of <db>.lock (None if absent). A one-node
+        volume has one mount; shared engines override this (test_postgres_meta.py)."""
         try:
             with open(self.db + ".lock") as f:
                 line = f.readline().strip()
@@ -317,11 +322,13 @@ class Volume:
         except (OSError, ValueError):
             return None
 
-    def kill9(self):
+    def kill9(self, mnt=None):
         """Kill the daemon with SIGKILL and wait until it is gone (mount becomes dead)."""
-        pid = self.pid()
+        mnt = mnt or self.mnt
+        pid = self.pid(mnt)
         assert pid, "no daemon pid"
-        self.mounted = False
+        if mnt == self.mnt:
+            self.mounted = False
         kill_pid(pid, signal.SIGKILL)
         assert wait_pid_gone(pid, 20), f"daemon {pid} survived SIGKILL"
         return pid
@@ -407,16 +414,17 @@ def test_dir(session_base, request):
 @pytest.fixture
 def make_volume(test_dir):
     """Factory: make_volume(targets=("dir","dir"), replicas=, chunk_size=, consistency=,
-    mount=True, opts=None) -> Volume, formatted and (by default) mounted."""
+    mount=True, opts=None, cls=Volume) -> Volume, formatted and (by default) mounted. cls is
+    called as cls(directory, **options): another engine's volume (test_postgres_meta.py)."""
     if not os.access(BIN, os.X_OK):
         pytest.fail(f"braidfs binary not found or not executable: {BIN} (set BRAIDFS_BIN)")
     made = []
 
-    def make(mount=True, opts=None, **kw):
+    def make(mount=True, opts=None, cls=Volume, **kw):
         sub = os.path.join(test_dir, f"v{len(made)}")
         os.mkdir(sub)
         os.chmod(sub, 0o755)
-        v = Volume(sub, **kw)
+        v = cls(sub, **kw)
         made.append(v)
         v.format()
         if mount:

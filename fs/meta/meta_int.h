@@ -1,0 +1,104 @@
+/* meta_int — what every metadata engine shares, for the engines only (callers use meta.h).
+ *
+ * The argument checks of the contract in meta.h, so that every engine answers the same errno
+ * for the same bad argument, and the wording of check()'s findings, so that `braidfs fsck`
+ * reads the same on every engine. Stateless; callable from any thread. Implemented in meta.c.
+ */
+#ifndef BRAIDFS_META_INT_H
+#define BRAIDFS_META_INT_H
+
+#include "common/url.h"
+#include "fs/meta/meta.h"
+
+/* A NUL within cap bytes. */
+bool meta_str_ok(const char *s, size_t cap);
+/* A path component: 1..META_NAME_MAX bytes, no '/': 0, -EINVAL or -ENAMETOOLONG. */
+int meta_name_check(const char *name);
+/* "." and "..": never stored, the FUSE layer answers them. */
+bool meta_name_is_dot(const char *name);
+/* 1..META_XATTR_NAME_MAX bytes: 0, -EINVAL or -ERANGE (Linux's answer for a long name). */
+int meta_xattr_name_check(const char *name);
+/* open(): only META_O_CREATE or META_O_RDONLY, not both. */
+int meta_open_flags_check(int flags, char *err, size_t errlen);
+/* What every open() does first: clear err, check the arguments and flags, parse the URL into
+ * u; forms is the "expected ..." text of a URL that does not parse. */
+int meta_open_begin(const char *url, int flags, struct meta **ret, struct url *u, const char *forms,
+		    char *err, size_t errlen);
+
+/* An inode row in the engines' column order: ino, mode, nlink, uid, gid, rdev, size, atime,
+ * mtime, ctime, btime, generation, flags, qroot, qres (64-bit values as their int64 bit
+ * pattern). */
+#define META_ATTR_NCOLS 15
+void meta_attr_from_cols(struct meta_attr *a, const int64_t v[META_ATTR_NCOLS]);
+
+/* setattr(): the fields mask names from in onto a (META-9: clearing WDIRTY drops qres);
+ * -EISDIR / -EINVAL for a size on a directory / non-file, -EFBIG beyond INT64_MAX. */
+int meta_setattr_apply(struct meta_attr *a, unsigned mask, const struct meta_attr *in);
+/* mknod(): the new inode's attributes from the caller's (ino left 0, nlink by type,
+ * generation 1, btime defaulting to ctime, qroot the parent's). */
+void meta_mknod_attr(const struct meta_attr *in, const char *link, uint64_t qroot,
+		     struct meta_attr *a);
+
+/* target_update(): the mask and the fields it names. */
+int meta_target_update_check(unsigned mask, const struct meta_target *in);
+/* META-9: the bytes an inode charges its quota root (max(size, qres) of a regular file); the
+ * bytes left under q's limit (UINT64_MAX: none); whether growing by dbytes / dinodes fits
+ * (0) or not (-EDQUOT). */
+uint64_t meta_charged(const struct meta_attr *a);
+uint64_t meta_quota_room(const struct meta_quota *q);
+int meta_quota_fits(const struct meta_quota *q, int64_t dbytes, int64_t dinodes);
+
+/* Every field of a target a caller hands in: strings terminated and well formed. */
+bool meta_target_ok(const struct meta_target *t);
+
+/* The arguments of each op, as meta.h states them; 0 or the op's -errno. */
+int meta_mknod_check(const char *name, const struct meta_attr *in, const char *link);
+int meta_format_check(const struct meta_volume *vol, const struct meta_target *t, unsigned nt,
+		      const struct meta_chain *c, unsigned nc);
+int meta_rename_check(const char *name, const char *newname, unsigned flags);
+int meta_setxattr_check(const char *name, const void *value, size_t size, int flags);
+
+/* ---- check(): findings, counted and worded in one place ---- */
+
+struct meta_checker {
+	bool repair;
+	meta_report_cb cb;
+	void *ctx;
+	int found;   /* problems seen */
+	int unfixed; /* problems seen and not repaired */
+};
+
+enum meta_finding {
+	META_FIND_STORAGE,	       /* the engine's own storage is damaged; name = its words */
+	META_FIND_ROOT_MISSING,	       /* a = 1 */
+	META_FIND_ROOT_NOT_DIR,	       /* a = 1, b = mode; never repaired */
+	META_FIND_ROOT_NAMED,	       /* a = ino, b = parent, name */
+	META_FIND_ENTRY_MISSING_INODE, /* a = ino, b = parent, name */
+	META_FIND_ENTRY_BAD_PARENT,    /* a = ino, b = parent, c = parent exists, name */
+	META_FIND_DIR_MULTI,	       /* a = ino, b = number of entries */
+	META_FIND_XATTR_ORPHAN,	       /* a = ino, b = number of xattrs */
+	META_FIND_UNREACHABLE,	       /* a = ino */
+	META_FIND_NLINK,	       /* a = ino, b = nlink, c = what the entries say */
+	META_FIND_QUOTA_USAGE, /* a = root, b/c = bytes/inodes recorded, d/e = counted (META-9) */
+};
+
+/* One finding's values, as enum meta_finding names them for its kind. `name` is bytes (n of
+ * them), shown printable. */
+struct meta_find {
+	uint64_t a;
+	int64_t b, c, d, e;
+	const void *name;
+	size_t n;
+};
+
+/* A check query returns a finding as columns a, b, name, c, or for META_FIND_QUOTA_USAGE
+ * a, b, c, d, e: the column of value i (0 a, 1 b, 2 c, 3 d, 4 e), -1 for none; *has_name
+ * says whether column 2 is the name. */
+int meta_find_col(enum meta_finding kind, int i, bool *has_name);
+
+/* Count one finding and hand its one-line description to the report callback. `repaired`:
+ * the caller fixes it in the same transaction. */
+void meta_finding(struct meta_checker *k, enum meta_finding kind, bool repaired,
+		  const struct meta_find *f);
+
+#endif
