@@ -306,8 +306,9 @@ static void fs_error(struct run *r, const char *op, uint32_t file, uint64_t off,
 static void journal_add(struct run *r, uint8_t type, uint32_t file, uint32_t block, uint64_t gen)
 {
 	uint8_t rec[VL_REC_SIZE];
-	vl_rec_encode(rec,
-		      &(struct vl_rec){.type = type, .file = file, .block = block, .gen = gen});
+	struct vl_rec x = {
+	    .type = type, .file = file, .block = block, .gen = gen, .time_ns = now_realtime_ns()};
+	vl_rec_encode(rec, &x);
 	ssize_t n;
 	do
 		n = write(r->jfd, rec, sizeof(rec));
@@ -1066,6 +1067,8 @@ static int cmd_check(int argc, char **argv)
 	json_str(stdout, journal);
 	printf(",\n  \"run\": \"%016" PRIx64 "\",\n", s.h.run);
 	printf("  \"ack\": \"%s\",\n", s.h.ack_mode == VL_ACK_FSYNC ? "fsync" : "write");
+	printf("  \"started\": %.3f, \"last_ack\": %.3f,\n", s.h.start_ns / 1e9,
+	       s.last_ack_ns / 1e9);
 	printf("  \"issued_records\": %" PRIu64 ", \"ack_records\": %" PRIu64
 	       ", \"journal_torn_tail\": %" PRIu64 ",\n",
 	       s.n_issue, s.n_ack, s.torn_tail);

@@ -275,7 +275,7 @@ int vl_jhdr_parse(const uint8_t *buf, size_t len, struct vl_journal_hdr *ret, ch
 
 static uint32_t rec_crc(const uint8_t *r)
 {
-	return crc32c(crc32c(0, r, 12), r + 16, 8);
+	return crc32c(crc32c(0, r, 12), r + 16, VL_REC_SIZE - 16);
 }
 
 void vl_rec_encode(uint8_t out[VL_REC_SIZE], const struct vl_rec *r)
@@ -285,6 +285,7 @@ void vl_rec_encode(uint8_t out[VL_REC_SIZE], const struct vl_rec *r)
 	put32(out + 4, r->file);
 	put32(out + 8, r->block);
 	put64(out + 16, r->gen);
+	put64(out + 24, (uint64_t)r->time_ns);
 	put32(out + 12, rec_crc(out));
 }
 
@@ -355,6 +356,7 @@ int vl_journal_scan(struct vl_state *s, const uint8_t *buf, size_t len, size_t *
 			}
 			s->acked[k] = gen;
 			s->n_ack++;
+			s->last_ack_ns = MAX(s->last_ack_ns, (int64_t)get64(r + 24));
 		} else {
 			set_err(err, errlen, "journal record %llu: unknown type %u",
 				(unsigned long long)idx, r[0]);

@@ -19,10 +19,11 @@
  * an old generation and a flipped bit are all told apart.
  *
  * The journal: a 64-byte header (magic "BFSVJRN1", version, the run's shape and id, crc32c),
- * then 24-byte records appended by the writers:
+ * then 32-byte records appended by the writers:
  *
  *     0  type (u8: 1 issue, 2 ack)  1..3 zero   4 file (u32)   8 block (u32)
- *     12 crc32c of bytes 0..11 and 16..23 (u32)                16 generation (u64)
+ *     12 crc32c of bytes 0..11 and 16..31 (u32)                16 generation (u64)
+ *     24 time: realtime clock, ns since the epoch (u64)
  *
  * ISSUE is appended before a write is sent, ACK after it was acknowledged (write() returned,
  * or the fsync that covered it returned, as the run's ack mode says). One writer owns each
@@ -45,7 +46,7 @@
 #define VL_JOURNAL_MAGIC   "BFSVJRN1"
 #define VL_JOURNAL_VERSION 1
 #define VL_JHDR_SIZE	   64
-#define VL_REC_SIZE	   24
+#define VL_REC_SIZE	   32
 
 /* Limits on a run's shape: a journal header that asks for more is refused (the checker sizes
  * its state from it: at most VL_BLOCKS_MAX blocks, 16 bytes each). */
@@ -120,6 +121,7 @@ struct vl_rec {
 	uint32_t file;
 	uint32_t block;
 	uint64_t gen;
+	int64_t time_ns; /* realtime: when the writer appended it (an ACK: when it saw the ack) */
 };
 
 void vl_rec_encode(uint8_t out[VL_REC_SIZE], const struct vl_rec *r);
@@ -132,7 +134,8 @@ struct vl_state {
 	uint64_t *issued; /* newest issued generation (>= acked) */
 	uint64_t n_issue; /* records */
 	uint64_t n_ack;
-	uint64_t torn_tail; /* bytes of a last, incomplete record (a crash while appending) */
+	uint64_t torn_tail;  /* bytes of a last, incomplete record (a crash while appending) */
+	int64_t last_ack_ns; /* time of the newest ACK record (0: none) */
 };
 
 /* Allocate the per-block state for h (already checked by vl_jhdr_parse). 0 or -ENOMEM. */

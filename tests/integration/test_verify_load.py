@@ -85,7 +85,7 @@ def test_refuses_to_overwrite(tmp_path):
     d2, j2 = tmp_path / "d2", tmp_path / "j2"
     run_to_end(str(d2), str(j2), writes=200)
     data = bytearray(j2.read_bytes())
-    data[64 + 24 * 5 + 17] ^= 1
+    data[64 + 32 * 5 + 17] ^= 1
     j2.write_bytes(bytes(data))
     p = subprocess.run([verify_bin(), "check", str(d2), str(j2)], capture_output=True, text=True)
     assert p.returncode == 2 and "record 5: checksum mismatch" in p.stderr

@@ -180,7 +180,7 @@ static void test_jhdr_shapes(void **state)
 
 static size_t rec(uint8_t *out, uint8_t type, uint32_t file, uint32_t block, uint64_t gen)
 {
-	vl_rec_encode(out, &(struct vl_rec){type, file, block, gen});
+	vl_rec_encode(out, &(struct vl_rec){type, file, block, gen, (int64_t)gen * 1000});
 	return VL_REC_SIZE;
 }
 
@@ -207,6 +207,7 @@ static void test_scan(void **state)
 	assert_int_equal(s.acked[0], 0);
 	assert_int_equal(s.n_issue, 3);
 	assert_int_equal(s.n_ack, 2);
+	assert_int_equal(s.last_ack_ns, 2000);
 	vl_state_fini(&s);
 }
 
@@ -233,6 +234,9 @@ static void test_scan_bad(void **state)
 	uint8_t r[VL_REC_SIZE];
 	rec(r, VL_REC_ISSUE, 0, 1, 2);
 	r[17] ^= 1; /* the generation, under the crc */
+	scan_bad(r, "checksum");
+	rec(r, VL_REC_ISSUE, 0, 1, 2);
+	r[30] ^= 1; /* the time, under the crc too */
 	scan_bad(r, "checksum");
 	rec(r, 9, 0, 1, 2);
 	scan_bad(r, "unknown type");
