@@ -70,7 +70,7 @@ DETECT_S = LEASE_MS / 1000 * 3 + 10
 
 NODES = ("n1", "n2", "n3", "n4")  # n4 only serves in the replacement test
 
-pytestmark = [pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 # --------------------------------------------------------------------------- fixtures
