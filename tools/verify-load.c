@@ -848,6 +848,7 @@ static int load_journal(const char *path, struct vl_state *s, char *err, size_t 
 	if (!buf) {
 		rc = -ENOMEM;
 		set_err(err, errlen, "out of memory");
+		vl_state_fini(s);
 		goto out;
 	}
 	off_t off = VL_JHDR_SIZE;
@@ -877,6 +878,8 @@ static int load_journal(const char *path, struct vl_state *s, char *err, size_t 
 		have -= used;
 	}
 	free(buf);
+	if (rc)
+		vl_state_fini(s); /* the caller gets a state only with 0 */
 out:
 	close(fd);
 	return rc;

@@ -143,13 +143,13 @@ class Load:
     """braidfs-verify on every client, each in a directory of its own under its mount, its
     journal outside the mounts."""
 
-    def __init__(self, d, clients, tag, ack="fsync", rate=RATE, **kw):
+    def __init__(self, d, clients, tag, ack="fsync", fsync_every=4, rate=RATE, **kw):
         self.d = d
         self.runs = {}
         for node, mnt in clients.items():
             j = os.path.join(d.base, f"{tag}-{node}.journal")
             self.runs[node] = VerifyRun(os.path.join(mnt, f"load-{tag}-{node}"), j, threads=2,
-                                        files=4, blocks=32, ack=ack, fsync_every=4, rate=rate,
+                                        files=4, blocks=32, ack=ack, fsync_every=fsync_every, rate=rate,
                                         hang_timeout=HANG_S, prefix=d.c.argv(node, []), **kw)
         self.results = {}
 
@@ -388,7 +388,7 @@ def test_split_brain_cut_primary_with_its_client(make_dist):
     print(f"victim: {victim} (primary of {prim[victim]} chains)")
     t = d.target_of(victim)
     cut_s = max(OUTAGE_S, LEASE_MS / 1000 * 3)
-    with Load(d, clients, "split", ack="write", extra=("--fsync-every", "0")) as load:
+    with Load(d, clients, "split", ack="write", fsync_every=0) as load:
         time.sleep(LOAD_S)
         t_cut = time.time()
         d.c.cut(victim)
