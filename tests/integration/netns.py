@@ -426,7 +426,10 @@ class Dist:
 
     def kill_serve(self, node, sig=signal.SIGKILL):
         p = self.serves.get(node)
-        if p is None or p.poll() is not None:
+        if p is None:
+            return
+        if p.poll() is not None:
+            del self.serves[node]
             return
         p.send_signal(sig)
         try:
@@ -434,6 +437,7 @@ class Dist:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=30)
+        del self.serves[node]  # stopped on purpose: wait_healthy does not expect it
 
     def serve_log(self, node, n=20):
         try:
@@ -480,36 +484,61 @@ class Dist:
         assert len(ids) == 1, f"node {node} has targets {ids}"
         return ids[0]
 
+    ROLES = ("members", "syncing", "away")  # chain_members.role 0, 1, 2 (META-13)
+
     def chains(self):
-        """{chain id: (epoch, [member target ids, primary first])}"""
-        out = {int(r[0]): (int(r[1]), []) for r in self.sql("SELECT id, epoch FROM chains")}
-        for r in self.sql("SELECT chain, target FROM chain_members ORDER BY chain, pos"):
-            out[int(r[0])][1].append(int(r[1]))
+        """{chain id: {"epoch": N, "members": [target ids, primary first], "syncing": [...],
+        "away": [...]}}"""
+        out = {int(r[0]): {"epoch": int(r[1]), "members": [], "syncing": [], "away": []}
+               for r in self.sql("SELECT id, epoch FROM chains")}
+        for r in self.sql("SELECT chain, target, role FROM chain_members ORDER BY chain, pos"):
+            role = int(r[2])
+            out[int(r[0])][self.ROLES[role] if role < len(self.ROLES) else "?"].append(int(r[1]))
         return out
+
+    def chains_with(self, target, role="members"):
+        """Ids of the chains where TARGET has ROLE (None: any role)."""
+        return {i for i, c in self.chains().items()
+                if target in (c["members"] + c["syncing"] + c["away"] if role is None
+                              else c[role])}
 
     def primaries(self):
         """{node: number of chains whose primary is on it}"""
         t = self.targets()
         out = {n: 0 for n in self.nodes}
-        for _, (_, members) in self.chains().items():
-            if members:
-                out[t[members[0]]["node"]] += 1
+        for c in self.chains().values():
+            if c["members"]:
+                out[t[c["members"][0]]["node"]] += 1
         return out
 
     def print_chains(self, what=""):
         t = self.targets()
-        ch = self.chains()
-        print(f"chains {what}: " + ", ".join(
-            f"{i}@{e}:[{' '.join(t[m]['node'] for m in ms)}]" for i, (e, ms) in
-            sorted(ch.items())))
+
+        def names(ids):
+            return " ".join(t[m]["node"] for m in ids)
+        parts = []
+        for i, c in sorted(self.chains().items()):
+            x = f"{i}@{c['epoch']}:[{names(c['members'])}]"
+            if c["syncing"]:
+                x += f"+syncing[{names(c['syncing'])}]"
+            if c["away"]:
+                x += f"+away[{names(c['away'])}]"
+            parts.append(x)
+        print(f"chains {what}: " + ", ".join(parts))
         print(f"primaries {what}: {self.primaries()}")
+
+    def chunk_bytes(self):
+        return int(self.sql("SELECT chunk_size FROM volume")[0][0])
+
+    def dirty_chunks(self, target):
+        return int(self.sql(f"SELECT count(*) FROM dirty WHERE target = {int(target)}")[0][0])
 
     def status(self):
         return self.braidfs("status", self.meta_url, timeout=60)
 
     def wait_healthy(self, timeout, what):
-        """Until `braidfs status` exits 0, every chain has its replicas and none is syncing or
-        degraded."""
+        """Until every chain has its replicas as members, nothing syncing or away, and
+        `braidfs status` exits 0."""
         end = time.monotonic() + timeout
         last = None
         while time.monotonic() < end:
@@ -517,13 +546,14 @@ class Dist:
                 if p.poll() is not None:
                     raise AssertionError(f"braidfs serve of {n} exited {p.returncode} "
                                          f"({what}){self.serve_log(n)}")
-            last = self.status()
-            full = all(len(ms) == self.replicas for _, ms in self.chains().values())
-            text = last.stdout.lower()
-            if last.returncode == 0 and full and "syncing" not in text and \
-                    "degraded" not in text:
-                return last
+            full = all(len(c["members"]) == self.replicas and not c["syncing"] and
+                       not c["away"] for c in self.chains().values())
+            if full:
+                last = self.status()
+                if last.returncode == 0:
+                    return last
             time.sleep(0.2)
+        self.print_chains("at timeout")
         raise AssertionError(f"not healthy within {timeout} s ({what}):\n"
                              f"{last.stdout if last else ''}{last.stderr if last else ''}"
                              f"{self.logs()}")
@@ -541,7 +571,8 @@ class Dist:
         """Rows of the repairs table as dicts ([] when none)."""
         rows = self.sql("SELECT chain, target, kind, chunks_total, chunks_done, bytes_done "
                         "FROM repairs")
-        return [{"chain": int(r[0]), "target": int(r[1]), "kind": r[2],
+        kinds = {"0": "resync", "1": "rebuild"}  # enum meta_repair_kind
+        return [{"chain": int(r[0]), "target": int(r[1]), "kind": kinds.get(r[2], r[2]),
                  "chunks_total": int(r[3]), "chunks_done": int(r[4]), "bytes_done": int(r[5])}
                 for r in rows]
 

@@ -149,8 +149,9 @@ class Load:
         for node, mnt in clients.items():
             j = os.path.join(d.base, f"{tag}-{node}.journal")
             self.runs[node] = VerifyRun(os.path.join(mnt, f"load-{tag}-{node}"), j, threads=2,
-                                        files=4, blocks=32, ack=ack, fsync_every=fsync_every, rate=rate,
-                                        hang_timeout=HANG_S, prefix=d.c.argv(node, []), **kw)
+                                        files=4, blocks=32, ack=ack, fsync_every=fsync_every,
+                                        rate=rate, hang_timeout=HANG_S,
+                                        prefix=d.c.argv(node, []), **kw)
         self.results = {}
 
     def __enter__(self):
@@ -217,10 +218,6 @@ def volume_bytes(mnt):
     return total
 
 
-def chains_with(d, target):
-    return {i for i, (_, ms) in d.chains().items() if target in ms}
-
-
 def setup_volume(make_dist, **kw):
     d = make_dist(**kw)
     d.print_chains("after format")
@@ -235,7 +232,7 @@ def lose_and_return(d, clients, victim, how, tag):
     OUTAGE_S; bring it back; wait until it is a full member again; stop the load; check."""
     t = d.target_of(victim)
     before = d.chains()
-    had = chains_with(d, t)
+    had = d.chains_with(t)
     assert had, f"{victim}'s target is in no chain"
     with Load(d, clients, tag) as load:
         time.sleep(LOAD_S)
@@ -245,16 +242,19 @@ def lose_and_return(d, clients, victim, how, tag):
         else:
             d.c.cut(victim)
         try:
-            t_out = d.wait_for(lambda: not chains_with(d, t), DETECT_S,
+            t_out = d.wait_for(lambda: not d.chains_with(t), DETECT_S,
                                f"{victim}'s target leaves its {len(had)} chains")
             print(f"{tag}: {victim}'s target left its chains {t_out - t_fail:.2f} s after the "
                   f"{how}")
             d.print_chains(f"with {victim} out")
             after = d.chains()
-            bumped = [i for i in had if after[i][0] > before[i][0]]
-            assert sorted(bumped) == sorted(had), \
-                f"chains that lost {victim} without an epoch bump: {sorted(had - set(bumped))}"
+            bumped = {i for i in had if after[i]["epoch"] > before[i]["epoch"]}
+            assert bumped == had, \
+                f"chains that lost {victim} without an epoch bump: {sorted(had - bumped)}"
+            assert d.chains_with(t, "away") == had, "the target should be away, expected back"
             time.sleep(OUTAGE_S)
+            # what it missed (DIST-7): the resync must copy these chunks, not the volume
+            dirty = d.dirty_chunks(t)
         finally:
             if how == "kill":
                 d.start_serve(victim)
@@ -270,13 +270,18 @@ def lose_and_return(d, clients, victim, how, tag):
         checks = load.check()
     d.print_chains(f"after {victim} returned")
     print(d.status().stdout)
+    assert d.chains_with(t) == had, f"{victim}'s target did not rejoin all its chains"
+    assert d.dirty_chunks(t) == 0, "dirty rows left after the resync (DIST-6)"
     vol = volume_bytes(clients["n1"])
+    chunk = d.chunk_bytes()
     rs = rw.bytes("resync", t)
-    print(f"{tag}: resync copied {rs} bytes ({rw.chunks('resync', t)} chunks) to {victim}'s "
-          f"target; the volume holds {vol} bytes")
-    assert rw.seen, f"no repair of {victim}'s target in the repairs table{d.logs()}"
-    assert 0 < rs * 4 < vol, (f"resync after a {OUTAGE_S} s outage copied {rs} bytes of a "
-                              f"{vol}-byte volume: not far fewer")
+    print(f"{tag}: {dirty} chunks dirty on {victim}'s target at its return (at most "
+          f"{dirty * chunk} bytes to resync); resync progress seen: {rs} bytes in "
+          f"{rw.chunks('resync', t)} chunks; the volume holds {vol} bytes")
+    assert dirty > 0, f"no dirty chunk recorded for {victim}'s target while it was out (DIST-7)"
+    assert dirty * chunk * 4 < vol, (f"a {OUTAGE_S} s outage left {dirty} chunks of {chunk} "
+                                     f"bytes to resync of a {vol}-byte volume: not far fewer")
+    assert rs <= dirty * chunk, f"resync copied {rs} bytes, more than the {dirty} dirty chunks"
     assert not rw.bytes("rebuild", t), "a short outage was rebuilt instead of resynced"
     return load, res, checks
 
@@ -298,7 +303,8 @@ def test_cluster_comes_up(make_dist):
     assert len(mgr) == 1, f"manager lease: {mgr}"
     d.print_chains()
     ch = d.chains()
-    assert ch and all(len(ms) == 3 and len(set(ms)) == 3 for _, ms in ch.values())
+    assert ch and all(len(c["members"]) == 3 and len(set(c["members"])) == 3 and
+                      not c["syncing"] and not c["away"] for c in ch.values())
     t = d.targets()
     assert sorted(x["node"] for x in t.values()) == ["n1", "n2", "n3"]
     c1, c2 = d.mount("n1", "c1"), d.mount("n2", "c2")
@@ -341,23 +347,23 @@ def test_replace_target_away_too_long(make_dist):
     clients = {"n1": d.mount("n1", "c1"), "n2": d.mount("n2", "c2")}
     prefill(clients["n1"], PREFILL_MIB // 2)
     t3 = d.target_of("n3")
-    had = chains_with(d, t3)
+    had = d.chains_with(t3)
     assert had and len(had) < len(d.chains()), "n3's target should be in some chains, not all"
     with Load(d, clients, "replace") as load:
         time.sleep(LOAD_S)
         t_fail = time.monotonic()
         d.kill_serve("n3")
         with RepairWatch(d) as rw:
-            d.wait_for(lambda: not chains_with(d, t3), DETECT_S, "n3's target leaves its chains")
+            d.wait_for(lambda: not d.chains_with(t3), DETECT_S, "n3's target leaves its chains")
             d.wait_healthy(REPLACE_S + DETECT_S + HANG_S, "every chain rebuilt to 3 replicas "
                            "without n3")
             print(f"replace: chains full again {time.monotonic() - t_fail:.2f} s after the "
                   f"kill (replace_after_s {REPLACE_S})")
             time.sleep(LOAD_S)
-            res = load.stop()
+            load.stop()
         checks = load.check()
     d.print_chains("after the replacement")
-    assert not chains_with(d, t3), "n3's target is still a member"
+    assert not d.chains_with(t3, None), "n3's target is still in a chain (in any role)"
     rb = rw.bytes("rebuild")
     print(f"replace: rebuild copied {rb} bytes ({rw.chunks('rebuild')} chunks); the volume "
           f"holds {volume_bytes(clients['n1'])} bytes")
@@ -367,7 +373,7 @@ def test_replace_target_away_too_long(make_dist):
     # n3 returns: its old target does not rejoin the chains it was replaced in
     d.start_serve("n3")
     time.sleep(LEASE_MS / 1000 * 3)
-    assert not chains_with(d, t3), "the replaced target came back into its chains"
+    assert not d.chains_with(t3, None), "the replaced target came back into its chains"
     for mnt in list(d.mounts):
         d.umount(mnt)
     p = d.braidfs("scrub", "--no-repair", "--quiet", d.meta_url, timeout=600)
@@ -393,7 +399,7 @@ def test_split_brain_cut_primary_with_its_client(make_dist):
         t_cut = time.time()
         d.c.cut(victim)
         try:
-            d.wait_for(lambda: not chains_with(d, t), DETECT_S,
+            d.wait_for(lambda: not d.chains_with(t), DETECT_S,
                        f"{victim}'s target leaves its chains")
             d.print_chains(f"with {victim} cut off")
             time.sleep(cut_s)

@@ -6,7 +6,6 @@ are counted and reported with their time, and --on-error stop stops; bad input i
 nothing is overwritten."""
 import os
 import shutil
-import signal
 import subprocess
 import time
 
