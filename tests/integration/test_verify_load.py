@@ -6,6 +6,7 @@ are counted and reported with their time, and --on-error stop stops; bad input i
 nothing is overwritten."""
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -230,3 +231,56 @@ def test_progress_lines_and_sigterm(tmp_path):
     assert len(lines) >= 2 and "max stall" in lines[0] and "\r" not in r.stderr
     assert res["acknowledged"] == res["written"] > 0
     shutil.rmtree(d)
+
+
+def test_progress_redrawn_on_a_terminal(tmp_path):
+    """On a terminal the progress line is redrawn in place (carriage return, clear to the end
+    of line) and the run ends with a newline; the summary stays on stdout alone."""
+    import pty
+    d, j = str(tmp_path / "d"), str(tmp_path / "j")
+    os.mkdir(d)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([verify_bin(), "run", "-t", "2", "-r", "400", "-d", "2.5", d, j],
+                         stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = p.communicate(timeout=60)
+    tty = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        tty += chunk
+    os.close(master)
+    assert p.returncode == 0
+    assert tty.count(b"\r\x1b[K") >= 2 and b"written" in tty and tty.endswith(b"\r\n"), tty
+    assert out.lstrip().startswith("{") and '"stopped_by": "duration"' in out
+
+
+def test_hung_writers_reported(volume, tmp_path):
+    """A file system that stops answering (its daemon stopped with SIGSTOP): the run ends at
+    its duration, waits --hang-timeout for the stuck writers, then reports them as hung (exit
+    1, "hung": true, the oldest write in flight on the progress lines) instead of hanging."""
+    d = os.path.join(volume.mnt, "load")
+    j = str(tmp_path / "j")
+    pid = volume.pid()
+    r = VerifyRun(d, j, threads=2, rate=200, duration=3, hang_timeout=2).start()
+    try:
+        time.sleep(1)
+        os.kill(pid, signal.SIGSTOP)
+        # the summary comes while the writers are still stuck (the process itself can exit
+        # only once the file system answers them)
+        res = r.summary_when_printed(timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    r.wait(timeout=60)
+    print(summary("stuck", res))
+    assert r.proc.returncode == 1 and res["hung"] is True
+    assert "still stuck in the file system" in r.stderr
+    stuck = [float(x.split("oldest in flight ")[1].split(" ms")[0])
+             for x in r.stderr.splitlines() if "oldest in flight" in x]
+    assert max(stuck) >= 1000, stuck  # a write in flight for a second or more was shown
+    c = check(d, j)  # the daemon runs again: everything acknowledged is there
+    assert c["exit"] == 0 and c["verified"] == c["acknowledged"] > 0, c["stderr"]

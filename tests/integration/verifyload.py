@@ -13,6 +13,7 @@ import os
 import signal
 import struct
 import subprocess
+import time
 
 from conftest import BIN
 
@@ -54,8 +55,9 @@ class VerifyRun:
     def start(self):
         os.makedirs(self.dir, exist_ok=True)
         self._err = open(self.journal + ".stderr", "w+")
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self._err,
-                                     text=True, start_new_session=True)
+        self._out = open(self.journal + ".json", "w+")
+        self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=self._err, text=True,
+                                     start_new_session=True)
         return self
 
     def alive(self):
@@ -63,8 +65,8 @@ class VerifyRun:
 
     def wait(self, timeout):
         """Wait for the run to end by itself (--duration / --writes); parse its summary."""
-        out, _ = self.proc.communicate(timeout=timeout)
-        return self._finish(out)
+        self.proc.wait(timeout=timeout)
+        return self._finish()
 
     def stop(self, timeout=300):
         """SIGTERM (a clean end: writers finish their write, fsync, acknowledge), then wait
@@ -72,12 +74,29 @@ class VerifyRun:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(f"braidfs-verify run did not end {timeout} s after SIGTERM "
                                  f"(hung in the file system?)\n{self.stderr_text()[-3000:]}")
-        return self._finish(out)
+        return self._finish()
+
+    def summary_when_printed(self, timeout):
+        """The summary as soon as it is complete on stdout, whether or not the process could
+        exit yet (a writer stuck in an uninterruptible write keeps a process from exiting even
+        after it printed its summary and called _exit)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                with open(self.journal + ".json") as f:
+                    text = f.read()
+                if text.rstrip().endswith("}"):
+                    return _parse(text, "run")
+            except (OSError, AssertionError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"braidfs-verify printed no summary within {timeout} s\n"
+                             f"{self.stderr_text()[-3000:]}")
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -97,10 +116,12 @@ class VerifyRun:
         except OSError:
             return ""
 
-    def _finish(self, out):
+    def _finish(self):
         self._err.close()
+        self._out.close()
         self.stderr = self.stderr_text()
-        self.result = _parse(out, "run")
+        with open(self.journal + ".json") as f:
+            self.result = _parse(f.read(), "run")
         self.result["exit"] = self.proc.returncode
         return self.result
 
