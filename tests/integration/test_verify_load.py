@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import set_fault
+from conftest import run_on_tty, set_fault
 from verifyload import VerifyRun, check, summary, verify_bin
 
 BS = 4096
@@ -236,25 +236,10 @@ def test_progress_lines_and_sigterm(tmp_path):
 def test_progress_redrawn_on_a_terminal(tmp_path):
     """On a terminal the progress line is redrawn in place (carriage return, clear to the end
     of line) and the run ends with a newline; the summary stays on stdout alone."""
-    import pty
     d, j = str(tmp_path / "d"), str(tmp_path / "j")
     os.mkdir(d)
-    master, slave = pty.openpty()
-    p = subprocess.Popen([verify_bin(), "run", "-t", "2", "-r", "400", "-d", "2.5", d, j],
-                         stdout=subprocess.PIPE, stderr=slave, text=True)
-    os.close(slave)
-    out, _ = p.communicate(timeout=60)
-    tty = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        tty += chunk
-    os.close(master)
-    assert p.returncode == 0
+    rc, out, tty = run_on_tty([verify_bin(), "run", "-t", "2", "-r", "400", "-d", "2.5", d, j])
+    assert rc == 0
     assert tty.count(b"\r\x1b[K") >= 2 and b"written" in tty and tty.endswith(b"\r\n"), tty
     assert out.lstrip().startswith("{") and '"stopped_by": "duration"' in out
 
