@@ -8,6 +8,7 @@ bridge in the root namespace (where the tests, and services such as PostgreSQL, 
         c.run("n2", ["cat", "/proc/net/dev"])
         c.cut("n1")          # the node's link goes down: nobody reaches it, it reaches nobody
         c.restore("n1")
+        c.cut("n1", silent=True)  # the same without a carrier change: only timeouts tell
 
 Names are derived from a random tag so that concurrent test sessions do not collide, and every
 namespace, link and bridge is removed on exit (also after a failed test). File systems are
@@ -247,18 +248,29 @@ class Cluster:
         return p
 
     # -- failures
-    def cut(self, node):
-        """The node's link goes down on the bridge side: packets in both directions are lost
-        (the node keeps running and believes its own address is fine)."""
-        _ip("link", "set", self.nodes[node]["host_if"], "down")
+    def cut(self, node, silent=False):
+        """Packets to and from the node are lost both ways; the node keeps running.
+
+        Default: its link goes down on the bridge side, so the node's interface loses its
+        carrier (a pulled cable). silent=True: the bridge side leaves the bridge but stays up,
+        so both ends keep a carrier and packets vanish without a sign (a partition beyond the
+        node's switch port: only timeouts tell)."""
+        h = self.nodes[node]["host_if"]
+        if silent:
+            _ip("link", "set", "dev", h, "nomaster")
+        else:
+            _ip("link", "set", h, "down")
 
     def restore(self, node):
-        _ip("link", "set", self.nodes[node]["host_if"], "up")
+        h = self.nodes[node]["host_if"]
+        _ip("link", "set", "dev", h, "master", self.bridge)
+        _ip("link", "set", h, "up")
         time.sleep(0.2)
 
     def is_cut(self, node):
         out = _ip("-o", "link", "show", self.nodes[node]["host_if"]).stdout
-        return "state DOWN" in out or "<BROADCAST,MULTICAST>" in out
+        return ("state DOWN" in out or "<BROADCAST,MULTICAST>" in out or
+                f"master {self.bridge} " not in out)
 
 
 # --------------------------------------------------------------------------- braidfs on nodes

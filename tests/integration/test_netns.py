@@ -39,6 +39,15 @@ def test_nodes_reach_each_other_and_cut_links():
         assert c.is_cut("n1")
         assert not _reach(c, "n2", c.ip("n1"))
         c.restore("n1")
+        assert not c.is_cut("n1")
+        assert _reach(c, "n2", c.ip("n1"))
+        # a silent cut: both ends keep their carrier, packets vanish
+        c.cut("n1", silent=True)
+        assert c.is_cut("n1")
+        assert "LOWER_UP" in c.run("n1", ["ip", "-o", "link", "show", c.nodes["n1"]["node_if"]]
+                                   ).stdout
+        assert not _reach(c, "n2", c.ip("n1"))
+        c.restore("n1")
         assert _reach(c, "n2", c.ip("n1"))
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in listed for n in names), "namespaces left behind"
