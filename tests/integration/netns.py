@@ -386,7 +386,10 @@ class Dist:
                      check=True)
         for n in self.nodes:
             self.start_serve(n, wait=False)
-        self.wait_healthy(60, "every target up after the serves started")
+        for n in self.nodes:
+            self.wait_listening(n, 60)
+        self.wait_registered(60)
+        self.wait_healthy(60, "every chain whole after the serves started")
 
     def down(self):
         problems = []
@@ -549,25 +552,37 @@ class Dist:
         return self.braidfs("status", self.meta_url, timeout=60)
 
     def wait_healthy(self, timeout, what):
-        """Until every chain has its replicas as members, nothing syncing or away, and
-        `braidfs status` exits 0."""
+        """Until every chain has its replicas as members, nothing syncing or away (the
+        cluster tables: what the manager committed). `braidfs status` is checked by the
+        tests that are about it."""
         end = time.monotonic() + timeout
-        last = None
         while time.monotonic() < end:
             for n, p in self.serves.items():
                 if p.poll() is not None:
                     raise AssertionError(f"braidfs serve of {n} exited {p.returncode} "
                                          f"({what}){self.serve_log(n)}")
-            full = all(len(c["members"]) == self.replicas and not c["syncing"] and
-                       not c["away"] for c in self.chains().values())
-            if full:
-                last = self.status()
-                if last.returncode == 0:
-                    return last
+            if all(len(c["members"]) == self.replicas and not c["syncing"] and not c["away"]
+                   for c in self.chains().values()):
+                return
             time.sleep(0.2)
         self.print_chains("at timeout")
-        raise AssertionError(f"not healthy within {timeout} s ({what}):\n"
-                             f"{last.stdout if last else ''}{last.stderr if last else ''}"
+        raise AssertionError(f"not healthy within {timeout} s ({what}){self.logs()}")
+
+    def wait_registered(self, timeout):
+        """Until every running serve's node has a live lease in the nodes table."""
+        want = sorted(self.serves)
+        end = time.monotonic() + timeout
+        rows = []
+        while time.monotonic() < end:
+            rows = self.sql("SELECT name FROM nodes WHERE lease_until > now() ORDER BY name")
+            if sorted(r[0] for r in rows) == want:
+                return
+            for n, p in self.serves.items():
+                if p.poll() is not None:
+                    raise AssertionError(f"braidfs serve of {n} exited {p.returncode}"
+                                         f"{self.serve_log(n)}")
+            time.sleep(0.1)
+        raise AssertionError(f"nodes with a live lease after {timeout} s: {rows}, want {want}"
                              f"{self.logs()}")
 
     def wait_for(self, cond, timeout, what):

@@ -159,7 +159,17 @@ class Load:
             r.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None and not self.results:
+            # the test failed while the load ran: still show what the clients saw (stalls,
+            # errors), for the diagnosis; the failure itself is the test's
+            for node, r in self.runs.items():
+                if r.alive():
+                    try:
+                        res = r.stop(timeout=30)
+                        print(summary(f"load on {node}'s client (stopped by the failure)", res))
+                    except AssertionError as e:
+                        print(f"load on {node}'s client: {e}")
         for r in self.runs.values():
             r.kill()
 
@@ -169,11 +179,11 @@ class Load:
             print(summary(f"load on {node}'s client", self.results[node]))
         return self.results
 
-    def check(self):
+    def check(self, what=""):
         out = {}
         for node, r in self.runs.items():
             out[node] = check(r.dir, r.journal)
-            print(summary(f"check of {node}'s client", out[node]))
+            print(summary(f"check of {node}'s client{what}", out[node]))
         return out
 
     def assert_no_app_errors(self, nodes=None):
@@ -227,21 +237,27 @@ def setup_volume(make_dist, **kw):
 
 
 def lose_and_return(d, clients, victim, how, tag):
-    """One round: load on both clients; break VICTIM (kill -9 its serve, or cut its link);
-    wait until the manager took its target out of its chains (epoch bumps); keep it away
-    OUTAGE_S; bring it back; wait until it is a full member again; stop the load; check."""
+    """One round, two phases, each judged by braidfs-verify on both clients.
+
+    Loss: load; break VICTIM (kill -9 its serve, or cut its link); wait until the manager
+    took its target out of its chains (each with an epoch bump; the target is away, expected
+    back); keep it away OUTAGE_S; stop the load and check it, read from the survivors.
+    Return: a new load; bring VICTIM back; wait until it is a full member of every chain
+    again (resync, DIST-6); stop and check the new load, and check the first one again.
+    Returns the loads of both phases (after their asserts on errors and verification)."""
     t = d.target_of(victim)
     before = d.chains()
     had = d.chains_with(t)
     assert had, f"{victim}'s target is in no chain"
-    with Load(d, clients, tag) as load:
-        time.sleep(LOAD_S)
-        t_fail = time.monotonic()
-        if how == "kill":
-            d.kill_serve(victim)
-        else:
-            d.c.cut(victim)
-        try:
+    back = False
+    try:
+        with Load(d, clients, f"{tag}-loss") as loss:
+            time.sleep(LOAD_S)
+            t_fail = time.monotonic()
+            if how == "kill":
+                d.kill_serve(victim)
+            else:
+                d.c.cut(victim)
             t_out = d.wait_for(lambda: not d.chains_with(t), DETECT_S,
                                f"{victim}'s target leaves its {len(had)} chains")
             print(f"{tag}: {victim}'s target left its chains {t_out - t_fail:.2f} s after the "
@@ -253,23 +269,43 @@ def lose_and_return(d, clients, victim, how, tag):
                 f"chains that lost {victim} without an epoch bump: {sorted(had - bumped)}"
             assert d.chains_with(t, "away") == had, "the target should be away, expected back"
             time.sleep(OUTAGE_S)
+            if how == "kill":
+                loss.stop()  # a cut node's client stalls until the heal: stopped after it
+                checks = loss.check(f" with {victim} out")
+                loss.assert_no_app_errors()
+                loss.assert_verified(checks)
             # what it missed (DIST-7): the resync must copy these chunks, not the volume
             dirty = d.dirty_chunks(t)
-        finally:
-            if how == "kill":
-                d.start_serve(victim)
-            else:
+            with Load(d, clients, f"{tag}-return") as ret:
+                time.sleep(1)
+                if how == "kill":
+                    d.start_serve(victim)
+                else:
+                    d.c.restore(victim)
+                back = True
+                t_back = time.monotonic()
+                with RepairWatch(d) as rw:
+                    d.wait_healthy(HANG_S, f"{victim} back as a full member")
+                    print(f"{tag}: {victim} a full member again "
+                          f"{time.monotonic() - t_back:.2f} s after it returned")
+                    time.sleep(LOAD_S)
+                    ret.stop()
+                if how == "cut":
+                    loss.stop()
+                checks = ret.check(f" after {victim} returned")
+                ret.assert_no_app_errors()
+                ret.assert_verified(checks)
+                checks = loss.check(f" after {victim} returned")
+                loss.assert_no_app_errors()
+                loss.assert_verified(checks)
+    finally:
+        if not back:
+            if how == "kill" and victim not in d.serves:
+                d.start_serve(victim, wait=False)
+            elif how == "cut":
                 d.c.restore(victim)
-        t_back = time.monotonic()
-        with RepairWatch(d) as rw:
-            d.wait_healthy(HANG_S, f"{victim} back as a full member")
-            print(f"{tag}: {victim} a full member again {time.monotonic() - t_back:.2f} s "
-                  f"after it returned")
-            time.sleep(LOAD_S)
-            res = load.stop()
-        checks = load.check()
     d.print_chains(f"after {victim} returned")
-    print(d.status().stdout)
+    print(d.status().stdout)  # the repairs, as an operator sees them
     assert d.chains_with(t) == had, f"{victim}'s target did not rejoin all its chains"
     assert d.dirty_chunks(t) == 0, "dirty rows left after the resync (DIST-6)"
     vol = volume_bytes(clients["n1"])
@@ -283,7 +319,6 @@ def lose_and_return(d, clients, victim, how, tag):
                                      f"bytes to resync of a {vol}-byte volume: not far fewer")
     assert rs <= dirty * chunk, f"resync copied {rs} bytes, more than the {dirty} dirty chunks"
     assert not rw.bytes("rebuild", t), "a short outage was rebuilt instead of resynced"
-    return load, res, checks
 
 
 # --------------------------------------------------------------------------- tests
@@ -307,6 +342,11 @@ def test_cluster_comes_up(make_dist):
                       not c["syncing"] and not c["away"] for c in ch.values())
     t = d.targets()
     assert sorted(x["node"] for x in t.values()) == ["n1", "n2", "n3"]
+    st = d.status()
+    print(st.stdout)
+    assert st.returncode == 0, f"braidfs status of a healthy cluster: exit {st.returncode}\n" \
+                               f"{st.stdout}{st.stderr}"
+    assert "unreachable" not in st.stdout and "offline" not in st.stdout
     c1, c2 = d.mount("n1", "c1"), d.mount("n2", "c2")
     with open(os.path.join(c1, "hello"), "wb") as f:
         f.write(b"from n1" * 1000)
@@ -332,9 +372,7 @@ def test_lose_a_node(make_dist, case, rnd):
     prim = d.primaries()
     victim = pick(order, key=lambda n: prim[n])
     print(f"{case}: victim {victim} (primary of {prim[victim]} of {len(d.chains())} chains)")
-    load, res, checks = lose_and_return(d, clients, victim, how, f"{case}{rnd}")
-    load.assert_no_app_errors()
-    load.assert_verified(checks)
+    lose_and_return(d, clients, victim, how, f"{case}{rnd}")
 
 
 def test_replace_target_away_too_long(make_dist):

@@ -121,7 +121,11 @@ class VerifyRun:
         self._out.close()
         self.stderr = self.stderr_text()
         with open(self.journal + ".json") as f:
-            self.result = _parse(f.read(), "run")
+            out = f.read()
+        if not out.strip():
+            raise AssertionError(f"braidfs-verify run exited {self.proc.returncode} without a "
+                                 f"summary: {self.stderr[-2000:]}")
+        self.result = _parse(out, "run")
         self.result["exit"] = self.proc.returncode
         return self.result
 
