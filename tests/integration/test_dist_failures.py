@@ -36,8 +36,10 @@ come from the environment; the defaults keep the module within a few minutes on 
   BRAIDFS_DIST_RATE        writes per second of each client's checker (default 200)
   BRAIDFS_DIST_LEASE_MS    lease_ms of every node (default 1500); heartbeat_ms is a sixth
   BRAIDFS_DIST_REPLACE_S   replace_after_s of the replacement test (default 6)
-  BRAIDFS_DIST_HANG_S      the "did not hang" bound for one write and for each wait (default 120)
+  BRAIDFS_DIST_HANG_S      the "did not hang" bound for one write and for each wait (default 60)
+  BRAIDFS_DIST_KEEP=1      keep the directory with the serve and mount logs and the journals
 """
+import contextlib
 import os
 import shutil
 import subprocess
@@ -64,7 +66,8 @@ RATE = _env("BRAIDFS_DIST_RATE", 200)
 LEASE_MS = _env("BRAIDFS_DIST_LEASE_MS", 1500)
 HEARTBEAT_MS = max(50, LEASE_MS // 6)
 REPLACE_S = _env("BRAIDFS_DIST_REPLACE_S", 6)
-HANG_S = _env("BRAIDFS_DIST_HANG_S", 120)
+HANG_S = _env("BRAIDFS_DIST_HANG_S", 60)
+KEEP = _env("BRAIDFS_DIST_KEEP", 0)
 # how long the manager may take to notice a dead node: its lease, a grace, a few heartbeats
 DETECT_S = LEASE_MS / 1000 * 3 + 10
 
@@ -105,7 +108,10 @@ def netpg():
             stop_postgres(c, pgdir)
     left = c.leftovers()
     assert not left, f"left behind: {left}"
-    shutil.rmtree(base, ignore_errors=True)
+    if KEEP:
+        print(f"kept {base}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -143,8 +149,10 @@ class Load:
     """braidfs-verify on every client, each in a directory of its own under its mount, its
     journal outside the mounts."""
 
-    def __init__(self, d, clients, tag, ack="fsync", fsync_every=4, rate=RATE, **kw):
+    def __init__(self, d, clients, tag, ack="fsync", fsync_every=4, rate=RATE, heal=None,
+                 **kw):
         self.d = d
+        self.heal = heal  # called first when the test fails while the load runs
         self.runs = {}
         for node, mnt in clients.items():
             j = os.path.join(d.base, f"{tag}-{node}.journal")
@@ -161,8 +169,10 @@ class Load:
 
     def __exit__(self, exc_type, *exc):
         if exc_type is not None and not self.results:
-            # the test failed while the load ran: still show what the clients saw (stalls,
-            # errors), for the diagnosis; the failure itself is the test's
+            # the test failed while the load ran: heal the cluster, then still show what the
+            # clients saw (stalls, errors), for the diagnosis; the failure itself is the test's
+            if self.heal:
+                self.heal()
             for node, r in self.runs.items():
                 if r.alive():
                     try:
@@ -249,9 +259,20 @@ def lose_and_return(d, clients, victim, how, tag):
     before = d.chains()
     had = d.chains_with(t)
     assert had, f"{victim}'s target is in no chain"
-    back = False
+    state = {"back": False}
+
+    def heal():
+        if state["back"]:
+            return
+        state["back"] = True
+        if how == "kill":
+            d.start_serve(victim, wait=False)
+        else:
+            d.c.restore(victim)
+
     try:
-        with Load(d, clients, f"{tag}-loss") as loss:
+        with contextlib.ExitStack() as stack:
+            loss = stack.enter_context(Load(d, clients, f"{tag}-loss", heal=heal))
             time.sleep(LOAD_S)
             t_fail = time.monotonic()
             if how == "kill":
@@ -276,34 +297,32 @@ def lose_and_return(d, clients, victim, how, tag):
                 loss.assert_verified(checks)
             # what it missed (DIST-7): the resync must copy these chunks, not the volume
             dirty = d.dirty_chunks(t)
-            with Load(d, clients, f"{tag}-return") as ret:
+            ret = Load(d, clients, f"{tag}-return", heal=heal)
+            if how == "kill":
+                stack.enter_context(ret)  # the serve comes back under load
                 time.sleep(1)
-                if how == "kill":
-                    d.start_serve(victim)
-                else:
-                    d.c.restore(victim)
-                back = True
-                t_back = time.monotonic()
-                with RepairWatch(d) as rw:
-                    d.wait_healthy(HANG_S, f"{victim} back as a full member")
-                    print(f"{tag}: {victim} a full member again "
-                          f"{time.monotonic() - t_back:.2f} s after it returned")
-                    time.sleep(LOAD_S)
-                    ret.stop()
-                if how == "cut":
-                    loss.stop()
-                checks = ret.check(f" after {victim} returned")
-                ret.assert_no_app_errors()
-                ret.assert_verified(checks)
-                checks = loss.check(f" after {victim} returned")
-                loss.assert_no_app_errors()
-                loss.assert_verified(checks)
+            heal()
+            t_back = time.monotonic()
+            if how == "cut":
+                # a cut client cannot create the new load's files before the heal (the
+                # database is out of its reach); its first load resumes now
+                stack.enter_context(ret)
+            with RepairWatch(d) as rw:
+                d.wait_healthy(HANG_S, f"{victim} back as a full member")
+                print(f"{tag}: {victim} a full member again "
+                      f"{time.monotonic() - t_back:.2f} s after it returned")
+                time.sleep(LOAD_S)
+                ret.stop()
+            if how == "cut":
+                loss.stop()
+            checks = ret.check(f" after {victim} returned")
+            ret.assert_no_app_errors()
+            ret.assert_verified(checks)
+            checks = loss.check(f" after {victim} returned")
+            loss.assert_no_app_errors()
+            loss.assert_verified(checks)
     finally:
-        if not back:
-            if how == "kill" and victim not in d.serves:
-                d.start_serve(victim, wait=False)
-            elif how == "cut":
-                d.c.restore(victim)
+        heal()
     d.print_chains(f"after {victim} returned")
     print(d.status().stdout)  # the repairs, as an operator sees them
     assert d.chains_with(t) == had, f"{victim}'s target did not rejoin all its chains"
@@ -421,9 +440,10 @@ def test_replace_target_away_too_long(make_dist):
 
 def test_split_brain_cut_primary_with_its_client(make_dist):
     """The primary's node is cut off from everything (peers and database), silently (its link
-    keeps its carrier), while its own client keeps writing. DIST-4: it stops acknowledging within its lease; the manager moves its
-    chains to the others, where the other client keeps writing without an error. After the
-    heal, every write either client saw acknowledged is there."""
+    keeps its carrier), while its own client keeps writing. DIST-4: it stops acknowledging
+    within its lease; the manager moves its chains to the others, where the other client
+    keeps writing without an error. After the heal, every write either client saw
+    acknowledged is there, and the old primary rejoins as a member."""
     d, clients = setup_volume(make_dist)
     prim = d.primaries()
     # the cut node must have a client of its own: n1 or n2, whichever is primary of more
@@ -432,22 +452,29 @@ def test_split_brain_cut_primary_with_its_client(make_dist):
     print(f"victim: {victim} (primary of {prim[victim]} chains)")
     t = d.target_of(victim)
     cut_s = max(OUTAGE_S, LEASE_MS / 1000 * 3)
-    with Load(d, clients, "split", ack="write", fsync_every=0) as load:
-        time.sleep(LOAD_S)
-        t_cut = time.time()
-        d.c.cut(victim, silent=True)  # no carrier change: the node learns only by timeouts
-        try:
+    healed = []
+
+    def heal():
+        if not healed:
+            healed.append(time.time())
+            d.c.restore(victim)
+
+    try:
+        with Load(d, clients, "split", ack="write", fsync_every=0, heal=heal) as load:
+            time.sleep(LOAD_S)
+            t_cut = time.time()
+            d.c.cut(victim, silent=True)  # no carrier change: only timeouts tell
             d.wait_for(lambda: not d.chains_with(t), DETECT_S,
                        f"{victim}'s target leaves its chains")
             d.print_chains(f"with {victim} cut off")
             time.sleep(cut_s)
-            t_heal = time.time()
-        finally:
-            d.c.restore(victim)
-        d.wait_healthy(HANG_S, f"{victim} back as a full member")
-        time.sleep(LOAD_S)
-        res = load.stop()
-        checks = load.check()
+            heal()
+            time.sleep(LOAD_S)
+            res = load.stop()
+            checks = load.check(" after the heal")
+    finally:
+        heal()
+    t_heal = healed[0]
     lease_s = LEASE_MS / 1000
     acks = journal_ack_times(load.runs[victim].journal)
     during = [a - t_cut for a in acks if t_cut < a < t_heal]
@@ -464,3 +491,6 @@ def test_split_brain_cut_primary_with_its_client(make_dist):
     assert other_during, f"{other}'s client made no progress while {victim} was cut off"
     load.assert_no_app_errors(nodes=(other,))
     load.assert_verified(checks)
+    # and the old primary comes back as a member (resync), with nothing lost on the way
+    d.wait_healthy(HANG_S, f"{victim} back as a full member")
+    load.assert_verified(load.check(f" after {victim} rejoined"))
