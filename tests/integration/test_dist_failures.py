@@ -251,10 +251,11 @@ def lose_and_return(d, clients, victim, how, tag):
 
     Loss: load; break VICTIM (kill -9 its serve, or cut its link); wait until the manager
     took its target out of its chains (each with an epoch bump; the target is away, expected
-    back); keep it away OUTAGE_S; stop the load and check it, read from the survivors.
+    back); keep it away OUTAGE_S; stop the load and check it, read from the survivors (a cut
+    node's client stalls until the heal: its load is stopped and judged LOAD_S after it).
     Return: a new load; bring VICTIM back; wait until it is a full member of every chain
     again (resync, DIST-6); stop and check the new load, and check the first one again.
-    Returns the loads of both phases (after their asserts on errors and verification)."""
+    Then the resync's size against the volume's."""
     t = d.target_of(victim)
     before = d.chains()
     had = d.chains_with(t)
@@ -305,16 +306,20 @@ def lose_and_return(d, clients, victim, how, tag):
             t_back = time.monotonic()
             if how == "cut":
                 # a cut client cannot create the new load's files before the heal (the
-                # database is out of its reach); its first load resumes now
+                # database is out of its reach); its first load resumes now, and is judged
+                # now: the cut client's writes must complete once its node is back
                 stack.enter_context(ret)
+                time.sleep(LOAD_S)
+                loss.stop()
+                checks = loss.check(" after the heal")
+                loss.assert_no_app_errors()
+                loss.assert_verified(checks)
             with RepairWatch(d) as rw:
                 d.wait_healthy(HANG_S, f"{victim} back as a full member")
                 print(f"{tag}: {victim} a full member again "
                       f"{time.monotonic() - t_back:.2f} s after it returned")
                 time.sleep(LOAD_S)
                 ret.stop()
-            if how == "cut":
-                loss.stop()
             checks = ret.check(f" after {victim} returned")
             ret.assert_no_app_errors()
             ret.assert_verified(checks)
