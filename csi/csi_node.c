@@ -206,17 +206,25 @@ CSI_HANDLER(csi_node_unpublish_volume, Csi__V1__NodeUnpublishVolumeRequest,
 	return GRPC_STATUS_OK;
 }
 
-/* A path the CO names for stats/expansion must be a live mount of this volume. */
+/* A path the CO names for stats/expansion must be a live mount of this volume. A path that
+ * cannot be one (relative, "..") is where the volume is not: NOT_FOUND, as the spec has it
+ * for "the volume does not exist on volume_path" (csi-sanity sends "some/path"). */
 static grpc_status_code live_volume_path(struct csi *c, const char *id, const char *path,
 					 struct csi_vol *v, enum csi_mnt_state *st,
 					 struct csi_reply *r)
 {
+	struct csi_reply why = {0};
 	bool is_v = false;
 	grpc_status_code code;
 	if (!id || !id[0])
 		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
-	if ((code = check_path("volume_path", path, r)) || (code = csi_vol_parse(c, id, v, r)))
+	if (!path || !path[0])
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_path is required");
+	if ((code = csi_vol_parse(c, id, v, r)))
 		return code;
+	if (check_path("volume_path", path, &why))
+		return csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s is not mounted at %.256s: %s",
+				id, path, why.msg);
 	*st = mount_of(path, v, &is_v, NULL);
 	if (*st == CSI_MNT_NONE || !is_v)
 		return csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s is not mounted at %s", id,

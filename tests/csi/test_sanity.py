@@ -602,6 +602,22 @@ def test_Node_Service__NodeGetVolumeStats__should_fail_when_no_volume_path_is_pr
                 sc.pb.NodeGetVolumeStatsRequest(volume_id=valid_volume_id()), C.INVALID_ARGUMENT)
 
 
+def test_Node_Service__NodeGetVolumeStats__should_fail_when_volume_is_not_found(sc):
+    sc.skip_unless_node("GET_VOLUME_STATS", "NodeGetVolume")
+    expect_code(sc.node.NodeGetVolumeStats, sc.pb.NodeGetVolumeStatsRequest(
+        volume_id=valid_volume_id(), volume_path="some/path"), C.NOT_FOUND)
+
+
+def test_Node_Service__NodeGetVolumeStats__should_fail_when_volume_does_not_exist_on_the_specified_path(sc):
+    sc.skip_unless_node("GET_VOLUME_STATS", "NodeGetVolume")
+    vol = sc.must_create(sc.make_create_req(unique("sanity-node-get-volume-stats"))).volume
+    assert sc.node.NodeGetInfo(sc.pb.NodeGetInfoRequest()).node_id
+    sc.stage(vol)
+    sc.publish(vol)
+    expect_code(sc.node.NodeGetVolumeStats, sc.pb.NodeGetVolumeStatsRequest(
+        volume_id=vol.volume_id, volume_path="some/path"), C.NOT_FOUND)
+
+
 def test_Node_Service__NodeExpandVolume__should_fail_when_no_volume_id_is_provided(sc):
     sc.skip_unless_node("EXPAND_VOLUME", "NodeExpandVolume")
     expect_code(sc.node.NodeExpandVolume, sc.pb.NodeExpandVolumeRequest(
@@ -614,6 +630,12 @@ def test_Node_Service__NodeExpandVolume__should_fail_when_no_volume_path_is_prov
         unique("sanity-node-expand-volume-valid-id"))).volume
     expect_code(sc.node.NodeExpandVolume, sc.pb.NodeExpandVolumeRequest(
         volume_id=vol.volume_id, volume_capability=sc.cap()), C.INVALID_ARGUMENT)
+
+
+def test_Node_Service__NodeExpandVolume__should_fail_when_volume_is_not_found(sc):
+    sc.skip_unless_node("EXPAND_VOLUME", "NodeExpandVolume")
+    expect_code(sc.node.NodeExpandVolume, sc.pb.NodeExpandVolumeRequest(
+        volume_id=valid_volume_id(), volume_path="some/path"), C.NOT_FOUND)
 
 
 def test_Node_Service__NodeExpandVolume__should_work_if_node_expand_is_called_after_node_publish(sc):
