@@ -26,11 +26,14 @@ static uint64_t fnv64(const char *s, uint64_t seed)
 	return h;
 }
 
-/* A name usable as a directory as it is: [A-Za-z0-9._-], 1..63 bytes, not "." or "..". */
+/* A name usable as a directory as it is: [A-Za-z0-9._-], 1..63 bytes, not starting with a
+ * dot. The dot is kept for the plugin's own entries next to the volumes (".creating-<dir>",
+ * CSI-5): a volume named ".creating-x" must never be the half-made directory of volume "x",
+ * which a retried create of "x" removes. */
 static bool safe_dir(const char *s)
 {
 	size_t n = strlen(s);
-	if (n == 0 || n > 63 || !strcmp(s, ".") || !strcmp(s, ".."))
+	if (n == 0 || n > 63 || s[0] == '.')
 		return false;
 	for (const char *p = s; *p; p++)
 		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||

@@ -54,6 +54,7 @@ static void t_vol_parse(void **state)
 	assert_int_equal(csi_vol_parse(&C, "pvc-2@sqlite:///etc/x.db", &v, &r),
 			 GRPC_STATUS_NOT_FOUND);
 	assert_int_equal(csi_vol_parse(&C, "..", &v, &r), GRPC_STATUS_NOT_FOUND);
+	assert_int_equal(csi_vol_parse(&C, ".creating-pvc-1", &v, &r), GRPC_STATUS_NOT_FOUND);
 	assert_int_equal(csi_vol_parse(&C, "a/b", &v, &r), GRPC_STATUS_NOT_FOUND);
 	assert_int_equal(csi_vol_parse(&C, "../../etc", &v, &r), GRPC_STATUS_NOT_FOUND);
 	assert_int_equal(csi_vol_parse(&C, "sp ace", &v, &r), GRPC_STATUS_NOT_FOUND);
@@ -75,6 +76,10 @@ static void t_vol_from_name(void **state)
 
 	assert_int_equal(csi_vol_from_name(&C, "pvc-123", C.meta[0], &a, &r), GRPC_STATUS_OK);
 	assert_string_equal(a.dir, "pvc-123");
+	/* a leading dot is the plugin's own (CSI-5): such a name is hashed */
+	assert_int_equal(csi_vol_from_name(&C, ".creating-pvc-123", C.meta[0], &a, &r),
+			 GRPC_STATUS_OK);
+	assert_memory_equal(a.dir, "h-", 2);
 	/* not a safe file name: a stable 128-bit hash, different for different names */
 	assert_int_equal(csi_vol_from_name(&C, "my volume/ä", C.meta[0], &a, &r), GRPC_STATUS_OK);
 	assert_int_equal(csi_vol_from_name(&C, "my volume/ä", C.meta[0], &b, &r), GRPC_STATUS_OK);

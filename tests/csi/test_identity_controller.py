@@ -188,3 +188,15 @@ def test_unknown_method_and_roles(plugin, pb):
     assert p.returncode == 2 and p.stderr.startswith("braidfs-csi: ")
     p = subprocess.run(plugin.argv()[:1] + ["--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "Usage: braidfs-csi" in p.stdout
+
+
+def test_dot_name_is_not_the_half_made_directory_of_another(plugin):
+    """A volume named ".creating-<x>" must not live where CreateVolume(x) builds x (CSI-5):
+    a create of x first removes what a crashed create left there."""
+    pb = plugin.pb
+    dot = plugin.create(".creating-pvc-dot", 4 * MiB)
+    assert dot.volume_id.startswith("h-")
+    plugin.create("pvc-dot", 4 * MiB)
+    r = plugin.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
+        volume_id=dot.volume_id, volume_capabilities=[plugin.cap()]))
+    assert r.HasField("confirmed")
