@@ -61,6 +61,7 @@
 #define CSI_DEFAULT_CAPACITY (1ull << 30) /* when CreateVolume names no capacity */
 #define CSI_ID_MAX	     128	  /* volume ids we hand out and accept (<dir>[@url]) */
 #define CSI_WRAPPER_MAX	     16
+#define CSI_LIST_MAX	     1000 /* ListVolumes entries per page at most (next_token for more) */
 
 struct csi {
 	/* immutable after start */
@@ -127,6 +128,9 @@ struct csi_vol {
 	char fs_path[PATH_MAX];	  /* volumes_dir + "/" + dir: the path inside the fs */
 };
 
+/* Is s a directory name a volume can have: [A-Za-z0-9._-], 1..63 bytes, no leading dot (the
+ * plugin's own entries, such as ".creating-<dir>" of CSI-5, start with one). */
+bool csi_dir_ok(const char *s);
 /* Parse a volume id: INVALID_ARGUMENT for a malformed one, NOT_FOUND for a META_URL the
  * plugin does not serve. */
 grpc_status_code csi_vol_parse(struct csi *c, const char *id, struct csi_vol *v,
@@ -137,6 +141,10 @@ grpc_status_code csi_vol_from_name(struct csi *c, const char *name, const char *
 /* Make sure meta's base mount is alive (mount it, or repair it: CSI-4) and fill v->base and
  * v->path. UNAVAILABLE with the reason when it cannot be mounted. */
 grpc_status_code csi_fs_mount(struct csi *c, struct csi_vol *v, struct csi_reply *r);
+
+/* The volume in directory dir of v->meta, whose base mount v->base is set (csi_fs_mount):
+ * fills dir, id, fs_path and path. INVALID_ARGUMENT for a dir no volume can have. */
+grpc_status_code csi_vol_at(struct csi *c, struct csi_vol *v, const char *dir, struct csi_reply *r);
 
 /* Parse id, mount its file system (csi_fs_mount) and find the volume's directory there:
  * NOT_FOUND when it is not there. */
@@ -179,6 +187,7 @@ CSI_HANDLER(csi_create_volume, Csi__V1__CreateVolumeRequest, Csi__V1__CreateVolu
 CSI_HANDLER(csi_delete_volume, Csi__V1__DeleteVolumeRequest, Csi__V1__DeleteVolumeResponse);
 CSI_HANDLER(csi_validate_volume_capabilities, Csi__V1__ValidateVolumeCapabilitiesRequest,
 	    Csi__V1__ValidateVolumeCapabilitiesResponse);
+CSI_HANDLER(csi_list_volumes, Csi__V1__ListVolumesRequest, Csi__V1__ListVolumesResponse);
 CSI_HANDLER(csi_get_capacity, Csi__V1__GetCapacityRequest, Csi__V1__GetCapacityResponse);
 CSI_HANDLER(csi_controller_get_capabilities, Csi__V1__ControllerGetCapabilitiesRequest,
 	    Csi__V1__ControllerGetCapabilitiesResponse);

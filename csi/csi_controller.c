@@ -1,4 +1,5 @@
 /* csi_controller — the Controller service: volumes are directories with a quota (csi.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -161,6 +162,27 @@ static bool topology_has_me(struct csi *c, size_t n, Csi__V1__Topology **t)
 	return false;
 }
 
+/* The Volume message of v (CreateVolume, ListVolumes): id, capacity, volume_context
+ * {metaURL, path} and this node's topology. NULL when out of memory. */
+static Csi__V1__Volume *volume_msg(struct csi *c, const struct csi_vol *v, int64_t cap,
+				   struct csi_reply *r)
+{
+	Csi__V1__Volume *vol = csi_alloc(r, sizeof(*vol));
+	Csi__V1__Topology **topo = csi_alloc(r, sizeof(*topo));
+	const char *keys[] = {"metaURL", "path"}, *vals[] = {v->meta, v->fs_path};
+	if (!vol || !topo || !(topo[0] = csi_topology(c, r)))
+		return NULL;
+	csi__v1__volume__init(vol);
+	vol->capacity_bytes = cap;
+	vol->volume_id = csi_strdup(r, v->id);
+	vol->volume_context = (Csi__V1__Volume__VolumeContextEntry **)csi_map(
+	    r, &csi__v1__volume__volume_context_entry__descriptor, 2, keys, vals);
+	vol->n_volume_context = 2;
+	vol->accessible_topology = topo;
+	vol->n_accessible_topology = 1;
+	return vol->volume_id && vol->volume_context ? vol : NULL;
+}
+
 /* CSI-5: make the volume directory complete under a temporary name, then rename it. */
 static grpc_status_code make_volume(struct csi_vol *v, const char *name, int64_t cap,
 				    struct csi_reply *r)
@@ -256,22 +278,8 @@ CSI_HANDLER(csi_create_volume, Csi__V1__CreateVolumeRequest, Csi__V1__CreateVolu
 	if (code)
 		return code;
 
-	Csi__V1__Volume *vol = csi_alloc(r, sizeof(*vol));
-	Csi__V1__Topology **topo = csi_alloc(r, sizeof(*topo));
-	const char *keys[] = {"metaURL", "path"}, *vals[] = {meta, v.fs_path};
-	if (!vol || !topo || !(topo[0] = csi_topology(c, r)))
+	if (!(out->volume = volume_msg(c, &v, cap, r)))
 		return OOM(r);
-	csi__v1__volume__init(vol);
-	vol->capacity_bytes = cap;
-	vol->volume_id = csi_strdup(r, v.id);
-	vol->volume_context = (Csi__V1__Volume__VolumeContextEntry **)csi_map(
-	    r, &csi__v1__volume__volume_context_entry__descriptor, 2, keys, vals);
-	vol->n_volume_context = 2;
-	vol->accessible_topology = topo;
-	vol->n_accessible_topology = 1;
-	if (!vol->volume_id || !vol->volume_context)
-		return OOM(r);
-	out->volume = vol;
 	return GRPC_STATUS_OK;
 }
 
@@ -342,6 +350,157 @@ CSI_HANDLER(csi_validate_volume_capabilities, Csi__V1__ValidateVolumeCapabilitie
 	return GRPC_STATUS_OK;
 }
 
+/* ListVolumes pages through the volumes of every file system, in the order of --meta and
+ * then of directory names, so that a page boundary is a position, not an index: a token
+ * "v1:<meta index>:<dir>" resumes after <dir>, whether or not <dir> still exists, and a
+ * volume created or deleted meanwhile neither repeats nor shifts one. */
+#define LIST_TOKEN "v1:"
+
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The volume directory names of file system v->meta (after csi_fs_mount), sorted; *ret is
+ * a malloc'ed array of malloc'ed names. 0 or -errno. */
+static int volume_dirs(const struct csi *c, const struct csi_vol *v, char ***ret, size_t *nret)
+{
+	char dir[PATH_MAX];
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	int e = 0;
+	*ret = NULL;
+	*nret = 0;
+	int len = snprintf(dir, sizeof(dir), "%s%s", v->base,
+			   strcmp(c->volumes_dir, "/") ? c->volumes_dir : "");
+	if (len < 0 || (size_t)len >= sizeof(dir))
+		return -ENAMETOOLONG;
+	DIR *d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	for (struct dirent *de; (errno = 0, de = readdir(d));) {
+		char p[PATH_MAX + 256];
+		struct stat st;
+		/* ours only: a volume directory carries its name (csi_create_volume) */
+		if (!csi_dir_ok(de->d_name) ||
+		    (size_t)snprintf(p, sizeof(p), "%s/%s", dir, de->d_name) >= sizeof(p) ||
+		    lstat(p, &st) < 0 || !S_ISDIR(st.st_mode) ||
+		    getxattr(p, CSI_NAME_XATTR, NULL, 0) < 0)
+			continue;
+		if (n == cap) {
+			char **g = realloc(names, (cap = cap ? cap * 2 : 64) * sizeof(*g));
+			if (!g) {
+				e = -ENOMEM;
+				break;
+			}
+			names = g;
+		}
+		if (!(names[n] = strdup(de->d_name))) {
+			e = -ENOMEM;
+			break;
+		}
+		n++;
+	}
+	if (e == 0 && errno)
+		e = -errno;
+	closedir(d);
+	if (e < 0) {
+		while (n)
+			free(names[--n]);
+		free(names);
+		return e;
+	}
+	qsort(names, n, sizeof(*names), cmp_names);
+	*ret = names;
+	*nret = n;
+	return 0;
+}
+
+/* Parse a starting token: meta index and the directory to resume after. */
+static bool list_token(struct csi *c, const char *tok, unsigned *meta_ret, char *dir, size_t len)
+{
+	char *end;
+	if (strncmp(tok, LIST_TOKEN, strlen(LIST_TOKEN)))
+		return false;
+	tok += strlen(LIST_TOKEN);
+	errno = 0;
+	unsigned long i = strtoul(tok, &end, 10);
+	if (errno || end == tok || *end != ':' || i >= c->nmeta || !csi_dir_ok(end + 1) ||
+	    strlen(end + 1) >= len)
+		return false;
+	*meta_ret = (unsigned)i;
+	snprintf(dir, len, "%s", end + 1);
+	return true;
+}
+
+CSI_HANDLER(csi_list_volumes, Csi__V1__ListVolumesRequest, Csi__V1__ListVolumesResponse)
+{
+	unsigned from = 0, last_i = 0;
+	char after[CSI_ID_MAX + 1] = "", last[CSI_ID_MAX + 1] = "";
+	grpc_status_code code = GRPC_STATUS_OK;
+	bool more = false; /* next_token is set (protobuf-c's empty string is not NULL) */
+
+	if (in->max_entries < 0)
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+				"max_entries must not be negative");
+	if (in->starting_token && in->starting_token[0] &&
+	    !list_token(c, in->starting_token, &from, after, sizeof(after)))
+		return csi_fail(r, GRPC_STATUS_ABORTED,
+				"starting_token '%.64s' is not one this plugin handed out",
+				in->starting_token);
+	size_t page = in->max_entries ? MIN((size_t)in->max_entries, CSI_LIST_MAX) : CSI_LIST_MAX;
+	out->entries = csi_alloc(r, page * sizeof(*out->entries));
+	if (!out->entries)
+		return OOM(r);
+	for (unsigned i = from; i < c->nmeta && code == GRPC_STATUS_OK && !more; i++) {
+		struct csi_vol v = {0};
+		char **names = NULL;
+		size_t n = 0;
+		v.meta = c->meta[i];
+		snprintf(v.id, sizeof(v.id), "list");
+		if ((code = csi_fs_mount(c, &v, r)))
+			break;
+		int e = volume_dirs(c, &v, &names, &n);
+		if (e < 0)
+			code = csi_fail(r, GRPC_STATUS_INTERNAL,
+					"cannot list the volumes of %s: %s", v.meta, strerror(-e));
+		for (size_t j = 0; j < n && code == GRPC_STATUS_OK; j++) {
+			if (i == from && after[0] && strcmp(names[j], after) <= 0)
+				continue;
+			if (out->n_entries == page) {
+				/* one more exists: the next page starts after the last one listed
+				 */
+				char tok[CSI_ID_MAX + 32];
+				snprintf(tok, sizeof(tok), LIST_TOKEN "%u:%s", last_i, last);
+				if (!(out->next_token = csi_strdup(r, tok)))
+					code = OOM(r);
+				more = true;
+				break;
+			}
+			struct csi_vol w = v;
+			if ((code = csi_vol_at(c, &w, names[j], r)))
+				break;
+			int64_t q = quota_bytes(w.path);
+			Csi__V1__ListVolumesResponse__Entry *ent = csi_alloc(r, sizeof(*ent));
+			if (!ent)
+				code = OOM(r);
+			else
+				csi__v1__list_volumes_response__entry__init(ent);
+			if (ent && !(ent->volume = volume_msg(c, &w, q > 0 ? q : 0, r)))
+				code = OOM(r);
+			if (code)
+				break;
+			out->entries[out->n_entries++] = ent;
+			last_i = i;
+			snprintf(last, sizeof(last), "%s", w.dir);
+		}
+		while (n)
+			free(names[--n]);
+		free(names);
+	}
+	return code;
+}
+
 CSI_HANDLER(csi_get_capacity, Csi__V1__GetCapacityRequest, Csi__V1__GetCapacityResponse)
 {
 	struct csi_reply probe = {0};
@@ -392,6 +551,7 @@ CSI_HANDLER(csi_controller_get_capabilities, Csi__V1__ControllerGetCapabilitiesR
 	static const Csi__V1__ControllerServiceCapability__RPC__Type types[] = {
 	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__CREATE_DELETE_VOLUME,
 	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__GET_CAPACITY,
+	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__LIST_VOLUMES,
 	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__EXPAND_VOLUME,
 	};
 	size_t n = sizeof(types) / sizeof(types[0]);

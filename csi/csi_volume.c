@@ -30,7 +30,7 @@ static uint64_t fnv64(const char *s, uint64_t seed)
  * dot. The dot is kept for the plugin's own entries next to the volumes (".creating-<dir>",
  * CSI-5): a volume named ".creating-x" must never be the half-made directory of volume "x",
  * which a retried create of "x" removes. */
-static bool safe_dir(const char *s)
+bool csi_dir_ok(const char *s)
 {
 	size_t n = strlen(s);
 	if (n == 0 || n > 63 || s[0] == '.')
@@ -72,7 +72,7 @@ grpc_status_code csi_vol_parse(struct csi *c, const char *id, struct csi_vol *v,
 	memcpy(v->dir, id, dl);
 	v->dir[dl] = '\0';
 	/* Ids are ours: a dir that we would not have made cannot name a volume. */
-	if (!safe_dir(v->dir))
+	if (!csi_dir_ok(v->dir))
 		return csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s does not exist", id);
 	v->meta = at ? NULL : c->meta[0];
 	for (unsigned i = 1; at && i < c->nmeta; i++)
@@ -89,7 +89,7 @@ grpc_status_code csi_vol_from_name(struct csi *c, const char *name, const char *
 {
 	memset(v, 0, sizeof(*v));
 	v->meta = meta;
-	if (safe_dir(name) && strncmp(name, "h-", 2) != 0)
+	if (csi_dir_ok(name) && strncmp(name, "h-", 2) != 0)
 		snprintf(v->dir, sizeof(v->dir), "%s", name);
 	else
 		snprintf(v->dir, sizeof(v->dir), "h-%016llx%016llx",
@@ -181,6 +181,19 @@ grpc_status_code csi_fs_mount(struct csi *c, struct csi_vol *v, struct csi_reply
 	log_info("mounted %s at %s", v->meta, v->base);
 done:
 	pthread_mutex_unlock(&base_lock);
+	if (code == GRPC_STATUS_OK && (size_t)snprintf(v->path, sizeof(v->path), "%s%s", v->base,
+						       v->fs_path) >= sizeof(v->path))
+		code = csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume path too long");
+	return code;
+}
+
+grpc_status_code csi_vol_at(struct csi *c, struct csi_vol *v, const char *dir, struct csi_reply *r)
+{
+	if (!csi_dir_ok(dir))
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+				"'%.64s' is not a volume directory", dir);
+	snprintf(v->dir, sizeof(v->dir), "%s", dir);
+	grpc_status_code code = vol_fill(c, v, r);
 	if (code == GRPC_STATUS_OK && (size_t)snprintf(v->path, sizeof(v->path), "%s%s", v->base,
 						       v->fs_path) >= sizeof(v->path))
 		code = csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume path too long");

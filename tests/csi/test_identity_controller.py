@@ -27,7 +27,7 @@ def test_identity(plugin):
     ctl = plugin.controller.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest())
     R = pb.ControllerServiceCapability.RPC
     assert {c.rpc.type for c in ctl.capabilities} == {R.CREATE_DELETE_VOLUME, R.GET_CAPACITY,
-                                                      R.EXPAND_VOLUME}
+                                                      R.LIST_VOLUMES, R.EXPAND_VOLUME}
     node = plugin.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest())
     N = pb.NodeServiceCapability.RPC
     assert {c.rpc.type for c in node.capabilities} == {
@@ -200,3 +200,92 @@ def test_dot_name_is_not_the_half_made_directory_of_another(plugin):
     r = plugin.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
         volume_id=dot.volume_id, volume_capabilities=[plugin.cap()]))
     assert r.HasField("confirmed")
+
+
+def test_list_volumes_pages_across_file_systems(plugin):
+    """ListVolumes walks every --meta file system in order, names sorted; a page of
+    max_entries ends with a token that resumes after its last volume, across the boundary
+    between two file systems, whatever was created or deleted meanwhile."""
+    import subprocess
+    from conftest import BRAIDFS
+    pb = plugin.pb
+    db2 = os.path.join(plugin.base, "meta2.db")
+    meta2 = "sqlite://" + db2
+    t = os.path.join(plugin.base, "t2")
+    os.mkdir(t)
+    subprocess.run([BRAIDFS, "format", "--replicas", "1", meta2, "csi2", "dir:" + t],
+                   check=True, capture_output=True)
+    plugin.stop()
+    plugin.start("--meta", meta2)
+    try:
+        _list_pages(plugin, meta2)
+    finally:
+        _stop_fs(plugin, db2, meta2)
+
+
+def _stop_fs(plugin, db, meta):
+    """The mount process of a second file system: unmount it and end it (by its pid)."""
+    import signal
+    import subprocess
+    from conftest import pid_alive, wait_gone
+    plugin.stop()
+    try:
+        with open(db + ".lock") as f:
+            pid, mp = int(f.readline()), f.readline().strip()
+    except (OSError, ValueError):
+        return
+    subprocess.run(["umount", "-l", mp], capture_output=True)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            ours = meta.encode() in f.read().split(b"\0")
+    except OSError:
+        ours = False
+    if ours and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        if not wait_gone(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _list_pages(plugin, meta2):
+    pb = plugin.pb
+    want = {}
+    for name in ("pvc-c", "pvc-a", "pvc-b"):
+        want[plugin.create(name, 2 * MiB).volume_id] = 2 * MiB
+    for name in ("pvc-y", "pvc-x"):
+        v = plugin.create(name, 3 * MiB, parameters={"metaURL": meta2})
+        assert v.volume_id == name + "@" + meta2
+        want[v.volume_id] = 3 * MiB
+
+    def walk(n):
+        got, tok = [], ""
+        while True:
+            r = plugin.controller.ListVolumes(pb.ListVolumesRequest(max_entries=n,
+                                                                    starting_token=tok))
+            assert n == 0 or len(r.entries) <= n
+            got += [e.volume for e in r.entries]
+            tok = r.next_token
+            if not tok:
+                return got
+
+    for n in (1, 2, 3, 5, 0):
+        vols = walk(n)
+        assert [v.volume_id for v in vols] == ["pvc-a", "pvc-b", "pvc-c",
+                                               "pvc-x@" + meta2, "pvc-y@" + meta2]
+        assert {v.volume_id: v.capacity_bytes for v in vols} == want
+    v = walk(5)[3]
+    assert dict(v.volume_context) == {"metaURL": meta2, "path": "/volumes/pvc-x"}
+    assert dict(v.accessible_topology[0].segments) == {"topology.braidfs.io/node": "node-1"}
+    # a page ends on the last volume of the first file system; that volume is deleted
+    # and one is created before it: the next page neither repeats nor skips
+    first = plugin.controller.ListVolumes(pb.ListVolumesRequest(max_entries=3))
+    assert [e.volume.volume_id for e in first.entries] == ["pvc-a", "pvc-b", "pvc-c"]
+    plugin.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id="pvc-c"))
+    plugin.create("pvc-0", MiB)
+    rest = plugin.controller.ListVolumes(pb.ListVolumesRequest(starting_token=first.next_token))
+    assert [e.volume.volume_id for e in rest.entries] == ["pvc-x@" + meta2, "pvc-y@" + meta2]
+    assert not rest.next_token
+    C_ = grpc.StatusCode
+    LV = plugin.controller.ListVolumes
+    for bad in ("invalid-token", "v1:9:pvc-a", "v1:0:../x", "v1:0:", "v1:x:pvc-a"):
+        assert code_of(LV, pb.ListVolumesRequest(starting_token=bad)) == C_.ABORTED, bad
+    assert code_of(LV, pb.ListVolumesRequest(max_entries=-1)) == C_.INVALID_ARGUMENT
