@@ -158,6 +158,15 @@ enum csi_mnt_state { CSI_MNT_NONE = 0, CSI_MNT_LIVE, CSI_MNT_DEAD };
  * system (mountinfo field 4) and fstype_ret its type; ro_ret whether it is read-only. */
 enum csi_mnt_state csi_mnt_state(const char *path, char *root_ret, size_t rootlen, char *fstype_ret,
 				 size_t fslen, bool *ro_ret);
+/* One line of /proc/self/mountinfo, unescaped; valid during the callback only. */
+struct csi_mnt {
+	const char *root;	/* the mounted path inside its file system (field 4) */
+	const char *mountpoint; /* field 5 */
+	const char *fstype;
+	bool ro;
+};
+/* Call fn for every mount, in mountinfo order, until it returns false. 0 or -errno. */
+int csi_mnt_each(bool (*fn)(void *arg, const struct csi_mnt *m), void *arg);
 /* Bind src onto dst (a directory), read-only if ro. 0 or -errno. */
 int csi_bind(const char *src, const char *dst, bool ro);
 /* Unmount path; a dead or busy mount is detached. 0 (also when not mounted) or -errno. */

@@ -553,6 +553,7 @@ CSI_HANDLER(csi_controller_get_capabilities, Csi__V1__ControllerGetCapabilitiesR
 	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__GET_CAPACITY,
 	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__LIST_VOLUMES,
 	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__EXPAND_VOLUME,
+	    CSI__V1__CONTROLLER_SERVICE_CAPABILITY__RPC__TYPE__SINGLE_NODE_MULTI_WRITER,
 	};
 	size_t n = sizeof(types) / sizeof(types[0]);
 	out->capabilities = csi_alloc(r, n * sizeof(*out->capabilities));

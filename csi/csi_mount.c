@@ -78,17 +78,12 @@ static bool unescape(char *s)
 	return true;
 }
 
-enum csi_mnt_state csi_mnt_state(const char *path, char *root_ret, size_t rootlen, char *fstype_ret,
-				 size_t fslen, bool *ro_ret)
+int csi_mnt_each(bool (*fn)(void *arg, const struct csi_mnt *m), void *arg)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
 	if (!f)
-		return CSI_MNT_NONE;
+		return -errno;
 	char line[4 * PATH_MAX];
-	bool found = false;
-	char root[PATH_MAX] = "", fstype[64] = "";
-	bool ro = false;
-	/* The last entry for a path is the one on top; read them all. */
 	while (fgets(line, sizeof(line), f)) {
 		if (!strchr(line, '\n'))
 			continue; /* longer than any path we manage: not ours */
@@ -101,23 +96,52 @@ enum csi_mnt_state csi_mnt_state(const char *path, char *root_ret, size_t rootle
 		int sep = 6;
 		while (sep < n && strcmp(fld[sep], "-"))
 			sep++;
-		if (sep + 1 >= n || !unescape(fld[4]) || strcmp(fld[4], path) || !unescape(fld[3]))
+		if (sep + 1 >= n || !unescape(fld[4]) || !unescape(fld[3]))
 			continue;
-		const char *type = fld[sep + 1];
-		found = true;
-		snprintf(root, sizeof(root), "%s", fld[3]);
-		snprintf(fstype, sizeof(fstype), "%s", type);
-		ro = !strncmp(fld[5], "ro", 2) && (fld[5][2] == ',' || fld[5][2] == '\0');
+		struct csi_mnt m = {
+		    .root = fld[3],
+		    .mountpoint = fld[4],
+		    .fstype = fld[sep + 1],
+		    .ro = !strncmp(fld[5], "ro", 2) && (fld[5][2] == ',' || fld[5][2] == '\0'),
+		};
+		if (!fn(arg, &m))
+			break;
 	}
 	fclose(f);
-	if (!found)
+	return 0;
+}
+
+struct mnt_find {
+	const char *path;
+	bool found, ro;
+	char root[PATH_MAX], fstype[64];
+};
+
+static bool mnt_find_one(void *arg, const struct csi_mnt *m)
+{
+	struct mnt_find *q = arg;
+	if (strcmp(m->mountpoint, q->path))
+		return true;
+	/* The last entry for a path is the one on top; read them all. */
+	q->found = true;
+	snprintf(q->root, sizeof(q->root), "%s", m->root);
+	snprintf(q->fstype, sizeof(q->fstype), "%s", m->fstype);
+	q->ro = m->ro;
+	return true;
+}
+
+enum csi_mnt_state csi_mnt_state(const char *path, char *root_ret, size_t rootlen, char *fstype_ret,
+				 size_t fslen, bool *ro_ret)
+{
+	struct mnt_find q = {.path = path};
+	if (csi_mnt_each(mnt_find_one, &q) < 0 || !q.found)
 		return CSI_MNT_NONE;
 	if (root_ret)
-		snprintf(root_ret, rootlen, "%s", root);
+		snprintf(root_ret, rootlen, "%s", q.root);
 	if (fstype_ret)
-		snprintf(fstype_ret, fslen, "%s", fstype);
+		snprintf(fstype_ret, fslen, "%s", q.fstype);
 	if (ro_ret)
-		*ro_ret = ro;
+		*ro_ret = q.ro;
 	/* CSI-4: a FUSE mount whose process died answers statfs with ENOTCONN. */
 	struct statvfs sv;
 	if (statvfs(path, &sv) < 0 && (errno == ENOTCONN || errno == ECONNABORTED || errno == EIO))

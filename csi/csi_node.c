@@ -134,8 +134,26 @@ CSI_HANDLER(csi_node_unstage_volume, Csi__V1__NodeUnstageVolumeRequest,
 	return GRPC_STATUS_OK;
 }
 
+/* Where else volume v is mounted: any bind of its directory other than the two paths of
+ * this call (its staging path and the target). */
+struct elsewhere {
+	const struct csi_vol *v;
+	const char *staging, *target;
+	char found[PATH_MAX];
+};
+
+static bool mounted_elsewhere(void *arg, const struct csi_mnt *m)
+{
+	struct elsewhere *q = arg;
+	if (strcmp(m->fstype, "fuse.braidfs") || strcmp(m->root, q->v->fs_path) ||
+	    !strcmp(m->mountpoint, q->staging) || !strcmp(m->mountpoint, q->target))
+		return true;
+	snprintf(q->found, sizeof(q->found), "%s", m->mountpoint);
+	return false;
+}
+
 static grpc_status_code publish(struct csi_vol *v, const char *staging, const char *target, bool ro,
-				struct csi_reply *r)
+				bool single_writer, struct csi_reply *r)
 {
 	bool is_v = false, was_ro = false;
 	enum csi_mnt_state st = mount_of(staging, v, &is_v, NULL);
@@ -158,6 +176,12 @@ static grpc_status_code publish(struct csi_vol *v, const char *staging, const ch
 	if (st == CSI_MNT_LIVE)
 		return csi_fail(r, GRPC_STATUS_ALREADY_EXISTS, "target path %s holds another mount",
 				target);
+	struct elsewhere q = {.v = v, .staging = staging, .target = target};
+	if (single_writer && csi_mnt_each(mounted_elsewhere, &q) == 0 && q.found[0])
+		return csi_fail(
+		    r, GRPC_STATUS_FAILED_PRECONDITION,
+		    "volume %s is SINGLE_NODE_SINGLE_WRITER and already published at %s", v->id,
+		    q.found);
 	if ((code = place(v, staging, target, ro, st == CSI_MNT_DEAD, r)))
 		return code;
 	log_info("volume %s: published at %s%s", v->id, target, ro ? " (read-only)" : "");
@@ -179,7 +203,11 @@ CSI_HANDLER(csi_node_publish_volume, Csi__V1__NodePublishVolumeRequest,
 		  mode == CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__SINGLE_NODE_READER_ONLY;
 	code = csi_vol_find(c, in->volume_id, &v, r);
 	if (code == GRPC_STATUS_OK)
-		code = publish(&v, in->staging_target_path, in->target_path, ro, r);
+		code = publish(
+		    &v, in->staging_target_path, in->target_path, ro,
+		    mode ==
+			CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__SINGLE_NODE_SINGLE_WRITER,
+		    r);
 	csi_volume_release(c, v.id);
 	return code;
 }
@@ -313,6 +341,7 @@ CSI_HANDLER(csi_node_get_capabilities, Csi__V1__NodeGetCapabilitiesRequest,
 	    CSI__V1__NODE_SERVICE_CAPABILITY__RPC__TYPE__GET_VOLUME_STATS,
 	    CSI__V1__NODE_SERVICE_CAPABILITY__RPC__TYPE__EXPAND_VOLUME,
 	    CSI__V1__NODE_SERVICE_CAPABILITY__RPC__TYPE__VOLUME_CONDITION,
+	    CSI__V1__NODE_SERVICE_CAPABILITY__RPC__TYPE__SINGLE_NODE_MULTI_WRITER,
 	};
 	size_t n = sizeof(types) / sizeof(types[0]);
 	out->capabilities = csi_alloc(r, n * sizeof(*out->capabilities));

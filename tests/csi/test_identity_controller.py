@@ -27,11 +27,13 @@ def test_identity(plugin):
     ctl = plugin.controller.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest())
     R = pb.ControllerServiceCapability.RPC
     assert {c.rpc.type for c in ctl.capabilities} == {R.CREATE_DELETE_VOLUME, R.GET_CAPACITY,
-                                                      R.LIST_VOLUMES, R.EXPAND_VOLUME}
+                                                      R.LIST_VOLUMES, R.EXPAND_VOLUME,
+                                                      R.SINGLE_NODE_MULTI_WRITER}
     node = plugin.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest())
     N = pb.NodeServiceCapability.RPC
     assert {c.rpc.type for c in node.capabilities} == {
-        N.STAGE_UNSTAGE_VOLUME, N.GET_VOLUME_STATS, N.EXPAND_VOLUME, N.VOLUME_CONDITION}
+        N.STAGE_UNSTAGE_VOLUME, N.GET_VOLUME_STATS, N.EXPAND_VOLUME, N.VOLUME_CONDITION,
+        N.SINGLE_NODE_MULTI_WRITER}
     ni = plugin.node.NodeGetInfo(pb.NodeGetInfoRequest())
     assert ni.node_id == "node-1"
     assert dict(ni.accessible_topology.segments) == {"topology.braidfs.io/node": "node-1"}

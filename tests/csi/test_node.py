@@ -219,3 +219,35 @@ def test_controller_and_node_plugins_share_the_mount(plugin):
             ch.close()
         p2.terminate()
         p2.wait(timeout=20)
+
+
+def test_single_writer_is_published_once(plugin):
+    """SINGLE_NODE_SINGLE_WRITER (Kubernetes' ReadWriteOncePod): one target at a time, and
+    FAILED_PRECONDITION for a second; SINGLE_NODE_MULTI_WRITER: any number of targets."""
+    pb = plugin.pb
+    N = plugin.node
+    AM = pb.VolumeCapability.AccessMode
+    v = plugin.create("pvc-one", 4 * MiB)
+    staging, (t0, t1) = paths(plugin, 2)
+    mkparents([t0, t1])
+    one, multi = plugin.cap(AM.SINGLE_NODE_SINGLE_WRITER), plugin.cap(AM.SINGLE_NODE_MULTI_WRITER)
+    N.NodeStageVolume(pb.NodeStageVolumeRequest(
+        volume_id=v.volume_id, staging_target_path=staging, volume_capability=one), timeout=60)
+
+    def pub(t, cap):
+        return N.NodePublishVolume(pb.NodePublishVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging, target_path=t,
+            volume_capability=cap), timeout=60)
+
+    pub(t0, one)
+    pub(t0, one)  # CSI-1: the same target again is not a second writer
+    assert code_of(pub, t1, one) == C.FAILED_PRECONDITION
+    assert not os.path.ismount(t1)
+    plugin.unpublish(v.volume_id, t0)
+    pub(t1, one)  # the first one is gone: the writer may move
+    plugin.unpublish(v.volume_id, t1)
+    pub(t0, multi)
+    pub(t1, multi)
+    for t in (t0, t1):
+        plugin.unpublish(v.volume_id, t)
+    plugin.unstage(v.volume_id, staging)
