@@ -251,3 +251,48 @@ def test_single_writer_is_published_once(plugin):
     for t in (t0, t1):
         plugin.unpublish(v.volume_id, t)
     plugin.unstage(v.volume_id, staging)
+
+
+def test_paths_present_or_missing_and_stats_on_staging(plugin):
+    """The spec lets a CO make target_path (kubelet does) or leave it to the plugin (what
+    csi-sanity does), and makes the staging path itself: every case works. Stats and
+    expansion answer on the staging path as on a target path."""
+    pb = plugin.pb
+    v = plugin.create("pvc-paths", 8 * MiB)
+    root = os.path.join(plugin.base, "k")
+    staging = os.path.join(root, "staging-missing")  # not made by the "CO"
+    t_made = os.path.join(root, "pods", "a", "mount")
+    t_missing = os.path.join(root, "pods", "b", "mount")
+    os.makedirs(t_made)  # kubelet style: the target exists, empty
+    os.makedirs(os.path.dirname(t_missing))  # csi-sanity style: only the parent
+    plugin.stage(v.volume_id, staging)
+    plugin.publish(v.volume_id, staging, t_made)
+    plugin.publish(v.volume_id, staging, t_missing)
+    for t in (t_made, t_missing):
+        assert os.path.ismount(t)
+    with open(os.path.join(t_made, "f"), "wb") as f:
+        f.write(b"x" * 65536)
+    for path in (staging, t_made, t_missing):
+        st = plugin.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(
+            volume_id=v.volume_id, volume_path=path), timeout=60)
+        by = {u.unit: u for u in st.usage}
+        assert by[pb.VolumeUsage.BYTES].total == 8 * MiB, path
+        assert by[pb.VolumeUsage.BYTES].used >= 65536, path
+        assert not st.volume_condition.abnormal
+    n = plugin.node.NodeExpandVolume(pb.NodeExpandVolumeRequest(
+        volume_id=v.volume_id, volume_path=staging), timeout=60)
+    assert n.capacity_bytes == 8 * MiB
+    for t in (t_made, t_missing):
+        plugin.unpublish(v.volume_id, t)
+        assert not os.path.exists(t)
+    # a target left as a plain directory (a publish that died after mkdir): removed when
+    # empty, kept with an error when something is in it (nothing is deleted)
+    os.makedirs(t_made)
+    plugin.unpublish(v.volume_id, t_made)
+    assert not os.path.exists(t_made)
+    os.makedirs(t_made)
+    open(os.path.join(t_made, "keep"), "w").close()
+    assert code_of(plugin.unpublish, v.volume_id, t_made) == C.INTERNAL
+    assert os.path.exists(os.path.join(t_made, "keep"))
+    plugin.unstage(v.volume_id, staging)
+    assert os.path.isdir(staging) and not os.path.ismount(staging)
