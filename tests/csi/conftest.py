@@ -227,14 +227,14 @@ class Plugin:
         return left
 
 
-@pytest.fixture
-def plugin(pb, request):
+def running_plugin(pb, label):
+    """A started Plugin in a directory of its own; everything it started is gone after."""
     if os.geteuid() != 0:
         pytest.skip("needs root (mounts)")
     if not os.access(CSI_BIN, os.X_OK):
         pytest.skip(f"braidfs-csi not built ({CSI_BIN}); build with -Dcsi=enabled")
     root = os.environ.get("BRAIDFS_TEST_TMP", "/tmp")
-    name = "".join(ch if ch.isalnum() else "_" for ch in request.node.name)[:40]
+    name = "".join(ch if ch.isalnum() else "_" for ch in label)[:40]
     base = tempfile.mkdtemp(prefix=f"braidfs-csi-{name}.", dir=root)
     p = Plugin(base, pb)
     try:
@@ -243,6 +243,11 @@ def plugin(pb, request):
         tail = p.log_tail()
         left = p.cleanup()
         assert not left, f"could not unmount {left}\n{tail}"
+
+
+@pytest.fixture
+def plugin(pb, request):
+    yield from running_plugin(pb, request.node.name)
 
 
 def code_of(fn, *args, **kw):

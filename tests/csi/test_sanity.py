@@ -12,7 +12,8 @@ test_Node_Service__NodeGetVolumeStats__should_fail_when_volume_is_not_found). Li
 csi-sanity, a case whose capability the plugin does not advertise is skipped by asking the
 plugin, never by assuming: advertise the capability and the case runs.
 
-What csi-sanity does around every case, done the same way here (class Sanity):
+What csi-sanity does around every case, done the same way here (class Sanity), against one
+plugin started for the whole file, as csi-sanity runs against one:
   - Setup: mkdir (not -p, an existing one is an error) of TargetPath (<tmp>/csi-mount, the
     *parent* of every target_path, which is TargetPath + "/target": the plugin must make it)
     and StagingPath (<tmp>/csi-staging, the staging_target_path itself).
@@ -39,7 +40,7 @@ import uuid
 import grpc
 import pytest
 
-from conftest import code_of
+from conftest import code_of, running_plugin
 
 C = grpc.StatusCode
 GiB = 1 << 30
@@ -189,9 +190,16 @@ class Sanity:
         return errs
 
 
+@pytest.fixture(scope="module")
+def sanity_plugin(pb):
+    """csi-sanity talks to one plugin for the whole suite: so do these cases, so that what
+    one case leaves behind (a mount, a directory, a busy volume) shows in the next."""
+    yield from running_plugin(pb, "sanity")
+
+
 @pytest.fixture
-def sc(plugin):
-    s = Sanity(plugin)
+def sc(sanity_plugin):
+    s = Sanity(sanity_plugin)
     yield s
     errs = s.teardown()
     assert not errs, "resource cleanup failed: " + "; ".join(errs)
