@@ -102,6 +102,7 @@ int csi_mnt_each(bool (*fn)(void *arg, const struct csi_mnt *m), void *arg)
 		    .root = fld[3],
 		    .mountpoint = fld[4],
 		    .fstype = fld[sep + 1],
+		    .dev = fld[2],
 		    .ro = !strncmp(fld[5], "ro", 2) && (fld[5][2] == ',' || fld[5][2] == '\0'),
 		};
 		if (!fn(arg, &m))
@@ -274,4 +275,61 @@ int csi_rmtree(const char *path)
 	if (lstat(path, &st) < 0)
 		return errno == ENOENT ? 0 : -errno;
 	return rmtree_at(AT_FDCWD, path, st.st_dev, 0);
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void csi_names_free(char **names, size_t n)
+{
+	while (names && n)
+		free(names[--n]);
+	free(names);
+}
+
+int csi_dir_names(const char *dir,
+		  bool (*keep)(void *arg, const char *dir, const char *ent, char *out, size_t len),
+		  void *arg, char ***ret, size_t *nret)
+{
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	int e = 0;
+	*ret = NULL;
+	*nret = 0;
+	DIR *d = opendir(dir);
+	if (!d)
+		return -errno;
+	for (struct dirent *de; (errno = 0, de = readdir(d));) {
+		char name[NAME_MAX + 1];
+		if (!keep(arg, dir, de->d_name, name, sizeof(name)))
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			char **g = realloc(names, ncap * sizeof(*g));
+			if (!g) {
+				e = -ENOMEM;
+				break;
+			}
+			names = g;
+			cap = ncap;
+		}
+		if (!(names[n] = strdup(name))) {
+			e = -ENOMEM;
+			break;
+		}
+		n++;
+	}
+	if (e == 0 && errno)
+		e = -errno;
+	closedir(d);
+	if (e < 0) {
+		csi_names_free(names, n);
+		return e;
+	}
+	qsort(names, n, sizeof(*names), cmp_names);
+	*ret = names;
+	*nret = n;
+	return 0;
 }

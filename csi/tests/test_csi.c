@@ -69,6 +69,37 @@ static void t_vol_parse(void **state)
 	reply_free(&r);
 }
 
+static void t_vol_layout(void **state)
+{
+	struct csi_reply r = {0};
+	struct csi_vol v, w;
+
+	/* without --layout-dir a layout id names no volume */
+	assert_int_equal(csi_vol_parse(&C, "pvc-1@layout", &v, &r), GRPC_STATUS_NOT_FOUND);
+	C.layout_dir[0] = "/srv/l0";
+	C.layout_dir[1] = "/srv/l1";
+	C.nlayout = 2;
+	assert_int_equal(csi_vol_parse(&C, "pvc-1@layout", &v, &r), GRPC_STATUS_OK);
+	assert_true(v.layout);
+	assert_string_equal(v.meta, "sqlite:///srv/l0/pvc-1.db");
+	assert_string_equal(v.id, "pvc-1@layout");
+	assert_string_equal(v.fs_path, "/volumes/pvc-1");
+	assert_int_equal(csi_vol_parse(&C, "../x@layout", &v, &r), GRPC_STATUS_NOT_FOUND);
+	assert_int_equal(csi_vol_parse(&C, ".creating-x@layout", &v, &r), GRPC_STATUS_NOT_FOUND);
+	/* a copy names its own file system URL, not the original's buffer */
+	assert_int_equal(csi_vol_parse(&C, "pvc-2@layout", &v, &r), GRPC_STATUS_OK);
+	csi_vol_copy(&w, &v);
+	memset(&v, 0, sizeof(v));
+	assert_string_equal(w.meta, "sqlite:///srv/l0/pvc-2.db");
+	assert_ptr_equal(w.meta, w.own_meta);
+	/* a name turned into a layout volume */
+	assert_int_equal(csi_vol_from_name(&C, "my volume", C.meta[0], &v, &r), GRPC_STATUS_OK);
+	assert_int_equal(csi_layout_vol(&C, &v, &r), GRPC_STATUS_OK);
+	assert_memory_equal(v.id, "h-", 2);
+	assert_non_null(strstr(v.id, "@layout"));
+	reply_free(&r);
+}
+
 static void t_vol_from_name(void **state)
 {
 	struct csi_reply r = {0};
@@ -193,6 +224,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup(t_vol_parse, setup),
 	    cmocka_unit_test_setup(t_vol_from_name, setup),
+	    cmocka_unit_test_setup(t_vol_layout, setup),
 	    cmocka_unit_test_setup(t_capability, setup),
 	    cmocka_unit_test_setup(t_claim, setup),
 	    cmocka_unit_test_setup(t_map_roundtrip, setup),

@@ -91,6 +91,28 @@ def wait_gone(pid, timeout=20):
     return False
 
 
+def stop_fs_mount(db, meta):
+    """End the mount process of the SQLite file system `db` (URL `meta`) that its lock file
+    names: unmount its mount point, then SIGTERM (SIGKILL after 10 s) that pid if it is a
+    braidfs process of this file system."""
+    try:
+        with open(db + ".lock") as f:
+            pid, mp = int(f.readline()), f.readline().strip()
+    except (OSError, ValueError):
+        return
+    subprocess.run(["umount", "-l", mp], capture_output=True)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            ours = meta.encode() in f.read().split(b"\0")
+    except OSError:
+        ours = False
+    if ours and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        if not wait_gone(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid, 10)
+
+
 class Plugin:
     """One braidfs file system and one braidfs-csi serving it, in its own directory."""
 

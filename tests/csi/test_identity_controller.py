@@ -227,25 +227,9 @@ def test_list_volumes_pages_across_file_systems(plugin):
 
 def _stop_fs(plugin, db, meta):
     """The mount process of a second file system: unmount it and end it (by its pid)."""
-    import signal
-    import subprocess
-    from conftest import pid_alive, wait_gone
+    from conftest import stop_fs_mount
     plugin.stop()
-    try:
-        with open(db + ".lock") as f:
-            pid, mp = int(f.readline()), f.readline().strip()
-    except (OSError, ValueError):
-        return
-    subprocess.run(["umount", "-l", mp], capture_output=True)
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            ours = meta.encode() in f.read().split(b"\0")
-    except OSError:
-        ours = False
-    if ours and pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        if not wait_gone(pid, 10):
-            os.kill(pid, signal.SIGKILL)
+    stop_fs_mount(db, meta)
 
 
 def _list_pages(plugin, meta2):
