@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -134,18 +135,20 @@ CSI_HANDLER(csi_node_unstage_volume, Csi__V1__NodeUnstageVolumeRequest,
 	return GRPC_STATUS_OK;
 }
 
-/* Where else volume v is mounted: any bind of its directory other than the two paths of
- * this call (its staging path and the target). */
+/* Where else volume v is mounted: any bind of its directory (of its file system: the same
+ * device as its base mount, since two file systems may have a directory of one name) other
+ * than the two paths of this call (its staging path and the target). */
 struct elsewhere {
 	const struct csi_vol *v;
 	const char *staging, *target;
+	char dev[32];
 	char found[PATH_MAX];
 };
 
 static bool mounted_elsewhere(void *arg, const struct csi_mnt *m)
 {
 	struct elsewhere *q = arg;
-	if (strcmp(m->fstype, "fuse.braidfs") || strcmp(m->root, q->v->fs_path) ||
+	if (strcmp(m->dev, q->dev) || strcmp(m->root, q->v->fs_path) ||
 	    !strcmp(m->mountpoint, q->staging) || !strcmp(m->mountpoint, q->target))
 		return true;
 	snprintf(q->found, sizeof(q->found), "%s", m->mountpoint);
@@ -177,7 +180,11 @@ static grpc_status_code publish(struct csi_vol *v, const char *staging, const ch
 		return csi_fail(r, GRPC_STATUS_ALREADY_EXISTS, "target path %s holds another mount",
 				target);
 	struct elsewhere q = {.v = v, .staging = staging, .target = target};
-	if (single_writer && csi_mnt_each(mounted_elsewhere, &q) == 0 && q.found[0])
+	struct stat bs;
+	if (single_writer && stat(v->base, &bs) == 0 &&
+	    (snprintf(q.dev, sizeof(q.dev), "%u:%u", major(bs.st_dev), minor(bs.st_dev)),
+	     csi_mnt_each(mounted_elsewhere, &q) == 0) &&
+	    q.found[0])
 		return csi_fail(
 		    r, GRPC_STATUS_FAILED_PRECONDITION,
 		    "volume %s is SINGLE_NODE_SINGLE_WRITER and already published at %s", v->id,

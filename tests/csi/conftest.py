@@ -126,6 +126,7 @@ class Plugin:
         self.log = os.path.join(base, "csi.log")
         self.proc = None
         self.channel = None
+        self.extra_fs = []  # (db, META_URL) of add_fs()
         t = []
         for i in range(2):
             d = os.path.join(base, f"t{i}")
@@ -133,6 +134,21 @@ class Plugin:
             t.append("dir:" + d)
         subprocess.run([BRAIDFS, "format", "--replicas", "2", self.meta, "csi"] + t,
                        check=True, capture_output=True)
+
+    def add_fs(self, *extra):
+        """Format a second file system (one target, one replica) and restart the plugin
+        serving both (`--meta` it as the second one, then extra). Returns its META_URL;
+        cleanup() ends its mount process."""
+        db = os.path.join(self.base, f"meta{len(self.extra_fs) + 2}.db")
+        t = os.path.join(self.base, f"t-{len(self.extra_fs) + 2}")
+        os.mkdir(t)
+        meta = "sqlite://" + db
+        subprocess.run([BRAIDFS, "format", "--replicas", "1", meta, "csi2", "dir:" + t],
+                       check=True, capture_output=True)
+        self.extra_fs.append((db, meta))
+        self.stop()
+        self.start("--meta", meta, *extra)
+        return meta
 
     def argv(self, *extra):
         return [CSI_BIN, "--endpoint", "unix://" + self.sock, "--node-id", "node-1",
@@ -235,6 +251,8 @@ class Plugin:
 
     def cleanup(self):
         self.stop()
+        for db, meta in self.extra_fs:
+            stop_fs_mount(db, meta)
         for mp in sorted(mounts_under(self.base), key=len, reverse=True):
             subprocess.run(["umount", "-l", mp], capture_output=True)
         pid = self.mount_daemon_pid()

@@ -208,28 +208,7 @@ def test_list_volumes_pages_across_file_systems(plugin):
     """ListVolumes walks every --meta file system in order, names sorted; a page of
     max_entries ends with a token that resumes after its last volume, across the boundary
     between two file systems, whatever was created or deleted meanwhile."""
-    import subprocess
-    from conftest import BRAIDFS
-    pb = plugin.pb
-    db2 = os.path.join(plugin.base, "meta2.db")
-    meta2 = "sqlite://" + db2
-    t = os.path.join(plugin.base, "t2")
-    os.mkdir(t)
-    subprocess.run([BRAIDFS, "format", "--replicas", "1", meta2, "csi2", "dir:" + t],
-                   check=True, capture_output=True)
-    plugin.stop()
-    plugin.start("--meta", meta2)
-    try:
-        _list_pages(plugin, meta2)
-    finally:
-        _stop_fs(plugin, db2, meta2)
-
-
-def _stop_fs(plugin, db, meta):
-    """The mount process of a second file system: unmount it and end it (by its pid)."""
-    from conftest import stop_fs_mount
-    plugin.stop()
-    stop_fs_mount(db, meta)
+    _list_pages(plugin, plugin.add_fs())
 
 
 def _list_pages(plugin, meta2):

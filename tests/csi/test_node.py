@@ -296,3 +296,27 @@ def test_paths_present_or_missing_and_stats_on_staging(plugin):
     assert os.path.exists(os.path.join(t_made, "keep"))
     plugin.unstage(v.volume_id, staging)
     assert os.path.isdir(staging) and not os.path.ismount(staging)
+
+
+def test_single_writer_counts_only_its_own_file_system(plugin):
+    """Two file systems may each have a volume directory of one name (ids pvc-s and
+    pvc-s@META2): a SINGLE_NODE_SINGLE_WRITER publish of one is not refused because the
+    other is published."""
+    pb = plugin.pb
+    meta2 = plugin.add_fs()
+    one = plugin.cap(pb.VolumeCapability.AccessMode.SINGLE_NODE_SINGLE_WRITER)
+    a = plugin.create("pvc-s", 4 * MiB)
+    b = plugin.create("pvc-s", 4 * MiB, parameters={"metaURL": meta2})
+    assert a.volume_id != b.volume_id
+    root = os.path.join(plugin.base, "k")
+    for v, n in ((a, "a"), (b, "b")):
+        st, tp = os.path.join(root, "st-" + n), os.path.join(root, "pod-" + n, "mount")
+        os.makedirs(os.path.dirname(tp))
+        plugin.node.NodeStageVolume(pb.NodeStageVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=st, volume_capability=one))
+        plugin.node.NodePublishVolume(pb.NodePublishVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=st, target_path=tp,
+            volume_capability=one))
+    for v, n in ((a, "a"), (b, "b")):
+        plugin.unpublish(v.volume_id, os.path.join(root, "pod-" + n, "mount"))
+        plugin.unstage(v.volume_id, os.path.join(root, "st-" + n))
