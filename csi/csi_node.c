@@ -40,6 +40,11 @@ static enum csi_mnt_state mount_of(const char *path, const struct csi_vol *v, bo
 	enum csi_mnt_state st =
 	    csi_mnt_state(path, root, sizeof(root), fstype, sizeof(fstype), ro_ret);
 	*is_v = st != CSI_MNT_NONE && !strcmp(fstype, "fuse.braidfs") && !strcmp(root, v->fs_path);
+	/* and of v's file system: another one may have a directory of the same name */
+	struct stat a, b;
+	if (*is_v && st == CSI_MNT_LIVE && v->base[0] && stat(path, &a) == 0 &&
+	    stat(v->base, &b) == 0 && a.st_dev != b.st_dev)
+		*is_v = false;
 	return st;
 }
 

@@ -301,7 +301,7 @@ def test_paths_present_or_missing_and_stats_on_staging(plugin):
 def test_single_writer_counts_only_its_own_file_system(plugin):
     """Two file systems may each have a volume directory of one name (ids pvc-s and
     pvc-s@META2): a SINGLE_NODE_SINGLE_WRITER publish of one is not refused because the
-    other is published."""
+    other is published, and one is not taken for the other at a staging path."""
     pb = plugin.pb
     meta2 = plugin.add_fs()
     one = plugin.cap(pb.VolumeCapability.AccessMode.SINGLE_NODE_SINGLE_WRITER)
@@ -317,6 +317,8 @@ def test_single_writer_counts_only_its_own_file_system(plugin):
         plugin.node.NodePublishVolume(pb.NodePublishVolumeRequest(
             volume_id=v.volume_id, staging_target_path=st, target_path=tp,
             volume_capability=one))
+    # nor is one staged where the other is (its directory of the same name)
+    assert code_of(plugin.stage, b.volume_id, os.path.join(root, "st-a")) == C.ALREADY_EXISTS
     for v, n in ((a, "a"), (b, "b")):
         plugin.unpublish(v.volume_id, os.path.join(root, "pod-" + n, "mount"))
         plugin.unstage(v.volume_id, os.path.join(root, "st-" + n))
