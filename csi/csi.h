@@ -153,6 +153,14 @@ void csi_fs_base(const struct csi *c, const char *meta, char *out, size_t len);
  * v->path. UNAVAILABLE with the reason when it cannot be mounted. */
 grpc_status_code csi_fs_mount(struct csi *c, struct csi_vol *v, struct csi_reply *r);
 
+/* ListVolumes pages by position, not index: a token "v1:<segment>:<dir>" resumes after
+ * <dir> of segment <segment> (0..nmeta-1: the --meta file systems, nmeta: the layout
+ * volumes), whether or not <dir> still exists. Parse one: false for anything the plugin
+ * did not make (the caller answers ABORTED). */
+#define CSI_LIST_TOKEN "v1:"
+bool csi_list_token(const struct csi *c, const char *tok, unsigned *meta_ret, char *dir,
+		    size_t len);
+
 /* The volume in directory dir of v->meta, whose base mount v->base is set (csi_fs_mount):
  * fills dir, id, fs_path and path. INVALID_ARGUMENT for a dir no volume can have. */
 grpc_status_code csi_vol_at(struct csi *c, struct csi_vol *v, const char *dir, struct csi_reply *r);

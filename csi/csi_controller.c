@@ -412,7 +412,6 @@ CSI_HANDLER(csi_validate_volume_capabilities, Csi__V1__ValidateVolumeCapabilitie
  * then of directory names, so that a page boundary is a position, not an index: a token
  * "v1:<meta index>:<dir>" resumes after <dir>, whether or not <dir> still exists, and a
  * volume created or deleted meanwhile neither repeats nor shifts one. */
-#define LIST_TOKEN "v1:"
 
 /* Keep a volume directory of ours: a directory with the name xattr (csi_create_volume). */
 static bool volume_dir(void *arg, const char *dir, const char *ent, char *out, size_t len)
@@ -440,23 +439,6 @@ static int volume_dirs(const struct csi *c, const struct csi_vol *v, char ***ret
 		return -ENAMETOOLONG;
 	int e = csi_dir_names(dir, volume_dir, NULL, ret, nret);
 	return e == -ENOENT ? 0 : e;
-}
-
-/* Parse a starting token: meta index and the directory to resume after. */
-static bool list_token(struct csi *c, const char *tok, unsigned *meta_ret, char *dir, size_t len)
-{
-	char *end;
-	if (strncmp(tok, LIST_TOKEN, strlen(LIST_TOKEN)))
-		return false;
-	tok += strlen(LIST_TOKEN);
-	errno = 0;
-	unsigned long i = strtoul(tok, &end, 10);
-	if (errno || end == tok || *end != ':' || i > c->nmeta || (i == c->nmeta && !c->nlayout) ||
-	    !csi_dir_ok(end + 1) || strlen(end + 1) >= len)
-		return false;
-	*meta_ret = (unsigned)i;
-	snprintf(dir, len, "%s", end + 1);
-	return true;
 }
 
 /* The volume w named `name` in segment i of the listing: file system c->meta[i] (mounted
@@ -487,7 +469,7 @@ CSI_HANDLER(csi_list_volumes, Csi__V1__ListVolumesRequest, Csi__V1__ListVolumesR
 		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
 				"max_entries must not be negative");
 	if (in->starting_token && in->starting_token[0] &&
-	    !list_token(c, in->starting_token, &from, after, sizeof(after)))
+	    !csi_list_token(c, in->starting_token, &from, after, sizeof(after)))
 		return csi_fail(r, GRPC_STATUS_ABORTED,
 				"starting_token '%.64s' is not one this plugin handed out",
 				in->starting_token);
@@ -521,7 +503,7 @@ CSI_HANDLER(csi_list_volumes, Csi__V1__ListVolumesRequest, Csi__V1__ListVolumesR
 				/* one more exists: the next page starts after the last one listed
 				 */
 				char tok[CSI_ID_MAX + 32];
-				snprintf(tok, sizeof(tok), LIST_TOKEN "%u:%s", last_i, last);
+				snprintf(tok, sizeof(tok), CSI_LIST_TOKEN "%u:%s", last_i, last);
 				if (!(out->next_token = csi_strdup(r, tok)))
 					code = OOM(r);
 				more = true;

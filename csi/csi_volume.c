@@ -245,3 +245,21 @@ grpc_status_code csi_vol_find(struct csi *c, const char *id, struct csi_vol *v, 
 		code = csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s does not exist", id);
 	return code;
 }
+
+bool csi_list_token(const struct csi *c, const char *tok, unsigned *meta_ret, char *dir, size_t len)
+{
+	char *end;
+	if (strncmp(tok, CSI_LIST_TOKEN, strlen(CSI_LIST_TOKEN)))
+		return false;
+	tok += strlen(CSI_LIST_TOKEN);
+	if (tok[0] < '0' || tok[0] > '9') /* strtoul would take spaces and signs */
+		return false;
+	errno = 0;
+	unsigned long i = strtoul(tok, &end, 10);
+	if (errno || *end != ':' || i > c->nmeta || (i == c->nmeta && !c->nlayout) ||
+	    !csi_dir_ok(end + 1) || strlen(end + 1) >= len)
+		return false;
+	*meta_ret = (unsigned)i;
+	snprintf(dir, len, "%s", end + 1);
+	return true;
+}

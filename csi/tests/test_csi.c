@@ -100,6 +100,33 @@ static void t_vol_layout(void **state)
 	reply_free(&r);
 }
 
+static void t_list_token(void **state)
+{
+	char dir[CSI_ID_MAX + 1];
+	unsigned i = 99;
+	static const char *const bad[] = {
+	    "",		 "invalid-token",    "v1:",	 "v1:0",    "v1:0:",
+	    "v1:2:x",	 "v1:9:x",	     "v1: 0:x",	 "v1:-0:x", "v1:+1:x",
+	    "v1:0:../x", "v1:0:.creating-x", "v1:0:a/b", "v2:0:x",  "v1:99999999999999999999:x",
+	    "v1:x:pvc",
+	};
+	assert_true(csi_list_token(&C, "v1:0:pvc-a", &i, dir, sizeof(dir)));
+	assert_int_equal(i, 0);
+	assert_string_equal(dir, "pvc-a");
+	assert_true(csi_list_token(&C, "v1:1:h-0123", &i, dir, sizeof(dir)));
+	assert_int_equal(i, 1);
+	for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++)
+		assert_false(csi_list_token(&C, bad[k], &i, dir, sizeof(dir)));
+	/* the layout segment exists only with --layout-dir */
+	C.layout_dir[0] = "/srv/l0";
+	C.nlayout = 1;
+	assert_true(csi_list_token(&C, "v1:2:x", &i, dir, sizeof(dir)));
+	assert_int_equal(i, 2);
+	assert_false(csi_list_token(&C, "v1:3:x", &i, dir, sizeof(dir)));
+	/* a dir longer than the caller's buffer */
+	assert_false(csi_list_token(&C, "v1:0:abcdef", &i, dir, 4));
+}
+
 static void t_vol_from_name(void **state)
 {
 	struct csi_reply r = {0};
@@ -225,6 +252,7 @@ int main(void)
 	    cmocka_unit_test_setup(t_vol_parse, setup),
 	    cmocka_unit_test_setup(t_vol_from_name, setup),
 	    cmocka_unit_test_setup(t_vol_layout, setup),
+	    cmocka_unit_test_setup(t_list_token, setup),
 	    cmocka_unit_test_setup(t_capability, setup),
 	    cmocka_unit_test_setup(t_claim, setup),
 	    cmocka_unit_test_setup(t_map_roundtrip, setup),
