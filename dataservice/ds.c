@@ -65,6 +65,7 @@
 
 #include "common/log.h"
 #include "common/tbucket.h"
+#include "dataservice/repair.h"
 #include "common/util.h"
 
 #define DS_STRIPES	1024
@@ -1901,46 +1902,15 @@ struct ds_rebuilder {
  * lacks is deleted (truncate to 0). Called with the chunk's stripe lock. */
 static int ds_rebuild_chunk(struct ds_rebuilder *rb, uint64_t ino, uint32_t idx, bool *ret_absent)
 {
-	struct sm_target *s = ds_tsm(rb->src), *d = ds_tsm(rb->dst);
-	uint64_t len = 0;
-	int r = s->ops->chunk_length(s, ino, idx, &len);
-	const char *what = "read";
-	struct ds_tgt *who = rb->src;
-	*ret_absent = r == -ENOENT;
-	if (r == -ENOENT) {
-		len = 0;
-		r = 0;
-	}
+	struct rp_copy c;
+	int r = rp_copy_chunk(ds_tsm(rb->src), ds_tsm(rb->dst), ino, idx, rb->buf, &c);
+	struct ds_tgt *who = c.dst_failed ? rb->dst : rb->src;
+
+	*ret_absent = c.absent;
+	rb->p.bytes_written += c.bytes_written;
 	if (r < 0)
-		goto fail;
-	for (uint64_t off = 0; off < len; off += DS_CHECK_PIECE) {
-		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - off);
-		ssize_t k = s->ops->read(s, ino, idx, rb->buf, n, off);
-		if (k < 0) {
-			r = (int)k;
-			goto fail;
-		}
-		bool zero = ds_all_zero(rb->buf, n);
-		r = zero ? d->ops->punch(d, ino, idx, off, n)
-			 : (int)d->ops->write(d, ino, idx, rb->buf, n, off);
-		if (r < 0) {
-			what = "write";
-			who = rb->dst;
-			goto fail;
-		}
-		if (!zero)
-			rb->p.bytes_written += n;
-	}
-	r = d->ops->truncate(d, ino, idx, len);
-	if (r < 0) {
-		what = "truncate";
-		who = rb->dst;
-		goto fail;
-	}
-	return 0;
-fail:
-	snprintf(rb->err, rb->errlen, "cannot %s chunk %llu.%u on target %u (%s): %s", what,
-		 (unsigned long long)ino, idx, who->id, who->url, strerror(-r));
+		snprintf(rb->err, rb->errlen, "cannot %s chunk %llu.%u on target %u (%s): %s",
+			 c.what, (unsigned long long)ino, idx, who->id, who->url, strerror(-r));
 	return r;
 }
 
@@ -2040,7 +2010,7 @@ int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress
 	}
 	ds_keep_chain(ds, &src, ci);
 	ds_keep_chain(ds, &dst, ci);
-	rb.buf = malloc(DS_CHECK_PIECE);
+	rb.buf = malloc(RP_PIECE);
 	if (!rb.buf) {
 		snprintf(err, errlen, "out of memory");
 		r = -ENOMEM;
