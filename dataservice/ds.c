@@ -1172,6 +1172,20 @@ static int ds_cut(struct ds *ds, uint64_t ino, uint64_t size)
 }
 
 /* ds_cut under the cut lock: no repair may recreate a chunk it deletes. */
+void ds_chunk_lock(void *ctx, uint64_t ino, uint32_t idx, bool lock)
+{
+	struct ds *ds = ctx;
+	pthread_mutex_t *sl = ds_stripe(ds, ino, idx);
+
+	if (lock) {
+		pthread_rwlock_rdlock(&ds->cut_lock);
+		pthread_mutex_lock(sl);
+	} else {
+		pthread_mutex_unlock(sl);
+		pthread_rwlock_unlock(&ds->cut_lock);
+	}
+}
+
 static int ds_cut_locked(struct ds *ds, uint64_t ino, uint64_t size)
 {
 	pthread_rwlock_wrlock(&ds->cut_lock);

@@ -165,6 +165,15 @@ struct ds_target_stat {
 /* Every configured target, in configuration order; returns the count (at most max). */
 int ds_target_stats(struct ds *ds, struct ds_target_stat *ret, unsigned max);
 
+/* The lock a repair running beside this ds takes around each chunk copy (repair.h's
+ * rp_lock_fn: pass the ds as ctx): lock takes the cut lock shared, then the chunk's stripe lock
+ * — what every mutation of the chunk holds while it applies to all replicas (DS-3), and what
+ * a whole-chunk delete (remove, trim, shrinking truncate) excludes — and unlock releases
+ * both. A write to the chunk then lands wholly before or wholly after the copy, and a chunk
+ * a concurrent remove deleted is never brought back. Held for one chunk copy at a time; the
+ * caller must not call into ds while holding it. */
+void ds_chunk_lock(void *ds, uint64_t ino, uint32_t idx, bool lock);
+
 /* Current chain table snapshot (for status / tests). Returns count. */
 int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max);
 

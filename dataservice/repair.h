@@ -27,7 +27,8 @@
  *   bytes overwrite the write's on the destination: a lost write. The engine therefore takes
  *   the caller's per-chunk lock (`lock`) around the copy of each chunk — the same lock the
  *   primary's write path holds while it applies a write to a chunk on every member (DS-3;
- *   ds.c's stripe lock, as ds_rebuild_chunk_locked uses it). A write is then applied entirely
+ *   ds.c's stripe lock, as ds_rebuild_chunk_locked uses it: ds_chunk_lock in ds.h is that
+ *   lock as an rp_lock_fn, with the ds as ctx). A write is then applied entirely
  *   before the copy (the copy carries it) or entirely after (it reaches the destination by
  *   itself). The alternative, copying unlocked and copying again every chunk written during
  *   the copy, needs a per-chunk write counter from the write path and can livelock on a hot

@@ -1716,6 +1716,47 @@ static void test_scrub_concurrent_weak(void **state)
 	scrub_concurrent(*state, DS_WEAK);
 }
 
+/* ds_chunk_lock: the lock a repair takes around a chunk copy holds off writes to that chunk
+ * and whole-chunk deletes of its inode until it is released. */
+struct locked_op {
+	struct dfx *f;
+	bool remove;
+	int done;
+	ssize_t r;
+};
+
+static void *locked_op_main(void *arg)
+{
+	struct locked_op *op = arg;
+	char buf[4096];
+
+	memset(buf, 'w', sizeof(buf));
+	op->r = op->remove ? ds_remove(op->f->ds, 5) : ds_write(op->f->ds, 5, buf, sizeof(buf), 0);
+	__atomic_store_n(&op->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void test_chunk_lock(void **state)
+{
+	struct dfx *f = *state;
+	make(f, 2, 2, NULL, DS_STRONG);
+	for (int k = 0; k < 2; k++) {
+		struct locked_op op = {.f = f, .remove = k == 1};
+		pthread_t th;
+
+		ds_chunk_lock(f->ds, 5, 0, true);
+		assert_int_equal(pthread_create(&th, NULL, locked_op_main, &op), 0);
+		usleep(100 * 1000);
+		/* still waiting (a machine too slow to have started it proves nothing, but never
+		 * fails) */
+		assert_int_equal(__atomic_load_n(&op.done, __ATOMIC_ACQUIRE), 0);
+		ds_chunk_lock(f->ds, 5, 0, false);
+		pthread_join(th, NULL);
+		assert_int_equal(op.done, 1);
+		assert_true(op.r >= 0);
+	}
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1758,6 +1799,7 @@ int main(void)
 	    T(test_rebuild),
 	    T(test_rebuild_errors),
 	    T(test_chain_move),
+	    T(test_chunk_lock),
 	    T(test_bench),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
