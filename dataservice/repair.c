@@ -264,7 +264,8 @@ static int rp_list_of(struct rp_run *x, struct sm_target *t, struct rp_list *l)
 			t->url, strerror(-r));
 		return r;
 	}
-	qsort(l->v, l->n, sizeof(*l->v), rp_ent_cmp);
+	if (l->n)
+		qsort(l->v, l->n, sizeof(*l->v), rp_ent_cmp);
 	return 0;
 }
 
@@ -288,7 +289,7 @@ static int rp_rebuild(struct rp_run *x)
 	for (size_t i = 0; i < dst.n && r == 0; i++) {
 		struct rp_ent key = dst.v[i];
 
-		if (bsearch(&key, src.v, src.n, sizeof(*src.v), rp_ent_cmp))
+		if (src.n && bsearch(&key, src.v, src.n, sizeof(*src.v), rp_ent_cmp))
 			continue;
 		x->p.chunks_total++;
 		r = rp_chunk(x, key.ino, key.idx, 0);
