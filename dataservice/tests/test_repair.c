@@ -19,10 +19,12 @@
 
 #include "common/util.h"
 #include "dataservice/repair.h"
+#include "dataservice/rpc_target.h"
 
 #define CS	(256 * 1024u) /* chunk size */
 #define NLOCKS	64
 #define MAXREFS 4096
+#define VOLUME	"11111111-2222-4333-8444-555555555555"
 
 struct rfx {
 	char dir[256];
@@ -56,8 +58,7 @@ static struct sm_target *open_target(struct rfx *f, const char *name, uint32_t i
 	char url[512], err[512] = "";
 	struct sm_target *t = NULL;
 
-	snprintf(ident.volume_uuid, sizeof(ident.volume_uuid),
-		 "11111111-2222-4333-8444-555555555555");
+	snprintf(ident.volume_uuid, sizeof(ident.volume_uuid), "%s", VOLUME);
 	snprintf(ident.target_uuid, sizeof(ident.target_uuid),
 		 "00000000-0000-4000-8000-00000000000%u", id);
 	snprintf(url, sizeof(url), "%s/%s", f->dir, name);
@@ -366,7 +367,9 @@ static void t_rebuild_identical(void **state)
 
 	struct rp_opts o = opts(f, RP_REBUILD);
 	o.belongs = odd_belongs;
+	int64_t t0 = now_monotonic_ns();
 	assert_int_equal(rp_run(&o, &p, err, sizeof(err)), 0);
+	int64_t ns = now_monotonic_ns() - t0;
 	assert_true(p.finished);
 	assert_int_equal(p.bytes_total, chain_bytes);
 	assert_int_equal(p.bytes_done, chain_bytes);
@@ -377,9 +380,11 @@ static void t_rebuild_identical(void **state)
 	assert_int_equal(f->dst->ops->chunk_length(f->dst, 2, 9, &len), 0); /* other chain */
 	assert_int_equal(len, 400);
 	assert_int_equal(f->dst->ops->chunk_length(f->dst, 2, 0, &len), -ENOENT);
-	print_message("rebuild: %u chunks, %llu bytes, %llu written (holes punched)\n",
+	print_message("rebuild: %u chunks, %llu bytes, %llu written (holes punched), %.3f s, "
+		      "%.1f MiB/s, unlimited rate, synced\n",
 		      chain_chunks, (unsigned long long)p.bytes_done,
-		      (unsigned long long)p.bytes_written);
+		      (unsigned long long)p.bytes_written, ns / 1e9,
+		      p.bytes_read / 1048576.0 / (ns / 1e9));
 }
 
 /* The byte rate bounds the copy: at least (bytes - burst) / rate seconds. Only a lower bound
@@ -619,6 +624,58 @@ static void t_concurrent_writes(void **state)
 	assert_true(w.writes > 0);
 }
 
+/* The same engine onto a destination on another "node": the destination target served over
+ * TCP on loopback (rpc_target), the engine holding only its remote sm_target. */
+static void t_remote_destination(void **state)
+{
+	struct rfx *f = *state;
+	struct sm_target *served[] = {f->dst};
+	struct rpc_server_cfg rc = {.targets = served, .ntargets = 1};
+	struct xp_server_cfg sc = {.workers = 2, .handler = rpc_server_handle};
+	struct xp_client_cfg cc = {.reconnect_ms = 1};
+	struct sm_identity want = {.target_id = 2, .chunk_size = CS};
+	struct rpc_server *rpc = NULL;
+	struct xp_server *srv = NULL;
+	struct xp_client *xc = NULL;
+	struct sm_target *remote = NULL;
+	struct rp_progress p;
+	char err[512] = "";
+	uint64_t bytes = 0;
+
+	snprintf(sc.volume_uuid, sizeof(sc.volume_uuid), "%s", VOLUME);
+	snprintf(cc.volume_uuid, sizeof(cc.volume_uuid), "%s", VOLUME);
+	snprintf(want.volume_uuid, sizeof(want.volume_uuid), "%s", VOLUME);
+	assert_int_equal(rpc_server_new(&rc, &rpc, err, sizeof(err)), 0);
+	sc.ctx = rpc;
+	assert_int_equal(xp_listen("tcp://127.0.0.1:0", &sc, &srv, err, sizeof(err)), 0);
+	assert_int_equal(xp_connect(srv->url, &cc, &xc, err, sizeof(err)), 0);
+	assert_int_equal(rpc_target_open(xc, 2, &want, &remote, err, sizeof(err)), 0);
+
+	for (uint32_t idx = 0; idx < 6; idx++) {
+		put(f->src, 8, idx, idx == 5 ? 12345 : CS, 800 + idx);
+		bytes += idx == 5 ? 12345 : CS;
+		f->refs[f->nrefs++] = (struct rp_ref){8, idx};
+	}
+	put(f->dst, 8, 9, 100, 1); /* dirty too, and gone from the source: removed remotely */
+	f->refs[f->nrefs++] = (struct rp_ref){8, 9};
+	struct rp_opts o = opts(f, RP_RESYNC);
+	o.dst = remote;
+	o.chunks_hint = f->nrefs;
+	int64_t t0 = now_monotonic_ns();
+	assert_int_equal(rp_run(&o, &p, err, sizeof(err)), 0);
+	int64_t ns = now_monotonic_ns() - t0;
+	assert_int_equal(p.chunks_done, 7);
+	assert_int_equal(p.removed, 1);
+	assert_int_equal(p.bytes_read, bytes);
+	print_message("resync over TCP loopback: %llu bytes in %.3f s (%.1f MiB/s)\n",
+		      (unsigned long long)bytes, ns / 1e9, bytes / 1048576.0 / (ns / 1e9));
+	sm_close(remote);
+	xp_client_free(xc);
+	xp_server_free(srv);
+	rpc_server_free(rpc);
+	assert_int_equal(compare_all(f, NULL), 6);
+}
+
 /* Bad arguments and a failing source of refs: a clear error, nothing copied. */
 static void t_errors(void **state)
 {
@@ -644,6 +701,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(t_rate_bound, setup, teardown),
 	    cmocka_unit_test_setup_teardown(t_cancel, setup, teardown),
 	    cmocka_unit_test_setup_teardown(t_concurrent_writes, setup, teardown),
+	    cmocka_unit_test_setup_teardown(t_remote_destination, setup, teardown),
 	    cmocka_unit_test_setup_teardown(t_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
