@@ -154,6 +154,8 @@ struct ds_chain {
 	uint64_t epoch;			   /* protected by lock */
 	uint32_t n;			   /* protected by lock */
 	struct ds_tgt *m[DS_MAX_REPLICAS]; /* protected by lock; [0] = primary */
+	uint32_t nkeep;			   /* immutable after ds_open */
+	struct ds_tgt *keep[DS_MAX_KEEP];  /* not members, chunks kept (ds_chain_cfg.keep) */
 };
 
 struct ds_snap {
@@ -245,6 +247,17 @@ static bool ds_snap_has(const struct ds_snap *s, const struct ds_tgt *t)
 {
 	for (uint32_t i = 0; i < s->n; i++)
 		if (s->m[i] == t)
+			return true;
+	return false;
+}
+
+/* Does chain ci keep t's chunks though t is no member (syncing, away: ds_chain_cfg.keep)? */
+static bool ds_chain_keeps(const struct ds *ds, unsigned ci, const struct ds_tgt *t)
+{
+	const struct ds_chain *c = &ds->chains[ci];
+
+	for (uint32_t i = 0; i < c->nkeep; i++)
+		if (c->keep[i] == t)
 			return true;
 	return false;
 }
@@ -786,6 +799,10 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 			for (unsigned t = 0; t < ds->ntargets; t++)
 				if (ds->targets[t].id == cc->members[k])
 					c->m[k] = &ds->targets[t];
+		for (uint32_t k = 0; k < cc->nkeep && k < DS_MAX_KEEP; k++)
+			for (unsigned t = 0; t < ds->ntargets; t++)
+				if (ds->targets[t].id == cc->keep[k])
+					c->keep[c->nkeep++] = &ds->targets[t];
 	}
 
 	for (unsigned i = 0; i < ds->ntargets; i++) {
@@ -1594,8 +1611,8 @@ static uint64_t ds_check_placement(struct ds_checker *ck, const struct ds_cent *
 		struct ds_tgt *t = &ds->targets[e[i].tgt];
 		struct sm_target *sm = ds_tsm(t);
 		if (!ds_snap_has(s, t)) {
-			if (e[i].length == 0)
-				continue; /* holds no bytes: nothing to read back wrongly */
+			if (e[i].length == 0 || ds_chain_keeps(ds, ds_chain_of(ds, ino, idx), t))
+				continue; /* no bytes to read back wrongly, or kept for a resync */
 			ck->res->strays++;
 			bool fixed = ck->repair && sm->ops->truncate(sm, ino, idx, 0) == 0;
 			ds_check_report(ck, "stray", ino, idx, t, fixed);
@@ -2231,8 +2248,9 @@ int ds_purge_strays(struct ds *ds, uint32_t target_id, uint64_t *ret_removed, ch
 		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
 		struct ds_snap s;
 		pthread_mutex_lock(sl);
-		ds_snap(ds, ds_chain_of(ds, e->ino, e->idx), &s);
-		if (!ds_snap_has(&s, t)) {
+		unsigned ci = ds_chain_of(ds, e->ino, e->idx);
+		ds_snap(ds, ci, &s);
+		if (!ds_snap_has(&s, t) && !ds_chain_keeps(ds, ci, t)) {
 			r = sm->ops->truncate(sm, e->ino, e->idx, 0);
 			if (r == 0)
 				removed++;

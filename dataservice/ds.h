@@ -63,11 +63,19 @@ struct ds_target_cfg {
 	bool up; /* false: known offline, never used */
 };
 
+#define DS_MAX_KEEP (2 * DS_MAX_REPLICAS)
+
 struct ds_chain_cfg {
 	uint32_t id;
 	uint64_t epoch;
 	uint32_t nmembers;
 	uint32_t members[DS_MAX_REPLICAS]; /* target ids, [0] = primary */
+	/* Targets that are not members but hold chunks of the chain that must stay: syncing and
+	 * away ones (META-13), whose copies a resync brings up to date instead of a full copy.
+	 * ds never reads or writes them for the chain; ds_check and ds_purge_strays do not count
+	 * or delete their chunks of the chain as strays. Unknown ids are ignored. */
+	uint32_t nkeep;
+	uint32_t keep[DS_MAX_KEEP];
 };
 
 /* Called when a member of a chain failed (DS-1). The callee must commit, durably, the chain
