@@ -2455,10 +2455,12 @@ static void t_crash_atomicity(void **state)
 	struct fx *f = *state;
 	struct meta_attr a;
 	pid_t pid;
-	int st;
+	int st, ready[2];
+	char c;
 
 	meta_close(f->m);
 	f->m = NULL;
+	assert_int_equal(pipe(ready), 0);
 	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
@@ -2482,8 +2484,14 @@ static void t_crash_atomicity(void **state)
 				META_CALL(m, rename, d, name, META_ROOT_INO, name, 0, i, NULL);
 			if (i % 7 == 6)
 				META_CALL(m, unlink, META_ROOT_INO, name, i, NULL);
+			if (i == 0 && write(ready[1], "r", 1) != 1) /* one operation is committed */
+				_exit(4);
 		}
 	}
+	close(ready[1]);
+	/* the kill lands mid-stream however slow the machine is: after the first commit */
+	assert_int_equal(read(ready[0], &c, 1), 1);
+	close(ready[0]);
 	usleep(300 * 1000);
 	kill(pid, SIGKILL);
 	assert_int_equal(waitpid(pid, &st, 0), pid);
