@@ -66,6 +66,7 @@
 
 #include "common/log.h"
 #include "common/tbucket.h"
+#include "dataservice/repair.h"
 #include "common/util.h"
 
 #define DS_STRIPES	1024
@@ -157,6 +158,8 @@ struct ds_chain {
 	uint64_t epoch;			   /* protected by lock */
 	uint32_t n;			   /* protected by lock */
 	struct ds_tgt *m[DS_MAX_REPLICAS]; /* protected by lock; [0] = primary */
+	uint32_t nkeep;			   /* immutable after ds_open */
+	struct ds_tgt *keep[DS_MAX_KEEP];  /* not members, chunks kept (ds_chain_cfg.keep) */
 };
 
 struct ds_snap {
@@ -252,6 +255,17 @@ static bool ds_snap_has(const struct ds_snap *s, const struct ds_tgt *t)
 {
 	for (uint32_t i = 0; i < s->n; i++)
 		if (s->m[i] == t)
+			return true;
+	return false;
+}
+
+/* Does chain ci keep t's chunks though t is no member (syncing, away: ds_chain_cfg.keep)? */
+static bool ds_chain_keeps(const struct ds *ds, unsigned ci, const struct ds_tgt *t)
+{
+	const struct ds_chain *c = &ds->chains[ci];
+
+	for (uint32_t i = 0; i < c->nkeep; i++)
+		if (c->keep[i] == t)
 			return true;
 	return false;
 }
@@ -869,6 +883,10 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 			for (unsigned t = 0; t < ds->ntargets; t++)
 				if (ds->targets[t].id == cc->members[k])
 					c->m[k] = &ds->targets[t];
+		for (uint32_t k = 0; k < cc->nkeep && k < DS_MAX_KEEP; k++)
+			for (unsigned t = 0; t < ds->ntargets; t++)
+				if (ds->targets[t].id == cc->keep[k])
+					c->keep[c->nkeep++] = &ds->targets[t];
 	}
 
 	for (unsigned i = 0; i < ds->ntargets; i++) {
@@ -1455,6 +1473,20 @@ static int ds_cut(struct ds *ds, uint64_t ino, uint64_t size)
 }
 
 /* ds_cut under the cut lock: no repair may recreate a chunk it deletes. */
+void ds_chunk_lock(void *ctx, uint64_t ino, uint32_t idx, bool lock)
+{
+	struct ds *ds = ctx;
+	pthread_mutex_t *sl = ds_stripe(ds, ino, idx);
+
+	if (lock) {
+		pthread_rwlock_rdlock(&ds->cut_lock);
+		pthread_mutex_lock(sl);
+	} else {
+		pthread_mutex_unlock(sl);
+		pthread_rwlock_unlock(&ds->cut_lock);
+	}
+}
+
 static int ds_cut_locked(struct ds *ds, uint64_t ino, uint64_t size)
 {
 	pthread_rwlock_wrlock(&ds->cut_lock);
@@ -1863,8 +1895,8 @@ static uint64_t ds_check_placement(struct ds_checker *ck, const struct ds_cent *
 		struct ds_tgt *t = &ds->targets[e[i].tgt];
 		struct sm_target *sm = ds_tsm(t);
 		if (!ds_snap_has(s, t)) {
-			if (e[i].length == 0)
-				continue; /* holds no bytes: nothing to read back wrongly */
+			if (e[i].length == 0 || ds_chain_keeps(ds, ds_chain_of(ds, ino, idx), t))
+				continue; /* no bytes to read back wrongly, or kept for a resync */
 			ck->res->strays++;
 			bool fixed = ck->repair && sm->ops->truncate(sm, ino, idx, 0) == 0;
 			ds_check_report(ck, "stray", ino, idx, t, fixed);
@@ -2190,46 +2222,15 @@ struct ds_rebuilder {
  * lacks is deleted (truncate to 0). Called with the chunk's stripe lock. */
 static int ds_rebuild_chunk(struct ds_rebuilder *rb, uint64_t ino, uint32_t idx, bool *ret_absent)
 {
-	struct sm_target *s = ds_tsm(rb->src), *d = ds_tsm(rb->dst);
-	uint64_t len = 0;
-	int r = s->ops->chunk_length(s, ino, idx, &len);
-	const char *what = "read";
-	struct ds_tgt *who = rb->src;
-	*ret_absent = r == -ENOENT;
-	if (r == -ENOENT) {
-		len = 0;
-		r = 0;
-	}
+	struct rp_copy c;
+	int r = rp_copy_chunk(ds_tsm(rb->src), ds_tsm(rb->dst), ino, idx, rb->buf, &c);
+	struct ds_tgt *who = c.dst_failed ? rb->dst : rb->src;
+
+	*ret_absent = c.absent;
+	rb->p.bytes_written += c.bytes_written;
 	if (r < 0)
-		goto fail;
-	for (uint64_t off = 0; off < len; off += DS_CHECK_PIECE) {
-		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - off);
-		ssize_t k = s->ops->read(s, ino, idx, rb->buf, n, off);
-		if (k < 0) {
-			r = (int)k;
-			goto fail;
-		}
-		bool zero = ds_all_zero(rb->buf, n);
-		r = zero ? d->ops->punch(d, ino, idx, off, n)
-			 : (int)d->ops->write(d, ino, idx, rb->buf, n, off);
-		if (r < 0) {
-			what = "write";
-			who = rb->dst;
-			goto fail;
-		}
-		if (!zero)
-			rb->p.bytes_written += n;
-	}
-	r = d->ops->truncate(d, ino, idx, len);
-	if (r < 0) {
-		what = "truncate";
-		who = rb->dst;
-		goto fail;
-	}
-	return 0;
-fail:
-	snprintf(rb->err, rb->errlen, "cannot %s chunk %llu.%u on target %u (%s): %s", what,
-		 (unsigned long long)ino, idx, who->id, who->url, strerror(-r));
+		snprintf(rb->err, rb->errlen, "cannot %s chunk %llu.%u on target %u (%s): %s",
+			 c.what, (unsigned long long)ino, idx, who->id, who->url, strerror(-r));
 	return r;
 }
 
@@ -2329,7 +2330,7 @@ int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress
 	}
 	ds_keep_chain(ds, &src, ci);
 	ds_keep_chain(ds, &dst, ci);
-	rb.buf = malloc(DS_CHECK_PIECE);
+	rb.buf = malloc(RP_PIECE);
 	if (!rb.buf) {
 		snprintf(err, errlen, "out of memory");
 		r = -ENOMEM;
@@ -2536,8 +2537,9 @@ int ds_purge_strays(struct ds *ds, uint32_t target_id, uint64_t *ret_removed, ch
 		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
 		struct ds_snap s;
 		pthread_mutex_lock(sl);
-		ds_snap(ds, ds_chain_of(ds, e->ino, e->idx), &s);
-		if (!ds_snap_has(&s, t)) {
+		unsigned ci = ds_chain_of(ds, e->ino, e->idx);
+		ds_snap(ds, ci, &s);
+		if (!ds_snap_has(&s, t) && !ds_chain_keeps(ds, ci, t)) {
 			r = sm->ops->truncate(sm, e->ino, e->idx, 0);
 			if (r == 0)
 				removed++;

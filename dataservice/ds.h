@@ -71,11 +71,19 @@ struct ds_target_cfg {
 	struct sm_target *sm; /* already open (not owned: it outlives the ds), or NULL */
 };
 
+#define DS_MAX_KEEP (2 * DS_MAX_REPLICAS)
+
 struct ds_chain_cfg {
 	uint32_t id;
 	uint64_t epoch;
 	uint32_t nmembers;
 	uint32_t members[DS_MAX_REPLICAS]; /* target ids, [0] = primary */
+	/* Targets that are not members but hold chunks of the chain that must stay: syncing and
+	 * away ones (META-13), whose copies a resync brings up to date instead of a full copy.
+	 * ds never reads or writes them for the chain; ds_check and ds_purge_strays do not count
+	 * or delete their chunks of the chain as strays. Unknown ids are ignored. */
+	uint32_t nkeep;
+	uint32_t keep[DS_MAX_KEEP];
 };
 
 /* Called when a member of a chain failed (DS-1). The callee must commit, durably, the chain
@@ -205,6 +213,14 @@ int ds_chunk_chain(struct ds *ds, uint64_t ino, uint32_t idx, struct ds_chain_cf
 enum ds_chunk_kind { DS_CHUNK_WRITE, DS_CHUNK_TRUNCATE, DS_CHUNK_PUNCH, DS_CHUNK_ALLOCATE };
 int ds_chunk_apply(struct ds *ds, enum ds_chunk_kind kind, uint64_t ino, uint32_t idx, uint64_t off,
 		   uint64_t len, const void *data);
+/* The lock a repair running beside this ds takes around each chunk copy (repair.h's
+ * rp_lock_fn: pass the ds as ctx): lock takes the cut lock shared, then the chunk's stripe lock
+ * — what every mutation of the chunk holds while it applies to all replicas (DS-3), and what
+ * a whole-chunk delete (remove, trim, shrinking truncate) excludes — and unlock releases
+ * both. A write to the chunk then lands wholly before or wholly after the copy, and a chunk
+ * a concurrent remove deleted is never brought back. Held for one chunk copy at a time; the
+ * caller must not call into ds while holding it. */
+void ds_chunk_lock(void *ds, uint64_t ino, uint32_t idx, bool lock);
 
 /* Current chain table snapshot (for status / tests). Returns count. */
 int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max);

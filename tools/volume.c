@@ -284,6 +284,11 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 		c[i].epoch = v->chains[i].epoch;
 		c[i].nmembers = v->chains[i].nmembers;
 		memcpy(c[i].members, v->chains[i].members, sizeof(c[i].members));
+		/* syncing and away targets keep their chunks of the chain for a resync (META-13) */
+		for (uint32_t k = 0; k < v->chains[i].nsyncing; k++)
+			c[i].keep[c[i].nkeep++] = v->chains[i].syncing[k];
+		for (uint32_t k = 0; k < v->chains[i].naway; k++)
+			c[i].keep[c[i].nkeep++] = v->chains[i].away[k];
 	}
 	struct ds_config cfg = {
 	    .chunk_size = v->info.chunk_size,
