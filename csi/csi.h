@@ -61,6 +61,7 @@
 #define CSI_DEFAULT_CAPACITY (1ull << 30) /* when CreateVolume names no capacity */
 #define CSI_ID_MAX	     128	  /* volume ids we hand out and accept (<dir>[@url]) */
 #define CSI_WRAPPER_MAX	     16
+#define CSI_LIST_MAX	     1000 /* ListVolumes entries per page at most (next_token for more) */
 
 struct csi {
 	/* immutable after start */
@@ -77,6 +78,10 @@ struct csi {
 	unsigned nwrapper;
 	bool controller, node;
 	unsigned workers;
+	/* --layout-dir: where volumes that are whole file systems live (LAYOUT VOLUMES below);
+	 * none: a StorageClass layout other than its file system's is refused */
+	char *layout_dir[CSI_MAX_META];
+	unsigned nlayout;
 
 	pthread_mutex_t lock; /* protects busy[] and base-mount setup */
 	char **busy;	      /* CSI-2: volume ids with a call running; protected by lock */
@@ -121,27 +126,76 @@ void csi_volume_release(struct csi *c, const char *id);
 struct csi_vol {
 	char id[CSI_ID_MAX + 1];
 	char dir[CSI_ID_MAX + 1]; /* directory name under volumes_dir */
-	const char *meta;	  /* one of c->meta */
-	char base[PATH_MAX];	  /* the base mount of meta (after csi_fs_mount) */
-	char path[PATH_MAX];	  /* base + volumes_dir + dir */
-	char fs_path[PATH_MAX];	  /* volumes_dir + "/" + dir: the path inside the fs */
+	const char *meta;	  /* one of c->meta, or own_meta: copy a layout volume with
+				     csi_vol_copy, never with = */
+	bool layout;		  /* a whole file system of its own (own_meta) */
+	char own_meta[PATH_MAX + 16];
+	char base[PATH_MAX];	/* the base mount of meta (after csi_fs_mount) */
+	char path[PATH_MAX];	/* base + volumes_dir + dir */
+	char fs_path[PATH_MAX]; /* volumes_dir + "/" + dir: the path inside the fs */
 };
 
+/* Is s a directory name a volume can have: [A-Za-z0-9._-], 1..63 bytes, no leading dot (the
+ * plugin's own entries, such as ".creating-<dir>" of CSI-5, start with one). */
+bool csi_dir_ok(const char *s);
 /* Parse a volume id: INVALID_ARGUMENT for a malformed one, NOT_FOUND for a META_URL the
  * plugin does not serve. */
 grpc_status_code csi_vol_parse(struct csi *c, const char *id, struct csi_vol *v,
 			       struct csi_reply *r);
+/* Copy a volume (meta keeps pointing at the copy's own_meta for a layout volume). */
+void csi_vol_copy(struct csi_vol *dst, const struct csi_vol *src);
 /* The volume for a CreateVolume name on file system meta. */
 grpc_status_code csi_vol_from_name(struct csi *c, const char *name, const char *meta,
 				   struct csi_vol *v, struct csi_reply *r);
+/* Where this plugin mounts file system meta: <state-dir>/fs/<hash of meta>. */
+void csi_fs_base(const struct csi *c, const char *meta, char *out, size_t len);
 /* Make sure meta's base mount is alive (mount it, or repair it: CSI-4) and fill v->base and
  * v->path. UNAVAILABLE with the reason when it cannot be mounted. */
 grpc_status_code csi_fs_mount(struct csi *c, struct csi_vol *v, struct csi_reply *r);
+
+/* ListVolumes pages by position, not index: a token "v1:<segment>:<dir>" resumes after
+ * <dir> of segment <segment> (0..nmeta-1: the --meta file systems, nmeta: the layout
+ * volumes), whether or not <dir> still exists. Parse one: false for anything the plugin
+ * did not make (the caller answers ABORTED). */
+#define CSI_LIST_TOKEN "v1:"
+bool csi_list_token(const struct csi *c, const char *tok, unsigned *meta_ret, char *dir,
+		    size_t len);
+
+/* The volume in directory dir of v->meta, whose base mount v->base is set (csi_fs_mount):
+ * fills dir, id, fs_path and path. INVALID_ARGUMENT for a dir no volume can have. */
+grpc_status_code csi_vol_at(struct csi *c, struct csi_vol *v, const char *dir, struct csi_reply *r);
 
 /* Parse id, mount its file system (csi_fs_mount) and find the volume's directory there:
  * NOT_FOUND when it is not there. */
 grpc_status_code csi_vol_find(struct csi *c, const char *id, struct csi_vol *v,
 			      struct csi_reply *r);
+
+/* ---- csi_layout.c: volumes that are whole file systems ---------------------------------
+ *
+ * LAYOUT VOLUMES
+ *   The data layout (replica count, consistency) belongs to a file system. A StorageClass
+ *   that asks for another layout than its file system's gets, when the plugin has
+ *   --layout-dir DIR (repeated, one per disk), a volume that is a braidfs file system of
+ *   its own: targets dir:DIR_i/<dir> on every layout dir, metadata sqlite://DIR_0/<dir>.db,
+ *   formatted with that layout; in it, the volume is <volumes-dir>/<dir> with its quota as
+ *   on any file system. Its id is "<dir>@layout": the id alone names the file system.
+ *   LAYOUT-1  The database is formatted before the volume directory is made in it; a
+ *             database that exists but holds no formatted volume is what a crashed create
+ *             left, and is made again (with the targets, emptied).
+ *   LAYOUT-2  Deleting one unmounts its file system, then holds its mount lock while it
+ *             removes the database and the targets: no mount can start meanwhile. */
+
+/* Make v (dir set) the layout volume <dir>@layout. NOT_FOUND without --layout-dir. */
+grpc_status_code csi_layout_vol(struct csi *c, struct csi_vol *v, struct csi_reply *r);
+/* LAYOUT-1: make sure v's file system exists with this layout: formats it, or checks the
+ * one there (ALREADY_EXISTS when its layout differs). */
+grpc_status_code csi_layout_format(struct csi *c, const struct csi_vol *v, unsigned replicas,
+				   bool weak, struct csi_reply *r);
+/* LAYOUT-2: remove v's file system (OK when there is none). FAILED_PRECONDITION while it is
+ * mounted and busy. */
+grpc_status_code csi_layout_destroy(struct csi *c, struct csi_vol *v, struct csi_reply *r);
+/* The names of the layout volumes, sorted (malloc'ed array of malloc'ed names). 0/-errno. */
+int csi_layout_list(struct csi *c, char ***ret, size_t *nret);
 
 /* ---- csi_mount.c: mount helpers --------------------------------------------------------- */
 
@@ -150,6 +204,16 @@ enum csi_mnt_state { CSI_MNT_NONE = 0, CSI_MNT_LIVE, CSI_MNT_DEAD };
  * system (mountinfo field 4) and fstype_ret its type; ro_ret whether it is read-only. */
 enum csi_mnt_state csi_mnt_state(const char *path, char *root_ret, size_t rootlen, char *fstype_ret,
 				 size_t fslen, bool *ro_ret);
+/* One line of /proc/self/mountinfo, unescaped; valid during the callback only. */
+struct csi_mnt {
+	const char *root;	/* the mounted path inside its file system (field 4) */
+	const char *mountpoint; /* field 5 */
+	const char *fstype;
+	const char *dev; /* "major:minor" of the file system: the same for every bind of it */
+	bool ro;
+};
+/* Call fn for every mount, in mountinfo order, until it returns false. 0 or -errno. */
+int csi_mnt_each(bool (*fn)(void *arg, const struct csi_mnt *m), void *arg);
 /* Bind src onto dst (a directory), read-only if ro. 0 or -errno. */
 int csi_bind(const char *src, const char *dst, bool ro);
 /* Unmount path; a dead or busy mount is detached. 0 (also when not mounted) or -errno. */
@@ -162,6 +226,13 @@ int csi_run(char *const argv[], char *out, size_t len);
  * behind become its children once their parent exits: reap those that ended (never a
  * child csi_run() is waiting for). Called on SIGCHLD. */
 void csi_reap_orphans(void);
+/* The entries of dir that keep() accepts, as keep() renames them into out (len bytes),
+ * sorted by strcmp: *ret is a malloc'ed array of n malloc'ed names (csi_names_free).
+ * 0 or -errno (-ENOENT: no dir). */
+int csi_dir_names(const char *dir,
+		  bool (*keep)(void *arg, const char *dir, const char *ent, char *out, size_t len),
+		  void *arg, char ***ret, size_t *nret);
+void csi_names_free(char **names, size_t n);
 /* Remove a directory tree (no symlinks followed, stays on one file system). 0 or -errno. */
 int csi_rmtree(const char *path);
 
@@ -179,6 +250,7 @@ CSI_HANDLER(csi_create_volume, Csi__V1__CreateVolumeRequest, Csi__V1__CreateVolu
 CSI_HANDLER(csi_delete_volume, Csi__V1__DeleteVolumeRequest, Csi__V1__DeleteVolumeResponse);
 CSI_HANDLER(csi_validate_volume_capabilities, Csi__V1__ValidateVolumeCapabilitiesRequest,
 	    Csi__V1__ValidateVolumeCapabilitiesResponse);
+CSI_HANDLER(csi_list_volumes, Csi__V1__ListVolumesRequest, Csi__V1__ListVolumesResponse);
 CSI_HANDLER(csi_get_capacity, Csi__V1__GetCapacityRequest, Csi__V1__GetCapacityResponse);
 CSI_HANDLER(csi_controller_get_capabilities, Csi__V1__ControllerGetCapabilitiesRequest,
 	    Csi__V1__ControllerGetCapabilitiesResponse);

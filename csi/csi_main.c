@@ -43,6 +43,8 @@ static const char help[] =
     "  --state-dir DIR       where the file systems are mounted and their logs go\n"
     "                        (default /var/lib/braidfs-csi; in Kubernetes, a hostPath\n"
     "                        with Bidirectional mount propagation)\n"
+    "  --layout-dir DIR      where volumes with a layout of their own live; repeat it,\n"
+    "                        one per disk (see LAYOUTS below)\n"
     "  --braidfs PATH        the braidfs command (default: braidfs from PATH)\n"
     "  --mount-wrapper 'CMD ARGS'  words run before 'braidfs mount ...' (split on\n"
     "                        spaces). In Kubernetes a container restart kills every\n"
@@ -54,8 +56,17 @@ static const char help[] =
     "  -v, --verbose         log debug messages\n"
     "  -h, --help            show this help\n"
     "\n"
-    "StorageClass parameters: metaURL (one of --meta), replicas and consistency (must\n"
-    "match the file system's; checked, not changed), pool ('default').\n"
+    "StorageClass parameters: metaURL (one of --meta), replicas (1..8), consistency\n"
+    "(strong or weak), pool ('default').\n"
+    "\n"
+    "LAYOUTS\n"
+    "  A volume keeps the replica count and consistency of its file system. When a\n"
+    "  StorageClass asks for others, the volume becomes a braidfs file system of its own\n"
+    "  if the plugin has --layout-dir: formatted with that layout, one target on every\n"
+    "  layout dir (DIR/<volume>), its metadata in the first (DIR/<volume>.db), id\n"
+    "  '<volume>@layout'. Deleting the volume deletes that file system. Without\n"
+    "  --layout-dir such a StorageClass is refused with a message naming both layouts.\n"
+    "  The node plugin needs the same --layout-dir options as the controller.\n"
     "\n"
     "Example:\n"
     "  braidfs-csi --endpoint unix:///var/lib/kubelet/plugins/csi.braidfs.io/csi.sock \\\n"
@@ -87,6 +98,7 @@ int main(int argc, char **argv)
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {"mount-wrapper", required_argument, NULL, 'W'},
+	    {"layout-dir", required_argument, NULL, 'L'},
 	    {0},
 	};
 	static struct csi c;
@@ -143,6 +155,21 @@ int main(int argc, char **argv)
 		case 'b':
 			snprintf(c.braidfs, sizeof(c.braidfs), "%s", optarg);
 			break;
+		case 'L': {
+			struct stat st;
+			if (c.nlayout == CSI_MAX_META)
+				return usage_err("at most 8 --layout-dir%s", "");
+			if (optarg[0] != '/' || strstr(optarg, "..") ||
+			    strlen(optarg) >= PATH_MAX - 2 * CSI_ID_MAX)
+				return usage_err(
+				    "--layout-dir must be a short absolute path without "
+				    "'..', not '%s'",
+				    optarg);
+			if (stat(optarg, &st) < 0 || !S_ISDIR(st.st_mode))
+				return usage_err("--layout-dir '%s' is not a directory", optarg);
+			c.layout_dir[c.nlayout++] = optarg;
+			break;
+		}
 		case 'w': {
 			char *end;
 			long n = strtol(optarg, &end, 10);

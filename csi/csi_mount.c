@@ -78,17 +78,12 @@ static bool unescape(char *s)
 	return true;
 }
 
-enum csi_mnt_state csi_mnt_state(const char *path, char *root_ret, size_t rootlen, char *fstype_ret,
-				 size_t fslen, bool *ro_ret)
+int csi_mnt_each(bool (*fn)(void *arg, const struct csi_mnt *m), void *arg)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
 	if (!f)
-		return CSI_MNT_NONE;
+		return -errno;
 	char line[4 * PATH_MAX];
-	bool found = false;
-	char root[PATH_MAX] = "", fstype[64] = "";
-	bool ro = false;
-	/* The last entry for a path is the one on top; read them all. */
 	while (fgets(line, sizeof(line), f)) {
 		if (!strchr(line, '\n'))
 			continue; /* longer than any path we manage: not ours */
@@ -101,23 +96,53 @@ enum csi_mnt_state csi_mnt_state(const char *path, char *root_ret, size_t rootle
 		int sep = 6;
 		while (sep < n && strcmp(fld[sep], "-"))
 			sep++;
-		if (sep + 1 >= n || !unescape(fld[4]) || strcmp(fld[4], path) || !unescape(fld[3]))
+		if (sep + 1 >= n || !unescape(fld[4]) || !unescape(fld[3]))
 			continue;
-		const char *type = fld[sep + 1];
-		found = true;
-		snprintf(root, sizeof(root), "%s", fld[3]);
-		snprintf(fstype, sizeof(fstype), "%s", type);
-		ro = !strncmp(fld[5], "ro", 2) && (fld[5][2] == ',' || fld[5][2] == '\0');
+		struct csi_mnt m = {
+		    .root = fld[3],
+		    .mountpoint = fld[4],
+		    .fstype = fld[sep + 1],
+		    .dev = fld[2],
+		    .ro = !strncmp(fld[5], "ro", 2) && (fld[5][2] == ',' || fld[5][2] == '\0'),
+		};
+		if (!fn(arg, &m))
+			break;
 	}
 	fclose(f);
-	if (!found)
+	return 0;
+}
+
+struct mnt_find {
+	const char *path;
+	bool found, ro;
+	char root[PATH_MAX], fstype[64];
+};
+
+static bool mnt_find_one(void *arg, const struct csi_mnt *m)
+{
+	struct mnt_find *q = arg;
+	if (strcmp(m->mountpoint, q->path))
+		return true;
+	/* The last entry for a path is the one on top; read them all. */
+	q->found = true;
+	snprintf(q->root, sizeof(q->root), "%s", m->root);
+	snprintf(q->fstype, sizeof(q->fstype), "%s", m->fstype);
+	q->ro = m->ro;
+	return true;
+}
+
+enum csi_mnt_state csi_mnt_state(const char *path, char *root_ret, size_t rootlen, char *fstype_ret,
+				 size_t fslen, bool *ro_ret)
+{
+	struct mnt_find q = {.path = path};
+	if (csi_mnt_each(mnt_find_one, &q) < 0 || !q.found)
 		return CSI_MNT_NONE;
 	if (root_ret)
-		snprintf(root_ret, rootlen, "%s", root);
+		snprintf(root_ret, rootlen, "%s", q.root);
 	if (fstype_ret)
-		snprintf(fstype_ret, fslen, "%s", fstype);
+		snprintf(fstype_ret, fslen, "%s", q.fstype);
 	if (ro_ret)
-		*ro_ret = ro;
+		*ro_ret = q.ro;
 	/* CSI-4: a FUSE mount whose process died answers statfs with ENOTCONN. */
 	struct statvfs sv;
 	if (statvfs(path, &sv) < 0 && (errno == ENOTCONN || errno == ECONNABORTED || errno == EIO))
@@ -250,4 +275,61 @@ int csi_rmtree(const char *path)
 	if (lstat(path, &st) < 0)
 		return errno == ENOENT ? 0 : -errno;
 	return rmtree_at(AT_FDCWD, path, st.st_dev, 0);
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void csi_names_free(char **names, size_t n)
+{
+	while (names && n)
+		free(names[--n]);
+	free(names);
+}
+
+int csi_dir_names(const char *dir,
+		  bool (*keep)(void *arg, const char *dir, const char *ent, char *out, size_t len),
+		  void *arg, char ***ret, size_t *nret)
+{
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	int e = 0;
+	*ret = NULL;
+	*nret = 0;
+	DIR *d = opendir(dir);
+	if (!d)
+		return -errno;
+	for (struct dirent *de; (errno = 0, de = readdir(d));) {
+		char name[NAME_MAX + 1];
+		if (!keep(arg, dir, de->d_name, name, sizeof(name)))
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			char **g = realloc(names, ncap * sizeof(*g));
+			if (!g) {
+				e = -ENOMEM;
+				break;
+			}
+			names = g;
+			cap = ncap;
+		}
+		if (!(names[n] = strdup(name))) {
+			e = -ENOMEM;
+			break;
+		}
+		n++;
+	}
+	if (e == 0 && errno)
+		e = -errno;
+	closedir(d);
+	if (e < 0) {
+		csi_names_free(names, n);
+		return e;
+	}
+	qsort(names, n, sizeof(*names), cmp_names);
+	*ret = names;
+	*nret = n;
+	return 0;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -39,6 +40,11 @@ static enum csi_mnt_state mount_of(const char *path, const struct csi_vol *v, bo
 	enum csi_mnt_state st =
 	    csi_mnt_state(path, root, sizeof(root), fstype, sizeof(fstype), ro_ret);
 	*is_v = st != CSI_MNT_NONE && !strcmp(fstype, "fuse.braidfs") && !strcmp(root, v->fs_path);
+	/* and of v's file system: another one may have a directory of the same name */
+	struct stat a, b;
+	if (*is_v && st == CSI_MNT_LIVE && v->base[0] && stat(path, &a) == 0 &&
+	    stat(v->base, &b) == 0 && a.st_dev != b.st_dev)
+		*is_v = false;
 	return st;
 }
 
@@ -134,8 +140,28 @@ CSI_HANDLER(csi_node_unstage_volume, Csi__V1__NodeUnstageVolumeRequest,
 	return GRPC_STATUS_OK;
 }
 
+/* Where else volume v is mounted: any bind of its directory (of its file system: the same
+ * device as its base mount, since two file systems may have a directory of one name) other
+ * than the two paths of this call (its staging path and the target). */
+struct elsewhere {
+	const struct csi_vol *v;
+	const char *staging, *target;
+	char dev[32];
+	char found[PATH_MAX];
+};
+
+static bool mounted_elsewhere(void *arg, const struct csi_mnt *m)
+{
+	struct elsewhere *q = arg;
+	if (strcmp(m->dev, q->dev) || strcmp(m->root, q->v->fs_path) ||
+	    !strcmp(m->mountpoint, q->staging) || !strcmp(m->mountpoint, q->target))
+		return true;
+	snprintf(q->found, sizeof(q->found), "%s", m->mountpoint);
+	return false;
+}
+
 static grpc_status_code publish(struct csi_vol *v, const char *staging, const char *target, bool ro,
-				struct csi_reply *r)
+				bool single_writer, struct csi_reply *r)
 {
 	bool is_v = false, was_ro = false;
 	enum csi_mnt_state st = mount_of(staging, v, &is_v, NULL);
@@ -158,6 +184,16 @@ static grpc_status_code publish(struct csi_vol *v, const char *staging, const ch
 	if (st == CSI_MNT_LIVE)
 		return csi_fail(r, GRPC_STATUS_ALREADY_EXISTS, "target path %s holds another mount",
 				target);
+	struct elsewhere q = {.v = v, .staging = staging, .target = target};
+	struct stat bs;
+	if (single_writer && stat(v->base, &bs) == 0 &&
+	    (snprintf(q.dev, sizeof(q.dev), "%u:%u", major(bs.st_dev), minor(bs.st_dev)),
+	     csi_mnt_each(mounted_elsewhere, &q) == 0) &&
+	    q.found[0])
+		return csi_fail(
+		    r, GRPC_STATUS_FAILED_PRECONDITION,
+		    "volume %s is SINGLE_NODE_SINGLE_WRITER and already published at %s", v->id,
+		    q.found);
 	if ((code = place(v, staging, target, ro, st == CSI_MNT_DEAD, r)))
 		return code;
 	log_info("volume %s: published at %s%s", v->id, target, ro ? " (read-only)" : "");
@@ -179,7 +215,11 @@ CSI_HANDLER(csi_node_publish_volume, Csi__V1__NodePublishVolumeRequest,
 		  mode == CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__SINGLE_NODE_READER_ONLY;
 	code = csi_vol_find(c, in->volume_id, &v, r);
 	if (code == GRPC_STATUS_OK)
-		code = publish(&v, in->staging_target_path, in->target_path, ro, r);
+		code = publish(
+		    &v, in->staging_target_path, in->target_path, ro,
+		    mode ==
+			CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__SINGLE_NODE_SINGLE_WRITER,
+		    r);
 	csi_volume_release(c, v.id);
 	return code;
 }
@@ -206,17 +246,25 @@ CSI_HANDLER(csi_node_unpublish_volume, Csi__V1__NodeUnpublishVolumeRequest,
 	return GRPC_STATUS_OK;
 }
 
-/* A path the CO names for stats/expansion must be a live mount of this volume. */
+/* A path the CO names for stats/expansion must be a live mount of this volume. A path that
+ * cannot be one (relative, "..") is where the volume is not: NOT_FOUND, as the spec has it
+ * for "the volume does not exist on volume_path" (csi-sanity sends "some/path"). */
 static grpc_status_code live_volume_path(struct csi *c, const char *id, const char *path,
 					 struct csi_vol *v, enum csi_mnt_state *st,
 					 struct csi_reply *r)
 {
+	struct csi_reply why = {0};
 	bool is_v = false;
 	grpc_status_code code;
 	if (!id || !id[0])
 		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_id is required");
-	if ((code = check_path("volume_path", path, r)) || (code = csi_vol_parse(c, id, v, r)))
+	if (!path || !path[0])
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume_path is required");
+	if ((code = csi_vol_parse(c, id, v, r)))
 		return code;
+	if (check_path("volume_path", path, &why))
+		return csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s is not mounted at %.256s: %s",
+				id, path, why.msg);
 	*st = mount_of(path, v, &is_v, NULL);
 	if (*st == CSI_MNT_NONE || !is_v)
 		return csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s is not mounted at %s", id,
@@ -305,6 +353,7 @@ CSI_HANDLER(csi_node_get_capabilities, Csi__V1__NodeGetCapabilitiesRequest,
 	    CSI__V1__NODE_SERVICE_CAPABILITY__RPC__TYPE__GET_VOLUME_STATS,
 	    CSI__V1__NODE_SERVICE_CAPABILITY__RPC__TYPE__EXPAND_VOLUME,
 	    CSI__V1__NODE_SERVICE_CAPABILITY__RPC__TYPE__VOLUME_CONDITION,
+	    CSI__V1__NODE_SERVICE_CAPABILITY__RPC__TYPE__SINGLE_NODE_MULTI_WRITER,
 	};
 	size_t n = sizeof(types) / sizeof(types[0]);
 	out->capabilities = csi_alloc(r, n * sizeof(*out->capabilities));

@@ -167,6 +167,8 @@ typedef grpc_status_code (*csi_thunk)(struct csi *c, const void *in, void *out,
 	X(Controller, ValidateVolumeCapabilities, csi_validate_volume_capabilities,                \
 	  Csi__V1__ValidateVolumeCapabilitiesRequest, Csi__V1__ValidateVolumeCapabilitiesResponse, \
 	  csi__v1__validate_volume_capabilities, 1)                                                \
+	X(Controller, ListVolumes, csi_list_volumes, Csi__V1__ListVolumesRequest,                  \
+	  Csi__V1__ListVolumesResponse, csi__v1__list_volumes, 1)                                  \
 	X(Controller, GetCapacity, csi_get_capacity, Csi__V1__GetCapacityRequest,                  \
 	  Csi__V1__GetCapacityResponse, csi__v1__get_capacity, 1)                                  \
 	X(Controller, ControllerGetCapabilities, csi_controller_get_capabilities,                  \

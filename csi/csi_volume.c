@@ -26,11 +26,14 @@ static uint64_t fnv64(const char *s, uint64_t seed)
 	return h;
 }
 
-/* A name usable as a directory as it is: [A-Za-z0-9._-], 1..63 bytes, not "." or "..". */
-static bool safe_dir(const char *s)
+/* A name usable as a directory as it is: [A-Za-z0-9._-], 1..63 bytes, not starting with a
+ * dot. The dot is kept for the plugin's own entries next to the volumes (".creating-<dir>",
+ * CSI-5): a volume named ".creating-x" must never be the half-made directory of volume "x",
+ * which a retried create of "x" removes. */
+bool csi_dir_ok(const char *s)
 {
 	size_t n = strlen(s);
-	if (n == 0 || n > 63 || !strcmp(s, ".") || !strcmp(s, ".."))
+	if (n == 0 || n > 63 || s[0] == '.')
 		return false;
 	for (const char *p = s; *p; p++)
 		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
@@ -45,7 +48,11 @@ static grpc_status_code vol_fill(struct csi *c, struct csi_vol *v, struct csi_re
 			 strcmp(c->volumes_dir, "/") ? c->volumes_dir : "", v->dir);
 	if (n < 0 || (size_t)n >= sizeof(v->fs_path))
 		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume path too long");
-	if (v->meta == c->meta[0])
+	if (v->layout) {
+		if ((size_t)snprintf(v->id, sizeof(v->id), "%s@layout", v->dir) >= sizeof(v->id))
+			return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+					"volume id for %s would pass %d bytes", v->dir, CSI_ID_MAX);
+	} else if (v->meta == c->meta[0])
 		snprintf(v->id, sizeof(v->id), "%s", v->dir);
 	else if ((size_t)snprintf(v->id, sizeof(v->id), "%s@%s", v->dir, v->meta) >= sizeof(v->id))
 		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
@@ -69,8 +76,10 @@ grpc_status_code csi_vol_parse(struct csi *c, const char *id, struct csi_vol *v,
 	memcpy(v->dir, id, dl);
 	v->dir[dl] = '\0';
 	/* Ids are ours: a dir that we would not have made cannot name a volume. */
-	if (!safe_dir(v->dir))
+	if (!csi_dir_ok(v->dir))
 		return csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s does not exist", id);
+	if (at && !strcmp(at + 1, "layout"))
+		return csi_layout_vol(c, v, r);
 	v->meta = at ? NULL : c->meta[0];
 	for (unsigned i = 1; at && i < c->nmeta; i++)
 		if (!strcmp(at + 1, c->meta[i]))
@@ -81,12 +90,32 @@ grpc_status_code csi_vol_parse(struct csi *c, const char *id, struct csi_vol *v,
 	return vol_fill(c, v, r);
 }
 
+void csi_vol_copy(struct csi_vol *dst, const struct csi_vol *src)
+{
+	*dst = *src;
+	if (src->layout)
+		dst->meta = dst->own_meta;
+}
+
+grpc_status_code csi_layout_vol(struct csi *c, struct csi_vol *v, struct csi_reply *r)
+{
+	if (!c->nlayout)
+		return csi_fail(r, GRPC_STATUS_NOT_FOUND,
+				"volume %s@layout: this plugin has no --layout-dir", v->dir);
+	if ((size_t)snprintf(v->own_meta, sizeof(v->own_meta), "sqlite://%s/%s.db",
+			     c->layout_dir[0], v->dir) >= sizeof(v->own_meta))
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "--layout-dir path too long");
+	v->meta = v->own_meta;
+	v->layout = true;
+	return vol_fill(c, v, r);
+}
+
 grpc_status_code csi_vol_from_name(struct csi *c, const char *name, const char *meta,
 				   struct csi_vol *v, struct csi_reply *r)
 {
 	memset(v, 0, sizeof(*v));
 	v->meta = meta;
-	if (safe_dir(name) && strncmp(name, "h-", 2) != 0)
+	if (csi_dir_ok(name) && strncmp(name, "h-", 2) != 0)
 		snprintf(v->dir, sizeof(v->dir), "%s", name);
 	else
 		snprintf(v->dir, sizeof(v->dir), "h-%016llx%016llx",
@@ -122,20 +151,25 @@ static bool lock_holder_mount(const char *meta, char *out, size_t len)
 	return true;
 }
 
+void csi_fs_base(const struct csi *c, const char *meta, char *out, size_t len)
+{
+	snprintf(out, len, "%s/fs/%016llx", c->state_dir, (unsigned long long)fnv64(meta, 0));
+}
+
 grpc_status_code csi_fs_mount(struct csi *c, struct csi_vol *v, struct csi_reply *r)
 {
 	char fstype[64] = "", log[PATH_MAX + 64], out[1024] = "";
 	unsigned long long key = (unsigned long long)fnv64(v->meta, 0);
 	grpc_status_code code = GRPC_STATUS_OK;
 
-	snprintf(v->base, sizeof(v->base), "%s/fs/%016llx", c->state_dir, key);
+	csi_fs_base(c, v->meta, v->base, sizeof(v->base));
 	pthread_mutex_lock(&base_lock);
 	enum csi_mnt_state st = csi_mnt_state(v->base, NULL, 0, fstype, sizeof(fstype), NULL);
 	if (st == CSI_MNT_LIVE && !strcmp(fstype, "fuse.braidfs"))
 		goto done;
 	if (lock_holder_mount(v->meta, v->base, sizeof(v->base)))
 		goto done;
-	snprintf(v->base, sizeof(v->base), "%s/fs/%016llx", c->state_dir, key);
+	csi_fs_base(c, v->meta, v->base, sizeof(v->base));
 	if (st == CSI_MNT_DEAD)
 		log_info("%s: the mount of %s at %s is dead; mounting it again", v->id, v->meta,
 			 v->base);
@@ -184,13 +218,48 @@ done:
 	return code;
 }
 
+grpc_status_code csi_vol_at(struct csi *c, struct csi_vol *v, const char *dir, struct csi_reply *r)
+{
+	if (!csi_dir_ok(dir))
+		return csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+				"'%.64s' is not a volume directory", dir);
+	snprintf(v->dir, sizeof(v->dir), "%s", dir);
+	grpc_status_code code = vol_fill(c, v, r);
+	if (code == GRPC_STATUS_OK && (size_t)snprintf(v->path, sizeof(v->path), "%s%s", v->base,
+						       v->fs_path) >= sizeof(v->path))
+		code = csi_fail(r, GRPC_STATUS_INVALID_ARGUMENT, "volume path too long");
+	return code;
+}
+
 grpc_status_code csi_vol_find(struct csi *c, const char *id, struct csi_vol *v, struct csi_reply *r)
 {
 	struct stat st;
 	grpc_status_code code = csi_vol_parse(c, id, v, r);
+	/* a layout volume's file system is there, or the volume is not (never mount a missing
+	 * database: braidfs would say why it cannot, not that there is no volume) */
+	if (code == GRPC_STATUS_OK && v->layout && stat(v->own_meta + strlen("sqlite://"), &st) < 0)
+		code = csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s does not exist", id);
 	if (code == GRPC_STATUS_OK)
 		code = csi_fs_mount(c, v, r);
 	if (code == GRPC_STATUS_OK && (stat(v->path, &st) < 0 || !S_ISDIR(st.st_mode)))
 		code = csi_fail(r, GRPC_STATUS_NOT_FOUND, "volume %s does not exist", id);
 	return code;
+}
+
+bool csi_list_token(const struct csi *c, const char *tok, unsigned *meta_ret, char *dir, size_t len)
+{
+	char *end;
+	if (strncmp(tok, CSI_LIST_TOKEN, strlen(CSI_LIST_TOKEN)))
+		return false;
+	tok += strlen(CSI_LIST_TOKEN);
+	if (tok[0] < '0' || tok[0] > '9') /* strtoul would take spaces and signs */
+		return false;
+	errno = 0;
+	unsigned long i = strtoul(tok, &end, 10);
+	if (errno || *end != ':' || i > c->nmeta || (i == c->nmeta && !c->nlayout) ||
+	    !csi_dir_ok(end + 1) || strlen(end + 1) >= len)
+		return false;
+	*meta_ret = (unsigned)i;
+	snprintf(dir, len, "%s", end + 1);
+	return true;
 }

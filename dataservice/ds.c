@@ -54,6 +54,7 @@
  */
 #include "dataservice/ds.h"
 #include "dataservice/ds_internal.h"
+#include "dataservice/rpc_target.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -65,6 +66,7 @@
 
 #include "common/log.h"
 #include "common/tbucket.h"
+#include "dataservice/repair.h"
 #include "common/util.h"
 
 #define DS_STRIPES	1024
@@ -130,7 +132,10 @@ struct ds_item {
 };
 
 struct ds_tgt {
+	struct ds *ds;
 	uint32_t id;
+	bool owned;	      /* sm is ours to close (not given open in ds_config) */
+	int64_t next_open_ns; /* lazy_open: no new attempt before (monotonic), __atomic */
 	bool up; /* configured up, or rebuilt into a chain; protected by ds.open_lock */
 	char url[1024];
 	struct sm_target *sm; /* NULL when not open; set once (ds_open, ds_attach), __atomic */
@@ -153,6 +158,8 @@ struct ds_chain {
 	uint64_t epoch;			   /* protected by lock */
 	uint32_t n;			   /* protected by lock */
 	struct ds_tgt *m[DS_MAX_REPLICAS]; /* protected by lock; [0] = primary */
+	uint32_t nkeep;			   /* immutable after ds_open */
+	struct ds_tgt *keep[DS_MAX_KEEP];  /* not members, chunks kept (ds_chain_cfg.keep) */
 };
 
 struct ds_snap {
@@ -167,6 +174,10 @@ struct ds {
 	ds_chain_failed_fn chain_failed;
 	ds_chain_changed_fn chain_changed;
 	void *cb_ctx;
+	bool forward, lazy_open;
+	ds_chain_refresh_fn chain_refresh;
+	int (*target_url)(void *ctx, uint32_t id, char *url, size_t len);
+	unsigned stall_ms;
 	char volume_uuid[37];
 	pthread_mutex_t open_lock; /* opening a target on demand (ds_attach) */
 	size_t par_min;
@@ -248,6 +259,17 @@ static bool ds_snap_has(const struct ds_snap *s, const struct ds_tgt *t)
 	return false;
 }
 
+/* Does chain ci keep t's chunks though t is no member (syncing, away: ds_chain_cfg.keep)? */
+static bool ds_chain_keeps(const struct ds *ds, unsigned ci, const struct ds_tgt *t)
+{
+	const struct ds_chain *c = &ds->chains[ci];
+
+	for (uint32_t i = 0; i < c->nkeep; i++)
+		if (c->keep[i] == t)
+			return true;
+	return false;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* replica operations and the worker pool */
 
@@ -257,11 +279,43 @@ static struct sm_target *ds_tsm(const struct ds_tgt *t)
 	return __atomic_load_n(&t->sm, __ATOMIC_ACQUIRE);
 }
 
+static int ds_attach(struct ds *ds, struct ds_tgt *t, char *err, size_t errlen);
+static int ds_rpc_chain(void *ctx, uint64_t ino, uint32_t idx, uint32_t *ret_chain,
+			uint64_t *ret_epoch);
+
+/* A target by URL: a remote one (tcp://HOST:PORT/ID, rpc_target.h) or one of the storage
+ * manager's kinds. storemgr sits below the transports, so its registry cannot know them. */
+static int ds_sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret,
+		      char *err, size_t errlen)
+{
+	if (!strncmp(url, "tcp://", 6))
+		return rpc_target_ops.open(url, expect, ret, err, errlen);
+	return sm_open(url, expect, ret, err, errlen);
+}
+
+/* lazy_open: open a target that did not open before, at most once a second. */
+static struct sm_target *ds_lazy(struct ds_tgt *t)
+{
+	int64_t now = now_monotonic_ns();
+	int64_t next = __atomic_load_n(&t->next_open_ns, __ATOMIC_RELAXED);
+	if (!t->ds->lazy_open || !t->up || now < next ||
+	    !__atomic_compare_exchange_n(&t->next_open_ns, &next, now + 1000000000LL, false,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		return NULL;
+	char err[512];
+	if (ds_attach(t->ds, t, err, sizeof(err)) < 0)
+		log_debug("ds: %s", err);
+	return ds_tsm(t);
+}
+
 static void ds_apply(struct ds_rop *r)
 {
 	struct sm_target *sm = ds_tsm(r->t);
+	if (!sm)
+		sm = ds_lazy(r->t);
 	if (!sm) {
-		r->ret = -EIO; /* the target is known offline */
+		/* known offline; or a lazily opened target that cannot be reached yet */
+		r->ret = r->t->ds->lazy_open ? -ECONNREFUSED : -EIO;
 		return;
 	}
 	const struct sm_ops *o = sm->ops;
@@ -376,10 +430,37 @@ static void ds_run(struct ds *ds, struct ds_rop *rops, unsigned n, bool parallel
 /* ---------------------------------------------------------------------------------------- */
 /* DS-1: membership changes */
 
+static bool ds_refresh(struct ds *ds, unsigned ci);
+
+/* Forward mode (DS-5): this ds changes no chain; wait until the committed chain no longer
+ * lists t (the manager or the primary took it out), for at most stall_ms. */
+static int ds_fwd_drop(struct ds *ds, unsigned ci, struct ds_tgt *t, int why)
+{
+	int64_t deadline = now_monotonic_ns() + (int64_t)ds->stall_ms * 1000000LL;
+	for (unsigned round = 0;; round++) {
+		struct ds_snap s;
+		ds_refresh(ds, ci);
+		ds_snap(ds, ci, &s);
+		if (!ds_snap_has(&s, t))
+			return s.n ? 0 : -EIO;
+		if (now_monotonic_ns() >= deadline) {
+			log_err(
+			    "ds: chain %u: target %u failed (%s) and is still a member after %u "
+			    "ms",
+			    ds->chains[ci].id, t->id, strerror(why < 0 ? -why : EIO), ds->stall_ms);
+			return -EIO;
+		}
+		usleep(round < 4 ? 50000u << round : 500000u);
+	}
+}
+
 /* Take t out of chain ci through chain_failed. 0 when done or already done; the member's own
- * error when it is the last one (nothing to fall back to); -EIO when the callback failed. */
+ * error when it is the last one (nothing to fall back to); -ESTALE when the chain changed
+ * meanwhile; -EIO when the callback failed otherwise. */
 static int ds_drop(struct ds *ds, unsigned ci, struct ds_tgt *t, int why)
 {
+	if (ds->forward)
+		return ds_fwd_drop(ds, ci, t, why);
 	struct ds_chain *c = &ds->chains[ci];
 	uint32_t ids[DS_MAX_REPLICAS];
 	struct ds_tgt *m[DS_MAX_REPLICAS];
@@ -411,14 +492,16 @@ static int ds_drop(struct ds *ds, unsigned ci, struct ds_tgt *t, int why)
 		if (k < 0) {
 			log_debug("ds: chain %u: cannot remove failed target %u: %s", c->id, t->id,
 				  strerror(-k));
-			r = -EIO;
+			r = k == -ESTALE ? -ESTALE : -EIO;
 			goto out;
 		}
 	}
 	pthread_mutex_lock(&c->lock);
-	memcpy(c->m, m, nn * sizeof(m[0]));
-	c->n = nn;
-	c->epoch = ne;
+	if (ne > c->epoch) { /* the callback may have loaded the new chain already */
+		memcpy(c->m, m, nn * sizeof(m[0]));
+		c->n = nn;
+		c->epoch = ne;
+	}
 	pthread_mutex_unlock(&c->lock);
 	log_debug("ds: chain %u: target %u removed after error %s, epoch %llu", c->id, t->id,
 		  strerror(why < 0 ? -why : EIO), (unsigned long long)ne);
@@ -443,9 +526,13 @@ static int ds_settle(struct ds *ds, unsigned ci, struct ds_rop *rops, unsigned n
 	__atomic_add_fetch(&ds->replica_failures, n - ok, __ATOMIC_RELAXED);
 	if (!ok)
 		return last; /* nothing is left to acknowledge from: the error itself goes up */
-	for (unsigned i = 0; i < n; i++)
-		if (rops[i].ret < 0 && ds_drop(ds, ci, rops[i].t, (int)rops[i].ret) < 0)
-			return -EIO;
+	for (unsigned i = 0; i < n; i++) {
+		if (rops[i].ret < 0) {
+			int k = ds_drop(ds, ci, rops[i].t, (int)rops[i].ret);
+			if (k < 0)
+				return k == -ESTALE ? k : -EIO;
+		}
+	}
 	return 0;
 }
 
@@ -646,7 +733,8 @@ static void ds_free(struct ds *ds)
 		pthread_join(ds->pool[i], NULL);
 	for (unsigned i = 0; i < ds->ntargets; i++) {
 		struct ds_tgt *t = &ds->targets[i];
-		sm_close(t->sm);
+		if (t->owned)
+			sm_close(t->sm);
 		pthread_mutex_destroy(&t->qlock);
 		pthread_cond_destroy(&t->qcond);
 		pthread_cond_destroy(&t->qdone);
@@ -746,6 +834,13 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	ds->chain_failed = cfg->chain_failed;
 	ds->chain_changed = cfg->chain_changed;
 	ds->cb_ctx = cfg->cb_ctx;
+	ds->forward = cfg->forward;
+	ds->lazy_open = cfg->lazy_open;
+	ds->chain_refresh = cfg->chain_refresh;
+	ds->target_url = cfg->target_url;
+	ds->stall_ms = cfg->stall_ms ? cfg->stall_ms : 20000;
+	if (ds->forward)
+		ds->mode = DS_STRONG; /* the primaries replicate; fsync reaches every member */
 	snprintf(ds->volume_uuid, sizeof(ds->volume_uuid), "%s", cfg->volume_uuid);
 	ds->par_min = DS_PAR_MIN_DEFAULT;
 	ds->par_sync = true;
@@ -766,8 +861,11 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	pthread_rwlockattr_destroy(&ra);
 	for (unsigned i = 0; i < ds->ntargets; i++) {
 		struct ds_tgt *t = &ds->targets[i];
+		t->ds = ds;
 		t->id = cfg->targets[i].id;
 		t->up = cfg->targets[i].up;
+		t->sm = cfg->targets[i].sm;
+		t->owned = !t->sm;
 		snprintf(t->url, sizeof(t->url), "%s", cfg->targets[i].url);
 		pthread_mutex_init(&t->qlock, NULL);
 		pthread_cond_init(&t->qcond, NULL);
@@ -785,16 +883,31 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 			for (unsigned t = 0; t < ds->ntargets; t++)
 				if (ds->targets[t].id == cc->members[k])
 					c->m[k] = &ds->targets[t];
+		for (uint32_t k = 0; k < cc->nkeep && k < DS_MAX_KEEP; k++)
+			for (unsigned t = 0; t < ds->ntargets; t++)
+				if (ds->targets[t].id == cc->keep[k])
+					c->keep[c->nkeep++] = &ds->targets[t];
 	}
 
 	for (unsigned i = 0; i < ds->ntargets; i++) {
 		struct ds_tgt *t = &ds->targets[i];
-		if (!t->up)
+		if (!t->up || t->sm)
 			continue;
 		struct sm_identity expect = {.target_id = t->id, .chunk_size = ds->chunk_size};
 		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", cfg->volume_uuid);
 		char serr[512] = "";
-		r = sm_open(t->url, &expect, &t->sm, serr, sizeof(serr));
+		r = ds->target_url ? ds->target_url(ds->cb_ctx, t->id, t->url, sizeof(t->url)) : 0;
+		if (r == 0)
+			r = ds_sm_open(t->url, &expect, &t->sm, serr, sizeof(serr));
+		if (r < 0 && ds->lazy_open) {
+			log_info("target %u (%s) is not reachable yet: %s", t->id, t->url,
+				 serr[0] ? serr : strerror(-r));
+			t->sm = NULL;
+			t->next_open_ns = now_monotonic_ns() + 1000000000LL;
+			continue;
+		}
+		if (r == 0)
+			rpc_target_set_chain_fn(t->sm, ds_rpc_chain, ds); /* -EINVAL: not remote */
 		if (r < 0) {
 			snprintf(err, errlen, "target %u (%s): %s", t->id, t->url,
 				 serr[0] ? serr : strerror(-r));
@@ -878,6 +991,163 @@ void ds_set_weak_queue_max(struct ds *ds, size_t bytes)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* forward mode (DS-5): chains served by their primaries' nodes */
+
+/* An answer of the operation itself rather than a failure to ask it. */
+static bool ds_is_answer(const struct ds_rop *op)
+{
+	return op->ret >= 0 || (op->op == DS_OP_SEEK && op->ret == -ENXIO) ||
+	       (op->op == DS_OP_LENGTH && op->ret == -ENOENT) ||
+	       (op->op == DS_OP_CUT && op->ret == -ENOENT);
+}
+
+/* Errors after which another primary, or the same one later, may succeed. */
+static bool ds_fwd_retryable(int err)
+{
+	switch (-err) {
+	case ESTALE:	   /* our epoch is old, or the node's: re-read */
+	case ESHUTDOWN:	   /* the node fenced itself (DIST-4) */
+	case ECONNREFUSED: /* nobody listens: the node is down or restarting */
+	case ECONNRESET:
+	case ETIMEDOUT:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+	case EHOSTDOWN:
+	case ENOTCONN:
+	case EPIPE:
+	case ENODEV: /* the node does not serve that target (yet) */
+	case EBUSY:
+	case EAGAIN:
+	case EIO: /* the primary could not commit a member's removal, or its disk failed */
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* Re-read chain ci from where it is committed. true when the held chain changed. */
+static bool ds_refresh(struct ds *ds, unsigned ci)
+{
+	if (!ds->chain_refresh)
+		return false;
+	struct ds_chain_cfg c;
+	uint64_t before = __atomic_load_n(&ds->chains[ci].epoch, __ATOMIC_RELAXED);
+	int r = ds->chain_refresh(ds->cb_ctx, ds->chains[ci].id, &c);
+	if (r < 0) {
+		log_debug("ds: chain %u: cannot re-read it: %s", ds->chains[ci].id, strerror(-r));
+		return false;
+	}
+	ds_chain_load(ds, &c);
+	return __atomic_load_n(&ds->chains[ci].epoch, __ATOMIC_RELAXED) != before;
+}
+
+/* Run op on the primary of chain ci; on a retryable failure, re-read the chain and go again
+ * (at once when it changed, after a pause when not), for at most stall_ms without a change.
+ * 0 (op->ret holds the answer) or -errno. */
+static int ds_fwd(struct ds *ds, unsigned ci, struct ds_rop *op)
+{
+	int64_t deadline = now_monotonic_ns() + (int64_t)ds->stall_ms * 1000000LL;
+	for (unsigned round = 0;;) {
+		struct ds_snap s;
+		ds_snap(ds, ci, &s);
+		if (!s.n)
+			return -EIO;
+		op->t = s.m[0];
+		ds_apply(op);
+		if (ds_is_answer(op))
+			return op->ret < 0 && op->op != DS_OP_SEEK && op->op != DS_OP_LENGTH &&
+				       op->op != DS_OP_CUT
+				   ? (int)op->ret
+				   : 0;
+		if (!ds_fwd_retryable((int)op->ret))
+			return (int)op->ret;
+		__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
+		log_debug("ds: chain %u: primary %u: %s; re-reading the chain", ds->chains[ci].id,
+			  op->t->id, strerror((int)-op->ret));
+		if (ds_refresh(ds, ci)) {
+			deadline = now_monotonic_ns() + (int64_t)ds->stall_ms * 1000000LL;
+			round = 0;
+			continue;
+		}
+		if (now_monotonic_ns() >= deadline) {
+			log_err(
+			    "ds: chain %u: its primary, target %u, has failed (%s) for %u ms and "
+			    "the chain did not change; giving up",
+			    ds->chains[ci].id, op->t->id, strerror((int)-op->ret), ds->stall_ms);
+			return -EIO;
+		}
+		usleep(round < 4 ? 50000u << round : 500000u);
+		round++;
+	}
+}
+
+static struct ds_tgt *ds_find_target(struct ds *ds, uint32_t id)
+{
+	for (unsigned i = 0; i < ds->ntargets; i++)
+		if (ds->targets[i].id == id)
+			return &ds->targets[i];
+	return NULL;
+}
+
+int ds_chain_load(struct ds *ds, const struct ds_chain_cfg *c)
+{
+	struct ds_tgt *m[DS_MAX_REPLICAS];
+	if (c->nmembers > DS_MAX_REPLICAS)
+		return -EINVAL;
+	for (uint32_t i = 0; i < c->nmembers; i++)
+		if (!(m[i] = ds_find_target(ds, c->members[i])))
+			return -ENOENT;
+	for (unsigned ci = 0; ci < ds->nchains; ci++) {
+		struct ds_chain *ch = &ds->chains[ci];
+		if (ch->id != c->id)
+			continue;
+		/* not the change_lock: chain_failed callbacks (which hold it) reload chains */
+		pthread_mutex_lock(&ch->lock);
+		if (c->epoch > ch->epoch) {
+			memcpy(ch->m, m, c->nmembers * sizeof(m[0]));
+			ch->n = c->nmembers;
+			__atomic_store_n(&ch->epoch, c->epoch, __ATOMIC_RELAXED);
+		}
+		pthread_mutex_unlock(&ch->lock);
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static void ds_chain_cfg_of(struct ds *ds, unsigned ci, struct ds_chain_cfg *ret)
+{
+	struct ds_snap s;
+	ds_snap(ds, ci, &s);
+	memset(ret, 0, sizeof(*ret));
+	ret->id = ds->chains[ci].id;
+	ret->epoch = s.epoch;
+	ret->nmembers = s.n;
+	for (uint32_t i = 0; i < s.n; i++)
+		ret->members[i] = s.m[i]->id;
+}
+
+int ds_chunk_chain(struct ds *ds, uint64_t ino, uint32_t idx, struct ds_chain_cfg *ret)
+{
+	if (!ds->nchains)
+		return -ENOENT;
+	ds_chain_cfg_of(ds, ds_chain_of(ds, ino, idx), ret);
+	return 0;
+}
+
+/* rpc_chain_fn of the remote targets this ds opens: the chain and epoch a request carries. */
+static int ds_rpc_chain(void *ctx, uint64_t ino, uint32_t idx, uint32_t *ret_chain,
+			uint64_t *ret_epoch)
+{
+	struct ds *ds = ctx;
+	if (!ds->nchains)
+		return -ENOENT;
+	struct ds_chain *c = &ds->chains[ds_chain_of(ds, ino, idx)];
+	*ret_chain = c->id;
+	*ret_epoch = __atomic_load_n(&c->epoch, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* chunk-wise I/O */
 
 static int ds_range_ok(const struct ds *ds, uint64_t off, uint64_t len)
@@ -898,6 +1168,8 @@ static void ds_heal(struct ds *ds, unsigned ci, const struct ds_rop *op, struct 
  * rewritten from the one that answered. */
 static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 {
+	if (ds->forward)
+		return ds_fwd(ds, ci, op);
 	struct ds_snap s;
 	ds_snap(ds, ci, &s);
 	struct ds_tgt *bad[DS_MAX_REPLICAS];
@@ -978,6 +1250,12 @@ static int ds_chunk_op(struct ds *ds, const struct ds_rop *tmpl, bool parallel)
 	struct ds_snap s;
 
 	pthread_mutex_lock(sl);
+	if (ds->forward) {
+		struct ds_rop op = *tmpl;
+		int r = ds_fwd(ds, ci, &op);
+		pthread_mutex_unlock(sl);
+		return r;
+	}
 	ds_barrier(ds); /* weak: queued writes to this chunk land before this op */
 	ds_snap(ds, ci, &s);
 	for (uint32_t i = 0; i < s.n; i++) {
@@ -1040,7 +1318,7 @@ ssize_t ds_write(struct ds *ds, uint64_t ino, const void *buf, size_t len, uint6
 		uint64_t within = pos % ds->chunk_size;
 		size_t n = (size_t)MIN((uint64_t)(len - done), ds->chunk_size - within);
 		const char *p = (const char *)buf + done;
-		if (ds->mode == DS_WEAK) {
+		if (ds->mode == DS_WEAK) { /* never in forward mode */
 			r = ds_write_weak(ds, ino, idx, p, n, within);
 		} else {
 			struct ds_rop op = {.op = DS_OP_WRITE,
@@ -1057,6 +1335,30 @@ ssize_t ds_write(struct ds *ds, uint64_t ino, const void *buf, size_t len, uint6
 	}
 	__atomic_add_fetch(&ds->bytes_written, len, __ATOMIC_RELAXED);
 	return (ssize_t)len;
+}
+
+int ds_chunk_apply(struct ds *ds, enum ds_chunk_kind kind, uint64_t ino, uint32_t idx, uint64_t off,
+		   uint64_t len, const void *data)
+{
+	static const enum ds_op ops[] = {[DS_CHUNK_WRITE] = DS_OP_WRITE,
+					 [DS_CHUNK_TRUNCATE] = DS_OP_TRUNCATE,
+					 [DS_CHUNK_PUNCH] = DS_OP_PUNCH,
+					 [DS_CHUNK_ALLOCATE] = DS_OP_ALLOCATE};
+	if ((unsigned)kind >= ARRAY_SIZE(ops) || off > ds->chunk_size ||
+	    (kind != DS_CHUNK_TRUNCATE && len > ds->chunk_size - off))
+		return -EINVAL;
+	if (kind == DS_CHUNK_WRITE && ds->mode == DS_WEAK && !ds->forward)
+		return ds_write_weak(ds, ino, idx, data, (size_t)len, off);
+	struct ds_rop op = {
+	    .op = ops[kind], .ino = ino, .idx = idx, .off = off, .len = len, .wbuf = data};
+	if (kind == DS_CHUNK_TRUNCATE) {
+		op.off = len; /* sm truncate takes the new length as off (ds_apply) */
+		op.len = 0;
+	}
+	int r = ds_chunk_op(ds, &op, len >= ds->par_min);
+	if (r == 0 && kind == DS_CHUNK_WRITE)
+		__atomic_add_fetch(&ds->bytes_written, len, __ATOMIC_RELAXED);
+	return r;
 }
 
 /* Run op once per target in list (parallel), then settle per target. */
@@ -1171,6 +1473,20 @@ static int ds_cut(struct ds *ds, uint64_t ino, uint64_t size)
 }
 
 /* ds_cut under the cut lock: no repair may recreate a chunk it deletes. */
+void ds_chunk_lock(void *ctx, uint64_t ino, uint32_t idx, bool lock)
+{
+	struct ds *ds = ctx;
+	pthread_mutex_t *sl = ds_stripe(ds, ino, idx);
+
+	if (lock) {
+		pthread_rwlock_rdlock(&ds->cut_lock);
+		pthread_mutex_lock(sl);
+	} else {
+		pthread_mutex_unlock(sl);
+		pthread_rwlock_unlock(&ds->cut_lock);
+	}
+}
+
 static int ds_cut_locked(struct ds *ds, uint64_t ino, uint64_t size)
 {
 	pthread_rwlock_wrlock(&ds->cut_lock);
@@ -1579,8 +1895,8 @@ static uint64_t ds_check_placement(struct ds_checker *ck, const struct ds_cent *
 		struct ds_tgt *t = &ds->targets[e[i].tgt];
 		struct sm_target *sm = ds_tsm(t);
 		if (!ds_snap_has(s, t)) {
-			if (e[i].length == 0)
-				continue; /* holds no bytes: nothing to read back wrongly */
+			if (e[i].length == 0 || ds_chain_keeps(ds, ds_chain_of(ds, ino, idx), t))
+				continue; /* no bytes to read back wrongly, or kept for a resync */
 			ck->res->strays++;
 			bool fixed = ck->repair && sm->ops->truncate(sm, ino, idx, 0) == 0;
 			ds_check_report(ck, "stray", ino, idx, t, fixed);
@@ -1876,12 +2192,17 @@ static int ds_attach(struct ds *ds, struct ds_tgt *t, char *err, size_t errlen)
 		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", ds->volume_uuid);
 		char serr[512] = "";
 		struct sm_target *sm = NULL;
-		r = sm_open(t->url, &expect, &sm, serr, sizeof(serr));
-		if (r < 0)
+		r = ds->target_url ? ds->target_url(ds->cb_ctx, t->id, t->url, sizeof(t->url)) : 0;
+		if (r == 0)
+			r = ds_sm_open(t->url, &expect, &sm, serr, sizeof(serr));
+		if (r < 0) {
 			snprintf(err, errlen, "target %u (%s): %s", t->id, t->url,
 				 serr[0] ? serr : strerror(-r));
-		else
+		} else {
+			rpc_target_set_chain_fn(sm, ds_rpc_chain, ds); /* -EINVAL: not remote */
+			t->owned = true;
 			__atomic_store_n(&t->sm, sm, __ATOMIC_RELEASE);
+		}
 	}
 	pthread_mutex_unlock(&ds->open_lock);
 	return r;
@@ -1901,46 +2222,15 @@ struct ds_rebuilder {
  * lacks is deleted (truncate to 0). Called with the chunk's stripe lock. */
 static int ds_rebuild_chunk(struct ds_rebuilder *rb, uint64_t ino, uint32_t idx, bool *ret_absent)
 {
-	struct sm_target *s = ds_tsm(rb->src), *d = ds_tsm(rb->dst);
-	uint64_t len = 0;
-	int r = s->ops->chunk_length(s, ino, idx, &len);
-	const char *what = "read";
-	struct ds_tgt *who = rb->src;
-	*ret_absent = r == -ENOENT;
-	if (r == -ENOENT) {
-		len = 0;
-		r = 0;
-	}
+	struct rp_copy c;
+	int r = rp_copy_chunk(ds_tsm(rb->src), ds_tsm(rb->dst), ino, idx, rb->buf, &c);
+	struct ds_tgt *who = c.dst_failed ? rb->dst : rb->src;
+
+	*ret_absent = c.absent;
+	rb->p.bytes_written += c.bytes_written;
 	if (r < 0)
-		goto fail;
-	for (uint64_t off = 0; off < len; off += DS_CHECK_PIECE) {
-		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - off);
-		ssize_t k = s->ops->read(s, ino, idx, rb->buf, n, off);
-		if (k < 0) {
-			r = (int)k;
-			goto fail;
-		}
-		bool zero = ds_all_zero(rb->buf, n);
-		r = zero ? d->ops->punch(d, ino, idx, off, n)
-			 : (int)d->ops->write(d, ino, idx, rb->buf, n, off);
-		if (r < 0) {
-			what = "write";
-			who = rb->dst;
-			goto fail;
-		}
-		if (!zero)
-			rb->p.bytes_written += n;
-	}
-	r = d->ops->truncate(d, ino, idx, len);
-	if (r < 0) {
-		what = "truncate";
-		who = rb->dst;
-		goto fail;
-	}
-	return 0;
-fail:
-	snprintf(rb->err, rb->errlen, "cannot %s chunk %llu.%u on target %u (%s): %s", what,
-		 (unsigned long long)ino, idx, who->id, who->url, strerror(-r));
+		snprintf(rb->err, rb->errlen, "cannot %s chunk %llu.%u on target %u (%s): %s",
+			 c.what, (unsigned long long)ino, idx, who->id, who->url, strerror(-r));
 	return r;
 }
 
@@ -2040,7 +2330,7 @@ int ds_rebuild(struct ds *ds, uint32_t chain_id, uint32_t target_id, ds_progress
 	}
 	ds_keep_chain(ds, &src, ci);
 	ds_keep_chain(ds, &dst, ci);
-	rb.buf = malloc(DS_CHECK_PIECE);
+	rb.buf = malloc(RP_PIECE);
 	if (!rb.buf) {
 		snprintf(err, errlen, "out of memory");
 		r = -ENOMEM;
@@ -2247,8 +2537,9 @@ int ds_purge_strays(struct ds *ds, uint32_t target_id, uint64_t *ret_removed, ch
 		pthread_mutex_t *sl = ds_stripe(ds, e->ino, e->idx);
 		struct ds_snap s;
 		pthread_mutex_lock(sl);
-		ds_snap(ds, ds_chain_of(ds, e->ino, e->idx), &s);
-		if (!ds_snap_has(&s, t)) {
+		unsigned ci = ds_chain_of(ds, e->ino, e->idx);
+		ds_snap(ds, ci, &s);
+		if (!ds_snap_has(&s, t) && !ds_chain_keeps(ds, ci, t)) {
 			r = sm->ops->truncate(sm, e->ino, e->idx, 0);
 			if (r == 0)
 				removed++;

@@ -29,6 +29,13 @@
  *         fails a read is reported like a failed write and the read is retried on the next.
  *   DS-3  Overlapping writes to one chunk are applied in the same order on every replica
  *         (the caller's per-inode ordering plus the per-chunk lock here).
+ *   DS-5  (forward mode) A request the primary refused or could not be asked is retried on
+ *         the primary of the chain as committed (chain_refresh), never on another member of
+ *         a chain this ds merely remembers: the committed chain is the only one whose members
+ *         all hold every acknowledged write. Retries of a mutation carry new write ids:
+ *         re-applying the same bytes at the same place is harmless while the caller keeps
+ *         writes of one inode from overlapping, whereas a write id already answered by a
+ *         former secondary would not reach the members after it.
  *   DS-4  A replica read that fails its store's checksum (-EBADMSG) is NOT a replica failure:
  *         the chain is left as it is, and the read is served by the next in-chain replica
  *         whose copy verifies. Before the read returns, every copy that failed is rewritten
@@ -60,14 +67,23 @@ enum ds_consistency { DS_STRONG = 0, DS_WEAK = 1 };
 struct ds_target_cfg {
 	uint32_t id;
 	char url[1024];
-	bool up; /* false: known offline, never used */
+	bool up;	      /* false: known offline, never used */
+	struct sm_target *sm; /* already open (not owned: it outlives the ds), or NULL */
 };
+
+#define DS_MAX_KEEP (2 * DS_MAX_REPLICAS)
 
 struct ds_chain_cfg {
 	uint32_t id;
 	uint64_t epoch;
 	uint32_t nmembers;
 	uint32_t members[DS_MAX_REPLICAS]; /* target ids, [0] = primary */
+	/* Targets that are not members but hold chunks of the chain that must stay: syncing and
+	 * away ones (META-13), whose copies a resync brings up to date instead of a full copy.
+	 * ds never reads or writes them for the chain; ds_check and ds_purge_strays do not count
+	 * or delete their chunks of the chain as strays. Unknown ids are ignored. */
+	uint32_t nkeep;
+	uint32_t keep[DS_MAX_KEEP];
 };
 
 /* Called when a member of a chain failed (DS-1). The callee must commit, durably, the chain
@@ -85,6 +101,10 @@ typedef int (*ds_chain_failed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
 typedef int (*ds_chain_changed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
 				   const uint32_t *new_members, uint32_t nnew, uint64_t *ret_epoch);
 
+/* Forwarding mode: read chain chain_id from where it is committed (the metadata database) into
+ * *ret. 0 or -errno. Any thread; no ds lock held. */
+typedef int (*ds_chain_refresh_fn)(void *ctx, uint32_t chain_id, struct ds_chain_cfg *ret);
+
 struct ds_config {
 	uint32_t chunk_size;
 	enum ds_consistency consistency;
@@ -96,6 +116,23 @@ struct ds_config {
 	ds_chain_failed_fn chain_failed;
 	ds_chain_changed_fn chain_changed; /* may be NULL */
 	void *cb_ctx;
+	/* Served chains (docs/distributed.md, DS-5). forward: every chunk request goes to the
+	 * chain's primary only, whose node applies it to every member; this ds never changes a
+	 * chain (chain_failed is not called): when the primary fails or answers that the epoch
+	 * is stale or that it is fenced, the chain is re-read through chain_refresh and the
+	 * request retried on the new primary, for at most stall_ms (default 20000) without a
+	 * change before -EIO. Weak consistency is then the primaries' business: this ds acts
+	 * strong (fsync reaches every in-chain member). */
+	bool forward;
+	ds_chain_refresh_fn chain_refresh;
+	unsigned stall_ms;
+	/* A target that does not open is left closed (ds_open does not fail) and opening it is
+	 * tried again, at most once a second, when it is used: remote targets whose node is down
+	 * now may come back. */
+	bool lazy_open;
+	/* Optional: the URL to open target id with now (e.g. through its node's current
+	 * address), asked before every attempt to open it; 0 or -errno (no attempt). */
+	int (*target_url)(void *ctx, uint32_t id, char *url, size_t len);
 };
 
 struct ds_stats {
@@ -164,6 +201,26 @@ struct ds_target_stat {
 };
 /* Every configured target, in configuration order; returns the count (at most max). */
 int ds_target_stats(struct ds *ds, struct ds_target_stat *ret, unsigned max);
+
+/* Install chain c (its id names it) when its epoch is newer than the one held: a chain table
+ * re-read from the database (DIST-2). 0 (also when not newer), -ENOENT unknown chain or a
+ * member this ds does not know. */
+int ds_chain_load(struct ds *ds, const struct ds_chain_cfg *c);
+/* The chain of chunk (ino, idx) as held now: 0 and *ret, or -ENOENT (no chains). */
+int ds_chunk_chain(struct ds *ds, uint64_t ino, uint32_t idx, struct ds_chain_cfg *ret);
+/* One chunk request applied through its chain, as a chain's primary node does for a client
+ * (DIST-3): under the chunk's stripe lock, on every member, DS-1 for those that fail. */
+enum ds_chunk_kind { DS_CHUNK_WRITE, DS_CHUNK_TRUNCATE, DS_CHUNK_PUNCH, DS_CHUNK_ALLOCATE };
+int ds_chunk_apply(struct ds *ds, enum ds_chunk_kind kind, uint64_t ino, uint32_t idx, uint64_t off,
+		   uint64_t len, const void *data);
+/* The lock a repair running beside this ds takes around each chunk copy (repair.h's
+ * rp_lock_fn: pass the ds as ctx): lock takes the cut lock shared, then the chunk's stripe lock
+ * — what every mutation of the chunk holds while it applies to all replicas (DS-3), and what
+ * a whole-chunk delete (remove, trim, shrinking truncate) excludes — and unlock releases
+ * both. A write to the chunk then lands wholly before or wholly after the copy, and a chunk
+ * a concurrent remove deleted is never brought back. Held for one chunk copy at a time; the
+ * caller must not call into ds while holding it. */
+void ds_chunk_lock(void *ds, uint64_t ino, uint32_t idx, bool lock);
 
 /* Current chain table snapshot (for status / tests). Returns count. */
 int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max);

@@ -807,7 +807,13 @@ void rpc_server_handle(void *ctx, struct xp_req *req)
 	struct proto_body out;
 	memset(&out, 0, sizeof(out));
 	void *buf = NULL;
-	int r = srv_exec(t, req, &out, &buf);
+	int r = RPC_LOCAL;
+	if (s->cfg.forward && h->chain != PROTO_NO_CHAIN &&
+	    (h->op == PROTO_OP_WRITE || h->op == PROTO_OP_TRUNCATE || h->op == PROTO_OP_PUNCH ||
+	     h->op == PROTO_OP_ALLOCATE))
+		r = s->cfg.forward(s->cfg.ctx, req);
+	if (r == RPC_LOCAL)
+		r = srv_exec(t, req, &out, &buf);
 	if (dedupe)
 		dd_end(s, b->origin, b->write_id, r);
 	if (r < 0)

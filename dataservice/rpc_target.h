@@ -50,6 +50,7 @@
 #include "storemgr/sm.h"
 
 #define RPC_RETRIES 2
+#define RPC_LOCAL   1 /* rpc_server_cfg.forward: apply the request here */
 
 extern const struct sm_ops rpc_target_ops;
 
@@ -85,6 +86,11 @@ struct rpc_server_cfg {
 	struct sm_target *const *targets; /* not owned; they outlive the server */
 	unsigned ntargets;
 	rpc_epoch_fn check_epoch; /* NULL: every epoch is accepted */
+	/* Optional (DIST-3): offered every mutating chunk request (WRITE, TRUNCATE, PUNCH,
+	 * ALLOCATE) after check_epoch and deduplication accepted it. Returns RPC_LOCAL to have
+	 * it applied to the named target here (a replica's copy), else its outcome, 0 or -errno
+	 * (a chain's primary applied it to every member). Runs on a worker; may block. */
+	int (*forward)(void *ctx, const struct xp_req *req);
 	void *ctx;
 	unsigned origins;    /* deduplication: origins remembered (default 1024) */
 	unsigned window;     /* write ids remembered per origin, a power of 2 (default 1024) */

@@ -20,6 +20,7 @@ static const char usage[] =
     "  device   block devices of this machine; add, drain, remove targets\n"
     "  quota    set, show or clear a directory quota\n"
     "  scrub    verify every replica's checksums and contents, repair (mounted or not)\n"
+    "  serve    run this node of a distributed volume (targets, lease, replication)\n"
     "\n"
     "Run 'braidfs COMMAND --help' for a command's options.\n"
     "\n"
@@ -50,7 +51,7 @@ int main(int argc, char **argv)
 	    {"format", cmd_format},  {"mount", cmd_mount},   {"umount", cmd_umount},
 	    {"unmount", cmd_umount}, {"status", cmd_status}, {"fsck", cmd_fsck},
 	    {"bench", cmd_bench},    {"device", cmd_device}, {"quota", cmd_quota},
-	    {"scrub", cmd_scrub},
+	    {"scrub", cmd_scrub},    {"serve", cmd_serve},
 	};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (!strcmp(cmd, cmds[i].name))

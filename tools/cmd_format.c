@@ -39,6 +39,10 @@ static const char help[] =
     "                                      64 MiB, on a file system with O_DIRECT\n"
     "                                      (create it: truncate -s 10G PATH)\n"
     "             faulty:/PATH is a dir: target that fails on command (docs/cli.md)\n"
+    "             NODE@URL: a target served by the node called NODE (its `braidfs\n"
+    "             serve` daemon, docs/distributed.md); clients reach it through that\n"
+    "             node's address. Either every target names its node or none does.\n"
+    "             Format opens URL from the host it runs on\n"
     "\n"
     "Every target joins a pool, and a chain (the targets that hold one share of the\n"
     "chunks) takes its members from one pool, on different nodes where the pool spans\n"
@@ -79,6 +83,8 @@ static const char help[] =
     "          file:/srv/images/t2.img\n"
     "  braidfs format postgres://braidfs@db1:5432/braidfs vol1 \\\n"
     "          dir:/srv/nas/t1 dir:/srv/nas/t2\n"
+    "  braidfs format --replicas 3 postgres://braidfs@db1/braidfs vol3 \\\n"
+    "          n1@file:/srv/n1.img n2@file:/srv/n2.img n3@file:/srv/n3.img\n"
     "\n"
     "Exit status: 0 formatted, 1 failed (nothing was overwritten), 2 usage error.\n";
 
@@ -278,6 +284,29 @@ int cmd_format(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	char err[1024] = "";
+	/* NODE@URL: a target of a distributed volume, served by node NODE (docs/distributed.md) */
+	char(*tnode)[META_NODE_MAX] = calloc(ntargets, sizeof(*tnode));
+	if (!tnode) {
+		die_msg("format", "out of memory");
+		return 1;
+	}
+	for (unsigned i = 0; i < ntargets; i++) {
+		char *at = strchr(targets[i], '@'), *colon = strchr(targets[i], ':');
+		if (!at || (colon && colon < at))
+			continue;
+		*at = '\0';
+		if (!valid_name(targets[i]) || strlen(targets[i]) >= META_NODE_MAX) {
+			die_msg(
+			    "format",
+			    "invalid node name '%s' in target %s@%s (1-63 characters of A-Z a-z "
+			    "0-9 . _ -)",
+			    targets[i], targets[i], at + 1);
+			free(tnode);
+			return EXIT_USAGE;
+		}
+		snprintf(tnode[i], sizeof(tnode[i]), "%s", targets[i]);
+		targets[i] = at + 1;
+	}
 	for (unsigned i = 0; i < ntargets; i++) {
 		if (!sm_ops_for(targets[i])) {
 			struct url u;
@@ -288,11 +317,13 @@ int cmd_format(int argc, char **argv)
 					"unknown target kind '%s:' in %s (expected dir:/PATH, "
 					"file:/dev/NAME or file:/PATH/IMAGE)",
 					u.scheme, targets[i]);
+			free(tnode);
 			return EXIT_USAGE;
 		}
 		for (unsigned j = 0; j < i; j++)
 			if (!strcmp(targets[i], targets[j])) {
 				die_msg("format", "target %s is given twice", targets[i]);
+				free(tnode);
 				return EXIT_USAGE;
 			}
 	}
@@ -300,7 +331,23 @@ int cmd_format(int argc, char **argv)
 	/* Pools (PL): every target's pool, and in every pool room for the replicas. */
 	struct meta_target *mt = calloc(ntargets, sizeof(*mt));
 	struct meta_chain *ch = calloc((size_t)nchains, sizeof(*ch));
+	bool distributed = false;
+	for (unsigned i = 0; i < ntargets; i++)
+		distributed |= tnode[i][0] != '\0';
+	for (unsigned i = 0; i < ntargets && distributed; i++)
+		if (!tnode[i][0]) {
+			die_msg(
+			    "format",
+			    "target %s names no node: in a volume of serve nodes every target is "
+			    "NODE@URL",
+			    targets[i]);
+			free(tnode);
+			free(mt);
+			free(ch);
+			return EXIT_USAGE;
+		}
 	if (!mt || !ch) {
+		free(tnode);
 		free(mt);
 		free(ch);
 		die_msg("format", "out of memory");
@@ -314,8 +361,9 @@ int cmd_format(int argc, char **argv)
 		enum sm_media media = sm_media_for_url(&env, targets[i]);
 		snprintf(mt[i].media, sizeof(mt[i].media), "%s", sm_media_name(media));
 		snprintf(mt[i].pool, sizeof(mt[i].pool), "%s", pool ? pool : mt[i].media);
-		snprintf(mt[i].node, sizeof(mt[i].node), "%s", host);
+		snprintf(mt[i].node, sizeof(mt[i].node), "%s", tnode[i][0] ? tnode[i] : host);
 	}
+	free(tnode);
 	for (unsigned i = 0; i < ntargets; i++) {
 		unsigned n = 0;
 		for (unsigned j = 0; j < ntargets; j++)
@@ -381,7 +429,12 @@ int cmd_format(int argc, char **argv)
 	unsigned done = 0;
 	for (unsigned i = 0; i < ntargets; i++) {
 		mt[i].id = i + 1;
-		snprintf(mt[i].url, sizeof(mt[i].url), "%s", targets[i]);
+		/* a served target keeps its NODE@ prefix in its row: clients reach it through that
+		 * node (docs/distributed.md) */
+		if (distributed)
+			snprintf(mt[i].url, sizeof(mt[i].url), "%s@%s", mt[i].node, targets[i]);
+		else
+			snprintf(mt[i].url, sizeof(mt[i].url), "%s", targets[i]);
 		uuid_generate_str(mt[i].uuid);
 		mt[i].state = META_TARGET_UP;
 		struct sm_identity id = {.format_version = SM_FORMAT_VERSION,

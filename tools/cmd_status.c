@@ -23,7 +23,19 @@ static const char help[] =
     "target with its state (up, offline, unreachable, draining, drained, removed), pool,\n"
     "node, media class, the number of chains it is a member of, space and chunk count,\n"
     "and every chain (the ordered list of targets that hold a share of the chunks; the\n"
-    "first is the primary) with its epoch.\n"
+    "first is the primary) with its epoch. A chain also lists its targets that are\n"
+    "syncing (they receive new writes while a resync or rebuild copies what they lack;\n"
+    "they serve no reads yet) and away (out after a failure, expected back; with how long\n"
+    "ago they left), when it has any.\n"
+    "\n"
+    "A volume shared by several nodes (postgres://) also shows its nodes: name, address,\n"
+    "state, how long its lease still runs and how long ago it last sent a heartbeat, both\n"
+    "by the database's clock (a node whose lease ran out stops acknowledging writes).\n"
+    "\n"
+    "Repairs: every resync or rebuild that runs or ran without being finished (a target\n"
+    "made a full member again drops its row): its kind, chain, target, chunks done of\n"
+    "the total, bytes copied, rate, estimated time left, and how long ago it last\n"
+    "reported progress.\n"
     "\n"
     "Counters: when the volume is mounted, the mount process's data service counts\n"
     "bytes read and written, replica failures, and checksum errors met by reads and\n"
@@ -37,6 +49,132 @@ static const char help[] =
     "Exit status: 0 every target that serves (up or draining) is reachable and none is\n"
     "offline, 1 otherwise (or the volume cannot be read), 2 usage error. Drained and\n"
     "removed targets do not count.\n";
+
+/* A duration for people: 850ms, 12.3s, 4m05s, 2h03m, 3d04h. */
+static const char *fmt_dur(int64_t ns, char *buf, size_t len)
+{
+	int64_t s = ns / 1000000000;
+
+	if (ns < 0)
+		snprintf(buf, len, "-");
+	else if (ns < 1000000000)
+		snprintf(buf, len, "%lldms", (long long)(ns / 1000000));
+	else if (s < 60)
+		snprintf(buf, len, "%.1fs", ns / 1e9);
+	else if (s < 3600)
+		snprintf(buf, len, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+	else if (s < 86400)
+		snprintf(buf, len, "%lldh%02lldm", (long long)(s / 3600),
+			 (long long)(s % 3600 / 60));
+	else
+		snprintf(buf, len, "%lldd%02lldh", (long long)(s / 86400),
+			 (long long)(s % 86400 / 3600));
+	return buf;
+}
+
+/* The nodes of a shared volume (META_CAP_CLUSTER); nothing for a one-node engine. */
+static void status_nodes(struct vol *v)
+{
+	struct meta_node *n = NULL;
+	char b1[32], b2[32];
+	int cnt = META_CALL_OPT(v->meta, nodes_list, NULL, 0);
+
+	if (cnt == -EOPNOTSUPP)
+		return;
+	if (cnt > 0) {
+		n = calloc((size_t)cnt, sizeof(*n));
+		cnt = n ? META_CALL_OPT(v->meta, nodes_list, n, (unsigned)cnt) : -ENOMEM;
+	}
+	printf("\nnodes\n");
+	if (cnt < 0)
+		printf("  ? (%s)\n", strerror(-cnt));
+	else if (cnt == 0)
+		printf("  none registered (no braidfs serve has started)\n");
+	else
+		printf("  %-3s %-16s %-8s %-12s %-12s %s\n", "ID", "NAME", "STATE", "LEASE",
+		       "HEARTBEAT", "ADDRESS");
+	for (int i = 0; i < cnt && n; i++) {
+		bool expired = n[i].lease_remaining_ns <= 0;
+		const char *state = n[i].state == META_NODE_DOWN ? "down"
+				    : expired			 ? "expired"
+								 : "up";
+		char lease[48], hb[48];
+
+		if (expired)
+			snprintf(lease, sizeof(lease), "-");
+		else
+			snprintf(lease, sizeof(lease), "%s left",
+				 fmt_dur(n[i].lease_remaining_ns, b1, sizeof(b1)));
+		snprintf(hb, sizeof(hb), "%s ago", fmt_dur(n[i].heartbeat_age_ns, b2, sizeof(b2)));
+		printf("  %-3u %-16s %-8s %-12s %-12s %s\n", n[i].id, n[i].name, state, lease, hb,
+		       n[i].address);
+	}
+	free(n);
+}
+
+/* A chain's syncing and away targets, after its members (nothing when it has none). */
+static void status_chain_roles(const struct meta_chain *ch)
+{
+	char b1[32];
+
+	for (unsigned k = 0; k < ch->nsyncing; k++)
+		printf("%s%u", k ? ", " : "   syncing ", ch->syncing[k]);
+	for (unsigned k = 0; k < ch->naway; k++)
+		printf("%s%u (%s)", k ? ", " : "   away ", ch->away[k],
+		       fmt_dur(ch->away_ns[k], b1, sizeof(b1)));
+}
+
+/* Resync and rebuild progress (META-17); nothing when none runs on a one-node volume. */
+static void status_repairs(struct vol *v, bool cluster)
+{
+	struct meta_repair *rp = NULL;
+	char b1[32], b2[32], b3[32], b4[32];
+	int n = META_CALL(v->meta, repairs_list, NULL, 0);
+
+	if (n > 0) {
+		rp = calloc((size_t)n, sizeof(*rp));
+		n = rp ? META_CALL(v->meta, repairs_list, rp, (unsigned)n) : -ENOMEM;
+	}
+	if (n == 0 && !cluster)
+		return;
+	printf("\nrepairs\n");
+	if (n < 0)
+		printf("  ? (%s)\n", strerror(-n));
+	else if (n == 0)
+		printf("  none running\n");
+	else
+		printf("  %-8s %-5s %-6s %-17s %-10s %-11s %-8s %s\n", "KIND", "CHAIN", "TARGET",
+		       "DONE/TOTAL", "COPIED", "RATE", "ETA", "UPDATED");
+	for (int i = 0; i < n && rp; i++) {
+		const struct meta_repair *r = &rp[i];
+		char done[40], rate[40], eta[32];
+		int64_t left = -1;
+
+		/* a resync knows its total from the start (dirty_count); a rebuild once it listed
+		 * the source */
+		bool known = r->chunks_total || r->kind == META_REPAIR_RESYNC;
+
+		if (known)
+			snprintf(done, sizeof(done), "%llu/%llu",
+				 (unsigned long long)r->chunks_done,
+				 (unsigned long long)r->chunks_total);
+		else
+			snprintf(done, sizeof(done), "%llu/?", (unsigned long long)r->chunks_done);
+		snprintf(rate, sizeof(rate), "%s/s", fmt_size(r->rate, b2, sizeof(b2)));
+		if (known && r->chunks_done >= r->chunks_total)
+			left = 0;
+		else if (r->chunks_done && r->chunks_total > r->chunks_done)
+			left =
+			    (int64_t)((double)r->elapsed_ns *
+				      (double)(r->chunks_total - r->chunks_done) / r->chunks_done);
+		snprintf(eta, sizeof(eta), "%s", left < 0 ? "?" : fmt_dur(left, b3, sizeof(b3)));
+		printf("  %-8s %-5u %-6u %-17s %-10s %-11s %-8s %s ago\n",
+		       meta_repair_kind_name(r->kind), r->chain, r->target, done,
+		       fmt_size(r->bytes_done, b1, sizeof(b1)), rate, eta,
+		       fmt_dur(r->updated_ns, b4, sizeof(b4)));
+	}
+	free(rp);
+}
 
 int cmd_status(int argc, char **argv)
 {
@@ -83,6 +221,7 @@ int cmd_status(int argc, char **argv)
 			       h[i].mnt[0] ? h[i].mnt : "?", vol_holder_pid(&h[i], hp, sizeof(hp)));
 	}
 	free(h);
+	bool cluster = meta_ops_of(v.meta)->caps & META_CAP_CLUSTER;
 	struct meta_statfs ms = {0};
 	if (META_CALL(v.meta, statfs, &ms) == 0)
 		printf("files     %llu inode(s), %s in files\n", (unsigned long long)ms.inodes,
@@ -118,6 +257,8 @@ int cmd_status(int argc, char **argv)
 			printf("          %s not yet on every replica (weak consistency)\n",
 			       fmt_size(ds.repl_lag_bytes, b1, sizeof(b1)));
 	}
+
+	status_nodes(&v);
 
 	int rc = 0;
 	struct sm_counters *cnt = calloc(v.ntargets + 1, sizeof(*cnt));
@@ -210,10 +351,12 @@ int cmd_status(int argc, char **argv)
 		printf("  %-3u %-6llu", ch->id, (unsigned long long)ch->epoch);
 		for (unsigned k = 0; k < ch->nmembers; k++)
 			printf("%s%u", k ? ", " : " ", ch->members[k]);
+		status_chain_roles(ch);
 		if (ch->nmembers < v.info.replicas)
 			printf("   (degraded: %u of %u replicas)", ch->nmembers, v.info.replicas);
 		printf("\n");
 	}
+	status_repairs(&v, cluster);
 	vol_close(&v);
 	return rc;
 }

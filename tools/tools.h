@@ -62,6 +62,16 @@ int vol_reload(struct vol *v, char *err, size_t errlen);
 bool vol_target_in_data(const struct meta_target *t);
 /* Does it serve I/O: up, or draining (still in chains while they move away)? */
 bool vol_target_serves(const struct meta_target *t);
+/* A target URL of a distributed volume is NODE@URL (docs/distributed.md): NODE into node
+ * (len bytes; "" when the URL names no node) and the URL after it returned. */
+const char *vol_target_node(const char *url, char *node, size_t len);
+/* The URL of target id of a distributed volume: tcp://ADDRESS/ID through the address of its
+ * node (nodes table) if that node is up, then query ("?k=v..."; may be NULL). -ENOENT: the
+ * target names no node; -EHOSTUNREACH: its node is not up. */
+int vol_resolve_target(struct meta *m, const struct meta_target *targets, unsigned ntargets,
+		       uint32_t id, const char *query, char *url, size_t len);
+/* Does the volume have targets served by nodes (NODE@URL)? */
+bool vol_distributed(const struct vol *v);
 /* Open every target through the data service: up and draining ones opened, offline and
  * drained ones known but closed (a rebuild opens them on demand), removed ones left out. */
 int vol_open_data(struct vol *v, char *err, size_t errlen);
@@ -111,5 +121,6 @@ int cmd_fsck(int argc, char **argv);
 int cmd_device(int argc, char **argv);
 int cmd_quota(int argc, char **argv);
 int cmd_scrub(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 #endif

@@ -158,6 +158,8 @@ static int chain_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t f
 {
 	struct vol *v = ctx;
 	int r = META_CALL(v->meta, chain_update, chain_id, epoch, members, n, ret_epoch);
+	if (r == -ESTALE)
+		r = -EIO; /* ds passes -ESTALE up; a write of a one-process volume fails with EIO */
 	if (r == 0)
 		r = META_CALL(v->meta, target_set_state, failed_target, META_TARGET_OFFLINE);
 	if (r == 0)
@@ -184,8 +186,85 @@ static int chain_changed(void *ctx, uint32_t chain_id, uint64_t epoch, const uin
 	return r;
 }
 
+const char *vol_target_node(const char *url, char *node, size_t len)
+{
+	const char *at = strchr(url, '@'), *colon = strchr(url, ':');
+	if (len)
+		node[0] = '\0';
+	if (!at || (colon && colon < at))
+		return url;
+	snprintf(node, len, "%.*s", (int)(at - url), url);
+	return at + 1;
+}
+
+int vol_resolve_target(struct meta *m, const struct meta_target *targets, unsigned ntargets,
+		       uint32_t id, const char *query, char *url, size_t len)
+{
+	char tnode[META_NODE_MAX] = "";
+	for (unsigned i = 0; i < ntargets; i++)
+		if (targets[i].id == id)
+			vol_target_node(targets[i].url, tnode, sizeof(tnode));
+	if (!tnode[0])
+		return -ENOENT;
+	struct meta_node *nodes = calloc(VOL_HOLDERS_MAX, sizeof(*nodes));
+	if (!nodes)
+		return -ENOMEM;
+	int r = META_CALL_OPT(m, nodes_list, nodes, VOL_HOLDERS_MAX);
+	int found = -EHOSTUNREACH; /* the node never registered, or is down */
+	for (int i = 0; i < r && i < VOL_HOLDERS_MAX; i++)
+		if (!strcmp(nodes[i].name, tnode) && nodes[i].state == META_NODE_UP) {
+			snprintf(url, len, "tcp://%s/%u%s", nodes[i].address, id,
+				 query ? query : "");
+			found = 0;
+		}
+	free(nodes);
+	return r < 0 ? r : found;
+}
+
+/* A distributed volume (DS-5): target id is reached through its node's current address. */
+static int vol_remote_url(void *ctx, uint32_t id, char *url, size_t len)
+{
+	struct vol *v = ctx;
+	return vol_resolve_target(v->meta, v->targets, v->ntargets, id, NULL, url, len);
+}
+
+/* DS-5: the chain as committed. */
+static int vol_chain_refresh(void *ctx, uint32_t chain_id, struct ds_chain_cfg *ret)
+{
+	struct vol *v = ctx;
+	struct meta_chain *c = calloc(META_MAX_CHAINS, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	int r = META_CALL(v->meta, chains_list, c, META_MAX_CHAINS);
+	int found = r < 0 ? r : -ENOENT;
+	for (int i = 0; i < r && i < META_MAX_CHAINS; i++) {
+		if (c[i].id != chain_id)
+			continue;
+		memset(ret, 0, sizeof(*ret));
+		ret->id = c[i].id;
+		ret->epoch = c[i].epoch;
+		ret->nmembers = c[i].nmembers;
+		memcpy(ret->members, c[i].members, c[i].nmembers * sizeof(c[i].members[0]));
+		found = 0;
+	}
+	free(c);
+	return found;
+}
+
+bool vol_distributed(const struct vol *v)
+{
+	char node[META_NODE_MAX];
+	for (unsigned i = 0; i < v->ntargets; i++) {
+		vol_target_node(v->targets[i].url, node, sizeof(node));
+		if (node[0])
+			return true;
+	}
+	return false;
+}
+
 int vol_open_data(struct vol *v, char *err, size_t errlen)
 {
+	bool remote = vol_distributed(v);
 	struct ds_target_cfg *t = calloc(v->ntargets ? v->ntargets : 1, sizeof(*t));
 	struct ds_chain_cfg *c = calloc(v->nchains ? v->nchains : 1, sizeof(*c));
 	unsigned nt = 0;
@@ -197,7 +276,7 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 			continue;
 		t[nt].id = v->targets[i].id;
 		snprintf(t[nt].url, sizeof(t[nt].url), "%s", v->targets[i].url);
-		t[nt].up = vol_target_serves(&v->targets[i]);
+		t[nt].up = remote || vol_target_serves(&v->targets[i]);
 		nt++;
 	}
 	for (unsigned i = 0; i < v->nchains; i++) {
@@ -205,6 +284,11 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 		c[i].epoch = v->chains[i].epoch;
 		c[i].nmembers = v->chains[i].nmembers;
 		memcpy(c[i].members, v->chains[i].members, sizeof(c[i].members));
+		/* syncing and away targets keep their chunks of the chain for a resync (META-13) */
+		for (uint32_t k = 0; k < v->chains[i].nsyncing; k++)
+			c[i].keep[c[i].nkeep++] = v->chains[i].syncing[k];
+		for (uint32_t k = 0; k < v->chains[i].naway; k++)
+			c[i].keep[c[i].nkeep++] = v->chains[i].away[k];
 	}
 	struct ds_config cfg = {
 	    .chunk_size = v->info.chunk_size,
@@ -216,6 +300,11 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 	    .chain_failed = chain_failed,
 	    .chain_changed = chain_changed,
 	    .cb_ctx = v,
+	    /* a volume of serve nodes: chains are served by their primaries (DS-5) */
+	    .forward = remote,
+	    .lazy_open = remote,
+	    .chain_refresh = remote ? vol_chain_refresh : NULL,
+	    .target_url = remote ? vol_remote_url : NULL,
 	};
 	snprintf(cfg.volume_uuid, sizeof(cfg.volume_uuid), "%s", v->info.uuid);
 	r = ds_open(&cfg, &v->ds, err, errlen);

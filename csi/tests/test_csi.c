@@ -54,6 +54,7 @@ static void t_vol_parse(void **state)
 	assert_int_equal(csi_vol_parse(&C, "pvc-2@sqlite:///etc/x.db", &v, &r),
 			 GRPC_STATUS_NOT_FOUND);
 	assert_int_equal(csi_vol_parse(&C, "..", &v, &r), GRPC_STATUS_NOT_FOUND);
+	assert_int_equal(csi_vol_parse(&C, ".creating-pvc-1", &v, &r), GRPC_STATUS_NOT_FOUND);
 	assert_int_equal(csi_vol_parse(&C, "a/b", &v, &r), GRPC_STATUS_NOT_FOUND);
 	assert_int_equal(csi_vol_parse(&C, "../../etc", &v, &r), GRPC_STATUS_NOT_FOUND);
 	assert_int_equal(csi_vol_parse(&C, "sp ace", &v, &r), GRPC_STATUS_NOT_FOUND);
@@ -68,6 +69,64 @@ static void t_vol_parse(void **state)
 	reply_free(&r);
 }
 
+static void t_vol_layout(void **state)
+{
+	struct csi_reply r = {0};
+	struct csi_vol v, w;
+
+	/* without --layout-dir a layout id names no volume */
+	assert_int_equal(csi_vol_parse(&C, "pvc-1@layout", &v, &r), GRPC_STATUS_NOT_FOUND);
+	C.layout_dir[0] = "/srv/l0";
+	C.layout_dir[1] = "/srv/l1";
+	C.nlayout = 2;
+	assert_int_equal(csi_vol_parse(&C, "pvc-1@layout", &v, &r), GRPC_STATUS_OK);
+	assert_true(v.layout);
+	assert_string_equal(v.meta, "sqlite:///srv/l0/pvc-1.db");
+	assert_string_equal(v.id, "pvc-1@layout");
+	assert_string_equal(v.fs_path, "/volumes/pvc-1");
+	assert_int_equal(csi_vol_parse(&C, "../x@layout", &v, &r), GRPC_STATUS_NOT_FOUND);
+	assert_int_equal(csi_vol_parse(&C, ".creating-x@layout", &v, &r), GRPC_STATUS_NOT_FOUND);
+	/* a copy names its own file system URL, not the original's buffer */
+	assert_int_equal(csi_vol_parse(&C, "pvc-2@layout", &v, &r), GRPC_STATUS_OK);
+	csi_vol_copy(&w, &v);
+	memset(&v, 0, sizeof(v));
+	assert_string_equal(w.meta, "sqlite:///srv/l0/pvc-2.db");
+	assert_ptr_equal(w.meta, w.own_meta);
+	/* a name turned into a layout volume */
+	assert_int_equal(csi_vol_from_name(&C, "my volume", C.meta[0], &v, &r), GRPC_STATUS_OK);
+	assert_int_equal(csi_layout_vol(&C, &v, &r), GRPC_STATUS_OK);
+	assert_memory_equal(v.id, "h-", 2);
+	assert_non_null(strstr(v.id, "@layout"));
+	reply_free(&r);
+}
+
+static void t_list_token(void **state)
+{
+	char dir[CSI_ID_MAX + 1];
+	unsigned i = 99;
+	static const char *const bad[] = {
+	    "",		 "invalid-token",    "v1:",	 "v1:0",    "v1:0:",
+	    "v1:2:x",	 "v1:9:x",	     "v1: 0:x",	 "v1:-0:x", "v1:+1:x",
+	    "v1:0:../x", "v1:0:.creating-x", "v1:0:a/b", "v2:0:x",  "v1:99999999999999999999:x",
+	    "v1:x:pvc",
+	};
+	assert_true(csi_list_token(&C, "v1:0:pvc-a", &i, dir, sizeof(dir)));
+	assert_int_equal(i, 0);
+	assert_string_equal(dir, "pvc-a");
+	assert_true(csi_list_token(&C, "v1:1:h-0123", &i, dir, sizeof(dir)));
+	assert_int_equal(i, 1);
+	for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++)
+		assert_false(csi_list_token(&C, bad[k], &i, dir, sizeof(dir)));
+	/* the layout segment exists only with --layout-dir */
+	C.layout_dir[0] = "/srv/l0";
+	C.nlayout = 1;
+	assert_true(csi_list_token(&C, "v1:2:x", &i, dir, sizeof(dir)));
+	assert_int_equal(i, 2);
+	assert_false(csi_list_token(&C, "v1:3:x", &i, dir, sizeof(dir)));
+	/* a dir longer than the caller's buffer */
+	assert_false(csi_list_token(&C, "v1:0:abcdef", &i, dir, 4));
+}
+
 static void t_vol_from_name(void **state)
 {
 	struct csi_reply r = {0};
@@ -75,6 +134,10 @@ static void t_vol_from_name(void **state)
 
 	assert_int_equal(csi_vol_from_name(&C, "pvc-123", C.meta[0], &a, &r), GRPC_STATUS_OK);
 	assert_string_equal(a.dir, "pvc-123");
+	/* a leading dot is the plugin's own (CSI-5): such a name is hashed */
+	assert_int_equal(csi_vol_from_name(&C, ".creating-pvc-123", C.meta[0], &a, &r),
+			 GRPC_STATUS_OK);
+	assert_memory_equal(a.dir, "h-", 2);
 	/* not a safe file name: a stable 128-bit hash, different for different names */
 	assert_int_equal(csi_vol_from_name(&C, "my volume/ä", C.meta[0], &a, &r), GRPC_STATUS_OK);
 	assert_int_equal(csi_vol_from_name(&C, "my volume/ä", C.meta[0], &b, &r), GRPC_STATUS_OK);
@@ -188,6 +251,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup(t_vol_parse, setup),
 	    cmocka_unit_test_setup(t_vol_from_name, setup),
+	    cmocka_unit_test_setup(t_vol_layout, setup),
+	    cmocka_unit_test_setup(t_list_token, setup),
 	    cmocka_unit_test_setup(t_capability, setup),
 	    cmocka_unit_test_setup(t_claim, setup),
 	    cmocka_unit_test_setup(t_map_roundtrip, setup),

@@ -1716,6 +1716,89 @@ static void test_scrub_concurrent_weak(void **state)
 	scrub_concurrent(*state, DS_WEAK);
 }
 
+/* A syncing or away target's chunks of a chain (ds_chain_cfg.keep) are not strays: fsck and
+ * ds_purge_strays leave them for the resync that brings them up to date. */
+static void test_keep_not_stray(void **state)
+{
+	struct dfx *f = *state;
+	make(f, 3, 2, NULL, DS_STRONG);
+	char *data = malloc(CS);
+	fill(data, CS, 23);
+	assert_int_equal(ds_write(f->ds, 90, data, CS, 0), CS);
+	unsigned ci = (unsigned)(((uint64_t)ds_ino_seed(90) + 0) % 3);
+	struct ds_chain_cfg *c = &f->chains[ci];
+	uint32_t z = 0;
+	for (unsigned t = 0; t < 3; t++)
+		if (f->targets[t].id != c->members[0] && f->targets[t].id != c->members[1])
+			z = f->targets[t].id;
+	/* z holds an old copy of chunk 90.0: it was a member before it went away */
+	struct sm_target *zt = NULL;
+	assert_int_equal(sm_open(f->targets[tindex(f, z)].url, NULL, &zt, f->err, sizeof(f->err)),
+			 0);
+	assert_int_equal(zt->ops->write(zt, 90, 0, data, 4096, 0), 4096);
+	sm_close(zt);
+
+	struct ds_check_result res;
+	uint64_t removed = 9;
+	for (int keep = 1; keep >= 0; keep--) {
+		c->nkeep = (uint32_t)keep;
+		c->keep[0] = z;
+		reopen(f, DS_STRONG);
+		assert_int_equal(ds_check(f->ds, false, NULL, NULL, NULL, &res), keep ? 0 : 1);
+		assert_int_equal(res.strays, keep ? 0 : 1);
+	}
+	c->nkeep = 1;
+	reopen(f, DS_STRONG);
+	assert_int_equal(ds_purge_strays(f->ds, z, &removed, f->err, sizeof(f->err)), 0);
+	assert_int_equal(removed, 0);
+	char p[400];
+	struct stat st;
+	chunk_path(f, tindex(f, z), 90, 0, p, sizeof(p));
+	assert_int_equal(stat(p, &st), 0);
+	free(data);
+}
+
+/* ds_chunk_lock: the lock a repair takes around a chunk copy holds off writes to that chunk
+ * and whole-chunk deletes of its inode until it is released. */
+struct locked_op {
+	struct dfx *f;
+	bool remove;
+	int done;
+	ssize_t r;
+};
+
+static void *locked_op_main(void *arg)
+{
+	struct locked_op *op = arg;
+	char buf[4096];
+
+	memset(buf, 'w', sizeof(buf));
+	op->r = op->remove ? ds_remove(op->f->ds, 5) : ds_write(op->f->ds, 5, buf, sizeof(buf), 0);
+	__atomic_store_n(&op->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void test_chunk_lock(void **state)
+{
+	struct dfx *f = *state;
+	make(f, 2, 2, NULL, DS_STRONG);
+	for (int k = 0; k < 2; k++) {
+		struct locked_op op = {.f = f, .remove = k == 1};
+		pthread_t th;
+
+		ds_chunk_lock(f->ds, 5, 0, true);
+		assert_int_equal(pthread_create(&th, NULL, locked_op_main, &op), 0);
+		usleep(100 * 1000);
+		/* still waiting (a machine too slow to have started it proves nothing, but never
+		 * fails) */
+		assert_int_equal(__atomic_load_n(&op.done, __ATOMIC_ACQUIRE), 0);
+		ds_chunk_lock(f->ds, 5, 0, false);
+		pthread_join(th, NULL);
+		assert_int_equal(op.done, 1);
+		assert_true(op.r >= 0);
+	}
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1758,6 +1841,8 @@ int main(void)
 	    T(test_rebuild),
 	    T(test_rebuild_errors),
 	    T(test_chain_move),
+	    T(test_chunk_lock),
+	    T(test_keep_not_stray),
 	    T(test_bench),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -111,6 +111,11 @@ const char *meta_target_state_name(enum meta_target_state s)
 	return (unsigned)s < META_TARGET_NSTATES ? names[s] : "?";
 }
 
+const char *meta_repair_kind_name(enum meta_repair_kind k)
+{
+	return k == META_REPAIR_RESYNC ? "resync" : k == META_REPAIR_REBUILD ? "rebuild" : "?";
+}
+
 bool meta_pool_name_ok(const char *s)
 {
 	size_t n = s ? strnlen(s, META_POOL_MAX) : 0;
@@ -493,4 +498,149 @@ void meta_finding(struct meta_checker *k, enum meta_finding kind, bool repaired,
 		break;
 	}
 	k->cb(k->ctx, what, a, repaired);
+}
+
+/* ---- chain roles, dirty refs, repairs (META-13..17) -------------------------------------- */
+
+unsigned meta_chain_slots(const struct meta_chain *c, uint32_t t[META_CHAIN_SLOTS],
+			  enum meta_role role[META_CHAIN_SLOTS])
+{
+	const uint32_t *lists[3] = {c->members, c->syncing, c->away};
+	const uint32_t counts[3] = {c->nmembers, c->nsyncing, c->naway};
+	unsigned n = 0;
+
+	for (int r = 0; r < 3; r++)
+		for (uint32_t i = 0; i < counts[r] && i < META_MAX_REPLICAS; i++) {
+			t[n] = lists[r][i];
+			role[n++] = (enum meta_role)r;
+		}
+	return n;
+}
+
+int meta_chain_roles_check(const struct meta_chain *in)
+{
+	uint32_t t[META_CHAIN_SLOTS];
+	enum meta_role role[META_CHAIN_SLOTS];
+	unsigned n;
+
+	if (!in || in->nmembers < 1 || in->nmembers > META_MAX_REPLICAS ||
+	    in->nsyncing > META_MAX_REPLICAS || in->naway > META_MAX_REPLICAS)
+		return -EINVAL;
+	n = meta_chain_slots(in, t, role);
+	for (unsigned i = 0; i < n; i++) {
+		if (t[i] < 1)
+			return -EINVAL;
+		for (unsigned j = 0; j < i; j++)
+			if (t[i] == t[j])
+				return -EINVAL;
+	}
+	return 0;
+}
+
+void meta_chain_begin(struct meta_chain *out, const struct meta_chain *cur)
+{
+	memset(out, 0, sizeof(*out));
+	out->id = cur->id;
+	out->epoch = cur->epoch;
+}
+
+void meta_chain_put(struct meta_chain *c, enum meta_role r, uint32_t t, int64_t away_ns)
+{
+	switch (r) {
+	case META_ROLE_MEMBER:
+		if (c->nmembers < META_MAX_REPLICAS)
+			c->members[c->nmembers++] = t;
+		break;
+	case META_ROLE_SYNCING:
+		if (c->nsyncing < META_MAX_REPLICAS)
+			c->syncing[c->nsyncing++] = t;
+		break;
+	case META_ROLE_AWAY:
+		if (c->naway < META_MAX_REPLICAS) {
+			c->away_ns[c->naway] = away_ns;
+			c->away[c->naway++] = t;
+		}
+		break;
+	}
+}
+
+static bool meta_u32_in(const uint32_t *v, uint32_t n, uint32_t x)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (v[i] == x)
+			return true;
+	return false;
+}
+
+void meta_chain_with_roles(const struct meta_chain *cur, const struct meta_chain *in,
+			   struct meta_chain *out)
+{
+	meta_chain_begin(out, cur);
+	for (uint32_t i = 0; i < in->nmembers; i++)
+		meta_chain_put(out, META_ROLE_MEMBER, in->members[i], 0);
+	for (uint32_t i = 0; i < in->nsyncing; i++)
+		meta_chain_put(out, META_ROLE_SYNCING, in->syncing[i], 0);
+	for (uint32_t i = 0; i < in->naway; i++)
+		meta_chain_put(out, META_ROLE_AWAY, in->away[i], 0);
+}
+
+void meta_chain_with_members(const struct meta_chain *cur, const uint32_t *members, uint32_t n,
+			     struct meta_chain *out)
+{
+	meta_chain_begin(out, cur);
+	for (uint32_t i = 0; i < n && i < META_MAX_REPLICAS; i++)
+		meta_chain_put(out, META_ROLE_MEMBER, members[i], 0);
+	for (uint32_t i = 0; i < cur->nsyncing; i++)
+		if (!meta_u32_in(members, n, cur->syncing[i]))
+			meta_chain_put(out, META_ROLE_SYNCING, cur->syncing[i], 0);
+	for (uint32_t i = 0; i < cur->naway; i++)
+		if (!meta_u32_in(members, n, cur->away[i]))
+			meta_chain_put(out, META_ROLE_AWAY, cur->away[i], cur->away_ns[i]);
+	/* more members than META_MAX_REPLICAS: leave the count over the bound for the check */
+	if (n > META_MAX_REPLICAS)
+		out->nmembers = n;
+}
+
+int meta_chain_promoted(const struct meta_chain *cur, uint32_t target, struct meta_chain *out)
+{
+	if (!meta_u32_in(cur->syncing, cur->nsyncing, target) || cur->nmembers >= META_MAX_REPLICAS)
+		return -EINVAL;
+	meta_chain_begin(out, cur);
+	for (uint32_t i = 0; i < cur->nmembers; i++)
+		meta_chain_put(out, META_ROLE_MEMBER, cur->members[i], 0);
+	meta_chain_put(out, META_ROLE_MEMBER, target, 0);
+	for (uint32_t i = 0; i < cur->nsyncing; i++)
+		if (cur->syncing[i] != target)
+			meta_chain_put(out, META_ROLE_SYNCING, cur->syncing[i], 0);
+	for (uint32_t i = 0; i < cur->naway; i++)
+		meta_chain_put(out, META_ROLE_AWAY, cur->away[i], cur->away_ns[i]);
+	return 0;
+}
+
+int meta_chain_away_index(const struct meta_chain *cur, uint32_t t)
+{
+	for (uint32_t i = 0; i < cur->naway && i < META_MAX_REPLICAS; i++)
+		if (cur->away[i] == t)
+			return (int)i;
+	return -1;
+}
+
+int meta_dirty_refs_check(const struct meta_chunk_ref *refs, unsigned n)
+{
+	if (!refs || n < 1 || n > META_DIRTY_BATCH_MAX)
+		return -EINVAL;
+	for (unsigned i = 0; i < n; i++)
+		if (refs[i].ino < 1 || refs[i].ino > INT64_MAX || refs[i].idx > INT64_MAX)
+			return -EINVAL;
+	return 0;
+}
+
+int meta_repair_check(const struct meta_repair *in)
+{
+	if (!in || (in->kind != META_REPAIR_RESYNC && in->kind != META_REPAIR_REBUILD))
+		return -EINVAL;
+	if (in->chunks_total > INT64_MAX || in->chunks_done > INT64_MAX ||
+	    in->bytes_done > INT64_MAX || in->rate > INT64_MAX)
+		return -EINVAL;
+	return 0;
 }

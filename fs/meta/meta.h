@@ -61,6 +61,30 @@
  *           is, and no client registers while a live exclusive one exists; the check and the
  *           insert are one transaction. A client whose registration expired cannot renew it
  *           (-ESTALE): others may already have treated it as dead.
+ *   META-13 (chain roles) A chain lists its targets in three disjoint roles: `members`
+ *           (in-chain: serve reads, count for acknowledgements; [0] is the primary),
+ *           `syncing` (receive new writes, serve no reads, do not count for acknowledgements:
+ *           being resynced or rebuilt) and `away` (taken out after a failure, expected back).
+ *           A target appears at most once in a chain, in one role. Every list is bounded by
+ *           META_MAX_REPLICAS and `members` is never empty. Every change of any role is one
+ *           epoch-conditional transaction that bumps the epoch (META-6 covers chain_set,
+ *           chain_update and chain_promote alike). META-7 holds for all three roles.
+ *   META-14 (away time) A target keeps the database time it went away for as long as it
+ *           stays in `away`, whatever else a chain_set changes; a target that leaves `away`
+ *           and comes back later starts a new time. chains_list reports the age of that time
+ *           by the database's clock (META-10), so "away longer than replace_after_s" is one
+ *           comparison that no node clock influences.
+ *   META-15 (dirty chunks) dirty(chain, target) is a set of chunk refs (ino, idx): adding a
+ *           ref twice keeps one row; a batch is added or removed whole (one transaction).
+ *           Listing is paged in (ino, idx) order after a cursor, so a walk that removes what
+ *           it copied and one that only reads both make progress.
+ *   META-16 (catch-up, DIST-6) chain_promote makes a syncing target a full member and
+ *           deletes its dirty rows and its repairs row in the same transaction as the epoch
+ *           bump: no reader can see it in-chain while rows that say it is behind survive,
+ *           and no row survives the promotion.
+ *   META-17 (repairs) repairs has at most one row per (chain, target): progress of the
+ *           resync or rebuild that brings that target up to date. It is advisory (status);
+ *           nothing reads it to decide correctness.
  *
  * THREADS
  *   A `struct meta` is safe to call from any number of threads at once; the engine serializes
@@ -169,11 +193,46 @@ struct meta_target {
 #define META_TSET_NODE	0x4
 #define META_TSET_MEDIA 0x8
 
+/* A chain and its three roles (META-13). format() writes `members` only (a new chain has
+ * nothing syncing or away) and ignores the rest. */
 struct meta_chain {
 	uint32_t id; /* 0..nchains-1 */
 	uint64_t epoch;
 	uint32_t nmembers;
 	uint32_t members[META_MAX_REPLICAS]; /* target ids; [0] is the primary */
+	uint32_t nsyncing;
+	uint32_t syncing[META_MAX_REPLICAS]; /* receive writes, serve no reads, no acks */
+	uint32_t naway;
+	uint32_t away[META_MAX_REPLICAS]; /* out after a failure, expected back */
+	/* chains_list: how long away[i] has been away (META-14: now() - the time it went, by the
+	 * database's clock, as of the read). Ignored by chain_set. */
+	int64_t away_ns[META_MAX_REPLICAS];
+};
+
+/* One chunk of one file: the unit of dirty tracking and of repair. */
+struct meta_chunk_ref {
+	uint64_t ino; /* 1..INT64_MAX */
+	uint64_t idx; /* chunk index, 0..INT64_MAX */
+};
+
+#define META_DIRTY_BATCH_MAX 4096 /* refs per dirty_add / dirty_remove call */
+
+enum meta_repair_kind {
+	META_REPAIR_RESYNC = 0,	 /* copy the dirty chunks of a returning target */
+	META_REPAIR_REBUILD = 1, /* copy every chunk of the chain to a new target */
+};
+
+/* META-17: progress of one resync or rebuild, for status. */
+struct meta_repair {
+	uint32_t chain, target; /* the target being brought up to date */
+	enum meta_repair_kind kind;
+	uint64_t chunks_total; /* 0: not known yet */
+	uint64_t chunks_done;
+	uint64_t bytes_done;
+	uint64_t rate;	    /* bytes/s, as the engine measured it lately */
+	int64_t started_ns; /* repairs_list: when it started, ns since the epoch (database clock) */
+	int64_t elapsed_ns; /* repairs_list: now() - started, database clock */
+	int64_t updated_ns; /* repairs_list: now() - its last repair_set, database clock */
 };
 
 /* META-9: one quota root. A limit of 0 means "no limit" for that resource. */
@@ -267,9 +326,46 @@ struct meta_ops {
 	int (*target_update)(struct meta *m, uint32_t id, unsigned mask,
 			     const struct meta_target *in);
 	int (*chains_list)(struct meta *m, struct meta_chain *ret, unsigned max);
-	/* META-6: replace members if the chain's epoch equals expect_epoch; epoch+1. */
+	/* META-6: replace members if the chain's epoch equals expect_epoch; epoch+1. A target of
+	 * the new members leaves syncing / away; the rest of those two roles is kept. */
 	int (*chain_update)(struct meta *m, uint32_t chain_id, uint64_t expect_epoch,
 			    const uint32_t *members, uint32_t nmembers, uint64_t *ret_epoch);
+	/* META-6, META-13: set members, syncing and away of chain_id to those of `in` (its id,
+	 * epoch and away_ns are ignored) if its epoch equals expect_epoch; epoch+1. A target
+	 * that was away already keeps the time it went (META-14); a newly away one gets now().
+	 * -EINVAL: no member, a list longer than META_MAX_REPLICAS, a target twice, an unknown,
+	 * drained or removed target; -ESTALE: another epoch; -ENOENT: no such chain. */
+	int (*chain_set)(struct meta *m, uint32_t chain_id, uint64_t expect_epoch,
+			 const struct meta_chain *in, uint64_t *ret_epoch);
+	/* META-16 (DIST-6): move syncing target `target` to the end of members, delete its
+	 * dirty rows and its repairs row of this chain, epoch+1: one transaction. -EINVAL if it
+	 * is not syncing in this chain (or members is full); -ESTALE, -ENOENT as chain_set. */
+	int (*chain_promote)(struct meta *m, uint32_t chain_id, uint64_t expect_epoch,
+			     uint32_t target, uint64_t *ret_epoch);
+
+	/* Dirty chunks (META-15, DIST-7): what `target` missed of `chain` while it was out.
+	 * add: 1..META_DIRTY_BATCH_MAX refs, duplicates (in the batch or stored) ignored, one
+	 * transaction; -EINVAL for an unknown chain or target, or a ref out of range. list: up to
+	 * max refs greater than *after (NULL: from the start) in (ino, idx) order; returns the
+	 * count (< max: the end). count: the number of rows. remove: the given refs (absent ones
+	 * ignored), one transaction. clear: every row of (chain, target). */
+	int (*dirty_add)(struct meta *m, uint32_t chain, uint32_t target,
+			 const struct meta_chunk_ref *refs, unsigned n);
+	int (*dirty_list)(struct meta *m, uint32_t chain, uint32_t target,
+			  const struct meta_chunk_ref *after, struct meta_chunk_ref *ret,
+			  unsigned max);
+	int (*dirty_count)(struct meta *m, uint32_t chain, uint32_t target, uint64_t *ret);
+	int (*dirty_remove)(struct meta *m, uint32_t chain, uint32_t target,
+			    const struct meta_chunk_ref *refs, unsigned n);
+	int (*dirty_clear)(struct meta *m, uint32_t chain, uint32_t target);
+
+	/* Repair progress (META-17). set: insert or update the row of (in->chain, in->target)
+	 * with kind and counters; `started` is now() for a new row or a change of kind, else
+	 * kept (the *_ns fields of in are ignored). -EINVAL for an unknown chain or target or a
+	 * bad kind. list: as targets_list, by (chain, target). delete: -ENOENT if no row. */
+	int (*repair_set)(struct meta *m, const struct meta_repair *in);
+	int (*repairs_list)(struct meta *m, struct meta_repair *ret, unsigned max);
+	int (*repair_delete)(struct meta *m, uint32_t chain, uint32_t target);
 
 	/* Namespace. name is a NUL-terminated component (1..META_NAME_MAX bytes, no '/'). */
 	int (*lookup)(struct meta *m, uint64_t parent, const char *name, struct meta_attr *ret);
@@ -394,6 +490,8 @@ struct meta_ops {
 
 #define META_TTL_MAX_MS (24u * 3600 * 1000)
 
+/* "resync", "rebuild" ("?" for anything else). */
+const char *meta_repair_kind_name(enum meta_repair_kind k);
 /* "up", "offline", "draining", "drained", "removed" ("?" for anything else). */
 const char *meta_target_state_name(enum meta_target_state s);
 /* Is s a valid pool name (1..META_POOL_MAX-1 of [a-z0-9._-], not starting with '.' or '-')? */

@@ -48,6 +48,39 @@ uint64_t meta_charged(const struct meta_attr *a);
 uint64_t meta_quota_room(const struct meta_quota *q);
 int meta_quota_fits(const struct meta_quota *q, int64_t dbytes, int64_t dinodes);
 
+/* ---- chain roles (META-13), dirty refs (META-15), repairs (META-17) ---- */
+
+/* chain_members.role values, as stored by both engines. */
+enum meta_role { META_ROLE_MEMBER = 0, META_ROLE_SYNCING = 1, META_ROLE_AWAY = 2 };
+#define META_CHAIN_SLOTS (3 * META_MAX_REPLICAS)
+
+/* The lists of in: -EINVAL unless 1..META_MAX_REPLICAS members, at most META_MAX_REPLICAS
+ * syncing and away, every id >= 1 and no id twice across the three lists. */
+int meta_chain_roles_check(const struct meta_chain *in);
+/* Start an empty chain in out (id, epoch of cur), then add target t in role r at the end of
+ * that role's list (no checks: meta_chain_roles_check() the result). */
+void meta_chain_begin(struct meta_chain *out, const struct meta_chain *cur);
+void meta_chain_put(struct meta_chain *c, enum meta_role r, uint32_t t, int64_t away_ns);
+/* The roles chain_set() makes: those of in, under cur's id and epoch. */
+void meta_chain_with_roles(const struct meta_chain *cur, const struct meta_chain *in,
+			   struct meta_chain *out);
+/* The roles chain_update() makes: members as given, cur's syncing and away without them. */
+void meta_chain_with_members(const struct meta_chain *cur, const uint32_t *members, uint32_t n,
+			     struct meta_chain *out);
+/* The roles chain_promote() makes: target moved from syncing to the end of members; -EINVAL
+ * if it is not syncing in cur or members is full. */
+int meta_chain_promoted(const struct meta_chain *cur, uint32_t target, struct meta_chain *out);
+/* The targets of c in storage order (members, syncing, away) with their roles; the count. */
+unsigned meta_chain_slots(const struct meta_chain *c, uint32_t t[META_CHAIN_SLOTS],
+			  enum meta_role role[META_CHAIN_SLOTS]);
+/* Was target t away in cur? Its index in cur->away, or -1. */
+int meta_chain_away_index(const struct meta_chain *cur, uint32_t t);
+
+/* dirty_add / dirty_remove: 1..META_DIRTY_BATCH_MAX refs, ino 1..INT64_MAX, idx <= INT64_MAX. */
+int meta_dirty_refs_check(const struct meta_chunk_ref *refs, unsigned n);
+/* repair_set: a known kind, counters that fit int64. */
+int meta_repair_check(const struct meta_repair *in);
+
 /* Every field of a target a caller hands in: strings terminated and well formed. */
 bool meta_target_ok(const struct meta_target *t);
 

@@ -61,7 +61,7 @@
 #include <unistd.h>
 
 #define MS_APP_ID	   0x42524653 /* "BRFS": PRAGMA application_id of every braidfs db */
-#define MS_SCHEMA_VERSION  3	      /* PRAGMA user_version written by format() */
+#define MS_SCHEMA_VERSION  4	      /* PRAGMA user_version written by format() */
 #define MS_BUSY_TIMEOUT_MS 5000	      /* then -EBUSY */
 #define MS_BATCH	   256	      /* rows per lock hold in readdir/inodes/orphans */
 #define MS_STATFS_BATCH	   8192	      /* rows per lock hold in statfs (no callback: cheap rows) */
@@ -99,6 +99,32 @@
 	" bytes_used INTEGER NOT NULL, inodes_used INTEGER NOT NULL);"                             \
 	"CREATE INDEX inodes_by_qroot ON inodes (qroot) WHERE qroot != 0;"
 
+/* Version 4 (META-13..17): chain roles (chain_members.role: 0 member, 1 syncing, 2 away;
+ * since: when an away target went, ns since the epoch by the database's clock), the dirty
+ * chunks of targets out of a chain, and repair progress. dirty is WITHOUT ROWID keyed by
+ * (chain, target, ino, idx): dirty_list is a range scan of its primary key. */
+#define MS_REPAIR_SCHEMA                                                                           \
+	"CREATE TABLE dirty ("                                                                     \
+	" chain INTEGER NOT NULL REFERENCES chains (id),"                                          \
+	" target INTEGER NOT NULL REFERENCES targets (id),"                                        \
+	" ino INTEGER NOT NULL, idx INTEGER NOT NULL,"                                             \
+	" PRIMARY KEY (chain, target, ino, idx)) WITHOUT ROWID;"                                   \
+	"CREATE TABLE repairs ("                                                                   \
+	" chain INTEGER NOT NULL REFERENCES chains (id),"                                          \
+	" target INTEGER NOT NULL REFERENCES targets (id),"                                        \
+	" kind INTEGER NOT NULL, chunks_total INTEGER NOT NULL, chunks_done INTEGER NOT NULL,"     \
+	" bytes_done INTEGER NOT NULL, rate INTEGER NOT NULL,"                                     \
+	" started INTEGER NOT NULL, updated INTEGER NOT NULL,"                                     \
+	" PRIMARY KEY (chain, target));"
+
+/* Schema 3 -> 4, run by ms_migrate(): every existing chain member keeps role 0. */
+#define MS_MIGRATE_3_TO_4                                                                          \
+	"ALTER TABLE chain_members ADD COLUMN role INTEGER NOT NULL DEFAULT 0;"                    \
+	"ALTER TABLE chain_members ADD COLUMN since INTEGER NOT NULL DEFAULT 0;" MS_REPAIR_SCHEMA
+
+/* The database's clock (here: this host's), ns since the epoch, in SQL (META-14). */
+#define MS_SQL_NOW_NS "(CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) * 1000000)"
+
 /* Schema 2 -> 3, run by ms_migrate(). */
 #define MS_MIGRATE_2_TO_3                                                                          \
 	"ALTER TABLE inodes ADD COLUMN qroot INTEGER NOT NULL DEFAULT 0;"                          \
@@ -124,6 +150,7 @@ static const char ms_schema_sql[] =
 	" chain INTEGER NOT NULL REFERENCES chains (id),"
 	" pos INTEGER NOT NULL,"
 	" target INTEGER NOT NULL REFERENCES targets (id),"
+	" role INTEGER NOT NULL DEFAULT 0, since INTEGER NOT NULL DEFAULT 0," /* META-13, 14 */
 	" PRIMARY KEY (chain, pos), UNIQUE (chain, target)) WITHOUT ROWID;"
 	"CREATE TABLE inodes ("
 	" ino INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -145,7 +172,8 @@ static const char ms_schema_sql[] =
 	"CREATE INDEX dentries_by_ino ON dentries (ino);"
 	"CREATE TABLE xattrs ("
 	" ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,"
-	" PRIMARY KEY (ino, name));";
+	" PRIMARY KEY (ino, name));"
+	MS_REPAIR_SCHEMA;
 /* clang-format on */
 
 #define MS_ATTR_COLS                                                                               \
@@ -181,12 +209,38 @@ static const char ms_schema_sql[] =
 	X(TARGET_SET_POOL, "UPDATE targets SET pool = ?2 WHERE id = ?1")                           \
 	X(TARGET_SET_NODE, "UPDATE targets SET node = ?2 WHERE id = ?1")                           \
 	X(TARGET_SET_MEDIA, "UPDATE targets SET media = ?2 WHERE id = ?1")                         \
-	X(CHAINS_LIST, "SELECT c.id, c.epoch, m.target FROM chains c "                             \
-		       "LEFT JOIN chain_members m ON m.chain = c.id ORDER BY c.id, m.pos")         \
+	X(CHAINS_LIST, "SELECT c.id, c.epoch, m.target, m.role, " MS_SQL_NOW_NS " - m.since "      \
+		       "FROM chains c LEFT JOIN chain_members m ON m.chain = c.id "                \
+		       "ORDER BY c.id, m.pos")                                                     \
+	X(CHAIN_ROWS, "SELECT target, role, since FROM chain_members WHERE chain = ?1 "            \
+		      "ORDER BY pos")                                                              \
 	X(CHAIN_EPOCH, "SELECT epoch FROM chains WHERE id = ?1")                                   \
 	X(CHAIN_SET_EPOCH, "UPDATE chains SET epoch = ?2 WHERE id = ?1")                           \
 	X(CHAIN_CLEAR, "DELETE FROM chain_members WHERE chain = ?1")                               \
-	X(CHAIN_ADD, "INSERT INTO chain_members (chain, pos, target) VALUES (?1, ?2, ?3)")         \
+	X(CHAIN_ADD, "INSERT INTO chain_members (chain, pos, target, role, since) VALUES "         \
+		     "(?1, ?2, ?3, ?4, CASE WHEN ?4 = 2 AND ?5 = 0 THEN " MS_SQL_NOW_NS            \
+		     " WHEN ?4 = 2 THEN ?5 ELSE 0 END)")                                           \
+	X(DIRTY_ADD, "INSERT OR IGNORE INTO dirty (chain, target, ino, idx) "                      \
+		     "VALUES (?1, ?2, ?3, ?4)")                                                    \
+	X(DIRTY_DEL, "DELETE FROM dirty WHERE chain = ?1 AND target = ?2 AND ino = ?3 "            \
+		     "AND idx = ?4")                                                               \
+	X(DIRTY_LIST, "SELECT ino, idx FROM dirty WHERE chain = ?1 AND target = ?2 "               \
+		      "AND (?3 = 0 OR (ino, idx) > (?4, ?5)) ORDER BY ino, idx LIMIT ?6")          \
+	X(DIRTY_COUNT, "SELECT count(*) FROM dirty WHERE chain = ?1 AND target = ?2")              \
+	X(DIRTY_CLEAR, "DELETE FROM dirty WHERE chain = ?1 AND target = ?2")                       \
+	X(REPAIR_PUT,                                                                              \
+	  "INSERT INTO repairs (chain, target, kind, chunks_total, chunks_done, "                  \
+	  "bytes_done, rate, started, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, " MS_SQL_NOW_NS \
+	  ", " MS_SQL_NOW_NS ") ON CONFLICT (chain, target) DO UPDATE "                            \
+	  "SET started = CASE WHEN kind = excluded.kind THEN started "                             \
+	  "ELSE excluded.started END, kind = excluded.kind, "                                      \
+	  "chunks_total = excluded.chunks_total, chunks_done = excluded.chunks_done, "             \
+	  "bytes_done = excluded.bytes_done, rate = excluded.rate, "                               \
+	  "updated = excluded.updated")                                                            \
+	X(REPAIRS_LIST, "SELECT chain, target, kind, chunks_total, chunks_done, bytes_done, "      \
+			"rate, started, " MS_SQL_NOW_NS " - started, " MS_SQL_NOW_NS " - updated " \
+			"FROM repairs ORDER BY chain, target")                                     \
+	X(REPAIR_DEL, "DELETE FROM repairs WHERE chain = ?1 AND target = ?2")                      \
 	X(INODE_GET, "SELECT " MS_ATTR_COLS " FROM inodes WHERE ino = ?1")                         \
 	X(INODE_PUT, "UPDATE inodes SET mode = ?2, nlink = ?3, uid = ?4, gid = ?5, rdev = ?6, "    \
 		     "size = ?7, atime = ?8, mtime = ?9, ctime = ?10, btime = ?11, flags = ?12, "  \
@@ -1142,7 +1196,9 @@ static int ms_configure(struct ms *m, char *err, size_t errlen)
  *   1 -> 2: targets gain pool, node and media. Version 1 knew only dir: targets (faulty: is
  *           their test twin), all on the one host that ran it, so pool and media become
  *           'dir' and node this host's name.
- *   2 -> 3: directory quotas (META-9): the quotas table, inodes.qroot and inodes.qres. */
+ *   2 -> 3: directory quotas (META-9): the quotas table, inodes.qroot and inodes.qres.
+ *   3 -> 4: chain roles (META-13, 14: chain_members.role and since; every row a member), the
+ *           dirty and repairs tables (META-15, 17). */
 static int ms_migrate(struct ms *m, char *err, size_t errlen)
 {
 	char host[META_NODE_MAX] = "", sql[64];
@@ -1184,6 +1240,11 @@ static int ms_migrate(struct ms *m, char *err, size_t errlen)
 		r = ms_exec(m, MS_MIGRATE_2_TO_3);
 		if (r == 0)
 			ver = 3;
+	}
+	if (r == 0 && ver < 4) {
+		r = ms_exec(m, MS_MIGRATE_3_TO_4);
+		if (r == 0)
+			ver = 4;
 	}
 	if (r == 0) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", MS_SCHEMA_VERSION);
@@ -1390,20 +1451,35 @@ static int ms_format_insert_targets(struct ms *m, const struct meta_target *t, u
 	return r;
 }
 
-static int ms_chain_set_members(struct ms *m, uint32_t chain, const uint32_t *members, uint32_t n)
+/* Bind v[0..n-1] to ?1..?n. */
+static void ms_bind_i64s(sqlite3_stmt *st, const int64_t *v, int n)
 {
+	for (int i = 0; i < n; i++)
+		sqlite3_bind_int64(st, i + 1, v[i]);
+}
+
+/* Write the roles of chain `chain` (META-13): every row replaced, in storage order. META-7:
+ * drained and removed targets hold no chain (unknown ones: the foreign key). An away target
+ * that was away in `old` (may be NULL) keeps its time (META-14: old->away_ns holds the raw
+ * `since` here), a newly away one gets now(). */
+static int ms_chain_write(struct ms *m, uint32_t chain, const struct meta_chain *c,
+			  const struct meta_chain *old)
+{
+	uint32_t t[META_CHAIN_SLOTS];
+	enum meta_role role[META_CHAIN_SLOTS];
+	unsigned n = meta_chain_slots(c, t, role);
 	sqlite3_stmt *st;
 	int rc, r;
 
 	r = ms_run3(m, MSQ_CHAIN_CLEAR, chain, 0, 0);
-	for (uint32_t i = 0; i < n && r == 0; i++) {
+	for (unsigned i = 0; i < n && r == 0; i++) {
 		int64_t state = 0;
+		int k = old && role[i] == META_ROLE_AWAY ? meta_chain_away_index(old, t[i]) : -1;
+		int64_t v[5] = {chain, i, t[i], role[i], k >= 0 ? old->away_ns[k] : 0};
 
-		/* META-7: drained and removed targets hold no chain (unknown ones: the FK) */
-		r = ms_int_by_id(m, MSQ_TARGET_STATE, members[i], &state);
+		r = ms_int_by_id(m, MSQ_TARGET_STATE, t[i], &state);
 		if (r == 0 && (state == META_TARGET_DRAINED || state == META_TARGET_REMOVED)) {
-			log_debug("meta sqlite %s: chain %u: target %u is %s", m->path, chain,
-				  members[i],
+			log_debug("meta sqlite %s: chain %u: target %u is %s", m->path, chain, t[i],
 				  meta_target_state_name((enum meta_target_state)state));
 			r = -EINVAL;
 		}
@@ -1414,20 +1490,44 @@ static int ms_chain_set_members(struct ms *m, uint32_t chain, const uint32_t *me
 		r = ms_prep(m, MSQ_CHAIN_ADD, &st);
 		if (r < 0)
 			break;
-		sqlite3_bind_int64(st, 1, chain);
-		sqlite3_bind_int64(st, 2, i);
-		sqlite3_bind_int64(st, 3, members[i]);
+		ms_bind_i64s(st, v, 5);
 		rc = sqlite3_step(st);
 		if ((rc & 0xff) == SQLITE_CONSTRAINT) {
 			/* unknown target (foreign key) or the same target twice (unique) */
-			log_debug("meta sqlite %s: chain %u member %u: %s", m->path, chain,
-				  members[i], sqlite3_errmsg(m->db));
+			log_debug("meta sqlite %s: chain %u member %u: %s", m->path, chain, t[i],
+				  sqlite3_errmsg(m->db));
 			r = -EINVAL;
 		} else if (rc != SQLITE_DONE) {
 			r = ms_errno(m, rc, "chain member");
 		}
 		sqlite3_reset(st);
 	}
+	return r;
+}
+
+/* The current roles of chain `chain`, inside a transaction: id, epoch (-ENOENT: no chain),
+ * and in away_ns the raw `since` of each away target (ms_chain_write's `old`). */
+static int ms_chain_read(struct ms *m, uint32_t chain, struct meta_chain *ret)
+{
+	sqlite3_stmt *st;
+	int64_t epoch = 0;
+	int rc, r;
+
+	r = ms_int_by_id(m, MSQ_CHAIN_EPOCH, chain, &epoch);
+	if (r < 0)
+		return r;
+	memset(ret, 0, sizeof(*ret));
+	ret->id = chain;
+	ret->epoch = (uint64_t)epoch;
+	r = ms_prep(m, MSQ_CHAIN_ROWS, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, chain);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		meta_chain_put(ret, (enum meta_role)sqlite3_column_int(st, 1),
+			       (uint32_t)sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 2));
+	r = rc == SQLITE_DONE ? 0 : ms_errno(m, rc, "chain rows");
+	sqlite3_reset(st);
 	return r;
 }
 
@@ -1495,7 +1595,11 @@ static int ms_format_tx(struct ms *m, const struct meta_volume *vol, const struc
 		sqlite3_finalize(st);
 		if (r < 0)
 			return r;
-		r = ms_chain_set_members(m, c[i].id, c[i].members, c[i].nmembers);
+		struct meta_chain mem;
+
+		meta_chain_with_members(&c[i], c[i].members, c[i].nmembers, &mem);
+		mem.nsyncing = mem.naway = 0; /* format writes members only */
+		r = ms_chain_write(m, c[i].id, &mem, NULL);
 		if (r < 0)
 			return r;
 	}
@@ -1812,9 +1916,10 @@ static int ms_chains_list(struct meta *mm, struct meta_chain *ret, unsigned max)
 			}
 			n++;
 		}
-		if (cur && sqlite3_column_type(st, 2) != SQLITE_NULL &&
-		    cur->nmembers < META_MAX_REPLICAS)
-			cur->members[cur->nmembers++] = (uint32_t)sqlite3_column_int64(st, 2);
+		if (cur && sqlite3_column_type(st, 2) != SQLITE_NULL)
+			meta_chain_put(cur, (enum meta_role)sqlite3_column_int(st, 3),
+				       (uint32_t)sqlite3_column_int64(st, 2),
+				       sqlite3_column_int64(st, 4));
 	}
 	r = rc == SQLITE_DONE ? n : ms_errno(m, rc, "chains list");
 	sqlite3_reset(st);
@@ -1823,58 +1928,320 @@ out:
 	return r;
 }
 
-static int ms_chain_update_tx(struct ms *m, uint32_t chain_id, uint64_t expect_epoch,
-			      const uint32_t *members, uint32_t nmembers, uint64_t *ret_epoch)
-{
-	sqlite3_stmt *st;
-	int64_t epoch = 0;
-	int rc, r;
+/* The epoch-conditional change every chain op is (META-6): `make` turns the current roles
+ * into the new ones (arg is its own), which are checked, written and get epoch + 1. */
+typedef int (*ms_chain_fn)(const struct meta_chain *cur, const void *arg, struct meta_chain *out);
 
-	r = ms_prep(m, MSQ_CHAIN_EPOCH, &st);
+static int ms_chain_change_tx(struct ms *m, uint32_t chain_id, uint64_t expect_epoch,
+			      ms_chain_fn make, const void *arg, uint64_t *ret_epoch)
+{
+	struct meta_chain cur, next;
+	int r;
+
+	r = ms_chain_read(m, chain_id, &cur);
 	if (r < 0)
 		return r;
-	sqlite3_bind_int64(st, 1, chain_id);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		epoch = sqlite3_column_int64(st, 0);
-	else if (rc == SQLITE_DONE)
-		r = -ENOENT;
-	else
-		r = ms_errno(m, rc, "chain epoch");
-	sqlite3_reset(st);
-	if (r < 0)
-		return r;
-	if ((uint64_t)epoch != expect_epoch)
+	if (cur.epoch != expect_epoch)
 		return -ESTALE; /* META-6 */
-	if (epoch == INT64_MAX)
+	if (cur.epoch >= INT64_MAX)
 		return -EOVERFLOW;
-	r = ms_chain_set_members(m, chain_id, members, nmembers);
-	if (r < 0)
-		return r;
-	r = ms_run3(m, MSQ_CHAIN_SET_EPOCH, chain_id, epoch + 1, 0);
-	if (r < 0)
-		return r;
-	*ret_epoch = (uint64_t)epoch + 1;
+	r = make(&cur, arg, &next);
+	if (r == 0)
+		r = meta_chain_roles_check(&next);
+	if (r == 0)
+		r = ms_chain_write(m, chain_id, &next, &cur);
+	if (r == 0)
+		r = ms_run3(m, MSQ_CHAIN_SET_EPOCH, chain_id, (int64_t)cur.epoch + 1, 0);
+	if (r == 0)
+		*ret_epoch = cur.epoch + 1;
+	return r;
+}
+
+static int ms_chain_change(struct ms *m, uint32_t chain_id, uint64_t expect_epoch, ms_chain_fn make,
+			   const void *arg, uint64_t *ret_epoch)
+{
+	uint64_t epoch = 0;
+	int r = MS_WRITE_TX(m, ms_chain_change_tx(m, chain_id, expect_epoch, make, arg, &epoch));
+
+	if (r == 0 && ret_epoch)
+		*ret_epoch = epoch;
+	return r;
+}
+
+struct ms_members {
+	const uint32_t *v;
+	uint32_t n;
+};
+
+static int ms_make_update(const struct meta_chain *cur, const void *arg, struct meta_chain *out)
+{
+	const struct ms_members *a = arg;
+
+	meta_chain_with_members(cur, a->v, a->n, out);
+	return 0;
+}
+
+static int ms_make_set(const struct meta_chain *cur, const void *arg, struct meta_chain *out)
+{
+	meta_chain_with_roles(cur, arg, out);
 	return 0;
 }
 
 static int ms_chain_update(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
 			   const uint32_t *members, uint32_t nmembers, uint64_t *ret_epoch)
 {
-	struct ms *m = ms_of(mm);
-	uint64_t epoch = 0;
-	int r;
+	struct ms_members a = {members, nmembers};
 
 	if (!members || nmembers < 1 || nmembers > META_MAX_REPLICAS)
 		return -EINVAL;
-	ms_lock(m);
-	r = ms_begin(m);
+	return ms_chain_change(ms_of(mm), chain_id, expect_epoch, ms_make_update, &a, ret_epoch);
+}
+
+static int ms_chain_set(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
+			const struct meta_chain *in, uint64_t *ret_epoch)
+{
+	int r = meta_chain_roles_check(in);
+
+	if (r < 0)
+		return r;
+	return ms_chain_change(ms_of(mm), chain_id, expect_epoch, ms_make_set, in, ret_epoch);
+}
+
+static int ms_make_promote(const struct meta_chain *cur, const void *arg, struct meta_chain *out)
+{
+	return meta_chain_promoted(cur, *(const uint32_t *)arg, out);
+}
+
+static int ms_chain_promote_tx(struct ms *m, uint32_t chain_id, uint64_t expect_epoch,
+			       uint32_t target, uint64_t *ret_epoch)
+{
+	int r = ms_chain_change_tx(m, chain_id, expect_epoch, ms_make_promote, &target, ret_epoch);
+
+	/* META-16: the rows that say it is behind go with the same commit */
 	if (r == 0)
-		r = ms_end(
-		    m, ms_chain_update_tx(m, chain_id, expect_epoch, members, nmembers, &epoch));
-	ms_unlock(m);
+		r = ms_run3(m, MSQ_DIRTY_CLEAR, chain_id, target, 0);
+	if (r == 0)
+		r = ms_run3(m, MSQ_REPAIR_DEL, chain_id, target, 0);
+	return r;
+}
+
+static int ms_chain_promote(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
+			    uint32_t target, uint64_t *ret_epoch)
+{
+	struct ms *m = ms_of(mm);
+	uint64_t epoch = 0;
+	int r = MS_WRITE_TX(m, ms_chain_promote_tx(m, chain_id, expect_epoch, target, &epoch));
+
 	if (r == 0 && ret_epoch)
 		*ret_epoch = epoch;
+	return r;
+}
+
+/* ---- dirty chunks (META-15) and repairs (META-17) -------------------------------------- */
+
+/* The chain and the target exist: -EINVAL otherwise (a clearer answer than the FK's). */
+static int ms_chain_target_known(struct ms *m, uint32_t chain, uint32_t target)
+{
+	int64_t x = 0;
+	int r = ms_int_by_id(m, MSQ_CHAIN_EPOCH, chain, &x);
+
+	if (r == 0)
+		r = ms_int_by_id(m, MSQ_TARGET_STATE, target, &x);
+	return r == -ENOENT ? -EINVAL : r;
+}
+
+/* Run statement id (?1 chain, ?2 target, ?3 ino, ?4 idx) once per ref. */
+static int ms_dirty_each_tx(struct ms *m, enum ms_sid id, uint32_t chain, uint32_t target,
+			    const struct meta_chunk_ref *refs, unsigned n)
+{
+	int r = ms_chain_target_known(m, chain, target);
+
+	for (unsigned i = 0; i < n && r == 0; i++) {
+		int64_t v[4] = {chain, target, (int64_t)refs[i].ino, (int64_t)refs[i].idx};
+		sqlite3_stmt *st;
+
+		r = ms_prep(m, id, &st);
+		if (r < 0)
+			break;
+		ms_bind_i64s(st, v, 4);
+		r = ms_done(m, st, ms_sql[id]);
+	}
+	return r;
+}
+
+static int ms_dirty_batch(struct meta *mm, enum ms_sid id, uint32_t chain, uint32_t target,
+			  const struct meta_chunk_ref *refs, unsigned n)
+{
+	struct ms *m = ms_of(mm);
+	int r = meta_dirty_refs_check(refs, n);
+
+	return r < 0 ? r : MS_WRITE_TX(m, ms_dirty_each_tx(m, id, chain, target, refs, n));
+}
+
+static int ms_dirty_add(struct meta *mm, uint32_t chain, uint32_t target,
+			const struct meta_chunk_ref *refs, unsigned n)
+{
+	return ms_dirty_batch(mm, MSQ_DIRTY_ADD, chain, target, refs, n);
+}
+
+static int ms_dirty_remove(struct meta *mm, uint32_t chain, uint32_t target,
+			   const struct meta_chunk_ref *refs, unsigned n)
+{
+	return ms_dirty_batch(mm, MSQ_DIRTY_DEL, chain, target, refs, n);
+}
+
+static int ms_dirty_clear(struct meta *mm, uint32_t chain, uint32_t target)
+{
+	struct ms *m = ms_of(mm);
+
+	return MS_WRITE_TX(m, ms_run3(m, MSQ_DIRTY_CLEAR, chain, target, 0));
+}
+
+static int ms_dirty_list(struct meta *mm, uint32_t chain, uint32_t target,
+			 const struct meta_chunk_ref *after, struct meta_chunk_ref *ret,
+			 unsigned max)
+{
+	struct ms *m = ms_of(mm);
+	int64_t v[6] = {chain,
+			target,
+			after != NULL,
+			after ? (int64_t)after->ino : 0,
+			after ? (int64_t)after->idx : 0,
+			MIN(max, (unsigned)INT32_MAX)};
+	sqlite3_stmt *st;
+	int rc, r, n = 0;
+
+	if ((!ret && max) || (after && (after->ino > INT64_MAX || after->idx > INT64_MAX)))
+		return -EINVAL;
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_prep(m, MSQ_DIRTY_LIST, &st);
+	if (r == 0) {
+		ms_bind_i64s(st, v, 6);
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW && (unsigned)n < max) {
+			ret[n].ino = (uint64_t)sqlite3_column_int64(st, 0);
+			ret[n].idx = (uint64_t)sqlite3_column_int64(st, 1);
+			n++;
+		}
+		r = rc == SQLITE_DONE || rc == SQLITE_ROW ? n : ms_errno(m, rc, "dirty list");
+		sqlite3_reset(st);
+	}
+	ms_unlock(m);
+	return r;
+}
+
+/* The first column of statement id with ?1, ?2 bound; under the lock, outside a transaction. */
+static int ms_count2(struct ms *m, enum ms_sid id, int64_t a, int64_t b, int64_t *ret)
+{
+	sqlite3_stmt *st;
+	int rc, r;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_prep(m, id, &st);
+	if (r == 0) {
+		sqlite3_bind_int64(st, 1, a);
+		sqlite3_bind_int64(st, 2, b);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW)
+			*ret = sqlite3_column_int64(st, 0);
+		else
+			r = ms_errno(m, rc, ms_sql[id]);
+		sqlite3_reset(st);
+	}
+	ms_unlock(m);
+	return r;
+}
+
+static int ms_dirty_count(struct meta *mm, uint32_t chain, uint32_t target, uint64_t *ret)
+{
+	int64_t n = 0;
+	int r = ms_count2(ms_of(mm), MSQ_DIRTY_COUNT, chain, target, &n);
+
+	if (r == 0 && ret)
+		*ret = (uint64_t)n;
+	return r;
+}
+
+static int ms_repair_set_tx(struct ms *m, const struct meta_repair *in)
+{
+	int64_t v[7] = {in->chain,
+			in->target,
+			in->kind,
+			(int64_t)in->chunks_total,
+			(int64_t)in->chunks_done,
+			(int64_t)in->bytes_done,
+			(int64_t)in->rate};
+	sqlite3_stmt *st;
+	int r = ms_chain_target_known(m, in->chain, in->target);
+
+	if (r == 0)
+		r = ms_prep(m, MSQ_REPAIR_PUT, &st);
+	if (r < 0)
+		return r;
+	ms_bind_i64s(st, v, 7);
+	return ms_done(m, st, "repair set");
+}
+
+static int ms_repair_set(struct meta *mm, const struct meta_repair *in)
+{
+	struct ms *m = ms_of(mm);
+	int r = meta_repair_check(in);
+
+	if (r < 0)
+		return r;
+	return MS_WRITE_TX(m, ms_repair_set_tx(m, in));
+}
+
+static int ms_repair_delete_tx(struct ms *m, uint32_t chain, uint32_t target)
+{
+	int r = ms_run3(m, MSQ_REPAIR_DEL, chain, target, 0);
+
+	return r == 0 && sqlite3_changes(m->db) == 0 ? -ENOENT : r;
+}
+
+static int ms_repair_delete(struct meta *mm, uint32_t chain, uint32_t target)
+{
+	struct ms *m = ms_of(mm);
+
+	return MS_WRITE_TX(m, ms_repair_delete_tx(m, chain, target));
+}
+
+static int ms_repairs_list(struct meta *mm, struct meta_repair *ret, unsigned max)
+{
+	struct ms *m = ms_of(mm);
+	sqlite3_stmt *st;
+	int rc, r, n = 0;
+
+	ms_lock(m);
+	r = ms_ready(m);
+	if (r == 0)
+		r = ms_prep(m, MSQ_REPAIRS_LIST, &st);
+	if (r == 0) {
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+			if ((unsigned)n < max && ret) {
+				struct meta_repair *p = &ret[n];
+
+				memset(p, 0, sizeof(*p));
+				p->chain = (uint32_t)sqlite3_column_int64(st, 0);
+				p->target = (uint32_t)sqlite3_column_int64(st, 1);
+				p->kind = (enum meta_repair_kind)sqlite3_column_int(st, 2);
+				p->chunks_total = (uint64_t)sqlite3_column_int64(st, 3);
+				p->chunks_done = (uint64_t)sqlite3_column_int64(st, 4);
+				p->bytes_done = (uint64_t)sqlite3_column_int64(st, 5);
+				p->rate = (uint64_t)sqlite3_column_int64(st, 6);
+				p->started_ns = sqlite3_column_int64(st, 7);
+				p->elapsed_ns = sqlite3_column_int64(st, 8);
+				p->updated_ns = sqlite3_column_int64(st, 9);
+			}
+			n++;
+		}
+		r = rc == SQLITE_DONE ? n : ms_errno(m, rc, "repairs list");
+		sqlite3_reset(st);
+	}
+	ms_unlock(m);
 	return r;
 }
 
@@ -3274,6 +3641,16 @@ const struct meta_ops meta_sqlite_ops = {
     .target_update = ms_target_update,
     .chains_list = ms_chains_list,
     .chain_update = ms_chain_update,
+    .chain_set = ms_chain_set,
+    .chain_promote = ms_chain_promote,
+    .dirty_add = ms_dirty_add,
+    .dirty_list = ms_dirty_list,
+    .dirty_count = ms_dirty_count,
+    .dirty_remove = ms_dirty_remove,
+    .dirty_clear = ms_dirty_clear,
+    .repair_set = ms_repair_set,
+    .repairs_list = ms_repairs_list,
+    .repair_delete = ms_repair_delete,
     .lookup = ms_lookup,
     .getattr = ms_getattr,
     .setattr = ms_setattr,

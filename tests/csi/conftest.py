@@ -91,6 +91,28 @@ def wait_gone(pid, timeout=20):
     return False
 
 
+def stop_fs_mount(db, meta):
+    """End the mount process of the SQLite file system `db` (URL `meta`) that its lock file
+    names: unmount its mount point, then SIGTERM (SIGKILL after 10 s) that pid if it is a
+    braidfs process of this file system."""
+    try:
+        with open(db + ".lock") as f:
+            pid, mp = int(f.readline()), f.readline().strip()
+    except (OSError, ValueError):
+        return
+    subprocess.run(["umount", "-l", mp], capture_output=True)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            ours = meta.encode() in f.read().split(b"\0")
+    except OSError:
+        ours = False
+    if ours and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        if not wait_gone(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid, 10)
+
+
 class Plugin:
     """One braidfs file system and one braidfs-csi serving it, in its own directory."""
 
@@ -104,6 +126,7 @@ class Plugin:
         self.log = os.path.join(base, "csi.log")
         self.proc = None
         self.channel = None
+        self.extra_fs = []  # (db, META_URL) of add_fs()
         t = []
         for i in range(2):
             d = os.path.join(base, f"t{i}")
@@ -111,6 +134,21 @@ class Plugin:
             t.append("dir:" + d)
         subprocess.run([BRAIDFS, "format", "--replicas", "2", self.meta, "csi"] + t,
                        check=True, capture_output=True)
+
+    def add_fs(self, *extra):
+        """Format a second file system (one target, one replica) and restart the plugin
+        serving both (`--meta` it as the second one, then extra). Returns its META_URL;
+        cleanup() ends its mount process."""
+        db = os.path.join(self.base, f"meta{len(self.extra_fs) + 2}.db")
+        t = os.path.join(self.base, f"t-{len(self.extra_fs) + 2}")
+        os.mkdir(t)
+        meta = "sqlite://" + db
+        subprocess.run([BRAIDFS, "format", "--replicas", "1", meta, "csi2", "dir:" + t],
+                       check=True, capture_output=True)
+        self.extra_fs.append((db, meta))
+        self.stop()
+        self.start("--meta", meta, *extra)
+        return meta
 
     def argv(self, *extra):
         return [CSI_BIN, "--endpoint", "unix://" + self.sock, "--node-id", "node-1",
@@ -213,6 +251,8 @@ class Plugin:
 
     def cleanup(self):
         self.stop()
+        for db, meta in self.extra_fs:
+            stop_fs_mount(db, meta)
         for mp in sorted(mounts_under(self.base), key=len, reverse=True):
             subprocess.run(["umount", "-l", mp], capture_output=True)
         pid = self.mount_daemon_pid()
@@ -227,14 +267,14 @@ class Plugin:
         return left
 
 
-@pytest.fixture
-def plugin(pb, request):
+def running_plugin(pb, label):
+    """A started Plugin in a directory of its own; everything it started is gone after."""
     if os.geteuid() != 0:
         pytest.skip("needs root (mounts)")
     if not os.access(CSI_BIN, os.X_OK):
         pytest.skip(f"braidfs-csi not built ({CSI_BIN}); build with -Dcsi=enabled")
     root = os.environ.get("BRAIDFS_TEST_TMP", "/tmp")
-    name = "".join(ch if ch.isalnum() else "_" for ch in request.node.name)[:40]
+    name = "".join(ch if ch.isalnum() else "_" for ch in label)[:40]
     base = tempfile.mkdtemp(prefix=f"braidfs-csi-{name}.", dir=root)
     p = Plugin(base, pb)
     try:
@@ -243,6 +283,11 @@ def plugin(pb, request):
         tail = p.log_tail()
         left = p.cleanup()
         assert not left, f"could not unmount {left}\n{tail}"
+
+
+@pytest.fixture
+def plugin(pb, request):
+    yield from running_plugin(pb, request.node.name)
 
 
 def code_of(fn, *args, **kw):

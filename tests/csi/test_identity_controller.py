@@ -27,11 +27,13 @@ def test_identity(plugin):
     ctl = plugin.controller.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest())
     R = pb.ControllerServiceCapability.RPC
     assert {c.rpc.type for c in ctl.capabilities} == {R.CREATE_DELETE_VOLUME, R.GET_CAPACITY,
-                                                      R.EXPAND_VOLUME}
+                                                      R.LIST_VOLUMES, R.EXPAND_VOLUME,
+                                                      R.SINGLE_NODE_MULTI_WRITER}
     node = plugin.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest())
     N = pb.NodeServiceCapability.RPC
     assert {c.rpc.type for c in node.capabilities} == {
-        N.STAGE_UNSTAGE_VOLUME, N.GET_VOLUME_STATS, N.EXPAND_VOLUME, N.VOLUME_CONDITION}
+        N.STAGE_UNSTAGE_VOLUME, N.GET_VOLUME_STATS, N.EXPAND_VOLUME, N.VOLUME_CONDITION,
+        N.SINGLE_NODE_MULTI_WRITER}
     ni = plugin.node.NodeGetInfo(pb.NodeGetInfoRequest())
     assert ni.node_id == "node-1"
     assert dict(ni.accessible_topology.segments) == {"topology.braidfs.io/node": "node-1"}
@@ -188,3 +190,67 @@ def test_unknown_method_and_roles(plugin, pb):
     assert p.returncode == 2 and p.stderr.startswith("braidfs-csi: ")
     p = subprocess.run(plugin.argv()[:1] + ["--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "Usage: braidfs-csi" in p.stdout
+
+
+def test_dot_name_is_not_the_half_made_directory_of_another(plugin):
+    """A volume named ".creating-<x>" must not live where CreateVolume(x) builds x (CSI-5):
+    a create of x first removes what a crashed create left there."""
+    pb = plugin.pb
+    dot = plugin.create(".creating-pvc-dot", 4 * MiB)
+    assert dot.volume_id.startswith("h-")
+    plugin.create("pvc-dot", 4 * MiB)
+    r = plugin.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
+        volume_id=dot.volume_id, volume_capabilities=[plugin.cap()]))
+    assert r.HasField("confirmed")
+
+
+def test_list_volumes_pages_across_file_systems(plugin):
+    """ListVolumes walks every --meta file system in order, names sorted; a page of
+    max_entries ends with a token that resumes after its last volume, across the boundary
+    between two file systems, whatever was created or deleted meanwhile."""
+    _list_pages(plugin, plugin.add_fs())
+
+
+def _list_pages(plugin, meta2):
+    pb = plugin.pb
+    want = {}
+    for name in ("pvc-c", "pvc-a", "pvc-b"):
+        want[plugin.create(name, 2 * MiB).volume_id] = 2 * MiB
+    for name in ("pvc-y", "pvc-x"):
+        v = plugin.create(name, 3 * MiB, parameters={"metaURL": meta2})
+        assert v.volume_id == name + "@" + meta2
+        want[v.volume_id] = 3 * MiB
+
+    def walk(n):
+        got, tok = [], ""
+        while True:
+            r = plugin.controller.ListVolumes(pb.ListVolumesRequest(max_entries=n,
+                                                                    starting_token=tok))
+            assert n == 0 or len(r.entries) <= n
+            got += [e.volume for e in r.entries]
+            tok = r.next_token
+            if not tok:
+                return got
+
+    for n in (1, 2, 3, 5, 0):
+        vols = walk(n)
+        assert [v.volume_id for v in vols] == ["pvc-a", "pvc-b", "pvc-c",
+                                               "pvc-x@" + meta2, "pvc-y@" + meta2]
+        assert {v.volume_id: v.capacity_bytes for v in vols} == want
+    v = walk(5)[3]
+    assert dict(v.volume_context) == {"metaURL": meta2, "path": "/volumes/pvc-x"}
+    assert dict(v.accessible_topology[0].segments) == {"topology.braidfs.io/node": "node-1"}
+    # a page ends on the last volume of the first file system; that volume is deleted
+    # and one is created before it: the next page neither repeats nor skips
+    first = plugin.controller.ListVolumes(pb.ListVolumesRequest(max_entries=3))
+    assert [e.volume.volume_id for e in first.entries] == ["pvc-a", "pvc-b", "pvc-c"]
+    plugin.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id="pvc-c"))
+    plugin.create("pvc-0", MiB)
+    rest = plugin.controller.ListVolumes(pb.ListVolumesRequest(starting_token=first.next_token))
+    assert [e.volume.volume_id for e in rest.entries] == ["pvc-x@" + meta2, "pvc-y@" + meta2]
+    assert not rest.next_token
+    C_ = grpc.StatusCode
+    LV = plugin.controller.ListVolumes
+    for bad in ("invalid-token", "v1:9:pvc-a", "v1:0:../x", "v1:0:", "v1:x:pvc-a"):
+        assert code_of(LV, pb.ListVolumesRequest(starting_token=bad)) == C_.ABORTED, bad
+    assert code_of(LV, pb.ListVolumesRequest(max_entries=-1)) == C_.INVALID_ARGUMENT

@@ -219,3 +219,106 @@ def test_controller_and_node_plugins_share_the_mount(plugin):
             ch.close()
         p2.terminate()
         p2.wait(timeout=20)
+
+
+def test_single_writer_is_published_once(plugin):
+    """SINGLE_NODE_SINGLE_WRITER (Kubernetes' ReadWriteOncePod): one target at a time, and
+    FAILED_PRECONDITION for a second; SINGLE_NODE_MULTI_WRITER: any number of targets."""
+    pb = plugin.pb
+    N = plugin.node
+    AM = pb.VolumeCapability.AccessMode
+    v = plugin.create("pvc-one", 4 * MiB)
+    staging, (t0, t1) = paths(plugin, 2)
+    mkparents([t0, t1])
+    one, multi = plugin.cap(AM.SINGLE_NODE_SINGLE_WRITER), plugin.cap(AM.SINGLE_NODE_MULTI_WRITER)
+    N.NodeStageVolume(pb.NodeStageVolumeRequest(
+        volume_id=v.volume_id, staging_target_path=staging, volume_capability=one), timeout=60)
+
+    def pub(t, cap):
+        return N.NodePublishVolume(pb.NodePublishVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging, target_path=t,
+            volume_capability=cap), timeout=60)
+
+    pub(t0, one)
+    pub(t0, one)  # CSI-1: the same target again is not a second writer
+    assert code_of(pub, t1, one) == C.FAILED_PRECONDITION
+    assert not os.path.ismount(t1)
+    plugin.unpublish(v.volume_id, t0)
+    pub(t1, one)  # the first one is gone: the writer may move
+    plugin.unpublish(v.volume_id, t1)
+    pub(t0, multi)
+    pub(t1, multi)
+    for t in (t0, t1):
+        plugin.unpublish(v.volume_id, t)
+    plugin.unstage(v.volume_id, staging)
+
+
+def test_paths_present_or_missing_and_stats_on_staging(plugin):
+    """The spec lets a CO make target_path (kubelet does) or leave it to the plugin (what
+    csi-sanity does), and makes the staging path itself: every case works. Stats and
+    expansion answer on the staging path as on a target path."""
+    pb = plugin.pb
+    v = plugin.create("pvc-paths", 8 * MiB)
+    root = os.path.join(plugin.base, "k")
+    staging = os.path.join(root, "staging-missing")  # not made by the "CO"
+    t_made = os.path.join(root, "pods", "a", "mount")
+    t_missing = os.path.join(root, "pods", "b", "mount")
+    os.makedirs(t_made)  # kubelet style: the target exists, empty
+    os.makedirs(os.path.dirname(t_missing))  # csi-sanity style: only the parent
+    plugin.stage(v.volume_id, staging)
+    plugin.publish(v.volume_id, staging, t_made)
+    plugin.publish(v.volume_id, staging, t_missing)
+    for t in (t_made, t_missing):
+        assert os.path.ismount(t)
+    with open(os.path.join(t_made, "f"), "wb") as f:
+        f.write(b"x" * 65536)
+    for path in (staging, t_made, t_missing):
+        st = plugin.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(
+            volume_id=v.volume_id, volume_path=path), timeout=60)
+        by = {u.unit: u for u in st.usage}
+        assert by[pb.VolumeUsage.BYTES].total == 8 * MiB, path
+        assert by[pb.VolumeUsage.BYTES].used >= 65536, path
+        assert not st.volume_condition.abnormal
+    n = plugin.node.NodeExpandVolume(pb.NodeExpandVolumeRequest(
+        volume_id=v.volume_id, volume_path=staging), timeout=60)
+    assert n.capacity_bytes == 8 * MiB
+    for t in (t_made, t_missing):
+        plugin.unpublish(v.volume_id, t)
+        assert not os.path.exists(t)
+    # a target left as a plain directory (a publish that died after mkdir): removed when
+    # empty, kept with an error when something is in it (nothing is deleted)
+    os.makedirs(t_made)
+    plugin.unpublish(v.volume_id, t_made)
+    assert not os.path.exists(t_made)
+    os.makedirs(t_made)
+    open(os.path.join(t_made, "keep"), "w").close()
+    assert code_of(plugin.unpublish, v.volume_id, t_made) == C.INTERNAL
+    assert os.path.exists(os.path.join(t_made, "keep"))
+    plugin.unstage(v.volume_id, staging)
+    assert os.path.isdir(staging) and not os.path.ismount(staging)
+
+
+def test_single_writer_counts_only_its_own_file_system(plugin):
+    """Two file systems may each have a volume directory of one name (ids pvc-s and
+    pvc-s@META2): a SINGLE_NODE_SINGLE_WRITER publish of one is not refused because the
+    other is published, and one is not taken for the other at a staging path."""
+    pb = plugin.pb
+    meta2 = plugin.add_fs()
+    one = plugin.cap(pb.VolumeCapability.AccessMode.SINGLE_NODE_SINGLE_WRITER)
+    a = plugin.create("pvc-s", 4 * MiB)
+    b = plugin.create("pvc-s", 4 * MiB, parameters={"metaURL": meta2})
+    assert a.volume_id != b.volume_id
+    root = os.path.join(plugin.base, "k")
+    for v, n in ((a, "a"), (b, "b")):
+        st, tp = os.path.join(root, "st-" + n), os.path.join(root, "pod-" + n, "mount")
+        os.makedirs(os.path.dirname(tp))
+        plugin.node.NodeStageVolume(pb.NodeStageVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=st, volume_capability=one))
+        plugin.node.NodePublishVolume(pb.NodePublishVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=st, target_path=tp,
+            volume_capability=one))
+    # nor is one staged where the other is (its directory of the same name)
+    assert code_of(plugin.stage, b.volume_id, os.path.join(root, "st-a")) == C.ALREADY_EXISTS
+    for v, n in ((a, "a"), (b, "b")):
+        plugin.unpublish(v.volume_id, os.path.join(root, "pod-" + n, "mount"))
+        plugin.unstage(v.volume_id, os.path.join(root, "st-" + n))

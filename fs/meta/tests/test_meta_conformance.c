@@ -58,6 +58,8 @@ struct engine {
 	 * dir targets, one chain); NULL: the engine has no older release, the migration cases
 	 * skip */
 	int (*make_old)(const char *dir);
+	/* raw SQL that turns a fresh volume into the schema before chain roles (META-13..17) */
+	const char *before_roles_sql;
 };
 
 static void sqlite_file(const char *dir, char *out, size_t len)
@@ -286,9 +288,13 @@ static int pg_raw_int(struct fx *f, const char *sql, long long *ret)
 
 static const struct engine engines[] = {
     {"sqlite", &meta_sqlite_ops, sqlite_store_new, NULL, sqlite_file, sqlite_raw_exec,
-     sqlite_raw_int, "PRAGMA user_version = 99", sqlite_make_old},
+     sqlite_raw_int, "PRAGMA user_version = 99", sqlite_make_old,
+     "DROP TABLE dirty; DROP TABLE repairs; ALTER TABLE chain_members DROP COLUMN role;"
+     " ALTER TABLE chain_members DROP COLUMN since; PRAGMA user_version = 3;"},
     {"postgres", &meta_pg_ops, pg_store_new, pg_stores_free, NULL, pg_raw_exec, pg_raw_int,
-     "UPDATE braidfs_schema SET version = 99", NULL},
+     "UPDATE braidfs_schema SET version = 99", NULL,
+     "DROP TABLE dirty; DROP TABLE repairs; ALTER TABLE chain_members DROP COLUMN role,"
+     " DROP COLUMN since; UPDATE braidfs_schema SET version = 1;"},
 };
 
 /* ---- fixture helpers ---- */
@@ -2449,10 +2455,12 @@ static void t_crash_atomicity(void **state)
 	struct fx *f = *state;
 	struct meta_attr a;
 	pid_t pid;
-	int st;
+	int st, ready[2];
+	char c;
 
 	meta_close(f->m);
 	f->m = NULL;
+	assert_int_equal(pipe(ready), 0);
 	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
@@ -2476,8 +2484,14 @@ static void t_crash_atomicity(void **state)
 				META_CALL(m, rename, d, name, META_ROOT_INO, name, 0, i, NULL);
 			if (i % 7 == 6)
 				META_CALL(m, unlink, META_ROOT_INO, name, i, NULL);
+			if (i == 0 && write(ready[1], "r", 1) != 1) /* one operation is committed */
+				_exit(4);
 		}
 	}
+	close(ready[1]);
+	/* the kill lands mid-stream however slow the machine is: after the first commit */
+	assert_int_equal(read(ready[0], &c, 1), 1);
+	close(ready[0]);
 	usleep(300 * 1000);
 	kill(pid, SIGKILL);
 	assert_int_equal(waitpid(pid, &st, 0), pid);
@@ -3510,6 +3524,7 @@ static void t_quota_migration(void **state)
 	set_size(f, a, 42, 0);
 	meta_close(f->m);
 	f->m = NULL;
+	assert_int_equal(E->raw_exec(f, E->before_roles_sql), 0); /* back to version 3 ... */
 	assert_int_equal(E->raw_exec(f, "DROP INDEX inodes_by_qroot; DROP TABLE quotas;"
 					"ALTER TABLE inodes DROP COLUMN qroot;"
 					"ALTER TABLE inodes DROP COLUMN qres;"
@@ -3522,8 +3537,401 @@ static void t_quota_migration(void **state)
 	assert_int_equal(META_CALL(f->m, quota_set, d, 100, 0), 0);
 	assert_int_equal(quota(f, a).bytes_used, 42);
 	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
-	fx_reopen(f); /* already version 3: nothing to do */
+	fx_reopen(f); /* already current: nothing to do */
 	assert_int_equal(quota(f, a).bytes_used, 42);
+}
+
+/* ---- chain roles, dirty chunks, repairs (META-13..17) ------------------------------------ */
+
+static struct meta_chain roles(const uint32_t *mem, uint32_t nm, const uint32_t *syn, uint32_t ns,
+			       const uint32_t *away, uint32_t na)
+{
+	struct meta_chain c;
+
+	memset(&c, 0, sizeof(c));
+	c.nmembers = nm;
+	c.nsyncing = ns;
+	c.naway = na;
+	for (uint32_t i = 0; i < nm && i < META_MAX_REPLICAS; i++)
+		c.members[i] = mem[i];
+	for (uint32_t i = 0; i < ns && i < META_MAX_REPLICAS; i++)
+		c.syncing[i] = syn[i];
+	for (uint32_t i = 0; i < na && i < META_MAX_REPLICAS; i++)
+		c.away[i] = away[i];
+	return c;
+}
+
+static struct meta_chain chain_get(struct fx *f, uint32_t id)
+{
+	struct meta_chain c[2];
+
+	assert_int_equal(META_CALL(f->m, chains_list, c, 2), 2);
+	assert_true(id < 2);
+	return c[id];
+}
+
+/* META-13, META-14: one epoch-conditional op sets the three roles; an away target keeps the
+ * time it went. */
+static void t_chain_roles(void **state)
+{
+	struct fx *f = *state;
+	uint32_t one[1] = {1}, two[1] = {2}, three[1] = {3}, m13[2] = {1, 3}, m12[2] = {1, 2};
+	struct meta_chain in, c;
+	struct meta_target tin;
+	uint64_t epoch = 0;
+	int64_t away1;
+
+	c = chain_get(f, 0);
+	assert_int_equal(c.nsyncing, 0);
+	assert_int_equal(c.naway, 0);
+	/* chain 1: 3 alone, 1 away since T0 (a reference time for the end of the case) */
+	in = roles(three, 1, NULL, 0, one, 1);
+	assert_int_equal(META_CALL(f->m, chain_set, 1, 1, &in, &epoch), 0);
+	/* target 2 fails: out of chain 0, away */
+	in = roles(one, 1, NULL, 0, two, 1);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 1, &in, &epoch), 0);
+	assert_int_equal(epoch, 2);
+	c = chain_get(f, 0);
+	assert_int_equal(c.epoch, 2);
+	assert_int_equal(c.nmembers, 1);
+	assert_int_equal(c.members[0], 1);
+	assert_int_equal(c.nsyncing, 0);
+	assert_int_equal(c.naway, 1);
+	assert_int_equal(c.away[0], 2);
+	assert_true(c.away_ns[0] >= 0 && c.away_ns[0] < 60000000000ll);
+	assert_int_equal(chain_get(f, 1).epoch, 2); /* the other chain untouched */
+	usleep(150 * 1000);
+	/* a replacement (3) starts syncing; 2 stays away and keeps its time (META-14) */
+	in = roles(one, 1, three, 1, two, 1);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 2, &in, &epoch), 0);
+	assert_int_equal(epoch, 3);
+	c = chain_get(f, 0);
+	assert_int_equal(c.nsyncing, 1);
+	assert_int_equal(c.syncing[0], 3);
+	assert_int_equal(c.naway, 1);
+	assert_true(c.away_ns[0] >= 100000000ll);
+	away1 = c.away_ns[0];
+	/* chain_update (the members-only op) takes 3 in; syncing loses it, away is kept */
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 3, m13, 2, &epoch), 0);
+	assert_int_equal(epoch, 4);
+	c = chain_get(f, 0);
+	assert_int_equal(c.nmembers, 2);
+	assert_int_equal(c.members[1], 3);
+	assert_int_equal(c.nsyncing, 0);
+	assert_int_equal(c.naway, 1);
+	assert_int_equal(c.away[0], 2);
+	assert_true(c.away_ns[0] >= away1);
+	/* META-7 covers every role: an away target cannot be drained */
+	memset(&tin, 0, sizeof(tin));
+	tin.state = META_TARGET_DRAINED;
+	assert_int_equal(META_CALL(f->m, target_update, 2, META_TSET_STATE, &tin), -EBUSY);
+
+	/* bad requests: -EINVAL / -ESTALE / -ENOENT, and nothing changes */
+	epoch = 77;
+	in = roles(m13, 2, NULL, 0, two, 1);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 3, &in, &epoch), -ESTALE);
+	assert_int_equal(epoch, 77);
+	assert_int_equal(META_CALL(f->m, chain_set, 7, 4, &in, &epoch), -ENOENT);
+	in = roles(NULL, 0, NULL, 0, two, 1); /* no member */
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 4, &in, &epoch), -EINVAL);
+	in = roles(m12, 2, NULL, 0, two, 1); /* 2 in two roles */
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 4, &in, &epoch), -EINVAL);
+	in = roles(one, 1, m13, 2, NULL, 0); /* 1 in two roles */
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 4, &in, &epoch), -EINVAL);
+	in = roles(one, 1, three, 1, three, 1);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 4, &in, &epoch), -EINVAL);
+	uint32_t bad[1] = {42};
+	in = roles(one, 1, bad, 1, NULL, 0); /* unknown target */
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 4, &in, &epoch), -EINVAL);
+	in = roles(one, 1, NULL, 0, two, 1);
+	in.naway = META_MAX_REPLICAS + 1; /* too long */
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 4, &in, &epoch), -EINVAL);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 4, NULL, &epoch), -EINVAL);
+	c = chain_get(f, 0);
+	assert_int_equal(c.epoch, 4);
+	assert_int_equal(c.nmembers, 2);
+	assert_int_equal(c.nsyncing, 0);
+	assert_int_equal(c.naway, 1);
+
+	/* 2 comes back: syncing; leaving away and coming back later starts a new time */
+	in = roles(m13, 2, two, 1, NULL, 0);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 4, &in, NULL), 0);
+	c = chain_get(f, 0);
+	assert_int_equal(c.epoch, 5);
+	assert_int_equal(c.nsyncing, 1);
+	assert_int_equal(c.syncing[0], 2);
+	assert_int_equal(c.naway, 0);
+	in = roles(m13, 2, NULL, 0, two, 1);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 5, &in, NULL), 0);
+	/* one read, one clock: 2 went (again) at least the 150 ms slept after T0 later than 1 */
+	struct meta_chain both[2];
+	assert_int_equal(META_CALL(f->m, chains_list, both, 2), 2);
+	assert_int_equal(both[1].away[0], 1);
+	assert_int_equal(both[0].away[0], 2);
+	assert_true(both[1].away_ns[0] - both[0].away_ns[0] >= 100000000ll);
+	/* survives reopen */
+	fx_reopen(f);
+	c = chain_get(f, 0);
+	assert_int_equal(c.epoch, 6);
+	assert_int_equal(c.members[0], 1);
+	assert_int_equal(c.members[1], 3);
+	assert_int_equal(c.naway, 1);
+	assert_int_equal(c.away[0], 2);
+}
+
+/* META-16 (DIST-6): promotion, dirty rows and the repairs row go in one transaction. */
+static void t_chain_promote(void **state)
+{
+	struct fx *f = *state;
+	uint32_t one[1] = {1}, two[1] = {2};
+	struct meta_chunk_ref refs[3] = {{5, 0}, {5, 1}, {9, 3}};
+	struct meta_repair rp, got[4];
+	struct meta_chain in, c;
+	uint64_t epoch = 0, n = 0;
+
+	in = roles(one, 1, two, 1, NULL, 0);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 1, &in, &epoch), 0);
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, refs, 3), 0);
+	assert_int_equal(META_CALL(f->m, dirty_add, 1, 2, refs, 2), 0); /* another chain */
+	memset(&rp, 0, sizeof(rp));
+	rp.chain = 0;
+	rp.target = 2;
+	rp.kind = META_REPAIR_RESYNC;
+	rp.chunks_total = 3;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), 0);
+	rp.chain = 1;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), 0);
+
+	/* only a syncing target can be promoted; a stale epoch changes nothing */
+	assert_int_equal(META_CALL(f->m, chain_promote, 0, 2, 1, &epoch), -EINVAL);
+	assert_int_equal(META_CALL(f->m, chain_promote, 0, 2, 3, &epoch), -EINVAL);
+	assert_int_equal(META_CALL(f->m, chain_promote, 0, 1, 2, &epoch), -ESTALE);
+	assert_int_equal(META_CALL(f->m, chain_promote, 9, 2, 2, &epoch), -ENOENT);
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 2, &n), 0);
+	assert_int_equal(n, 3);
+
+	assert_int_equal(META_CALL(f->m, chain_promote, 0, 2, 2, &epoch), 0);
+	assert_int_equal(epoch, 3);
+	c = chain_get(f, 0);
+	assert_int_equal(c.epoch, 3);
+	assert_int_equal(c.nmembers, 2);
+	assert_int_equal(c.members[0], 1);
+	assert_int_equal(c.members[1], 2);
+	assert_int_equal(c.nsyncing, 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 2, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 1, 2, &n), 0);
+	assert_int_equal(n, 2); /* the other chain's rows stay */
+	assert_int_equal(META_CALL(f->m, repairs_list, got, 4), 1);
+	assert_int_equal(got[0].chain, 1);
+	/* promoting again: not syncing any more */
+	assert_int_equal(META_CALL(f->m, chain_promote, 0, 3, 2, &epoch), -EINVAL);
+}
+
+static int ref_cmp(const void *a, const void *b)
+{
+	const struct meta_chunk_ref *x = a, *y = b;
+
+	if (x->ino != y->ino)
+		return x->ino < y->ino ? -1 : 1;
+	return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* META-15: dirty refs are a set, added and removed in batches, listed in pages in order. */
+static void t_dirty(void **state)
+{
+	struct fx *f = *state;
+	struct meta_chunk_ref add1[5] = {{7, 2}, {3, INT64_MAX}, {7, 0}, {3, 1}, {7, 2}};
+	struct meta_chunk_ref add2[3] = {{3, 1}, {1, 9}, {INT64_MAX, 0}};
+	struct meta_chunk_ref want[6] = {{1, 9}, {3, 1}, {3, INT64_MAX},
+					 {7, 0}, {7, 2}, {INT64_MAX, 0}};
+	struct meta_chunk_ref got[8], bad[1], *big;
+	uint64_t n = 99;
+	int k;
+
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 2, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(META_CALL(f->m, dirty_list, 0, 2, NULL, got, 8), 0);
+	/* duplicates, in a batch and against stored rows, keep one row */
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, add1, 5), 0);
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, add2, 3), 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 2, &n), 0);
+	assert_int_equal(n, 6);
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 1, &n), 0);
+	assert_int_equal(n, 0); /* per target */
+	assert_int_equal(META_CALL(f->m, dirty_list, 0, 2, NULL, got, 8), 6);
+	assert_memory_equal(got, want, sizeof(want));
+	/* pages of 2 after a cursor */
+	struct meta_chunk_ref cur = {0, 0}, *after = NULL;
+	int total = 0;
+	while ((k = META_CALL(f->m, dirty_list, 0, 2, after, got, 2)) > 0) {
+		assert_true(k <= 2);
+		assert_memory_equal(got, &want[total], (size_t)k * sizeof(got[0]));
+		total += k;
+		cur = got[k - 1];
+		after = &cur;
+	}
+	assert_int_equal(k, 0);
+	assert_int_equal(total, 6);
+	/* remove a batch (absent refs ignored) */
+	struct meta_chunk_ref rm[3] = {{3, 1}, {7, 2}, {100, 100}};
+	assert_int_equal(META_CALL(f->m, dirty_remove, 0, 2, rm, 3), 0);
+	assert_int_equal(META_CALL(f->m, dirty_list, 0, 2, NULL, got, 8), 4);
+	assert_int_equal(got[0].ino, 1);
+	assert_int_equal(got[1].ino, 3);
+	assert_int_equal(got[1].idx, INT64_MAX);
+	assert_int_equal(got[2].ino, 7);
+	assert_int_equal(got[2].idx, 0);
+	assert_int_equal(got[3].ino, INT64_MAX);
+
+	/* bad batches add nothing */
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, add1, 0), -EINVAL);
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, NULL, 1), -EINVAL);
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, add1, META_DIRTY_BATCH_MAX + 1), -EINVAL);
+	bad[0] = (struct meta_chunk_ref){0, 1};
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, bad, 1), -EINVAL);
+	bad[0] = (struct meta_chunk_ref){1, (uint64_t)INT64_MAX + 1};
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, bad, 1), -EINVAL);
+	assert_int_equal(META_CALL(f->m, dirty_add, 9, 2, add2, 3), -EINVAL);  /* no chain */
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 42, add2, 3), -EINVAL); /* no target */
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 2, &n), 0);
+	assert_int_equal(n, 4);
+
+	/* clear, then one full batch, listed back in pages */
+	assert_int_equal(META_CALL(f->m, dirty_clear, 0, 2), 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 2, &n), 0);
+	assert_int_equal(n, 0);
+	big = calloc(META_DIRTY_BATCH_MAX, sizeof(*big));
+	assert_non_null(big);
+	for (unsigned i = 0; i < META_DIRTY_BATCH_MAX; i++)
+		big[i] = (struct meta_chunk_ref){1000 + (i * 7919) % 97, i};
+	assert_int_equal(META_CALL(f->m, dirty_add, 1, 3, big, META_DIRTY_BATCH_MAX), 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 1, 3, &n), 0);
+	assert_int_equal(n, META_DIRTY_BATCH_MAX);
+	qsort(big, META_DIRTY_BATCH_MAX, sizeof(*big), ref_cmp);
+	struct meta_chunk_ref *page = calloc(1000, sizeof(*page));
+	assert_non_null(page);
+	after = NULL;
+	total = 0;
+	while ((k = META_CALL(f->m, dirty_list, 1, 3, after, page, 1000)) > 0) {
+		assert_memory_equal(page, &big[total], (size_t)k * sizeof(*page));
+		total += k;
+		cur = page[k - 1];
+		after = &cur;
+	}
+	assert_int_equal(k, 0);
+	assert_int_equal(total, META_DIRTY_BATCH_MAX);
+	assert_int_equal(META_CALL(f->m, dirty_remove, 1, 3, big, META_DIRTY_BATCH_MAX), 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 1, 3, &n), 0);
+	assert_int_equal(n, 0);
+	free(page);
+	free(big);
+}
+
+/* META-17: one repairs row per (chain, target); started kept while the kind stays. */
+static void t_repairs(void **state)
+{
+	struct fx *f = *state;
+	struct meta_repair rp, got[4];
+	int64_t started;
+
+	assert_int_equal(META_CALL(f->m, repairs_list, got, 4), 0);
+	memset(&rp, 0, sizeof(rp));
+	rp.chain = 1;
+	rp.target = 3;
+	rp.kind = META_REPAIR_REBUILD;
+	rp.chunks_total = 0;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), 0);
+	rp.chain = 0;
+	rp.target = 2;
+	rp.kind = META_REPAIR_RESYNC;
+	rp.chunks_total = 10;
+	rp.chunks_done = 1;
+	rp.bytes_done = 4096;
+	rp.rate = 1000;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), 0);
+	memset(got, 0, sizeof(got));
+	assert_int_equal(META_CALL(f->m, repairs_list, got, 1), 2); /* count > max */
+	assert_int_equal(META_CALL(f->m, repairs_list, got, 4), 2);
+	assert_int_equal(got[0].chain, 0); /* by (chain, target) */
+	assert_int_equal(got[0].target, 2);
+	assert_int_equal(got[0].kind, META_REPAIR_RESYNC);
+	assert_int_equal(got[0].chunks_total, 10);
+	assert_int_equal(got[0].chunks_done, 1);
+	assert_int_equal(got[0].bytes_done, 4096);
+	assert_int_equal(got[0].rate, 1000);
+	assert_true(got[0].started_ns > 1600000000000000000ll);
+	assert_true(got[0].elapsed_ns >= 0 && got[0].updated_ns >= 0);
+	assert_int_equal(got[1].chain, 1);
+	assert_int_equal(got[1].kind, META_REPAIR_REBUILD);
+	assert_string_equal(meta_repair_kind_name(got[1].kind), "rebuild");
+	started = got[0].started_ns;
+	usleep(100 * 1000);
+	/* progress: started kept */
+	rp.chunks_done = 5;
+	rp.bytes_done = 5 * 4096;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), 0);
+	assert_int_equal(META_CALL(f->m, repairs_list, got, 4), 2);
+	assert_int_equal(got[0].chunks_done, 5);
+	assert_int_equal(got[0].started_ns, started);
+	assert_true(got[0].elapsed_ns >= 80000000ll);
+	/* another kind: a new repair, a new start */
+	rp.kind = META_REPAIR_REBUILD;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), 0);
+	assert_int_equal(META_CALL(f->m, repairs_list, got, 4), 2);
+	assert_int_equal(got[0].kind, META_REPAIR_REBUILD);
+	assert_true(got[0].started_ns > started);
+	/* bad rows */
+	rp.kind = 7;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), -EINVAL);
+	rp.kind = META_REPAIR_RESYNC;
+	rp.target = 42;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), -EINVAL);
+	rp.target = 2;
+	rp.chain = 9;
+	assert_int_equal(META_CALL(f->m, repair_set, &rp), -EINVAL);
+	assert_int_equal(META_CALL(f->m, repair_set, NULL), -EINVAL);
+	/* delete */
+	assert_int_equal(META_CALL(f->m, repair_delete, 0, 2), 0);
+	assert_int_equal(META_CALL(f->m, repair_delete, 0, 2), -ENOENT);
+	assert_int_equal(META_CALL(f->m, repairs_list, got, 4), 1);
+	assert_int_equal(got[0].chain, 1);
+}
+
+/* A volume from before chain roles is upgraded by the first read-write open: every chain
+ * member stays a member; the new tables work. A read-only open refuses it untouched. */
+static void t_roles_migration(void **state)
+{
+	struct fx *f = *state;
+	struct meta_chunk_ref r1 = {2, 3};
+	uint32_t one[1] = {1}, two[1] = {2};
+	struct meta_chain c, in;
+	struct meta *ro = NULL;
+	char err[512] = "";
+	uint64_t n = 0;
+
+	if (!E->before_roles_sql)
+		skip();
+	meta_close(f->m);
+	f->m = NULL;
+	assert_int_equal(E->raw_exec(f, E->before_roles_sql), 0);
+	assert_int_equal(meta_open(f->url, META_O_RDONLY, &ro, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "needs an upgrade"));
+	fx_reopen(f);
+	c = chain_get(f, 0);
+	assert_int_equal(c.epoch, 1);
+	assert_int_equal(c.nmembers, 2);
+	assert_int_equal(c.members[0], 1);
+	assert_int_equal(c.members[1], 2);
+	assert_int_equal(c.nsyncing + c.naway, 0);
+	in = roles(one, 1, NULL, 0, two, 1);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 1, &in, NULL), 0);
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 2, &r1, 1), 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 2, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+	fx_reopen(f); /* already current: nothing to do */
+	assert_int_equal(chain_get(f, 0).naway, 1);
 }
 
 /* ---- main ----------------------------------------------------------------------------------- */
@@ -3594,6 +4002,11 @@ int main(int argc, char **argv)
 	    T(t_quota_existing_tree),
 	    T(t_quota_check_repairs),
 	    T(t_quota_migration),
+	    T(t_chain_roles),
+	    T(t_chain_promote),
+	    T(t_dirty),
+	    T(t_repairs),
+	    T(t_roles_migration),
 	};
 	int failed = 0, ran = 0;
 

@@ -1,0 +1,67 @@
+/* fence — the self-fencing clock of a node (DIST-4, META-10). Prefix fence_.
+ *
+ * A node may acknowledge writes only while its lease in the metadata database is valid. It
+ * cannot read the database's clock, so it counts on its own monotonic clock from the moment it
+ * SENT the renewal that succeeded: the database set lease_until = (its now() when it ran the
+ * statement) + lease, and that moment is after the send, so the node's view expires first
+ * (clock rates assumed equal; the manager's grace absorbs drift). A node whose view expired
+ * must not trust its chain table either (chains may have changed while it was cut off): it
+ * acknowledges again only after a renewal succeeded AND its chain table was re-read
+ * (fence_renewed with refreshed = true).
+ *
+ * States:  FENCED --renewed(refreshed)--> VALID --(now >= until)--> FENCED
+ *          VALID --renewed--> VALID (until moves forward, never back)
+ *          FENCED --renewed(!refreshed)--> FENCED
+ *
+ * until_ns is read by request threads and written by the heartbeat thread: __atomic.
+ */
+#ifndef BRAIDFS_FENCE_H
+#define BRAIDFS_FENCE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct fence {
+	int64_t until_ns; /* monotonic; 0: fenced (never valid yet) */
+};
+
+static inline void fence_init(struct fence *f)
+{
+	__atomic_store_n(&f->until_ns, 0, __ATOMIC_RELEASE);
+}
+
+/* May the node acknowledge at monotonic time now? */
+static inline bool fence_valid(const struct fence *f, int64_t now_ns)
+{
+	return now_ns < __atomic_load_n(&f->until_ns, __ATOMIC_ACQUIRE);
+}
+
+/* Has the node's view of its lease lapsed (it must re-read its chains before the next
+ * renewal counts)? */
+static inline bool fence_lapsed(const struct fence *f, int64_t now_ns)
+{
+	return !fence_valid(f, now_ns);
+}
+
+/* A renewal sent at sent_ns succeeded. A lapsed fence becomes valid only when the caller
+ * re-read its chain table after the lapse (refreshed); a valid one is extended. Returns
+ * whether the fence is valid at now_ns afterwards. */
+static inline bool fence_renewed(struct fence *f, int64_t sent_ns, uint32_t lease_ms,
+				 bool refreshed, int64_t now_ns)
+{
+	int64_t until = sent_ns + (int64_t)lease_ms * 1000000LL;
+	int64_t cur = __atomic_load_n(&f->until_ns, __ATOMIC_ACQUIRE);
+	if (fence_lapsed(f, now_ns) && !refreshed)
+		return false;
+	if (until > cur)
+		__atomic_store_n(&f->until_ns, until, __ATOMIC_RELEASE);
+	return fence_valid(f, now_ns);
+}
+
+/* Stop acknowledging at once (shutdown, a renewal answered that the lease is gone). */
+static inline void fence_drop(struct fence *f)
+{
+	__atomic_store_n(&f->until_ns, 0, __ATOMIC_RELEASE);
+}
+
+#endif
