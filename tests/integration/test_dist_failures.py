@@ -400,10 +400,11 @@ def test_lose_a_node(make_dist, case, rnd):
 
 
 def test_replace_target_away_too_long(make_dist):
-    """DIST-8: four nodes, three replicas; n3's serve dies and stays away longer than
-    replace_after_s: each of its chains gets another target rebuilt in its place (a full
-    copy), n3's target leaves them for good (also once n3 is back), and a scrub finds every
-    replica identical."""
+    """DIST-8: four nodes, three replicas; n3's serve dies (the load while it is away is
+    judged first) and stays away longer than replace_after_s: each of its chains gets another
+    target rebuilt in its place (a full copy), n3's target leaves them for good (also once n3
+    is back), nothing acknowledged before or during the rebuild is lost, and a scrub finds
+    every replica identical."""
     d = make_dist(nodes=("n1", "n2", "n3", "n4"), replace_after_s=REPLACE_S)
     d.print_chains("after format")
     clients = {"n1": d.mount("n1", "c1"), "n2": d.mount("n2", "c2")}
@@ -411,19 +412,27 @@ def test_replace_target_away_too_long(make_dist):
     t3 = d.target_of("n3")
     had = d.chains_with(t3)
     assert had and len(had) < len(d.chains()), "n3's target should be in some chains, not all"
-    with Load(d, clients, "replace") as load:
+    with Load(d, clients, "replace-loss") as loss:
         time.sleep(LOAD_S)
         t_fail = time.monotonic()
         d.kill_serve("n3")
+        d.wait_for(lambda: not d.chains_with(t3), DETECT_S, "n3's target leaves its chains")
+        assert d.chains_with(t3, "away") == had, "n3's target should be away first"
+        d.print_chains("with n3 away")
+        loss.stop()
+        checks = loss.check(" with n3 away")
+        loss.assert_no_app_errors()
+        loss.assert_verified(checks)
+    with Load(d, clients, "replace") as load:
         with RepairWatch(d) as rw:
-            d.wait_for(lambda: not d.chains_with(t3), DETECT_S, "n3's target leaves its chains")
             d.wait_healthy(REPLACE_S + DETECT_S + HANG_S, "every chain rebuilt to 3 replicas "
                            "without n3")
             print(f"replace: chains full again {time.monotonic() - t_fail:.2f} s after the "
                   f"kill (replace_after_s {REPLACE_S})")
             time.sleep(LOAD_S)
             load.stop()
-        checks = load.check()
+        checks = load.check(" after the replacement")
+        loss.assert_verified(loss.check(" after the replacement"))
     d.print_chains("after the replacement")
     assert not d.chains_with(t3, None), "n3's target is still in a chain (in any role)"
     rb = rw.bytes("rebuild")
