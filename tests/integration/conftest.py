@@ -705,6 +705,30 @@ def fallocate(fd, mode, off, length):
         raise OSError(e, os.strerror(e))
 
 
+def run_on_tty(argv, timeout=60):
+    """Run ARGV with stderr on a pseudo-terminal (stdout piped): (returncode, stdout text,
+    every byte written to the terminal)."""
+    import pty
+    master, slave = pty.openpty()
+    try:
+        c = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=slave,
+                             text=True)
+        os.close(slave)
+        out, _ = c.communicate(timeout=timeout)
+        tty = b""
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:
+                break
+            if not b:
+                break
+            tty += b
+    finally:
+        os.close(master)
+    return c.returncode, out, tty
+
+
 def spawn_py(code, *args, **kw):
     """Start `python3 -c CODE ARGS` with stdout piped; returns Popen."""
     return subprocess.Popen([PY, "-c", code] + [str(a) for a in args], stdout=subprocess.PIPE,

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from conftest import (BIN, braidfs, compare_chunk_trees, drop_caches, pid_alive, read_file,
-                      set_fault, write_file)
+                      run_on_tty, set_fault, write_file)
 
 MiB = 1 << 20
 CHUNK = MiB  # the volumes here use 1 MiB chunks: a few MiB make several chunks per file
@@ -346,27 +346,10 @@ def test_scrub_rate_limit(make_volume):
 def test_scrub_progress_on_a_terminal(make_volume):
     """On a terminal the progress line is redrawn in place (carriage return, erase to the end
     of the line) and erased before the summary."""
-    import pty
     v = make_volume(targets=("dir", "dir"), chunk_size="1M")
     make_files(v, 1, 6 * MiB, seed=8)
-    master, slave = pty.openpty()
-    try:
-        c = subprocess.Popen([BIN, "scrub", "--rate", "16M/s", v.meta_url],
-                             stdout=subprocess.PIPE, stderr=slave, text=True)
-        os.close(slave)
-        out, _ = c.communicate(timeout=60)
-        tty = b""
-        while True:
-            try:
-                b = os.read(master, 65536)
-            except OSError:
-                break
-            if not b:
-                break
-            tty += b
-    finally:
-        os.close(master)
-    assert c.returncode == 0, out
+    rc, out, tty = run_on_tty([BIN, "scrub", "--rate", "16M/s", v.meta_url])
+    assert rc == 0, out
     draws = tty.count(b"\rscrub:")
     assert draws >= 2 and b"\033[K" in tty, tty[-300:]
     assert tty.endswith(b"\r\033[K"), tty[-100:]  # erased before the summary

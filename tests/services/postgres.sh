@@ -16,6 +16,9 @@
 # measured against a real one). Exit 77 (skip) when PostgreSQL is not installed.
 #
 # Env: BRAIDFS_PGBIN (server binaries; default: the newest /usr/lib/postgresql/*/bin).
+#      BRAIDFS_PG_LISTEN=ADDR/PREFIX: listen on ADDR too (besides 127.0.0.1) and trust
+#      connections from ADDR's network: the address of a test bridge that network namespaces
+#      reach (tests/integration/netns.py). The printed URL still names 127.0.0.1.
 set -u
 
 die() {
@@ -73,11 +76,20 @@ start() {
 	chmod 0700 "$dir/data"
 	as_owner "$BIN/initdb" -D "$dir/data" --auth=trust -U postgres -E UTF8 --no-instructions \
 		>"$dir/initdb.log" 2>&1 || die "initdb failed: $(tail -3 "$dir/initdb.log")"
+	listen=127.0.0.1
+	if [ -n "${BRAIDFS_PG_LISTEN:-}" ]; then
+		case "$BRAIDFS_PG_LISTEN" in
+		*/*) ;;
+		*) die "BRAIDFS_PG_LISTEN=$BRAIDFS_PG_LISTEN: want ADDR/PREFIX" ;;
+		esac
+		listen="127.0.0.1,${BRAIDFS_PG_LISTEN%/*}"
+		echo "host all all $BRAIDFS_PG_LISTEN trust" >>"$dir/data/pg_hba.conf"
+	fi
 	tries=0
 	while :; do
 		port=$(free_port)
 		if as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/run/server.log" -w -t 60 \
-			-o "-c listen_addresses=127.0.0.1 -p $port -k $dir/run -c max_connections=100 \
+			-o "-c listen_addresses=$listen -p $port -k $dir/run -c max_connections=100 \
 			-c shared_buffers=32MB -c fsync=on -c synchronous_commit=on" start \
 			>"$dir/pg_ctl.log" 2>&1; then
 			break
