@@ -33,8 +33,8 @@
  *   path that does not fail.
  *
  * LOCK ORDER (outermost first): cut_lock -> stripe -> chain.change_lock -> chain.lock;
- *   lag_lock, tgt.qlock, pool_lock, open_lock and batch locks are leaves. No ds lock but the
- *   cut lock, a stripe and the chain's change_lock is held while chain_failed runs; only the
+ *   lag_lock, tgt.qlock, pool_lock, lazy_lock -> open_lock and batch locks are leaves. No ds lock
+ * but the cut lock, a stripe and the chain's change_lock is held while chain_failed runs; only the
  *   change_lock while chain_changed runs. cut_lock is a writer-preferring rwlock: remove and
  *   trim/truncate (which delete whole chunks without stripe locks) hold it exclusively;
  *   repairs that may create a chunk (read repair, check, scrub) hold it shared, so they can
@@ -135,7 +135,7 @@ struct ds_tgt {
 	struct ds *ds;
 	uint32_t id;
 	bool owned;	      /* sm is ours to close (not given open in ds_config) */
-	int64_t next_open_ns; /* lazy_open: no new attempt before (monotonic), __atomic */
+	int64_t next_open_ns; /* lazy_open: no new attempt before (monotonic); ds.lazy_lock */
 	bool up; /* configured up, or rebuilt into a chain; protected by ds.open_lock */
 	char url[1024];
 	struct sm_target *sm; /* NULL when not open; set once (ds_open, ds_attach), __atomic */
@@ -180,6 +180,8 @@ struct ds {
 	unsigned stall_ms;
 	char volume_uuid[37];
 	pthread_mutex_t open_lock; /* opening a target on demand (ds_attach) */
+	pthread_mutex_t
+	    lazy_lock; /* one lazy_open attempt at a time (ds_lazy); taken before open_lock */
 	size_t par_min;
 	bool par_sync;
 	uint64_t weak_max;
@@ -293,19 +295,29 @@ static int ds_sm_open(const char *url, const struct sm_identity *expect, struct 
 	return sm_open(url, expect, ret, err, errlen);
 }
 
-/* lazy_open: open a target that did not open before, at most once a second. */
+/* lazy_open: open a target that did not open before. Requests that find it closed wait for
+ * one attempt (lazy_lock) instead of failing beside it: a target that was merely not opened
+ * yet — its node registered after this process started — must not be taken for a failed one
+ * and leave its chains. After a failed attempt, requests fail at once for
+ * DS_LAZY_RETRY_NS (an unreachable node is not asked again by every request). */
+#define DS_LAZY_RETRY_NS 200000000LL
 static struct sm_target *ds_lazy(struct ds_tgt *t)
 {
-	int64_t now = now_monotonic_ns();
-	int64_t next = __atomic_load_n(&t->next_open_ns, __ATOMIC_RELAXED);
-	if (!t->ds->lazy_open || !t->up || now < next ||
-	    !__atomic_compare_exchange_n(&t->next_open_ns, &next, now + 1000000000LL, false,
-					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+	struct ds *ds = t->ds;
+	if (!ds->lazy_open || !t->up)
 		return NULL;
-	char err[512];
-	if (ds_attach(t->ds, t, err, sizeof(err)) < 0)
-		log_debug("ds: %s", err);
-	return ds_tsm(t);
+	pthread_mutex_lock(&ds->lazy_lock);
+	struct sm_target *sm = ds_tsm(t);
+	if (!sm && now_monotonic_ns() >= t->next_open_ns) {
+		char err[512];
+		if (ds_attach(ds, t, err, sizeof(err)) < 0) {
+			log_debug("ds: %s", err);
+			t->next_open_ns = now_monotonic_ns() + DS_LAZY_RETRY_NS;
+		}
+		sm = ds_tsm(t);
+	}
+	pthread_mutex_unlock(&ds->lazy_lock);
+	return sm;
 }
 
 static void ds_apply(struct ds_rop *r)
@@ -750,6 +762,7 @@ static void ds_free(struct ds *ds)
 	pthread_mutex_destroy(&ds->lag_lock);
 	pthread_cond_destroy(&ds->lag_cond);
 	pthread_mutex_destroy(&ds->open_lock);
+	pthread_mutex_destroy(&ds->lazy_lock);
 	pthread_rwlock_destroy(&ds->cut_lock);
 	free(ds->targets);
 	free(ds->chains);
@@ -854,6 +867,7 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	pthread_mutex_init(&ds->lag_lock, NULL);
 	pthread_cond_init(&ds->lag_cond, NULL);
 	pthread_mutex_init(&ds->open_lock, NULL);
+	pthread_mutex_init(&ds->lazy_lock, NULL);
 	pthread_rwlockattr_t ra;
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -903,7 +917,7 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 			log_info("target %u (%s) is not reachable yet: %s", t->id, t->url,
 				 serr[0] ? serr : strerror(-r));
 			t->sm = NULL;
-			t->next_open_ns = now_monotonic_ns() + 1000000000LL;
+			t->next_open_ns = now_monotonic_ns() + DS_LAZY_RETRY_NS;
 			continue;
 		}
 		if (r == 0)

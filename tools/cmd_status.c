@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "common/util.h"
+#include "dataservice/rpc_target.h"
 #include "storemgr/sm.h"
 #include "tools/ctl_client.h"
 #include "tools/tools.h"
@@ -293,7 +294,19 @@ int cmd_status(int argc, char **argv)
 			struct sm_identity expect = {.target_id = t->id};
 			snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", v.info.uuid);
 			struct sm_target *st = NULL;
-			r = sm_open(t->url, &expect, &st, terr, sizeof(terr));
+			char node[META_NODE_MAX], rurl[1024];
+			if (vol_target_node(t->url, node, sizeof(node)) == t->url) {
+				r = sm_open(t->url, &expect, &st, terr, sizeof(terr));
+			} else { /* NODE@URL: asked of the node that serves it */
+				r = vol_resolve_target(v.meta, v.targets, v.ntargets, t->id, NULL,
+						       rurl, sizeof(rurl));
+				if (r == -EHOSTUNREACH)
+					snprintf(terr, sizeof(terr),
+						 "node %s is down or never registered", node);
+				else if (r == 0)
+					r = rpc_target_ops.open(rurl, &expect, &st, terr,
+								sizeof(terr));
+			}
 			if (r == 0)
 				r = st->ops->statfs(st, &sf);
 			if (r == 0 && st->ops->counters && cnt && has_cnt)

@@ -186,6 +186,12 @@ def test_mount_writes_to_every_node(cluster):
     for i, d in data.items():
         with open(os.path.join(c.mnt, f"f{i}"), "rb") as f:
             assert f.read() == d
+    # status asks each target's usage of the node that serves it
+    st = braidfs("status", c.meta)
+    assert st.returncode == 0, st.stdout + st.stderr
+    for name, img in zip(c.names, c.imgs):
+        line = next(ln for ln in st.stdout.splitlines() if f"{name}@file:{img}" in ln)
+        assert "unreachable" not in line and " - " not in line.split(name, 1)[1], line
     epochs = c.epochs()
     # two nodes die one after the other: the third holds every chunk
     for victim in (0, 1):
@@ -197,6 +203,15 @@ def test_mount_writes_to_every_node(cluster):
     wait_for(lambda: min(c.epochs()) >= min(epochs) + 2, 30,
              "every chain to lose both dead nodes' targets")
     assert c.node_state("n1") == 1 and c.node_state("n2") == 1 and c.node_state("n3") == 0
+    st = braidfs("status", c.meta)
+    assert st.returncode == 1 and st.stdout.count(" unreachable ") == 2, st.stdout
+    # without the mount, status asks the serving node itself, or says why it cannot
+    c.umount()
+    st = braidfs("status", c.meta)
+    assert st.returncode == 1, st.stdout + st.stderr
+    assert "node n1 is down or never registered" in st.stdout, st.stdout
+    line = next(ln for ln in st.stdout.splitlines() if f"n3@file:{c.imgs[2]}" in ln)
+    assert "unreachable" not in line and " - " not in line.split("n3", 1)[1], line
 
 
 def test_kill_secondary_then_primary_during_writes(cluster):
