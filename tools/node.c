@@ -859,6 +859,10 @@ static void *node_rp_main(void *arg)
 {
 	struct node *n = arg;
 	while (!__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED)) {
+		/* a primary learns that the manager made a target syncing only from the database:
+		 * no request tells it (clients do not write to syncing targets) */
+		if (fence_valid(&n->fence, now_monotonic_ns()))
+			node_reload_chains(n);
 		for (unsigned ci = 0; !__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED); ci++) {
 			struct meta_chain c;
 			if (!node_chain_at(n, ci, &c))
