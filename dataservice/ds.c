@@ -155,12 +155,12 @@ struct ds_chain {
 	pthread_mutex_t change_lock; /* one membership change (chain_failed) at a time */
 	pthread_mutex_t lock;
 	uint32_t id;
-	uint64_t epoch;			   /* protected by lock */
-	uint32_t n;			   /* protected by lock */
-	struct ds_tgt *m[DS_MAX_REPLICAS]; /* protected by lock; [0] = primary */
-	uint32_t nkeep;			   /* immutable after ds_open */
-	struct ds_tgt *keep[DS_MAX_KEEP];  /* not members, chunks kept (ds_chain_cfg.keep) */
-	uint32_t ns;			   /* protected by lock */
+	uint64_t epoch;			    /* protected by lock */
+	uint32_t n;			    /* protected by lock */
+	struct ds_tgt *m[DS_MAX_REPLICAS];  /* protected by lock; [0] = primary */
+	uint32_t nkeep;			    /* immutable after ds_open */
+	struct ds_tgt *keep[DS_MAX_KEEP];   /* not members, chunks kept (ds_chain_cfg.keep) */
+	uint32_t ns;			    /* protected by lock */
 	struct ds_tgt *sy[DS_MAX_REPLICAS]; /* protected by lock; syncing (ds_chain_cfg) */
 };
 

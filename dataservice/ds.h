@@ -115,8 +115,8 @@ typedef int (*ds_chain_changed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
  * could do neither — the request then fails with -EIO rather than be acknowledged with a
  * syncing target silently behind. Called with the chunk's stripe lock held: it may call
  * ds_chain_load, nothing else of ds. NULL: syncing failures are only counted. */
-typedef int (*ds_syncing_failed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
-				    uint32_t target, uint64_t ino, uint32_t idx, int err);
+typedef int (*ds_syncing_failed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t target,
+				    uint64_t ino, uint32_t idx, int err);
 
 /* Forwarding mode: read chain chain_id from where it is committed (the metadata database) into
  * *ret. 0 or -errno. Any thread; no ds lock held. */
@@ -131,7 +131,7 @@ struct ds_config {
 	const struct ds_chain_cfg *chains;
 	unsigned nchains;
 	ds_chain_failed_fn chain_failed;
-	ds_chain_changed_fn chain_changed; /* may be NULL */
+	ds_chain_changed_fn chain_changed;   /* may be NULL */
 	ds_syncing_failed_fn syncing_failed; /* may be NULL */
 	void *cb_ctx;
 	/* Served chains (docs/distributed.md, DS-5). forward: every chunk request goes to the

@@ -227,12 +227,8 @@ static void node_dirty_remember(struct node *n, uint32_t chain, uint64_t epoch, 
 	uint64_t h = hash_mix64(ino ^ ((uint64_t)idx << 32) ^ ((uint64_t)chain << 48) ^ target);
 	struct node_dirty_slot *s = &n->dirty[h % NODE_DIRTY_CACHE];
 	pthread_mutex_lock(&n->dirty_lock);
-	*s = (struct node_dirty_slot){.chain = chain,
-				      .epoch = epoch,
-				      .target = target,
-				      .ino = ino,
-				      .idx = idx,
-				      .used = true};
+	*s = (struct node_dirty_slot){
+	    .chain = chain, .epoch = epoch, .target = target, .ino = ino, .idx = idx, .used = true};
 	pthread_mutex_unlock(&n->dirty_lock);
 }
 
@@ -495,12 +491,13 @@ static void node_manager_rejoin(struct node *n, const struct meta_node *nodes, i
 			uint64_t ne = 0;
 			int r = META_CALL_OPT(n->meta, chain_set, c.id, c.epoch, &nc, &ne);
 			if (r == 0)
-				log_info("manager: target %u of node %s rejoins chain %u as syncing "
-					 "(epoch %llu)",
-					 t, d->name, c.id, (unsigned long long)ne);
+				log_info(
+				    "manager: target %u of node %s rejoins chain %u as syncing "
+				    "(epoch %llu)",
+				    t, d->name, c.id, (unsigned long long)ne);
 			else
-				log_warn("manager: chain %u: cannot bring target %u back: %s", c.id, t,
-					 strerror(-r));
+				log_warn("manager: chain %u: cannot bring target %u back: %s", c.id,
+					 t, strerror(-r));
 			node_reload_chains(n);
 			break; /* the chain moved on: the next round sees the rest */
 		}
@@ -580,10 +577,11 @@ static void node_manager_replace(struct node *n, const struct meta_node *nodes, 
 				return;
 			uint32_t t = node_pick_replacement(n, &c, old, nodes, nn, tg, nt);
 			if (!t) {
-				log_warn("manager: target %u has been away from chain %u for %lld s "
-					 "but no target can replace it (same pool, node up, not in "
-					 "the chain)",
-					 old, c.id, (long long)(c.away_ns[a] / 1000000000LL));
+				log_warn(
+				    "manager: target %u has been away from chain %u for %lld s "
+				    "but no target can replace it (same pool, node up, not in "
+				    "the chain)",
+				    old, c.id, (long long)(c.away_ns[a] / 1000000000LL));
 				continue;
 			}
 			struct meta_repair mark = {
@@ -596,14 +594,15 @@ static void node_manager_replace(struct node *n, const struct meta_node *nodes, 
 			if (r == 0)
 				r = META_CALL_OPT(n->meta, chain_set, c.id, c.epoch, &nc, &ne);
 			if (r == 0) {
-				log_warn("manager: target %u replaces target %u in chain %u (away for "
-					 "%lld s): rebuilding (epoch %llu)",
-					 t, old, c.id, (long long)(c.away_ns[a] / 1000000000LL),
-					 (unsigned long long)ne);
+				log_warn(
+				    "manager: target %u replaces target %u in chain %u (away for "
+				    "%lld s): rebuilding (epoch %llu)",
+				    t, old, c.id, (long long)(c.away_ns[a] / 1000000000LL),
+				    (unsigned long long)ne);
 				META_CALL_OPT(n->meta, dirty_clear, c.id, old);
 			} else {
-				log_warn("manager: chain %u: cannot replace target %u: %s", c.id, old,
-					 strerror(-r));
+				log_warn("manager: chain %u: cannot replace target %u: %s", c.id,
+					 old, strerror(-r));
 			}
 			node_reload_chains(n);
 			break;
@@ -722,8 +721,7 @@ struct node_rp {
 static bool node_rp_belongs(void *ctx, uint64_t ino, uint32_t idx)
 {
 	struct node_rp *x = ctx;
-	return x->n->nchains &&
-	       ((uint64_t)ds_ino_seed(ino) + idx) % x->n->nchains == x->chain;
+	return x->n->nchains && ((uint64_t)ds_ino_seed(ino) + idx) % x->n->nchains == x->chain;
 }
 
 static void node_rp_lock(void *ctx, uint64_t ino, uint32_t idx, bool lock)
