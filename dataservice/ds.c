@@ -155,17 +155,21 @@ struct ds_chain {
 	pthread_mutex_t change_lock; /* one membership change (chain_failed) at a time */
 	pthread_mutex_t lock;
 	uint32_t id;
-	uint64_t epoch;			   /* protected by lock */
-	uint32_t n;			   /* protected by lock */
-	struct ds_tgt *m[DS_MAX_REPLICAS]; /* protected by lock; [0] = primary */
-	uint32_t nkeep;			   /* immutable after ds_open */
-	struct ds_tgt *keep[DS_MAX_KEEP];  /* not members, chunks kept (ds_chain_cfg.keep) */
+	uint64_t epoch;			    /* protected by lock */
+	uint32_t n;			    /* protected by lock */
+	struct ds_tgt *m[DS_MAX_REPLICAS];  /* protected by lock; [0] = primary */
+	uint32_t nkeep;			    /* immutable after ds_open */
+	struct ds_tgt *keep[DS_MAX_KEEP];   /* not members, chunks kept (ds_chain_cfg.keep) */
+	uint32_t ns;			    /* protected by lock */
+	struct ds_tgt *sy[DS_MAX_REPLICAS]; /* protected by lock; syncing (ds_chain_cfg) */
 };
 
 struct ds_snap {
 	uint64_t epoch;
 	uint32_t n;
 	struct ds_tgt *m[DS_MAX_REPLICAS];
+	uint32_t ns;
+	struct ds_tgt *sy[DS_MAX_REPLICAS];
 };
 
 struct ds {
@@ -173,6 +177,7 @@ struct ds {
 	enum ds_consistency mode;
 	ds_chain_failed_fn chain_failed;
 	ds_chain_changed_fn chain_changed;
+	ds_syncing_failed_fn syncing_failed;
 	void *cb_ctx;
 	bool forward, lazy_open;
 	ds_chain_refresh_fn chain_refresh;
@@ -250,6 +255,8 @@ static void ds_snap(struct ds *ds, unsigned ci, struct ds_snap *s)
 	s->epoch = c->epoch;
 	s->n = c->n;
 	memcpy(s->m, c->m, sizeof(s->m));
+	s->ns = c->ns;
+	memcpy(s->sy, c->sy, sizeof(s->sy));
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -259,6 +266,26 @@ static bool ds_snap_has(const struct ds_snap *s, const struct ds_tgt *t)
 		if (s->m[i] == t)
 			return true;
 	return false;
+}
+
+/* The syncing targets of c that this ds knows, into out; their count. */
+static uint32_t ds_syncing_of(struct ds *ds, const struct ds_chain_cfg *c, struct ds_tgt **out)
+{
+	uint32_t n = 0;
+	for (uint32_t k = 0; k < c->nsyncing && k < DS_MAX_REPLICAS; k++)
+		for (unsigned t = 0; t < ds->ntargets; t++)
+			if (ds->targets[t].id == c->syncing[k])
+				out[n++] = &ds->targets[t];
+	return n;
+}
+
+static bool ds_chain_has_syncing(struct ds *ds, unsigned ci)
+{
+	struct ds_chain *c = &ds->chains[ci];
+	pthread_mutex_lock(&c->lock);
+	bool any = c->ns > 0;
+	pthread_mutex_unlock(&c->lock);
+	return any;
 }
 
 /* Does chain ci keep t's chunks though t is no member (syncing, away: ds_chain_cfg.keep)? */
@@ -845,6 +872,7 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	ds->chunk_size = cfg->chunk_size;
 	ds->mode = cfg->consistency;
 	ds->chain_failed = cfg->chain_failed;
+	ds->syncing_failed = cfg->syncing_failed;
 	ds->chain_changed = cfg->chain_changed;
 	ds->cb_ctx = cfg->cb_ctx;
 	ds->forward = cfg->forward;
@@ -901,6 +929,7 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 			for (unsigned t = 0; t < ds->ntargets; t++)
 				if (ds->targets[t].id == cc->keep[k])
 					c->keep[c->nkeep++] = &ds->targets[t];
+		c->ns = ds_syncing_of(ds, cc, c->sy);
 	}
 
 	for (unsigned i = 0; i < ds->ntargets; i++) {
@@ -1105,6 +1134,8 @@ static struct ds_tgt *ds_find_target(struct ds *ds, uint32_t id)
 
 int ds_chain_load(struct ds *ds, const struct ds_chain_cfg *c)
 {
+	if (c->nsyncing > DS_MAX_REPLICAS)
+		return -EINVAL;
 	struct ds_tgt *m[DS_MAX_REPLICAS];
 	if (c->nmembers > DS_MAX_REPLICAS)
 		return -EINVAL;
@@ -1116,10 +1147,14 @@ int ds_chain_load(struct ds *ds, const struct ds_chain_cfg *c)
 		if (ch->id != c->id)
 			continue;
 		/* not the change_lock: chain_failed callbacks (which hold it) reload chains */
+		struct ds_tgt *sy[DS_MAX_REPLICAS];
+		uint32_t ns = ds_syncing_of(ds, c, sy);
 		pthread_mutex_lock(&ch->lock);
 		if (c->epoch > ch->epoch) {
 			memcpy(ch->m, m, c->nmembers * sizeof(m[0]));
 			ch->n = c->nmembers;
+			memcpy(ch->sy, sy, ns * sizeof(sy[0]));
+			ch->ns = ns;
 			__atomic_store_n(&ch->epoch, c->epoch, __ATOMIC_RELAXED);
 		}
 		pthread_mutex_unlock(&ch->lock);
@@ -1256,11 +1291,31 @@ ssize_t ds_read(struct ds *ds, uint64_t ino, void *buf, size_t len, uint64_t off
 }
 
 /* Run op (filled in but for .t) on every member of the chunk's chain, under its stripe lock. */
+/* After rops[i] ran on syncing target s->sy[i] of chain ci: report each failure (they never
+ * fail the request unless the callback could not record it; ds.h ds_syncing_failed_fn). */
+static int ds_settle_syncing(struct ds *ds, unsigned ci, const struct ds_snap *s,
+			     const struct ds_rop *rops, const struct ds_rop *tmpl)
+{
+	int r = 0;
+	for (uint32_t i = 0; i < s->ns; i++) {
+		if (rops[i].ret >= 0)
+			continue;
+		__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
+		log_debug("ds: chain %u: syncing target %u failed: %s", ds->chains[ci].id,
+			  s->sy[i]->id, strerror((int)-rops[i].ret));
+		if (ds->syncing_failed &&
+		    ds->syncing_failed(ds->cb_ctx, ds->chains[ci].id, s->epoch, s->sy[i]->id,
+				       tmpl->ino, tmpl->idx, (int)rops[i].ret) < 0)
+			r = -EIO;
+	}
+	return r;
+}
+
 static int ds_chunk_op(struct ds *ds, const struct ds_rop *tmpl, bool parallel)
 {
 	unsigned ci = ds_chain_of(ds, tmpl->ino, tmpl->idx);
 	pthread_mutex_t *sl = ds_stripe(ds, tmpl->ino, tmpl->idx);
-	struct ds_rop rops[DS_MAX_REPLICAS];
+	struct ds_rop rops[2 * DS_MAX_REPLICAS];
 	struct ds_snap s;
 
 	pthread_mutex_lock(sl);
@@ -1272,14 +1327,15 @@ static int ds_chunk_op(struct ds *ds, const struct ds_rop *tmpl, bool parallel)
 	}
 	ds_barrier(ds); /* weak: queued writes to this chunk land before this op */
 	ds_snap(ds, ci, &s);
-	for (uint32_t i = 0; i < s.n; i++) {
+	for (uint32_t i = 0; i < s.n + s.ns; i++) {
 		rops[i] = *tmpl;
-		rops[i].t = s.m[i];
+		rops[i].t = i < s.n ? s.m[i] : s.sy[i - s.n];
 	}
-	ds_run(ds, rops, s.n, parallel);
+	ds_run(ds, rops, s.n + s.ns, parallel);
 	int r = ds_settle(ds, ci, rops, s.n);
+	int k = ds_settle_syncing(ds, ci, &s, rops + s.n, tmpl);
 	pthread_mutex_unlock(sl);
-	return r;
+	return r < 0 ? r : k;
 }
 
 static int ds_write_weak(struct ds *ds, uint64_t ino, uint32_t idx, const void *buf, size_t n,
@@ -1332,7 +1388,8 @@ ssize_t ds_write(struct ds *ds, uint64_t ino, const void *buf, size_t len, uint6
 		uint64_t within = pos % ds->chunk_size;
 		size_t n = (size_t)MIN((uint64_t)(len - done), ds->chunk_size - within);
 		const char *p = (const char *)buf + done;
-		if (ds->mode == DS_WEAK) { /* never in forward mode */
+		if (ds->mode == DS_WEAK && /* never in forward mode */
+		    !ds_chain_has_syncing(ds, ds_chain_of(ds, ino, idx))) {
 			r = ds_write_weak(ds, ino, idx, p, n, within);
 		} else {
 			struct ds_rop op = {.op = DS_OP_WRITE,
@@ -1361,7 +1418,8 @@ int ds_chunk_apply(struct ds *ds, enum ds_chunk_kind kind, uint64_t ino, uint32_
 	if ((unsigned)kind >= ARRAY_SIZE(ops) || off > ds->chunk_size ||
 	    (kind != DS_CHUNK_TRUNCATE && len > ds->chunk_size - off))
 		return -EINVAL;
-	if (kind == DS_CHUNK_WRITE && ds->mode == DS_WEAK && !ds->forward)
+	if (kind == DS_CHUNK_WRITE && ds->mode == DS_WEAK && !ds->forward &&
+	    !ds_chain_has_syncing(ds, ds_chain_of(ds, ino, idx)))
 		return ds_write_weak(ds, ino, idx, data, (size_t)len, off);
 	struct ds_rop op = {
 	    .op = ops[kind], .ino = ino, .idx = idx, .off = off, .len = len, .wbuf = data};

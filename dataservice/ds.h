@@ -84,6 +84,14 @@ struct ds_chain_cfg {
 	 * or delete their chunks of the chain as strays. Unknown ids are ignored. */
 	uint32_t nkeep;
 	uint32_t keep[DS_MAX_KEEP];
+	/* Syncing targets (META-13, DIST-6): every chunk request applied through the chain
+	 * (ds_chunk_apply, ds_write, truncate, punch, allocate) also reaches them, in parallel
+	 * with the members and under the same stripe lock, but they count for nothing: a write
+	 * is acknowledged on the members' answers alone, and a syncing target that fails is
+	 * reported through syncing_failed, never dropped by ds. Reads never go to them. Loaded
+	 * with the members (ds_open, ds_chain_load). Unknown ids are ignored. */
+	uint32_t nsyncing;
+	uint32_t syncing[DS_MAX_REPLICAS];
 };
 
 /* Called when a member of a chain failed (DS-1). The callee must commit, durably, the chain
@@ -101,6 +109,15 @@ typedef int (*ds_chain_failed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
 typedef int (*ds_chain_changed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
 				   const uint32_t *new_members, uint32_t nnew, uint64_t *ret_epoch);
 
+/* A syncing target of chain_id (ds_chain_cfg.syncing) failed request op on chunk (ino, idx)
+ * with error err, at chain epoch `epoch`. The callee takes it out of syncing and makes sure the
+ * chunk will be copied to it again (docs/distributed.md: away + dirty); 0, or -errno when it
+ * could do neither — the request then fails with -EIO rather than be acknowledged with a
+ * syncing target silently behind. Called with the chunk's stripe lock held: it may call
+ * ds_chain_load, nothing else of ds. NULL: syncing failures are only counted. */
+typedef int (*ds_syncing_failed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t target,
+				    uint64_t ino, uint32_t idx, int err);
+
 /* Forwarding mode: read chain chain_id from where it is committed (the metadata database) into
  * *ret. 0 or -errno. Any thread; no ds lock held. */
 typedef int (*ds_chain_refresh_fn)(void *ctx, uint32_t chain_id, struct ds_chain_cfg *ret);
@@ -114,7 +131,8 @@ struct ds_config {
 	const struct ds_chain_cfg *chains;
 	unsigned nchains;
 	ds_chain_failed_fn chain_failed;
-	ds_chain_changed_fn chain_changed; /* may be NULL */
+	ds_chain_changed_fn chain_changed;   /* may be NULL */
+	ds_syncing_failed_fn syncing_failed; /* may be NULL */
 	void *cb_ctx;
 	/* Served chains (docs/distributed.md, DS-5). forward: every chunk request goes to the
 	 * chain's primary only, whose node applies it to every member; this ds never changes a

@@ -47,6 +47,7 @@
 #include "dataservice/transport.h"
 #include "fs/meta/meta.h"
 #include "storemgr/sm.h"
+#include "tools/repair_run.h"
 #include "tools/tools.h"
 
 #define NODE_MANAGER_LEASE "manager"
@@ -54,6 +55,7 @@
 
 struct node_dirty_slot {
 	uint32_t chain, target;
+	uint64_t epoch; /* a target that came back and left again gets its rows anew */
 	uint64_t ino;
 	uint32_t idx;
 	bool used;
@@ -91,6 +93,9 @@ struct node {
 
 	pthread_t hb;
 	bool hb_running;
+	pthread_t rp; /* resync and rebuild of the chains this node is the primary of */
+	bool rp_running;
+	int rp_cancel; /* __atomic: set by node_stop */
 	pthread_mutex_t hb_lock;
 	pthread_cond_t hb_cond;
 	bool hb_stop; /* protected by hb_lock */
@@ -119,6 +124,12 @@ static void chain_cfg_from(const struct meta_chain *m, struct ds_chain_cfg *c)
 	c->epoch = m->epoch;
 	c->nmembers = m->nmembers;
 	memcpy(c->members, m->members, m->nmembers * sizeof(m->members[0]));
+	c->nsyncing = m->nsyncing;
+	memcpy(c->syncing, m->syncing, m->nsyncing * sizeof(m->syncing[0]));
+	for (uint32_t i = 0; i < m->nsyncing && c->nkeep < DS_MAX_KEEP; i++)
+		c->keep[c->nkeep++] = m->syncing[i];
+	for (uint32_t i = 0; i < m->naway && c->nkeep < DS_MAX_KEEP; i++)
+		c->keep[c->nkeep++] = m->away[i];
 }
 
 /* Re-read every chain from the database and install the newer ones (DIST-2). */
@@ -196,26 +207,28 @@ static int node_chain_away(struct node *n, const struct meta_chain *c, uint32_t 
 /* ---------------------------------------------------------------------------------------- */
 /* DIST-7: dirty chunks of away targets */
 
-static bool node_dirty_seen(struct node *n, uint32_t chain, uint32_t target, uint64_t ino,
-			    uint32_t idx)
+/* The cache is keyed by the chain's epoch too: a chunk recorded while a target was away, then
+ * copied by its resync (row deleted), must be recorded again when the target leaves anew. */
+static bool node_dirty_seen(struct node *n, uint32_t chain, uint64_t epoch, uint32_t target,
+			    uint64_t ino, uint32_t idx)
 {
 	uint64_t h = hash_mix64(ino ^ ((uint64_t)idx << 32) ^ ((uint64_t)chain << 48) ^ target);
 	struct node_dirty_slot *s = &n->dirty[h % NODE_DIRTY_CACHE];
 	pthread_mutex_lock(&n->dirty_lock);
-	bool seen =
-	    s->used && s->chain == chain && s->target == target && s->ino == ino && s->idx == idx;
+	bool seen = s->used && s->chain == chain && s->epoch == epoch && s->target == target &&
+		    s->ino == ino && s->idx == idx;
 	pthread_mutex_unlock(&n->dirty_lock);
 	return seen;
 }
 
-static void node_dirty_remember(struct node *n, uint32_t chain, uint32_t target, uint64_t ino,
-				uint32_t idx)
+static void node_dirty_remember(struct node *n, uint32_t chain, uint64_t epoch, uint32_t target,
+				uint64_t ino, uint32_t idx)
 {
 	uint64_t h = hash_mix64(ino ^ ((uint64_t)idx << 32) ^ ((uint64_t)chain << 48) ^ target);
 	struct node_dirty_slot *s = &n->dirty[h % NODE_DIRTY_CACHE];
 	pthread_mutex_lock(&n->dirty_lock);
 	*s = (struct node_dirty_slot){
-	    .chain = chain, .target = target, .ino = ino, .idx = idx, .used = true};
+	    .chain = chain, .epoch = epoch, .target = target, .ino = ino, .idx = idx, .used = true};
 	pthread_mutex_unlock(&n->dirty_lock);
 }
 
@@ -224,7 +237,7 @@ static void node_dirty_remember(struct node *n, uint32_t chain, uint32_t target,
 static int node_dirty_note(struct node *n, const struct meta_chain *c, uint64_t ino, uint32_t idx)
 {
 	for (uint32_t i = 0; i < c->naway; i++) {
-		if (node_dirty_seen(n, c->id, c->away[i], ino, idx))
+		if (node_dirty_seen(n, c->id, c->epoch, c->away[i], ino, idx))
 			continue;
 		struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
 		int r = META_CALL_OPT(n->meta, dirty_add, c->id, c->away[i], &ref, 1);
@@ -233,7 +246,7 @@ static int node_dirty_note(struct node *n, const struct meta_chain *c, uint64_t 
 				c->id, (unsigned long long)ino, idx, c->away[i], strerror(-r));
 			return -EIO;
 		}
-		node_dirty_remember(n, c->id, c->away[i], ino, idx);
+		node_dirty_remember(n, c->id, c->epoch, c->away[i], ino, idx);
 	}
 	return 0;
 }
@@ -273,6 +286,46 @@ static int node_chain_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint3
 	node_reload_chains(n);
 	(void)members;
 	(void)nm;
+	return 0;
+}
+
+/* ds syncing_failed (DIST-6): a syncing target missed a write. The chunk is recorded dirty for
+ * it first — that alone keeps the target from being promoted without the chunk (the resync
+ * copies it, or the next one does) — then it leaves syncing for away, epoch-conditionally.
+ * Only a failure to record the chunk fails the write; the chain change is best effort (the
+ * manager or the next failure retries it). */
+static int node_syncing_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t target,
+			       uint64_t ino, uint32_t idx, int err)
+{
+	struct node *n = ctx;
+	struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
+	int r = META_CALL_OPT(n->meta, dirty_add, chain_id, target, &ref, 1);
+	if (r < 0) {
+		log_err("chain %u: syncing target %u failed (%s) and chunk %llu:%u cannot be "
+			"recorded for it: %s",
+			chain_id, target, strerror(-err), (unsigned long long)ino, idx,
+			strerror(-r));
+		return -EIO;
+	}
+	for (int tries = 0; tries < 3 && fence_valid(&n->fence, now_monotonic_ns()); tries++) {
+		struct meta_chain c;
+		uint64_t ne = 0;
+		if (node_reload_chains(n) < 0 || node_chain_get(n, chain_id, &c) < 0)
+			break;
+		if (!list_has(c.syncing, c.nsyncing, target))
+			break; /* someone else moved it already */
+		int k = node_chain_away(n, &c, target, &ne);
+		if (k == 0) {
+			log_warn("syncing target %u failed (%s) and left chain %u for away (epoch "
+				 "%llu)",
+				 target, strerror(-err), chain_id, (unsigned long long)ne);
+			node_reload_chains(n);
+			break;
+		}
+		if (k != -ESTALE)
+			break;
+	}
+	(void)epoch;
 	return 0;
 }
 
@@ -370,8 +423,15 @@ static int node_forward(void *ctx, const struct xp_req *req)
 	node_cur_chunk.idx = b->idx;
 	int r = ds_chunk_apply(n->ds, kind, b->ino, b->idx, off, len, data);
 	node_cur_chunk.set = false;
-	if (r == 0 && node_chain_get(n, h->chain, &c) == 0)
-		r = node_dirty_note(n, &c, b->ino, b->idx); /* DIST-7 */
+	/* DIST-7 for the targets away before or after the write: the data service applied it
+	 * with the chain it held, which is never older than c (chains are loaded into the data
+	 * service before this table), so a target that was away in c and became syncing
+	 * meanwhile may have missed it, and one away now certainly did. */
+	struct meta_chain after;
+	if (r == 0)
+		r = node_dirty_note(n, &c, b->ino, b->idx);
+	if (r == 0 && node_chain_get(n, h->chain, &after) == 0 && after.epoch != c.epoch)
+		r = node_dirty_note(n, &after, b->ino, b->idx);
 	if (r == 0 && !fence_valid(&n->fence, now_monotonic_ns()))
 		r = -ESHUTDOWN; /* DIST-4: applied, but this node may no longer acknowledge */
 	return r;
@@ -379,6 +439,176 @@ static int node_forward(void *ctx, const struct xp_req *req)
 
 /* ---------------------------------------------------------------------------------------- */
 /* the manager (DIST-1) */
+
+/* A node whose serve runs: up in the nodes table with a lease not expired. */
+static bool node_alive(const struct meta_node *d)
+{
+	return d->state == META_NODE_UP && d->lease_remaining_ns > 0;
+}
+
+static const struct meta_node *node_find(const struct meta_node *nodes, int nn, const char *name)
+{
+	for (int i = 0; i < nn; i++)
+		if (!strcmp(nodes[i].name, name))
+			return &nodes[i];
+	return NULL;
+}
+
+/* The snapshot of chain ci of the table last read; false past the end. */
+static bool node_chain_at(struct node *n, unsigned ci, struct meta_chain *ret)
+{
+	pthread_mutex_lock(&n->chains_lock);
+	bool ok = ci < n->nchains;
+	if (ok)
+		*ret = n->chains[ci];
+	pthread_mutex_unlock(&n->chains_lock);
+	return ok;
+}
+
+/* DIST-6: every away target of a live node rejoins its chains as syncing (the primary of each
+ * chain then resyncs it and promotes it). */
+static void node_manager_rejoin(struct node *n, const struct meta_node *nodes, int nn,
+				const struct meta_target *tg, int nt)
+{
+	for (unsigned ci = 0;; ci++) {
+		struct meta_chain c;
+		if (!node_chain_at(n, ci, &c))
+			break;
+		for (uint32_t a = 0; a < c.naway; a++) {
+			char tnode[META_NODE_MAX] = "";
+			for (int k = 0; k < nt; k++)
+				if (tg[k].id == c.away[a])
+					vol_target_node(tg[k].url, tnode, sizeof(tnode));
+			const struct meta_node *d = node_find(nodes, nn, tnode);
+			if (!d || !node_alive(d) || c.nsyncing >= META_MAX_REPLICAS)
+				continue;
+			if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
+				return;
+			struct meta_chain nc = c;
+			uint32_t t = c.away[a];
+			list_del(nc.away, &nc.naway, t);
+			nc.syncing[nc.nsyncing++] = t;
+			uint64_t ne = 0;
+			int r = META_CALL_OPT(n->meta, chain_set, c.id, c.epoch, &nc, &ne);
+			if (r == 0)
+				log_info(
+				    "manager: target %u of node %s rejoins chain %u as syncing "
+				    "(epoch %llu)",
+				    t, d->name, c.id, (unsigned long long)ne);
+			else
+				log_warn("manager: chain %u: cannot bring target %u back: %s", c.id,
+					 t, strerror(-r));
+			node_reload_chains(n);
+			break; /* the chain moved on: the next round sees the rest */
+		}
+	}
+}
+
+/* DIST-8: the target that replaces `old` in chain c: an up target of the same pool, on a live
+ * node, in no role of c; on a node none of c's members or syncing targets is on when there
+ * is one (PL-1, PL-2); then the one in the fewest chains. 0 if none. */
+static uint32_t node_pick_replacement(struct node *n, const struct meta_chain *c, uint32_t old,
+				      const struct meta_node *nodes, int nn,
+				      const struct meta_target *tg, int nt)
+{
+	const struct meta_target *o = NULL;
+	for (int k = 0; k < nt; k++)
+		if (tg[k].id == old)
+			o = &tg[k];
+	uint32_t best = 0;
+	long best_score = 0;
+	for (int k = 0; k < nt; k++) {
+		const struct meta_target *t = &tg[k];
+		char tnode[META_NODE_MAX];
+		vol_target_node(t->url, tnode, sizeof(tnode));
+		const struct meta_node *d = node_find(nodes, nn, tnode);
+		if (t->state != META_TARGET_UP || !d || !node_alive(d) ||
+		    (o && strcmp(t->pool, o->pool)) || list_has(c->members, c->nmembers, t->id) ||
+		    list_has(c->syncing, c->nsyncing, t->id) || list_has(c->away, c->naway, t->id))
+			continue;
+		bool shared = false;
+		for (int j = 0; j < nt; j++) {
+			char jn[META_NODE_MAX];
+			vol_target_node(tg[j].url, jn, sizeof(jn));
+			if (!strcmp(jn, tnode) && (list_has(c->members, c->nmembers, tg[j].id) ||
+						   list_has(c->syncing, c->nsyncing, tg[j].id)))
+				shared = true;
+		}
+		long held = 0;
+		for (unsigned ci = 0;; ci++) {
+			struct meta_chain x;
+			if (!node_chain_at(n, ci, &x))
+				break;
+			held += list_has(x.members, x.nmembers, t->id) ||
+				list_has(x.syncing, x.nsyncing, t->id);
+		}
+		long score = (shared ? 1L << 40 : 0) + held;
+		if (!best || score < best_score) {
+			best = t->id;
+			best_score = score;
+		}
+	}
+	return best;
+}
+
+/* DIST-8: a target away longer than replace_after_s (database clock) whose node is not alive
+ * leaves the chain for good; a target placement picks joins as syncing, marked for a full
+ * rebuild by a repairs row of kind rebuild written first (the primary rebuilds whatever has
+ * that row, so a rebuild cut short is never mistaken for a resync). */
+static void node_manager_replace(struct node *n, const struct meta_node *nodes, int nn,
+				 const struct meta_target *tg, int nt)
+{
+	int64_t after_ns = (int64_t)n->cfg.replace_after_s * 1000000000LL;
+	for (unsigned ci = 0;; ci++) {
+		struct meta_chain c;
+		if (!node_chain_at(n, ci, &c))
+			break;
+		for (uint32_t a = 0; a < c.naway; a++) {
+			uint32_t old = c.away[a];
+			char tnode[META_NODE_MAX] = "";
+			for (int k = 0; k < nt; k++)
+				if (tg[k].id == old)
+					vol_target_node(tg[k].url, tnode, sizeof(tnode));
+			const struct meta_node *d = node_find(nodes, nn, tnode);
+			if (c.away_ns[a] < after_ns || (d && node_alive(d)) ||
+			    c.nsyncing >= META_MAX_REPLICAS)
+				continue;
+			if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
+				return;
+			uint32_t t = node_pick_replacement(n, &c, old, nodes, nn, tg, nt);
+			if (!t) {
+				log_warn(
+				    "manager: target %u has been away from chain %u for %lld s "
+				    "but no target can replace it (same pool, node up, not in "
+				    "the chain)",
+				    old, c.id, (long long)(c.away_ns[a] / 1000000000LL));
+				continue;
+			}
+			struct meta_repair mark = {
+			    .chain = c.id, .target = t, .kind = META_REPAIR_REBUILD};
+			int r = META_CALL_OPT(n->meta, repair_set, &mark);
+			struct meta_chain nc = c;
+			list_del(nc.away, &nc.naway, old);
+			nc.syncing[nc.nsyncing++] = t;
+			uint64_t ne = 0;
+			if (r == 0)
+				r = META_CALL_OPT(n->meta, chain_set, c.id, c.epoch, &nc, &ne);
+			if (r == 0) {
+				log_warn(
+				    "manager: target %u replaces target %u in chain %u (away for "
+				    "%lld s): rebuilding (epoch %llu)",
+				    t, old, c.id, (long long)(c.away_ns[a] / 1000000000LL),
+				    (unsigned long long)ne);
+				META_CALL_OPT(n->meta, dirty_clear, c.id, old);
+			} else {
+				log_warn("manager: chain %u: cannot replace target %u: %s", c.id,
+					 old, strerror(-r));
+			}
+			node_reload_chains(n);
+			break;
+		}
+	}
+}
 
 static int node_manager_round(struct node *n)
 {
@@ -443,6 +673,10 @@ static int node_manager_round(struct node *n)
 			}
 		}
 	}
+	if (r >= 0 && fence_valid(&n->mgr_fence, now_monotonic_ns())) {
+		node_manager_rejoin(n, nodes, MIN(nn, 256), tg, MIN(nt, META_MAX_TARGETS));
+		node_manager_replace(n, nodes, MIN(nn, 256), tg, MIN(nt, META_MAX_TARGETS));
+	}
 	free(nodes);
 	free(tg);
 	return r < 0 ? r : 0;
@@ -474,6 +708,175 @@ static void node_manager_lease(struct node *n)
 		n->manager = false;
 		fence_drop(&n->mgr_fence);
 	}
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* resync and rebuild (DIST-6, DIST-8): run by the primary of each chain with syncing targets */
+
+struct node_rp {
+	struct node *n;
+	uint32_t chain;
+};
+
+static bool node_rp_belongs(void *ctx, uint64_t ino, uint32_t idx)
+{
+	struct node_rp *x = ctx;
+	return x->n->nchains && ((uint64_t)ds_ino_seed(ino) + idx) % x->n->nchains == x->chain;
+}
+
+static void node_rp_lock(void *ctx, uint64_t ino, uint32_t idx, bool lock)
+{
+	struct node_rp *x = ctx;
+	ds_chunk_lock(x->n->ds, ino, idx, lock);
+}
+
+/* rpc_chain_fn of the destination: the chain being repaired at the epoch this node holds. */
+static int node_rp_chain(void *ctx, uint64_t ino, uint32_t idx, uint32_t *ret_chain,
+			 uint64_t *ret_epoch)
+{
+	struct node_rp *x = ctx;
+	struct meta_chain c;
+	(void)ino;
+	(void)idx;
+	int r = node_chain_get(x->n, x->chain, &c);
+	*ret_chain = x->chain;
+	*ret_epoch = r == 0 ? c.epoch : 0;
+	return r;
+}
+
+static struct sm_target *node_local(struct node *n, uint32_t id)
+{
+	for (unsigned i = 0; i < n->nlocal; i++)
+		if (n->local_id[i] == id)
+			return n->local[i];
+	return NULL;
+}
+
+/* Bring syncing target t of chain c up to date from this node's primary target, then promote
+ * it (chain_promote: member, its dirty and repairs rows deleted, one transaction). */
+static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t t)
+{
+	struct node_rp x = {.n = n, .chain = c->id};
+	struct sm_target *src = node_local(n, c->members[0]), *dst = node_local(n, t);
+	bool remote = !dst;
+	char err[512] = "";
+	int r = 0;
+	if (remote) {
+		char url[1200];
+		struct sm_identity expect = {.target_id = t, .chunk_size = n->vol.chunk_size};
+		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", n->vol.uuid);
+		for (unsigned k = 0; k < n->ntargets; k++)
+			if (n->targets[k].id == t)
+				snprintf(expect.target_uuid, sizeof(expect.target_uuid), "%s",
+					 n->targets[k].uuid);
+		r = node_target_url(n, t, url, sizeof(url));
+		if (r == 0)
+			r = rpc_target_ops.open(url, &expect, &dst, err, sizeof(err));
+		if (r == 0)
+			r = rpc_target_set_chain_fn(dst, node_rp_chain, &x);
+		if (r < 0) {
+			log_debug("chain %u: cannot open syncing target %u yet: %s", c->id, t,
+				  err[0] ? err : strerror(-r));
+			if (dst)
+				sm_close(dst);
+			return;
+		}
+	}
+	/* rebuild when the manager marked it so (a replacement), else resync from dirty rows */
+	enum rp_kind kind = RP_RESYNC;
+	struct meta_repair *rows = calloc(META_MAX_CHAINS, sizeof(*rows));
+	int nr = rows ? META_CALL_OPT(n->meta, repairs_list, rows, META_MAX_CHAINS) : -ENOMEM;
+	for (int i = 0; i < nr; i++)
+		if (rows[i].chain == c->id && rows[i].target == t &&
+		    rows[i].kind == META_REPAIR_REBUILD)
+			kind = RP_REBUILD;
+	free(rows);
+	struct rr_opts o = {.meta = n->meta,
+			    .chain = c->id,
+			    .target = t,
+			    .kind = kind,
+			    .src = src,
+			    .dst = dst,
+			    .rate = n->cfg.resync_rate,
+			    .belongs = node_rp_belongs,
+			    .lock = node_rp_lock,
+			    .ctx = &x,
+			    .cancel = &n->rp_cancel};
+	struct rp_progress p = {0};
+	if (nr >= 0) {
+		log_info("chain %u: %s of target %u from target %u started", c->id,
+			 rp_kind_name(kind), t, c->members[0]);
+		r = rr_run(&o, &p, err, sizeof(err));
+	} else {
+		r = nr;
+		snprintf(err, sizeof(err), "cannot read the repairs table: %s", strerror(-r));
+	}
+	uint64_t left = 0;
+	struct meta_chain now;
+	if (r == 0 && kind == RP_RESYNC)
+		r = META_CALL_OPT(n->meta, dirty_count, c->id, t, &left);
+	if (r == 0 && left) {
+		log_info("chain %u: %llu chunk(s) of target %u were recorded during its resync: "
+			 "another pass follows",
+			 c->id, (unsigned long long)left, t);
+		goto out;
+	}
+	if (r == 0)
+		r = dst->ops->sync_all(dst); /* what reached it by forwarding too */
+	if (r == 0)
+		r = node_reload_chains(n);
+	if (r == 0)
+		r = node_chain_get(n, c->id, &now);
+	if (r == 0 && !list_has(now.syncing, now.nsyncing, t))
+		r = -ESTALE; /* it left meanwhile */
+	uint64_t ne = 0;
+	if (r == 0 && !fence_valid(&n->fence, now_monotonic_ns()))
+		r = -ESHUTDOWN;
+	if (r == 0)
+		r = META_CALL_OPT(n->meta, chain_promote, c->id, now.epoch, t, &ne);
+	if (r == 0) {
+		struct meta_statfs sf = {0};
+		META_CALL_OPT(n->meta, statfs, &sf);
+		log_info("chain %u: %s of target %u done: %llu chunk(s), %llu bytes copied (the "
+			 "volume holds %llu bytes); target %u is a member again (epoch %llu)",
+			 c->id, rp_kind_name(kind), t, (unsigned long long)p.chunks_done,
+			 (unsigned long long)p.bytes_read, (unsigned long long)sf.bytes, t,
+			 (unsigned long long)ne);
+		node_reload_chains(n);
+	} else if (r != -ECANCELED) {
+		log_warn("chain %u: %s of target %u stopped, tried again later: %s", c->id,
+			 rp_kind_name(kind), t, err[0] ? err : strerror(-r));
+		node_reload_chains(n);
+	}
+out:
+	if (remote)
+		sm_close(dst);
+}
+
+static void *node_rp_main(void *arg)
+{
+	struct node *n = arg;
+	while (!__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED)) {
+		/* a primary learns that the manager made a target syncing only from the database:
+		 * no request tells it (clients do not write to syncing targets) */
+		if (fence_valid(&n->fence, now_monotonic_ns()))
+			node_reload_chains(n);
+		for (unsigned ci = 0; !__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED); ci++) {
+			struct meta_chain c;
+			if (!node_chain_at(n, ci, &c))
+				break;
+			if (!c.nmembers || !c.nsyncing || !node_local(n, c.members[0]) ||
+			    !fence_valid(&n->fence, now_monotonic_ns()))
+				continue;
+			for (uint32_t i = 0; i < c.nsyncing; i++)
+				node_repair_one(n, &c, c.syncing[i]);
+		}
+		for (unsigned w = 0; w < n->cfg.heartbeat_ms / 10 + 1 &&
+				     !__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED);
+		     w++)
+			usleep(10000);
+	}
+	return NULL;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -604,6 +1007,7 @@ static int node_open_ds(struct node *n, char *err, size_t errlen)
 	    .chains = c,
 	    .nchains = n->nchains,
 	    .chain_failed = node_chain_failed,
+	    .syncing_failed = node_syncing_failed,
 	    .cb_ctx = n,
 	    .chain_refresh = node_chain_refresh,
 	    .lazy_open = true,
@@ -701,6 +1105,12 @@ int node_start(const struct cfg_node *cfg, struct node **ret, char *err, size_t 
 		goto fail;
 	}
 	n->hb_running = true;
+	r = -pthread_create(&n->rp, NULL, node_rp_main, n);
+	if (r < 0) {
+		set_err(err, errlen, "cannot start the repair thread: %s", strerror(-r));
+		goto fail;
+	}
+	n->rp_running = true;
 	*ret = n;
 	return 0;
 fail:
@@ -712,6 +1122,10 @@ void node_stop(struct node *n)
 {
 	if (!n)
 		return;
+	if (n->rp_running) {
+		__atomic_store_n(&n->rp_cancel, 1, __ATOMIC_RELAXED);
+		pthread_join(n->rp, NULL);
+	}
 	if (n->hb_running) {
 		pthread_mutex_lock(&n->hb_lock);
 		n->hb_stop = true;
