@@ -38,6 +38,12 @@
  *         mount closed. Names and
  *         attributes otherwise follow entry_timeout / attr_timeout. A file created here
  *         is never taken for "fresh" (another mount may write it).
+ *   FS-8  With FUSE_HANDLE_KILLPRIV_V2 (fs_io.c asks for it when the kernel offers it; libfuse
+ *         3.14 cannot), the kernel stops asking for security.capability before every write
+ *         and the file system strips privileges itself, as the kernel would: a write or
+ *         truncate the kernel flags (caller without CAP_FSETID) and every chown of a
+ *         non-directory clear S_ISUID, S_ISGID when group-executable, and the
+ *         security.capability xattr, in the database, before the request is answered.
  *
  * THREADS AND LOCKS
  *   libfuse's multi-threaded loop calls the op handlers from many threads at once.
@@ -73,7 +79,7 @@ struct fs_inode {
 	pthread_rwlock_t io; /* writes shared; truncate, punch exclusive */
 
 	pthread_mutex_t lock; /* protects everything below */
-	uint32_t mode;	      /* type bits never change; permission bits not kept here */
+	uint32_t mode;	      /* type bits never change; permission bits as last replied (FS-8) */
 	uint32_t nlink;	      /* last value seen; 0 means purge when unused (FS-2) */
 	uint64_t size;	      /* FS-3 */
 	uint64_t db_size;     /* size as last recorded in the database */
@@ -86,6 +92,7 @@ struct fs_inode {
 	uint32_t inflight; /* writes/truncates under way that may put data beyond db_size */
 	uint64_t qroot;	   /* META-9 quota root, 0 if none (as loaded; see fs/README.md) */
 	uint64_t qres;	   /* FS-6: bytes reserved in the database beyond db_size, 0 if none */
+	int8_t caps;	   /* FS-8: security.capability xattr: -1 unknown, 0 none, 1 present */
 };
 
 /* FS-6: how far beyond a write's end a quota reservation reaches, so that a stream of
@@ -108,7 +115,18 @@ struct fs {
 	/* Metadata durability without a database sync per fsync: meta_gen counts mutating
 	 * metadata calls, meta_synced the value covered by the last sync (atomics). */
 	uint64_t meta_gen, meta_synced;
+
+	/* FS-8 (fs_io.c): the unique id of FUSE_INIT while its reply is pending, and whether
+	 * the kernel runs with FUSE_HANDLE_KILLPRIV_V2 (set while INIT is answered, before the
+	 * kernel sends anything else). */
+	_Atomic uint64_t init_unique;
+	_Atomic bool killpriv;
 };
+
+/* fs_io.c: route the session's /dev/fuse I/O through our hooks (after fs_mount's mount). */
+int fs_io_attach(struct fs *fs);
+/* FS-8: the request this thread is handling asked to kill setuid/setgid/capabilities. */
+bool fs_io_kill_requested(void);
 
 /* After a mutating metadata call (fs_fuse.c). */
 void fs_meta_touched(struct fs *fs);

@@ -111,6 +111,7 @@ static void seed(struct fs_inode *ip, const struct meta_attr *a)
 	ip->wmark = (a->flags & META_IF_WDIRTY) != 0;
 	ip->qroot = a->qroot;
 	ip->qres = a->qres;
+	ip->caps = -1;
 }
 
 int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr, struct fs_inode **ret)
@@ -282,6 +283,7 @@ void fs_inode_overlay(struct fs *fs, struct meta_attr *attr)
 		return;
 	pthread_mutex_lock(&ip->lock);
 	ip->nlink = attr->nlink;
+	ip->mode = attr->mode; /* FS-8 */
 	if (S_ISREG(attr->mode) && fs->shared && !ip->dirty && ip->inflight == 0) {
 		/* FS-7: nothing unrecorded here, so what the database holds (perhaps written by
 		 * another mount) is the newest. */
