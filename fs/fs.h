@@ -116,6 +116,21 @@ struct fs {
 	 * metadata calls, meta_synced the value covered by the last sync (atomics). */
 	uint64_t meta_gen, meta_synced;
 
+	/* FS-4: the metadata syncer thread (fs_fuse.c) runs an fsync's metadata sync while the
+	 * fsync's own thread syncs the data; one round covers every caller that asked before
+	 * it began. */
+	pthread_mutex_t sync_lock;
+	pthread_cond_t sync_work; /* a round was asked for, or stop */
+	pthread_cond_t sync_done; /* a round finished */
+	uint64_t sync_asked;	  /* protected by sync_lock: highest round asked for */
+	uint64_t sync_begun;	  /* protected by sync_lock: rounds begun */
+	uint64_t sync_ended;	  /* protected by sync_lock: rounds finished */
+	uint64_t sync_failed;	  /* protected by sync_lock: last round that failed, 0 if none */
+	int sync_err;		  /* protected by sync_lock: its error */
+	bool sync_stop;		  /* protected by sync_lock */
+	bool sync_running;	  /* the thread exists (set before any request, cleared at free) */
+	pthread_t sync_thread;
+
 	/* FS-8 (fs_io.c): the unique id of FUSE_INIT while its reply is pending, and whether
 	 * the kernel runs with FUSE_HANDLE_KILLPRIV_V2 (set while INIT is answered, before the
 	 * kernel sends anything else). */
@@ -128,10 +143,14 @@ int fs_io_attach(struct fs *fs);
 /* FS-8: the request this thread is handling asked to kill setuid/setgid/capabilities. */
 bool fs_io_kill_requested(void);
 
-/* After a mutating metadata call (fs_fuse.c). */
-void fs_meta_touched(struct fs *fs);
+/* After a mutating metadata call (fs_fuse.c): returns the generation that commit made. */
+uint64_t fs_meta_touched(struct fs *fs);
 /* META-5 only when something was committed since the last sync. */
 int fs_meta_sync(struct fs *fs);
+/* fs_meta_sync on the syncer thread: start returns a ticket (0: nothing to sync), wait
+ * returns the result of a sync that began after start was called. */
+uint64_t fs_meta_sync_start(struct fs *fs);
+int fs_meta_sync_wait(struct fs *fs, uint64_t ticket);
 
 /* Lifecycle. fs_new takes over nothing: meta and ds stay the caller's and must outlive fs. */
 int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struct fs **ret);
