@@ -93,6 +93,8 @@ struct fs_inode {
 	uint64_t qroot;	   /* META-9 quota root, 0 if none (as loaded; see fs/README.md) */
 	uint64_t qres;	   /* FS-6: bytes reserved in the database beyond db_size, 0 if none */
 	int8_t caps;	   /* FS-8: security.capability xattr: -1 unknown, 0 none, 1 present */
+	uint64_t size_gen; /* FS-4: fs.meta_gen once db_size was committed (or the entry loaded):
+			    * fdatasync needs no metadata sync when meta_synced reached it */
 };
 
 /* FS-6: how far beyond a write's end a quota reservation reaches, so that a stream of

@@ -330,7 +330,7 @@ static int do_truncate(struct fs *fs, struct fs_inode *ip, uint64_t size, int64_
 	if (r == 0)
 		r = META_CALL(fs->meta, setattr, ip->ino, mask, &a, NULL);
 	if (r == 0) {
-		fs_meta_touched(fs);
+		ip->size_gen = fs_meta_touched(fs);
 		if (mask & META_SET_FLAGS)
 			ip->wmark = true;
 		ip->size = size;
@@ -898,6 +898,7 @@ static int do_fsync(struct fs *fs, struct fs_inode *ip, bool datasync)
 {
 	pthread_mutex_lock(&ip->lock);
 	bool size_recorded = ip->size == ip->db_size;
+	uint64_t size_gen = ip->size_gen;
 	pthread_mutex_unlock(&ip->lock);
 	if (!size_recorded) {
 		/* FS-4: data on every in-chain replica first, then the size that covers it. */
@@ -912,7 +913,13 @@ static int do_fsync(struct fs *fs, struct fs_inode *ip, bool datasync)
 	 * syncs the data (two device flushes at once instead of one after the other).
 	 * fdatasync(2) owes no durability to times: PostgreSQL's WAL path. */
 	int r = datasync ? 0 : fs_inode_flush(fs, ip, false);
-	uint64_t ticket = r == 0 ? fs_meta_sync_start(fs) : 0;
+	uint64_t ticket = 0;
+	/* fdatasync whose recorded size is durable already: no metadata sync at all, however
+	 * many other inodes' commits wait for one (PostgreSQL's WAL while tables grow). */
+	if (r == 0 &&
+	    !(datasync && size_gen <= atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced,
+							   memory_order_acquire)))
+		ticket = fs_meta_sync_start(fs);
 	int d = ds_fsync(fs->ds, ip->ino);
 	int m = fs_meta_sync_wait(fs, ticket);
 	if (d < 0)

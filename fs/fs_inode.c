@@ -9,6 +9,7 @@
 #include "fs/fs.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -141,6 +142,8 @@ int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr, stru
 	pthread_rwlock_init(&n->io, NULL);
 	pthread_mutex_init(&n->lock, NULL);
 	seed(n, attr);
+	/* whatever recorded this size may still sit in an unsynced commit */
+	n->size_gen = atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen, memory_order_acquire);
 
 	pthread_mutex_lock(&fs->itab_lock);
 	ip = itab_lookup(fs, ino);
@@ -258,7 +261,7 @@ int fs_inode_flush(struct fs *fs, struct fs_inode *ip, bool durable)
 		}
 		r = META_CALL(fs->meta, setattr, ip->ino, mask, &a, NULL);
 		if (r == 0) {
-			fs_meta_touched(fs);
+			ip->size_gen = fs_meta_touched(fs);
 			ip->db_size = ip->size;
 			ip->dirty = false;
 			if (clear) {
