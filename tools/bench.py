@@ -4,8 +4,9 @@
 Usage: braidfs bench [OPTIONS]     (or: /usr/bin/python3 tools/bench.py [OPTIONS])
 
 Runs the fixed rows of the project's benchmark on every system in one run on this machine and
-prints one table with every figure and its ratio to the local disk, writes the figures as JSON
-and draws a PNG bar chart of the ratios.
+prints one table with every figure and its ratio to the local disk — with the peers, a second
+one of braidfs against them (r1 / passthrough, r2 / glusterfs, r2 / moosefs) — writes the
+figures as JSON and draws a PNG bar chart of the ratios.
 
 Systems (columns), in this order:
   local           a directory on the local disk (--workdir)
@@ -330,6 +331,27 @@ def table(results, rows, systems):
     return "\n".join(lines)
 
 
+# braidfs against the peer a user would compare it with: one replica against the cost of FUSE
+# itself, two replicas against the replicated peers.
+VERSUS = [("braidfs-r1", "passthrough"), ("braidfs-r2", "glusterfs"), ("braidfs-r2", "moosefs")]
+
+
+def peer_table(results, rows):
+    """braidfs / peer for each row, for the pairs of VERSUS both measured; '' if none."""
+    pairs = [(a, b) for a, b in VERSUS if a in results and b in results]
+    if not pairs:
+        return ""
+    lines = ["| row | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |",
+             "|" + "---|" * (len(pairs) + 1)]
+    for r in rows:
+        cells = [r]
+        for a, b in pairs:
+            x, y = results[a].get(r), results[b].get(r)
+            cells.append(f"{x / y:.2f}x" if x is not None and y else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def chart(results, rows, systems, path):
     try:
         import matplotlib
@@ -459,6 +481,9 @@ def main():
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(doc, f, indent=1)
     t = table(results, rows, names)
+    pt = peer_table(results, rows)
+    if pt:
+        t += "\n\nbraidfs against the peers (ratio of the figures, above 1 = braidfs faster):\n\n" + pt
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(t + "\n")
     drew = chart(results, rows, names, os.path.join(args.out, "bench.png"))
