@@ -38,6 +38,12 @@
  *         mount closed. Names and
  *         attributes otherwise follow entry_timeout / attr_timeout. A file created here
  *         is never taken for "fresh" (another mount may write it).
+ *   FS-8  With FUSE_HANDLE_KILLPRIV_V2 (fs_io.c asks for it when the kernel offers it; libfuse
+ *         3.14 cannot), the kernel stops asking for security.capability before every write
+ *         and the file system strips privileges itself, as the kernel would: a write or
+ *         truncate the kernel flags (caller without CAP_FSETID) and every chown of a
+ *         non-directory clear S_ISUID, S_ISGID when group-executable, and the
+ *         security.capability xattr, in the database, before the request is answered.
  *
  * THREADS AND LOCKS
  *   libfuse's multi-threaded loop calls the op handlers from many threads at once.
@@ -73,7 +79,7 @@ struct fs_inode {
 	pthread_rwlock_t io; /* writes shared; truncate, punch exclusive */
 
 	pthread_mutex_t lock; /* protects everything below */
-	uint32_t mode;	      /* type bits never change; permission bits not kept here */
+	uint32_t mode;	      /* type bits never change; permission bits as last replied (FS-8) */
 	uint32_t nlink;	      /* last value seen; 0 means purge when unused (FS-2) */
 	uint64_t size;	      /* FS-3 */
 	uint64_t db_size;     /* size as last recorded in the database */
@@ -86,6 +92,9 @@ struct fs_inode {
 	uint32_t inflight; /* writes/truncates under way that may put data beyond db_size */
 	uint64_t qroot;	   /* META-9 quota root, 0 if none (as loaded; see fs/README.md) */
 	uint64_t qres;	   /* FS-6: bytes reserved in the database beyond db_size, 0 if none */
+	int8_t caps;	   /* FS-8: security.capability xattr: -1 unknown, 0 none, 1 present */
+	uint64_t size_gen; /* FS-4: fs.meta_gen once db_size was committed (or the entry loaded):
+			    * fdatasync needs no metadata sync when meta_synced reached it */
 };
 
 /* FS-6: how far beyond a write's end a quota reservation reaches, so that a stream of
@@ -108,12 +117,42 @@ struct fs {
 	/* Metadata durability without a database sync per fsync: meta_gen counts mutating
 	 * metadata calls, meta_synced the value covered by the last sync (atomics). */
 	uint64_t meta_gen, meta_synced;
+
+	/* FS-4: the metadata syncer thread (fs_fuse.c) runs an fsync's metadata sync while the
+	 * fsync's own thread syncs the data; one round covers every caller that asked before
+	 * it began. */
+	pthread_mutex_t sync_lock;
+	pthread_cond_t sync_work; /* a round was asked for, or stop */
+	pthread_cond_t sync_done; /* a round finished */
+	uint64_t sync_asked;	  /* protected by sync_lock: highest round asked for */
+	uint64_t sync_begun;	  /* protected by sync_lock: rounds begun */
+	uint64_t sync_ended;	  /* protected by sync_lock: rounds finished */
+	uint64_t sync_failed;	  /* protected by sync_lock: last round that failed, 0 if none */
+	int sync_err;		  /* protected by sync_lock: its error */
+	bool sync_stop;		  /* protected by sync_lock */
+	bool sync_running;	  /* the thread exists (set before any request, cleared at free) */
+	pthread_t sync_thread;
+
+	/* FS-8 (fs_io.c): the unique id of FUSE_INIT while its reply is pending, and whether
+	 * the kernel runs with FUSE_HANDLE_KILLPRIV_V2 (set while INIT is answered, before the
+	 * kernel sends anything else). */
+	_Atomic uint64_t init_unique;
+	_Atomic bool killpriv;
 };
 
-/* After a mutating metadata call (fs_fuse.c). */
-void fs_meta_touched(struct fs *fs);
+/* fs_io.c: route the session's /dev/fuse I/O through our hooks (after fs_mount's mount). */
+int fs_io_attach(struct fs *fs);
+/* FS-8: the request this thread is handling asked to kill setuid/setgid/capabilities. */
+bool fs_io_kill_requested(void);
+
+/* After a mutating metadata call (fs_fuse.c): returns the generation that commit made. */
+uint64_t fs_meta_touched(struct fs *fs);
 /* META-5 only when something was committed since the last sync. */
 int fs_meta_sync(struct fs *fs);
+/* fs_meta_sync on the syncer thread: start returns a ticket (0: nothing to sync), wait
+ * returns the result of a sync that began after start was called. */
+uint64_t fs_meta_sync_start(struct fs *fs);
+int fs_meta_sync_wait(struct fs *fs, uint64_t ticket);
 
 /* Lifecycle. fs_new takes over nothing: meta and ds stay the caller's and must outlive fs. */
 int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struct fs **ret);

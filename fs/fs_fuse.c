@@ -6,11 +6,13 @@
  * flushed (FS-3). Errors travel as -errno from meta/ds and are replied unchanged (FS-5).
  *
  * Permission checks are the kernel's (mount option default_permissions): the kernel knows
- * every inode's mode, owner and group from our replies, and checks sticky directories,
- * chown/chmod rights and setuid/setgid clearing itself (FUSE_CAP_HANDLE_KILLPRIV is turned
- * off so that the kernel, not we, strips those bits on write). Record locks and flock are
- * left to the kernel too: without lock handlers it keeps them locally, which is exact for a
- * volume mounted by one client and releases them when their owner dies.
+ * every inode's mode, owner and group from our replies, and checks sticky directories and
+ * chown/chmod rights itself. Stripping setuid/setgid/capabilities on write, truncate and
+ * chown is ours when the kernel runs with FUSE_HANDLE_KILLPRIV_V2 (FS-8, fs_io.c: it saves
+ * a GETXATTR round trip per write), the kernel's otherwise (FUSE_CAP_HANDLE_KILLPRIV, the
+ * older variant, would leave it to us without saving anything, so it stays off). Record
+ * locks and flock are left to the kernel too: without lock handlers it keeps them locally,
+ * which is exact for a volume mounted by one client and releases them when their owner dies.
  */
 #define FUSE_USE_VERSION 314
 
@@ -47,9 +49,11 @@ static struct fs_file *file_of(const struct fuse_file_info *fi)
 	return (struct fs_file *)(uintptr_t)fi->fh;
 }
 
-void fs_meta_touched(struct fs *fs)
+uint64_t fs_meta_touched(struct fs *fs)
 {
-	atomic_fetch_add_explicit((_Atomic uint64_t *)&fs->meta_gen, 1, memory_order_release);
+	return atomic_fetch_add_explicit((_Atomic uint64_t *)&fs->meta_gen, 1,
+					 memory_order_release) +
+	       1;
 }
 
 int fs_meta_sync(struct fs *fs)
@@ -69,6 +73,64 @@ int fs_meta_sync(struct fs *fs)
 	       !atomic_compare_exchange_weak((_Atomic uint64_t *)&fs->meta_synced, &cur, gen))
 		;
 	return 0;
+}
+
+static void *sync_main(void *arg)
+{
+	struct fs *fs = arg;
+	pthread_mutex_lock(&fs->sync_lock);
+	for (;;) {
+		while (!fs->sync_stop && fs->sync_asked <= fs->sync_begun)
+			pthread_cond_wait(&fs->sync_work, &fs->sync_lock);
+		if (fs->sync_asked <= fs->sync_begun)
+			break; /* stop, and nobody waits */
+		uint64_t round = ++fs->sync_begun;
+		pthread_mutex_unlock(&fs->sync_lock);
+		int r = fs_meta_sync(fs);
+		pthread_mutex_lock(&fs->sync_lock);
+		fs->sync_ended = round;
+		if (r < 0) {
+			fs->sync_failed = round;
+			fs->sync_err = r;
+		}
+		pthread_cond_broadcast(&fs->sync_done);
+	}
+	pthread_mutex_unlock(&fs->sync_lock);
+	return NULL;
+}
+
+uint64_t fs_meta_sync_start(struct fs *fs)
+{
+	uint64_t gen =
+	    atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen, memory_order_acquire);
+	if (atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced, memory_order_acquire) == gen)
+		return 0;
+	if (!fs->sync_running)
+		return UINT64_MAX; /* no thread (not mounted yet): the waiter syncs itself */
+	pthread_mutex_lock(&fs->sync_lock);
+	/* A round under way may have begun before our commit: ask for the next one. */
+	uint64_t ticket = fs->sync_begun + 1;
+	if (fs->sync_asked < ticket) {
+		fs->sync_asked = ticket;
+		pthread_cond_signal(&fs->sync_work);
+	}
+	pthread_mutex_unlock(&fs->sync_lock);
+	return ticket;
+}
+
+int fs_meta_sync_wait(struct fs *fs, uint64_t ticket)
+{
+	if (ticket == 0)
+		return 0;
+	if (ticket == UINT64_MAX)
+		return fs_meta_sync(fs);
+	pthread_mutex_lock(&fs->sync_lock);
+	while (fs->sync_ended < ticket)
+		pthread_cond_wait(&fs->sync_done, &fs->sync_lock);
+	/* A failed round at or after ours may have left our commit unsynced: report it. */
+	int r = fs->sync_failed >= ticket ? fs->sync_err : 0;
+	pthread_mutex_unlock(&fs->sync_lock);
+	return r;
 }
 
 static void ns_to_ts(int64_t ns, struct timespec *ts)
@@ -268,7 +330,7 @@ static int do_truncate(struct fs *fs, struct fs_inode *ip, uint64_t size, int64_
 	if (r == 0)
 		r = META_CALL(fs->meta, setattr, ip->ino, mask, &a, NULL);
 	if (r == 0) {
-		fs_meta_touched(fs);
+		ip->size_gen = fs_meta_touched(fs);
 		if (mask & META_SET_FLAGS)
 			ip->wmark = true;
 		ip->size = size;
@@ -290,6 +352,94 @@ static int do_truncate(struct fs *fs, struct fs_inode *ip, uint64_t size, int64_
 	return r;
 }
 
+#define XATTR_CAPS "security.capability"
+
+static void drop_kernel_attrs(struct fs *fs, uint64_t ino);
+
+/* Is the caller of req in group gid (its primary group or a supplementary one)? */
+static bool caller_in_group(fuse_req_t req, uint32_t gid)
+{
+	if (fuse_req_ctx(req)->gid == gid)
+		return true;
+	gid_t groups[64];
+	int n = fuse_req_getgroups(req, 64, groups);
+	for (int i = 0; i < n && i < 64; i++)
+		if (groups[i] == gid)
+			return true;
+	return false;
+}
+
+/* FS-8: strip what the kernel strips on a write or truncate by a caller without CAP_FSETID
+ * and on every chown of a non-directory: S_ISUID; S_ISGID when group-executable, or when the
+ * caller is neither in the file's group nor privileged (fsetid: it may be); the
+ * security.capability xattr. ip may be NULL (then looked up). */
+static int kill_privs(struct fs *fs, fuse_req_t req, uint64_t ino, struct fs_inode *ip, bool fsetid)
+{
+	struct fs_inode *held = ip ? NULL : fs_inode_find(fs, ino);
+	if (held)
+		ip = held;
+	uint32_t mode;
+	int caps = -1, r = 0;
+	if (ip) {
+		pthread_mutex_lock(&ip->lock);
+		mode = ip->mode;
+		caps = ip->caps;
+		pthread_mutex_unlock(&ip->lock);
+	} else {
+		struct meta_attr a;
+		r = META_CALL(fs->meta, getattr, ino, &a);
+		mode = a.mode;
+	}
+	if (r < 0 || S_ISDIR(mode))
+		goto out;
+	uint32_t drop = mode & S_ISUID;
+	if ((mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP)) {
+		drop |= S_ISGID;
+	} else if ((mode & S_ISGID) && !fsetid) {
+		struct meta_attr a;
+		r = META_CALL(fs->meta, getattr, ino, &a);
+		if (r < 0)
+			goto out;
+		if (!caller_in_group(req, a.gid))
+			drop |= S_ISGID;
+	}
+	if (drop) {
+		struct meta_attr in = {0};
+		in.mode = mode & ~drop;
+		in.ctime_ns = now_realtime_ns();
+		r = META_CALL(fs->meta, setattr, ino, META_SET_MODE | META_SET_CTIME, &in, NULL);
+		if (r < 0)
+			goto out;
+		fs_meta_touched(fs);
+		if (ip) {
+			pthread_mutex_lock(&ip->lock);
+			ip->mode = in.mode;
+			if (in.ctime_ns > ip->ctime_ns)
+				ip->ctime_ns = in.ctime_ns;
+			pthread_mutex_unlock(&ip->lock);
+		}
+		drop_kernel_attrs(fs, ino); /* its cached mode still has the bits */
+	}
+	if (caps != 0) {
+		r = META_CALL(fs->meta, getxattr, ino, XATTR_CAPS, NULL, 0);
+		if (r >= 0) {
+			r = META_CALL(fs->meta, removexattr, ino, XATTR_CAPS);
+			if (r == 0)
+				fs_meta_touched(fs);
+		}
+		if (r == -ENODATA)
+			r = 0;
+		if (r == 0 && ip) {
+			pthread_mutex_lock(&ip->lock);
+			ip->caps = 0;
+			pthread_mutex_unlock(&ip->lock);
+		}
+	}
+out:
+	fs_inode_put(fs, held);
+	return r;
+}
+
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		       struct fuse_file_info *fi)
 {
@@ -299,6 +449,16 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	int r = META_CALL(fs->meta, getattr, ino, &cur);
 	if (r < 0)
 		goto out;
+	/* FS-8: truncate by a caller without CAP_FSETID (the kernel flags it), chown, and the
+	 * chown(f, -1, -1) that arrives with no field at all. */
+	if (atomic_load(&fs->killpriv) && !S_ISDIR(cur.mode) &&
+	    (((to_set & FUSE_SET_ATTR_SIZE) && fs_io_kill_requested()) ||
+	     (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) || to_set == 0)) {
+		r = kill_privs(fs, req, ino, NULL,
+			       !fs_io_kill_requested() && fuse_req_ctx(req)->uid == 0);
+		if (r < 0)
+			goto out;
+	}
 
 	if (to_set & FUSE_SET_ATTR_SIZE) {
 		if (!S_ISREG(cur.mode)) {
@@ -736,20 +896,35 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static int do_fsync(struct fs *fs, struct fs_inode *ip, bool datasync)
 {
-	/* FS-4: data on every in-chain replica first, then the size that covers it. */
-	int r = ds_fsync(fs->ds, ip->ino);
-	if (r < 0)
-		return r;
-	/* fdatasync(2) owes durability only to the metadata needed to read the data back:
-	 * when the recorded size already covers the file, times may follow later. This is
-	 * PostgreSQL's WAL path (fdatasync of preallocated segments). The recorded size may
-	 * still sit in an unsynced commit: fs_meta_sync costs nothing when none is pending. */
 	pthread_mutex_lock(&ip->lock);
 	bool size_recorded = ip->size == ip->db_size;
+	uint64_t size_gen = ip->size_gen;
 	pthread_mutex_unlock(&ip->lock);
-	if (datasync && size_recorded)
-		return fs_meta_sync(fs);
-	return fs_inode_flush(fs, ip, true);
+	if (!size_recorded) {
+		/* FS-4: data on every in-chain replica first, then the size that covers it. */
+		int r = ds_fsync(fs->ds, ip->ino);
+		if (r < 0)
+			return r;
+		return fs_inode_flush(fs, ip, true);
+	}
+	/* The recorded size already covers the file: nothing orders the metadata after the
+	 * data, so the metadata sync (times for fsync; for fdatasync only the recorded size,
+	 * which may still sit in an unsynced commit) runs on the syncer thread while this one
+	 * syncs the data (two device flushes at once instead of one after the other).
+	 * fdatasync(2) owes no durability to times: PostgreSQL's WAL path. */
+	int r = datasync ? 0 : fs_inode_flush(fs, ip, false);
+	uint64_t ticket = 0;
+	/* fdatasync whose recorded size is durable already: no metadata sync at all, however
+	 * many other inodes' commits wait for one (PostgreSQL's WAL while tables grow). */
+	if (r == 0 &&
+	    !(datasync && size_gen <= atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced,
+							   memory_order_acquire)))
+		ticket = fs_meta_sync_start(fs);
+	int d = ds_fsync(fs->ds, ip->ino);
+	int m = fs_meta_sync_wait(fs, ticket);
+	if (d < 0)
+		return d;
+	return r < 0 ? r : m;
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
@@ -833,6 +1008,13 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	uint64_t end = (uint64_t)off + size;
+	if (fs_io_kill_requested() && atomic_load(&fs->killpriv)) {
+		int k = kill_privs(fs, req, ino, ip, false); /* FS-8 */
+		if (k < 0) {
+			fuse_reply_err(req, -k);
+			return;
+		}
+	}
 	pthread_rwlock_rdlock(&ip->io);
 	pthread_mutex_lock(&ip->lock);
 	ip->fresh = false;
@@ -1068,6 +1250,18 @@ static void quota_xattr_get(fuse_req_t req, struct fs *fs, fuse_ino_t ino, size_
 	reply_sized(req, r, buf, size);
 }
 
+/* FS-8: what kill_privs needs to know about security.capability of a cached inode. */
+static void note_caps(struct fs *fs, uint64_t ino, int8_t caps)
+{
+	struct fs_inode *ip = fs_inode_find(fs, ino);
+	if (!ip)
+		return;
+	pthread_mutex_lock(&ip->lock);
+	ip->caps = caps;
+	pthread_mutex_unlock(&ip->lock);
+	fs_inode_put(fs, ip);
+}
+
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			size_t size, int flags)
 {
@@ -1085,6 +1279,8 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		r = META_CALL(fs->meta, setxattr, ino, name, value, size, flags);
 	if (r == 0)
 		fs_meta_touched(fs); /* the engine updated ctime in the same transaction */
+	if (r == 0 && !strcmp(name, XATTR_CAPS))
+		note_caps(fs, ino, 1);
 	fuse_reply_err(req, -r);
 }
 
@@ -1122,6 +1318,8 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 		r = META_CALL(fs->meta, removexattr, ino, name);
 	if (r == 0)
 		fs_meta_touched(fs); /* the engine updated ctime in the same transaction */
+	if (r == 0 && !strcmp(name, XATTR_CAPS))
+		note_caps(fs, ino, 0);
 	fuse_reply_err(req, -r);
 }
 
@@ -1179,6 +1377,16 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	if (r < 0) {
 		free(fs);
 		return r;
+	}
+	pthread_mutex_init(&fs->sync_lock, NULL);
+	pthread_cond_init(&fs->sync_work, NULL);
+	pthread_cond_init(&fs->sync_done, NULL);
+	r = pthread_create(&fs->sync_thread, NULL, sync_main, fs);
+	if (r != 0) {
+		log_warn("no metadata syncer thread (%s): fsync syncs metadata after data",
+			 strerror(r));
+	} else {
+		fs->sync_running = true;
 	}
 	*ret = fs;
 	return 0;
@@ -1269,6 +1477,14 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *err, size_t errlen)
 		fs->se = NULL;
 		return -EIO;
 	}
+	if (fs_io_attach(fs) < 0) {
+		snprintf(err, errlen, "cannot attach to the FUSE session's device");
+		fuse_session_unmount(fs->se);
+		fuse_remove_signal_handlers(fs->se);
+		fuse_session_destroy(fs->se);
+		fs->se = NULL;
+		return -EIO;
+	}
 	return 0;
 }
 
@@ -1296,6 +1512,17 @@ void fs_free(struct fs *fs)
 	} else {
 		op_destroy(fs);
 	}
+	if (fs->sync_running) {
+		pthread_mutex_lock(&fs->sync_lock);
+		fs->sync_stop = true;
+		pthread_cond_signal(&fs->sync_work);
+		pthread_mutex_unlock(&fs->sync_lock);
+		pthread_join(fs->sync_thread, NULL);
+		fs->sync_running = false;
+	}
+	pthread_mutex_destroy(&fs->sync_lock);
+	pthread_cond_destroy(&fs->sync_work);
+	pthread_cond_destroy(&fs->sync_done);
 	fs_itab_fini(fs);
 	free(tl_buf);
 	tl_buf = NULL;

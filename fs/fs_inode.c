@@ -9,6 +9,7 @@
 #include "fs/fs.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -111,6 +112,7 @@ static void seed(struct fs_inode *ip, const struct meta_attr *a)
 	ip->wmark = (a->flags & META_IF_WDIRTY) != 0;
 	ip->qroot = a->qroot;
 	ip->qres = a->qres;
+	ip->caps = -1;
 }
 
 int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr, struct fs_inode **ret)
@@ -140,6 +142,8 @@ int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr, stru
 	pthread_rwlock_init(&n->io, NULL);
 	pthread_mutex_init(&n->lock, NULL);
 	seed(n, attr);
+	/* whatever recorded this size may still sit in an unsynced commit */
+	n->size_gen = atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen, memory_order_acquire);
 
 	pthread_mutex_lock(&fs->itab_lock);
 	ip = itab_lookup(fs, ino);
@@ -257,7 +261,7 @@ int fs_inode_flush(struct fs *fs, struct fs_inode *ip, bool durable)
 		}
 		r = META_CALL(fs->meta, setattr, ip->ino, mask, &a, NULL);
 		if (r == 0) {
-			fs_meta_touched(fs);
+			ip->size_gen = fs_meta_touched(fs);
 			ip->db_size = ip->size;
 			ip->dirty = false;
 			if (clear) {
@@ -282,6 +286,7 @@ void fs_inode_overlay(struct fs *fs, struct meta_attr *attr)
 		return;
 	pthread_mutex_lock(&ip->lock);
 	ip->nlink = attr->nlink;
+	ip->mode = attr->mode; /* FS-8 */
 	if (S_ISREG(attr->mode) && fs->shared && !ip->dirty && ip->inflight == 0) {
 		/* FS-7: nothing unrecorded here, so what the database holds (perhaps written by
 		 * another mount) is the newest. */

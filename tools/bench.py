@@ -4,8 +4,9 @@
 Usage: braidfs bench [OPTIONS]     (or: /usr/bin/python3 tools/bench.py [OPTIONS])
 
 Runs the fixed rows of the project's benchmark on every system in one run on this machine and
-prints one table with every figure and its ratio to the local disk, writes the figures as JSON
-and draws a PNG bar chart of the ratios.
+prints one table with every figure and its ratio to the local disk — with the peers, a second
+one of braidfs against them (r1 / passthrough, r2 / glusterfs, r2 / moosefs) — writes the
+figures as JSON and draws a PNG bar chart of the ratios.
 
 Systems (columns), in this order:
   local           a directory on the local disk (--workdir)
@@ -40,7 +41,9 @@ Options:
   -h, --help        this text
 
 Environment: nothing is left mounted or running when it ends, also on Ctrl-C or an error in
-one system (that system's rows read ERROR and the run goes on). Must run as root (mounts,
+one system (that system's rows read ERROR and the run goes on). A row a system cannot run
+reads n/a, with the reason in bench.json ("skipped"): pgbench where the postgres user cannot
+enter the mount (libfuse's passthrough example mounts without allow_other). Must run as root (mounts,
 dropping caches, the postgres user). Figures drift between runs on a shared machine: compare
 ratios from one run, never absolute figures from different runs.
 """
@@ -60,6 +63,7 @@ UNITS = {"seqwrite": "MiB/s", "seqread": "MiB/s", "randwrite": "IOPS", "randread
          "fsyncwrite": "IOPS", "create": "ops/s", "stat": "ops/s", "unlink": "ops/s",
          "pgbench": "TPS"}
 PEERS = ["passthrough", "glusterfs", "moosefs"]
+SKIPPED = {}  # system -> row -> why it was not run (shown as n/a, not an error)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -133,8 +137,16 @@ def meta_rows(d, n=10000):
     return out
 
 
+class Skip(Exception):
+    """A row this system cannot run, for a reason that is not a failure (shown as n/a)."""
+
+
 def pgbench_row(d, seconds):
     """initdb on d, start PostgreSQL on a private socket, pgbench -i -s 10, 4 clients."""
+    # A FUSE mount without allow_other (libfuse's passthrough example as its peer script
+    # starts it) lets no user but the one who mounted it in: PostgreSQL never runs as root.
+    if run(["runuser", "-u", "postgres", "--", "test", "-x", d], check=False).returncode:
+        raise Skip("the postgres user cannot enter the mount (mounted without allow_other)")
     bindir = sorted(p for p in os.listdir("/usr/lib/postgresql"))[-1]
     bindir = f"/usr/lib/postgresql/{bindir}/bin"
     data = os.path.join(d, "pgdata")
@@ -274,6 +286,10 @@ def measure(system, rows, args, results):
                     res[r] = pgbench_row(work, args.pgbench_time)
                 else:
                     res[r] = fio_row(r, work, args.size_mb, args.runtime)
+            except Skip as e:
+                say(f"{system.name}: {r} not run: {e}")
+                res[r] = None
+                SKIPPED.setdefault(system.name, {})[r] = str(e)
             except Exception as e:
                 say(f"{system.name}: {r} failed: {e}")
                 res[r] = None
@@ -292,9 +308,9 @@ def interrupted(signum, frame):
     raise KeyboardInterrupt
 
 
-def fmt(v):
+def fmt(v, skipped=False):
     if v is None:
-        return "ERROR"
+        return "n/a" if skipped else "ERROR"
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
 
 
@@ -310,7 +326,28 @@ def table(results, rows, systems):
             if v is not None and b and s != "local":
                 cells.append(f"{fmt(v)} ({v / b:.2f}x)")
             else:
-                cells.append(fmt(v))
+                cells.append(fmt(v, r in SKIPPED.get(s, {})))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# braidfs against the peer a user would compare it with: one replica against the cost of FUSE
+# itself, two replicas against the replicated peers.
+VERSUS = [("braidfs-r1", "passthrough"), ("braidfs-r2", "glusterfs"), ("braidfs-r2", "moosefs")]
+
+
+def peer_table(results, rows):
+    """braidfs / peer for each row, for the pairs of VERSUS both measured; '' if none."""
+    pairs = [(a, b) for a, b in VERSUS if a in results and b in results]
+    if not pairs:
+        return ""
+    lines = ["| row | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |",
+             "|" + "---|" * (len(pairs) + 1)]
+    for r in rows:
+        cells = [r]
+        for a, b in pairs:
+            x, y = results[a].get(r), results[b].get(r)
+            cells.append(f"{x / y:.2f}x" if x is not None and y else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -440,17 +477,21 @@ def main():
            "seconds": round(time.time() - started), "size_mb": args.size_mb,
            "runtime": args.runtime, "pgbench_time": args.pgbench_time,
            "target_kind": args.target_kind, "units": {r: UNITS[r] for r in rows},
-           "results": results}
+           "results": results, "skipped": SKIPPED}
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(doc, f, indent=1)
     t = table(results, rows, names)
+    pt = peer_table(results, rows)
+    if pt:
+        t += "\n\nbraidfs against the peers (ratio of the figures, above 1 = braidfs faster):\n\n" + pt
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(t + "\n")
     drew = chart(results, rows, names, os.path.join(args.out, "bench.png"))
     print(t)
     print(f"\nresults: {args.out}/bench.json, {args.out}/bench.md"
           + (f", {args.out}/bench.png" if drew else ""))
-    errors = sum(1 for s in results.values() for v in s.values() if v is None)
+    errors = sum(1 for n, s in results.items() for r, v in s.items()
+                 if v is None and r not in SKIPPED.get(n, {}))
     return 1 if errors else 0
 
 

@@ -258,6 +258,9 @@ def test_kill9_during_fsync_stream(volume):
             proc = subprocess.Popen([PY, "-c", _WRITER, p, str(rec)], stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, text=True)
             writers.append((p, rec, proc))
+        # Each writer's first line (a durable record, or its error) before the clock starts:
+        # on a loaded machine starting the interpreters alone can take longer than the sleep.
+        first = {p: proc.stdout.readline() for p, _, proc in writers}
         time.sleep(rng.uniform(0.3, 1.5))
         volume.kill9()
         acked = {}
@@ -267,6 +270,7 @@ def test_kill9_during_fsync_stream(volume):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out, _ = proc.communicate()
+            out = first[p] + out
             # one record number per line; "error ERRNO" must not count as record ERRNO
             nums = [int(ln) for ln in out.splitlines() if ln.strip().isdigit()]
             acked[p] = (max(nums) + 1 if nums else 0, rec)

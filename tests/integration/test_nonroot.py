@@ -1,6 +1,7 @@
 """Permission checks as an unprivileged user on a root-made mount (allow_other +
 default_permissions: the kernel checks, braidfs must store and report the right owners)."""
 
+import errno
 import os
 import stat
 
@@ -186,3 +187,50 @@ def test_write_clears_setuid(shared, user):
     assert user.try_op("fd = os.open(p, os.O_WRONLY); os.write(fd, b'y'); os.close(fd)",
                        p=p) == "OK"
     assert not (os.stat(p).st_mode & stat.S_ISUID), "a write by another user must clear S_ISUID"
+
+
+# A file capability (struct vfs_cap_data, revision 2): CAP_NET_RAW permitted.
+CAPS = (0x02000000).to_bytes(4, "little") + (1 << 13).to_bytes(4, "little") + bytes(12)
+
+
+def test_write_clears_setgid_and_capability(shared, user):
+    """Stripping privileges on write is the file system's job when the kernel runs with
+    FUSE_HANDLE_KILLPRIV_V2 (fs/fs_io.c): S_ISGID with group-exec and security.capability go;
+    without group-exec S_ISGID goes only for a writer outside the file's group, as on a local
+    file system."""
+    p = os.path.join(shared, "sgid")
+    write_file(p, b"x")
+    os.chmod(p, 0o2777)
+    os.setxattr(p, "security.capability", CAPS)
+    assert os.getxattr(p, "security.capability") == CAPS
+    assert user.try_op("fd = os.open(p, os.O_WRONLY); os.write(fd, b'y'); os.close(fd)",
+                       p=p) == "OK"
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o777
+    with pytest.raises(OSError) as e:
+        os.getxattr(p, "security.capability")
+    assert e.value.errno == errno.ENODATA
+    q = os.path.join(shared, "sgid-noexec")
+    write = "fd = os.open(p, os.O_WRONLY); os.write(fd, b'y'); os.close(fd)"
+    write_file(q, b"x")
+    os.chmod(q, 0o2766)
+    assert user.try_op(write, p=q) == "OK"  # not in group 0
+    assert stat.S_IMODE(os.stat(q).st_mode) == 0o766
+    os.chown(q, 0, user.gid)
+    os.chmod(q, 0o2766)
+    assert user.try_op(write, p=q) == "OK"  # in the file's group
+    assert stat.S_IMODE(os.stat(q).st_mode) == 0o2766
+    assert read_file(q) == b"y"
+
+
+def test_truncate_by_user_clears_setuid(shared, user):
+    p = os.path.join(shared, "suid-trunc")
+    write_file(p, b"xyz")
+    os.chmod(p, 0o4777)
+    assert user.try_op("os.truncate(p, 1)", p=p) == "OK"
+    st = os.stat(p)
+    assert st.st_size == 1 and stat.S_IMODE(st.st_mode) == 0o777
+    # root keeps the bit (CAP_FSETID), on write and on truncate
+    os.chmod(p, 0o4777)
+    os.truncate(p, 0)
+    write_file(p, b"root")
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o4777

@@ -405,6 +405,10 @@ def test_chown_clears_setuid(volume):
     os.chown(p, 1000, 1000)
     # Linux clears S_ISUID (and S_ISGID when group-exec) on chown of a regular file
     assert stat.S_IMODE(os.stat(p).st_mode) & 0o6000 == 0
+    # ... also on chown(f, -1, -1), and S_ISGID without group-exec stays
+    os.chmod(p, 0o6745)
+    os.chown(p, -1, -1)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o2745
 
 
 def test_utimens_nanoseconds(volume):
