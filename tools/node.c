@@ -64,6 +64,7 @@ struct node_dirty_slot {
 struct node {
 	struct cfg_node cfg;
 	uint32_t id;
+	unsigned beats; /* heartbeats sent (heartbeat thread only) */
 	struct meta *meta;
 	struct meta_volume vol;
 
@@ -882,6 +883,32 @@ static void *node_rp_main(void *arg)
 /* ---------------------------------------------------------------------------------------- */
 /* the heartbeat */
 
+/* A node whose lease lapsed — cut off, stopped, too slow — may have been marked down by the
+ * manager meanwhile, which took its targets out of their chains (away). Once it renews again,
+ * it says it is up, so that the manager brings those targets back as syncing (DIST-6) instead
+ * of leaving them away until the serve restarts. Also checked every NODE_STATE_CHECK_BEATS
+ * beats: a manager acting on an older read of the nodes table may mark a node down just after
+ * its renewal. */
+#define NODE_STATE_CHECK_BEATS 8
+static void node_revive(struct node *n)
+{
+	struct meta_node *nodes = calloc(256, sizeof(*nodes));
+	int nn = nodes ? META_CALL_OPT(n->meta, nodes_list, nodes, 256) : -ENOMEM;
+	for (int i = 0; i < MIN(nn, 256); i++)
+		if (nodes[i].id == n->id && nodes[i].state == META_NODE_DOWN) {
+			int r = META_CALL_OPT(n->meta, node_set_state, n->id, META_NODE_UP);
+			if (r < 0)
+				log_warn("cannot mark node %s up again: %s", n->cfg.node,
+					 strerror(-r));
+			else
+				log_info(
+				    "node %s was marked down while its lease had lapsed: up again; "
+				    "its targets come back as syncing and are resynced",
+				    n->cfg.node);
+		}
+	free(nodes);
+}
+
 static void node_beat(struct node *n)
 {
 	int64_t sent = now_monotonic_ns();
@@ -899,6 +926,8 @@ static void node_beat(struct node *n)
 		return;
 	}
 	bool lapsed = fence_lapsed(&n->fence, now_monotonic_ns());
+	if (lapsed || ++n->beats % NODE_STATE_CHECK_BEATS == 0)
+		node_revive(n);
 	bool refreshed = !lapsed || node_reload_chains(n) == 0;
 	if (lapsed && refreshed)
 		log_info("lease renewed and chains re-read: acknowledging writes");
