@@ -172,10 +172,24 @@ static int cfg_targets(struct cfg_parser *cp, struct cfg_node *c)
 	return 0;
 }
 
-enum { K_NODE, K_LISTEN, K_META, K_TARGETS, K_HB, K_LEASE, K_REPLACE, K_RATE, K_N };
+enum {
+	K_NODE,
+	K_LISTEN,
+	K_META,
+	K_TARGETS,
+	K_HB,
+	K_LEASE,
+	K_REPLACE,
+	K_RATE,
+	K_GRACE,
+	K_CHECK,
+	K_LOCAL,
+	K_N
+};
 static const char *const cfg_keys[K_N] = {
-    "node",	"listen",	   "meta",	 "targets", "heartbeat_ms",
-    "lease_ms", "replace_after_s", "resync_rate"};
+    "node",	  "listen",	     "meta",	    "targets",	"heartbeat_ms",
+    "lease_ms",	  "replace_after_s", "resync_rate", "grace_ms", "state_check_beats",
+    "local_reads"};
 
 static int cfg_value(struct cfg_parser *cp, int k, struct cfg_node *c)
 {
@@ -215,6 +229,14 @@ static int cfg_value(struct cfg_parser *cp, int k, struct cfg_node *c)
 		r = cfg_uint(cp, "lease_ms", 20, 600000, &v);
 		c->lease_ms = (uint32_t)v;
 		return r;
+	case K_GRACE:
+		r = cfg_uint(cp, "grace_ms", 0, 600000, &v);
+		c->grace_ms = (uint32_t)v;
+		return r;
+	case K_CHECK:
+		r = cfg_uint(cp, "state_check_beats", 1, 10000, &v);
+		c->state_check_beats = (uint32_t)v;
+		return r;
 	case K_REPLACE:
 		r = cfg_uint(cp, "replace_after_s", 1, 31536000, &v);
 		c->replace_after_s = (uint32_t)v;
@@ -230,6 +252,16 @@ static int cfg_value(struct cfg_parser *cp, int k, struct cfg_node *c)
 					"(e.g. 256MiB), not '%s'",
 					s);
 		c->resync_rate = v;
+		return 0;
+	}
+	case K_LOCAL: {
+		char s[8];
+		r = cfg_scalar(cp, "local_reads", s, sizeof(s));
+		if (r < 0)
+			return r;
+		if (strcmp(s, "true") && strcmp(s, "false"))
+			return cfg_fail(cp, &m, "'local_reads' must be true or false, not '%s'", s);
+		c->local_reads = !strcmp(s, "true");
 		return 0;
 	}
 	}
@@ -279,7 +311,8 @@ static int cfg_run(struct cfg_parser *cp, struct cfg_node *c)
 		if (k < 0)
 			return cfg_fail(cp, &km,
 					"unknown key '%s' (known: node, listen, meta, targets, "
-					"heartbeat_ms, lease_ms, replace_after_s, resync_rate)",
+					"heartbeat_ms, lease_ms, replace_after_s, resync_rate, "
+					"grace_ms, state_check_beats, local_reads)",
 					key);
 		if (seen[k])
 			return cfg_fail(cp, &km, "'%s' is given twice (first at %zu:%zu)", key,
@@ -308,6 +341,8 @@ static int cfg_run(struct cfg_parser *cp, struct cfg_node *c)
 		return cfg_fail(cp, seen[K_LEASE] ? &seen_at[K_LEASE] : &seen_at[K_HB],
 				"'lease_ms' (%u) must be at least twice 'heartbeat_ms' (%u)",
 				c->lease_ms, c->heartbeat_ms);
+	if (!seen[K_GRACE])
+		c->grace_ms = 2 * c->heartbeat_ms; /* the default follows heartbeat_ms */
 	return 0;
 }
 
@@ -333,6 +368,7 @@ int cfg_parse(const char *buf, size_t len, struct cfg_node *ret, char *err, size
 	c->lease_ms = 3000;
 	c->replace_after_s = 600;
 	c->resync_rate = 256ull << 20;
+	c->state_check_beats = 8;
 	yaml_parser_set_input_string(&cp.p, (const unsigned char *)buf, len);
 	int r = cfg_run(&cp, c);
 	if (cp.have_ev)

@@ -10,6 +10,7 @@
  *   lease_ms: 3000                 at least 2 x heartbeat_ms, at most 600000
  *   replace_after_s: 600           1..31536000
  *   resync_rate: 256MiB            a size per second (parse_size), at least 1 MiB
+ *   local_reads: false             true or false (DS-6: docs/distributed.md "Reads")
  *
  * Every byte is untrusted: the file is read up to CFG_FILE_MAX bytes, every string is bounded,
  * unknown keys, duplicate keys, aliases, tags on values and more than one document are refused,
@@ -19,6 +20,7 @@
 #ifndef BRAIDFS_CONFIG_H
 #define BRAIDFS_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +40,13 @@ struct cfg_node {
 	uint32_t lease_ms;	  /* default 3000 */
 	uint32_t replace_after_s; /* default 600 */
 	uint64_t resync_rate;	  /* bytes/s, default 256 MiB */
+	/* The manager declares a node dead when its lease expired more than grace_ms ago
+	 * (database clock, DIST-4); default 2 x heartbeat_ms. */
+	uint32_t grace_ms;
+	/* A node re-reads its own row every state_check_beats heartbeats, in case a manager
+	 * acting on an older read marked it down just after it renewed; default 8. */
+	uint32_t state_check_beats;
+	bool local_reads; /* serve members' reads to mounts of this node (DS-6) */
 };
 
 /* Parse len bytes of YAML into *ret (written only on success). 0, or -EINVAL / -EFBIG /

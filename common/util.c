@@ -87,6 +87,25 @@ int64_t now_monotonic_ns(void)
 	return clock_ns(CLOCK_MONOTONIC);
 }
 
+int cond_init_monotonic(pthread_cond_t *c)
+{
+	pthread_condattr_t ca;
+	int r = pthread_condattr_init(&ca);
+	if (r != 0)
+		return -r;
+	r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (r == 0)
+		r = pthread_cond_init(c, &ca);
+	pthread_condattr_destroy(&ca);
+	return -r;
+}
+
+int cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline_ns)
+{
+	struct timespec ts = {deadline_ns / 1000000000, deadline_ns % 1000000000};
+	return pthread_cond_timedwait(c, m, &ts);
+}
+
 int pwrite_full(int fd, const void *buf, size_t len, off_t off)
 {
 	const char *p = buf;

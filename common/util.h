@@ -2,6 +2,7 @@
 #ifndef BRAIDFS_UTIL_H
 #define BRAIDFS_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +35,13 @@ char *fmt_size(uint64_t bytes, char *buf, size_t len);
 
 int64_t now_realtime_ns(void);
 int64_t now_monotonic_ns(void);
+
+/* A condition variable whose timed waits run on CLOCK_MONOTONIC, so that a deadline taken from
+ * now_monotonic_ns() survives steps of the wall clock. 0 or -errno. */
+int cond_init_monotonic(pthread_cond_t *c);
+/* pthread_cond_timedwait on a cond_init_monotonic condition until deadline_ns
+ * (now_monotonic_ns() time): 0 when woken (perhaps spuriously), ETIMEDOUT once it passed. */
+int cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline_ns);
 
 /* Write/read exactly len bytes at off, retrying on EINTR and short I/O. 0 or -errno
  * (read: -ENODATA when the file ends first). */

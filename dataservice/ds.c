@@ -33,12 +33,12 @@
  *   path that does not fail.
  *
  * LOCK ORDER (outermost first): cut_lock -> stripe -> chain.change_lock -> chain.lock;
- *   lag_lock, tgt.qlock, pool_lock, lazy_lock -> open_lock and batch locks are leaves. No ds lock
- * but the cut lock, a stripe and the chain's change_lock is held while chain_failed runs; only the
- *   change_lock while chain_changed runs. cut_lock is a writer-preferring rwlock: remove and
- *   trim/truncate (which delete whole chunks without stripe locks) hold it exclusively;
- *   repairs that may create a chunk (read repair, check, scrub) hold it shared, so they can
- *   never recreate a chunk that a concurrent remove deleted.
+ *   lag_lock, tgt.repl.lock, tgt.async.lock, pool_lock, lazy_lock -> open_lock and batch locks are
+ * leaves. No ds lock but the cut lock, a stripe and the chain's change_lock is held while
+ * chain_failed runs; only the change_lock while chain_changed runs. cut_lock is a writer-preferring
+ * rwlock: remove and trim/truncate (which delete whole chunks without stripe locks) hold it
+ * exclusively; repairs that may create a chunk (read repair, check, scrub) hold it shared, so they
+ * can never recreate a chunk that a concurrent remove deleted.
  *
  * CHECK AND SCRUB (ds_check, ds_scrub: one engine, ds_check_run)
  *   List, sort by (ino, idx); per chunk, under the cut lock (shared) and its stripe lock: read
@@ -121,14 +121,42 @@ struct ds_buf {
 	char data[];
 };
 
+/* An ordered queue of one target's requests, applied by a thread of its own: the weak mode
+ * replication queue and an async target's queue (DS-7). Items embed a ds_qlink first. */
+struct ds_qlink {
+	struct ds_qlink *next;
+	uint64_t seq;
+};
+
+struct ds_fifo {
+	pthread_mutex_t lock;
+	pthread_cond_t work;	      /* work queued or stop */
+	pthread_cond_t done;	      /* done_seq advanced */
+	struct ds_qlink *head, *tail; /* protected by lock */
+	uint64_t enq_seq, done_seq;   /* protected by lock */
+	uint64_t bytes;		      /* protected by lock: the cost of what is queued */
+	bool stop, started, failed;   /* protected by lock */
+	pthread_t thread;
+};
+
 struct ds_item {
-	struct ds_item *next;
+	struct ds_qlink link;
 	unsigned chain; /* index into ds->chains */
 	uint64_t ino;
 	uint32_t idx;
 	uint64_t off;
 	struct ds_buf *buf;
-	uint64_t seq;
+};
+
+/* DS-7: one request queued to an async target (its own copy of the bytes). */
+struct ds_aitem {
+	struct ds_qlink link;
+	unsigned chain; /* index into ds->chains */
+	enum ds_op op;
+	uint64_t ino;
+	uint32_t idx;
+	uint64_t off, len;
+	char data[]; /* len bytes for a write */
 };
 
 struct ds_tgt {
@@ -136,19 +164,13 @@ struct ds_tgt {
 	uint32_t id;
 	bool owned;	      /* sm is ours to close (not given open in ds_config) */
 	int64_t next_open_ns; /* lazy_open: no new attempt before (monotonic); ds.lazy_lock */
-	bool up; /* configured up, or rebuilt into a chain; protected by ds.open_lock */
+	bool up;    /* configured up, or rebuilt into a chain; protected by ds.open_lock */
+	bool local; /* on this process's node: reads may go to it (DS-6); immutable */
 	char url[1024];
 	struct sm_target *sm; /* NULL when not open; set once (ds_open, ds_attach), __atomic */
 
-	/* weak mode replication queue, applied in order by qthread */
-	pthread_mutex_t qlock;
-	pthread_cond_t qcond;	       /* work queued or stop */
-	pthread_cond_t qdone;	       /* done_seq advanced */
-	struct ds_item *qhead, *qtail; /* protected by qlock */
-	uint64_t enq_seq, done_seq;    /* protected by qlock */
-	bool qstop;		       /* protected by qlock */
-	bool qstarted;
-	pthread_t qthread;
+	struct ds_fifo repl;  /* weak mode replication (ds_item), started at open */
+	struct ds_fifo async; /* async role (DS-7, ds_aitem), started on first use */
 };
 
 struct ds_chain {
@@ -162,6 +184,8 @@ struct ds_chain {
 	struct ds_tgt *keep[DS_MAX_KEEP];   /* not members, chunks kept (ds_chain_cfg.keep) */
 	uint32_t ns;			    /* protected by lock */
 	struct ds_tgt *sy[DS_MAX_REPLICAS]; /* protected by lock; syncing (ds_chain_cfg) */
+	uint32_t na;			    /* protected by lock */
+	struct ds_tgt *as[DS_MAX_REPLICAS]; /* protected by lock; async (DS-7) */
 };
 
 struct ds_snap {
@@ -170,6 +194,8 @@ struct ds_snap {
 	struct ds_tgt *m[DS_MAX_REPLICAS];
 	uint32_t ns;
 	struct ds_tgt *sy[DS_MAX_REPLICAS];
+	uint32_t na;
+	struct ds_tgt *as[DS_MAX_REPLICAS];
 };
 
 struct ds {
@@ -178,8 +204,11 @@ struct ds {
 	ds_chain_failed_fn chain_failed;
 	ds_chain_changed_fn chain_changed;
 	ds_syncing_failed_fn syncing_failed;
+	ds_async_missed_fn async_missed;
+	char test_async_hold[256]; /* ds_config.test_async_hold; "": none */
 	void *cb_ctx;
 	bool forward, lazy_open;
+	bool read_local; /* DS-6: forward mode, strong volume, local targets given */
 	ds_chain_refresh_fn chain_refresh;
 	int (*target_url)(void *ctx, uint32_t id, char *url, size_t len);
 	unsigned stall_ms;
@@ -215,6 +244,8 @@ struct ds {
 
 	uint64_t bytes_written, bytes_read, replica_failures;	  /* __atomic */
 	uint64_t csum_errors_seen, repairs_done, repair_failures; /* __atomic (DS-4) */
+	uint64_t local_reads, local_fallbacks;			  /* __atomic (DS-6) */
+	uint64_t async_misses, async_lag;			  /* __atomic (DS-7) */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -257,6 +288,8 @@ static void ds_snap(struct ds *ds, unsigned ci, struct ds_snap *s)
 	memcpy(s->m, c->m, sizeof(s->m));
 	s->ns = c->ns;
 	memcpy(s->sy, c->sy, sizeof(s->sy));
+	s->na = c->na;
+	memcpy(s->as, c->as, sizeof(s->as));
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -268,15 +301,28 @@ static bool ds_snap_has(const struct ds_snap *s, const struct ds_tgt *t)
 	return false;
 }
 
+static struct ds_tgt *ds_find_target(struct ds *ds, uint32_t id)
+{
+	for (unsigned i = 0; i < ds->ntargets; i++)
+		if (ds->targets[i].id == id)
+			return &ds->targets[i];
+	return NULL;
+}
+
+/* The targets of ids[0..n) that this ds knows, into out; their count. */
+static uint32_t ds_known(struct ds *ds, const uint32_t *ids, uint32_t n, struct ds_tgt **out)
+{
+	uint32_t k = 0;
+	for (uint32_t i = 0; i < n && i < DS_MAX_REPLICAS; i++)
+		if ((out[k] = ds_find_target(ds, ids[i])))
+			k++;
+	return k;
+}
+
 /* The syncing targets of c that this ds knows, into out; their count. */
 static uint32_t ds_syncing_of(struct ds *ds, const struct ds_chain_cfg *c, struct ds_tgt **out)
 {
-	uint32_t n = 0;
-	for (uint32_t k = 0; k < c->nsyncing && k < DS_MAX_REPLICAS; k++)
-		for (unsigned t = 0; t < ds->ntargets; t++)
-			if (ds->targets[t].id == c->syncing[k])
-				out[n++] = &ds->targets[t];
-	return n;
+	return ds_known(ds, c->syncing, c->nsyncing, out);
 }
 
 static bool ds_chain_has_syncing(struct ds *ds, unsigned ci)
@@ -312,14 +358,29 @@ static int ds_attach(struct ds *ds, struct ds_tgt *t, char *err, size_t errlen);
 static int ds_rpc_chain(void *ctx, uint64_t ino, uint32_t idx, uint32_t *ret_chain,
 			uint64_t *ret_epoch);
 
-/* A target by URL: a remote one (tcp://HOST:PORT/ID, rpc_target.h) or one of the storage
- * manager's kinds. storemgr sits below the transports, so its registry cannot know them. */
-static int ds_sm_open(const char *url, const struct sm_identity *expect, struct sm_target **ret,
-		      char *err, size_t errlen)
+/* Open target t at the URL target_url gives now (else its configured one), identity checked
+ * (SM-1): a remote one (tcp://HOST:PORT/ID, rpc_target.h), which then carries this ds's
+ * chains and epochs, or one of the storage manager's kinds (storemgr sits below the
+ * transports, so its registry cannot know them). why: the reason alone, on failure. */
+static int ds_open_sm(struct ds *ds, struct ds_tgt *t, struct sm_target **ret, char *why,
+		      size_t whylen)
 {
-	if (!strncmp(url, "tcp://", 6))
-		return rpc_target_ops.open(url, expect, ret, err, errlen);
-	return sm_open(url, expect, ret, err, errlen);
+	struct sm_identity expect = {.target_id = t->id, .chunk_size = ds->chunk_size};
+	snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", ds->volume_uuid);
+	char serr[512] = "";
+	int r = ds->target_url ? ds->target_url(ds->cb_ctx, t->id, t->url, sizeof(t->url)) : 0;
+	if (r == 0 && !strncmp(t->url, "tcp://", 6))
+		r = rpc_target_ops.open(t->url, &expect, ret, serr, sizeof(serr));
+	else if (r == 0)
+		r = sm_open(t->url, &expect, ret, serr, sizeof(serr));
+	if (r < 0) {
+		snprintf(why, whylen, "%s", serr[0] ? serr : strerror(-r));
+		return r;
+	}
+	rpc_target_set_chain_fn(*ret, ds_rpc_chain, ds); /* -EINVAL: not remote */
+	if (ds->read_local && t->local)
+		rpc_target_set_local(*ret); /* DS-6: its node applies the read lease */
+	return 0;
 }
 
 /* lazy_open: open a target that did not open before. Requests that find it closed wait for
@@ -471,11 +532,23 @@ static void ds_run(struct ds *ds, struct ds_rop *rops, unsigned n, bool parallel
 
 static bool ds_refresh(struct ds *ds, unsigned ci);
 
+/* Forward mode: how long to wait before asking again after `round` unchanged answers (50 ms
+ * doubling to 500 ms), and when to give up on a chain that does not change (stall_ms). */
+static void ds_fwd_pause(unsigned round)
+{
+	usleep(round < 4 ? 50000u << round : 500000u);
+}
+
+static int64_t ds_fwd_deadline(const struct ds *ds)
+{
+	return now_monotonic_ns() + (int64_t)ds->stall_ms * 1000000LL;
+}
+
 /* Forward mode (DS-5): this ds changes no chain; wait until the committed chain no longer
  * lists t (the manager or the primary took it out), for at most stall_ms. */
 static int ds_fwd_drop(struct ds *ds, unsigned ci, struct ds_tgt *t, int why)
 {
-	int64_t deadline = now_monotonic_ns() + (int64_t)ds->stall_ms * 1000000LL;
+	int64_t deadline = ds_fwd_deadline(ds);
 	for (unsigned round = 0;; round++) {
 		struct ds_snap s;
 		ds_refresh(ds, ci);
@@ -489,7 +562,7 @@ static int ds_fwd_drop(struct ds *ds, unsigned ci, struct ds_tgt *t, int why)
 			    ds->chains[ci].id, t->id, strerror(why < 0 ? -why : EIO), ds->stall_ms);
 			return -EIO;
 		}
-		usleep(round < 4 ? 50000u << round : 500000u);
+		ds_fwd_pause(round);
 	}
 }
 
@@ -632,29 +705,108 @@ static void ds_buf_put(struct ds *ds, struct ds_buf *b)
 	free(b);
 }
 
-struct ds_qarg {
-	struct ds *ds;
-	struct ds_tgt *t;
-};
+static void ds_fifo_init(struct ds_fifo *f)
+{
+	pthread_mutex_init(&f->lock, NULL);
+	pthread_cond_init(&f->work, NULL);
+	pthread_cond_init(&f->done, NULL);
+}
+
+static void ds_fifo_destroy(struct ds_fifo *f)
+{
+	pthread_mutex_destroy(&f->lock);
+	pthread_cond_destroy(&f->work);
+	pthread_cond_destroy(&f->done);
+}
+
+/* Start f's thread if it is not running (one attempt); under f->lock. */
+static bool ds_fifo_start_locked(struct ds_fifo *f, void *(*fn)(void *), void *arg)
+{
+	if (!f->started && !f->failed) {
+		if (pthread_create(&f->thread, NULL, fn, arg) == 0)
+			f->started = true;
+		else
+			f->failed = true;
+	}
+	return f->started;
+}
+
+/* Append l, whose cost is counted in f->bytes until ds_fifo_done; under f->lock. */
+static void ds_fifo_push_locked(struct ds_fifo *f, struct ds_qlink *l, uint64_t cost)
+{
+	l->next = NULL;
+	l->seq = ++f->enq_seq;
+	if (f->tail)
+		f->tail->next = l;
+	else
+		f->head = l;
+	f->tail = l;
+	f->bytes += cost;
+	pthread_cond_signal(&f->work);
+}
+
+/* The queue thread's next item, NULL once stopped and drained; *stopping: a stop was asked. */
+static struct ds_qlink *ds_fifo_pop(struct ds_fifo *f, bool *stopping)
+{
+	pthread_mutex_lock(&f->lock);
+	while (!f->head && !f->stop)
+		pthread_cond_wait(&f->work, &f->lock);
+	struct ds_qlink *l = f->head;
+	if (l) {
+		f->head = l->next;
+		if (!f->head)
+			f->tail = NULL;
+	}
+	if (stopping)
+		*stopping = f->stop;
+	pthread_mutex_unlock(&f->lock);
+	return l;
+}
+
+/* The queue thread applied the item of seq (cost as pushed). */
+static void ds_fifo_done(struct ds_fifo *f, uint64_t seq, uint64_t cost)
+{
+	pthread_mutex_lock(&f->lock);
+	f->bytes -= cost;
+	f->done_seq = seq;
+	pthread_cond_broadcast(&f->done);
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* Wait until everything queued to f before this call is applied. */
+static void ds_fifo_wait(struct ds_fifo *f)
+{
+	pthread_mutex_lock(&f->lock);
+	uint64_t want = f->enq_seq;
+	while (f->done_seq < want)
+		pthread_cond_wait(&f->done, &f->lock);
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* Ask f's thread to stop once it drained its queue (ds_fifo_join waits for it). */
+static void ds_fifo_stop(struct ds_fifo *f)
+{
+	pthread_mutex_lock(&f->lock);
+	f->stop = true;
+	pthread_cond_signal(&f->work);
+	pthread_mutex_unlock(&f->lock);
+}
+
+static void ds_fifo_join(struct ds_fifo *f)
+{
+	if (f->started)
+		pthread_join(f->thread, NULL);
+	f->started = false;
+}
 
 static void *ds_repl_main(void *arg)
 {
-	struct ds_qarg *qa = arg;
-	struct ds *ds = qa->ds;
-	struct ds_tgt *t = qa->t;
-	free(qa);
+	struct ds_tgt *t = arg;
+	struct ds *ds = t->ds;
+	struct ds_qlink *l;
 
-	pthread_mutex_lock(&t->qlock);
-	for (;;) {
-		while (!t->qhead && !t->qstop)
-			pthread_cond_wait(&t->qcond, &t->qlock);
-		struct ds_item *it = t->qhead;
-		if (!it)
-			break; /* stopped and drained */
-		t->qhead = it->next;
-		if (!t->qhead)
-			t->qtail = NULL;
-		pthread_mutex_unlock(&t->qlock);
+	while ((l = ds_fifo_pop(&t->repl, NULL))) {
+		struct ds_item *it = (struct ds_item *)l;
 
 		/* A member that left the chain meanwhile owes it nothing more. */
 		struct ds_snap s;
@@ -677,28 +829,12 @@ static void *ds_repl_main(void *arg)
 					    t->id, strerror((int)-r.ret), ds->chains[it->chain].id);
 			}
 		}
-		uint64_t seq = it->seq;
+		uint64_t seq = l->seq;
 		ds_buf_put(ds, it->buf);
 		free(it);
-
-		pthread_mutex_lock(&t->qlock);
-		t->done_seq = seq;
-		pthread_cond_broadcast(&t->qdone);
+		ds_fifo_done(&t->repl, seq, 0);
 	}
-	pthread_mutex_unlock(&t->qlock);
 	return NULL;
-}
-
-/* Wait until t applied everything queued to it before this call. */
-static void ds_barrier_target(struct ds_tgt *t)
-{
-	if (!t->qstarted)
-		return;
-	pthread_mutex_lock(&t->qlock);
-	uint64_t want = t->enq_seq;
-	while (t->done_seq < want)
-		pthread_cond_wait(&t->qdone, &t->qlock);
-	pthread_mutex_unlock(&t->qlock);
 }
 
 static void ds_barrier(struct ds *ds)
@@ -706,7 +842,7 @@ static void ds_barrier(struct ds *ds)
 	if (ds->mode != DS_WEAK)
 		return;
 	for (unsigned i = 0; i < ds->ntargets; i++)
-		ds_barrier_target(&ds->targets[i]);
+		ds_fifo_wait(&ds->targets[i].repl);
 }
 
 static int ds_enqueue(struct ds *ds, unsigned ci, const struct ds_snap *s, uint64_t ino,
@@ -746,16 +882,119 @@ static int ds_enqueue(struct ds *ds, unsigned ci, const struct ds_snap *s, uint6
 		it->idx = idx;
 		it->off = off;
 		it->buf = b;
-		pthread_mutex_lock(&t->qlock);
-		it->seq = ++t->enq_seq;
-		if (t->qtail)
-			t->qtail->next = it;
-		else
-			t->qhead = it;
-		t->qtail = it;
-		pthread_cond_signal(&t->qcond);
-		pthread_mutex_unlock(&t->qlock);
+		pthread_mutex_lock(&t->repl.lock);
+		ds_fifo_push_locked(&t->repl, &it->link, 0);
+		pthread_mutex_unlock(&t->repl.lock);
 	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* async targets (DS-7) */
+
+/* What one queued request holds against DS_ASYNC_QUEUE_MAX. */
+static uint64_t ds_aitem_cost(const struct ds_aitem *it)
+{
+	return sizeof(*it) + (it->op == DS_OP_WRITE ? it->len : 0);
+}
+
+static int ds_async_report(struct ds *ds, unsigned ci, const struct ds_tgt *t, uint64_t ino,
+			   uint32_t idx, int err)
+{
+	__atomic_add_fetch(&ds->async_misses, 1, __ATOMIC_RELAXED);
+	log_debug("ds: chain %u: async target %u missed inode %llu chunk %u: %s", ds->chains[ci].id,
+		  t->id, (unsigned long long)ino, idx, strerror(-err));
+	if (!ds->async_missed)
+		return 0;
+	return ds->async_missed(ds->cb_ctx, ds->chains[ci].id, t->id, ino, idx, err);
+}
+
+/* The queue thread of async target t: applies its requests in order, whatever role the target
+ * holds by then (a request queued before it left the async role is still owed to it). */
+static void *ds_async_main(void *arg)
+{
+	struct ds_tgt *t = arg;
+	struct ds *ds = t->ds;
+	struct ds_qlink *l;
+	bool stop;
+
+	while ((l = ds_fifo_pop(&t->async, &stop))) {
+		struct ds_aitem *it = (struct ds_aitem *)l;
+		while (!stop && ds->test_async_hold[0] && access(ds->test_async_hold, F_OK) == 0)
+			usleep(10000);
+		struct ds_rop r = {.op = it->op,
+				   .t = t,
+				   .ino = it->ino,
+				   .idx = it->idx,
+				   .off = it->off,
+				   .len = it->len,
+				   .wbuf = it->data};
+		ds_apply(&r);
+		if (r.ret < 0) {
+			int k = ds_async_report(ds, it->chain, t, it->ino, it->idx, (int)r.ret);
+			if (k < 0)
+				log_err(
+				    "ds: async target %u missed inode %llu chunk %u (%s) and it "
+				    "cannot be recorded: %s",
+				    t->id, (unsigned long long)it->ino, it->idx,
+				    strerror((int)-r.ret), strerror(-k));
+		}
+		uint64_t cost = ds_aitem_cost(it);
+		__atomic_sub_fetch(&ds->async_lag, cost, __ATOMIC_RELAXED);
+		ds_fifo_done(&t->async, l->seq, cost);
+		free(it);
+	}
+	return NULL;
+}
+
+/* Queue op, which the members applied, to every async target of snapshot s; under the chunk's
+ * stripe lock (DS-3: the queues get a chunk's requests in the members' order). 0, or -EIO when
+ * a request that did not fit could not be reported. */
+static int ds_async_queue(struct ds *ds, unsigned ci, const struct ds_snap *s,
+			  const struct ds_rop *op)
+{
+	int r = 0;
+	for (uint32_t i = 0; i < s->na; i++) {
+		struct ds_tgt *t = s->as[i];
+		size_t dlen = op->op == DS_OP_WRITE ? (size_t)op->len : 0;
+		struct ds_aitem *it = malloc(sizeof(*it) + dlen);
+		int why = -ENOMEM;
+		if (it) {
+			*it = (struct ds_aitem){.chain = ci,
+						.op = op->op,
+						.ino = op->ino,
+						.idx = op->idx,
+						.off = op->off,
+						.len = op->len};
+			if (dlen)
+				memcpy(it->data, op->wbuf, dlen);
+			uint64_t cost = ds_aitem_cost(it);
+			struct ds_fifo *f = &t->async;
+			pthread_mutex_lock(&f->lock);
+			why = f->bytes + cost > DS_ASYNC_QUEUE_MAX	  ? -ENOBUFS
+			      : ds_fifo_start_locked(f, ds_async_main, t) ? 0
+									  : -EAGAIN;
+			if (why == 0) {
+				ds_fifo_push_locked(f, &it->link, cost);
+				__atomic_add_fetch(&ds->async_lag, cost, __ATOMIC_RELAXED);
+			}
+			pthread_mutex_unlock(&f->lock);
+		}
+		if (why == 0)
+			continue;
+		free(it);
+		if (ds_async_report(ds, ci, t, op->ino, op->idx, why) < 0)
+			r = -EIO;
+	}
+	return r;
+}
+
+int ds_async_drain(struct ds *ds, uint32_t target_id)
+{
+	struct ds_tgt *t = ds_find_target(ds, target_id);
+	if (!t)
+		return -ENOENT;
+	ds_fifo_wait(&t->async);
 	return 0;
 }
 
@@ -774,9 +1013,8 @@ static void ds_free(struct ds *ds)
 		struct ds_tgt *t = &ds->targets[i];
 		if (t->owned)
 			sm_close(t->sm);
-		pthread_mutex_destroy(&t->qlock);
-		pthread_cond_destroy(&t->qcond);
-		pthread_cond_destroy(&t->qdone);
+		ds_fifo_destroy(&t->repl);
+		ds_fifo_destroy(&t->async);
 	}
 	for (unsigned i = 0; i < ds->nchains; i++) {
 		pthread_mutex_destroy(&ds->chains[i].lock);
@@ -873,6 +1111,10 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	ds->mode = cfg->consistency;
 	ds->chain_failed = cfg->chain_failed;
 	ds->syncing_failed = cfg->syncing_failed;
+	ds->async_missed = cfg->async_missed;
+	if (cfg->test_async_hold)
+		snprintf(ds->test_async_hold, sizeof(ds->test_async_hold), "%s",
+			 cfg->test_async_hold);
 	ds->chain_changed = cfg->chain_changed;
 	ds->cb_ctx = cfg->cb_ctx;
 	ds->forward = cfg->forward;
@@ -880,6 +1122,7 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	ds->chain_refresh = cfg->chain_refresh;
 	ds->target_url = cfg->target_url;
 	ds->stall_ms = cfg->stall_ms ? cfg->stall_ms : 20000;
+	ds->read_local = ds->forward && cfg->consistency == DS_STRONG && cfg->nlocal;
 	if (ds->forward)
 		ds->mode = DS_STRONG; /* the primaries replicate; fsync reaches every member */
 	snprintf(ds->volume_uuid, sizeof(ds->volume_uuid), "%s", cfg->volume_uuid);
@@ -909,9 +1152,10 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 		t->sm = cfg->targets[i].sm;
 		t->owned = !t->sm;
 		snprintf(t->url, sizeof(t->url), "%s", cfg->targets[i].url);
-		pthread_mutex_init(&t->qlock, NULL);
-		pthread_cond_init(&t->qcond, NULL);
-		pthread_cond_init(&t->qdone, NULL);
+		for (unsigned k = 0; k < cfg->nlocal && cfg->local_targets; k++)
+			t->local |= cfg->local_targets[k] == t->id;
+		ds_fifo_init(&t->repl);
+		ds_fifo_init(&t->async);
 	}
 	for (unsigned i = 0; i < ds->nchains; i++) {
 		struct ds_chain *c = &ds->chains[i];
@@ -926,35 +1170,26 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 				if (ds->targets[t].id == cc->members[k])
 					c->m[k] = &ds->targets[t];
 		for (uint32_t k = 0; k < cc->nkeep && k < DS_MAX_KEEP; k++)
-			for (unsigned t = 0; t < ds->ntargets; t++)
-				if (ds->targets[t].id == cc->keep[k])
-					c->keep[c->nkeep++] = &ds->targets[t];
+			if ((c->keep[c->nkeep] = ds_find_target(ds, cc->keep[k])))
+				c->nkeep++;
 		c->ns = ds_syncing_of(ds, cc, c->sy);
+		c->na = ds_known(ds, cc->async, cc->nasync, c->as);
 	}
 
 	for (unsigned i = 0; i < ds->ntargets; i++) {
 		struct ds_tgt *t = &ds->targets[i];
 		if (!t->up || t->sm)
 			continue;
-		struct sm_identity expect = {.target_id = t->id, .chunk_size = ds->chunk_size};
-		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", cfg->volume_uuid);
-		char serr[512] = "";
-		r = ds->target_url ? ds->target_url(ds->cb_ctx, t->id, t->url, sizeof(t->url)) : 0;
-		if (r == 0)
-			r = ds_sm_open(t->url, &expect, &t->sm, serr, sizeof(serr));
-		if (r < 0 && ds->lazy_open) {
-			log_info("target %u (%s) is not reachable yet: %s", t->id, t->url,
-				 serr[0] ? serr : strerror(-r));
-			t->sm = NULL;
+		char why[512];
+		struct sm_target *sm = NULL;
+		r = ds_open_sm(ds, t, &sm, why, sizeof(why));
+		if (r == 0) {
+			t->sm = sm;
+		} else if (ds->lazy_open) {
+			log_info("target %u (%s) is not reachable yet: %s", t->id, t->url, why);
 			t->next_open_ns = now_monotonic_ns() + DS_LAZY_RETRY_NS;
-			continue;
-		}
-		if (r == 0)
-			rpc_target_set_chain_fn(t->sm, ds_rpc_chain, ds); /* -EINVAL: not remote */
-		if (r < 0) {
-			snprintf(err, errlen, "target %u (%s): %s", t->id, t->url,
-				 serr[0] ? serr : strerror(-r));
-			t->sm = NULL;
+		} else {
+			snprintf(err, errlen, "target %u (%s): %s", t->id, t->url, why);
 			goto fail;
 		}
 	}
@@ -966,25 +1201,18 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 	if (ds->mode == DS_WEAK) {
 		for (unsigned i = 0; i < ds->ntargets; i++) {
 			struct ds_tgt *t = &ds->targets[i];
-			struct ds_qarg *qa = malloc(sizeof(*qa));
-			if (!qa)
-				goto oom_fail;
-			qa->ds = ds;
-			qa->t = t;
-			if (pthread_create(&t->qthread, NULL, ds_repl_main, qa) != 0) {
-				free(qa);
+			pthread_mutex_lock(&t->repl.lock);
+			bool started = ds_fifo_start_locked(&t->repl, ds_repl_main, t);
+			pthread_mutex_unlock(&t->repl.lock);
+			if (!started) {
 				snprintf(err, errlen, "cannot start replication thread");
 				r = -EAGAIN;
 				goto fail;
 			}
-			t->qstarted = true;
 		}
 	}
 	*ret = ds;
 	return 0;
-oom_fail:
-	snprintf(err, errlen, "out of memory");
-	r = -ENOMEM;
 fail:
 	ds_close(ds);
 	return r;
@@ -997,20 +1225,14 @@ void ds_close(struct ds *ds)
 {
 	if (!ds)
 		return;
+	/* every queue thread drains its queue before it exits */
 	for (unsigned i = 0; i < ds->ntargets; i++) {
-		struct ds_tgt *t = &ds->targets[i];
-		if (!t->qstarted)
-			continue;
-		pthread_mutex_lock(&t->qlock);
-		t->qstop = true; /* the thread drains its queue before it exits */
-		pthread_cond_signal(&t->qcond);
-		pthread_mutex_unlock(&t->qlock);
+		ds_fifo_stop(&ds->targets[i].repl);
+		ds_fifo_stop(&ds->targets[i].async);
 	}
 	for (unsigned i = 0; i < ds->ntargets; i++) {
-		struct ds_tgt *t = &ds->targets[i];
-		if (t->qstarted)
-			pthread_join(t->qthread, NULL);
-		t->qstarted = false;
+		ds_fifo_join(&ds->targets[i].repl);
+		ds_fifo_join(&ds->targets[i].async);
 	}
 	ds_free(ds);
 }
@@ -1089,7 +1311,7 @@ static bool ds_refresh(struct ds *ds, unsigned ci)
  * 0 (op->ret holds the answer) or -errno. */
 static int ds_fwd(struct ds *ds, unsigned ci, struct ds_rop *op)
 {
-	int64_t deadline = now_monotonic_ns() + (int64_t)ds->stall_ms * 1000000LL;
+	int64_t deadline = ds_fwd_deadline(ds);
 	for (unsigned round = 0;;) {
 		struct ds_snap s;
 		ds_snap(ds, ci, &s);
@@ -1098,17 +1320,14 @@ static int ds_fwd(struct ds *ds, unsigned ci, struct ds_rop *op)
 		op->t = s.m[0];
 		ds_apply(op);
 		if (ds_is_answer(op))
-			return op->ret < 0 && op->op != DS_OP_SEEK && op->op != DS_OP_LENGTH &&
-				       op->op != DS_OP_CUT
-				   ? (int)op->ret
-				   : 0;
+			return 0;
 		if (!ds_fwd_retryable((int)op->ret))
 			return (int)op->ret;
 		__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
 		log_debug("ds: chain %u: primary %u: %s; re-reading the chain", ds->chains[ci].id,
 			  op->t->id, strerror((int)-op->ret));
 		if (ds_refresh(ds, ci)) {
-			deadline = now_monotonic_ns() + (int64_t)ds->stall_ms * 1000000LL;
+			deadline = ds_fwd_deadline(ds);
 			round = 0;
 			continue;
 		}
@@ -1119,22 +1338,50 @@ static int ds_fwd(struct ds *ds, unsigned ci, struct ds_rop *op)
 			    ds->chains[ci].id, op->t->id, strerror((int)-op->ret), ds->stall_ms);
 			return -EIO;
 		}
-		usleep(round < 4 ? 50000u << round : 500000u);
+		ds_fwd_pause(round);
 		round++;
 	}
 }
 
-static struct ds_tgt *ds_find_target(struct ds *ds, uint32_t id)
+/* DS-6: a read-only op on this node's member of chain ci when there is one after the primary,
+ * else (or when it does not answer) on the primary (ds_fwd). */
+static int ds_fwd_read(struct ds *ds, unsigned ci, struct ds_rop *op)
 {
-	for (unsigned i = 0; i < ds->ntargets; i++)
-		if (ds->targets[i].id == id)
-			return &ds->targets[i];
-	return NULL;
+	struct ds_snap s;
+	ds_snap(ds, ci, &s);
+	for (uint32_t i = 1; ds->read_local && i < s.n; i++) {
+		struct ds_tgt *t = s.m[i];
+		if (!t->local)
+			continue;
+		op->t = t;
+		ds_apply(op);
+		if (ds_is_answer(op)) {
+			__atomic_add_fetch(&ds->local_reads, 1, __ATOMIC_RELAXED);
+			return 0;
+		}
+		__atomic_add_fetch(&ds->local_fallbacks, 1, __ATOMIC_RELAXED);
+		if (op->ret == -EBADMSG) {
+			/* DS-4: not a failure of the member; the primary's copy is read instead and
+			 * this copy is left to its node's scrub (only the primary's node writes) */
+			__atomic_add_fetch(&ds->csum_errors_seen, 1, __ATOMIC_RELAXED);
+			log_warn(
+			    "ds: checksum error on target %u (%s): inode %llu chunk %u; reading "
+			    "the chain's primary",
+			    t->id, t->url, (unsigned long long)op->ino, op->idx);
+		} else {
+			log_debug("ds: chain %u: local member %u: %s; reading the primary",
+				  ds->chains[ci].id, t->id, strerror((int)-op->ret));
+		}
+		if (op->ret == -ESTALE)
+			ds_refresh(ds, ci); /* it left the chain, or our epoch is old */
+		break;
+	}
+	return ds_fwd(ds, ci, op);
 }
 
 int ds_chain_load(struct ds *ds, const struct ds_chain_cfg *c)
 {
-	if (c->nsyncing > DS_MAX_REPLICAS)
+	if (c->nsyncing > DS_MAX_REPLICAS || c->nasync > DS_MAX_REPLICAS)
 		return -EINVAL;
 	struct ds_tgt *m[DS_MAX_REPLICAS];
 	if (c->nmembers > DS_MAX_REPLICAS)
@@ -1149,12 +1396,16 @@ int ds_chain_load(struct ds *ds, const struct ds_chain_cfg *c)
 		/* not the change_lock: chain_failed callbacks (which hold it) reload chains */
 		struct ds_tgt *sy[DS_MAX_REPLICAS];
 		uint32_t ns = ds_syncing_of(ds, c, sy);
+		struct ds_tgt *as[DS_MAX_REPLICAS];
+		uint32_t na = ds_known(ds, c->async, c->nasync, as);
 		pthread_mutex_lock(&ch->lock);
 		if (c->epoch > ch->epoch) {
 			memcpy(ch->m, m, c->nmembers * sizeof(m[0]));
 			ch->n = c->nmembers;
 			memcpy(ch->sy, sy, ns * sizeof(sy[0]));
 			ch->ns = ns;
+			memcpy(ch->as, as, na * sizeof(as[0]));
+			ch->na = na;
 			__atomic_store_n(&ch->epoch, c->epoch, __ATOMIC_RELAXED);
 		}
 		pthread_mutex_unlock(&ch->lock);
@@ -1218,7 +1469,7 @@ static void ds_heal(struct ds *ds, unsigned ci, const struct ds_rop *op, struct 
 static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 {
 	if (ds->forward)
-		return ds_fwd(ds, ci, op);
+		return ds_fwd_read(ds, ci, op);
 	struct ds_snap s;
 	ds_snap(ds, ci, &s);
 	struct ds_tgt *bad[DS_MAX_REPLICAS];
@@ -1228,8 +1479,8 @@ static int ds_ask(struct ds *ds, unsigned ci, struct ds_rop *op)
 		struct ds_tgt *t = s.m[i];
 		if (!ds_tsm(t))
 			continue;
-		if (i > 0)
-			ds_barrier_target(t); /* weak: a secondary answers once it caught up */
+		if (i > 0 && ds->mode == DS_WEAK)
+			ds_fifo_wait(&t->repl); /* a secondary answers once it caught up */
 		op->t = t;
 		ds_apply(op);
 		bool answer = op->ret >= 0 || (op->op == DS_OP_SEEK && op->ret == -ENXIO) ||
@@ -1334,6 +1585,8 @@ static int ds_chunk_op(struct ds *ds, const struct ds_rop *tmpl, bool parallel)
 	ds_run(ds, rops, s.n + s.ns, parallel);
 	int r = ds_settle(ds, ci, rops, s.n);
 	int k = ds_settle_syncing(ds, ci, &s, rops + s.n, tmpl);
+	if (r == 0 && k == 0 && s.na)
+		k = ds_async_queue(ds, ci, &s, tmpl); /* DS-7: after the members, same order */
 	pthread_mutex_unlock(sl);
 	return r < 0 ? r : k;
 }
@@ -1368,12 +1621,34 @@ static int ds_write_weak(struct ds *ds, uint64_t ino, uint32_t idx, const void *
 			r = -EIO;
 			goto out;
 		}
-		ds_barrier_target(s.m[1]); /* the new primary must hold what the old one had */
+		ds_fifo_wait(&s.m[1]->repl); /* the new primary must hold what the old one had */
 	}
 	r = ds_enqueue(ds, ci, &s, ino, idx, buf, n, within);
+	if (r == 0 && s.na) {
+		struct ds_rop op = {.op = DS_OP_WRITE,
+				    .ino = ino,
+				    .idx = idx,
+				    .off = within,
+				    .len = n,
+				    .wbuf = buf};
+		r = ds_async_queue(ds, ci, &s, &op);
+	}
 out:
 	pthread_mutex_unlock(sl);
 	return r;
+}
+
+/* n bytes at within of chunk idx: weak mode queues the secondaries' copies, unless the chain
+ * has syncing targets (they must get every write before it is acknowledged); strong mode and
+ * forward mode (always strong) run it on every member, or on the primary. */
+static int ds_write_chunk(struct ds *ds, uint64_t ino, uint32_t idx, const void *buf, size_t n,
+			  uint64_t within)
+{
+	if (ds->mode == DS_WEAK && !ds_chain_has_syncing(ds, ds_chain_of(ds, ino, idx)))
+		return ds_write_weak(ds, ino, idx, buf, n, within);
+	struct ds_rop op = {
+	    .op = DS_OP_WRITE, .ino = ino, .idx = idx, .off = within, .len = n, .wbuf = buf};
+	return ds_chunk_op(ds, &op, n >= ds->par_min);
 }
 
 ssize_t ds_write(struct ds *ds, uint64_t ino, const void *buf, size_t len, uint64_t off)
@@ -1387,19 +1662,7 @@ ssize_t ds_write(struct ds *ds, uint64_t ino, const void *buf, size_t len, uint6
 		uint32_t idx = (uint32_t)(pos / ds->chunk_size);
 		uint64_t within = pos % ds->chunk_size;
 		size_t n = (size_t)MIN((uint64_t)(len - done), ds->chunk_size - within);
-		const char *p = (const char *)buf + done;
-		if (ds->mode == DS_WEAK && /* never in forward mode */
-		    !ds_chain_has_syncing(ds, ds_chain_of(ds, ino, idx))) {
-			r = ds_write_weak(ds, ino, idx, p, n, within);
-		} else {
-			struct ds_rop op = {.op = DS_OP_WRITE,
-					    .ino = ino,
-					    .idx = idx,
-					    .off = within,
-					    .len = n,
-					    .wbuf = p};
-			r = ds_chunk_op(ds, &op, n >= ds->par_min);
-		}
+		r = ds_write_chunk(ds, ino, idx, (const char *)buf + done, n, within);
 		if (r < 0)
 			return r;
 		done += n;
@@ -1418,19 +1681,71 @@ int ds_chunk_apply(struct ds *ds, enum ds_chunk_kind kind, uint64_t ino, uint32_
 	if ((unsigned)kind >= ARRAY_SIZE(ops) || off > ds->chunk_size ||
 	    (kind != DS_CHUNK_TRUNCATE && len > ds->chunk_size - off))
 		return -EINVAL;
-	if (kind == DS_CHUNK_WRITE && ds->mode == DS_WEAK && !ds->forward &&
-	    !ds_chain_has_syncing(ds, ds_chain_of(ds, ino, idx)))
-		return ds_write_weak(ds, ino, idx, data, (size_t)len, off);
-	struct ds_rop op = {
-	    .op = ops[kind], .ino = ino, .idx = idx, .off = off, .len = len, .wbuf = data};
+	if (kind == DS_CHUNK_WRITE) {
+		int r = ds_write_chunk(ds, ino, idx, data, (size_t)len, off);
+		if (r == 0)
+			__atomic_add_fetch(&ds->bytes_written, len, __ATOMIC_RELAXED);
+		return r;
+	}
+	struct ds_rop op = {.op = ops[kind], .ino = ino, .idx = idx, .off = off, .len = len};
 	if (kind == DS_CHUNK_TRUNCATE) {
 		op.off = len; /* sm truncate takes the new length as off (ds_apply) */
 		op.len = 0;
 	}
-	int r = ds_chunk_op(ds, &op, len >= ds->par_min);
-	if (r == 0 && kind == DS_CHUNK_WRITE)
-		__atomic_add_fetch(&ds->bytes_written, len, __ATOMIC_RELAXED);
-	return r;
+	return ds_chunk_op(ds, &op, len >= ds->par_min);
+}
+
+/* Does some chain still list t? The chains that listed it are re-read first (forward mode). */
+static bool ds_fwd_listed(struct ds *ds, struct ds_tgt *t)
+{
+	bool listed = false;
+	for (unsigned ci = 0; ci < ds->nchains; ci++) {
+		struct ds_snap s;
+		ds_snap(ds, ci, &s);
+		if (!ds_snap_has(&s, t))
+			continue;
+		ds_refresh(ds, ci);
+		ds_snap(ds, ci, &s);
+		listed |= ds_snap_has(&s, t);
+	}
+	return listed;
+}
+
+/* Forward mode, after an operation that ran once per target (sync, remove): this ds changes no
+ * chain (DS-5), so a target that failed in a way worth retrying is asked again — a node that
+ * fenced itself for a moment (its lease lapsed while it was busy) or restarted answers again
+ * with no chain change at all — until it answers, until no chain lists it (the manager or a
+ * primary took it out: nothing to wait for), or until stall_ms passed with it still listed:
+ * -EIO then, once for the whole operation (waiting stall_ms per chain it is in, as a chain's
+ * drop does, would stall an fsync for minutes). */
+static int ds_fwd_settle_targets(struct ds *ds, struct ds_rop *rops, unsigned n)
+{
+	int64_t deadline = ds_fwd_deadline(ds);
+	for (unsigned round = 0;; round++) {
+		int failed = 0;
+		struct ds_tgt *who = NULL;
+		for (unsigned i = 0; i < n; i++) {
+			if (rops[i].ret >= 0 || !ds_fwd_listed(ds, rops[i].t))
+				continue;
+			if (!ds_fwd_retryable((int)rops[i].ret))
+				return (int)rops[i].ret;
+			failed = (int)rops[i].ret;
+			who = rops[i].t;
+		}
+		if (!failed)
+			return 0;
+		if (!round)
+			__atomic_add_fetch(&ds->replica_failures, 1, __ATOMIC_RELAXED);
+		if (now_monotonic_ns() >= deadline) {
+			log_err("ds: target %u failed (%s) and is still in a chain after %u ms",
+				who->id, strerror(-failed), ds->stall_ms);
+			return -EIO;
+		}
+		ds_fwd_pause(round);
+		for (unsigned i = 0; i < n; i++)
+			if (rops[i].ret < 0 && ds_fwd_retryable((int)rops[i].ret))
+				ds_apply(&rops[i]);
+	}
 }
 
 /* Run op once per target in list (parallel), then settle per target. */
@@ -1444,7 +1759,7 @@ static int ds_targets_op(struct ds *ds, const struct ds_rop *tmpl, struct ds_tgt
 		rops[i].t = list[i];
 	}
 	ds_run(ds, rops, n, ds->par_sync);
-	int r = ds_settle_targets(ds, rops, n);
+	int r = ds->forward ? ds_fwd_settle_targets(ds, rops, n) : ds_settle_targets(ds, rops, n);
 	free(rops);
 	return r;
 }
@@ -1722,6 +2037,10 @@ void ds_stats(struct ds *ds, struct ds_stats *ret)
 	ret->csum_errors_seen = __atomic_load_n(&ds->csum_errors_seen, __ATOMIC_RELAXED);
 	ret->repairs_done = __atomic_load_n(&ds->repairs_done, __ATOMIC_RELAXED);
 	ret->repair_failures = __atomic_load_n(&ds->repair_failures, __ATOMIC_RELAXED);
+	ret->local_reads = __atomic_load_n(&ds->local_reads, __ATOMIC_RELAXED);
+	ret->local_fallbacks = __atomic_load_n(&ds->local_fallbacks, __ATOMIC_RELAXED);
+	ret->async_missed = __atomic_load_n(&ds->async_misses, __ATOMIC_RELAXED);
+	ret->async_lag_bytes = __atomic_load_n(&ds->async_lag, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&ds->lag_lock);
 	ret->repl_lag_bytes = ds->lag_bytes;
 	pthread_mutex_unlock(&ds->lag_lock);
@@ -1802,37 +2121,19 @@ static int ds_cent_cmp(const void *a, const void *b)
 	return x->tgt < y->tgt ? -1 : x->tgt > y->tgt;
 }
 
-static bool ds_all_zero(const char *p, size_t n)
-{
-	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
-}
-
 /* Make dst's copy of (ino, idx) byte-identical to src's first len bytes, exact length, and
  * durable. Called with the chunk's stripe lock. *ret_src (may be NULL) says whether reading
  * src was what failed. */
 static int ds_copy_chunk(struct ds_tgt *src, struct ds_tgt *dst, uint64_t ino, uint32_t idx,
 			 uint64_t len, char *buf, bool *ret_src)
 {
-	struct sm_target *s = ds_tsm(src), *d = ds_tsm(dst);
-	bool dummy;
-	ret_src = ret_src ? ret_src : &dummy;
-	*ret_src = false;
-	for (uint64_t off = 0; off < len; off += DS_CHECK_PIECE) {
-		size_t n = (size_t)MIN((uint64_t)DS_CHECK_PIECE, len - off);
-		ssize_t k = s->ops->read(s, ino, idx, buf, n, off);
-		if (k < 0) {
-			*ret_src = true;
-			return (int)k;
-		}
-		int r = ds_all_zero(buf, n) ? d->ops->punch(d, ino, idx, off, n)
-					    : (int)d->ops->write(d, ino, idx, buf, n, off);
-		if (r < 0)
-			return r;
-	}
-	int r = d->ops->truncate(d, ino, idx, len);
-	if (r < 0)
-		return r;
-	return d->ops->sync_ino(d, ino);
+	_Static_assert(DS_CHECK_PIECE == RP_PIECE, "buf holds one piece of rp_copy_range");
+	struct sm_target *d = ds_tsm(dst);
+	struct rp_copy c;
+	int r = rp_copy_range(ds_tsm(src), d, ino, idx, len, buf, &c);
+	if (ret_src)
+		*ret_src = r < 0 && !c.dst_failed;
+	return r < 0 ? r : d->ops->sync_ino(d, ino);
 }
 
 /* Does t's copy of [off, off+len) of (ino, idx) still fail its checksum? */
@@ -1846,6 +2147,30 @@ static bool ds_still_bad(struct ds_tgt *t, uint64_t ino, uint32_t idx, uint64_t 
 			return true;
 	}
 	return false;
+}
+
+/* A repair that makes t's copy of (ino, idx) src's first len bytes, as ds_copy_chunk, for a
+ * chunk of chain snapshot s. On a served chain (forward mode) the bytes are written to the
+ * chain's primary, s->m[0], never to t itself: the primary's node applies them to every member
+ * and syncing target under its chunk lock, as it does a client's write (DIST-3), so the repair
+ * is ordered with that node's own resync and rebuild copies and reaches every copy; then every
+ * open member syncs the inode (a node syncs only the target a SYNC names). */
+static int ds_fix_copy(const struct ds_snap *s, struct ds_tgt *src, struct ds_tgt *t, uint64_t ino,
+		       uint32_t idx, uint64_t len, char *buf, bool *ret_src)
+{
+	if (!t->ds->forward)
+		return ds_copy_chunk(src, t, ino, idx, len, buf, ret_src);
+	if (ret_src)
+		*ret_src = false;
+	if (!s->n || !ds_tsm(s->m[0]))
+		return -EHOSTUNREACH; /* no primary to write through */
+	int r = ds_copy_chunk(src, s->m[0], ino, idx, len, buf, ret_src);
+	for (uint32_t k = 1; k < s->n && r == 0; k++) {
+		struct sm_target *sm = ds_tsm(s->m[k]);
+		if (sm)
+			r = sm->ops->sync_ino(sm, ino);
+	}
+	return r;
 }
 
 /* Rewrite dst's copy of (ino, idx) from the first member of s that is open, not dst, not in
@@ -1871,7 +2196,7 @@ static int ds_repair_copy(const struct ds_snap *s, struct ds_tgt *dst, struct ds
 			len = 0, r = 0;
 		bool src_failed = r < 0;
 		if (!src_failed)
-			r = ds_copy_chunk(src, dst, ino, idx, len, buf, &src_failed);
+			r = ds_fix_copy(s, src, dst, ino, idx, len, buf, &src_failed);
 		if (r == 0) {
 			*ret_src = src;
 			return 0;
@@ -1940,6 +2265,7 @@ struct ds_checker {
 	struct ds_check_result *res;
 	char *bufs[DS_MAX_REPLICAS]; /* one piece per chain member, allocated on first use */
 	char *copy_buf;
+	unsigned stale_retries; /* left for this chunk (forward mode: the chain changed) */
 };
 
 static void ds_check_report(struct ds_checker *ck, const char *what, uint64_t ino, uint32_t idx,
@@ -2005,12 +2331,16 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 	enum ds_copy_state st[DS_MAX_REPLICAS] = {0};
 	bool open[DS_MAX_REPLICAS] = {0}, differs[DS_MAX_REPLICAS] = {0};
 	uint64_t L = 0;
+	bool stale = false; /* a served chain's node answered that our epoch is old */
 	for (uint32_t k = 0; k < s.n; k++) {
 		struct sm_target *sm = ds_tsm(s.m[k]);
-		if (!sm)
+		if (!sm) {
+			res->unreached++;
 			continue;
+		}
 		open[k] = true;
 		int r = sm->ops->chunk_length(sm, ino, idx, &len[k]);
+		stale |= r == -ESTALE;
 		if (r == -ENOENT)
 			len[k] = 0;
 		else if (r < 0)
@@ -2020,15 +2350,28 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 		if (!ck->bufs[k] && !(ck->bufs[k] = malloc(DS_CHECK_PIECE)))
 			return -ENOMEM;
 	}
+	/* The reference is the first member that holds the chunk, not merely the first member: a
+	 * copy that is absent while another one holds bytes was lost (a delete removes every
+	 * copy under the chunk's lock), and copying "absent" over the others would lose it on
+	 * every replica. */
+	uint32_t ord[DS_MAX_REPLICAS], no = 0;
+	for (uint32_t k = 0; k < s.n; k++)
+		if (open[k] && st[k] == DS_CP_OK && len[k] > 0 && !no)
+			ord[no++] = k;
+	for (uint32_t k = 0; k < s.n; k++)
+		if (!no || k != ord[0])
+			ord[no++] = k;
 	for (uint64_t off = 0; off < L; off += DS_CHECK_PIECE) {
 		size_t piece = (size_t)MIN((uint64_t)DS_CHECK_PIECE, L - off);
 		int ref = -1; /* the first copy that read this piece */
-		for (uint32_t k = 0; k < s.n; k++) {
+		for (uint32_t j = 0; j < no; j++) {
+			uint32_t k = ord[j];
 			if (!open[k] || st[k] != DS_CP_OK)
 				continue;
 			struct sm_target *sm = ds_tsm(s.m[k]);
 			ssize_t r = sm->ops->read(sm, ino, idx, ck->bufs[k], piece, off);
 			res->bytes_compared += piece;
+			stale |= r == -ESTALE;
 			if (r < 0) {
 				st[k] = r == -EBADMSG ? DS_CP_BAD : DS_CP_FAIL;
 				continue;
@@ -2040,10 +2383,14 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 		}
 	}
 
-	int good = -1; /* the first member whose whole copy verified */
+	if (stale && ds->chain_refresh && ck->stale_retries > 0)
+		return -ESTALE; /* the caller re-reads the chain and checks the chunk again */
+
+	int good = -1; /* the first member (in ord) whose whole copy verified */
 	struct ds_tgt *bad[DS_MAX_REPLICAS];
 	unsigned nbad = 0;
-	for (uint32_t k = 0; k < s.n; k++) {
+	for (uint32_t j = 0; j < no; j++) {
+		uint32_t k = ord[j];
 		if (!open[k])
 			continue;
 		if (st[k] == DS_CP_BAD)
@@ -2101,8 +2448,8 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 				res->missing++;
 			else
 				res->mismatches++;
-			bool fixed = ck->repair && ds_copy_chunk(s.m[good], t, ino, idx, len[good],
-								 ck->copy_buf, NULL) == 0;
+			bool fixed = ck->repair && ds_fix_copy(&s, s.m[good], t, ino, idx,
+							       len[good], ck->copy_buf, NULL) == 0;
 			ds_check_report(ck, missing ? "missing" : "mismatch", ino, idx,
 					missing ? where : t, fixed);
 		}
@@ -2133,6 +2480,10 @@ struct ds_check_run {
 	void *ctx;
 	const int *cancel;
 };
+
+/* A chunk whose copies answered -ESTALE is checked again at most this many times, each after
+ * its chain was re-read (forward mode). */
+#define DS_CHECK_STALE_RETRIES 3
 
 /* ds_check and ds_scrub: list, sort by (ino, idx), then each chunk under the cut lock (shared)
  * and its stripe lock, paced outside the locks. */
@@ -2199,13 +2550,28 @@ static int ds_check_run(struct ds *ds, const struct ds_check_run *o, struct ds_c
 			goto out;
 		}
 		uint64_t before = res.bytes_compared;
-		pthread_mutex_t *sl = ds_stripe(ds, l.v[a].ino, l.v[a].idx);
-		pthread_rwlock_rdlock(&ds->cut_lock);
-		pthread_mutex_lock(sl);
-		ds_barrier(ds); /* weak: queued writes of this chunk are on every member */
-		r = ds_check_chunk(&ck, &l.v[a], b - a);
-		pthread_mutex_unlock(sl);
-		pthread_rwlock_unlock(&ds->cut_lock);
+		struct ds_check_result saved = res;
+		ck.stale_retries = DS_CHECK_STALE_RETRIES;
+		for (;;) {
+			pthread_mutex_t *sl = ds_stripe(ds, l.v[a].ino, l.v[a].idx);
+			pthread_rwlock_rdlock(&ds->cut_lock);
+			pthread_mutex_lock(sl);
+			ds_barrier(ds); /* weak: queued writes of this chunk are on every member */
+			r = ds_check_chunk(&ck, &l.v[a], b - a);
+			pthread_mutex_unlock(sl);
+			pthread_rwlock_unlock(&ds->cut_lock);
+			if (r != -ESTALE)
+				break;
+			/* forward mode: a chain changed under the check (the manager took a
+			 * target out, a resync promoted one): re-read it and do the chunk again */
+			ck.stale_retries--;
+			uint64_t read = res.bytes_compared - saved.bytes_compared;
+			res = saved;
+			res.bytes_compared += read;
+			/* best effort: a chain that cannot be re-read stays as it was and the
+			 * next attempt reports what it finds */
+			ds_refresh(ds, ds_chain_of(ds, l.v[a].ino, l.v[a].idx));
+		}
 		if (r < 0)
 			goto out;
 		res.chunks++;
@@ -2235,7 +2601,17 @@ out:
 int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, void *ctx,
 	     struct ds_check_result *ret)
 {
-	struct ds_check_run o = {.repair = repair, .keep = keep, .report = report, .ctx = ctx};
+	struct ds_check_opts o = {.repair = repair, .keep = keep, .report = report, .ctx = ctx};
+	return ds_check_with(ds, &o, ret);
+}
+
+int ds_check_with(struct ds *ds, const struct ds_check_opts *opts, struct ds_check_result *ret)
+{
+	struct ds_check_run o = {.repair = opts->repair,
+				 .keep = opts->keep,
+				 .report = opts->report,
+				 .progress = opts->progress,
+				 .ctx = opts->ctx};
 	return ds_check_run(ds, &o, ret);
 }
 
@@ -2260,18 +2636,12 @@ static int ds_attach(struct ds *ds, struct ds_tgt *t, char *err, size_t errlen)
 	int r = 0;
 	pthread_mutex_lock(&ds->open_lock);
 	if (!ds_tsm(t)) {
-		struct sm_identity expect = {.target_id = t->id, .chunk_size = ds->chunk_size};
-		snprintf(expect.volume_uuid, sizeof(expect.volume_uuid), "%s", ds->volume_uuid);
-		char serr[512] = "";
+		char why[512];
 		struct sm_target *sm = NULL;
-		r = ds->target_url ? ds->target_url(ds->cb_ctx, t->id, t->url, sizeof(t->url)) : 0;
-		if (r == 0)
-			r = ds_sm_open(t->url, &expect, &sm, serr, sizeof(serr));
+		r = ds_open_sm(ds, t, &sm, why, sizeof(why));
 		if (r < 0) {
-			snprintf(err, errlen, "target %u (%s): %s", t->id, t->url,
-				 serr[0] ? serr : strerror(-r));
+			snprintf(err, errlen, "target %u (%s): %s", t->id, t->url, why);
 		} else {
-			rpc_target_set_chain_fn(sm, ds_rpc_chain, ds); /* -EINVAL: not remote */
 			t->owned = true;
 			__atomic_store_n(&t->sm, sm, __ATOMIC_RELEASE);
 		}

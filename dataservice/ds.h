@@ -36,6 +36,20 @@
  *         re-applying the same bytes at the same place is harmless while the caller keeps
  *         writes of one inode from overlapping, whereas a write id already answered by a
  *         former secondary would not reach the members after it.
+ *   DS-6  (forward mode, local_targets) A read goes to a member of this node other than the
+ *         primary only in a strong chain, only at the epoch of the chain this ds holds, and
+ *         that member's node serves it only if it is still a member at that epoch by a chain
+ *         table it read lately (its read lease; the primary that removes a member holds its
+ *         acknowledgements until that lease ran out: dataservice/fence.h). Any other answer
+ *         than the read's own sends it to the primary (DS-5); a stale epoch re-reads the chain
+ *         first. In a strong chain every member applied an acknowledged write before the
+ *         acknowledgement, so a read after a write (of any client) sees it.
+ *   DS-7  (async targets, META-19) An async target never delays or fails an acknowledgement and
+ *         is never read: it gets each request after the members applied it, in the order of
+ *         the chunk's stripe lock, through a bounded queue; every request it does not apply
+ *         is reported (async_missed) so that a repair copies the chunk. Requests still queued
+ *         when the process dies are reported by nobody: the caller accounts for them (the
+ *         serve marks the async targets of such a chain for a rebuild, tools/node.c).
  *   DS-4  A replica read that fails its store's checksum (-EBADMSG) is NOT a replica failure:
  *         the chain is left as it is, and the read is served by the next in-chain replica
  *         whose copy verifies. Before the read returns, every copy that failed is rewritten
@@ -92,7 +106,17 @@ struct ds_chain_cfg {
 	 * with the members (ds_open, ds_chain_load). Unknown ids are ignored. */
 	uint32_t nsyncing;
 	uint32_t syncing[DS_MAX_REPLICAS];
+	/* Async targets (META-19, DS-7): a copy kept beside the chain (a backup on external
+	 * storage). Every chunk request this ds applies through the chain (not in forward mode)
+	 * is queued to each of them once the members applied it, and applied in order by one
+	 * thread per target: never waited for, never read, never counted. A request it failed,
+	 * or that found its queue full (DS_ASYNC_QUEUE_MAX bytes), is reported through
+	 * async_missed. Loaded with the members. Unknown ids are ignored. */
+	uint32_t nasync;
+	uint32_t async[DS_MAX_REPLICAS];
 };
+
+#define DS_ASYNC_QUEUE_MAX (64u << 20) /* bytes of requests waiting for one async target */
 
 /* Called when a member of a chain failed (DS-1). The callee must commit, durably, the chain
  * without that member at epoch+1 and return 0 and the new epoch, or -errno. It is called with
@@ -118,6 +142,16 @@ typedef int (*ds_chain_changed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch,
 typedef int (*ds_syncing_failed_fn)(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t target,
 				    uint64_t ino, uint32_t idx, int err);
 
+/* DS-7: async target `target` of chain_id did not get a request on chunk (ino, idx) (err: its
+ * error, or -ENOBUFS: its queue was full). The callee records the chunk for its catch-up
+ * (docs/distributed.md: dirty) and returns 0, or -errno. Called by the target's queue thread
+ * with no ds lock held (an error is then only logged), or by the writer, with the chunk's
+ * stripe lock held, when the queue was full (an error then fails the request: the copy would
+ * be behind with no record of it). It may call ds_chain_load, nothing else of ds. NULL: misses
+ * are only counted. */
+typedef int (*ds_async_missed_fn)(void *ctx, uint32_t chain_id, uint32_t target, uint64_t ino,
+				  uint32_t idx, int err);
+
 /* Forwarding mode: read chain chain_id from where it is committed (the metadata database) into
  * *ret. 0 or -errno. Any thread; no ds lock held. */
 typedef int (*ds_chain_refresh_fn)(void *ctx, uint32_t chain_id, struct ds_chain_cfg *ret);
@@ -133,6 +167,7 @@ struct ds_config {
 	ds_chain_failed_fn chain_failed;
 	ds_chain_changed_fn chain_changed;   /* may be NULL */
 	ds_syncing_failed_fn syncing_failed; /* may be NULL */
+	ds_async_missed_fn async_missed;     /* may be NULL */
 	void *cb_ctx;
 	/* Served chains (docs/distributed.md, DS-5). forward: every chunk request goes to the
 	 * chain's primary only, whose node applies it to every member; this ds never changes a
@@ -151,6 +186,15 @@ struct ds_config {
 	/* Optional: the URL to open target id with now (e.g. through its node's current
 	 * address), asked before every attempt to open it; 0 or -errno (no attempt). */
 	int (*target_url)(void *ctx, uint32_t id, char *url, size_t len);
+	/* Forward mode, optional (DS-6): the targets of the node this process runs on. A read,
+	 * seek or chunk length whose chain lists one of them as a member after the primary goes
+	 * to that member instead of the primary when `consistency` is DS_STRONG (a weak chain's
+	 * secondaries lag); on any failure or refusal it goes to the primary as usual (DS-5). */
+	const uint32_t *local_targets;
+	unsigned nlocal;
+	/* Tests only (DS-7): while a file of this path exists, async queue threads apply nothing
+	 * (requests stay queued, as at a primary that is about to die). NULL or "": none. */
+	const char *test_async_hold;
 };
 
 struct ds_stats {
@@ -161,6 +205,11 @@ struct ds_stats {
 	 * rewritten from a good replica, copies that could not be (no good replica, or the
 	 * rewrite failed) */
 	uint64_t csum_errors_seen, repairs_done, repair_failures;
+	/* DS-6: chunk reads answered by a member of this node, and those that went on to the
+	 * primary after it failed or refused */
+	uint64_t local_reads, local_fallbacks;
+	/* DS-7: bytes queued to async targets and not applied yet; requests they missed */
+	uint64_t async_lag_bytes, async_missed;
 };
 
 struct ds;
@@ -240,6 +289,12 @@ int ds_chunk_apply(struct ds *ds, enum ds_chunk_kind kind, uint64_t ino, uint32_
  * caller must not call into ds while holding it. */
 void ds_chunk_lock(void *ds, uint64_t ino, uint32_t idx, bool lock);
 
+/* DS-7: wait until async target target_id applied (or reported missed) every request queued
+ * to it before this call. A repair copying a chunk to it calls this under the chunk's lock
+ * (ds_chunk_lock), so no older queued request lands on top of the copy. Any thread; 0, or
+ * -ENOENT for an unknown target. */
+int ds_async_drain(struct ds *ds, uint32_t target_id);
+
 /* Current chain table snapshot (for status / tests). Returns count. */
 int ds_chains(struct ds *ds, struct ds_chain_cfg *ret, unsigned max);
 
@@ -266,9 +321,32 @@ struct ds_check_result {
 	uint64_t unreadable;	/* copies that failed to read for another reason */
 	uint64_t unrecoverable; /* chunks no open in-chain copy of which reads */
 	uint64_t repaired;	/* copies repaired (every kind) */
+	/* in-chain copies not read because their target is not open (a served volume: its
+	 * node is down or unreachable); not counted as problems here (the chain is the
+	 * caller's to judge) */
+	uint64_t unreached;
 };
 int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, void *ctx,
 	     struct ds_check_result *ret);
+/* ds_check with a progress callback (after every chunk and once before the first, on the
+ * calling thread, no lock held).
+ *
+ * Served chains (forward mode): copies are read from each member's node, with the chain's
+ * epoch; a chunk whose copies answer that the epoch is old (the manager or a primary changed
+ * the chain meanwhile) is checked again after the chain is re-read (chain_refresh), at most 3
+ * times. A repair never writes a member directly: the chosen copy's bytes are written through
+ * the chain's primary, whose node applies them to every member and syncing target under its
+ * chunk lock (DIST-3), then every member syncs. A stray on a served target is reported but not
+ * deleted (its node refuses a chunk request for a target outside the chain). */
+typedef void (*ds_check_progress_fn)(void *ctx, const struct ds_check_result *sofar);
+struct ds_check_opts {
+	bool repair;
+	ds_keep_fn keep;
+	ds_report_fn report;
+	ds_check_progress_fn progress; /* may be NULL */
+	void *ctx;
+};
+int ds_check_with(struct ds *ds, const struct ds_check_opts *opts, struct ds_check_result *ret);
 
 /* Scrub: ds_check's replica reading and comparing, safe while the volume is in use (DS-3):
  * only in-chain copies are read (no stray / orphan / EOF work: that needs the namespace quiet,
@@ -280,7 +358,6 @@ int ds_check(struct ds *ds, bool repair, ds_keep_fn keep, ds_report_fn report, v
  * every chunk (and once before the first) with no lock held, on the calling thread. cancel: when
  * *cancel becomes non-zero (atomic), the scrub stops before the next chunk with -ECANCELED (ret
  * holds what was done). Returns as ds_check. */
-typedef void (*ds_check_progress_fn)(void *ctx, const struct ds_check_result *sofar);
 struct ds_scrub_opts {
 	bool repair;
 	uint64_t rate;		       /* bytes per second read from targets; 0 = unlimited */

@@ -14,6 +14,17 @@
  *          FENCED --renewed(!refreshed)--> FENCED
  *
  * until_ns is read by request threads and written by the heartbeat thread: __atomic.
+ *
+ * READS FROM A SECONDARY (struct fence_reads, docs/distributed.md "Reads")
+ *   A member that is not the primary may serve a client's read only while it knows it is
+ *   still a member: the primary that removes a failed member commits the change and
+ *   acknowledges at once, and the member hears of it only when it re-reads its chain table.
+ *   So a node serves such reads only while its chain table was read (SENT) less than `ms`
+ *   ago (fence_reads_ok), and a primary that took a member out of a chain holds back every
+ *   acknowledgement of that chain until `ms` after that commit returned (fence_reads_hold, then
+ *   fence_reads_wait_ns). Any read the removed member serves after that hold ended started
+ *   from a table read sent after the commit, which lists it no more (clock rates assumed
+ *   equal, as for the lease). Both fields only grow; __atomic.
  */
 #ifndef BRAIDFS_FENCE_H
 #define BRAIDFS_FENCE_H
@@ -62,6 +73,46 @@ static inline bool fence_renewed(struct fence *f, int64_t sent_ns, uint32_t leas
 static inline void fence_drop(struct fence *f)
 {
 	__atomic_store_n(&f->until_ns, 0, __ATOMIC_RELEASE);
+}
+
+/* Reads served by a member that is not the primary: the read lease above. */
+struct fence_reads {
+	int64_t table_ns; /* monotonic send time of the last chain-table read that succeeded */
+	int64_t hold_ns;  /* no acknowledgement before this (monotonic); 0: none */
+};
+
+static inline void fence_max(int64_t *p, int64_t v)
+{
+	int64_t cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+	while (v > cur &&
+	       !__atomic_compare_exchange_n(p, &cur, v, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		;
+}
+
+/* A chain-table read sent at sent_ns succeeded. */
+static inline void fence_reads_table(struct fence_reads *r, int64_t sent_ns)
+{
+	fence_max(&r->table_ns, sent_ns);
+}
+
+/* May this node serve a read as a non-primary member at now (its table is fresh)? */
+static inline bool fence_reads_ok(const struct fence_reads *r, int64_t now_ns, uint32_t ms)
+{
+	int64_t t = __atomic_load_n(&r->table_ns, __ATOMIC_ACQUIRE);
+	return t > 0 && now_ns < t + (int64_t)ms * 1000000LL;
+}
+
+/* This node committed a member's removal; the commit returned at now. */
+static inline void fence_reads_hold(struct fence_reads *r, int64_t now_ns, uint32_t ms)
+{
+	fence_max(&r->hold_ns, now_ns + (int64_t)ms * 1000000LL);
+}
+
+/* How long an acknowledgement must still wait at now (0: none). */
+static inline int64_t fence_reads_wait_ns(const struct fence_reads *r, int64_t now_ns)
+{
+	int64_t h = __atomic_load_n(&r->hold_ns, __ATOMIC_ACQUIRE);
+	return h > now_ns ? h - now_ns : 0;
 }
 
 #endif

@@ -147,6 +147,12 @@ int proto_hdr_decode(const uint8_t *buf, size_t len, struct proto_hdr *ret, char
 	bool reply = h.flags & PROTO_F_REPLY;
 	if (reply && (h.flags & PROTO_F_RETRY))
 		return bad(err, errlen, "RETRY flag on a reply");
+	if ((h.flags & PROTO_F_LOCAL) &&
+	    (reply ||
+	     (h.op != PROTO_OP_READ && h.op != PROTO_OP_SEEK && h.op != PROTO_OP_CHUNK_LENGTH)))
+		return bad(err, errlen,
+			   "LOCAL flag on a frame that is no READ, SEEK or CHUNK_LENGTH "
+			   "request");
 	if ((h.flags & PROTO_F_MORE) && (!reply || h.op != PROTO_OP_LIST || h.status != 0))
 		return bad(err, errlen, "MORE flag on a frame that is no successful LIST reply");
 	if (!reply && h.status != 0)

@@ -68,7 +68,10 @@
 #define PROTO_F_REPLY 0x1u /* a reply (else a request) */
 #define PROTO_F_MORE  0x2u /* a streamed reply: more frames follow for this request id */
 #define PROTO_F_RETRY 0x4u /* a request sent again with the same (origin, write id) */
-#define PROTO_F_ALL   (PROTO_F_REPLY | PROTO_F_MORE | PROTO_F_RETRY)
+/* a READ, SEEK or CHUNK_LENGTH a client sends to a member on its own node instead of the
+ * chain's primary (DS-6): served by a non-primary member only under its read lease */
+#define PROTO_F_LOCAL 0x8u
+#define PROTO_F_ALL   (PROTO_F_REPLY | PROTO_F_MORE | PROTO_F_RETRY | PROTO_F_LOCAL)
 
 /* SEEK whence on the wire (not the host's SEEK_DATA/SEEK_HOLE numbers) */
 #define PROTO_SEEK_DATA 0

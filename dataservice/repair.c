@@ -84,21 +84,14 @@ static int rp_pace(struct rp_run *x, uint64_t bytes)
 	return rp_sleep(x->o, tb_take(&x->tb, bytes, now_monotonic_ns()));
 }
 
-int rp_copy_chunk(struct sm_target *src, struct sm_target *dst, uint64_t ino, uint32_t idx,
-		  char *buf, struct rp_copy *ret)
+int rp_copy_range(struct sm_target *src, struct sm_target *dst, uint64_t ino, uint32_t idx,
+		  uint64_t len, char *buf, struct rp_copy *ret)
 {
-	int r = src->ops->chunk_length(src, ino, idx, &ret->len);
+	int r;
 
-	*ret =
-	    (struct rp_copy){.len = ret->len, .absent = r == -ENOENT, .what = "read the length of"};
-	if (r == -ENOENT) {
-		ret->len = 0;
-		r = 0;
-	}
-	if (r < 0)
-		return r;
-	for (uint64_t off = 0; off < ret->len; off += RP_PIECE) {
-		size_t n = (size_t)MIN((uint64_t)RP_PIECE, ret->len - off);
+	*ret = (struct rp_copy){.len = len};
+	for (uint64_t off = 0; off < len; off += RP_PIECE) {
+		size_t n = (size_t)MIN((uint64_t)RP_PIECE, len - off);
 		ssize_t k = src->ops->read(src, ino, idx, buf, n, off);
 
 		if (k < 0) {
@@ -117,12 +110,28 @@ int rp_copy_chunk(struct sm_target *src, struct sm_target *dst, uint64_t ino, ui
 		if (!zero)
 			ret->bytes_written += n;
 	}
-	/* absent on the source: truncate to 0 removes it (SM-2: reads give zeros either way) */
-	r = dst->ops->truncate(dst, ino, idx, ret->len);
+	/* len 0: truncating removes it (SM-2: reads give zeros either way) */
+	r = dst->ops->truncate(dst, ino, idx, len);
 	if (r < 0) {
 		ret->what = "truncate";
 		ret->dst_failed = true;
 	}
+	return r;
+}
+
+int rp_copy_chunk(struct sm_target *src, struct sm_target *dst, uint64_t ino, uint32_t idx,
+		  char *buf, struct rp_copy *ret)
+{
+	uint64_t len = 0;
+	int r = src->ops->chunk_length(src, ino, idx, &len);
+	bool absent = r == -ENOENT;
+
+	if (r < 0 && !absent) {
+		*ret = (struct rp_copy){.len = len, .what = "read the length of"};
+		return r;
+	}
+	r = rp_copy_range(src, dst, ino, idx, absent ? 0 : len, buf, ret);
+	ret->absent = absent;
 	return r;
 }
 

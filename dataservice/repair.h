@@ -111,11 +111,12 @@ struct rp_opts {
 	const int *cancel; /* may be NULL */
 };
 
-/* One chunk copy, the step every repair shares (rp_run, ds_rebuild): make dst's (ino, idx)
- * what src's is now — src's exact length, its bytes read and written RP_PIECE at a time
- * (all-zero pieces punched), dst truncated to that length; absent on src -> truncated to 0 on
- * dst. No lock taken, nothing synced: the caller holds the chunk's lock and syncs. buf holds
- * RP_PIECE bytes. ret (always filled) says what happened and, on failure, which step. */
+/* One chunk copy, the step every repair shares (rp_run, ds_rebuild; read repair and ds_check
+ * through rp_copy_range): make dst's (ino, idx) what src's is now — src's exact length, its
+ * bytes read and written RP_PIECE at a time (all-zero pieces punched), dst truncated to that
+ * length; absent on src -> truncated to 0 on dst. No lock taken, nothing synced: the caller
+ * holds the chunk's lock and syncs. buf holds RP_PIECE bytes. ret (always filled) says what
+ * happened and, on failure, which step. */
 #define RP_PIECE (1024 * 1024)
 struct rp_copy {
 	uint64_t len;		/* src's logical length (0: absent) */
@@ -127,6 +128,11 @@ struct rp_copy {
 };
 int rp_copy_chunk(struct sm_target *src, struct sm_target *dst, uint64_t ino, uint32_t idx,
 		  char *buf, struct rp_copy *ret);
+/* rp_copy_chunk's copy once the length is known: dst's (ino, idx) becomes src's first len
+ * bytes, exactly len long (len 0: removed). For a caller that copies up to a length of its
+ * own (ds_check stops at the file's size). ret as for rp_copy_chunk (absent: false). */
+int rp_copy_range(struct sm_target *src, struct sm_target *dst, uint64_t ino, uint32_t idx,
+		  uint64_t len, char *buf, struct rp_copy *ret);
 
 /* Run a resync or a rebuild. 0 when the destination holds every chunk as the source did
  * when each was copied, durable; -ECANCELED, or the first failing step's -errno with a

@@ -40,6 +40,7 @@ struct rpc_target {
 	struct sm_identity id;
 	rpc_chain_fn chain_of;
 	void *chain_ctx;
+	bool local;	      /* rpc_target_set_local */
 	uint64_t stale_epoch; /* __atomic */
 };
 
@@ -66,6 +67,8 @@ static int rpc_call(struct rpc_target *t, uint16_t op, struct proto_body *b, str
 		if (r < 0)
 			return r;
 	}
+	if (t->local && (op == PROTO_OP_READ || op == PROTO_OP_SEEK || op == PROTO_OP_CHUNK_LENGTH))
+		m.flags |= PROTO_F_LOCAL;
 	bool mut = proto_op_mutates(op);
 	if (mut) {
 		b->origin = t->xc->instance;
@@ -247,6 +250,14 @@ int rpc_target_set_chain_fn(struct sm_target *st, rpc_chain_fn fn, void *ctx)
 		return -EINVAL;
 	rt(st)->chain_of = fn;
 	rt(st)->chain_ctx = ctx;
+	return 0;
+}
+
+int rpc_target_set_local(struct sm_target *st)
+{
+	if (!st || st->ops != &rpc_target_ops)
+		return -EINVAL;
+	rt(st)->local = true;
 	return 0;
 }
 
@@ -755,6 +766,7 @@ void rpc_server_handle(void *ctx, struct xp_req *req)
 	}
 	if (s->cfg.check_epoch) { /* RPC-1 */
 		struct rpc_epoch_query q = {.op = h->op,
+					    .flags = h->flags,
 					    .target = h->target,
 					    .chain = h->chain,
 					    .epoch = h->epoch,

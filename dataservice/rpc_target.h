@@ -66,12 +66,16 @@ typedef int (*rpc_chain_fn)(void *ctx, uint64_t ino, uint32_t idx, uint32_t *ret
 			    uint64_t *ret_epoch);
 /* Set before the target is used by more than one thread. -EINVAL: t is no remote target. */
 int rpc_target_set_chain_fn(struct sm_target *t, rpc_chain_fn fn, void *ctx);
+/* DS-6: t is a member on this client's own node, read instead of the primary: its READ, SEEK
+ * and CHUNK_LENGTH requests carry PROTO_F_LOCAL. Same rules as rpc_target_set_chain_fn. */
+int rpc_target_set_local(struct sm_target *t);
 /* The epoch the server reported with the last -ESTALE (0: none yet). */
 uint64_t rpc_target_stale_epoch(struct sm_target *t);
 
 /* What the server's epoch check is asked. */
 struct rpc_epoch_query {
 	uint16_t op;
+	uint32_t flags; /* the request's header flags (PROTO_F_LOCAL: a DS-6 read) */
 	uint32_t target;
 	uint32_t chain; /* PROTO_NO_CHAIN: the request names none */
 	uint64_t epoch;

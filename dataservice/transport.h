@@ -104,7 +104,7 @@ struct xp_server_cfg {
 /* A request to send. */
 struct xp_msg {
 	uint16_t op;
-	uint32_t flags; /* PROTO_F_RETRY */
+	uint32_t flags; /* PROTO_F_RETRY, PROTO_F_LOCAL */
 	uint32_t chain; /* PROTO_NO_CHAIN when bound to none */
 	uint32_t target;
 	uint64_t epoch;

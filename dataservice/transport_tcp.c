@@ -1299,7 +1299,7 @@ static int tcp_submit(struct xp_client *xc, const struct xp_msg *m, xp_done_fn d
 
 	struct proto_hdr h = {.version = version,
 			      .op = m->op,
-			      .flags = m->flags & PROTO_F_RETRY,
+			      .flags = m->flags & (PROTO_F_RETRY | PROTO_F_LOCAL),
 			      .req_id = id,
 			      .epoch = m->epoch,
 			      .chain = m->chain,

@@ -10,7 +10,8 @@
  *   FS-1  Every FUSE request gets exactly one reply, on every path.
  *   FS-2  An inode stays in the table while the kernel holds a lookup on it, a file handle
  *         is open on it, or a request is using it (refs). When all three reach zero and its
- *         nlink is 0, its chunks and its row are deleted (META-3).
+ *         nlink is 0, its chunks are deleted, and its row by the next batched purge
+ *         (fs.purge_q; a crash leaves the row an orphan for recovery, META-3).
  *   FS-3  A regular file's size in memory (struct fs_inode.size) is the truth while the inode
  *         is in the table; the database catches up at flush/close, fsync and truncate. Before
  *         a write may put data beyond the size recorded in the database, the inode is marked
@@ -44,9 +45,20 @@
  *         truncate the kernel flags (caller without CAP_FSETID) and every chown of a
  *         non-directory clear S_ISUID, S_ISGID when group-executable, and the
  *         security.capability xattr, in the database, before the request is answered.
+ *   FS-9  File locks (fs_lock.c). With an engine that has META_CAP_LOCKS and a client
+ *         registration (fs_options.client_id), fcntl record locks (F_SETLK, F_SETLKW,
+ *         F_GETLK, OFD locks) and flock(2) live in the volume's lock table (META-18): a lock
+ *         taken through one mount binds every mount of the volume. A process's POSIX locks
+ *         of a file go when it closes any descriptor of that file (FLUSH), flock and OFD
+ *         locks at the last close of the open file (RELEASE), all of a mount's at unmount,
+ *         and a dead mount's when its registration expires. Without the cap, the kernel
+ *         keeps locks per mount (exact for the one mount a one-node engine allows).
  *
  * THREADS AND LOCKS
- *   libfuse's multi-threaded loop calls the op handlers from many threads at once.
+ *   libfuse's multi-threaded loop calls the op handlers from many threads at once. One
+ *   metadata syncer thread (fs_new to fs_free) runs the metadata syncs fsync asks for
+ *   (FS-4); fs.sync_lock is a leaf: nothing else is taken while it is held. One lock waiter
+ *   thread (FS-9, fs_lock.c) retries blocked lock requests; its lock is a leaf too.
  *   Lock order: fs.itab_lock -> fs_inode.lock. fs_inode.io (rwlock) is taken before
  *   fs_inode.lock and never while holding itab_lock. No lock is held across a FUSE reply.
  */
@@ -67,6 +79,9 @@ struct fs_options {
 	bool debug; /* FUSE request tracing */
 	bool allow_other;
 	bool ro;
+	/* FS-9: this mount's client registration (META-12), read at every lock request: the
+	 * caller renews it and may replace an expired one. NULL: locks stay the kernel's. */
+	const _Atomic uint64_t *client_id;
 };
 
 struct fs_inode {
@@ -95,11 +110,27 @@ struct fs_inode {
 	int8_t caps;	   /* FS-8: security.capability xattr: -1 unknown, 0 none, 1 present */
 	uint64_t size_gen; /* FS-4: fs.meta_gen once db_size was committed (or the entry loaded):
 			    * fdatasync needs no metadata sync when meta_synced reached it */
+	bool lk_posix;	   /* FS-9: a POSIX lock was taken on it through this mount */
+};
+
+/* An open file: fuse_file_info.fh. */
+struct fs_file {
+	struct fs_inode *ip; /* holds a ref for the handle's lifetime */
+	int flags;	     /* open(2) flags */
+	/* FS-9, protected by ip->lock: the lock owners that took POSIX locks through this handle
+	 * and have not flushed it since (RELEASE drops theirs: OFD locks) */
+	uint64_t *lk_owners;
+	uint32_t lk_nowners, lk_cap;
 };
 
 /* FS-6: how far beyond a write's end a quota reservation reaches, so that a stream of
  * appends costs one metadata transaction per step, not one per write. */
 #define FS_QUOTA_STEP (4u << 20)
+
+/* FS-2: how many forgotten orphans one purge transaction deletes at most, and how long the
+ * first of a batch waits for company. */
+#define FS_PURGE_BATCH	  64
+#define FS_PURGE_DELAY_MS 100
 
 struct fs {
 	struct meta *meta;
@@ -107,7 +138,7 @@ struct fs {
 	struct meta_volume vol;
 	struct fs_options opt;
 	struct fuse_session *se;
-	bool shared; /* FS-6: the engine has META_CAP_SHARED (immutable after fs_new) */
+	bool shared; /* FS-7: the engine has META_CAP_SHARED (immutable after fs_new) */
 
 	pthread_mutex_t itab_lock;
 	struct fs_inode **itab; /* protected by itab_lock */
@@ -115,8 +146,8 @@ struct fs {
 	size_t itab_count;	/* protected by itab_lock */
 
 	/* Metadata durability without a database sync per fsync: meta_gen counts mutating
-	 * metadata calls, meta_synced the value covered by the last sync (atomics). */
-	uint64_t meta_gen, meta_synced;
+	 * metadata calls, meta_synced the value covered by the last sync. */
+	_Atomic uint64_t meta_gen, meta_synced;
 
 	/* FS-4: the metadata syncer thread (fs_fuse.c) runs an fsync's metadata sync while the
 	 * fsync's own thread syncs the data; one round covers every caller that asked before
@@ -124,21 +155,42 @@ struct fs {
 	pthread_mutex_t sync_lock;
 	pthread_cond_t sync_work; /* a round was asked for, or stop */
 	pthread_cond_t sync_done; /* a round finished */
-	uint64_t sync_asked;	  /* protected by sync_lock: highest round asked for */
+	bool sync_pending;	  /* protected by sync_lock: a round was asked for, not begun */
 	uint64_t sync_begun;	  /* protected by sync_lock: rounds begun */
 	uint64_t sync_ended;	  /* protected by sync_lock: rounds finished */
 	uint64_t sync_failed;	  /* protected by sync_lock: last round that failed, 0 if none */
 	int sync_err;		  /* protected by sync_lock: its error */
 	bool sync_stop;		  /* protected by sync_lock */
-	bool sync_running;	  /* the thread exists (set before any request, cleared at free) */
 	pthread_t sync_thread;
+
+	/* FS-2: rows of forgotten orphans wait here for one batched purge (their chunks are
+	 * deleted already). The syncer purges them FS_PURGE_DELAY_MS after the first one came,
+	 * a full queue is purged by the thread that filled it, and statfs, a quota read, an
+	 * EDQUOT and unmount purge at once. A crash leaves them as orphans for recovery. */
+	uint64_t purge_q[FS_PURGE_BATCH]; /* protected by sync_lock */
+	unsigned purge_n;		  /* protected by sync_lock */
+	int64_t purge_due;		  /* protected by sync_lock: monotonic ns it is due at */
 
 	/* FS-8 (fs_io.c): the unique id of FUSE_INIT while its reply is pending, and whether
 	 * the kernel runs with FUSE_HANDLE_KILLPRIV_V2 (set while INIT is answered, before the
 	 * kernel sends anything else). */
 	_Atomic uint64_t init_unique;
 	_Atomic bool killpriv;
+
+	struct fs_locks *locks; /* FS-9 (fs_lock.c); NULL: the kernel keeps locks */
 };
+
+/* fs_lock.c (FS-9). new: start the lock waiter when the engine shares locks (0 and no
+ * handlers otherwise); stop: end every blocked lock request (EINTR) and drop this mount's
+ * locks, before the session goes; ops: add the lock handlers to a FUSE ops table. flush:
+ * close(2) by owner; release: the last close of f (flock_release and owner as the kernel
+ * sent them), which also frees f's lock bookkeeping. */
+int fs_lock_new(struct fs *fs);
+void fs_lock_stop(struct fs *fs);
+struct fuse_lowlevel_ops;
+void fs_lock_ops(const struct fs *fs, struct fuse_lowlevel_ops *ops);
+int fs_lock_flush(struct fs *fs, struct fs_file *f, uint64_t owner);
+int fs_lock_release(struct fs *fs, struct fs_file *f, bool flock_release, uint64_t owner);
 
 /* fs_io.c: route the session's /dev/fuse I/O through our hooks (after fs_mount's mount). */
 int fs_io_attach(struct fs *fs);
@@ -149,10 +201,6 @@ bool fs_io_kill_requested(void);
 uint64_t fs_meta_touched(struct fs *fs);
 /* META-5 only when something was committed since the last sync. */
 int fs_meta_sync(struct fs *fs);
-/* fs_meta_sync on the syncer thread: start returns a ticket (0: nothing to sync), wait
- * returns the result of a sync that began after start was called. */
-uint64_t fs_meta_sync_start(struct fs *fs);
-int fs_meta_sync_wait(struct fs *fs, uint64_t ticket);
 
 /* Lifecycle. fs_new takes over nothing: meta and ds stay the caller's and must outlive fs. */
 int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struct fs **ret);
@@ -183,13 +231,21 @@ void fs_inode_open_add(struct fs *fs, struct fs_inode *ip, int delta);
  * make it durable (META-5). */
 int fs_inode_flush(struct fs *fs, struct fs_inode *ip, bool durable);
 /* Overlay the in-memory fields of a cached inode onto attr (from the database); with a
- * shared engine, a clean cached inode adopts attr instead (FS-6). */
+ * shared engine, a clean cached inode adopts attr instead (FS-7). */
 void fs_inode_overlay(struct fs *fs, struct meta_attr *attr);
 /* Note a new nlink for ino (after unlink/rename/link); purges at once if nlink is 0 and
  * the inode is not in use. */
 void fs_inode_set_nlink(struct fs *fs, const struct meta_attr *attr);
-/* Delete chunks and row of an unused inode with nlink 0 (FS-2). */
+/* Delete chunks and row of an unused inode with nlink 0 (FS-2): the chunks now, the row in
+ * the next batched purge (fs.purge_q). */
 int fs_purge(struct fs *fs, uint64_t ino, uint32_t mode, bool has_data);
+/* Purge the rows queued by fs_purge now. Returns how many were deleted, or -errno. */
+int fs_purge_flush(struct fs *fs);
+/* The syncer: take the queued purges when the oldest waited FS_PURGE_DELAY_MS (or at once
+ * with force). Called with fs.sync_lock held; returns how many were copied into batch. */
+unsigned fs_purge_take(struct fs *fs, uint64_t *batch, bool force);
+/* Delete the rows of n forgotten orphans in one transaction; logs a failure. */
+int fs_purge_run(struct fs *fs, const uint64_t *batch, unsigned n);
 /* Flush every dirty inode and purge unused orphans (unmount). */
 void fs_itab_flush_all(struct fs *fs);
 

@@ -10,9 +10,13 @@
  * chown/chmod rights itself. Stripping setuid/setgid/capabilities on write, truncate and
  * chown is ours when the kernel runs with FUSE_HANDLE_KILLPRIV_V2 (FS-8, fs_io.c: it saves
  * a GETXATTR round trip per write), the kernel's otherwise (FUSE_CAP_HANDLE_KILLPRIV, the
- * older variant, would leave it to us without saving anything, so it stays off). Record
- * locks and flock are left to the kernel too: without lock handlers it keeps them locally,
- * which is exact for a volume mounted by one client and releases them when their owner dies.
+ * older variant, would leave it to us without saving anything, so it stays off).
+ *
+ * Record locks and flock (FS-9): on an engine with META_CAP_LOCKS (PostgreSQL, several
+ * mounts of one volume) fs_lock.c installs getlk/setlk/flock handlers and keeps them in the
+ * volume's lock table, so that they bind every mount; FLUSH and RELEASE below drop them. On
+ * other engines (SQLite: one mount) no lock handler is installed and the kernel keeps them
+ * locally, which is exact for the one mount and releases them when their owner dies.
  */
 #define FUSE_USE_VERSION 314
 
@@ -34,11 +38,6 @@
 #include "common/log.h"
 #include "common/util.h"
 
-struct fs_file {
-	struct fs_inode *ip; /* holds a ref for the handle's lifetime */
-	int flags;	     /* open(2) flags */
-};
-
 static struct fs *req_fs(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -51,28 +50,51 @@ static struct fs_file *file_of(const struct fuse_file_info *fi)
 
 uint64_t fs_meta_touched(struct fs *fs)
 {
-	return atomic_fetch_add_explicit((_Atomic uint64_t *)&fs->meta_gen, 1,
-					 memory_order_release) +
-	       1;
+	return atomic_fetch_add_explicit(&fs->meta_gen, 1, memory_order_release) + 1;
+}
+
+/* Has anything been committed since the last sync? *gen: the generation a sync now covers. */
+static bool meta_unsynced(struct fs *fs, uint64_t *gen)
+{
+	*gen = atomic_load_explicit(&fs->meta_gen, memory_order_acquire);
+	return atomic_load_explicit(&fs->meta_synced, memory_order_acquire) != *gen;
 }
 
 int fs_meta_sync(struct fs *fs)
 {
-	uint64_t gen =
-	    atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen, memory_order_acquire);
-	if (atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced, memory_order_acquire) == gen)
+	uint64_t gen;
+	if (!meta_unsynced(fs, &gen))
 		return 0;
 	int r = META_CALL(fs->meta, sync);
 	if (r < 0)
 		return r;
 	/* Everything committed before the sync started is durable now; a later commit bumps
 	 * meta_gen again, so storing a value that is too small only costs a spare sync. */
-	uint64_t cur =
-	    atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced, memory_order_relaxed);
-	while (cur < gen &&
-	       !atomic_compare_exchange_weak((_Atomic uint64_t *)&fs->meta_synced, &cur, gen))
+	uint64_t cur = atomic_load_explicit(&fs->meta_synced, memory_order_relaxed);
+	while (cur < gen && !atomic_compare_exchange_weak(&fs->meta_synced, &cur, gen))
 		;
 	return 0;
+}
+
+/* The syncer's wait: until work, stop, or the deadline of the queued purges (FS-2), which
+ * it runs itself. */
+static void sync_wait(struct fs *fs)
+{
+	while (!fs->sync_stop && !fs->sync_pending) {
+		if (fs->purge_n == 0) {
+			pthread_cond_wait(&fs->sync_work, &fs->sync_lock);
+			continue;
+		}
+		uint64_t batch[FS_PURGE_BATCH];
+		unsigned n = fs_purge_take(fs, batch, false);
+		if (n > 0) {
+			pthread_mutex_unlock(&fs->sync_lock);
+			fs_purge_run(fs, batch, n);
+			pthread_mutex_lock(&fs->sync_lock);
+			continue;
+		}
+		cond_wait_until(&fs->sync_work, &fs->sync_lock, fs->purge_due);
+	}
 }
 
 static void *sync_main(void *arg)
@@ -80,10 +102,10 @@ static void *sync_main(void *arg)
 	struct fs *fs = arg;
 	pthread_mutex_lock(&fs->sync_lock);
 	for (;;) {
-		while (!fs->sync_stop && fs->sync_asked <= fs->sync_begun)
-			pthread_cond_wait(&fs->sync_work, &fs->sync_lock);
-		if (fs->sync_asked <= fs->sync_begun)
+		sync_wait(fs);
+		if (!fs->sync_pending)
 			break; /* stop, and nobody waits */
+		fs->sync_pending = false;
 		uint64_t round = ++fs->sync_begun;
 		pthread_mutex_unlock(&fs->sync_lock);
 		int r = fs_meta_sync(fs);
@@ -96,34 +118,32 @@ static void *sync_main(void *arg)
 		pthread_cond_broadcast(&fs->sync_done);
 	}
 	pthread_mutex_unlock(&fs->sync_lock);
+	fs_purge_flush(fs); /* what came after unmount's own flush (none, normally) */
 	return NULL;
 }
 
-uint64_t fs_meta_sync_start(struct fs *fs)
+/* fs_meta_sync on the syncer thread: start returns a ticket (0: nothing to sync), wait
+ * returns the result of a sync that began after start was called. */
+static uint64_t meta_sync_start(struct fs *fs)
 {
-	uint64_t gen =
-	    atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen, memory_order_acquire);
-	if (atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced, memory_order_acquire) == gen)
+	uint64_t gen;
+	if (!meta_unsynced(fs, &gen))
 		return 0;
-	if (!fs->sync_running)
-		return UINT64_MAX; /* no thread (not mounted yet): the waiter syncs itself */
 	pthread_mutex_lock(&fs->sync_lock);
 	/* A round under way may have begun before our commit: ask for the next one. */
 	uint64_t ticket = fs->sync_begun + 1;
-	if (fs->sync_asked < ticket) {
-		fs->sync_asked = ticket;
+	if (!fs->sync_pending) {
+		fs->sync_pending = true;
 		pthread_cond_signal(&fs->sync_work);
 	}
 	pthread_mutex_unlock(&fs->sync_lock);
 	return ticket;
 }
 
-int fs_meta_sync_wait(struct fs *fs, uint64_t ticket)
+static int meta_sync_wait(struct fs *fs, uint64_t ticket)
 {
 	if (ticket == 0)
 		return 0;
-	if (ticket == UINT64_MAX)
-		return fs_meta_sync(fs);
 	pthread_mutex_lock(&fs->sync_lock);
 	while (fs->sync_ended < ticket)
 		pthread_cond_wait(&fs->sync_done, &fs->sync_lock);
@@ -209,7 +229,8 @@ static void reply_attr(fuse_req_t req, struct fs *fs, struct meta_attr *a)
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct fs *fs = userdata;
-	/* The kernel strips setuid/setgid on write and chown (see the top of the file). */
+	/* Not the older killpriv: V2 (fs_io.c) or the kernel strips setuid/setgid (see the top
+	 * of the file). */
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 	conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
@@ -227,6 +248,7 @@ static void op_destroy(void *userdata)
 {
 	struct fs *fs = userdata;
 	fs_itab_flush_all(fs);
+	fs_purge_flush(fs);
 	int r = ds_sync_all(fs->ds);
 	if (r < 0)
 		log_err("sync of targets at unmount failed: %s", strerror(-r));
@@ -291,8 +313,11 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static int quota_reserve(struct fs *fs, struct fs_inode *ip, uint64_t need, uint64_t want)
 {
 	uint64_t got = 0;
-	int r =
-	    META_CALL(fs->meta, quota_reserve, ip->ino, need, MIN(want, (uint64_t)INT64_MAX), &got);
+	want = MIN(want, (uint64_t)INT64_MAX);
+	int r = META_CALL(fs->meta, quota_reserve, ip->ino, need, want, &got);
+	/* FS-2: orphans waiting for their purge still count; free them and try again */
+	if (r == -EDQUOT && fs_purge_flush(fs) > 0)
+		r = META_CALL(fs->meta, quota_reserve, ip->ino, need, want, &got);
 	if (r < 0)
 		return r;
 	fs_meta_touched(fs);
@@ -354,7 +379,16 @@ static int do_truncate(struct fs *fs, struct fs_inode *ip, uint64_t size, int64_
 
 #define XATTR_CAPS "security.capability"
 
-static void drop_kernel_attrs(struct fs *fs, uint64_t ino);
+/* FS-7: the kernel's cached size of an inode another mount may have changed may be older
+ * than the one just adopted: make it ask again (attributes only; pages go with keep_cache
+ * off). */
+static void drop_kernel_attrs(struct fs *fs, uint64_t ino)
+{
+	int r = fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
+	if (r < 0 && r != -ENOENT)
+		log_debug("inode %llu: cannot drop the kernel's attributes: %s",
+			  (unsigned long long)ino, strerror(-r));
+}
 
 /* Is the caller of req in group gid (its primary group or a supplementary one)? */
 static bool caller_in_group(fuse_req_t req, uint32_t gid)
@@ -372,35 +406,38 @@ static bool caller_in_group(fuse_req_t req, uint32_t gid)
 /* FS-8: strip what the kernel strips on a write or truncate by a caller without CAP_FSETID
  * and on every chown of a non-directory: S_ISUID; S_ISGID when group-executable, or when the
  * caller is neither in the file's group nor privileged (fsetid: it may be); the
- * security.capability xattr. ip may be NULL (then looked up). */
-static int kill_privs(struct fs *fs, fuse_req_t req, uint64_t ino, struct fs_inode *ip, bool fsetid)
+ * security.capability xattr. cur: the inode as the caller just read it from the database
+ * (setattr; ip is then looked up, and may be absent), or NULL to go by ip's mode as last
+ * replied (write: no database read per write). */
+static int kill_privs(struct fs *fs, fuse_req_t req, uint64_t ino, struct fs_inode *ip,
+		      const struct meta_attr *cur, bool fsetid)
 {
 	struct fs_inode *held = ip ? NULL : fs_inode_find(fs, ino);
 	if (held)
 		ip = held;
-	uint32_t mode;
+	struct meta_attr a;
+	uint32_t mode = cur ? cur->mode : 0;
 	int caps = -1, r = 0;
 	if (ip) {
 		pthread_mutex_lock(&ip->lock);
-		mode = ip->mode;
+		if (!cur)
+			mode = ip->mode;
 		caps = ip->caps;
 		pthread_mutex_unlock(&ip->lock);
-	} else {
-		struct meta_attr a;
-		r = META_CALL(fs->meta, getattr, ino, &a);
-		mode = a.mode;
 	}
-	if (r < 0 || S_ISDIR(mode))
+	if (S_ISDIR(mode))
 		goto out;
 	uint32_t drop = mode & S_ISUID;
 	if ((mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP)) {
 		drop |= S_ISGID;
 	} else if ((mode & S_ISGID) && !fsetid) {
-		struct meta_attr a;
-		r = META_CALL(fs->meta, getattr, ino, &a);
-		if (r < 0)
-			goto out;
-		if (!caller_in_group(req, a.gid))
+		if (!cur) {
+			r = META_CALL(fs->meta, getattr, ino, &a);
+			if (r < 0)
+				goto out;
+			cur = &a;
+		}
+		if (!caller_in_group(req, cur->gid))
 			drop |= S_ISGID;
 	}
 	if (drop) {
@@ -454,7 +491,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	if (atomic_load(&fs->killpriv) && !S_ISDIR(cur.mode) &&
 	    (((to_set & FUSE_SET_ATTR_SIZE) && fs_io_kill_requested()) ||
 	     (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) || to_set == 0)) {
-		r = kill_privs(fs, req, ino, NULL,
+		r = kill_privs(fs, req, ino, NULL, &cur,
 			       !fs_io_kill_requested() && fuse_req_ctx(req)->uid == 0);
 		if (r < 0)
 			goto out;
@@ -531,31 +568,6 @@ out:
 		reply_attr(req, fs, &cur);
 }
 
-static int parent_owner(struct fs *fs, fuse_req_t req, fuse_ino_t parent, mode_t *mode,
-			struct meta_attr *ret)
-{
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct meta_attr p;
-	int r = META_CALL(fs->meta, getattr, parent, &p);
-	if (r < 0)
-		return r;
-	if (!S_ISDIR(p.mode))
-		return -ENOTDIR;
-	int64_t now = now_realtime_ns();
-	memset(ret, 0, sizeof(*ret));
-	ret->uid = ctx->uid;
-	ret->gid = ctx->gid;
-	/* A setgid directory hands its group down, and its setgid bit to subdirectories. */
-	if (p.mode & S_ISGID) {
-		ret->gid = p.gid;
-		if (S_ISDIR(*mode))
-			*mode |= S_ISGID;
-	}
-	ret->mode = *mode;
-	ret->atime_ns = ret->mtime_ns = ret->ctime_ns = ret->btime_ns = now;
-	return 0;
-}
-
 static int do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev,
 		    const char *link, struct meta_attr *ret)
 {
@@ -563,12 +575,18 @@ static int do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
 	int r = check_name(name);
 	if (r < 0)
 		return r;
-	struct meta_attr in;
-	r = parent_owner(fs, req, parent, &mode, &in);
-	if (r < 0)
-		return r;
+	/* The caller owns the new inode; the engine applies a setgid parent's group and bit in
+	 * the same transaction (no read of the parent before it). */
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct meta_attr in = {0};
+	in.uid = ctx->uid;
+	in.gid = ctx->gid;
+	in.mode = mode;
+	in.atime_ns = in.mtime_ns = in.ctime_ns = in.btime_ns = now_realtime_ns();
 	in.rdev = rdev;
 	r = META_CALL(fs->meta, mknod, parent, name, &in, link, ret);
+	if (r == -EDQUOT && fs_purge_flush(fs) > 0) /* FS-2: queued orphans still count */
+		r = META_CALL(fs->meta, mknod, parent, name, &in, link, ret);
 	if (r == 0)
 		fs_meta_touched(fs);
 	return r;
@@ -812,17 +830,6 @@ static int file_new(struct fs *fs, uint64_t ino, const struct meta_attr *a,
 	return 0;
 }
 
-/* FS-7: the kernel's cached size of an inode another mount may have changed may be older
- * than the one just adopted: make it ask again (attributes only; pages go with keep_cache
- * off). */
-static void drop_kernel_attrs(struct fs *fs, uint64_t ino)
-{
-	int r = fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
-	if (r < 0 && r != -ENOENT)
-		log_debug("inode %llu: cannot drop the kernel's attributes: %s",
-			  (unsigned long long)ino, strerror(-r));
-}
-
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = req_fs(req);
@@ -882,6 +889,9 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct fs *fs = req_fs(req);
 	struct fs_file *f = file_of(fi);
 	int r = fs_inode_flush(fs, f->ip, false);
+	int l = fs_lock_release(fs, f, fi->flock_release, fi->lock_owner);
+	if (r == 0)
+		r = l;
 	fs_inode_open_add(fs, f->ip, -1);
 	fs_inode_put(fs, f->ip);
 	free(f);
@@ -890,8 +900,12 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	/* close(2): close-to-open consistency wants the size recorded now. */
-	fuse_reply_err(req, -fs_inode_flush(req_fs(req), file_of(fi)->ip, false));
+	/* close(2): close-to-open consistency wants the size recorded now, and POSIX wants the
+	 * closing process's record locks of this file gone (FS-9). */
+	struct fs *fs = req_fs(req);
+	int r = fs_inode_flush(fs, file_of(fi)->ip, false);
+	int l = fs_lock_flush(fs, file_of(fi), fi->lock_owner);
+	fuse_reply_err(req, r < 0 ? -r : -l);
 }
 
 static int do_fsync(struct fs *fs, struct fs_inode *ip, bool datasync)
@@ -917,11 +931,10 @@ static int do_fsync(struct fs *fs, struct fs_inode *ip, bool datasync)
 	/* fdatasync whose recorded size is durable already: no metadata sync at all, however
 	 * many other inodes' commits wait for one (PostgreSQL's WAL while tables grow). */
 	if (r == 0 &&
-	    !(datasync && size_gen <= atomic_load_explicit((_Atomic uint64_t *)&fs->meta_synced,
-							   memory_order_acquire)))
-		ticket = fs_meta_sync_start(fs);
+	    !(datasync && size_gen <= atomic_load_explicit(&fs->meta_synced, memory_order_acquire)))
+		ticket = meta_sync_start(fs);
 	int d = ds_fsync(fs->ds, ip->ino);
-	int m = fs_meta_sync_wait(fs, ticket);
+	int m = meta_sync_wait(fs, ticket);
 	if (d < 0)
 		return d;
 	return r < 0 ? r : m;
@@ -1009,7 +1022,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	}
 	uint64_t end = (uint64_t)off + size;
 	if (fs_io_kill_requested() && atomic_load(&fs->killpriv)) {
-		int k = kill_privs(fs, req, ino, ip, false); /* FS-8 */
+		int k = kill_privs(fs, req, ino, ip, NULL, false); /* FS-8 */
 		if (k < 0) {
 			fuse_reply_err(req, -k);
 			return;
@@ -1127,6 +1140,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	struct fs *fs = req_fs(req);
 	uint64_t total = 0, avail = 0;
 	struct meta_statfs ms = {0};
+	fs_purge_flush(fs); /* FS-2: inode counts and quota usage without the queued orphans */
 	int r = ds_statfs(fs->ds, &total, &avail);
 	if (r == 0)
 		r = META_CALL(fs->meta, statfs, &ms);
@@ -1237,6 +1251,7 @@ static void quota_xattr_get(fuse_req_t req, struct fs *fs, fuse_ino_t ino, size_
 {
 	struct meta_quota q;
 	char buf[256];
+	fs_purge_flush(fs); /* FS-2: usage without the queued orphans */
 	int r = META_CALL(fs->meta, quota_get, ino, &q);
 	if (r == 0)
 		r = snprintf(buf, sizeof(buf),
@@ -1374,22 +1389,30 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	int r = META_CALL(meta, volume_get, &fs->vol);
 	if (r == 0)
 		r = fs_itab_init(fs);
-	if (r < 0) {
-		free(fs);
-		return r;
-	}
+	if (r < 0)
+		goto err_free;
+	r = fs_lock_new(fs);
+	if (r < 0)
+		goto err_itab;
 	pthread_mutex_init(&fs->sync_lock, NULL);
-	pthread_cond_init(&fs->sync_work, NULL);
+	cond_init_monotonic(&fs->sync_work); /* sync_wait has deadlines */
 	pthread_cond_init(&fs->sync_done, NULL);
-	r = pthread_create(&fs->sync_thread, NULL, sync_main, fs);
-	if (r != 0) {
-		log_warn("no metadata syncer thread (%s): fsync syncs metadata after data",
-			 strerror(r));
-	} else {
-		fs->sync_running = true;
-	}
+	r = -pthread_create(&fs->sync_thread, NULL, sync_main, fs);
+	if (r < 0)
+		goto err_sync;
 	*ret = fs;
 	return 0;
+
+err_sync:
+	pthread_mutex_destroy(&fs->sync_lock);
+	pthread_cond_destroy(&fs->sync_work);
+	pthread_cond_destroy(&fs->sync_done);
+	fs_lock_stop(fs);
+err_itab:
+	fs_itab_fini(fs);
+err_free:
+	free(fs);
+	return r;
 }
 
 struct orphan_vec {
@@ -1442,6 +1465,9 @@ int fs_recover(struct fs *fs)
 		fixed++;
 	}
 	free(o.v);
+	r = fs_purge_flush(fs);
+	if (r < 0)
+		return r;
 	if (fixed) {
 		log_info("recovery: finished %d inode(s) left by an unclean stop", fixed);
 		fs_meta_touched(fs);
@@ -1459,7 +1485,9 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *err, size_t errlen)
 		 fs->vol.name, fs->opt.allow_other ? ",allow_other" : "", fs->opt.ro ? ",ro" : "");
 	char *argv[] = {"braidfs", "-o", opts, fs->opt.debug ? "-d" : NULL, NULL};
 	struct fuse_args args = FUSE_ARGS_INIT(fs->opt.debug ? 4 : 3, argv);
-	fs->se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), fs);
+	struct fuse_lowlevel_ops ops = fs_ops; /* libfuse copies it */
+	fs_lock_ops(fs, &ops);
+	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
 	if (!fs->se) {
 		snprintf(err, errlen, "cannot create the FUSE session (is /dev/fuse there?)");
 		return -EIO;
@@ -1505,6 +1533,7 @@ void fs_free(struct fs *fs)
 {
 	if (!fs)
 		return;
+	fs_lock_stop(fs); /* replies to blocked lock requests need the session */
 	if (fs->se) {
 		fuse_remove_signal_handlers(fs->se);
 		fuse_session_unmount(fs->se);
@@ -1512,14 +1541,11 @@ void fs_free(struct fs *fs)
 	} else {
 		op_destroy(fs);
 	}
-	if (fs->sync_running) {
-		pthread_mutex_lock(&fs->sync_lock);
-		fs->sync_stop = true;
-		pthread_cond_signal(&fs->sync_work);
-		pthread_mutex_unlock(&fs->sync_lock);
-		pthread_join(fs->sync_thread, NULL);
-		fs->sync_running = false;
-	}
+	pthread_mutex_lock(&fs->sync_lock);
+	fs->sync_stop = true;
+	pthread_cond_signal(&fs->sync_work);
+	pthread_mutex_unlock(&fs->sync_lock);
+	pthread_join(fs->sync_thread, NULL);
 	pthread_mutex_destroy(&fs->sync_lock);
 	pthread_cond_destroy(&fs->sync_work);
 	pthread_cond_destroy(&fs->sync_done);

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "common/log.h"
+#include "common/util.h"
 
 #define ITAB_INITIAL 4096
 
@@ -143,7 +144,7 @@ int fs_inode_get(struct fs *fs, uint64_t ino, const struct meta_attr *attr, stru
 	pthread_mutex_init(&n->lock, NULL);
 	seed(n, attr);
 	/* whatever recorded this size may still sit in an unsynced commit */
-	n->size_gen = atomic_load_explicit((_Atomic uint64_t *)&fs->meta_gen, memory_order_acquire);
+	n->size_gen = atomic_load_explicit(&fs->meta_gen, memory_order_acquire);
 
 	pthread_mutex_lock(&fs->itab_lock);
 	ip = itab_lookup(fs, ino);
@@ -323,9 +324,8 @@ void fs_inode_set_nlink(struct fs *fs, const struct meta_attr *attr)
 
 int fs_purge(struct fs *fs, uint64_t ino, uint32_t mode, bool has_data)
 {
-	int r = 0;
 	if (S_ISREG(mode) && has_data) {
-		r = ds_remove(fs->ds, ino);
+		int r = ds_remove(fs->ds, ino);
 		if (r < 0) {
 			/* Keep the row: the next mount's recovery retries (META-3). */
 			log_err("inode %llu: cannot delete its chunks: %s", (unsigned long long)ino,
@@ -333,15 +333,52 @@ int fs_purge(struct fs *fs, uint64_t ino, uint32_t mode, bool has_data)
 			return r;
 		}
 	}
-	r = META_CALL(fs->meta, purge, ino);
-	if (r == 0)
+	/* The row is an orphan already (META-3): deleting it later, with others in one
+	 * transaction, changes nothing a crash could expose; recovery purges what is left. */
+	uint64_t batch[FS_PURGE_BATCH];
+	unsigned n = 0;
+	pthread_mutex_lock(&fs->sync_lock);
+	if (fs->purge_n == 0) {
+		fs->purge_due = now_monotonic_ns() + FS_PURGE_DELAY_MS * 1000000ll;
+		pthread_cond_signal(&fs->sync_work); /* the syncer arms its timer */
+	}
+	fs->purge_q[fs->purge_n++] = ino;
+	if (fs->purge_n == FS_PURGE_BATCH)
+		n = fs_purge_take(fs, batch, true);
+	pthread_mutex_unlock(&fs->sync_lock);
+	if (n > 0)
+		fs_purge_run(fs, batch, n);
+	return 0;
+}
+
+unsigned fs_purge_take(struct fs *fs, uint64_t *batch, bool force)
+{
+	unsigned n = fs->purge_n;
+	if (n == 0 || (!force && now_monotonic_ns() < fs->purge_due))
+		return 0;
+	memcpy(batch, fs->purge_q, n * sizeof(*batch));
+	fs->purge_n = 0;
+	return n;
+}
+
+int fs_purge_run(struct fs *fs, const uint64_t *batch, unsigned n)
+{
+	int r = META_CALL(fs->meta, purge_batch, batch, n);
+	if (r > 0)
 		fs_meta_touched(fs);
-	if (r == -ENOENT)
-		r = 0;
-	if (r < 0)
-		log_err("inode %llu: cannot delete its metadata: %s", (unsigned long long)ino,
-			strerror(-r));
+	if (r < 0) /* the rows stay orphans: the next mount's recovery purges them */
+		log_err("cannot delete the metadata of %u unlinked inode(s) (first %llu): %s", n,
+			(unsigned long long)batch[0], strerror(-r));
 	return r;
+}
+
+int fs_purge_flush(struct fs *fs)
+{
+	uint64_t batch[FS_PURGE_BATCH];
+	pthread_mutex_lock(&fs->sync_lock);
+	unsigned n = fs_purge_take(fs, batch, true);
+	pthread_mutex_unlock(&fs->sync_lock);
+	return n > 0 ? fs_purge_run(fs, batch, n) : 0;
 }
 
 void fs_itab_flush_all(struct fs *fs)

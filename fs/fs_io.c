@@ -16,8 +16,8 @@
  *   - io_writev adds FUSE_HANDLE_KILLPRIV_V2 to libfuse's INIT reply when the kernel offered it.
  *   A kernel that does not offer it keeps the old behaviour (the kernel strips the bits).
  *
- * Nothing here parses beyond the length read() returned; a request too short to hold its
- * fixed part is left to libfuse, which rejects it.
+ * Nothing here reads beyond the length read() returned (arg_flag checks each word); a request
+ * too short to hold its fixed part is left to libfuse, which rejects it.
  */
 #define FUSE_USE_VERSION 314
 
@@ -39,6 +39,16 @@ bool fs_io_kill_requested(void)
 	return tl_kill;
 }
 
+/* Does the request's argument (alen bytes) reach the 32-bit word at off, with bit set? */
+static bool arg_flag(const char *arg, size_t alen, size_t off, uint32_t bit)
+{
+	uint32_t v;
+	if (alen < off + sizeof(v))
+		return false;
+	memcpy(&v, arg + off, sizeof(v));
+	return (v & bit) != 0;
+}
+
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
 	struct fs *fs = userdata;
@@ -50,31 +60,19 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	const char *arg = (const char *)buf + sizeof(*h);
 	size_t alen = (size_t)n - sizeof(*h);
 	switch (h->opcode) {
-	case FUSE_INIT: {
-		struct fuse_init_in in;
-		if (alen < offsetof(struct fuse_init_in, flags) + sizeof(in.flags))
-			break;
-		memcpy(&in.flags, arg + offsetof(struct fuse_init_in, flags), sizeof(in.flags));
-		if (in.flags & FUSE_HANDLE_KILLPRIV_V2)
+	case FUSE_INIT:
+		if (arg_flag(arg, alen, offsetof(struct fuse_init_in, flags),
+			     FUSE_HANDLE_KILLPRIV_V2))
 			atomic_store(&fs->init_unique, h->unique);
 		break;
-	}
-	case FUSE_WRITE: {
-		struct fuse_write_in in;
-		if (alen >= sizeof(in)) {
-			memcpy(&in, arg, sizeof(in));
-			tl_kill = (in.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
-		}
+	case FUSE_WRITE:
+		tl_kill = arg_flag(arg, alen, offsetof(struct fuse_write_in, write_flags),
+				   FUSE_WRITE_KILL_SUIDGID);
 		break;
-	}
-	case FUSE_SETATTR: {
-		struct fuse_setattr_in in;
-		if (alen >= sizeof(in)) {
-			memcpy(&in, arg, sizeof(in));
-			tl_kill = (in.valid & FATTR_KILL_SUIDGID) != 0;
-		}
+	case FUSE_SETATTR:
+		tl_kill = arg_flag(arg, alen, offsetof(struct fuse_setattr_in, valid),
+				   FATTR_KILL_SUIDGID);
 		break;
-	}
 	default:
 		break;
 	}

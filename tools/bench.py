@@ -314,10 +314,16 @@ def fmt(v, skipped=False):
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
 
 
+def md_table(head, body):
+    """A Markdown table: a header row, then one row per list of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
 def table(results, rows, systems):
     base = results.get("local", {})
-    head = ["row"] + systems
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         cells = [f"{r} {UNITS[r]}"]
         for s in systems:
@@ -327,8 +333,8 @@ def table(results, rows, systems):
                 cells.append(f"{fmt(v)} ({v / b:.2f}x)")
             else:
                 cells.append(fmt(v, r in SKIPPED.get(s, {})))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return md_table(["row"] + systems, body)
 
 
 # braidfs against the peer a user would compare it with: one replica against the cost of FUSE
@@ -341,15 +347,14 @@ def peer_table(results, rows):
     pairs = [(a, b) for a, b in VERSUS if a in results and b in results]
     if not pairs:
         return ""
-    lines = ["| row | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |",
-             "|" + "---|" * (len(pairs) + 1)]
+    body = []
     for r in rows:
         cells = [r]
         for a, b in pairs:
             x, y = results[a].get(r), results[b].get(r)
             cells.append(f"{x / y:.2f}x" if x is not None and y else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return md_table(["row"] + [f"{a} / {b}" for a, b in pairs], body)
 
 
 def chart(results, rows, systems, path):

@@ -61,6 +61,12 @@ static const char help[] =
     "                          that is larger). More chains spread load and rebuilds\n"
     "                          more evenly when targets are added later\n"
     "  -p, --pool NAME         put every target into pool NAME (1-31 of a-z 0-9 . _ -)\n"
+    "  -a, --async NODE@URL    one more target, kept as an async copy in every chain\n"
+    "                          (a backup on external storage): the chain's primary\n"
+    "                          forwards every write to it without waiting, it serves\n"
+    "                          no reads, is never a chain's primary, and the chunks\n"
+    "                          it missed while slow or down are copied to it later.\n"
+    "                          Repeatable (up to 8); volumes of serve nodes only\n"
     "  -c, --chunk-size SIZE   chunk size, a power of two from 64K to 64M\n"
     "                          (default 4M; suffixes K, M, G)\n"
     "  -C, --consistency MODE  strong (default): a write and an fsync return only when\n"
@@ -85,6 +91,8 @@ static const char help[] =
     "          dir:/srv/nas/t1 dir:/srv/nas/t2\n"
     "  braidfs format --replicas 3 postgres://braidfs@db1/braidfs vol3 \\\n"
     "          n1@file:/srv/n1.img n2@file:/srv/n2.img n3@file:/srv/n3.img\n"
+    "  braidfs format --replicas 2 --async n3@iscsi://san1/iqn.2024-01.san:lun/0 \\\n"
+    "          postgres://braidfs@db1/braidfs vol4 n1@file:/srv/n1.img n2@file:/srv/n2.img\n"
     "\n"
     "Exit status: 0 formatted, 1 failed (nothing was overwritten), 2 usage error.\n";
 
@@ -181,6 +189,7 @@ int cmd_format(int argc, char **argv)
 	    {"force", no_argument, NULL, 'f'},
 	    {"chains", required_argument, NULL, 'n'},
 	    {"pool", required_argument, NULL, 'p'},
+	    {"async", required_argument, NULL, 'a'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
 	};
@@ -189,11 +198,20 @@ int cmd_format(int argc, char **argv)
 	uint64_t chunk = 4u << 20;
 	enum meta_consistency cons = META_STRONG;
 	bool force = false;
+	char *asyncs[META_MAX_REPLICAS];
+	unsigned nasync = 0;
 	int c;
 	optind = 1;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":r:c:C:fn:p:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":r:c:C:fn:p:a:h", opts, NULL)) != -1) {
 		switch (c) {
+		case 'a':
+			if (nasync == META_MAX_REPLICAS) {
+				die_msg("format", "at most %d --async targets", META_MAX_REPLICAS);
+				return EXIT_USAGE;
+			}
+			asyncs[nasync++] = optarg;
+			break;
 		case 'n': {
 			char *end;
 			nchains = strtol(optarg, &end, 10);
@@ -257,8 +275,11 @@ int cmd_format(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	const char *meta_url = argv[optind], *name = argv[optind + 1];
-	char **targets = argv + optind + 2;
-	unsigned ntargets = (unsigned)(argc - optind - 2);
+	/* the chains' members are placed over the first nplace targets; the --async ones follow
+	 * and join every chain as async (META-19) */
+	unsigned nplace = (unsigned)(argc - optind - 2);
+	unsigned ntargets = nplace + nasync;
+	char *targets[META_MAX_TARGETS + META_MAX_REPLICAS];
 	if (!valid_name(name)) {
 		die_msg("format", "invalid volume name '%s' (1-63 characters of A-Z a-z 0-9 . _ -)",
 			name);
@@ -268,19 +289,21 @@ int cmd_format(int argc, char **argv)
 		die_msg("format", "at most %d targets", META_MAX_TARGETS);
 		return EXIT_USAGE;
 	}
+	for (unsigned i = 0; i < ntargets; i++)
+		targets[i] = i < nplace ? argv[optind + 2 + i] : asyncs[i - nplace];
 	if (replicas < 0)
-		replicas = ntargets >= 2 ? 2 : 1;
-	if ((unsigned)replicas > ntargets) {
+		replicas = nplace >= 2 ? 2 : 1;
+	if ((unsigned)replicas > nplace) {
 		die_msg("format", "%ld replicas need at least %ld targets; %u given", replicas,
-			replicas, ntargets);
+			replicas, nplace);
 		return EXIT_USAGE;
 	}
 	if (nchains < 0)
-		nchains = ntargets > 64 ? ntargets : 64;
-	if ((unsigned long)nchains < ntargets) {
+		nchains = nplace > 64 ? nplace : 64;
+	if ((unsigned long)nchains < nplace) {
 		die_msg("format",
 			"--chains %ld is fewer than the %u targets (every target needs a chain)",
-			nchains, ntargets);
+			nchains, nplace);
 		return EXIT_USAGE;
 	}
 	char err[1024] = "";
@@ -291,21 +314,19 @@ int cmd_format(int argc, char **argv)
 		return 1;
 	}
 	for (unsigned i = 0; i < ntargets; i++) {
-		char *at = strchr(targets[i], '@'), *colon = strchr(targets[i], ':');
-		if (!at || (colon && colon < at))
+		const char *url = vol_target_node(targets[i], tnode[i], sizeof(tnode[i]));
+		int nlen = (int)(url - targets[i]) - 1; /* tnode[i] may hold it cut short */
+		if (url == targets[i])
 			continue;
-		*at = '\0';
-		if (!valid_name(targets[i]) || strlen(targets[i]) >= META_NODE_MAX) {
-			die_msg(
-			    "format",
-			    "invalid node name '%s' in target %s@%s (1-63 characters of A-Z a-z "
-			    "0-9 . _ -)",
-			    targets[i], targets[i], at + 1);
+		if (nlen >= META_NODE_MAX || !valid_name(tnode[i])) {
+			die_msg("format",
+				"invalid node name '%.*s' in target %s (1-63 characters of A-Z a-z "
+				"0-9 . _ -)",
+				nlen, targets[i], targets[i]);
 			free(tnode);
 			return EXIT_USAGE;
 		}
-		snprintf(tnode[i], sizeof(tnode[i]), "%s", targets[i]);
-		targets[i] = at + 1;
+		targets[i] = (char *)url;
 	}
 	for (unsigned i = 0; i < ntargets; i++) {
 		if (!sm_ops_for(targets[i])) {
@@ -334,6 +355,15 @@ int cmd_format(int argc, char **argv)
 	bool distributed = false;
 	for (unsigned i = 0; i < ntargets; i++)
 		distributed |= tnode[i][0] != '\0';
+	if (nasync && !distributed) {
+		die_msg("format",
+			"--async needs a volume of serve nodes (NODE@URL targets): the primary's "
+			"node forwards writes to an async target and catches it up");
+		free(tnode);
+		free(mt);
+		free(ch);
+		return EXIT_USAGE;
+	}
 	for (unsigned i = 0; i < ntargets && distributed; i++)
 		if (!tnode[i][0]) {
 			die_msg(
@@ -364,9 +394,9 @@ int cmd_format(int argc, char **argv)
 		snprintf(mt[i].node, sizeof(mt[i].node), "%s", tnode[i][0] ? tnode[i] : host);
 	}
 	free(tnode);
-	for (unsigned i = 0; i < ntargets; i++) {
+	for (unsigned i = 0; i < nplace; i++) {
 		unsigned n = 0;
-		for (unsigned j = 0; j < ntargets; j++)
+		for (unsigned j = 0; j < nplace; j++)
 			n += !strcmp(mt[j].pool, mt[i].pool);
 		if (n < (unsigned)replicas) {
 			die_msg("format",
@@ -455,12 +485,14 @@ int cmd_format(int argc, char **argv)
 		}
 		done++;
 	}
-	r = format_chains(mt, ntargets, (unsigned)replicas, ch, (unsigned)nchains, err,
-			  sizeof(err));
+	r = format_chains(mt, nplace, (unsigned)replicas, ch, (unsigned)nchains, err, sizeof(err));
 	if (r < 0) {
 		die_msg("format", "%s", err);
 		goto fail;
 	}
+	for (unsigned k = 0; k < (unsigned)nchains; k++)
+		for (unsigned i = nplace; i < ntargets; i++)
+			ch[k].async[ch[k].nasync++] = mt[i].id;
 	r = META_CALL(m, format, &vol, mt, ntargets, ch, (unsigned)nchains, getuid(), getgid());
 	if (r == 0)
 		r = META_CALL(m, sync);
@@ -471,10 +503,14 @@ int cmd_format(int argc, char **argv)
 	char cs[32];
 	printf("braidfs: formatted volume '%s' (uuid %s)\n"
 	       "  %u target(s), %ld chain(s), %ld replica(s) of every chunk, chunk size %s, %s "
-	       "consistency\n"
-	       "  mount it with: braidfs mount %s MOUNTPOINT\n",
-	       vol.name, vol.uuid, ntargets, nchains, replicas, fmt_size(chunk, cs, sizeof(cs)),
-	       consistency_name(cons), meta_url);
+	       "consistency\n",
+	       vol.name, vol.uuid, nplace, nchains, replicas, fmt_size(chunk, cs, sizeof(cs)),
+	       consistency_name(cons));
+	if (nasync)
+		printf(
+		    "  %u async target(s) in every chain (written without waiting, never read)\n",
+		    nasync);
+	printf("  mount it with: braidfs mount %s MOUNTPOINT\n", meta_url);
 	free(mt);
 	free(ch);
 	meta_close(m);

@@ -1,5 +1,8 @@
 /* braidfs fsck — do the metadata and every replica agree? Runs on an unmounted volume
- * (it takes the mount lock for its whole run, so nothing can mount meanwhile). */
+ * (it takes the mount lock for its whole run, so nothing can mount meanwhile). A volume served
+ * by nodes (NODE@URL targets) is read through its nodes: the data service in forward mode
+ * opens each target as tcp://NODE_ADDRESS/ID (vol_resolve_target), reads every member's copy
+ * with the chain's epoch, and repairs through the chain's primary (ds_check_with). */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -29,7 +32,15 @@ static const char help[] =
     "  - the replicas: every chunk is read from every target of its chain (a target\n"
     "    that keeps checksums verifies them) and compared byte for byte; chunks of\n"
     "    deleted files, chunks beyond a file's end and chunks on a target outside\n"
-    "    their chain are reported.\n"
+    "    their chain are reported. Its progress goes to stderr on long runs.\n"
+    "\n"
+    "A volume served by nodes (targets written NODE@URL, run by braidfs serve) is\n"
+    "checked through its nodes: each target is read through the node that serves it,\n"
+    "and the chains are the ones committed in the database. A target that is syncing\n"
+    "(its chain's primary is copying to it) or away (out after a failure) makes its\n"
+    "chain degraded; its copies are not compared. A member whose node cannot be\n"
+    "reached makes its chain degraded too. Such a volume is checked while no client\n"
+    "mounts it (fsck registers as its only client); the serve nodes keep running.\n"
     "\n"
     "Options:\n"
     "  -r, --repair   fix what is found: namespace counts, leftovers of an unclean\n"
@@ -39,17 +50,27 @@ static const char help[] =
     "                 chain and is marked up; progress on stderr), copies that fail\n"
     "                 their checksum (rewritten from a replica that verifies), and\n"
     "                 replicas that differ from the chain's primary (which is copied\n"
-    "                 over them); stray chunks are deleted\n"
+    "                 over them); stray chunks are deleted. On a volume served\n"
+    "                 by nodes, chains are left to the nodes (they resync and\n"
+    "                 rebuild), a copy is repaired by writing the right bytes\n"
+    "                 through the chain's primary (its node applies them to\n"
+    "                 every replica, in order with its own copying), and strays\n"
+    "                 are reported, not deleted (the node that owns the target\n"
+    "                 deletes them itself once it is up)\n"
     "  -q, --quiet    print only the summary\n"
     "  -h, --help     show this help\n"
     "\n"
     "Exit status: 0 no problem (left), 1 problems remain, 2 usage error or the\n"
     "volume cannot be checked (e.g. it is mounted).\n";
 
+struct check_prog;
+
 struct fsck_ctx {
 	struct meta *meta;
 	bool quiet;
 	uint64_t problems;
+	struct check_prog *prog;  /* the replica check's progress */
+	const struct vol *served; /* a volume served by nodes: findings name the node */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -390,6 +411,88 @@ out:
 	return ret;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* chains of a volume served by nodes (NODE@URL targets, docs/distributed.md) */
+
+/* "target 3 (n3)" into buf */
+static const char *tname(const struct vol *v, uint32_t id, char *buf, size_t len)
+{
+	char node[META_NODE_MAX];
+	vol_node_of_target(v->targets, v->ntargets, id, node, sizeof(node));
+	snprintf(buf, len, "target %u (node %s)", id, node[0] ? node : "?");
+	return buf;
+}
+
+/* Is target id open in the data service (its node answered)? */
+static bool reached(const struct ds_target_stat *st, int nst, uint32_t id)
+{
+	for (int i = 0; i < nst; i++)
+		if (st[i].id == id)
+			return st[i].open;
+	return false;
+}
+
+/* The chains as committed in the database, with their three roles (META-13). A chain is
+ * degraded when it has fewer members than the replica count — a target syncing (a resync or
+ * rebuild by the chain's primary is under way) or away (out after a failure) is reported as
+ * such, its copies are neither read nor compared — or when a member's node cannot be reached
+ * (its copies are not compared either). Nothing is repaired here: the serve nodes' manager and
+ * primaries own chain changes (DIST-1, DIST-6, DIST-8). Returns the degraded chains, or -errno. */
+static int check_chains_served(struct fsck_ctx *cx, struct vol *v, bool repair)
+{
+	struct ds_target_stat *st = calloc(v->ntargets + 1, sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	int nst = ds_target_stats(v->ds, st, v->ntargets);
+	int ret = 0;
+	char a[96], line[4096];
+	for (unsigned i = 0; i < v->nchains; i++) {
+		const struct meta_chain *c = &v->chains[i];
+		unsigned live = 0;
+		for (uint32_t k = 0; k < c->nmembers; k++)
+			live += reached(st, nst, c->members[k]);
+		if (c->nmembers >= v->info.replicas && live == c->nmembers)
+			continue;
+		ret++;
+		snprintf(line, sizeof(line), "chain %u (epoch %llu): %u of %u replicas", c->id,
+			 (unsigned long long)c->epoch, live, v->info.replicas);
+		for (uint32_t k = 0; k < c->nmembers; k++)
+			if (!reached(st, nst, c->members[k]))
+				append(line, sizeof(line), "; %s is a member but not reachable",
+				       tname(v, c->members[k], a, sizeof(a)));
+		for (uint32_t k = 0; k < c->nsyncing; k++)
+			append(line, sizeof(line), "; %s is syncing (its primary copies to it)",
+			       tname(v, c->syncing[k], a, sizeof(a)));
+		for (uint32_t k = 0; k < c->naway; k++)
+			append(line, sizeof(line), "; %s is away (for %llu s)",
+			       tname(v, c->away[k], a, sizeof(a)),
+			       (unsigned long long)(c->away_ns[k] / 1000000000LL));
+		if (!cx->quiet)
+			printf("  %s\n", line);
+	}
+	if (!cx->quiet && ret == 0)
+		printf("  %u chain(s), every one with %u member(s), all reachable\n", v->nchains,
+		       v->info.replicas);
+	if (!cx->quiet && ret && repair)
+		printf(
+		    "  (not repaired here: the serve nodes resync a target whose node returns and "
+		    "rebuild onto a replacement after replace_after_s; see braidfs status)\n");
+	for (unsigned i = 0; i < v->ntargets && !cx->quiet; i++) {
+		const struct meta_target *t = &v->targets[i];
+		if (!vol_target_in_data(t) || reached(st, nst, t->id))
+			continue;
+		bool role = false; /* members and syncing/away targets are reported above */
+		for (unsigned c = 0; c < v->nchains; c++)
+			role |= vol_chain_lists(&v->chains[c], t->id);
+		if (!role)
+			printf("  note: %s is not reachable; it is in no chain (it holds no data "
+			       "in use)\n",
+			       tname(v, t->id, a, sizeof(a)));
+	}
+	free(st);
+	return ret;
+}
+
 static void meta_report(void *ctx, const char *what, uint64_t ino, bool repaired)
 {
 	struct fsck_ctx *c = ctx;
@@ -408,13 +511,54 @@ static bool keep(void *ctx, uint64_t ino, uint64_t *ret_size)
 	return true;
 }
 
+/* Progress of the replica check on stderr, as a rebuild's: redrawn in place every 200 ms on a
+ * terminal, else one line every 5 s; nothing for a check shorter than that. */
+struct check_prog {
+	bool tty, quiet;
+	bool drawn; /* a line is on the terminal, unfinished */
+	int64_t t0, last_ns;
+};
+
+static void check_progress(void *ctx, const struct ds_check_result *p)
+{
+	struct fsck_ctx *cx = ctx;
+	struct check_prog *g = cx->prog;
+	int64_t now = now_monotonic_ns();
+	if (g->quiet)
+		return;
+	if (!g->t0) {
+		g->t0 = g->last_ns = now;
+		return;
+	}
+	int64_t every = g->tty ? 200000000LL : 5000000000LL;
+	if (now - g->last_ns < every)
+		return;
+	g->last_ns = now;
+	char b1[32], b2[32];
+	fprintf(stderr, "%schecking replicas: %llu/%llu chunk(s), %s of %s read%s",
+		g->tty ? "\r" : "", (unsigned long long)p->chunks,
+		(unsigned long long)p->chunks_total, fmt_size(p->bytes_compared, b1, sizeof(b1)),
+		fmt_size(p->bytes_total, b2, sizeof(b2)), g->tty ? "\033[K" : "\n");
+	fflush(stderr);
+	g->drawn = g->tty;
+}
+
 static void ds_report(void *ctx, const char *what, uint64_t ino, uint32_t idx, uint32_t target,
 		      bool repaired)
 {
 	struct fsck_ctx *c = ctx;
+	if (c->prog && c->prog->drawn) { /* a finding goes on its own line */
+		fputs("\r\033[K", stderr);
+		c->prog->drawn = false;
+	}
+	char node[META_NODE_MAX] = "";
+	if (c->served)
+		vol_node_of_target(c->served->targets, c->served->ntargets, target, node,
+				   sizeof(node));
 	if (!c->quiet)
-		printf("  inode %llu chunk %u on target %u: %s%s\n", (unsigned long long)ino, idx,
-		       target, what, repaired ? " (repaired)" : "");
+		printf("  inode %llu chunk %u on target %u%s%s%s: %s%s\n", (unsigned long long)ino,
+		       idx, target, node[0] ? " (node " : "", node, node[0] ? ")" : "", what,
+		       repaired ? " (repaired)" : "");
 }
 
 static int count_orphan(void *ctx, const struct meta_attr *a)
@@ -489,7 +633,11 @@ int cmd_fsck(int argc, char **argv)
 		goto out;
 	}
 	cx.meta = v.meta;
-	printf("braidfs fsck: volume '%s'%s\n", v.info.name, repair ? " (repairing)" : "");
+	bool served = vol_distributed(&v);
+	cx.served = served ? &v : NULL;
+	printf("braidfs fsck: volume '%s'%s%s\n", v.info.name,
+	       served ? " (served by nodes: each target read through its node)" : "",
+	       repair ? " (repairing)" : "");
 
 	printf("namespace\n");
 	int mp = META_CALL(v.meta, check, repair, meta_report, &cx);
@@ -526,7 +674,7 @@ int cmd_fsck(int argc, char **argv)
 	}
 
 	printf("chains\n");
-	r = check_chains(&cx, &v, repair);
+	r = served ? check_chains_served(&cx, &v, repair) : check_chains(&cx, &v, repair);
 	if (r < 0) {
 		die_msg("fsck", "chain check failed: %s", strerror(-r));
 		goto out;
@@ -534,8 +682,18 @@ int cmd_fsck(int argc, char **argv)
 	cx.problems += (uint64_t)r;
 
 	printf("replicas\n");
+	fflush(stdout);
 	struct ds_check_result res = {0};
-	r = ds_check(v.ds, repair, keep, ds_report, &cx, &res);
+	struct check_prog cp = {.tty = isatty(2) == 1, .quiet = cx.quiet};
+	struct ds_check_opts co = {.repair = repair,
+				   .keep = keep,
+				   .report = ds_report,
+				   .progress = check_progress,
+				   .ctx = &cx};
+	cx.prog = &cp;
+	r = ds_check_with(v.ds, &co, &res);
+	if (cp.drawn)
+		fputs("\n", stderr);
 	if (r < 0) {
 		die_msg("fsck", "replica check failed: %s", strerror(-r));
 		goto out;
@@ -550,6 +708,10 @@ int cmd_fsck(int argc, char **argv)
 	if (res.unrecoverable)
 		printf("  %llu chunk(s) unrecoverable: no replica reads without error\n",
 		       (unsigned long long)res.unrecoverable);
+	if (res.unreached)
+		printf("  %llu cop%s on targets that could not be reached not compared (see "
+		       "chains)\n",
+		       (unsigned long long)res.unreached, res.unreached == 1 ? "y" : "ies");
 	if (repair && res.repaired)
 		printf("  %llu replica problem(s) repaired\n", (unsigned long long)res.repaired);
 	cx.problems += (uint64_t)r;

@@ -45,10 +45,13 @@ static const char mount_help[] =
     "postgres:// database may be mounted by any number of processes on any number of\n"
     "nodes at once, with close-to-open consistency (as NFS): what one mount wrote and\n"
     "closed, another sees when it opens the file; names and attributes another mount\n"
-    "changed show after entry_timeout / attr_timeout. No mount starts while braidfs fsck\n"
-    "runs. If MOUNTPOINT holds a braidfs mount whose process died, it is cleaned up\n"
-    "first. After an unclean stop the mount finishes what was left (unlinked-but-open\n"
-    "files, data beyond a file's size) when it is the only mount alive.\n"
+    "changed show after entry_timeout / attr_timeout. File locks (fcntl record locks, OFD\n"
+    "locks, flock) hold across every mount of such a volume; a lock is released when its\n"
+    "owner closes the file or dies, and those of a mount that dies without unmounting\n"
+    "are released client_ttl after it stopped renewing its registration. No mount\n"
+    "starts while braidfs fsck runs. If MOUNTPOINT holds a braidfs mount whose process\n"
+    "died, it is cleaned up first. After an unclean stop the mount finishes what was left\n"
+    "(unlinked-but-open files, data beyond a file's size) when it is the only mount alive.\n"
     "\n"
     "Options:\n"
     "  -f, --foreground   stay in the foreground, log to stderr\n"
@@ -56,15 +59,28 @@ static const char mount_help[] =
     "       attr_timeout=SEC   how long the kernel caches attributes (default 1)\n"
     "       entry_timeout=SEC  how long the kernel caches names (default 1)\n"
     "       threads=N          FUSE worker threads (default 16)\n"
+    "       stall_ms=MS        a volume served by nodes: how long a request keeps\n"
+    "                          being retried while its chain does not change (its\n"
+    "                          primary's node is down and no manager moved the chain\n"
+    "                          yet) before the application gets EIO (default 20000)\n"
+    "       node=NAME          the serve node this mount runs on (its name in the\n"
+    "                          node's serve config): in a strong chain, reads go to\n"
+    "                          that node's replica when it is an in-chain member,\n"
+    "                          else to the chain's primary (volumes served by nodes)\n"
     "       log=PATH           log file of the background process\n"
     "                          (default /var/log/braidfs.log)\n"
     "       debug              log every FUSE request (implies -f)\n"
     "       ro                 read-only mount\n"
+    "       client_ttl=SEC     postgres:// volumes: how long other mounts wait after this\n"
+    "                          one stops renewing its registration (a crash, a cut link)\n"
+    "                          before they take it for dead and its file locks are\n"
+    "                          released; 1..3600 (default 15)\n"
     "  -h, --help         show this help\n"
     "\n"
     "Examples:\n"
     "  braidfs mount sqlite:///var/lib/braidfs/meta.db /mnt/braidfs\n"
     "  braidfs mount postgres://braidfs@db1:5432/braidfs /mnt/braidfs\n"
+    "  braidfs mount -o node=n1 postgres://braidfs@db1:5432/braidfs /mnt/braidfs\n"
     "\n"
     "Exit status: 0 mounted, 1 failed, 2 usage error.\n";
 
@@ -146,7 +162,10 @@ static int mount_path(const char *in, char *out, size_t len)
 
 struct mount_opts {
 	struct fs_options fs;
+	uint32_t client_ttl_ms;
+	unsigned stall_ms; /* a volume served by nodes: ds_config.stall_ms (0: its default) */
 	bool foreground;
+	char node[META_NODE_MAX];
 	char log[PATH_MAX];
 };
 
@@ -171,6 +190,31 @@ static int parse_o(const char *s, struct mount_opts *mo)
 				return -EINVAL;
 			}
 			mo->fs.max_threads = (unsigned)n;
+		} else if (!strcmp(tok, "client_ttl") && eq) {
+			double sec = strtod(eq, &end);
+			if (end == eq || *end || !(sec >= VOL_CLIENT_TTL_MIN_MS / 1000.0) ||
+			    sec > VOL_CLIENT_TTL_MAX_MS / 1000.0) {
+				die_msg("mount", "client_ttl must be 1..3600 seconds, not '%s'",
+					eq);
+				return -EINVAL;
+			}
+			mo->client_ttl_ms = (uint32_t)(sec * 1000);
+		} else if (!strcmp(tok, "stall_ms") && eq) {
+			long n = strtol(eq, &end, 10);
+			if (*end || end == eq || n < 100 || n > 3600000) {
+				die_msg("mount",
+					"stall_ms must be 100..3600000 (milliseconds), not '%s'",
+					eq);
+				return -EINVAL;
+			}
+			mo->stall_ms = (unsigned)n;
+		} else if (!strcmp(tok, "node") && eq) {
+			if (!*eq || strlen(eq) >= sizeof(mo->node)) {
+				die_msg("mount", "node must name a node (1 to %zu bytes), not '%s'",
+					sizeof(mo->node) - 1, eq);
+				return -EINVAL;
+			}
+			snprintf(mo->node, sizeof(mo->node), "%s", eq);
 		} else if (!strcmp(tok, "log") && eq) {
 			snprintf(mo->log, sizeof(mo->log), "%s", eq);
 		} else if (!strcmp(tok, "debug") && !eq) {
@@ -235,6 +279,8 @@ static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, i
 		goto out;
 	}
 	struct vol_holder h;
+	if (mo->client_ttl_ms)
+		v.client_ttl_ms = mo->client_ttl_ms;
 	r = vol_lock(&v, mnt, &h);
 	char hp[128];
 	if (r == -EBUSY && h.exclusive) {
@@ -254,11 +300,15 @@ static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, i
 		report(status_fd, "cannot lock volume '%s': %s", v.info.name, strerror(-r));
 		goto out;
 	}
+	v.stall_ms = mo->stall_ms;
+	snprintf(v.local_node, sizeof(v.local_node), "%s", mo->node);
 	r = vol_open_data(&v, err, sizeof(err));
 	if (r < 0) {
 		report(status_fd, "%s", err);
 		goto out;
 	}
+	/* FS-9: file locks across mounts need this mount's registration (shared engines) */
+	mo->fs.client_id = v.client_id ? &v.client_id : NULL;
 	r = fs_new(v.meta, v.ds, &mo->fs, &fs);
 	if (r < 0) {
 		report(status_fd, "cannot start: %s", strerror(-r));

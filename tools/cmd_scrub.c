@@ -39,6 +39,9 @@ static const char help[] =
     "control socket and shows its progress); the file system keeps serving, each chunk\n"
     "is locked only while it is read, and the reads are paced so that applications\n"
     "keep their bandwidth. A volume that is not mounted is locked and scrubbed here.\n"
+    "A volume served by nodes (NODE@URL targets) is scrubbed only while no client\n"
+    "mounts it: each target is read through its node, and a copy is repaired by\n"
+    "writing the right bytes through the chain's primary (as braidfs fsck does).\n"
     "\n"
     "Progress goes to stderr: redrawn in place on a terminal, else one line per 5%.\n"
     "Each problem is a line on stdout, then a summary. Ctrl-C stops the scrub after\n"
@@ -403,6 +406,18 @@ int cmd_scrub(int argc, char **argv)
 	struct vol_holder h;
 	int r = vol_lock(&v, NULL, &h);
 	pid_t hp = h.pid;
+	if (r == -EBUSY && vol_distributed(&v)) {
+		/* Its clients write through the chains' primaries from many hosts: a mount's
+		 * chunk locks do not order them, so its copies can only be compared, and
+		 * repaired through the primaries, while no client writes. */
+		die_msg(
+		    "scrub",
+		    "volume '%s' is served by nodes and in use (%s on %s%s%s): its replicas are "
+		    "scrubbed while no client mounts it; unmount every client and run it again",
+		    v.info.name, h.exclusive ? "being checked by fsck or scrub" : "mounted",
+		    h.host[0] ? h.host : "?", h.mnt[0] ? " at " : "", h.mnt);
+		goto out;
+	}
 	if (r == -EBUSY && h.remote) {
 		die_msg(
 		    "scrub",

@@ -27,7 +27,9 @@ static const char help[] =
     "first is the primary) with its epoch. A chain also lists its targets that are\n"
     "syncing (they receive new writes while a resync or rebuild copies what they lack;\n"
     "they serve no reads yet) and away (out after a failure, expected back; with how long\n"
-    "ago they left), when it has any.\n"
+    "ago they left) and async (a copy kept beside the chain, e.g. a backup on external\n"
+    "storage, that gets every write without being waited for and serves no reads; with\n"
+    "the chunks it has yet to catch up on), when it has any.\n"
     "\n"
     "A volume shared by several nodes (postgres://) also shows its nodes: name, address,\n"
     "state, how long its lease still runs and how long ago it last sent a heartbeat, both\n"
@@ -113,8 +115,9 @@ static void status_nodes(struct vol *v)
 	free(n);
 }
 
-/* A chain's syncing and away targets, after its members (nothing when it has none). */
-static void status_chain_roles(const struct meta_chain *ch)
+/* A chain's syncing, away and async targets, after its members (nothing when it has none);
+ * an async target with the chunks it is behind by (META-19: its dirty rows). */
+static void status_chain_roles(struct meta *m, const struct meta_chain *ch)
 {
 	char b1[32];
 
@@ -123,6 +126,12 @@ static void status_chain_roles(const struct meta_chain *ch)
 	for (unsigned k = 0; k < ch->naway; k++)
 		printf("%s%u (%s)", k ? ", " : "   away ", ch->away[k],
 		       fmt_dur(ch->away_ns[k], b1, sizeof(b1)));
+	for (unsigned k = 0; k < ch->nasync; k++) {
+		uint64_t behind = 0;
+		printf("%s%u", k ? ", " : "   async ", ch->async[k]);
+		if (META_CALL_OPT(m, dirty_count, ch->id, ch->async[k], &behind) == 0)
+			printf(" (%llu chunk(s) behind)", (unsigned long long)behind);
+	}
 }
 
 /* Resync and rebuild progress (META-17); nothing when none runs on a one-node volume. */
@@ -257,6 +266,12 @@ int cmd_status(int argc, char **argv)
 		if (v.info.consistency == META_WEAK)
 			printf("          %s not yet on every replica (weak consistency)\n",
 			       fmt_size(ds.repl_lag_bytes, b1, sizeof(b1)));
+		if (ds.local_reads || ds.local_fallbacks)
+			printf(
+			    "reads     %llu chunk read(s) from this node's replica, %llu sent on "
+			    "to the primary (mount -o node=)\n",
+			    (unsigned long long)ds.local_reads,
+			    (unsigned long long)ds.local_fallbacks);
 	}
 
 	status_nodes(&v);
@@ -364,7 +379,7 @@ int cmd_status(int argc, char **argv)
 		printf("  %-3u %-6llu", ch->id, (unsigned long long)ch->epoch);
 		for (unsigned k = 0; k < ch->nmembers; k++)
 			printf("%s%u", k ? ", " : " ", ch->members[k]);
-		status_chain_roles(ch);
+		status_chain_roles(v.meta, ch);
 		if (ch->nmembers < v.info.replicas)
 			printf("   (degraded: %u of %u replicas)", ch->nmembers, v.info.replicas);
 		printf("\n");

@@ -309,10 +309,11 @@ int ctl_read_line(struct ctl_reader *r, char *out, size_t outlen, size_t *ret_le
 #define CTL_RESULT_FIELDS(X) \
 	X(chunks) X(chunks_total) X(bytes_compared) X(bytes_total) \
 	X(mismatches) X(missing) X(strays) X(beyond_eof) \
-	X(csum_errors) X(unreadable) X(unrecoverable) X(repaired)
+	X(csum_errors) X(unreadable) X(unrecoverable) X(repaired) X(unreached)
 #define CTL_STATS_FIELDS(X) \
 	X(bytes_written) X(bytes_read) X(replica_failures) X(repl_lag_bytes) \
-	X(csum_errors_seen) X(repairs_done) X(repair_failures)
+	X(csum_errors_seen) X(repairs_done) X(repair_failures) \
+	X(local_reads) X(local_fallbacks) X(async_lag_bytes) X(async_missed)
 // clang-format on
 
 /* A struct whose fields are all uint64_t, as a table of (key, offset). */

@@ -25,9 +25,12 @@
  *   fences itself within lease_ms and the manager then removes it.
  *
  * THE MANAGER (DIST-1), in the heartbeat thread of the node holding the `manager` lease:
- *   every round, a node whose lease expired more than grace ago (or that marked itself down)
+ *   every round, a node whose lease expired more than grace_ms ago (or that marked itself down)
  *   is marked down and each of its targets leaves every chain (members and syncing) for
  *   `away`, one chain_set per chain, each checked against the manager's own fence first.
+ *
+ * RECLAIM (DIST-8), in the repair thread: a local target's chunks of chains that list it in no
+ * role are deleted by this node (node_reclaim); see the comment above it.
  */
 #include "tools/node.h"
 
@@ -40,6 +43,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/tbucket.h"
 #include "common/util.h"
 #include "dataservice/ds.h"
 #include "dataservice/fence.h"
@@ -79,18 +83,48 @@ struct node {
 	pthread_mutex_t chains_lock;
 	struct meta_chain *chains; /* protected by chains_lock: the last chain table read */
 	unsigned nchains;
+	/* Held around installing a chain table (data service, then `chains`) and around each
+	 * reclaim of one chunk (its role check and its deletion): a chunk request for a target
+	 * is only applied once the installed table gives the target a role (check_epoch, ds),
+	 * so a reclaim never deletes what such a request wrote. Taken before chains_lock. */
+	pthread_mutex_t reclaim_lock;
+	/* per local target: the chains it had no role in when its last reclaim pass finished
+	 * (rp thread only); a pass runs when that set grows */
+	bool *reclaimed[CFG_MAX_TARGETS];
 
 	struct ds *ds;
 	struct rpc_server *rpc;
 	struct xp_server *xs;
 
-	struct fence fence;	/* DIST-4 */
-	struct fence mgr_fence; /* the manager lease, by the same rule */
+	struct fence fence;	  /* DIST-4 */
+	struct fence_reads reads; /* DS-6: reads served as a non-primary member (table_ns) */
+	struct fence_reads *hold; /* DS-6: [chain id] acknowledgements held back (hold_ns) */
+	uint32_t read_lease_ms;	  /* 2 × heartbeat_ms (at most lease_ms) */
+	struct fence mgr_fence;	  /* the manager lease, by the same rule */
 	uint64_t mgr_generation;
 	bool manager; /* heartbeat thread only */
 
+	uint64_t async_gen; /* __atomic: catch-ups of async targets started (node_async_missed) */
+	/* DS-7: held around marking a chain's async targets for a rebuild together with the
+	 * chain change that takes its primary out (node_chain_away), and around the end of an
+	 * async catch-up here (its repairs row deleted only while this node is still the
+	 * primary): a mark is never deleted by a catch-up of this process that missed it */
+	pthread_mutex_t async_mark_lock;
+	/* BRAIDFS_TEST_ASYNC_HOLD: tests only; while that file exists, async queues apply
+	 * nothing (ds_config.test_async_hold) */
+	const char *test_async_hold;
 	pthread_mutex_t dirty_lock;
 	struct node_dirty_slot dirty[NODE_DIRTY_CACHE]; /* protected by dirty_lock */
+	/* Held shared by every write this node applies as primary, from reading its chain to its
+	 * dirty record, and exclusive (writer-preferring) by a promotion from its last dirty
+	 * count to its commit: a write that saw the target away or failed on it while syncing
+	 * has its chunk recorded before the count, or it started after the commit (DIST-6,
+	 * DIST-7). A member's apply of another node's write never takes it. */
+	pthread_rwlock_t promote_gate;
+	/* BRAIDFS_TEST_DIRTY_DELAY_MS: tests only; how long a forwarded write to a chain with
+	 * an away target waits between its apply and its dirty record (the window the promote
+	 * gate closes; test_serve.py holds a promotion in it) */
+	int64_t test_dirty_delay_ns;
 
 	pthread_t hb;
 	bool hb_running;
@@ -118,19 +152,15 @@ uint32_t node_id(const struct node *n)
 /* ---------------------------------------------------------------------------------------- */
 /* the chain table */
 
+/* The chain as the volume gives it, and its syncing targets: this node's data service applies
+ * a write to them too (DIST-6). */
 static void chain_cfg_from(const struct meta_chain *m, struct ds_chain_cfg *c)
 {
-	memset(c, 0, sizeof(*c));
-	c->id = m->id;
-	c->epoch = m->epoch;
-	c->nmembers = m->nmembers;
-	memcpy(c->members, m->members, m->nmembers * sizeof(m->members[0]));
+	vol_chain_cfg(m, c);
 	c->nsyncing = m->nsyncing;
 	memcpy(c->syncing, m->syncing, m->nsyncing * sizeof(m->syncing[0]));
-	for (uint32_t i = 0; i < m->nsyncing && c->nkeep < DS_MAX_KEEP; i++)
-		c->keep[c->nkeep++] = m->syncing[i];
-	for (uint32_t i = 0; i < m->naway && c->nkeep < DS_MAX_KEEP; i++)
-		c->keep[c->nkeep++] = m->away[i];
+	c->nasync = m->nasync; /* DS-7: forwarded to without waiting */
+	memcpy(c->async, m->async, m->nasync * sizeof(m->async[0]));
 }
 
 /* Re-read every chain from the database and install the newer ones (DIST-2). */
@@ -139,22 +169,32 @@ static int node_reload_chains(struct node *n)
 	struct meta_chain *c = calloc(META_MAX_CHAINS, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
+	int64_t sent = now_monotonic_ns();
 	int r = META_CALL(n->meta, chains_list, c, META_MAX_CHAINS);
 	if (r < 0) {
 		free(c);
 		return r;
 	}
 	unsigned nc = (unsigned)MIN(r, META_MAX_CHAINS);
+	pthread_mutex_lock(&n->reclaim_lock);
 	for (unsigned i = 0; n->ds && i < nc; i++) {
 		struct ds_chain_cfg dc;
 		chain_cfg_from(&c[i], &dc);
 		ds_chain_load(n->ds, &dc);
 	}
 	pthread_mutex_lock(&n->chains_lock);
+	/* two reloads may overlap: a chain read earlier never replaces a newer one (as in ds),
+	 * so the table installed is at least as new as the read the read lease counts from
+	 * (fence_reads_table keeps the latest send time: DS-6) */
+	for (unsigned i = 0; i < nc && i < n->nchains; i++)
+		if (n->chains[i].id == c[i].id && n->chains[i].epoch > c[i].epoch)
+			c[i] = n->chains[i];
 	free(n->chains);
 	n->chains = c;
 	n->nchains = nc;
 	pthread_mutex_unlock(&n->chains_lock);
+	pthread_mutex_unlock(&n->reclaim_lock);
+	fence_reads_table(&n->reads, sent); /* installed: reads may trust it (DS-6) */
 	return 0;
 }
 
@@ -190,31 +230,71 @@ static void list_del(uint32_t *l, uint32_t *n, uint32_t id)
 	*n = k;
 }
 
+/* DS-7: the requests queued at chain c's primary for its async targets live in that
+ * process only; when the primary may have died with some (it leaves the chain, its node is
+ * declared dead, or its serve starts again after an end that was not clean), each async target
+ * of c is marked for a full rebuild by a repairs row of kind rebuild, written BEFORE anything
+ * that would let another primary take over, so that no crash in between can lose the mark.
+ * The chain's primary then copies every chunk of the chain to it (node_repair_async). */
+static int node_async_mark(struct node *n, const struct meta_chain *c, const char *why)
+{
+	for (uint32_t i = 0; i < c->nasync; i++) {
+		struct meta_repair mark = {
+		    .chain = c->id, .target = c->async[i], .kind = META_REPAIR_REBUILD};
+		int r = META_CALL_OPT(n->meta, repair_set, &mark);
+		if (r < 0) {
+			log_warn("chain %u: cannot mark async target %u for a rebuild (%s): %s",
+				 c->id, c->async[i], why, strerror(-r));
+			return r;
+		}
+		log_info("chain %u: async target %u marked for a rebuild: %s", c->id, c->async[i],
+			 why);
+	}
+	return 0;
+}
+
 /* Take target out of chain c (members and syncing) into away: one conditional chain_set.
- * 0 and *ret_epoch, -ESTALE (the chain moved on), -EINVAL (it is the last member), -errno. */
+ * 0 and *ret_epoch, -ESTALE (the chain moved on), -EINVAL (it is the last member), -errno.
+ * When target is the primary of a chain with async targets, they are marked for a rebuild
+ * first (node_async_mark), even if the chain then keeps it. */
 static int node_chain_away(struct node *n, const struct meta_chain *c, uint32_t target,
 			   uint64_t *ret_epoch)
 {
 	struct meta_chain nc = *c;
 	list_del(nc.members, &nc.nmembers, target);
 	list_del(nc.syncing, &nc.nsyncing, target);
-	if (!nc.nmembers)
-		return -EINVAL;
-	if (!list_has(nc.away, nc.naway, target) && nc.naway < META_MAX_REPLICAS)
+	bool primary = c->nmembers && c->members[0] == target && c->nasync;
+	int r = 0;
+	pthread_mutex_lock(&n->async_mark_lock);
+	if (primary)
+		r = node_async_mark(n, c, "its primary leaves the chain");
+	if (r == 0 && !nc.nmembers)
+		r = -EINVAL;
+	if (r == 0 && !list_has(nc.away, nc.naway, target) && nc.naway < META_MAX_REPLICAS)
 		nc.away[nc.naway++] = target;
-	return META_CALL_OPT(n->meta, chain_set, c->id, c->epoch, &nc, ret_epoch);
+	if (r == 0)
+		r = META_CALL_OPT(n->meta, chain_set, c->id, c->epoch, &nc, ret_epoch);
+	pthread_mutex_unlock(&n->async_mark_lock);
+	return r;
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* DIST-7: dirty chunks of away targets */
+
+/* The cache slot of a (chain, target, chunk): one per hash, the last one remembered wins. */
+static struct node_dirty_slot *node_dirty_slot(struct node *n, uint32_t chain, uint32_t target,
+					       uint64_t ino, uint32_t idx)
+{
+	uint64_t h = hash_mix64(ino ^ ((uint64_t)idx << 32) ^ ((uint64_t)chain << 48) ^ target);
+	return &n->dirty[h % NODE_DIRTY_CACHE];
+}
 
 /* The cache is keyed by the chain's epoch too: a chunk recorded while a target was away, then
  * copied by its resync (row deleted), must be recorded again when the target leaves anew. */
 static bool node_dirty_seen(struct node *n, uint32_t chain, uint64_t epoch, uint32_t target,
 			    uint64_t ino, uint32_t idx)
 {
-	uint64_t h = hash_mix64(ino ^ ((uint64_t)idx << 32) ^ ((uint64_t)chain << 48) ^ target);
-	struct node_dirty_slot *s = &n->dirty[h % NODE_DIRTY_CACHE];
+	struct node_dirty_slot *s = node_dirty_slot(n, chain, target, ino, idx);
 	pthread_mutex_lock(&n->dirty_lock);
 	bool seen = s->used && s->chain == chain && s->epoch == epoch && s->target == target &&
 		    s->ino == ino && s->idx == idx;
@@ -225,8 +305,7 @@ static bool node_dirty_seen(struct node *n, uint32_t chain, uint64_t epoch, uint
 static void node_dirty_remember(struct node *n, uint32_t chain, uint64_t epoch, uint32_t target,
 				uint64_t ino, uint32_t idx)
 {
-	uint64_t h = hash_mix64(ino ^ ((uint64_t)idx << 32) ^ ((uint64_t)chain << 48) ^ target);
-	struct node_dirty_slot *s = &n->dirty[h % NODE_DIRTY_CACHE];
+	struct node_dirty_slot *s = node_dirty_slot(n, chain, target, ino, idx);
 	pthread_mutex_lock(&n->dirty_lock);
 	*s = (struct node_dirty_slot){
 	    .chain = chain, .epoch = epoch, .target = target, .ino = ino, .idx = idx, .used = true};
@@ -252,6 +331,13 @@ static int node_dirty_note(struct node *n, const struct meta_chain *c, uint64_t 
 	return 0;
 }
 
+/* The acknowledgement hold of chain id (DS-6): only that chain's acknowledgements wait after
+ * one of its members was taken out, so a failure stalls no other chain. */
+static struct fence_reads *node_hold(struct node *n, uint32_t chain)
+{
+	return &n->hold[chain % META_MAX_CHAINS];
+}
+
 /* ds chain_failed (DIST-3): commit the chain without the failed member, the member away. */
 static int node_chain_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint32_t failed,
 			     const uint32_t *members, uint32_t nm, uint64_t *ret_epoch)
@@ -265,6 +351,10 @@ static int node_chain_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint3
 		r = node_chain_get(n, chain_id, &c);
 	if (r == 0 && c.epoch != epoch)
 		r = -ESTALE;
+	/* DS-6: hold acknowledgements from before the commit too: another worker's write of this
+	 * chain may be acknowledged while the commit runs, without the member */
+	if (r == 0 && n->cfg.local_reads)
+		fence_reads_hold(node_hold(n, chain_id), now_monotonic_ns(), n->read_lease_ms);
 	if (r == 0)
 		r = node_chain_away(n, &c, failed, ret_epoch);
 	if (r == 0 && node_cur_chunk.set) {
@@ -281,6 +371,10 @@ static int node_chain_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uint3
 			node_reload_chains(n);
 		return r;
 	}
+	/* DS-6: the failed member may still serve reads until its read lease runs out; no
+	 * acknowledgement of this node may come before that (node_forward waits) */
+	if (n->cfg.local_reads)
+		fence_reads_hold(node_hold(n, chain_id), now_monotonic_ns(), n->read_lease_ms);
 	log_warn("target %u failed and left chain %u (epoch %llu); its chunks written from now "
 		 "on are recorded for its resync",
 		 failed, chain_id, (unsigned long long)*ret_epoch);
@@ -313,7 +407,10 @@ static int node_syncing_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uin
 		uint64_t ne = 0;
 		if (node_reload_chains(n) < 0 || node_chain_get(n, chain_id, &c) < 0)
 			break;
-		if (!list_has(c.syncing, c.nsyncing, target))
+		/* still syncing, or promoted meanwhile with this write missed (the promotion's
+		 * count ran before the chunk was recorded): either way it leaves for away */
+		if (!list_has(c.syncing, c.nsyncing, target) &&
+		    !list_has(c.members, c.nmembers, target))
 			break; /* someone else moved it already */
 		int k = node_chain_away(n, &c, target, &ne);
 		if (k == 0) {
@@ -327,6 +424,29 @@ static int node_syncing_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uin
 			break;
 	}
 	(void)epoch;
+	return 0;
+}
+
+/* ds async_missed (DS-7, META-19): async target `target` did not get a request on (ino, idx):
+ * record the chunk for its catch-up (the primary's repair thread copies it). Recorded once per
+ * chunk until the next catch-up starts (the cache's epoch is the catch-up generation). */
+static int node_async_missed(void *ctx, uint32_t chain_id, uint32_t target, uint64_t ino,
+			     uint32_t idx, int err)
+{
+	struct node *n = ctx;
+	uint64_t gen = UINT64_MAX - __atomic_load_n(&n->async_gen, __ATOMIC_ACQUIRE);
+	if (node_dirty_seen(n, chain_id, gen, target, ino, idx))
+		return 0;
+	struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
+	int r = META_CALL_OPT(n->meta, dirty_add, chain_id, target, &ref, 1);
+	if (r < 0) {
+		log_err("chain %u: async target %u missed chunk %llu:%u (%s) and it cannot be "
+			"recorded: %s",
+			chain_id, target, (unsigned long long)ino, idx, strerror(-err),
+			strerror(-r));
+		return -EIO;
+	}
+	node_dirty_remember(n, chain_id, gen, target, ino, idx);
 	return 0;
 }
 
@@ -355,6 +475,19 @@ static int node_target_url(void *ctx, uint32_t id, char *url, size_t len)
 /* ---------------------------------------------------------------------------------------- */
 /* requests */
 
+/* A client's read of a chunk (ds_fwd_read: DS-6 sends these to a member of its own node). */
+static bool op_reads_chunk(uint16_t op)
+{
+	return op == PROTO_OP_READ || op == PROTO_OP_SEEK || op == PROTO_OP_CHUNK_LENGTH;
+}
+
+/* A change of a chunk's bytes, which a primary applies to its chain (node_forward_gated). */
+static bool op_writes_chunk(uint16_t op)
+{
+	return op == PROTO_OP_WRITE || op == PROTO_OP_TRUNCATE || op == PROTO_OP_PUNCH ||
+	       op == PROTO_OP_ALLOCATE;
+}
+
 static bool op_touches_data(uint16_t op)
 {
 	return op != PROTO_OP_IDENTITY && op != PROTO_OP_STATFS && op != PROTO_OP_PING &&
@@ -380,18 +513,20 @@ static int node_check_epoch(void *ctx, const struct rpc_epoch_query *q, uint64_t
 	if (q->epoch != c.epoch)
 		return -ESTALE;
 	if (!list_has(c.members, c.nmembers, q->target) &&
-	    !list_has(c.syncing, c.nsyncing, q->target))
+	    !list_has(c.syncing, c.nsyncing, q->target) && !list_has(c.async, c.nasync, q->target))
 		return -ESTALE; /* it left this chain: the sender's table is old */
 	if (q->op == PROTO_OP_READ && !list_has(c.members, c.nmembers, q->target))
 		return -ESTALE; /* DIST-6: a syncing target serves no reads */
+	/* DS-6 reads only (a check's reads of every copy, fsck and scrub, carry no flag) */
+	if (op_reads_chunk(q->op) && (q->flags & PROTO_F_LOCAL) && c.members[0] != q->target &&
+	    (!n->cfg.local_reads ||
+	     !fence_reads_ok(&n->reads, now_monotonic_ns(), n->read_lease_ms)))
+		return -EAGAIN; /* DS-6: off, or not sure it is still a member: read the primary */
 	return 0;
 }
 
-static int node_forward(void *ctx, const struct xp_req *req)
+static int node_forward_gated(struct node *n, const struct proto_hdr *h, const struct proto_body *b)
 {
-	struct node *n = ctx;
-	const struct proto_hdr *h = &req->hdr;
-	const struct proto_body *b = &req->body;
 	struct meta_chain c;
 	if (node_chain_get(n, h->chain, &c) < 0)
 		return -ENOENT;
@@ -424,6 +559,12 @@ static int node_forward(void *ctx, const struct xp_req *req)
 	node_cur_chunk.idx = b->idx;
 	int r = ds_chunk_apply(n->ds, kind, b->ino, b->idx, off, len, data);
 	node_cur_chunk.set = false;
+	if (n->test_dirty_delay_ns && c.naway && r == 0) {
+		log_warn("test: chunk %llu:%u of chain %u applied, its dirty record held %lld ms",
+			 (unsigned long long)b->ino, b->idx, c.id,
+			 (long long)(n->test_dirty_delay_ns / 1000000));
+		usleep((useconds_t)(n->test_dirty_delay_ns / 1000));
+	}
 	/* DIST-7 for the targets away before or after the write: the data service applied it
 	 * with the chain it held, which is never older than c (chains are loaded into the data
 	 * service before this table), so a target that was away in c and became syncing
@@ -435,6 +576,31 @@ static int node_forward(void *ctx, const struct xp_req *req)
 		r = node_dirty_note(n, &after, b->ino, b->idx);
 	if (r == 0 && !fence_valid(&n->fence, now_monotonic_ns()))
 		r = -ESHUTDOWN; /* DIST-4: applied, but this node may no longer acknowledge */
+	return r;
+}
+
+static int node_forward(void *ctx, const struct xp_req *req)
+{
+	struct node *n = ctx;
+	const struct proto_hdr *h = &req->hdr;
+	const struct proto_body *b = &req->body;
+	/* Only a primary's writes take the gate (checked again under it): a member's apply of
+	 * another node's write must never wait behind this node's promotion, or two nodes
+	 * promoting at once would each wait on a write parked at the other. */
+	struct meta_chain c;
+	if (!op_writes_chunk(h->op) || node_chain_get(n, h->chain, &c) < 0 || !c.nmembers ||
+	    c.members[0] != h->target)
+		return node_forward_gated(n, h, b);
+	pthread_rwlock_rdlock(&n->promote_gate);
+	int r = node_forward_gated(n, h, b);
+	pthread_rwlock_unlock(&n->promote_gate);
+	/* DS-6: a member this node removed lately may still serve reads of the old epoch: the
+	 * acknowledgement waits, outside the gate (a promotion need not wait for this) */
+	for (int64_t w;
+	     r == 0 && (w = fence_reads_wait_ns(node_hold(n, h->chain), now_monotonic_ns())) > 0;)
+		usleep((useconds_t)MIN(w / 1000 + 1, 100000));
+	if (r == 0 && !fence_valid(&n->fence, now_monotonic_ns()))
+		r = -ESHUTDOWN; /* DIST-4: the wait outlived this node's lease */
 	return r;
 }
 
@@ -455,6 +621,15 @@ static const struct meta_node *node_find(const struct meta_node *nodes, int nn, 
 	return NULL;
 }
 
+/* The node row of target id's node (NODE@URL), NULL when it has none or is not registered. */
+static const struct meta_node *node_of_target(const struct meta_node *nodes, int nn,
+					      const struct meta_target *tg, int nt, uint32_t id)
+{
+	char tnode[META_NODE_MAX];
+	vol_node_of_target(tg, (unsigned)nt, id, tnode, sizeof(tnode));
+	return node_find(nodes, nn, tnode);
+}
+
 /* The snapshot of chain ci of the table last read; false past the end. */
 static bool node_chain_at(struct node *n, unsigned ci, struct meta_chain *ret)
 {
@@ -464,6 +639,38 @@ static bool node_chain_at(struct node *n, unsigned ci, struct meta_chain *ret)
 		*ret = n->chains[ci];
 	pthread_mutex_unlock(&n->chains_lock);
 	return ok;
+}
+
+/* DS-7: mark the async targets of every chain whose primary is one of `ids` (a node that died,
+ * or this node's previous run). 0, or the first error (the caller then retries later). */
+static int node_async_mark_primaries(struct node *n, const uint32_t *ids, unsigned nids,
+				     const char *why)
+{
+	struct meta_chain c;
+	int r = 0;
+	for (unsigned ci = 0; r == 0 && node_chain_at(n, ci, &c); ci++)
+		if (c.nasync && c.nmembers && list_has(ids, nids, c.members[0]))
+			r = node_async_mark(n, &c, why);
+	return r;
+}
+
+/* DS-7: a node row of our name still up says the previous run of this serve ended without
+ * stopping (killed, crashed, power lost) and the manager has not declared it dead yet: the
+ * requests queued for the async targets of the chains it was primary of are gone. */
+static int node_async_mark_unclean(struct node *n)
+{
+	struct meta_node *nodes = NULL;
+	int nn = vol_nodes(n->meta, &nodes);
+	bool unclean = false;
+	for (int i = 0; i < nn; i++)
+		unclean |= !strcmp(nodes[i].name, n->cfg.node) && nodes[i].state == META_NODE_UP;
+	free(nodes);
+	if (nn < 0)
+		return nn;
+	return unclean ? node_async_mark_primaries(n, n->local_id, n->nlocal,
+						   "the previous run of its primary's serve ended "
+						   "without a stop")
+		       : 0;
 }
 
 /* DIST-6: every away target of a live node rejoins its chains as syncing (the primary of each
@@ -476,11 +683,7 @@ static void node_manager_rejoin(struct node *n, const struct meta_node *nodes, i
 		if (!node_chain_at(n, ci, &c))
 			break;
 		for (uint32_t a = 0; a < c.naway; a++) {
-			char tnode[META_NODE_MAX] = "";
-			for (int k = 0; k < nt; k++)
-				if (tg[k].id == c.away[a])
-					vol_target_node(tg[k].url, tnode, sizeof(tnode));
-			const struct meta_node *d = node_find(nodes, nn, tnode);
+			const struct meta_node *d = node_of_target(nodes, nn, tg, nt, c.away[a]);
 			if (!d || !node_alive(d) || c.nsyncing >= META_MAX_REPLICAS)
 				continue;
 			if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
@@ -524,8 +727,7 @@ static uint32_t node_pick_replacement(struct node *n, const struct meta_chain *c
 		vol_target_node(t->url, tnode, sizeof(tnode));
 		const struct meta_node *d = node_find(nodes, nn, tnode);
 		if (t->state != META_TARGET_UP || !d || !node_alive(d) ||
-		    (o && strcmp(t->pool, o->pool)) || list_has(c->members, c->nmembers, t->id) ||
-		    list_has(c->syncing, c->nsyncing, t->id) || list_has(c->away, c->naway, t->id))
+		    (o && strcmp(t->pool, o->pool)) || vol_chain_lists(c, t->id))
 			continue;
 		bool shared = false;
 		for (int j = 0; j < nt; j++) {
@@ -566,11 +768,7 @@ static void node_manager_replace(struct node *n, const struct meta_node *nodes, 
 			break;
 		for (uint32_t a = 0; a < c.naway; a++) {
 			uint32_t old = c.away[a];
-			char tnode[META_NODE_MAX] = "";
-			for (int k = 0; k < nt; k++)
-				if (tg[k].id == old)
-					vol_target_node(tg[k].url, tnode, sizeof(tnode));
-			const struct meta_node *d = node_find(nodes, nn, tnode);
+			const struct meta_node *d = node_of_target(nodes, nn, tg, nt, old);
 			if (c.away_ns[a] < after_ns || (d && node_alive(d)) ||
 			    c.nsyncing >= META_MAX_REPLICAS)
 				continue;
@@ -613,18 +811,16 @@ static void node_manager_replace(struct node *n, const struct meta_node *nodes, 
 
 static int node_manager_round(struct node *n)
 {
-	struct meta_node *nodes = calloc(256, sizeof(*nodes));
+	struct meta_node *nodes;
 	struct meta_target *tg = calloc(META_MAX_TARGETS, sizeof(*tg));
-	int r = nodes && tg ? 0 : -ENOMEM;
-	int nn = 0, nt = 0;
-	if (r == 0)
-		r = nn = META_CALL_OPT(n->meta, nodes_list, nodes, 256);
+	int nn = vol_nodes(n->meta, &nodes), nt = 0;
+	int r = !tg ? -ENOMEM : nn;
 	if (r >= 0)
 		r = nt = META_CALL(n->meta, targets_list, tg, META_MAX_TARGETS);
 	if (r >= 0)
 		r = node_reload_chains(n);
-	int64_t grace_ns = (int64_t)n->cfg.heartbeat_ms * 2 * 1000000LL;
-	for (int i = 0; r >= 0 && i < MIN(nn, 256); i++) {
+	int64_t grace_ns = (int64_t)n->cfg.grace_ms * 1000000LL;
+	for (int i = 0; r >= 0 && i < nn; i++) {
 		struct meta_node *d = &nodes[i];
 		bool dead = d->state == META_NODE_DOWN || d->lease_remaining_ns < -grace_ns;
 		if (!dead || d->id == n->id)
@@ -632,6 +828,18 @@ static int node_manager_round(struct node *n)
 		if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
 			break; /* no longer the manager: change nothing */
 		if (d->state != META_NODE_DOWN) {
+			/* DS-7: its async queues died with it; marked before the node is down,
+			 * which its own restart takes for a clean stop */
+			uint32_t ids[META_MAX_TARGETS];
+			unsigned nids = 0;
+			for (int k = 0; k < MIN(nt, META_MAX_TARGETS); k++) {
+				char tnode[META_NODE_MAX];
+				vol_target_node(tg[k].url, tnode, sizeof(tnode));
+				if (!strcmp(tnode, d->name))
+					ids[nids++] = tg[k].id;
+			}
+			if (node_async_mark_primaries(n, ids, nids, "the primary's node died") < 0)
+				continue; /* the next round tries again */
 			log_warn("manager: node %s (id %u) has not renewed its lease for %lld ms: "
 				 "marking it down",
 				 d->name, d->id,
@@ -644,15 +852,8 @@ static int node_manager_round(struct node *n)
 			vol_target_node(tg[k].url, tnode, sizeof(tnode));
 			if (strcmp(tnode, d->name))
 				continue;
-			for (unsigned ci = 0;; ci++) {
-				struct meta_chain c;
-				pthread_mutex_lock(&n->chains_lock);
-				bool more = ci < n->nchains;
-				if (more)
-					c = n->chains[ci];
-				pthread_mutex_unlock(&n->chains_lock);
-				if (!more)
-					break;
+			struct meta_chain c;
+			for (unsigned ci = 0; node_chain_at(n, ci, &c); ci++) {
 				if (!list_has(c.members, c.nmembers, tg[k].id) &&
 				    !list_has(c.syncing, c.nsyncing, tg[k].id))
 					continue;
@@ -675,8 +876,8 @@ static int node_manager_round(struct node *n)
 		}
 	}
 	if (r >= 0 && fence_valid(&n->mgr_fence, now_monotonic_ns())) {
-		node_manager_rejoin(n, nodes, MIN(nn, 256), tg, MIN(nt, META_MAX_TARGETS));
-		node_manager_replace(n, nodes, MIN(nn, 256), tg, MIN(nt, META_MAX_TARGETS));
+		node_manager_rejoin(n, nodes, nn, tg, MIN(nt, META_MAX_TARGETS));
+		node_manager_replace(n, nodes, nn, tg, MIN(nt, META_MAX_TARGETS));
 	}
 	free(nodes);
 	free(tg);
@@ -717,6 +918,7 @@ static void node_manager_lease(struct node *n)
 struct node_rp {
 	struct node *n;
 	uint32_t chain;
+	uint32_t async; /* the destination is this async target: drain its queue (DS-7) */
 };
 
 static bool node_rp_belongs(void *ctx, uint64_t ino, uint32_t idx)
@@ -729,6 +931,9 @@ static void node_rp_lock(void *ctx, uint64_t ino, uint32_t idx, bool lock)
 {
 	struct node_rp *x = ctx;
 	ds_chunk_lock(x->n->ds, ino, idx, lock);
+	/* an async target's older queued requests land before the copy, never on top of it */
+	if (lock && x->async)
+		ds_async_drain(x->n->ds, x->async);
 }
 
 /* rpc_chain_fn of the destination: the chain being repaired at the epoch this node holds. */
@@ -753,11 +958,26 @@ static struct sm_target *node_local(struct node *n, uint32_t id)
 	return NULL;
 }
 
-/* Bring syncing target t of chain c up to date from this node's primary target, then promote
- * it (chain_promote: member, its dirty and repairs rows deleted, one transaction). */
-static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t t)
+/* Does repairs hold a rebuild mark for (chain, t) (DIST-8, DS-7)? 1 yes, 0 no, -errno. */
+static int node_repair_marked(struct node *n, uint32_t chain, uint32_t t)
 {
-	struct node_rp x = {.n = n, .chain = c->id};
+	struct meta_repair *rows = calloc(META_MAX_CHAINS, sizeof(*rows));
+	int nr = rows ? META_CALL_OPT(n->meta, repairs_list, rows, META_MAX_CHAINS) : -ENOMEM;
+	int marked = nr < 0 ? nr : 0;
+	for (int i = 0; i < nr; i++)
+		if (rows[i].chain == chain && rows[i].target == t &&
+		    rows[i].kind == META_REPAIR_REBUILD)
+			marked = 1;
+	free(rows);
+	return marked;
+}
+
+/* Bring syncing target t of chain c up to date from this node's primary target, then promote
+ * it (chain_promote: member, its dirty and repairs rows deleted, one transaction). An async
+ * target (META-19) is caught up the same way from its dirty rows, and stays async. */
+static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t t, bool async)
+{
+	struct node_rp x = {.n = n, .chain = c->id, .async = async ? t : 0};
 	struct sm_target *src = node_local(n, c->members[0]), *dst = node_local(n, t);
 	bool remote = !dst;
 	char err[512] = "";
@@ -783,15 +1003,10 @@ static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t
 			return;
 		}
 	}
-	/* rebuild when the manager marked it so (a replacement), else resync from dirty rows */
-	enum rp_kind kind = RP_RESYNC;
-	struct meta_repair *rows = calloc(META_MAX_CHAINS, sizeof(*rows));
-	int nr = rows ? META_CALL_OPT(n->meta, repairs_list, rows, META_MAX_CHAINS) : -ENOMEM;
-	for (int i = 0; i < nr; i++)
-		if (rows[i].chain == c->id && rows[i].target == t &&
-		    rows[i].kind == META_REPAIR_REBUILD)
-			kind = RP_REBUILD;
-	free(rows);
+	/* rebuild when the manager marked it so (a replacement, an async target whose primary
+	 * may have died with requests queued for it), else resync from dirty rows */
+	int nr = node_repair_marked(n, c->id, t);
+	enum rp_kind kind = nr > 0 ? RP_REBUILD : RP_RESYNC;
 	struct rr_opts o = {.meta = n->meta,
 			    .chain = c->id,
 			    .target = t,
@@ -812,29 +1027,80 @@ static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t
 		r = nr;
 		snprintf(err, sizeof(err), "cannot read the repairs table: %s", strerror(-r));
 	}
-	uint64_t left = 0;
+	uint64_t left = 0, ne = 0;
 	struct meta_chain now;
-	if (r == 0 && kind == RP_RESYNC)
+	if (r == 0 && kind == RP_REBUILD)
 		r = META_CALL_OPT(n->meta, dirty_count, c->id, t, &left);
 	if (r == 0 && left) {
-		log_info("chain %u: %llu chunk(s) of target %u were recorded during its resync: "
-			 "another pass follows",
+		/* writes that failed on the new target during the rebuild recorded their chunks:
+		 * a resync copies those (a rebuild never deletes dirty rows) */
+		log_info("chain %u: %llu chunk(s) of target %u were recorded during its rebuild: "
+			 "resynced now",
 			 c->id, (unsigned long long)left, t);
+		o.kind = RP_RESYNC;
+		r = rr_run(&o, &p, err, sizeof(err));
+	}
+	if (async) {
+		if (r == 0)
+			r = dst->ops->sync_all(dst);
+		/* the row (a rebuild mark among others) goes only while this node is still the
+		 * chain's primary at a valid lease: a mark set since, by this process or by the
+		 * manager (which acts on a node only once its lease expired), stays */
+		pthread_mutex_lock(&n->async_mark_lock);
+		if (r == 0)
+			r = node_reload_chains(n);
+		if (r == 0)
+			r = node_chain_get(n, c->id, &now);
+		if (r == 0 && (!now.nmembers || now.members[0] != c->members[0]))
+			r = -ESTALE;
+		if (r == 0 && !fence_valid(&n->fence, now_monotonic_ns()))
+			r = -ESHUTDOWN;
+		if (r == 0)
+			META_CALL_OPT(n->meta, repair_delete, c->id, t);
+		pthread_mutex_unlock(&n->async_mark_lock);
+		if (r == 0) {
+			log_info("chain %u: async target %u caught up: %llu chunk(s), %llu bytes "
+				 "copied",
+				 c->id, t, (unsigned long long)p.chunks_done,
+				 (unsigned long long)p.bytes_read);
+		} else if (r != -ECANCELED) {
+			log_warn(
+			    "chain %u: catch-up of async target %u stopped, tried again later: "
+			    "%s",
+			    c->id, t, err[0] ? err : strerror(-r));
+		}
 		goto out;
 	}
 	if (r == 0)
 		r = dst->ops->sync_all(dst); /* what reached it by forwarding too */
+	/* No forwarded write is between its chain and its dirty record from here to the commit:
+	 * a chunk the target missed (written while this node's table still had it away, or
+	 * failed on it) is counted here, or its write starts after the promotion. A rebuild
+	 * counts too: a write that failed on the new target recorded its chunk. */
+	bool gated = r == 0;
+	if (gated)
+		pthread_rwlock_wrlock(&n->promote_gate);
+	if (r == 0)
+		r = META_CALL_OPT(n->meta, dirty_count, c->id, t, &left);
+	if (r == 0 && left) {
+		pthread_rwlock_unlock(&n->promote_gate);
+		log_info("chain %u: %llu chunk(s) of target %u were recorded during its %s: "
+			 "another pass follows",
+			 c->id, (unsigned long long)left, t, rp_kind_name(kind));
+		goto out;
+	}
 	if (r == 0)
 		r = node_reload_chains(n);
 	if (r == 0)
 		r = node_chain_get(n, c->id, &now);
 	if (r == 0 && !list_has(now.syncing, now.nsyncing, t))
 		r = -ESTALE; /* it left meanwhile */
-	uint64_t ne = 0;
 	if (r == 0 && !fence_valid(&n->fence, now_monotonic_ns()))
 		r = -ESHUTDOWN;
 	if (r == 0)
 		r = META_CALL_OPT(n->meta, chain_promote, c->id, now.epoch, t, &ne);
+	if (gated)
+		pthread_rwlock_unlock(&n->promote_gate);
 	if (r == 0) {
 		struct meta_statfs sf = {0};
 		META_CALL_OPT(n->meta, statfs, &sf);
@@ -854,23 +1120,169 @@ out:
 		sm_close(dst);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* reclaim: a target gives up its chunks of the chains that no longer list it (DIST-8)
+ *
+ * A replaced target whose node comes back still holds its chunks of the chains it was replaced
+ * in; no request reaches them any more (check_epoch refuses a target outside the chain), so
+ * the node that owns the target deletes them itself. A chunk (ino, idx) belongs to the chain
+ * the data service computes for it (ds_chunk_chain: chains[(ds_ino_seed(ino) + idx) %
+ * nchains], fixed at format time), so a chunk file names its chain. Only chains that list the
+ * target in no role are reclaimed: an away or syncing target's chunks are what its resync
+ * brings up to date. The decision is taken on a table read this round while the node's lease
+ * is valid, and checked again per chunk, under reclaim_lock, against the table installed
+ * then: a chain that gave the target a role meanwhile (a rebuild onto it) keeps the chunk,
+ * and its copies can only arrive after that table is installed. */
+
+#define NODE_RECLAIM_PER_S 1000 /* chunk deletions per second and target */
+
+struct node_reclaim_list {
+	struct node *n;
+	const bool *norole; /* by chain id */
+	struct sm_chunk_info *v;
+	size_t len, cap;
+};
+
+static int node_reclaim_collect(void *ctx, const struct sm_chunk_info *ci)
+{
+	struct node_reclaim_list *l = ctx;
+	struct ds_chain_cfg c;
+	if (ds_chunk_chain(l->n->ds, ci->ino, ci->idx, &c) < 0 || c.id >= META_MAX_CHAINS ||
+	    !l->norole[c.id])
+		return 0;
+	if (l->len == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 256;
+		struct sm_chunk_info *v = realloc(l->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->len++] = *ci;
+	return 0;
+}
+
+/* Delete one chunk of local target t if its chain, as installed now, still gives t no role.
+ * 1 deleted, 0 kept, -errno. */
+static int node_reclaim_chunk(struct node *n, struct sm_target *sm, uint32_t t,
+			      const struct sm_chunk_info *ci)
+{
+	struct ds_chain_cfg dc;
+	struct meta_chain c;
+	int r = 0;
+	pthread_mutex_lock(&n->reclaim_lock);
+	if (!fence_valid(&n->fence, now_monotonic_ns()))
+		r = -ESHUTDOWN;
+	else if (ds_chunk_chain(n->ds, ci->ino, ci->idx, &dc) == 0 &&
+		 node_chain_get(n, dc.id, &c) == 0 && !vol_chain_lists(&c, t)) {
+		/* no chunk lock: nothing writes to t for a chain that gives it no role, and a
+		 * writer holding one may reload the chains (reclaim_lock) */
+		r = sm->ops->truncate(sm, ci->ino, ci->idx, 0);
+		r = r < 0 ? r : 1;
+	}
+	pthread_mutex_unlock(&n->reclaim_lock);
+	return r;
+}
+
+/* One pass over local target number i, when the chains it has no role in (in the table read
+ * this round) include one it had a role in at its last pass, or at the first round. */
+static void node_reclaim(struct node *n, unsigned i)
+{
+	uint32_t t = n->local_id[i];
+	struct sm_target *sm = n->local[i];
+	bool *norole = calloc(META_MAX_CHAINS, sizeof(*norole));
+	if (!n->reclaimed[i])
+		n->reclaimed[i] = calloc(META_MAX_CHAINS, sizeof(bool));
+	if (!norole || !n->reclaimed[i]) {
+		free(norole);
+		return;
+	}
+	bool todo = false;
+	unsigned nnorole = 0;
+	struct meta_chain c;
+	for (unsigned ci = 0; node_chain_at(n, ci, &c); ci++)
+		if (c.id < META_MAX_CHAINS && !vol_chain_lists(&c, t)) {
+			norole[c.id] = true;
+			nnorole++;
+			todo |= !n->reclaimed[i][c.id];
+		}
+	for (unsigned k = 0; k < META_MAX_CHAINS; k++)
+		n->reclaimed[i][k] &= norole[k]; /* rejoined: reclaimed again when it leaves */
+	struct node_reclaim_list l = {.n = n, .norole = norole};
+	uint64_t removed = 0;
+	int r = 0;
+	if (!todo)
+		goto out;
+	r = sm->ops->list(sm, node_reclaim_collect, &l);
+	/* at most NODE_RECLAIM_PER_S deletions a second: the disk stays for clients */
+	struct tbucket tb;
+	tb_init(&tb, NODE_RECLAIM_PER_S, 1, now_monotonic_ns());
+	for (size_t k = 0; r >= 0 && k < l.len; k++) {
+		if (__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED)) {
+			r = -ECANCELED;
+			break;
+		}
+		int64_t wait = tb_take(&tb, 1, now_monotonic_ns());
+		if (wait > 0)
+			usleep((useconds_t)(wait / 1000));
+		r = node_reclaim_chunk(n, sm, t, &l.v[k]);
+		removed += r == 1;
+	}
+	if (r >= 0 && removed)
+		r = sm->ops->sync_all(sm);
+	if (r >= 0) {
+		memcpy(n->reclaimed[i], norole, META_MAX_CHAINS * sizeof(bool));
+		if (removed)
+			log_info("target %u: reclaimed %llu chunk(s) of the %u chain(s) that no "
+				 "longer list it",
+				 t, (unsigned long long)removed, nnorole);
+	} else if (r != -ECANCELED) {
+		log_warn("target %u: reclaim of the chunks of chains that no longer list it "
+			 "stopped after %llu chunk(s), tried again later: %s",
+			 t, (unsigned long long)removed, strerror(-r));
+	}
+out:
+	free(l.v);
+	free(norole);
+}
+
+/* DS-7: catch async target t of chain c up when chunks it missed are recorded, or when it is
+ * marked for a rebuild (a primary that may have died with requests queued for it). A new
+ * generation first, so that what it misses during the copy is recorded again. */
+static void node_repair_async(struct node *n, const struct meta_chain *c, uint32_t t)
+{
+	uint64_t behind = 0;
+	if (META_CALL_OPT(n->meta, dirty_count, c->id, t, &behind) < 0)
+		return;
+	if (!behind && node_repair_marked(n, c->id, t) <= 0)
+		return;
+	__atomic_add_fetch(&n->async_gen, 1, __ATOMIC_ACQ_REL);
+	node_repair_one(n, c, t, true);
+}
+
 static void *node_rp_main(void *arg)
 {
 	struct node *n = arg;
 	while (!__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED)) {
 		/* a primary learns that the manager made a target syncing only from the database:
 		 * no request tells it (clients do not write to syncing targets) */
-		if (fence_valid(&n->fence, now_monotonic_ns()))
-			node_reload_chains(n);
+		bool fresh = fence_valid(&n->fence, now_monotonic_ns()) &&
+			     node_reload_chains(n) == 0 &&
+			     fence_valid(&n->fence, now_monotonic_ns());
+		for (unsigned i = 0; fresh && i < n->nlocal; i++)
+			node_reclaim(n, i);
 		for (unsigned ci = 0; !__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED); ci++) {
 			struct meta_chain c;
 			if (!node_chain_at(n, ci, &c))
 				break;
-			if (!c.nmembers || !c.nsyncing || !node_local(n, c.members[0]) ||
+			if (!c.nmembers || (!c.nsyncing && !c.nasync) ||
+			    !node_local(n, c.members[0]) ||
 			    !fence_valid(&n->fence, now_monotonic_ns()))
 				continue;
 			for (uint32_t i = 0; i < c.nsyncing; i++)
-				node_repair_one(n, &c, c.syncing[i]);
+				node_repair_one(n, &c, c.syncing[i], false);
+			for (uint32_t i = 0; i < c.nasync; i++)
+				node_repair_async(n, &c, c.async[i]);
 		}
 		for (unsigned w = 0; w < n->cfg.heartbeat_ms / 10 + 1 &&
 				     !__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED);
@@ -886,15 +1298,14 @@ static void *node_rp_main(void *arg)
 /* A node whose lease lapsed — cut off, stopped, too slow — may have been marked down by the
  * manager meanwhile, which took its targets out of their chains (away). Once it renews again,
  * it says it is up, so that the manager brings those targets back as syncing (DIST-6) instead
- * of leaving them away until the serve restarts. Also checked every NODE_STATE_CHECK_BEATS
- * beats: a manager acting on an older read of the nodes table may mark a node down just after
- * its renewal. */
-#define NODE_STATE_CHECK_BEATS 8
+ * of leaving them away until the serve restarts. Also checked every state_check_beats beats
+ * (configuration; default 8): a manager acting on an older read of the nodes table may mark a
+ * node down just after its renewal. */
 static void node_revive(struct node *n)
 {
-	struct meta_node *nodes = calloc(256, sizeof(*nodes));
-	int nn = nodes ? META_CALL_OPT(n->meta, nodes_list, nodes, 256) : -ENOMEM;
-	for (int i = 0; i < MIN(nn, 256); i++)
+	struct meta_node *nodes;
+	int nn = vol_nodes(n->meta, &nodes);
+	for (int i = 0; i < nn; i++)
 		if (nodes[i].id == n->id && nodes[i].state == META_NODE_DOWN) {
 			int r = META_CALL_OPT(n->meta, node_set_state, n->id, META_NODE_UP);
 			if (r < 0)
@@ -926,9 +1337,15 @@ static void node_beat(struct node *n)
 		return;
 	}
 	bool lapsed = fence_lapsed(&n->fence, now_monotonic_ns());
-	if (lapsed || ++n->beats % NODE_STATE_CHECK_BEATS == 0)
+	if (lapsed || ++n->beats % n->cfg.state_check_beats == 0)
 		node_revive(n);
 	bool refreshed = !lapsed || node_reload_chains(n) == 0;
+	/* DS-6: keep the table fresh for reads served here (the repair thread re-reads it too,
+	 * but not while it copies) */
+	if (!lapsed && n->cfg.local_reads &&
+	    !fence_reads_ok(&n->reads, now_monotonic_ns() + n->cfg.heartbeat_ms * 1000000LL,
+			    n->read_lease_ms))
+		node_reload_chains(n);
 	if (lapsed && refreshed)
 		log_info("lease renewed and chains re-read: acknowledging writes");
 	fence_renewed(&n->fence, sent, n->cfg.lease_ms, refreshed, now_monotonic_ns());
@@ -1037,10 +1454,12 @@ static int node_open_ds(struct node *n, char *err, size_t errlen)
 	    .nchains = n->nchains,
 	    .chain_failed = node_chain_failed,
 	    .syncing_failed = node_syncing_failed,
+	    .async_missed = node_async_missed,
 	    .cb_ctx = n,
 	    .chain_refresh = node_chain_refresh,
 	    .lazy_open = true,
 	    .target_url = node_target_url,
+	    .test_async_hold = n->test_async_hold,
 	};
 	snprintf(cfg.volume_uuid, sizeof(cfg.volume_uuid), "%s", n->vol.uuid);
 	r = ds_open(&cfg, &n->ds, err, errlen);
@@ -1053,13 +1472,27 @@ out:
 int node_start(const struct cfg_node *cfg, struct node **ret, char *err, size_t errlen)
 {
 	struct node *n = calloc(1, sizeof(*n));
-	if (!n) {
+	if (n)
+		n->hold = calloc(META_MAX_CHAINS, sizeof(*n->hold));
+	if (!n || !n->hold) {
 		set_err(err, errlen, "out of memory");
+		free(n);
 		return -ENOMEM;
 	}
 	n->cfg = *cfg;
 	pthread_mutex_init(&n->chains_lock, NULL);
+	pthread_mutex_init(&n->reclaim_lock, NULL);
 	pthread_mutex_init(&n->dirty_lock, NULL);
+	pthread_mutex_init(&n->async_mark_lock, NULL);
+	n->test_async_hold = getenv("BRAIDFS_TEST_ASYNC_HOLD");
+	const char *td = getenv("BRAIDFS_TEST_DIRTY_DELAY_MS");
+	if (td)
+		n->test_dirty_delay_ns = strtoll(td, NULL, 10) * 1000000LL;
+	pthread_rwlockattr_t ga;
+	pthread_rwlockattr_init(&ga);
+	pthread_rwlockattr_setkind_np(&ga, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&n->promote_gate, &ga);
+	pthread_rwlockattr_destroy(&ga);
 	pthread_mutex_init(&n->hb_lock, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -1068,6 +1501,7 @@ int node_start(const struct cfg_node *cfg, struct node **ret, char *err, size_t 
 	pthread_condattr_destroy(&ca);
 	fence_init(&n->fence);
 	fence_init(&n->mgr_fence);
+	n->read_lease_ms = MIN(2 * n->cfg.heartbeat_ms, n->cfg.lease_ms);
 
 	int r = meta_open(cfg->meta, 0, &n->meta, err, errlen);
 	if (r < 0)
@@ -1100,6 +1534,13 @@ int node_start(const struct cfg_node *cfg, struct node **ret, char *err, size_t 
 	r = node_open_targets(n, err, errlen);
 	if (r < 0)
 		goto fail;
+	r = node_async_mark_unclean(n);
+	if (r < 0) {
+		set_err(err, errlen,
+			"cannot mark the async targets of its chains for a rebuild: %s",
+			strerror(-r));
+		goto fail;
+	}
 	r = META_CALL_OPT(n->meta, node_register, cfg->node, cfg->listen, cfg->lease_ms, &n->id);
 	int64_t sent = now_monotonic_ns();
 	if (r < 0) {
@@ -1180,9 +1621,15 @@ void node_stop(struct node *n)
 	meta_close(n->meta);
 	free(n->targets);
 	free(n->chains);
+	for (unsigned i = 0; i < CFG_MAX_TARGETS; i++)
+		free(n->reclaimed[i]);
 	pthread_mutex_destroy(&n->chains_lock);
+	pthread_mutex_destroy(&n->reclaim_lock);
 	pthread_mutex_destroy(&n->dirty_lock);
+	pthread_mutex_destroy(&n->async_mark_lock);
+	pthread_rwlock_destroy(&n->promote_gate);
 	pthread_mutex_destroy(&n->hb_lock);
 	pthread_cond_destroy(&n->hb_cond);
+	free(n->hold);
 	free(n);
 }

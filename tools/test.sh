@@ -55,6 +55,14 @@ if [ $fail_build = 0 ]; then
 			"${pyargs[@]}" --junitxml="$out/dist.xml" ${PYTEST_ARGS:-} \
 			tests/integration/test_dist_failures.py ||
 			[ -s "$out/dist.xml" ] || echo '<testsuite tests="1" failures="1"/>' >"$out/dist.xml"
+		# The same failures with local reads on: serves with local_reads, mounts with
+		# -o node= reading their own node's replica (DS-6).
+		echo "== failures across nodes, local reads (plain build)"
+		BRAIDFS_DIST_LOCAL_READS=1 BRAIDFS_BIN=$top/build/tools/braidfs timeout -k 30 900 \
+			/usr/bin/python3 -m pytest "${pyargs[@]}" --junitxml="$out/dist-local.xml" \
+			${PYTEST_ARGS:-} tests/integration/test_dist_failures.py ||
+			[ -s "$out/dist-local.xml" ] ||
+			echo '<testsuite tests="1" failures="1"/>' >"$out/dist-local.xml"
 	fi
 	echo "== CSI plugin tests (plain build)"
 	BRAIDFS_BIN=$top/build/tools/braidfs BRAIDFS_CSI_BIN=$top/build/csi/braidfs-csi \

@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -18,9 +19,12 @@
 #define EXIT_USAGE 2
 
 /* Shared engines: a client registration expires this long after its last renewal (by the
- * database's clock); it is renewed every third of it. */
-#define VOL_CLIENT_TTL_MS 15000
-#define VOL_HOLDERS_MAX	  256
+ * database's clock); it is renewed every third of it. A mount may choose another TTL
+ * (vol.client_ttl_ms, VOL_CLIENT_TTL_MIN_MS..VOL_CLIENT_TTL_MAX_MS). */
+#define VOL_CLIENT_TTL_MS     15000
+#define VOL_CLIENT_TTL_MIN_MS 1000
+#define VOL_CLIENT_TTL_MAX_MS 3600000
+#define VOL_HOLDERS_MAX	      256
 
 /* Who uses a volume (a mount, or fsck when exclusive). */
 struct vol_holder {
@@ -42,10 +46,15 @@ struct vol {
 	struct meta_chain *chains;
 	unsigned nchains;
 	struct ds *ds;
+	unsigned stall_ms; /* set before vol_open_data: served volumes' give-up time (0: default) */
+	/* the node this process runs on (mount -o node=NAME), set before vol_open_data: reads go
+	 * to that node's member of a strong chain (DS-6); "": every read to the primary */
+	char local_node[META_NODE_MAX];
 	int lock_fd; /* one-node engines: the flock'd file; -1 when not held */
 	bool alone;  /* the lock says no other user was alive: recovery may run */
 	/* shared engines: our client registration and the thread that renews it */
-	uint64_t client_id; /* 0: none */
+	_Atomic uint64_t client_id; /* 0: none; replaced by the heartbeat after an expiry */
+	uint32_t client_ttl_ms;	    /* the registration's TTL; set before vol_lock */
 	struct meta_client me;
 	pthread_t hb;
 	bool hb_running;
@@ -65,11 +74,25 @@ bool vol_target_serves(const struct meta_target *t);
 /* A target URL of a distributed volume is NODE@URL (docs/distributed.md): NODE into node
  * (len bytes; "" when the URL names no node) and the URL after it returned. */
 const char *vol_target_node(const char *url, char *node, size_t len);
+/* The node that serves target id (NODE@URL) into node; "" when it names none or is unknown. */
+void vol_node_of_target(const struct meta_target *targets, unsigned ntargets, uint32_t id,
+			char *node, size_t len);
+/* The nodes table (META_CAP_CLUSTER engines), up to VOL_NODES_MAX rows, into *ret (an array
+ * the caller frees, whatever the result): the row count, or -errno. */
+#define VOL_NODES_MAX 256
+int vol_nodes(struct meta *m, struct meta_node **ret);
 /* The URL of target id of a distributed volume: tcp://ADDRESS/ID through the address of its
  * node (nodes table) if that node is up, then query ("?k=v..."; may be NULL). -ENOENT: the
  * target names no node; -EHOSTUNREACH: its node is not up. */
 int vol_resolve_target(struct meta *m, const struct meta_target *targets, unsigned ntargets,
 		       uint32_t id, const char *query, char *url, size_t len);
+/* Chain m as the data service takes it (ds_open, ds_chain_load): id, epoch, members, and its
+ * syncing and away targets as kept copies (META-13: their chunks of the chain stay for a
+ * resync). Not its syncing role: only a serve node's data service writes to syncing targets
+ * (tools/node.c adds them). */
+void vol_chain_cfg(const struct meta_chain *m, struct ds_chain_cfg *c);
+/* Does chain c list target id in any of its roles (member, syncing, away, async; META-13)? */
+bool vol_chain_lists(const struct meta_chain *c, uint32_t id);
 /* Does the volume have targets served by nodes (NODE@URL)? */
 bool vol_distributed(const struct vol *v);
 /* Open every target through the data service: up and draining ones opened, offline and

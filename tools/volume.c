@@ -8,8 +8,9 @@
  *   - an engine shared by many nodes (META_CAP_SHARED, PostgreSQL): a client registration in
  *     the database (META-12). Mounts register side by side; fsck registers as exclusive, so
  *     it runs only when no mount is alive and no mount starts while it runs. A thread renews
- *     the registration every VOL_CLIENT_TTL_MS / 3; a holder killed with -9 stops renewing
- *     and its row expires after VOL_CLIENT_TTL_MS by the database's clock.
+ *     the registration every third of its TTL (vol.client_ttl_ms, VOL_CLIENT_TTL_MS unless the
+ *     mount chose another); a holder killed with -9 stops renewing and its row expires after
+ *     that TTL by the database's clock, taking the file locks of that mount with it (FS-9).
  * vol.alone says that no other live user was registered when we took the lock: only then may
  * a mount finish what an unclean stop left (orphans, data beyond a size), because that work
  * must not touch inodes another live mount holds open or is writing.
@@ -27,11 +28,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
 #include "common/url.h"
+#include "common/util.h"
 
 void die_msg(const char *cmd, const char *fmt, ...)
 {
@@ -102,6 +103,7 @@ int vol_open(struct vol *v, const char *meta_url, int meta_flags, char *err, siz
 {
 	memset(v, 0, sizeof(*v));
 	v->lock_fd = -1;
+	v->client_ttl_ms = VOL_CLIENT_TTL_MS;
 	snprintf(v->meta_url, sizeof(v->meta_url), "%s", meta_url);
 	int r = meta_open(meta_url, meta_flags, &v->meta, err, errlen);
 	if (r < 0)
@@ -197,21 +199,36 @@ const char *vol_target_node(const char *url, char *node, size_t len)
 	return at + 1;
 }
 
+void vol_node_of_target(const struct meta_target *targets, unsigned ntargets, uint32_t id,
+			char *node, size_t len)
+{
+	if (len)
+		node[0] = '\0';
+	for (unsigned i = 0; i < ntargets; i++)
+		if (targets[i].id == id)
+			vol_target_node(targets[i].url, node, len);
+}
+
+int vol_nodes(struct meta *m, struct meta_node **ret)
+{
+	*ret = calloc(VOL_NODES_MAX, sizeof(**ret));
+	if (!*ret)
+		return -ENOMEM;
+	int r = META_CALL_OPT(m, nodes_list, *ret, VOL_NODES_MAX);
+	return r < 0 ? r : MIN(r, VOL_NODES_MAX);
+}
+
 int vol_resolve_target(struct meta *m, const struct meta_target *targets, unsigned ntargets,
 		       uint32_t id, const char *query, char *url, size_t len)
 {
-	char tnode[META_NODE_MAX] = "";
-	for (unsigned i = 0; i < ntargets; i++)
-		if (targets[i].id == id)
-			vol_target_node(targets[i].url, tnode, sizeof(tnode));
+	char tnode[META_NODE_MAX];
+	vol_node_of_target(targets, ntargets, id, tnode, sizeof(tnode));
 	if (!tnode[0])
 		return -ENOENT;
-	struct meta_node *nodes = calloc(VOL_HOLDERS_MAX, sizeof(*nodes));
-	if (!nodes)
-		return -ENOMEM;
-	int r = META_CALL_OPT(m, nodes_list, nodes, VOL_HOLDERS_MAX);
+	struct meta_node *nodes;
+	int r = vol_nodes(m, &nodes);
 	int found = -EHOSTUNREACH; /* the node never registered, or is down */
-	for (int i = 0; i < r && i < VOL_HOLDERS_MAX; i++)
+	for (int i = 0; i < r; i++)
 		if (!strcmp(nodes[i].name, tnode) && nodes[i].state == META_NODE_UP) {
 			snprintf(url, len, "tcp://%s/%u%s", nodes[i].address, id,
 				 query ? query : "");
@@ -228,6 +245,35 @@ static int vol_remote_url(void *ctx, uint32_t id, char *url, size_t len)
 	return vol_resolve_target(v->meta, v->targets, v->ntargets, id, NULL, url, len);
 }
 
+void vol_chain_cfg(const struct meta_chain *m, struct ds_chain_cfg *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->id = m->id;
+	c->epoch = m->epoch;
+	c->nmembers = m->nmembers;
+	memcpy(c->members, m->members, m->nmembers * sizeof(m->members[0]));
+	for (uint32_t i = 0; i < m->nsyncing && c->nkeep < DS_MAX_KEEP; i++)
+		c->keep[c->nkeep++] = m->syncing[i];
+	for (uint32_t i = 0; i < m->naway && c->nkeep < DS_MAX_KEEP; i++)
+		c->keep[c->nkeep++] = m->away[i];
+	for (uint32_t i = 0; i < m->nasync && c->nkeep < DS_MAX_KEEP; i++)
+		c->keep[c->nkeep++] = m->async[i]; /* META-19: a copy that stays */
+}
+
+static bool vol_u32_in(const uint32_t *l, uint32_t n, uint32_t id)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (l[i] == id)
+			return true;
+	return false;
+}
+
+bool vol_chain_lists(const struct meta_chain *c, uint32_t id)
+{
+	return vol_u32_in(c->members, c->nmembers, id) || vol_u32_in(c->syncing, c->nsyncing, id) ||
+	       vol_u32_in(c->away, c->naway, id) || vol_u32_in(c->async, c->nasync, id);
+}
+
 /* DS-5: the chain as committed. */
 static int vol_chain_refresh(void *ctx, uint32_t chain_id, struct ds_chain_cfg *ret)
 {
@@ -240,11 +286,7 @@ static int vol_chain_refresh(void *ctx, uint32_t chain_id, struct ds_chain_cfg *
 	for (int i = 0; i < r && i < META_MAX_CHAINS; i++) {
 		if (c[i].id != chain_id)
 			continue;
-		memset(ret, 0, sizeof(*ret));
-		ret->id = c[i].id;
-		ret->epoch = c[i].epoch;
-		ret->nmembers = c[i].nmembers;
-		memcpy(ret->members, c[i].members, c[i].nmembers * sizeof(c[i].members[0]));
+		vol_chain_cfg(&c[i], ret);
 		found = 0;
 	}
 	free(c);
@@ -279,16 +321,21 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 		t[nt].up = remote || vol_target_serves(&v->targets[i]);
 		nt++;
 	}
-	for (unsigned i = 0; i < v->nchains; i++) {
-		c[i].id = v->chains[i].id;
-		c[i].epoch = v->chains[i].epoch;
-		c[i].nmembers = v->chains[i].nmembers;
-		memcpy(c[i].members, v->chains[i].members, sizeof(c[i].members));
-		/* syncing and away targets keep their chunks of the chain for a resync (META-13) */
-		for (uint32_t k = 0; k < v->chains[i].nsyncing; k++)
-			c[i].keep[c[i].nkeep++] = v->chains[i].syncing[k];
-		for (uint32_t k = 0; k < v->chains[i].naway; k++)
-			c[i].keep[c[i].nkeep++] = v->chains[i].away[k];
+	for (unsigned i = 0; i < v->nchains; i++)
+		vol_chain_cfg(&v->chains[i], &c[i]);
+	uint32_t local[DS_MAX_TARGETS];
+	unsigned nlocal = 0;
+	for (unsigned i = 0; v->local_node[0] && i < v->ntargets && nlocal < DS_MAX_TARGETS; i++) {
+		char node[META_NODE_MAX];
+		vol_target_node(v->targets[i].url, node, sizeof(node));
+		if (!strcmp(node, v->local_node))
+			local[nlocal++] = v->targets[i].id;
+	}
+	if (v->local_node[0] && !nlocal) {
+		snprintf(err, errlen, "node '%s' serves no target of volume '%s'%s", v->local_node,
+			 v->info.name, remote ? "" : " (its targets name no node)");
+		r = -EINVAL;
+		goto out;
 	}
 	struct ds_config cfg = {
 	    .chunk_size = v->info.chunk_size,
@@ -304,7 +351,10 @@ int vol_open_data(struct vol *v, char *err, size_t errlen)
 	    .forward = remote,
 	    .lazy_open = remote,
 	    .chain_refresh = remote ? vol_chain_refresh : NULL,
+	    .stall_ms = v->stall_ms,
 	    .target_url = remote ? vol_remote_url : NULL,
+	    .local_targets = local,
+	    .nlocal = nlocal,
 	};
 	snprintf(cfg.volume_uuid, sizeof(cfg.volume_uuid), "%s", v->info.uuid);
 	r = ds_open(&cfg, &v->ds, err, errlen);
@@ -382,26 +432,24 @@ const char *vol_holder_pid(const struct vol_holder *h, char *buf, size_t len)
 static void *vol_heartbeat(void *arg)
 {
 	struct vol *v = arg;
-	struct timespec until;
 
 	pthread_mutex_lock(&v->hb_lock);
 	while (!v->hb_stop) {
-		clock_gettime(CLOCK_MONOTONIC, &until);
-		until.tv_sec += VOL_CLIENT_TTL_MS / 3000;
-		while (!v->hb_stop &&
-		       pthread_cond_timedwait(&v->hb_cond, &v->hb_lock, &until) != ETIMEDOUT)
+		int64_t until = now_monotonic_ns() + (int64_t)(v->client_ttl_ms / 3) * 1000000;
+		while (!v->hb_stop && cond_wait_until(&v->hb_cond, &v->hb_lock, until) != ETIMEDOUT)
 			;
 		if (v->hb_stop)
 			break;
 		pthread_mutex_unlock(&v->hb_lock);
-		int r = META_CALL_OPT(v->meta, client_heartbeat, v->client_id, VOL_CLIENT_TTL_MS);
+		int r = META_CALL_OPT(v->meta, client_heartbeat, v->client_id, v->client_ttl_ms);
 		if (r == -ESTALE) {
 			log_err(
 			    "volume %s: this client's registration expired (the database did not "
-			    "hear from it for %d s); registering again",
-			    v->info.name, VOL_CLIENT_TTL_MS / 1000);
+			    "hear from it for %.1f s): the file locks taken through it are lost; "
+			    "registering again",
+			    v->info.name, v->client_ttl_ms / 1000.0);
 			uint64_t id = 0;
-			r = META_CALL_OPT(v->meta, client_register, &v->me, VOL_CLIENT_TTL_MS, &id,
+			r = META_CALL_OPT(v->meta, client_register, &v->me, v->client_ttl_ms, &id,
 					  NULL);
 			if (r == 0)
 				v->client_id = id;
@@ -427,7 +475,7 @@ static int vol_register(struct vol *v, const char *mountpoint, struct vol_holder
 	v->me.pid = (int32_t)getpid();
 	v->me.exclusive = mountpoint == NULL;
 	snprintf(v->me.mountpoint, sizeof(v->me.mountpoint), "%s", mountpoint ? mountpoint : "");
-	int r = META_CALL_OPT(v->meta, client_register, &v->me, VOL_CLIENT_TTL_MS, &id, &conflict);
+	int r = META_CALL_OPT(v->meta, client_register, &v->me, v->client_ttl_ms, &id, &conflict);
 	if (r == -EBUSY && holder)
 		holder_from_client(&conflict, holder);
 	if (r < 0)
@@ -447,11 +495,7 @@ static int vol_register(struct vol *v, const char *mountpoint, struct vol_holder
 		return r;
 	}
 	pthread_mutex_init(&v->hb_lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&v->hb_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	cond_init_monotonic(&v->hb_cond);
 	v->hb_stop = false;
 	r = -pthread_create(&v->hb, NULL, vol_heartbeat, v);
 	if (r < 0) {

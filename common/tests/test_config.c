@@ -33,8 +33,13 @@ static void test_full(void **state)
 			"heartbeat_ms: 200\n"
 			"lease_ms: 1000\n"
 			"replace_after_s: 60\n"
-			"resync_rate: 64MiB\n";
+			"resync_rate: 64MiB\n"
+			"grace_ms: 750\n"
+			"state_check_beats: 3\n"
+			"local_reads: true\n";
 	assert_int_equal(parse(y, &c, err), 0);
+	assert_int_equal(c.grace_ms, 750);
+	assert_int_equal(c.state_check_beats, 3);
 	assert_string_equal(c.node, "n1");
 	assert_string_equal(c.listen, "10.77.0.1:7410");
 	assert_string_equal(c.meta, "postgres://braidfs@10.77.0.9/braidfs");
@@ -44,6 +49,7 @@ static void test_full(void **state)
 	assert_int_equal(c.lease_ms, 1000);
 	assert_int_equal(c.replace_after_s, 60);
 	assert_int_equal(c.resync_rate, 64ull << 20);
+	assert_true(c.local_reads);
 }
 
 static void test_defaults_and_flow(void **state)
@@ -59,7 +65,21 @@ static void test_defaults_and_flow(void **state)
 	assert_int_equal(c.lease_ms, 3000);
 	assert_int_equal(c.replace_after_s, 600);
 	assert_int_equal(c.resync_rate, 256ull << 20);
+	assert_int_equal(c.grace_ms, 1000); /* 2 x heartbeat_ms */
+	assert_int_equal(c.state_check_beats, 8);
+	assert_false(c.local_reads);
 	assert_string_equal(c.listen, "[::1]:1");
+	/* grace_ms follows heartbeat_ms unless given; 0 is allowed (dead as soon as expired) */
+	assert_int_equal(parse("{node: a, listen: 'h:1', meta: 'x://y', targets: [dir:/t], "
+			       "heartbeat_ms: 300}",
+			       &c, err),
+			 0);
+	assert_int_equal(c.grace_ms, 600);
+	assert_int_equal(parse("{node: a, listen: 'h:1', meta: 'x://y', targets: [dir:/t], "
+			       "grace_ms: 0}",
+			       &c, err),
+			 0);
+	assert_int_equal(c.grace_ms, 0);
 }
 
 static const char base[] = "node: n1\nlisten: h:1\nmeta: postgres://x/y\ntargets: [dir:/t]\n";
@@ -108,8 +128,14 @@ static void test_refusals(void **state)
 	refused(buf, "'lease_ms' must be a whole number, not '1x'");
 	snprintf(buf, sizeof(buf), "%sheartbeat_ms: 1000\nlease_ms: 1500\n", base);
 	refused(buf, "6:1: 'lease_ms' (1500) must be at least twice 'heartbeat_ms' (1000)");
+	snprintf(buf, sizeof(buf), "%sgrace_ms: 600001\n", base);
+	refused(buf, "5:11: 'grace_ms' must be between 0 and 600000, not 600001");
+	snprintf(buf, sizeof(buf), "%sstate_check_beats: 0\n", base);
+	refused(buf, "'state_check_beats' must be between 1 and 10000, not 0");
 	snprintf(buf, sizeof(buf), "%sresync_rate: 1k\n", base);
 	refused(buf, "'resync_rate' must be a size per second of at least 1MiB");
+	snprintf(buf, sizeof(buf), "%slocal_reads: yes\n", base);
+	refused(buf, "'local_reads' must be true or false, not 'yes'");
 	snprintf(buf, sizeof(buf), "%snode2: &a x\nx: *a\n", base);
 	refused(buf, "unknown key 'node2'");
 	refused("node: &a n1\nlisten: *a\n", "2:9: aliases are not allowed");

@@ -1,7 +1,9 @@
-/* test_util — parse_size / fmt_size edge cases, clocks, full-length I/O, uuids, mkdir_p. */
+/* test_util — parse_size / fmt_size edge cases, clocks, monotonic condition waits, full-length
+ * I/O, uuids, mkdir_p. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -120,6 +122,32 @@ static void test_clocks(void **state)
 	assert_true(r1 > 1600000000ll * 1000000000ll); /* after 2020 */
 	assert_true(m1 > 0);
 	assert_true(m2 >= m1);
+}
+
+/* Wait on an unsignalled condition until deadline: never before it (a CLOCK_REALTIME condition
+ * would take a monotonic deadline for a date in 1970 and time out at once). */
+static void wait_out(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline)
+{
+	int r;
+
+	pthread_mutex_lock(m);
+	while ((r = cond_wait_until(c, m, deadline)) == 0)
+		; /* spurious wakeup */
+	pthread_mutex_unlock(m);
+	assert_int_equal(r, ETIMEDOUT);
+	assert_true(now_monotonic_ns() >= deadline);
+}
+
+static void test_cond_wait_until(void **state)
+{
+	(void)state;
+	pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+	pthread_cond_t c;
+
+	assert_int_equal(cond_init_monotonic(&c), 0);
+	wait_out(&c, &m, now_monotonic_ns() - 1000000);	 /* passed already */
+	wait_out(&c, &m, now_monotonic_ns() + 20000000); /* 20 ms ahead */
+	pthread_cond_destroy(&c);
 }
 
 static char tmpdir[PATH_MAX];
@@ -242,6 +270,7 @@ int main(void)
 	    cmocka_unit_test(test_parse_size_garbage),
 	    cmocka_unit_test(test_fmt_size),
 	    cmocka_unit_test(test_clocks),
+	    cmocka_unit_test(test_cond_wait_until),
 	    cmocka_unit_test(test_pwrite_pread_full),
 	    cmocka_unit_test(test_uuid),
 	    cmocka_unit_test(test_mkdir_p),

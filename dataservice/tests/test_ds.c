@@ -936,6 +936,7 @@ static void test_statfs(void **state)
 struct report_ctx {
 	int n;
 	char what[16][24];
+	uint32_t target[16];
 	uint64_t size_of_81;
 };
 
@@ -952,9 +953,11 @@ static void report_cb(void *ctx, const char *what, uint64_t ino, uint32_t idx, u
 		      bool repaired)
 {
 	struct report_ctx *r = ctx;
-	(void)ino, (void)idx, (void)target, (void)repaired;
-	if (r->n < 16)
+	(void)ino, (void)idx, (void)repaired;
+	if (r->n < 16) {
 		snprintf(r->what[r->n], sizeof(r->what[0]), "%s", what);
+		r->target[r->n] = target;
+	}
 	r->n++;
 }
 
@@ -1010,6 +1013,21 @@ static void test_check(void **state)
 	assert_string_equal(rc.what[0], "missing");
 	assert_int_equal(ds_check(f->ds, true, NULL, NULL, NULL, &res), 0);
 	check_replicas(f, 80, 3);
+	/* missing on the primary: the secondary's copy is the one restored, never the absence
+	 * copied over it */
+	unlink(pri);
+	reopen(f, DS_STRONG);
+	rc.n = 0;
+	assert_int_equal(ds_check(f->ds, false, NULL, report_cb, &rc, &res), 1);
+	assert_int_equal(res.missing, 1);
+	assert_int_equal(rc.target[0], c->members[0]);
+	assert_int_equal(ds_check(f->ds, true, NULL, NULL, NULL, &res), 0);
+	assert_int_equal(res.repaired, 1);
+	assert_int_equal(access(pri, F_OK), 0);
+	check_replicas(f, 80, 3);
+	char back1[4096];
+	assert_int_equal(ds_read(f->ds, 80, back1, sizeof(back1), CS), sizeof(back1));
+	assert_memory_equal(back1, data + CS, sizeof(back1));
 	const struct ds_chain_cfg *c5 = &ch[((uint64_t)ds_ino_seed(85) + 0) % 3];
 	char zp[400];
 	chunk_path(f, tindex(f, c5->members[0]), 85, 0, zp, sizeof(zp));

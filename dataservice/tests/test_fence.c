@@ -49,11 +49,42 @@ static void test_lapsed_needs_a_refresh(void **state)
 	assert_false(fence_valid(&f, 5000 * MS));
 }
 
+/* The read lease of a secondary: a removal committed at 1000 ms holds acknowledgements until
+ * 1500 ms (lease 500); the removed member, whose last table read was sent at 900 ms (before the
+ * commit), serves no read from 1400 ms on, so none after the first acknowledgement. */
+static void test_reads_lease(void **state)
+{
+	(void)state;
+	struct fence_reads r = {0};
+	assert_false(fence_reads_ok(&r, 1, 500)); /* never read: no local reads */
+	fence_reads_table(&r, 900 * MS);
+	assert_true(fence_reads_ok(&r, 1399 * MS, 500));
+	assert_false(fence_reads_ok(&r, 1400 * MS, 500));
+	fence_reads_table(&r, 800 * MS); /* an older read answered late never shortens it */
+	assert_true(fence_reads_ok(&r, 1399 * MS, 500));
+	/* the primary's side */
+	assert_int_equal(fence_reads_wait_ns(&r, 0), 0);
+	fence_reads_hold(&r, 1000 * MS, 500);
+	assert_int_equal(fence_reads_wait_ns(&r, 1200 * MS), 300 * MS);
+	assert_int_equal(fence_reads_wait_ns(&r, 1500 * MS), 0);
+	fence_reads_hold(&r, 900 * MS, 500); /* an earlier removal does not shorten the hold */
+	assert_int_equal(fence_reads_wait_ns(&r, 1400 * MS), 100 * MS);
+	/* every read lease still valid when the hold ends was sent after the commit */
+	int64_t hold_end = 1000 * MS + fence_reads_wait_ns(&r, 1000 * MS);
+	for (int64_t sent = 0; sent < 2000 * MS; sent += 10 * MS) {
+		struct fence_reads m = {0};
+		fence_reads_table(&m, sent);
+		if (fence_reads_ok(&m, hold_end, 500))
+			assert_true(sent > 1000 * MS);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_lease_counts_from_the_send),
 	    cmocka_unit_test(test_lapsed_needs_a_refresh),
+	    cmocka_unit_test(test_reads_lease),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -279,17 +279,23 @@ int meta_setattr_apply(struct meta_attr *a, unsigned mask, const struct meta_att
 	return 0;
 }
 
-void meta_mknod_attr(const struct meta_attr *in, const char *link, uint64_t qroot,
+void meta_mknod_attr(const struct meta_attr *in, const char *link, const struct meta_attr *parent,
 		     struct meta_attr *a)
 {
 	memset(a, 0, sizeof(*a));
-	a->qroot = qroot;
+	a->qroot = parent->qroot; /* META-9: the parent's quota root accounts the new inode */
 	a->mode = in->mode;
 	if ((a->mode & S_IFMT) == 0)
 		a->mode |= link ? S_IFLNK : S_IFREG; /* mknod(2): type 0 is a regular file */
 	a->nlink = S_ISDIR(a->mode) ? 2 : 1;
 	a->uid = in->uid;
 	a->gid = in->gid;
+	/* A setgid directory hands its group down, and its setgid bit to subdirectories. */
+	if (parent->mode & S_ISGID) {
+		a->gid = parent->gid;
+		if (S_ISDIR(a->mode))
+			a->mode |= S_ISGID;
+	}
 	a->rdev = (S_ISCHR(a->mode) || S_ISBLK(a->mode)) ? in->rdev : 0;
 	a->size = link ? strlen(link) : 0;
 	a->atime_ns = in->atime_ns;
@@ -357,6 +363,11 @@ int meta_format_check(const struct meta_volume *vol, const struct meta_target *t
 	for (unsigned i = 0; i < nt; i++) {
 		if (t[i].id < 1 || !meta_target_ok(&t[i]))
 			return -EINVAL;
+		/* META-8: one URL per target that is not removed */
+		for (unsigned j = 0; j < i; j++)
+			if (t[i].state != META_TARGET_REMOVED &&
+			    t[j].state != META_TARGET_REMOVED && !strcmp(t[i].url, t[j].url))
+				return -EINVAL;
 	}
 	for (unsigned i = 0; i < nc; i++) {
 		if (c[i].nmembers < 1 || c[i].nmembers > META_MAX_REPLICAS ||
@@ -502,14 +513,15 @@ void meta_finding(struct meta_checker *k, enum meta_finding kind, bool repaired,
 
 /* ---- chain roles, dirty refs, repairs (META-13..17) -------------------------------------- */
 
-unsigned meta_chain_slots(const struct meta_chain *c, uint32_t t[META_CHAIN_SLOTS],
-			  enum meta_role role[META_CHAIN_SLOTS])
+/* The targets of c in storage order (members, syncing, away) with their roles; the count. */
+static unsigned meta_chain_slots(const struct meta_chain *c, uint32_t t[META_CHAIN_SLOTS],
+				 enum meta_role role[META_CHAIN_SLOTS])
 {
-	const uint32_t *lists[3] = {c->members, c->syncing, c->away};
-	const uint32_t counts[3] = {c->nmembers, c->nsyncing, c->naway};
+	const uint32_t *lists[META_CHAIN_NROLES] = {c->members, c->syncing, c->away, c->async};
+	const uint32_t counts[META_CHAIN_NROLES] = {c->nmembers, c->nsyncing, c->naway, c->nasync};
 	unsigned n = 0;
 
-	for (int r = 0; r < 3; r++)
+	for (int r = 0; r < META_CHAIN_NROLES; r++)
 		for (uint32_t i = 0; i < counts[r] && i < META_MAX_REPLICAS; i++) {
 			t[n] = lists[r][i];
 			role[n++] = (enum meta_role)r;
@@ -524,7 +536,8 @@ int meta_chain_roles_check(const struct meta_chain *in)
 	unsigned n;
 
 	if (!in || in->nmembers < 1 || in->nmembers > META_MAX_REPLICAS ||
-	    in->nsyncing > META_MAX_REPLICAS || in->naway > META_MAX_REPLICAS)
+	    in->nsyncing > META_MAX_REPLICAS || in->naway > META_MAX_REPLICAS ||
+	    in->nasync > META_MAX_REPLICAS)
 		return -EINVAL;
 	n = meta_chain_slots(in, t, role);
 	for (unsigned i = 0; i < n; i++) {
@@ -537,7 +550,8 @@ int meta_chain_roles_check(const struct meta_chain *in)
 	return 0;
 }
 
-void meta_chain_begin(struct meta_chain *out, const struct meta_chain *cur)
+/* An empty chain in out with the id and epoch of cur. */
+static void meta_chain_begin(struct meta_chain *out, const struct meta_chain *cur)
 {
 	memset(out, 0, sizeof(*out));
 	out->id = cur->id;
@@ -561,6 +575,10 @@ void meta_chain_put(struct meta_chain *c, enum meta_role r, uint32_t t, int64_t 
 			c->away[c->naway++] = t;
 		}
 		break;
+	case META_ROLE_ASYNC:
+		if (c->nasync < META_MAX_REPLICAS)
+			c->async[c->nasync++] = t;
+		break;
 	}
 }
 
@@ -572,8 +590,9 @@ static bool meta_u32_in(const uint32_t *v, uint32_t n, uint32_t x)
 	return false;
 }
 
-void meta_chain_with_roles(const struct meta_chain *cur, const struct meta_chain *in,
-			   struct meta_chain *out)
+/* chain_set: the roles of in, under cur's id and epoch. */
+static void meta_chain_with_roles(const struct meta_chain *cur, const struct meta_chain *in,
+				  struct meta_chain *out)
 {
 	meta_chain_begin(out, cur);
 	for (uint32_t i = 0; i < in->nmembers; i++)
@@ -582,10 +601,13 @@ void meta_chain_with_roles(const struct meta_chain *cur, const struct meta_chain
 		meta_chain_put(out, META_ROLE_SYNCING, in->syncing[i], 0);
 	for (uint32_t i = 0; i < in->naway; i++)
 		meta_chain_put(out, META_ROLE_AWAY, in->away[i], 0);
+	for (uint32_t i = 0; i < in->nasync; i++)
+		meta_chain_put(out, META_ROLE_ASYNC, in->async[i], 0);
 }
 
-void meta_chain_with_members(const struct meta_chain *cur, const uint32_t *members, uint32_t n,
-			     struct meta_chain *out)
+/* chain_update: members as given, cur's syncing and away without them. */
+static void meta_chain_with_members(const struct meta_chain *cur, const uint32_t *members,
+				    uint32_t n, struct meta_chain *out)
 {
 	meta_chain_begin(out, cur);
 	for (uint32_t i = 0; i < n && i < META_MAX_REPLICAS; i++)
@@ -596,12 +618,18 @@ void meta_chain_with_members(const struct meta_chain *cur, const uint32_t *membe
 	for (uint32_t i = 0; i < cur->naway; i++)
 		if (!meta_u32_in(members, n, cur->away[i]))
 			meta_chain_put(out, META_ROLE_AWAY, cur->away[i], cur->away_ns[i]);
+	for (uint32_t i = 0; i < cur->nasync; i++)
+		if (!meta_u32_in(members, n, cur->async[i]))
+			meta_chain_put(out, META_ROLE_ASYNC, cur->async[i], 0);
 	/* more members than META_MAX_REPLICAS: leave the count over the bound for the check */
 	if (n > META_MAX_REPLICAS)
 		out->nmembers = n;
 }
 
-int meta_chain_promoted(const struct meta_chain *cur, uint32_t target, struct meta_chain *out)
+/* chain_promote: target moved from syncing to the end of members; -EINVAL if it is not
+ * syncing in cur or members is full. */
+static int meta_chain_promoted(const struct meta_chain *cur, uint32_t target,
+			       struct meta_chain *out)
 {
 	if (!meta_u32_in(cur->syncing, cur->nsyncing, target) || cur->nmembers >= META_MAX_REPLICAS)
 		return -EINVAL;
@@ -614,15 +642,98 @@ int meta_chain_promoted(const struct meta_chain *cur, uint32_t target, struct me
 			meta_chain_put(out, META_ROLE_SYNCING, cur->syncing[i], 0);
 	for (uint32_t i = 0; i < cur->naway; i++)
 		meta_chain_put(out, META_ROLE_AWAY, cur->away[i], cur->away_ns[i]);
+	for (uint32_t i = 0; i < cur->nasync; i++)
+		meta_chain_put(out, META_ROLE_ASYNC, cur->async[i], 0);
 	return 0;
 }
 
-int meta_chain_away_index(const struct meta_chain *cur, uint32_t t)
+int meta_chain_change_check(const struct meta_chain_change *u)
 {
-	for (uint32_t i = 0; i < cur->naway && i < META_MAX_REPLICAS; i++)
-		if (cur->away[i] == t)
-			return (int)i;
-	return -1;
+	switch (u->op) {
+	case META_CHAIN_SET:
+		return meta_chain_roles_check(u->in);
+	case META_CHAIN_UPDATE:
+		return !u->members || u->n < 1 || u->n > META_MAX_REPLICAS ? -EINVAL : 0;
+	case META_CHAIN_PROMOTE:
+		return u->target ? 0 : -EINVAL;
+	}
+	return -EINVAL;
+}
+
+int meta_chain_change_apply(const struct meta_chain_change *u, const struct meta_chain *cur,
+			    struct meta_chain *out)
+{
+	int r = 0;
+
+	if (cur->epoch != u->expect)
+		return -ESTALE; /* META-6 */
+	if (cur->epoch >= INT64_MAX)
+		return -EOVERFLOW;
+	switch (u->op) {
+	case META_CHAIN_SET:
+		meta_chain_with_roles(cur, u->in, out);
+		break;
+	case META_CHAIN_UPDATE:
+		meta_chain_with_members(cur, u->members, u->n, out);
+		break;
+	case META_CHAIN_PROMOTE:
+		r = meta_chain_promoted(cur, u->target, out);
+		break;
+	default:
+		r = -EINVAL;
+	}
+	return r < 0 ? r : meta_chain_roles_check(out);
+}
+
+unsigned meta_chain_rows(const struct meta_chain *c, const struct meta_chain *old,
+			 uint32_t t[META_CHAIN_SLOTS], enum meta_role role[META_CHAIN_SLOTS],
+			 int64_t since[META_CHAIN_SLOTS])
+{
+	unsigned n = meta_chain_slots(c, t, role);
+
+	for (unsigned i = 0; i < n; i++) {
+		since[i] = 0;
+		if (!old || role[i] != META_ROLE_AWAY)
+			continue;
+		for (uint32_t k = 0; k < old->naway && k < META_MAX_REPLICAS; k++)
+			if (old->away[k] == t[i]) {
+				since[i] = old->away_ns[k];
+				break;
+			}
+	}
+	return n;
+}
+
+void meta_chains_row(struct meta_chains_reader *g, const int64_t v[META_CHAINS_NCOLS])
+{
+	if (g->n == 0 || v[0] != g->last) {
+		g->last = v[0];
+		g->cur = NULL;
+		if ((unsigned)g->n < g->max && g->ret) {
+			g->cur = &g->ret[g->n];
+			memset(g->cur, 0, sizeof(*g->cur));
+			g->cur->id = (uint32_t)v[0];
+			g->cur->epoch = (uint64_t)v[1];
+		}
+		g->n++;
+	}
+	if (g->cur && v[2] != 0)
+		meta_chain_put(g->cur, (enum meta_role)v[3], (uint32_t)v[2], v[4]);
+}
+
+void meta_repair_from_cols(struct meta_repair *p, const int64_t v[META_REPAIR_NCOLS])
+{
+	memset(p, 0, sizeof(*p));
+	p->chain = (uint32_t)v[0];
+	p->target = (uint32_t)v[1];
+	p->kind = (enum meta_repair_kind)v[2];
+	p->chunks_total = (uint64_t)v[3];
+	p->chunks_done = (uint64_t)v[4];
+	p->bytes_done = (uint64_t)v[5];
+	p->rate = (uint64_t)v[6];
+	p->started_ns = v[7];
+	p->elapsed_ns = v[8];
+	p->updated_ns = v[9];
 }
 
 int meta_dirty_refs_check(const struct meta_chunk_ref *refs, unsigned n)
@@ -635,6 +746,16 @@ int meta_dirty_refs_check(const struct meta_chunk_ref *refs, unsigned n)
 	return 0;
 }
 
+int meta_purge_batch_check(const uint64_t *inos, unsigned n)
+{
+	return inos && n >= 1 && n <= META_PURGE_BATCH_MAX ? 0 : -EINVAL;
+}
+
+bool meta_purge_skipped(int r)
+{
+	return r == -ENOENT || r == -EBUSY || r == -ENOTEMPTY;
+}
+
 int meta_repair_check(const struct meta_repair *in)
 {
 	if (!in || (in->kind != META_REPAIR_RESYNC && in->kind != META_REPAIR_REBUILD))
@@ -643,4 +764,73 @@ int meta_repair_check(const struct meta_repair *in)
 	    in->bytes_done > INT64_MAX || in->rate > INT64_MAX)
 		return -EINVAL;
 	return 0;
+}
+
+/* ---- file locks (META-18) ---- */
+
+int meta_lock_check(const struct meta_lock *in)
+{
+	if (!in || in->ino < 1 || in->ino > INT64_MAX || in->client < 1 || in->client > INT64_MAX)
+		return -EINVAL;
+	if (in->kind != META_LOCK_POSIX && in->kind != META_LOCK_FLOCK)
+		return -EINVAL;
+	if (in->type != META_LOCK_UN && in->type != META_LOCK_RD && in->type != META_LOCK_WR)
+		return -EINVAL;
+	if (in->start > in->end || in->end > META_LOCK_EOF)
+		return -EINVAL;
+	if (in->kind == META_LOCK_FLOCK && (in->start != 0 || in->end != META_LOCK_EOF))
+		return -EINVAL;
+	return 0;
+}
+
+/* Does x touch [s, e] (overlap, or end right before s, or start right after e)? */
+static bool lock_touches(const struct meta_lock *x, uint64_t s, uint64_t e)
+{
+	return (x->end >= s || x->end + 1 == s) &&
+	       (x->start <= e || (e < META_LOCK_EOF && x->start == e + 1));
+}
+
+static int lock_put(struct meta_lock *out, unsigned max, unsigned *n, const struct meta_lock *x,
+		    uint64_t s, uint64_t e)
+{
+	if (*n >= max)
+		return -ENOLCK;
+	out[*n] = *x;
+	out[*n].start = s;
+	out[*n].end = e;
+	(*n)++;
+	return 0;
+}
+
+int meta_lock_apply(const struct meta_lock *cur, unsigned n, const struct meta_lock *in,
+		    struct meta_lock *out, unsigned max)
+{
+	uint64_t s = in->start, e = in->end, ns = s, ne = e;
+	unsigned k = 0;
+	int r = 0;
+
+	if (in->kind == META_LOCK_FLOCK)
+		n = 0; /* an flock is one whole-file row: the new one replaces the old */
+	for (unsigned i = 0; i < n && r == 0; i++) {
+		const struct meta_lock *x = &cur[i];
+
+		if (in->type != META_LOCK_UN && x->type == in->type && lock_touches(x, s, e)) {
+			/* same type, overlapping or adjacent: one range. The owner's ranges never
+			 * overlap and two of one type never touch, so only ranges that touch [s, e]
+			 * itself can touch the merged range. */
+			ns = MIN(ns, x->start);
+			ne = MAX(ne, x->end);
+		} else if (x->start <= e && s <= x->end) {
+			/* overlapped by the new range: keep what lies outside it */
+			if (x->start < s)
+				r = lock_put(out, max, &k, x, x->start, s - 1);
+			if (r == 0 && x->end > e)
+				r = lock_put(out, max, &k, x, e + 1, x->end);
+		} else {
+			r = lock_put(out, max, &k, x, x->start, x->end);
+		}
+	}
+	if (r == 0 && in->type != META_LOCK_UN)
+		r = lock_put(out, max, &k, in, ns, ne);
+	return r < 0 ? r : (int)k;
 }

@@ -85,6 +85,26 @@
  *   META-17 (repairs) repairs has at most one row per (chain, target): progress of the
  *           resync or rebuild that brings that target up to date. It is advisory (status);
  *           nothing reads it to decide correctness.
+ *   META-18 (file locks, META_CAP_LOCKS) A file lock row belongs to one live client
+ *           registration (META-12), one lock owner of that client (the kernel's FUSE
+ *           lock_owner) and one kind: POSIX record locks (fcntl, OFD) or flock. Kinds never
+ *           conflict with each other (as on Linux). The byte ranges of one (ino, client,
+ *           owner, kind) never overlap, and two adjacent or overlapping ranges of one type are
+ *           one row (POSIX merge and split); an flock is one whole-file row. lock_set tests
+ *           for a conflict and writes the owner's new rows in one transaction that holds the
+ *           inode's row lock, so two conflicting locks are never both granted. A row whose
+ *           client's registration expired (META-10: by the database's clock) is no conflict:
+ *           it is ignored at once and deleted by the next lock_set on that inode or when the
+ *           registration is reaped. Nothing queues waiters: a blocked F_SETLKW retries.
+ *   META-19 (async) A fourth role, `async`: a copy kept beside a chain (a backup on external
+ *           storage) that the chain's primary forwards every write to without waiting for
+ *           it. It serves no reads, never counts for acknowledgements, is never the primary,
+ *           and what it missed is recorded in dirty(chain, target) like an away target's.
+ *           The same rules as the other roles: disjoint from them, bounded by
+ *           META_MAX_REPLICAS, changed only by an epoch-conditional transaction; chain_update
+ *           and chain_promote keep it as it is. Stored as role 3 (schema: sqlite 5,
+ *           postgres 4; an older braidfs refuses the newer schema instead of dropping the
+ *           rows it does not know on its next chain_set).
  *
  * THREADS
  *   A `struct meta` is safe to call from any number of threads at once; the engine serializes
@@ -193,8 +213,8 @@ struct meta_target {
 #define META_TSET_NODE	0x4
 #define META_TSET_MEDIA 0x8
 
-/* A chain and its three roles (META-13). format() writes `members` only (a new chain has
- * nothing syncing or away) and ignores the rest. */
+/* A chain and its four roles (META-13, META-19). format() writes `members` and `async` only
+ * (a new chain has nothing syncing or away) and ignores the rest. */
 struct meta_chain {
 	uint32_t id; /* 0..nchains-1 */
 	uint64_t epoch;
@@ -204,6 +224,8 @@ struct meta_chain {
 	uint32_t syncing[META_MAX_REPLICAS]; /* receive writes, serve no reads, no acks */
 	uint32_t naway;
 	uint32_t away[META_MAX_REPLICAS]; /* out after a failure, expected back */
+	uint32_t nasync;
+	uint32_t async[META_MAX_REPLICAS]; /* META-19: get writes unwaited; no reads, no acks */
 	/* chains_list: how long away[i] has been away (META-14: now() - the time it went, by the
 	 * database's clock, as of the read). Ignored by chain_set. */
 	int64_t away_ns[META_MAX_REPLICAS];
@@ -216,6 +238,7 @@ struct meta_chunk_ref {
 };
 
 #define META_DIRTY_BATCH_MAX 4096 /* refs per dirty_add / dirty_remove call */
+#define META_PURGE_BATCH_MAX 256  /* inodes per purge_batch call */
 
 enum meta_repair_kind {
 	META_REPAIR_RESYNC = 0,	 /* copy the dirty chunks of a returning target */
@@ -277,6 +300,26 @@ struct meta_client {
 struct meta_statfs {
 	uint64_t inodes; /* live inodes */
 	uint64_t bytes;	 /* sum of file sizes */
+};
+
+/* File locks (META-18). A range is inclusive; META_LOCK_EOF as its end reaches the end of the
+ * file, whatever it becomes. */
+#define META_LOCK_EOF	     INT64_MAX
+#define META_LOCK_RANGES_MAX 1024 /* ranges one owner may hold on one inode (-ENOLCK beyond) */
+
+enum meta_lock_kind { META_LOCK_POSIX = 0, META_LOCK_FLOCK = 1 };
+enum meta_lock_type { META_LOCK_UN = 0, META_LOCK_RD = 1, META_LOCK_WR = 2 };
+
+struct meta_lock {
+	uint64_t ino;
+	uint64_t client; /* the holder's client registration (META-12) */
+	uint64_t owner;	 /* the kernel's lock owner (FUSE lock_owner), opaque */
+	enum meta_lock_kind kind;
+	enum meta_lock_type type; /* META_LOCK_UN: lock_set unlocks the range */
+	uint64_t start, end;	  /* inclusive, 0..META_LOCK_EOF; an flock is 0..META_LOCK_EOF */
+	int32_t pid;		  /* the holder's process, on its client's host */
+	bool local; /* lock_get: the holder's client registered from the host of in->client */
+	bool alive; /* locks_list: its client's registration has not expired (META-10) */
 };
 
 /* readdir: one entry; `off` is the offset to resume *after* this entry. Stable across
@@ -377,7 +420,9 @@ struct meta_ops {
 	/* Create a regular file, directory, symlink (link != NULL), fifo, socket or device node.
 	 * `in` gives mode, uid, gid, rdev and the times; the engine assigns ino, nlink and
 	 * generation, bumps the parent's mtime/ctime (to in->ctime_ns) and, for a directory, the
-	 * parent's nlink. -EEXIST if the name exists. */
+	 * parent's nlink. In a setgid directory the new inode takes the directory's group instead
+	 * of in->gid, and a new directory its setgid bit too (as Linux does). -EEXIST if the name
+	 * exists. */
 	int (*mknod)(struct meta *m, uint64_t parent, const char *name, const struct meta_attr *in,
 		     const char *link, struct meta_attr *ret);
 	/* New name for an existing non-directory inode: nlink+1, ctime = now_ns. */
@@ -418,6 +463,11 @@ struct meta_ops {
 	 * xattrs; -EBUSY if nlink > 0. orphans() calls cb for every inode with nlink 0 or with
 	 * META_IF_WDIRTY set. */
 	int (*purge)(struct meta *m, uint64_t ino);
+	/* purge() of n inodes (1..META_PURGE_BATCH_MAX) in one transaction, so that a stream of
+	 * unlinks costs one commit per batch instead of one per file. An inode that purge()
+	 * would refuse as gone or not an orphan (-ENOENT, -EBUSY, -ENOTEMPTY) is skipped; any
+	 * other error rolls the whole batch back. Returns the number of rows deleted. */
+	int (*purge_batch)(struct meta *m, const uint64_t *inos, unsigned n);
 	int (*orphans)(struct meta *m, meta_inode_cb cb, void *ctx);
 	/* Every inode, in ino order (fsck, scrub). */
 	int (*inodes)(struct meta *m, meta_inode_cb cb, void *ctx);
@@ -483,10 +533,34 @@ struct meta_ops {
 	int (*client_heartbeat)(struct meta *m, uint64_t id, uint32_t ttl_ms);
 	int (*client_unregister)(struct meta *m, uint64_t id); /* -ENOENT: no such row */
 	int (*clients_list)(struct meta *m, struct meta_client *ret, unsigned max);
+
+	/* ---- Optional (META_CAP_LOCKS): file locks shared by every client of the volume
+	 * (META-18). NULL in an engine without the cap (META_CALL_OPT: -EOPNOTSUPP).
+	 * lock_set: in names ino, client, owner, kind, type, range and pid. A conflicting lock of
+	 * another owner (same kind, overlapping, one of them a write lock, its client alive)
+	 * answers -EAGAIN with it in *ret_conflict (may be NULL) and changes nothing; otherwise
+	 * the owner's rows of ino become what POSIX says (type META_LOCK_UN unlocks the range;
+	 * an flock replaces the owner's flock whole). -ESTALE: in->client is not a live
+	 * registration; -ENOENT: no inode ino; -ENOLCK: the owner would hold more than
+	 * META_LOCK_RANGES_MAX ranges of ino; -EINVAL: a bad field. One transaction. */
+	int (*lock_set)(struct meta *m, const struct meta_lock *in, struct meta_lock *ret_conflict);
+	/* F_GETLK: the first lock (lowest start) that would make lock_set(in) fail with -EAGAIN,
+	 * into *ret; ret->type is META_LOCK_UN when there is none. */
+	int (*lock_get)(struct meta *m, const struct meta_lock *in, struct meta_lock *ret);
+	/* Delete every lock of (ino, client, owner, kind): close(2) (posix), the last close of
+	 * a file (flock, OFD). Returns the number of rows deleted. */
+	int (*lock_release)(struct meta *m, uint64_t ino, uint64_t client, uint64_t owner,
+			    enum meta_lock_kind kind);
+	/* Delete every lock of a client (unmount). Returns the number of rows deleted. */
+	int (*locks_release_client)(struct meta *m, uint64_t client);
+	/* The locks of ino, dead clients' too (alive = false), ordered by client, owner, kind,
+	 * start; as targets_list. */
+	int (*locks_list)(struct meta *m, uint64_t ino, struct meta_lock *ret, unsigned max);
 };
 
 #define META_CAP_SHARED	 0x1 /* many nodes may open it at once (postgres) */
 #define META_CAP_CLUSTER 0x2 /* nodes, leases and clients ops are there */
+#define META_CAP_LOCKS	 0x4 /* file lock ops are there (META-18) */
 
 #define META_TTL_MAX_MS (24u * 3600 * 1000)
 

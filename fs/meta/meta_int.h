@@ -35,8 +35,9 @@ void meta_attr_from_cols(struct meta_attr *a, const int64_t v[META_ATTR_NCOLS]);
  * -EISDIR / -EINVAL for a size on a directory / non-file, -EFBIG beyond INT64_MAX. */
 int meta_setattr_apply(struct meta_attr *a, unsigned mask, const struct meta_attr *in);
 /* mknod(): the new inode's attributes from the caller's (ino left 0, nlink by type,
- * generation 1, btime defaulting to ctime, qroot the parent's). */
-void meta_mknod_attr(const struct meta_attr *in, const char *link, uint64_t qroot,
+ * generation 1, btime defaulting to ctime, qroot the parent's, group and setgid as a setgid
+ * parent hands them down). */
+void meta_mknod_attr(const struct meta_attr *in, const char *link, const struct meta_attr *parent,
 		     struct meta_attr *a);
 
 /* target_update(): the mask and the fields it names. */
@@ -51,33 +52,75 @@ int meta_quota_fits(const struct meta_quota *q, int64_t dbytes, int64_t dinodes)
 /* ---- chain roles (META-13), dirty refs (META-15), repairs (META-17) ---- */
 
 /* chain_members.role values, as stored by both engines. */
-enum meta_role { META_ROLE_MEMBER = 0, META_ROLE_SYNCING = 1, META_ROLE_AWAY = 2 };
-#define META_CHAIN_SLOTS (3 * META_MAX_REPLICAS)
+enum meta_role {
+	META_ROLE_MEMBER = 0,
+	META_ROLE_SYNCING = 1,
+	META_ROLE_AWAY = 2,
+	META_ROLE_ASYNC = 3, /* META-19 */
+};
+#define META_CHAIN_NROLES 4
+#define META_CHAIN_SLOTS  (META_CHAIN_NROLES * META_MAX_REPLICAS)
 
 /* The lists of in: -EINVAL unless 1..META_MAX_REPLICAS members, at most META_MAX_REPLICAS
- * syncing and away, every id >= 1 and no id twice across the three lists. */
+ * syncing, away and async, every id >= 1 and no id twice across the four lists. */
 int meta_chain_roles_check(const struct meta_chain *in);
-/* Start an empty chain in out (id, epoch of cur), then add target t in role r at the end of
- * that role's list (no checks: meta_chain_roles_check() the result). */
-void meta_chain_begin(struct meta_chain *out, const struct meta_chain *cur);
+/* Add target t in role r at the end of that role's list of c (no checks). */
 void meta_chain_put(struct meta_chain *c, enum meta_role r, uint32_t t, int64_t away_ns);
-/* The roles chain_set() makes: those of in, under cur's id and epoch. */
-void meta_chain_with_roles(const struct meta_chain *cur, const struct meta_chain *in,
-			   struct meta_chain *out);
-/* The roles chain_update() makes: members as given, cur's syncing and away without them. */
-void meta_chain_with_members(const struct meta_chain *cur, const uint32_t *members, uint32_t n,
-			     struct meta_chain *out);
-/* The roles chain_promote() makes: target moved from syncing to the end of members; -EINVAL
- * if it is not syncing in cur or members is full. */
-int meta_chain_promoted(const struct meta_chain *cur, uint32_t target, struct meta_chain *out);
-/* The targets of c in storage order (members, syncing, away) with their roles; the count. */
-unsigned meta_chain_slots(const struct meta_chain *c, uint32_t t[META_CHAIN_SLOTS],
-			  enum meta_role role[META_CHAIN_SLOTS]);
-/* Was target t away in cur? Its index in cur->away, or -1. */
-int meta_chain_away_index(const struct meta_chain *cur, uint32_t t);
+
+/* One epoch-conditional chain change (META-6, META-13): what chain_set, chain_update and
+ * chain_promote ask of chain `id`. */
+enum meta_chain_op { META_CHAIN_SET, META_CHAIN_UPDATE, META_CHAIN_PROMOTE };
+struct meta_chain_change {
+	enum meta_chain_op op;
+	uint32_t id;
+	uint64_t expect;	     /* the epoch the caller read */
+	const struct meta_chain *in; /* SET: the roles of in */
+	const uint32_t *members;     /* UPDATE: members as given; syncing and away keep the rest */
+	uint32_t n;
+	uint32_t target; /* PROMOTE: syncing -> end of members; the engine also deletes its
+			  * dirty and repairs rows of the chain in the same transaction (META-16) */
+};
+/* The arguments of u, before the engine reads anything: 0 or -EINVAL. */
+int meta_chain_change_check(const struct meta_chain_change *u);
+/* The roles u makes of cur, the chain as the engine read it under its write lock (away_ns:
+ * the raw `since` of each away target): -ESTALE unless cur's epoch is u->expect, -EOVERFLOW
+ * at the last epoch, -EINVAL for roles META-13 refuses or a promotion of a target that is
+ * not syncing. out keeps cur's id and epoch; the engine writes it (meta_chain_rows) and
+ * stores epoch + 1. */
+int meta_chain_change_apply(const struct meta_chain_change *u, const struct meta_chain *cur,
+			    struct meta_chain *out);
+/* The chain_members rows of c in storage order (pos = index: members, syncing, away): each
+ * target, its role and, for an away target that was away in old (may be NULL), the raw
+ * `since` it keeps (META-14); 0 for every other row (a newly away target gets the engine's
+ * now()). Returns the count. */
+unsigned meta_chain_rows(const struct meta_chain *c, const struct meta_chain *old,
+			 uint32_t t[META_CHAIN_SLOTS], enum meta_role role[META_CHAIN_SLOTS],
+			 int64_t since[META_CHAIN_SLOTS]);
+
+/* chains_list(): its rows (chain id, epoch, target, role, away age) ordered by chain and
+ * position, a chain without targets once with target 0, gathered into ret[0..max); n counts
+ * every chain (what chains_list returns). Start from {.ret = ret, .max = max}. */
+#define META_CHAINS_NCOLS 5
+struct meta_chains_reader {
+	struct meta_chain *ret;
+	unsigned max;
+	int n;
+	int64_t last;		/* the chain id of the last row (once n > 0) */
+	struct meta_chain *cur; /* the chain being read, NULL past max */
+};
+void meta_chains_row(struct meta_chains_reader *g, const int64_t v[META_CHAINS_NCOLS]);
+
+/* A repairs row in the engines' column order: chain, target, kind, chunks_total, chunks_done,
+ * bytes_done, rate, started, elapsed, updated (ns). */
+#define META_REPAIR_NCOLS 10
+void meta_repair_from_cols(struct meta_repair *p, const int64_t v[META_REPAIR_NCOLS]);
 
 /* dirty_add / dirty_remove: 1..META_DIRTY_BATCH_MAX refs, ino 1..INT64_MAX, idx <= INT64_MAX. */
 int meta_dirty_refs_check(const struct meta_chunk_ref *refs, unsigned n);
+/* purge_batch: -EINVAL unless inos is given and n is 1..META_PURGE_BATCH_MAX. */
+int meta_purge_batch_check(const uint64_t *inos, unsigned n);
+/* purge_batch: does purge()'s answer r mean "skip this inode" (gone, or not an orphan)? */
+bool meta_purge_skipped(int r);
 /* repair_set: a known kind, counters that fit int64. */
 int meta_repair_check(const struct meta_repair *in);
 
@@ -90,6 +133,17 @@ int meta_format_check(const struct meta_volume *vol, const struct meta_target *t
 		      const struct meta_chain *c, unsigned nc);
 int meta_rename_check(const char *name, const char *newname, unsigned flags);
 int meta_setxattr_check(const char *name, const void *value, size_t size, int flags);
+
+/* ---- file locks (META-18) ---- */
+
+/* The fields of a lock_set / lock_get request: ino and client >= 1 and <= INT64_MAX, a known
+ * kind and type, start <= end <= META_LOCK_EOF, an flock whole-file. 0 or -EINVAL. */
+int meta_lock_check(const struct meta_lock *in);
+/* The rows one owner holds on one inode after lock_set(in): cur[0..n) are its rows now (one
+ * kind, non-overlapping, in any order), out[0..max) gets the new set (POSIX merge and split;
+ * an flock replaces the rest). Returns the count, or -ENOLCK when more than max. */
+int meta_lock_apply(const struct meta_lock *cur, unsigned n, const struct meta_lock *in,
+		    struct meta_lock *out, unsigned max);
 
 /* ---- check(): findings, counted and worded in one place ---- */
 

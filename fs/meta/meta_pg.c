@@ -38,6 +38,11 @@
  *         to cross roots), so quota rows add no lock cycle. Making or removing a root locks
  *         the inodes table in EXCLUSIVE mode (readers go on) for its transaction, so that no
  *         create or rename slips past the walk that tags the subtree.
+ *   PG-7  File locks (META-18): lock_set holds the row lock of the file's inode (as PG-1 does
+ *         for a directory's entries) before it reads any file_locks row of that inode, so
+ *         two conflicting lock_sets run one after the other and the second sees the
+ *         first's rows. Releases only delete rows and take no inode lock: a test that races
+ *         one sees a lock that is going away, answers -EAGAIN and its waiter retries.
  *   Target rows (META-7, META-8): target_add holds the 'targets' row of `locks` (ids are
  *   max + 1); chain_update share-locks its members' rows, target_update locks its row, so a
  *   target cannot be drained while a chain that names it commits.
@@ -84,7 +89,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MP_SCHEMA_VERSION  2
+#define MP_SCHEMA_VERSION  4
 #define MP_APPLICATION	   "braidfs"
 #define MP_POOL_MAX	   8	     /* connections per handle */
 #define MP_TX_TRIES	   10	     /* PG-4, PG-5 */
@@ -135,11 +140,32 @@ static const char mp_session_sql[] =
 	" ADD COLUMN since timestamptz;" MP_REPAIR_SCHEMA                                          \
 	"UPDATE braidfs_schema SET version = 2 WHERE id = 1;"
 
-/* Schema version 2. The same shape as the SQLite engine's (see meta_sqlite.c and the README)
+/* Version 3 (META-18): file locks. A row per range of one lock owner of one client; a client's
+ * rows go with its registration (ON DELETE CASCADE: unregister, or the reaping of an expired
+ * one). The primary key leads with ino: lock_set and lock_get read one inode's rows. */
+#define MP_LOCKS_SCHEMA                                                                            \
+	"CREATE TABLE file_locks ("                                                                \
+	" ino bigint NOT NULL, client bigint NOT NULL REFERENCES clients (id) ON DELETE CASCADE,"  \
+	" owner bigint NOT NULL, kind bigint NOT NULL, type bigint NOT NULL,"                      \
+	" lstart bigint NOT NULL, lend bigint NOT NULL, pid bigint NOT NULL,"                      \
+	" CHECK (lstart >= 0 AND lstart <= lend),"                                                 \
+	" PRIMARY KEY (ino, client, owner, kind, lstart));"                                        \
+	"CREATE INDEX file_locks_by_client ON file_locks (client);"
+
+/* Schema 2 -> 3, run by mp_migrate() in one transaction. */
+#define MP_MIGRATE_2_TO_3 MP_LOCKS_SCHEMA "UPDATE braidfs_schema SET version = 3 WHERE id = 1;"
+
+/* Schema 3 -> 4, run by mp_migrate(): chain_members.role may be 3, async (META-19). No row
+ * changes; the version alone keeps an older braidfs, which would drop async rows on its next
+ * chain_set, from opening the database. */
+#define MP_MIGRATE_3_TO_4 "UPDATE braidfs_schema SET version = 4 WHERE id = 1;"
+
+/* Schema version 4. The same shape as the SQLite engine's (see meta_sqlite.c and the README)
  * plus the cluster tables:
  *  - identities never hand a number out twice (META-2; dentries.id is the readdir cookie);
  *  - names, symlink targets and xattrs are bytea: bytes, compared with memcmp;
- *  - `locks` holds one row per volume-wide lock (PG-3, client registration);
+ *  - `locks` holds one row per volume-wide lock (PG-3, client registration); the file
+ *    locks of applications are `file_locks` (PG-7);
  *  - nodes, leases and clients compare times only with now() (META-10). */
 /* clang-format off */
 static const char mp_schema_sql[] =
@@ -196,7 +222,7 @@ static const char mp_schema_sql[] =
 	" id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
 	" host text NOT NULL, pid bigint NOT NULL, mountpoint text NOT NULL,"
 	" exclusive bigint NOT NULL, started timestamptz NOT NULL, expires timestamptz NOT NULL);"
-	MP_REPAIR_SCHEMA;
+	MP_REPAIR_SCHEMA MP_LOCKS_SCHEMA;
 /* clang-format on */
 
 #define MP_ATTR_COLS                                                                               \
@@ -214,6 +240,8 @@ static const char mp_schema_sql[] =
 #define MP_CLIENT_COLS                                                                             \
 	"id, host, pid, mountpoint, exclusive, (expires > now())::int::int8, " MP_MS(              \
 	    "expires - now()")
+/* a file_locks row as mp_lock_cols() reads it */
+#define MP_LOCK_COLS "l.ino, l.client, l.owner, l.kind, l.type, l.lstart, l.lend, l.pid"
 
 /* Every statement, prepared once per connection. Parameter types: i int8, b bytea, t text,
  * a int8[] (sent as text). Every result column is int8, bytea or text (binary format). */
@@ -438,7 +466,34 @@ static const char mp_schema_sql[] =
 	  "UPDATE clients SET expires = now() + $2 * interval '1 millisecond'"                     \
 	  " WHERE id = $1 AND expires > now()")                                                    \
 	X(CLIENT_DELETE, "i", "DELETE FROM clients WHERE id = $1")                                 \
-	X(CLIENTS_LIST, "", "SELECT " MP_CLIENT_COLS " FROM clients ORDER BY id")
+	X(CLIENTS_LIST, "", "SELECT " MP_CLIENT_COLS " FROM clients ORDER BY id")                  \
+	X(FLOCK_INODE, "i", "SELECT 1::int8 FROM inodes WHERE ino = $1 FOR UPDATE")                \
+	X(FLOCK_CLIENT, "i",                                                                       \
+	  "SELECT 1::int8 FROM clients WHERE id = $1 AND expires > now() FOR KEY SHARE")           \
+	X(FLOCK_PURGE, "i",                                                                        \
+	  "DELETE FROM file_locks l USING clients c WHERE l.ino = $1 AND c.id = l.client"          \
+	  " AND c.expires <= now()")                                                               \
+	X(FLOCK_CONFLICT, "iiiiiii",                                                               \
+	  "SELECT " MP_LOCK_COLS ","                                                               \
+	  " (c.host = coalesce((SELECT host FROM clients WHERE id = $2), ''))::int::int8"          \
+	  " FROM file_locks l JOIN clients c ON c.id = l.client AND c.expires > now()"             \
+	  " WHERE l.ino = $1 AND l.kind = $4 AND NOT (l.client = $2 AND l.owner = $3)"             \
+	  " AND (l.type = 2 OR $5 = 2) AND l.lstart <= $7 AND l.lend >= $6"                        \
+	  " ORDER BY l.lstart, l.client, l.owner LIMIT 1")                                         \
+	X(FLOCK_TAKE, "iiii",                                                                      \
+	  "DELETE FROM file_locks l"                                                               \
+	  " WHERE ino = $1 AND client = $2 AND owner = $3 AND kind = $4 RETURNING " MP_LOCK_COLS)  \
+	X(FLOCK_INSERT, "iiiiiiii",                                                                \
+	  "INSERT INTO file_locks (ino, client, owner, kind, type, lstart, lend, pid)"             \
+	  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")                                              \
+	X(FLOCK_RELEASE, "iiii",                                                                   \
+	  "DELETE FROM file_locks WHERE ino = $1 AND client = $2 AND owner = $3 AND kind = $4")    \
+	X(FLOCK_RELEASE_CLIENT, "i", "DELETE FROM file_locks WHERE client = $1")                   \
+	X(FLOCK_LIST, "i",                                                                         \
+	  "SELECT " MP_LOCK_COLS ","                                                               \
+	  " coalesce((c.expires > now())::int, 0)::int8 FROM file_locks l"                         \
+	  " LEFT JOIN clients c ON c.id = l.client WHERE l.ino = $1"                               \
+	  " ORDER BY l.client, l.owner, l.kind, l.lstart")
 
 /* clang-format off */
 enum mp_sid {
@@ -985,12 +1040,18 @@ static int mp_bad_row(struct mp *m, const char *what)
 	return -EIO;
 }
 
+/* int8 columns c..c+n-1 of the current row into v. */
+static void mp_row_i64s(struct mp_rd *rd, int c, int64_t *v, int n)
+{
+	for (int i = 0; i < n; i++)
+		v[i] = mp_i64(rd, c + i);
+}
+
 static void mp_row_attr(struct mp_rd *rd, int c, struct meta_attr *a)
 {
 	int64_t v[META_ATTR_NCOLS];
 
-	for (int i = 0; i < META_ATTR_NCOLS; i++)
-		v[i] = mp_i64(rd, c + i);
+	mp_row_i64s(rd, c, v, META_ATTR_NCOLS);
 	meta_attr_from_cols(a, v);
 }
 
@@ -1034,10 +1095,7 @@ static void mp_i64_row(struct mp_rd *rd, void *out)
 
 static void mp_pair_row(struct mp_rd *rd, void *out)
 {
-	int64_t *v = out;
-
-	v[0] = mp_i64(rd, 0);
-	v[1] = mp_i64(rd, 1);
+	mp_row_i64s(rd, 0, out, 2);
 }
 
 /* One int8 from the first row of statement `id`; -ENOENT without a row. */
@@ -1232,6 +1290,36 @@ static int mp_call(struct mp *m, bool tx, mp_fn fn, void *arg, void *ret, const 
 	if (r == 0 && ret)
 		memcpy(ret, res, len);
 	return r;
+}
+
+/* A write that is one idempotent statement, run outside a transaction (PG-5: it runs again
+ * after a lost connection). */
+static int mp_run_write(struct mp *m, mp_fn fn, void *arg)
+{
+	return m->rdonly ? -EROFS : mp_run(m, fn, arg);
+}
+
+/* One statement of int8 parameters v[0..n-1]. With `none` (an -errno) it must change a row:
+ * 0, or `none` if it changes none; with none = 0 it answers how many rows it changed. */
+struct mp_change {
+	enum mp_sid id;
+	int n;
+	int64_t v[4];
+	int none;
+};
+
+static int mp_change_fn(struct mp *m, struct mp_conn *c, void *arg)
+{
+	const struct mp_change *x = arg;
+	struct mp_args a = {0};
+	int r;
+
+	for (int i = 0; i < x->n; i++)
+		arg_i64(&a, x->v[i]);
+	r = mp_count(m, c, x->id, &a);
+	if (r < 0 || !x->none)
+		return r;
+	return r == 0 ? x->none : 0;
 }
 
 /* -ENOENT until the schema exists (another process may format after we opened). */
@@ -1615,7 +1703,9 @@ static int mp_validate(struct mp *m, struct mp_conn *c, int flags, char *err, si
 
 /* Bring an older schema up to MP_SCHEMA_VERSION in one transaction; the version is read
  * again under the row lock of braidfs_schema, so two processes opening at once migrate once.
- *   1 -> 2: chain roles (META-13, 14), the dirty and repairs tables (META-15, 17). */
+ *   1 -> 2: chain roles (META-13, 14), the dirty and repairs tables (META-15, 17).
+ *   2 -> 3: file locks (META-18).
+ *   3 -> 4: the async role (META-19, role 3): nothing to rewrite. */
 static int mp_migrate_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
 	PGresult *res = PQexec(c->pg, "SELECT version::text FROM braidfs_schema WHERE id = 1"
@@ -1631,6 +1721,10 @@ static int mp_migrate_tx(struct mp *m, struct mp_conn *c, void *arg)
 	PQclear(res);
 	if (r == 0 && ver < 2)
 		r = mp_exec(m, c, MP_MIGRATE_1_TO_2);
+	if (r == 0 && ver < 3)
+		r = mp_exec(m, c, MP_MIGRATE_2_TO_3);
+	if (r == 0 && ver < 4)
+		r = mp_exec(m, c, MP_MIGRATE_3_TO_4);
 	return r;
 }
 
@@ -1770,17 +1864,13 @@ static int mp_chain_write(struct mp *m, struct mp_conn *c, uint32_t chain,
 	uint32_t t[META_CHAIN_SLOTS];
 	enum meta_role role[META_CHAIN_SLOTS];
 	int64_t rv[META_CHAIN_SLOTS], since[META_CHAIN_SLOTS];
-	unsigned n = meta_chain_slots(cc, t, role);
+	unsigned n = meta_chain_rows(cc, old, t, role, since);
 	struct mp_args a = {0}, b = {0};
 	int64_t ok = 0;
 	int r;
 
-	for (unsigned i = 0; i < n; i++) {
-		int k = old && role[i] == META_ROLE_AWAY ? meta_chain_away_index(old, t[i]) : -1;
-
+	for (unsigned i = 0; i < n; i++)
 		rv[i] = role[i];
-		since[i] = k >= 0 ? old->away_ns[k] : 0;
-	}
 	arg_u32_array(&a, t, n);
 	r = mp_q_i64(m, c, MPQ_CHAIN_TARGETS_OK, &a, &ok);
 	if (r < 0)
@@ -1799,16 +1889,6 @@ static int mp_chain_write(struct mp *m, struct mp_conn *c, uint32_t chain,
 	arg_array(&b, mp_get_i64, rv, n);
 	arg_array(&b, mp_get_i64, since, n);
 	return mp_q(m, c, MPQ_CHAIN_ADD_ROLES, &b, NULL);
-}
-
-static int mp_chain_members(struct mp *m, struct mp_conn *c, uint32_t chain, const uint32_t *v,
-			    uint32_t n)
-{
-	struct meta_chain mem = {.id = chain};
-
-	for (uint32_t i = 0; i < n; i++)
-		meta_chain_put(&mem, META_ROLE_MEMBER, v[i], 0);
-	return mp_chain_write(m, c, chain, &mem, NULL);
 }
 
 struct mp_format {
@@ -1886,12 +1966,6 @@ static int mp_format_tx(struct mp *m, struct mp_conn *c, void *arg)
 			return r;
 	}
 	for (unsigned i = 0; i < f->nt; i++) {
-		/* META-8: one URL per target that is not removed */
-		for (unsigned j = 0; j < i; j++)
-			if (f->t[i].state != META_TARGET_REMOVED &&
-			    f->t[j].state != META_TARGET_REMOVED &&
-			    !strcmp(f->t[i].url, f->t[j].url))
-				return -EINVAL;
 		r = mp_target_insert(m, c, f->t[i].id, &f->t[i]);
 		if (r < 0)
 			return r;
@@ -1901,8 +1975,12 @@ static int mp_format_tx(struct mp *m, struct mp_conn *c, void *arg)
 		arg_i64(&a, f->c[i].id);
 		arg_i64(&a, (int64_t)f->c[i].epoch);
 		r = mp_q(m, c, MPQ_CHAIN_INSERT, &a, NULL);
-		if (r == 0)
-			r = mp_chain_members(m, c, f->c[i].id, f->c[i].members, f->c[i].nmembers);
+		if (r < 0)
+			return r;
+		struct meta_chain mem = f->c[i];
+
+		mem.nsyncing = mem.naway = 0; /* format writes members and async only */
+		r = mp_chain_write(m, c, f->c[i].id, &mem, NULL);
 		if (r < 0)
 			return r;
 	}
@@ -1979,12 +2057,18 @@ struct mp_list {
 	void (*row)(struct mp_rd *rd, void *out);
 };
 
-static int mp_list_fn(struct mp *m, struct mp_conn *c, void *arg)
+/* A list whose statement takes one int8 parameter. */
+struct mp_list_by {
+	struct mp_list l;
+	int64_t key;
+};
+
+static int mp_list_q(struct mp *m, struct mp_conn *c, struct mp_list *l, const struct mp_args *a)
 {
-	struct mp_list *l = arg;
 	struct mp_rd rd = {0};
 	PGresult *res;
-	int n, r = mp_q(m, c, l->id, NULL, &res);
+	int n, r = mp_q(m, c, l->id, a, &res);
+
 	if (r < 0)
 		return r;
 	rd.res = res;
@@ -1995,6 +2079,20 @@ static int mp_list_fn(struct mp *m, struct mp_conn *c, void *arg)
 	}
 	PQclear(res);
 	return rd.bad ? mp_bad_row(m, mp_stmt[l->id].sql) : n;
+}
+
+static int mp_list_fn(struct mp *m, struct mp_conn *c, void *arg)
+{
+	return mp_list_q(m, c, arg, NULL);
+}
+
+static int mp_list_by_fn(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_list_by *b = arg;
+	struct mp_args a = {0};
+
+	arg_i64(&a, b->key);
+	return mp_list_q(m, c, &b->l, &a);
 }
 
 static void mp_target_row(struct mp_rd *rd, void *out)
@@ -2039,7 +2137,7 @@ static int mp_target_update_tx(struct mp *m, struct mp_conn *c, void *arg)
 		return -EINVAL; /* META-7: final */
 	if ((o->mask & META_TSET_STATE) &&
 	    (o->in->state == META_TARGET_DRAINED || o->in->state == META_TARGET_REMOVED)) {
-		/* the row lock holds off chain_update's share lock (mp_chain_members) */
+		/* the row lock holds off a chain change's share lock (mp_chain_write) */
 		r = mp_q_i64(m, c, MPQ_TARGET_NCHAINS, &a, &nchains);
 		if (r < 0)
 			return r;
@@ -2114,37 +2212,22 @@ static int mp_target_add(struct meta *mm, const struct meta_target *t, uint32_t 
 static int mp_chains_list_fn(struct mp *m, struct mp_conn *c, void *arg)
 {
 	struct mp_list *l = arg; /* only ret and max: rows group into chains */
-	struct meta_chain *out = l->ret, *cur = NULL;
+	struct meta_chains_reader g = {.ret = l->ret, .max = l->max};
+	int64_t v[META_CHAINS_NCOLS];
 	struct mp_rd rd = {0};
 	PGresult *res;
-	int64_t last = -1;
-	int n = 0, r = mp_q(m, c, MPQ_CHAINS_LIST, NULL, &res); /* one statement: one snapshot */
+	int r = mp_q(m, c, MPQ_CHAINS_LIST, NULL, &res); /* one statement: one snapshot */
+
 	if (r < 0)
 		return r;
 	rd.res = res;
 	for (int i = 0; i < PQntuples(res); i++) {
-		int64_t id, target;
-
 		rd.row = i;
-		id = mp_i64(&rd, 0);
-		if (id != last) {
-			last = id;
-			cur = NULL;
-			if ((unsigned)n < l->max && out) {
-				cur = &out[n];
-				memset(cur, 0, sizeof(*cur));
-				cur->id = (uint32_t)id;
-				cur->epoch = (uint64_t)mp_i64(&rd, 1);
-			}
-			n++;
-		}
-		target = mp_i64(&rd, 2);
-		if (cur && target != 0)
-			meta_chain_put(cur, (enum meta_role)mp_i64(&rd, 3), (uint32_t)target,
-				       mp_i64(&rd, 4));
+		mp_row_i64s(&rd, 0, v, META_CHAINS_NCOLS);
+		meta_chains_row(&g, v);
 	}
 	PQclear(res);
-	return rd.bad ? mp_bad_row(m, "chains") : n;
+	return rd.bad ? mp_bad_row(m, "chains") : g.n;
 }
 
 static int mp_chains_list(struct meta *mm, struct meta_chain *ret, unsigned max)
@@ -2183,108 +2266,76 @@ static int mp_chain_read(struct mp *m, struct mp_conn *c, uint32_t id, struct me
 	return rd.bad ? mp_bad_row(m, "chain members") : 0;
 }
 
-/* One epoch-conditional chain change (META-6): make() turns the current roles into the new
- * ones, which are checked, written and get epoch + 1. promote also drops the target's dirty
- * and repairs rows in the same transaction (META-16). */
+/* One epoch-conditional chain change (META-6): the roles meta_chain_change_apply() makes of
+ * the current ones are written and get epoch + 1; a promotion's dirty and repairs rows go in
+ * the same transaction (META-16). */
 struct mp_chain_change {
-	uint32_t id;
-	uint64_t expect;
-	int (*make)(const struct meta_chain *cur, const struct mp_chain_change *u,
-		    struct meta_chain *out);
-	const uint32_t *members; /* chain_update */
-	uint32_t n;
-	const struct meta_chain *in; /* chain_set */
-	uint32_t target;	     /* chain_promote */
-	uint64_t epoch;		     /* out */
+	const struct meta_chain_change *u;
+	uint64_t epoch; /* out */
 };
 
 static int mp_chain_change_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
-	struct mp_chain_change *u = arg;
+	struct mp_chain_change *x = arg;
+	const struct meta_chain_change *u = x->u;
 	struct meta_chain cur, next;
 	int r;
 
 	r = mp_chain_read(m, c, u->id, &cur);
-	if (r < 0)
-		return r;
-	if (cur.epoch != u->expect)
-		return -ESTALE;
-	if (cur.epoch >= INT64_MAX)
-		return -EOVERFLOW;
-	r = u->make(&cur, u, &next);
 	if (r == 0)
-		r = meta_chain_roles_check(&next);
+		r = meta_chain_change_apply(u, &cur, &next);
 	if (r == 0)
 		r = mp_chain_write(m, c, u->id, &next, &cur);
 	if (r == 0)
 		r = mp_run2(m, c, MPQ_CHAIN_SET_EPOCH, u->id, (int64_t)cur.epoch + 1);
-	if (r == 0 && u->target) {
+	if (r == 0 && u->op == META_CHAIN_PROMOTE) {
 		r = mp_run2(m, c, MPQ_DIRTY_CLEAR, u->id, u->target);
 		if (r == 0)
 			r = mp_run2(m, c, MPQ_REPAIR_DEL, u->id, u->target);
 	}
 	if (r == 0)
-		u->epoch = cur.epoch + 1;
+		x->epoch = cur.epoch + 1;
 	return r;
 }
 
-static int mp_chain_change(struct meta *mm, struct mp_chain_change *u, uint64_t *ret_epoch)
+static int mp_chain_change(struct meta *mm, const struct meta_chain_change *u, uint64_t *ret_epoch)
 {
-	return mp_call(mp_of(mm), true, mp_chain_change_tx, u, ret_epoch, &u->epoch,
-		       sizeof(u->epoch));
-}
+	struct mp_chain_change x = {u, 0};
+	int r = meta_chain_change_check(u);
 
-static int mp_make_update(const struct meta_chain *cur, const struct mp_chain_change *u,
-			  struct meta_chain *out)
-{
-	meta_chain_with_members(cur, u->members, u->n, out);
-	return 0;
+	return r < 0 ? r
+		     : mp_call(mp_of(mm), true, mp_chain_change_tx, &x, ret_epoch, &x.epoch,
+			       sizeof(x.epoch));
 }
 
 static int mp_chain_update(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
 			   const uint32_t *members, uint32_t nmembers, uint64_t *ret_epoch)
 {
-	struct mp_chain_change u = {.id = chain_id,
-				    .expect = expect_epoch,
-				    .make = mp_make_update,
-				    .members = members,
-				    .n = nmembers};
+	struct meta_chain_change u = {.op = META_CHAIN_UPDATE,
+				      .id = chain_id,
+				      .expect = expect_epoch,
+				      .members = members,
+				      .n = nmembers};
 
-	if (!members || nmembers < 1 || nmembers > META_MAX_REPLICAS)
-		return -EINVAL;
 	return mp_chain_change(mm, &u, ret_epoch);
-}
-
-static int mp_make_set(const struct meta_chain *cur, const struct mp_chain_change *u,
-		       struct meta_chain *out)
-{
-	meta_chain_with_roles(cur, u->in, out);
-	return 0;
 }
 
 static int mp_chain_set(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
 			const struct meta_chain *in, uint64_t *ret_epoch)
 {
-	struct mp_chain_change u = {
-	    .id = chain_id, .expect = expect_epoch, .make = mp_make_set, .in = in};
-	int r = meta_chain_roles_check(in);
+	struct meta_chain_change u = {
+	    .op = META_CHAIN_SET, .id = chain_id, .expect = expect_epoch, .in = in};
 
-	return r < 0 ? r : mp_chain_change(mm, &u, ret_epoch);
-}
-
-static int mp_make_promote(const struct meta_chain *cur, const struct mp_chain_change *u,
-			   struct meta_chain *out)
-{
-	return meta_chain_promoted(cur, u->target, out);
+	return mp_chain_change(mm, &u, ret_epoch);
 }
 
 static int mp_chain_promote(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
 			    uint32_t target, uint64_t *ret_epoch)
 {
-	struct mp_chain_change u = {
-	    .id = chain_id, .expect = expect_epoch, .make = mp_make_promote, .target = target};
+	struct meta_chain_change u = {
+	    .op = META_CHAIN_PROMOTE, .id = chain_id, .expect = expect_epoch, .target = target};
 
-	return target ? mp_chain_change(mm, &u, ret_epoch) : -EINVAL;
+	return mp_chain_change(mm, &u, ret_epoch);
 }
 
 /* ---- dirty chunks (META-15) and repairs (META-17) -------------------------------------- */
@@ -2454,44 +2505,23 @@ static int mp_repair_set(struct meta *mm, const struct meta_repair *in)
 {
 	int r = meta_repair_check(in);
 
-	/* one idempotent statement (PG-5) */
-	return r < 0 ? r : mp_run(mp_of(mm), mp_repair_set_fn, (void *)in);
-}
-
-static int mp_repair_delete_fn(struct mp *m, struct mp_conn *c, void *arg)
-{
-	const uint32_t *k = arg;
-	struct mp_args a = {0};
-	int r;
-
-	arg_i64(&a, k[0]);
-	arg_i64(&a, k[1]);
-	r = mp_count(m, c, MPQ_REPAIR_DEL, &a);
-	return r == 0 ? -ENOENT : r < 0 ? r : 0;
+	return r < 0 ? r : mp_run_write(mp_of(mm), mp_repair_set_fn, (void *)in); /* an upsert */
 }
 
 static int mp_repair_delete(struct meta *mm, uint32_t chain, uint32_t target)
 {
-	uint32_t k[2] = {chain, target};
+	struct mp_change x = {MPQ_REPAIR_DEL, 2, {chain, target}, -ENOENT};
 
-	return mp_tx(mp_of(mm), mp_repair_delete_fn, k);
+	/* a transaction: run again after a lost connection, it would find no row */
+	return mp_tx(mp_of(mm), mp_change_fn, &x);
 }
 
 static void mp_repair_row(struct mp_rd *rd, void *out)
 {
-	struct meta_repair *p = out;
+	int64_t v[META_REPAIR_NCOLS];
 
-	memset(p, 0, sizeof(*p));
-	p->chain = (uint32_t)mp_i64(rd, 0);
-	p->target = (uint32_t)mp_i64(rd, 1);
-	p->kind = (enum meta_repair_kind)mp_i64(rd, 2);
-	p->chunks_total = (uint64_t)mp_i64(rd, 3);
-	p->chunks_done = (uint64_t)mp_i64(rd, 4);
-	p->bytes_done = (uint64_t)mp_i64(rd, 5);
-	p->rate = (uint64_t)mp_i64(rd, 6);
-	p->started_ns = mp_i64(rd, 7);
-	p->elapsed_ns = mp_i64(rd, 8);
-	p->updated_ns = mp_i64(rd, 9);
+	mp_row_i64s(rd, 0, v, META_REPAIR_NCOLS);
+	meta_repair_from_cols(out, v);
 }
 
 static int mp_repairs_list(struct meta *mm, struct meta_repair *ret, unsigned max)
@@ -2851,7 +2881,7 @@ static int mp_mknod_tx(struct mp *m, struct mp_conn *c, void *arg)
 	if (r < 0)
 		return r;
 	/* META-9: the parent's quota root accounts the new inode */
-	meta_mknod_attr(in, k->link, p.qroot, a);
+	meta_mknod_attr(in, k->link, &p, a);
 
 	arg_i64(&q, (int64_t)k->parent);
 	arg_str(&q, k->name);
@@ -3554,6 +3584,38 @@ static int mp_purge(struct meta *mm, uint64_t ino)
 	return mp_tx(mp_of(mm), mp_purge_tx, &p);
 }
 
+struct mp_purges {
+	const uint64_t *inos;
+	unsigned n, done;
+};
+
+static int mp_purge_batch_tx(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_purges *p = arg;
+
+	p->done = 0; /* a retried transaction counts again */
+	for (unsigned i = 0; i < p->n; i++) {
+		struct mp_ino one = {p->inos[i], {0}};
+		int r = mp_purge_tx(m, c, &one);
+
+		if (r == 0)
+			p->done++;
+		else if (!meta_purge_skipped(r))
+			return r;
+	}
+	return 0;
+}
+
+static int mp_purge_batch(struct meta *mm, const uint64_t *inos, unsigned n)
+{
+	struct mp_purges p = {inos, n, 0};
+	int r = meta_purge_batch_check(inos, n);
+
+	if (r == 0)
+		r = mp_tx(mp_of(mm), mp_purge_batch_tx, &p);
+	return r < 0 ? r : (int)p.done;
+}
+
 /* META-5: a COMMIT returned only after its WAL record was flushed (synchronous_commit is at
  * least on in every session, see DURABILITY): nothing committed can still be volatile. */
 static int mp_sync(struct meta *mm)
@@ -3812,7 +3874,7 @@ static int mp_lease_name_check(const char *name)
 struct mp_cluster {
 	const char *name, *address;
 	uint64_t id;
-	int64_t x, y; /* state, holder, generation, ... as the op says */
+	int64_t x, y; /* leases: holder, generation */
 	uint32_t ttl_ms;
 	const struct meta_client *client;
 	struct meta_lease lease; /* out */
@@ -3849,48 +3911,28 @@ static int mp_node_register(struct meta *mm, const char *name, const char *addre
 	    !meta_str_ok(name, sizeof(((struct meta_node *)0)->name)) ||
 	    !meta_str_ok(address, sizeof(((struct meta_node *)0)->address)))
 		return -EINVAL;
-	if (m->rdonly)
-		return -EROFS;
-	r = mp_run(m, mp_node_register_fn, &k); /* an upsert: idempotent */
+	r = mp_run_write(m, mp_node_register_fn, &k); /* an upsert */
 	if (r == 0 && ret_id)
 		*ret_id = (uint32_t)k.id;
 	return r;
 }
 
-/* One UPDATE of a node row by id: heartbeat (x = ttl) or state (x). */
-static int mp_node_update_fn(struct mp *m, struct mp_conn *c, void *arg)
-{
-	struct mp_cluster *k = arg;
-	struct mp_args a = {0};
-	enum mp_sid id = k->name ? MPQ_NODE_SET_STATE : MPQ_NODE_HEARTBEAT;
-	int r;
-
-	arg_i64(&a, (int64_t)k->id);
-	arg_i64(&a, k->x);
-	r = mp_count(m, c, id, &a);
-	return r < 0 ? r : r == 0 ? -ENOENT : 0;
-}
-
 static int mp_node_heartbeat(struct meta *mm, uint32_t id, uint32_t ttl_ms)
 {
-	struct mp_cluster k = {.id = id, .x = ttl_ms};
+	struct mp_change x = {MPQ_NODE_HEARTBEAT, 2, {id, ttl_ms}, -ENOENT};
 
 	if (mp_ttl_check(ttl_ms) < 0)
 		return -EINVAL;
-	if (mp_of(mm)->rdonly)
-		return -EROFS;
-	return mp_run(mp_of(mm), mp_node_update_fn, &k);
+	return mp_run_write(mp_of(mm), mp_change_fn, &x);
 }
 
 static int mp_node_set_state(struct meta *mm, uint32_t id, enum meta_node_state state)
 {
-	struct mp_cluster k = {.id = id, .name = "state", .x = state};
+	struct mp_change x = {MPQ_NODE_SET_STATE, 2, {id, state}, -ENOENT};
 
 	if (state != META_NODE_UP && state != META_NODE_DOWN)
 		return -EINVAL;
-	if (mp_of(mm)->rdonly)
-		return -EROFS;
-	return mp_run(mp_of(mm), mp_node_update_fn, &k);
+	return mp_run_write(mp_of(mm), mp_change_fn, &x);
 }
 
 static void mp_node_row(struct mp_rd *rd, void *out)
@@ -3998,9 +4040,7 @@ static int mp_lease_call(struct meta *mm, enum mp_lease_op op, const char *name,
 		r = -EINVAL;
 	if (r < 0)
 		return r;
-	if (op != MP_LEASE_GET && m->rdonly)
-		return -EROFS;
-	r = mp_run(m, mp_lease_fn, &l);
+	r = op == MP_LEASE_GET ? mp_run(m, mp_lease_fn, &l) : mp_run_write(m, mp_lease_fn, &l);
 	if (ret && l.k.have_lease)
 		*ret = l.k.lease;
 	return r;
@@ -4107,44 +4147,25 @@ static int mp_client_register(struct meta *mm, const struct meta_client *in, uin
 	return r;
 }
 
-static int mp_client_update_fn(struct mp *m, struct mp_conn *c, void *arg)
-{
-	struct mp_cluster *k = arg;
-	struct mp_args a = {0};
-	int r;
-
-	arg_i64(&a, (int64_t)k->id);
-	if (k->ttl_ms)
-		arg_i64(&a, k->ttl_ms);
-	r = mp_count(m, c, k->ttl_ms ? MPQ_CLIENT_HEARTBEAT : MPQ_CLIENT_DELETE, &a);
-	if (r < 0)
-		return r;
-	return r > 0 ? 0 : k->ttl_ms ? -ESTALE : -ENOENT;
-}
-
 static int mp_client_heartbeat(struct meta *mm, uint64_t id, uint32_t ttl_ms)
 {
-	struct mp_cluster k = {.id = id, .ttl_ms = ttl_ms};
+	struct mp_change x = {MPQ_CLIENT_HEARTBEAT, 2, {(int64_t)id, ttl_ms}, -ESTALE};
 	int r = mp_ttl_check(ttl_ms);
 
 	if (r < 0)
 		return r;
 	if (id == 0 || id > INT64_MAX)
 		return -ESTALE;
-	if (mp_of(mm)->rdonly)
-		return -EROFS;
-	return mp_run(mp_of(mm), mp_client_update_fn, &k);
+	return mp_run_write(mp_of(mm), mp_change_fn, &x);
 }
 
 static int mp_client_unregister(struct meta *mm, uint64_t id)
 {
-	struct mp_cluster k = {.id = id, .ttl_ms = 0};
+	struct mp_change x = {MPQ_CLIENT_DELETE, 1, {(int64_t)id}, -ENOENT};
 
 	if (id == 0 || id > INT64_MAX)
 		return -ENOENT;
-	if (mp_of(mm)->rdonly)
-		return -EROFS;
-	return mp_run(mp_of(mm), mp_client_update_fn, &k);
+	return mp_run_write(mp_of(mm), mp_change_fn, &x);
 }
 
 static int mp_clients_list(struct meta *mm, struct meta_client *ret, unsigned max)
@@ -4154,9 +4175,222 @@ static int mp_clients_list(struct meta *mm, struct meta_client *ret, unsigned ma
 	return mp_run(mp_of(mm), mp_list_fn, &l);
 }
 
+/* ---- file locks (META_CAP_LOCKS; META-18, PG-7) ---------------------------------------- */
+
+struct mp_flock {
+	const struct meta_lock *in;
+	struct meta_lock conflict; /* out: -EAGAIN */
+	struct meta_lock *cur;	   /* the owner's rows as read (scratch, META_LOCK_RANGES_MAX) */
+	struct meta_lock *out;	   /* the owner's rows after the change (scratch) */
+};
+
+/* The MP_LOCK_COLS of the current row into *l; local and alive false. */
+static void mp_lock_cols(struct mp_rd *rd, struct meta_lock *l)
+{
+	memset(l, 0, sizeof(*l));
+	l->ino = (uint64_t)mp_i64(rd, 0);
+	l->client = (uint64_t)mp_i64(rd, 1);
+	l->owner = (uint64_t)mp_i64(rd, 2);
+	l->kind = (enum meta_lock_kind)mp_i64(rd, 3);
+	l->type = (enum meta_lock_type)mp_i64(rd, 4);
+	l->start = (uint64_t)mp_i64(rd, 5);
+	l->end = (uint64_t)mp_i64(rd, 6);
+	l->pid = (int32_t)mp_i64(rd, 7);
+}
+
+/* The key of l's rows as the first parameters: ino, client, owner, kind. */
+static void arg_lock_key(struct mp_args *a, const struct meta_lock *l)
+{
+	arg_i64(a, (int64_t)l->ino);
+	arg_i64(a, (int64_t)l->client);
+	arg_i64(a, (int64_t)l->owner);
+	arg_i64(a, l->kind);
+}
+
+/* The first live conflicting lock of in: 1 found (in *ret), 0 none, or -errno. */
+static int mp_lock_conflict(struct mp *m, struct mp_conn *c, const struct meta_lock *in,
+			    struct meta_lock *ret)
+{
+	struct mp_args a = {0};
+	struct mp_rd rd = {0};
+	PGresult *res;
+	int r;
+
+	arg_lock_key(&a, in);
+	arg_i64(&a, in->type);
+	arg_i64(&a, (int64_t)in->start);
+	arg_i64(&a, (int64_t)in->end);
+	r = mp_q(m, c, MPQ_FLOCK_CONFLICT, &a, &res);
+	if (r < 0)
+		return r;
+	rd.res = res;
+	r = PQntuples(res) > 0;
+	if (r) {
+		mp_lock_cols(&rd, ret);
+		ret->local = mp_i64(&rd, 8) != 0;
+		ret->alive = true;
+	}
+	PQclear(res);
+	return rd.bad ? mp_bad_row(m, "file_locks") : r;
+}
+
+/* PG-7: the inode's row lock, then (later statements, fresh snapshots) the caller's
+ * registration, the purge of dead clients' rows, the conflict test, and the owner's rows
+ * taken out and written back as meta_lock_apply() says. */
+static int mp_lock_set_tx(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_flock *x = arg;
+	const struct meta_lock *in = x->in;
+	struct mp_args a = {0};
+	struct mp_rd rd = {0};
+	PGresult *res;
+	int64_t one = 0;
+	int r, n;
+
+	arg_i64(&a, (int64_t)in->ino);
+	r = mp_q_i64(m, c, MPQ_FLOCK_INODE, &a, &one);
+	if (r == 0)
+		r = mp_q(m, c, MPQ_FLOCK_PURGE, &a, NULL);
+	if (r < 0)
+		return r;
+	a.n = 0;
+	arg_i64(&a, (int64_t)in->client);
+	r = mp_q_i64(m, c, MPQ_FLOCK_CLIENT, &a, &one);
+	if (r < 0)
+		return r == -ENOENT ? -ESTALE : r;
+	if (in->type != META_LOCK_UN) {
+		r = mp_lock_conflict(m, c, in, &x->conflict);
+		if (r != 0)
+			return r < 0 ? r : -EAGAIN;
+	}
+	a.n = 0;
+	arg_lock_key(&a, in);
+	r = mp_q(m, c, MPQ_FLOCK_TAKE, &a, &res);
+	if (r < 0)
+		return r;
+	rd.res = res;
+	n = PQntuples(res);
+	if (n > META_LOCK_RANGES_MAX) {
+		PQclear(res);
+		return mp_bad_row(m, "file_locks");
+	}
+	for (rd.row = 0; rd.row < n; rd.row++) {
+		struct meta_lock *l = &x->cur[rd.row];
+
+		mp_lock_cols(&rd, l);
+		if (l->type != META_LOCK_RD && l->type != META_LOCK_WR)
+			rd.bad = true;
+	}
+	PQclear(res);
+	if (rd.bad)
+		return mp_bad_row(m, "file_locks");
+	r = meta_lock_apply(x->cur, (unsigned)n, in, x->out, META_LOCK_RANGES_MAX);
+	for (int i = 0; i < r; i++) {
+		const struct meta_lock *l = &x->out[i];
+		int e;
+
+		a.n = 0;
+		arg_lock_key(&a, in);
+		arg_i64(&a, l->type);
+		arg_i64(&a, (int64_t)l->start);
+		arg_i64(&a, (int64_t)l->end);
+		arg_i64(&a, l->pid);
+		e = mp_q(m, c, MPQ_FLOCK_INSERT, &a, NULL);
+		if (e < 0)
+			return e;
+	}
+	return r < 0 ? r : 0;
+}
+
+static int mp_lock_set(struct meta *mm, const struct meta_lock *in, struct meta_lock *ret_conflict)
+{
+	struct mp *m = mp_of(mm);
+	struct mp_flock x = {.in = in};
+	int r = meta_lock_check(in);
+
+	if (r < 0)
+		return r;
+	if (m->rdonly)
+		return -EROFS;
+	x.cur = calloc(2 * META_LOCK_RANGES_MAX + 1, sizeof(*x.cur));
+	if (!x.cur)
+		return -ENOMEM;
+	x.out = x.cur + META_LOCK_RANGES_MAX;
+	r = mp_tx(m, mp_lock_set_tx, &x);
+	if (r == -EAGAIN && ret_conflict)
+		*ret_conflict = x.conflict;
+	free(x.cur);
+	return r;
+}
+
+static int mp_lock_get_fn(struct mp *m, struct mp_conn *c, void *arg)
+{
+	struct mp_flock *x = arg;
+	int r = mp_lock_conflict(m, c, x->in, &x->conflict);
+
+	if (r == 0) {
+		memset(&x->conflict, 0, sizeof(x->conflict));
+		x->conflict.ino = x->in->ino;
+		x->conflict.kind = x->in->kind;
+		x->conflict.type = META_LOCK_UN;
+	}
+	return r < 0 ? r : 0;
+}
+
+static int mp_lock_get(struct meta *mm, const struct meta_lock *in, struct meta_lock *ret)
+{
+	struct mp_flock x = {.in = in};
+	int r = meta_lock_check(in);
+
+	if (r == 0 && (in->type == META_LOCK_UN || !ret))
+		r = -EINVAL;
+	if (r < 0)
+		return r;
+	return mp_call(mp_of(mm), false, mp_lock_get_fn, &x, ret, &x.conflict, sizeof(*ret));
+}
+
+/* One DELETE: idempotent, so it runs again after a lost connection (PG-5). */
+static int mp_lock_release(struct meta *mm, uint64_t ino, uint64_t client, uint64_t owner,
+			   enum meta_lock_kind kind)
+{
+	struct mp_change x = {
+	    MPQ_FLOCK_RELEASE, 4, {(int64_t)ino, (int64_t)client, (int64_t)owner, kind}, 0};
+
+	if (ino < 1 || ino > INT64_MAX || client < 1 || client > INT64_MAX ||
+	    (kind != META_LOCK_POSIX && kind != META_LOCK_FLOCK))
+		return -EINVAL;
+	return mp_run_write(mp_of(mm), mp_change_fn, &x);
+}
+
+static int mp_locks_release_client(struct meta *mm, uint64_t client)
+{
+	struct mp_change x = {MPQ_FLOCK_RELEASE_CLIENT, 1, {(int64_t)client}, 0};
+
+	if (client < 1 || client > INT64_MAX)
+		return -EINVAL;
+	return mp_run_write(mp_of(mm), mp_change_fn, &x); /* one DELETE, as lock_release */
+}
+
+static void mp_lock_row(struct mp_rd *rd, void *out)
+{
+	struct meta_lock *l = out;
+
+	mp_lock_cols(rd, l);
+	l->alive = mp_i64(rd, 8) != 0;
+}
+
+static int mp_locks_list(struct meta *mm, uint64_t ino, struct meta_lock *ret, unsigned max)
+{
+	struct mp_list_by b = {{MPQ_FLOCK_LIST, ret, max, sizeof(*ret), mp_lock_row}, (int64_t)ino};
+
+	if (ino < 1 || ino > INT64_MAX)
+		return -EINVAL;
+	return mp_run(mp_of(mm), mp_list_by_fn, &b);
+}
+
 const struct meta_ops meta_pg_ops = {
     .scheme = "postgres",
-    .caps = META_CAP_SHARED | META_CAP_CLUSTER,
+    .caps = META_CAP_SHARED | META_CAP_CLUSTER | META_CAP_LOCKS,
     .open = mp_open,
     .close = mp_close,
     .format = mp_format,
@@ -4193,6 +4427,7 @@ const struct meta_ops meta_pg_ops = {
     .listxattr = mp_listxattr,
     .removexattr = mp_removexattr,
     .purge = mp_purge,
+    .purge_batch = mp_purge_batch,
     .orphans = mp_orphans,
     .inodes = mp_inodes,
     .sync = mp_sync,
@@ -4214,4 +4449,9 @@ const struct meta_ops meta_pg_ops = {
     .client_heartbeat = mp_client_heartbeat,
     .client_unregister = mp_client_unregister,
     .clients_list = mp_clients_list,
+    .lock_set = mp_lock_set,
+    .lock_get = mp_lock_get,
+    .lock_release = mp_lock_release,
+    .locks_release_client = mp_locks_release_client,
+    .locks_list = mp_locks_list,
 };

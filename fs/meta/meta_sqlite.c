@@ -20,10 +20,11 @@
  *
  * DURABILITY (META-5)
  *   synchronous=NORMAL: a commit appends to the WAL without fsync, so it may be lost on power
- *   failure (never corrupted). sync() commits one tiny transaction with synchronous=FULL: that
- *   fsyncs the WAL after its commit frame, and because the WAL is append-only every frame before
- *   it (every earlier commit, by any connection) is durable too; frames already checkpointed into
- *   the main file were fsynced by the checkpoint before the WAL was restarted. sync() is skipped
+ *   failure (never corrupted). sync() fdatasyncs the -wal file through a descriptor of its own,
+ *   without the lock: the WAL is append-only, so every frame written before (every earlier
+ *   commit, by any connection) is durable after it, which is what a commit with
+ *   synchronous=FULL would have done, minus a transaction; frames already checkpointed into
+ *   the main file were synced by the checkpoint before the WAL was restarted. sync() is skipped
  *   when nothing was committed since the last one (our counter + PRAGMA data_version for other
  *   connections), which turns a burst of fsync() calls into one WAL fsync.
  *
@@ -61,13 +62,18 @@
 #include <unistd.h>
 
 #define MS_APP_ID	   0x42524653 /* "BRFS": PRAGMA application_id of every braidfs db */
-#define MS_SCHEMA_VERSION  4	      /* PRAGMA user_version written by format() */
+#define MS_SCHEMA_VERSION  5	      /* PRAGMA user_version written by format() */
 #define MS_BUSY_TIMEOUT_MS 5000	      /* then -EBUSY */
 #define MS_BATCH	   256	      /* rows per lock hold in readdir/inodes/orphans */
 #define MS_STATFS_BATCH	   8192	      /* rows per lock hold in statfs (no callback: cheap rows) */
 #define MS_LINK_MAX	   65000      /* hard links per inode, as ext4 (EMLINK) */
 #define MS_DEPTH_MAX	   (1u << 20) /* ancestor walk bound: deeper means a loop (corruption) */
 #define MS_CACHE_KIB	   16384      /* page cache per connection */
+/* WAL pages between automatic checkpoints (SQLite's default: 1000). A checkpoint costs two or
+ * three fdatasyncs and copies each page once however often it changed, so a longer WAL costs
+ * fewer of both per commit; the WAL file is reused from its start after each checkpoint, not
+ * truncated, so its fdatasync never has a file size to journal. */
+#define MS_WAL_CHECKPOINT_PAGES 8192 /* 32 MiB of 4 KiB pages */
 
 /* mode bits as they appear in SQL (S_IFMT, S_IFDIR, S_IFREG) */
 #define MS_SQL_IFMT  "61440"
@@ -122,6 +128,11 @@
 	"ALTER TABLE chain_members ADD COLUMN role INTEGER NOT NULL DEFAULT 0;"                    \
 	"ALTER TABLE chain_members ADD COLUMN since INTEGER NOT NULL DEFAULT 0;" MS_REPAIR_SCHEMA
 
+/* Schema 4 -> 5, run by ms_migrate(): chain_members.role may be 3, async (META-19). No row
+ * changes; the version alone keeps an older braidfs, which would drop async rows on its next
+ * chain_set, from opening the database. */
+#define MS_MIGRATE_4_TO_5 "SELECT 1;"
+
 /* The database's clock (here: this host's), ns since the epoch, in SQL (META-14). */
 #define MS_SQL_NOW_NS "(CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) * 1000000)"
 
@@ -137,7 +148,7 @@ static const char ms_schema_sql[] =
 	" name TEXT NOT NULL, uuid TEXT NOT NULL, format_version INTEGER NOT NULL,"
 	" chunk_size INTEGER NOT NULL, replicas INTEGER NOT NULL, consistency INTEGER NOT NULL,"
 	" created_ns INTEGER NOT NULL,"
-	" sync_seq INTEGER NOT NULL DEFAULT 0);" /* bumped by sync(): a write to commit */
+	" sync_seq INTEGER NOT NULL DEFAULT 0);" /* unused (earlier sync()s bumped it) */
 	"CREATE TABLE targets ("
 	" id INTEGER PRIMARY KEY CHECK (id >= 1),"
 	" url TEXT NOT NULL, uuid TEXT NOT NULL, state INTEGER NOT NULL,"
@@ -182,6 +193,8 @@ static const char ms_schema_sql[] =
 #define MS_ATTR_COLS_I                                                                             \
 	"i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime, i.mtime, i.ctime, "        \
 	"i.btime, i.generation, i.flags, i.qroot, i.qres"
+/* an entry and the inode it names, as ms_dent_row() reads them */
+#define MS_DENT_COLS "d.id, d.ino, " MS_ATTR_COLS_I
 
 /* Every statement the engine runs more than once, prepared once per connection. */
 #define MS_STMTS(X)                                                                                \
@@ -194,7 +207,6 @@ static const char ms_schema_sql[] =
 	X(DATA_VERSION, "PRAGMA data_version")                                                     \
 	X(APP_ID, "PRAGMA application_id")                                                         \
 	X(USER_VERSION, "PRAGMA user_version")                                                     \
-	X(SYNC_MARK, "UPDATE volume SET sync_seq = sync_seq + 1 WHERE id = 1")                     \
 	X(VOLUME_GET, "SELECT name, uuid, format_version, chunk_size, replicas, consistency, "     \
 		      "created_ns FROM volume WHERE id = 1")                                       \
 	X(TARGETS_LIST, "SELECT id, url, uuid, state, pool, node, media FROM targets ORDER BY id") \
@@ -253,8 +265,11 @@ static const char ms_schema_sql[] =
 	X(INODE_LINK, "SELECT mode, link FROM inodes WHERE ino = ?1")                              \
 	X(DIR_TOUCH, "UPDATE inodes SET nlink = nlink + ?2, mtime = ?3, ctime = ?3 "               \
 		     "WHERE ino = ?1")                                                             \
-	X(DENT_GET, "SELECT d.id, d.ino, " MS_ATTR_COLS_I " FROM dentries d "                      \
+	X(DENT_GET, "SELECT " MS_DENT_COLS " FROM dentries d "                                     \
 		    "LEFT JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?1 AND d.name = ?2")     \
+	X(LOOKUP, "SELECT p.mode, " MS_DENT_COLS " FROM inodes p "                                 \
+		  "LEFT JOIN dentries d ON d.parent = p.ino AND d.name = ?2 "                      \
+		  "LEFT JOIN inodes i ON i.ino = d.ino WHERE p.ino = ?1")                          \
 	X(DENT_INSERT, "INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")             \
 	X(DENT_DELETE, "DELETE FROM dentries WHERE id = ?1")                                       \
 	X(DENT_MOVE, "UPDATE dentries SET parent = ?2, name = ?3 WHERE id = ?1")                   \
@@ -321,9 +336,10 @@ struct ms {
 	sqlite3_stmt *stmt[MSQ_COUNT]; /* prepared on first use */
 	bool formatted;		       /* application_id seen; schema present */
 	int64_t schema;		       /* user_version once formatted (1 until migrated) */
-	uint64_t commits;	       /* write transactions committed since the last sync() */
 	uint64_t txns;		       /* write transactions committed, ever (never reset) */
+	uint64_t synced_txns;	       /* txns that the last sync() covered */
 	int64_t synced_dv;	       /* PRAGMA data_version at the last sync(); -1: never */
+	int wal_fd;		       /* our own descriptor of the -wal file for sync(); -1 */
 	/* statfs() result, valid while txns and data_version are what they were */
 	bool statfs_valid;
 	uint64_t statfs_txns;
@@ -531,7 +547,6 @@ static int ms_end(struct ms *m, int r)
 		int c = ms_run3(m, MSQ_COMMIT, 0, 0, 0);
 
 		if (c == 0) {
-			m->commits++;
 			m->txns++;
 			return r;
 		}
@@ -555,12 +570,18 @@ static int ms_end(struct ms *m, int r)
 
 /* ---- rows <-> structs ------------------------------------------------------------------ */
 
+/* Columns c..c+n-1 of the current row into v. */
+static void ms_row_i64s(sqlite3_stmt *st, int c, int64_t *v, int n)
+{
+	for (int i = 0; i < n; i++)
+		v[i] = sqlite3_column_int64(st, c + i);
+}
+
 static void ms_row_attr(sqlite3_stmt *st, int c, struct meta_attr *a)
 {
 	int64_t v[META_ATTR_NCOLS];
 
-	for (int i = 0; i < META_ATTR_NCOLS; i++)
-		v[i] = sqlite3_column_int64(st, c + i);
+	ms_row_i64s(st, c, v, META_ATTR_NCOLS);
 	meta_attr_from_cols(a, v);
 }
 
@@ -758,6 +779,27 @@ static int ms_dir_live(struct ms *m, uint64_t ino, struct meta_attr *ret)
 	return ret->nlink == 0 ? -ENOENT : 0;
 }
 
+/* The MS_DENT_COLS of the current row from column c: the entry `name` of directory `parent`,
+ * its id and the inode it names. -ENOENT if there is no entry (a NULL id: an outer join found
+ * none); -EIO if it names a missing inode (check() repairs that). */
+static int ms_dent_row(struct ms *m, sqlite3_stmt *st, int c, uint64_t parent, const char *name,
+		       int64_t *ret_id, struct meta_attr *ret)
+{
+	if (sqlite3_column_type(st, c) == SQLITE_NULL)
+		return -ENOENT;
+	if (sqlite3_column_type(st, c + 2) == SQLITE_NULL) {
+		log_debug("meta sqlite %s: entry '%s' in directory %" PRIu64
+			  " names missing inode %lld; run 'braidfs fsck'",
+			  m->path, name, parent, (long long)sqlite3_column_int64(st, c + 1));
+		return -EIO;
+	}
+	if (ret_id)
+		*ret_id = sqlite3_column_int64(st, c);
+	if (ret)
+		ms_row_attr(st, c + 2, ret);
+	return 0;
+}
+
 /* The entry `name` in directory `parent` (which the caller checked): its id and the inode it
  * names. -ENOENT if there is none; -EIO if it names a missing inode (check() repairs that). */
 static int ms_dent_get(struct ms *m, uint64_t parent, const char *name, int64_t *ret_id,
@@ -773,17 +815,7 @@ static int ms_dent_get(struct ms *m, uint64_t parent, const char *name, int64_t 
 	ms_bind_name(st, 2, name);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
-		if (sqlite3_column_type(st, 2) == SQLITE_NULL) {
-			log_debug("meta sqlite %s: entry '%s' in directory %" PRIu64
-				  " names missing inode %lld; run 'braidfs fsck'",
-				  m->path, name, parent, (long long)sqlite3_column_int64(st, 1));
-			r = -EIO;
-		} else {
-			if (ret_id)
-				*ret_id = sqlite3_column_int64(st, 0);
-			if (ret)
-				ms_row_attr(st, 2, ret);
-		}
+		r = ms_dent_row(m, st, 0, parent, name, ret_id, ret);
 	} else if (rc == SQLITE_DONE) {
 		r = -ENOENT;
 	} else {
@@ -895,6 +927,8 @@ static void ms_close(struct meta *mm)
 		sqlite3_finalize(m->stmt[i]);
 	if (m->db)
 		sqlite3_close_v2(m->db);
+	if (m->wal_fd >= 0)
+		close(m->wal_fd);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
 }
@@ -1181,8 +1215,9 @@ static int ms_configure(struct ms *m, char *err, size_t errlen)
 	}
 	snprintf(sql, sizeof(sql),
 		 "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -%d;"
-		 " PRAGMA temp_store = MEMORY; PRAGMA cell_size_check = ON;",
-		 MS_CACHE_KIB);
+		 " PRAGMA temp_store = MEMORY; PRAGMA cell_size_check = ON;"
+		 " PRAGMA wal_autocheckpoint = %d;",
+		 MS_CACHE_KIB, MS_WAL_CHECKPOINT_PAGES);
 	rc = sqlite3_exec(m->db, sql, NULL, NULL, NULL);
 	if (rc != SQLITE_OK)
 		return ms_open_fail(m, rc, err, errlen);
@@ -1198,7 +1233,8 @@ static int ms_configure(struct ms *m, char *err, size_t errlen)
  *           'dir' and node this host's name.
  *   2 -> 3: directory quotas (META-9): the quotas table, inodes.qroot and inodes.qres.
  *   3 -> 4: chain roles (META-13, 14: chain_members.role and since; every row a member), the
- *           dirty and repairs tables (META-15, 17). */
+ *           dirty and repairs tables (META-15, 17).
+ *   4 -> 5: the async role (META-19, role 3): nothing to rewrite. */
 static int ms_migrate(struct ms *m, char *err, size_t errlen)
 {
 	char host[META_NODE_MAX] = "", sql[64];
@@ -1245,6 +1281,11 @@ static int ms_migrate(struct ms *m, char *err, size_t errlen)
 		r = ms_exec(m, MS_MIGRATE_3_TO_4);
 		if (r == 0)
 			ver = 4;
+	}
+	if (r == 0 && ver < 5) {
+		r = ms_exec(m, MS_MIGRATE_4_TO_5);
+		if (r == 0)
+			ver = 5;
 	}
 	if (r == 0) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", MS_SCHEMA_VERSION);
@@ -1325,6 +1366,7 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 	m->base.ops = &meta_sqlite_ops;
 	m->rdonly = flags & META_O_RDONLY;
 	m->synced_dv = -1;
+	m->wal_fd = -1;
 	pthread_mutex_init(&m->lock, NULL);
 	snprintf(m->path, sizeof(m->path), "%s", u.path);
 
@@ -1436,21 +1478,6 @@ static int ms_target_insert(struct ms *m, uint32_t id, const struct meta_target 
 	return r;
 }
 
-/* format(): the targets. META-8: one URL per target that is not removed. */
-static int ms_format_insert_targets(struct ms *m, const struct meta_target *t, unsigned n)
-{
-	int r = 0;
-
-	for (unsigned i = 0; i < n && r == 0; i++) {
-		for (unsigned j = 0; j < i; j++)
-			if (t[i].state != META_TARGET_REMOVED &&
-			    t[j].state != META_TARGET_REMOVED && !strcmp(t[i].url, t[j].url))
-				return -EINVAL;
-		r = ms_target_insert(m, t[i].id, &t[i]);
-	}
-	return r;
-}
-
 /* Bind v[0..n-1] to ?1..?n. */
 static void ms_bind_i64s(sqlite3_stmt *st, const int64_t *v, int n)
 {
@@ -1467,15 +1494,15 @@ static int ms_chain_write(struct ms *m, uint32_t chain, const struct meta_chain 
 {
 	uint32_t t[META_CHAIN_SLOTS];
 	enum meta_role role[META_CHAIN_SLOTS];
-	unsigned n = meta_chain_slots(c, t, role);
+	int64_t since[META_CHAIN_SLOTS];
+	unsigned n = meta_chain_rows(c, old, t, role, since);
 	sqlite3_stmt *st;
 	int rc, r;
 
 	r = ms_run3(m, MSQ_CHAIN_CLEAR, chain, 0, 0);
 	for (unsigned i = 0; i < n && r == 0; i++) {
 		int64_t state = 0;
-		int k = old && role[i] == META_ROLE_AWAY ? meta_chain_away_index(old, t[i]) : -1;
-		int64_t v[5] = {chain, i, t[i], role[i], k >= 0 ? old->away_ns[k] : 0};
+		int64_t v[5] = {chain, i, t[i], role[i], since[i]};
 
 		r = ms_int_by_id(m, MSQ_TARGET_STATE, t[i], &state);
 		if (r == 0 && (state == META_TARGET_DRAINED || state == META_TARGET_REMOVED)) {
@@ -1578,9 +1605,11 @@ static int ms_format_tx(struct ms *m, const struct meta_volume *vol, const struc
 	if (r < 0)
 		return r;
 
-	r = ms_format_insert_targets(m, t, nt);
-	if (r < 0)
-		return r;
+	for (unsigned i = 0; i < nt; i++) {
+		r = ms_target_insert(m, t[i].id, &t[i]);
+		if (r < 0)
+			return r;
+	}
 	for (unsigned i = 0; i < nc; i++) {
 		rc = sqlite3_prepare_v2(m->db, "INSERT INTO chains (id, epoch) VALUES (?1, ?2)", -1,
 					&st, NULL);
@@ -1595,10 +1624,9 @@ static int ms_format_tx(struct ms *m, const struct meta_volume *vol, const struc
 		sqlite3_finalize(st);
 		if (r < 0)
 			return r;
-		struct meta_chain mem;
+		struct meta_chain mem = c[i];
 
-		meta_chain_with_members(&c[i], c[i].members, c[i].nmembers, &mem);
-		mem.nsyncing = mem.naway = 0; /* format writes members only */
+		mem.nsyncing = mem.naway = 0; /* format writes members and async only */
 		r = ms_chain_write(m, c[i].id, &mem, NULL);
 		if (r < 0)
 			return r;
@@ -1677,7 +1705,7 @@ static int ms_format(struct meta *mm, const struct meta_volume *vol, const struc
 	if (r == 0) {
 		m->formatted = true;
 		m->schema = MS_SCHEMA_VERSION;
-		m->commits = 0;
+		m->synced_txns = m->txns;
 		ms_sync_dir(m);
 	}
 out:
@@ -1889,10 +1917,10 @@ static int ms_target_add(struct meta *mm, const struct meta_target *t, uint32_t 
 static int ms_chains_list(struct meta *mm, struct meta_chain *ret, unsigned max)
 {
 	struct ms *m = ms_of(mm);
-	struct meta_chain *cur = NULL;
+	struct meta_chains_reader g = {.ret = ret, .max = max};
+	int64_t v[META_CHAINS_NCOLS];
 	sqlite3_stmt *st;
-	int64_t last = -1;
-	int rc, r, n = 0;
+	int rc, r;
 
 	ms_lock(m);
 	r = ms_ready(m);
@@ -1903,138 +1931,82 @@ static int ms_chains_list(struct meta *mm, struct meta_chain *ret, unsigned max)
 	if (r < 0)
 		goto out;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		int64_t id = sqlite3_column_int64(st, 0);
-
-		if (id != last) {
-			last = id;
-			cur = NULL;
-			if ((unsigned)n < max && ret) {
-				cur = &ret[n];
-				memset(cur, 0, sizeof(*cur));
-				cur->id = (uint32_t)id;
-				cur->epoch = (uint64_t)sqlite3_column_int64(st, 1);
-			}
-			n++;
-		}
-		if (cur && sqlite3_column_type(st, 2) != SQLITE_NULL)
-			meta_chain_put(cur, (enum meta_role)sqlite3_column_int(st, 3),
-				       (uint32_t)sqlite3_column_int64(st, 2),
-				       sqlite3_column_int64(st, 4));
+		ms_row_i64s(st, 0, v, META_CHAINS_NCOLS); /* no member: target NULL reads as 0 */
+		meta_chains_row(&g, v);
 	}
-	r = rc == SQLITE_DONE ? n : ms_errno(m, rc, "chains list");
+	r = rc == SQLITE_DONE ? g.n : ms_errno(m, rc, "chains list");
 	sqlite3_reset(st);
 out:
 	ms_unlock(m);
 	return r;
 }
 
-/* The epoch-conditional change every chain op is (META-6): `make` turns the current roles
- * into the new ones (arg is its own), which are checked, written and get epoch + 1. */
-typedef int (*ms_chain_fn)(const struct meta_chain *cur, const void *arg, struct meta_chain *out);
-
-static int ms_chain_change_tx(struct ms *m, uint32_t chain_id, uint64_t expect_epoch,
-			      ms_chain_fn make, const void *arg, uint64_t *ret_epoch)
+/* One epoch-conditional chain change (META-6): the roles meta_chain_change_apply() makes of
+ * the current ones are written and get epoch + 1; a promotion's dirty and repairs rows go
+ * with the same commit (META-16). */
+static int ms_chain_change_tx(struct ms *m, const struct meta_chain_change *u, uint64_t *ret_epoch)
 {
 	struct meta_chain cur, next;
 	int r;
 
-	r = ms_chain_read(m, chain_id, &cur);
-	if (r < 0)
-		return r;
-	if (cur.epoch != expect_epoch)
-		return -ESTALE; /* META-6 */
-	if (cur.epoch >= INT64_MAX)
-		return -EOVERFLOW;
-	r = make(&cur, arg, &next);
+	r = ms_chain_read(m, u->id, &cur);
 	if (r == 0)
-		r = meta_chain_roles_check(&next);
+		r = meta_chain_change_apply(u, &cur, &next);
 	if (r == 0)
-		r = ms_chain_write(m, chain_id, &next, &cur);
+		r = ms_chain_write(m, u->id, &next, &cur);
 	if (r == 0)
-		r = ms_run3(m, MSQ_CHAIN_SET_EPOCH, chain_id, (int64_t)cur.epoch + 1, 0);
+		r = ms_run3(m, MSQ_CHAIN_SET_EPOCH, u->id, (int64_t)cur.epoch + 1, 0);
+	if (r == 0 && u->op == META_CHAIN_PROMOTE) {
+		r = ms_run3(m, MSQ_DIRTY_CLEAR, u->id, u->target, 0);
+		if (r == 0)
+			r = ms_run3(m, MSQ_REPAIR_DEL, u->id, u->target, 0);
+	}
 	if (r == 0)
 		*ret_epoch = cur.epoch + 1;
 	return r;
 }
 
-static int ms_chain_change(struct ms *m, uint32_t chain_id, uint64_t expect_epoch, ms_chain_fn make,
-			   const void *arg, uint64_t *ret_epoch)
+static int ms_chain_change(struct meta *mm, const struct meta_chain_change *u, uint64_t *ret_epoch)
 {
+	struct ms *m = ms_of(mm);
 	uint64_t epoch = 0;
-	int r = MS_WRITE_TX(m, ms_chain_change_tx(m, chain_id, expect_epoch, make, arg, &epoch));
+	int r = meta_chain_change_check(u);
 
+	if (r == 0)
+		r = MS_WRITE_TX(m, ms_chain_change_tx(m, u, &epoch));
 	if (r == 0 && ret_epoch)
 		*ret_epoch = epoch;
 	return r;
-}
-
-struct ms_members {
-	const uint32_t *v;
-	uint32_t n;
-};
-
-static int ms_make_update(const struct meta_chain *cur, const void *arg, struct meta_chain *out)
-{
-	const struct ms_members *a = arg;
-
-	meta_chain_with_members(cur, a->v, a->n, out);
-	return 0;
-}
-
-static int ms_make_set(const struct meta_chain *cur, const void *arg, struct meta_chain *out)
-{
-	meta_chain_with_roles(cur, arg, out);
-	return 0;
 }
 
 static int ms_chain_update(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
 			   const uint32_t *members, uint32_t nmembers, uint64_t *ret_epoch)
 {
-	struct ms_members a = {members, nmembers};
+	struct meta_chain_change u = {.op = META_CHAIN_UPDATE,
+				      .id = chain_id,
+				      .expect = expect_epoch,
+				      .members = members,
+				      .n = nmembers};
 
-	if (!members || nmembers < 1 || nmembers > META_MAX_REPLICAS)
-		return -EINVAL;
-	return ms_chain_change(ms_of(mm), chain_id, expect_epoch, ms_make_update, &a, ret_epoch);
+	return ms_chain_change(mm, &u, ret_epoch);
 }
 
 static int ms_chain_set(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
 			const struct meta_chain *in, uint64_t *ret_epoch)
 {
-	int r = meta_chain_roles_check(in);
+	struct meta_chain_change u = {
+	    .op = META_CHAIN_SET, .id = chain_id, .expect = expect_epoch, .in = in};
 
-	if (r < 0)
-		return r;
-	return ms_chain_change(ms_of(mm), chain_id, expect_epoch, ms_make_set, in, ret_epoch);
-}
-
-static int ms_make_promote(const struct meta_chain *cur, const void *arg, struct meta_chain *out)
-{
-	return meta_chain_promoted(cur, *(const uint32_t *)arg, out);
-}
-
-static int ms_chain_promote_tx(struct ms *m, uint32_t chain_id, uint64_t expect_epoch,
-			       uint32_t target, uint64_t *ret_epoch)
-{
-	int r = ms_chain_change_tx(m, chain_id, expect_epoch, ms_make_promote, &target, ret_epoch);
-
-	/* META-16: the rows that say it is behind go with the same commit */
-	if (r == 0)
-		r = ms_run3(m, MSQ_DIRTY_CLEAR, chain_id, target, 0);
-	if (r == 0)
-		r = ms_run3(m, MSQ_REPAIR_DEL, chain_id, target, 0);
-	return r;
+	return ms_chain_change(mm, &u, ret_epoch);
 }
 
 static int ms_chain_promote(struct meta *mm, uint32_t chain_id, uint64_t expect_epoch,
 			    uint32_t target, uint64_t *ret_epoch)
 {
-	struct ms *m = ms_of(mm);
-	uint64_t epoch = 0;
-	int r = MS_WRITE_TX(m, ms_chain_promote_tx(m, chain_id, expect_epoch, target, &epoch));
+	struct meta_chain_change u = {
+	    .op = META_CHAIN_PROMOTE, .id = chain_id, .expect = expect_epoch, .target = target};
 
-	if (r == 0 && ret_epoch)
-		*ret_epoch = epoch;
-	return r;
+	return ms_chain_change(mm, &u, ret_epoch);
 }
 
 /* ---- dirty chunks (META-15) and repairs (META-17) -------------------------------------- */
@@ -2222,19 +2194,10 @@ static int ms_repairs_list(struct meta *mm, struct meta_repair *ret, unsigned ma
 	if (r == 0) {
 		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 			if ((unsigned)n < max && ret) {
-				struct meta_repair *p = &ret[n];
+				int64_t v[META_REPAIR_NCOLS];
 
-				memset(p, 0, sizeof(*p));
-				p->chain = (uint32_t)sqlite3_column_int64(st, 0);
-				p->target = (uint32_t)sqlite3_column_int64(st, 1);
-				p->kind = (enum meta_repair_kind)sqlite3_column_int(st, 2);
-				p->chunks_total = (uint64_t)sqlite3_column_int64(st, 3);
-				p->chunks_done = (uint64_t)sqlite3_column_int64(st, 4);
-				p->bytes_done = (uint64_t)sqlite3_column_int64(st, 5);
-				p->rate = (uint64_t)sqlite3_column_int64(st, 6);
-				p->started_ns = sqlite3_column_int64(st, 7);
-				p->elapsed_ns = sqlite3_column_int64(st, 8);
-				p->updated_ns = sqlite3_column_int64(st, 9);
+				ms_row_i64s(st, 0, v, META_REPAIR_NCOLS);
+				meta_repair_from_cols(&ret[n], v);
 			}
 			n++;
 		}
@@ -2251,22 +2214,37 @@ static int ms_lookup(struct meta *mm, uint64_t parent, const char *name, struct 
 {
 	struct ms *m = ms_of(mm);
 	struct meta_attr a;
-	int r;
+	sqlite3_stmt *st;
+	int rc, r;
 
 	r = meta_name_check(name);
 	if (r < 0)
 		return r;
+	if (parent == 0 || parent > INT64_MAX)
+		return -ENOENT;
 	ms_lock(m);
 	r = ms_ready(m);
 	if (r == 0)
-		r = ms_dent_get(m, parent, name, NULL, &a);
-	/* Only a miss pays for finding out why: no such directory, or not a directory. */
-	if (r == -ENOENT) {
-		int p = ms_dir_get(m, parent, NULL);
-
-		if (p < 0)
-			r = p;
+		r = ms_prep(m, MSQ_LOOKUP, &st);
+	if (r < 0) {
+		ms_unlock(m);
+		return r;
 	}
+	/* One statement (one read transaction) answers a miss too: a create's negative lookup
+	 * costs no second read to tell "no such name" from "not a directory". */
+	sqlite3_bind_int64(st, 1, (int64_t)parent);
+	ms_bind_name(st, 2, name);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_DONE) {
+		r = -ENOENT; /* no such directory */
+	} else if (rc != SQLITE_ROW) {
+		r = ms_errno(m, rc, "lookup");
+	} else if (!S_ISDIR(sqlite3_column_int64(st, 0))) {
+		r = -ENOTDIR;
+	} else {
+		r = ms_dent_row(m, st, 1, parent, name, NULL, &a); /* -ENOENT: no such name */
+	}
+	sqlite3_reset(st);
 	ms_unlock(m);
 	if (r == 0)
 		*ret = a;
@@ -2475,7 +2453,7 @@ static int ms_mknod_tx(struct ms *m, uint64_t parent, const char *name, const st
 	if (r < 0)
 		return r;
 
-	meta_mknod_attr(in, link, p.qroot, &a);
+	meta_mknod_attr(in, link, &p, &a);
 	r = ms_inode_insert(m, &a, link, &a.ino);
 	if (r < 0)
 		return r;
@@ -3177,6 +3155,35 @@ static int ms_purge(struct meta *mm, uint64_t ino)
 	return r;
 }
 
+static int ms_purge_batch_tx(struct ms *m, const uint64_t *inos, unsigned n, unsigned *ret_done)
+{
+	unsigned done = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		int r = ms_purge_tx(m, inos[i]);
+
+		if (r == 0)
+			done++;
+		else if (!meta_purge_skipped(r))
+			return r;
+	}
+	*ret_done = done;
+	return 0;
+}
+
+static int ms_purge_batch(struct meta *mm, const uint64_t *inos, unsigned n)
+{
+	struct ms *m = ms_of(mm);
+	unsigned done = 0;
+	int r;
+
+	r = meta_purge_batch_check(inos, n);
+	if (r < 0)
+		return r;
+	r = MS_WRITE_TX(m, ms_purge_batch_tx(m, inos, n, &done));
+	return r < 0 ? r : (int)done;
+}
+
 /* Page through a statement (?1 = last ino, ?2 = limit) in ino order, MS_BATCH rows per lock
  * hold. Each batch is one consistent snapshot; the whole walk is not (1M rows must not block
  * writers), which orphans() and inodes() callers accept: an inode created meanwhile may or may
@@ -3254,45 +3261,88 @@ static int ms_sync_files(struct ms *m)
 	return r;
 }
 
+/* The -wal file, opened by sync() (with the lock held) and kept: SQLite keeps the file while
+ * our connection is open, so the descriptor names the file every commit appends to. */
+static int ms_wal_fd(struct ms *m)
+{
+	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(m->db, "main"));
+	struct stat a, b;
+
+	/* Never sync a file that is not the WAL any more (deleted and made anew): one stat per
+	 * sync is the price of not trusting that. */
+	if (m->wal_fd >= 0 && (!wal || stat(wal, &a) < 0 || fstat(m->wal_fd, &b) < 0 ||
+			       a.st_ino != b.st_ino || a.st_dev != b.st_dev)) {
+		close(m->wal_fd);
+		m->wal_fd = -1;
+	}
+	if (m->wal_fd < 0) {
+		int fd = wal ? open(wal, O_RDONLY | O_CLOEXEC) : -1;
+
+		if (fd < 0) {
+			int e = wal ? -errno : -EIO;
+
+			log_debug("meta sqlite %s: cannot open its WAL to sync it: %s", m->path,
+				  strerror(-e));
+			return e;
+		}
+		m->wal_fd = fd;
+	}
+	return m->wal_fd;
+}
+
 static int ms_sync(struct meta *mm)
 {
 	struct ms *m = ms_of(mm);
 	int64_t dv = 0;
-	int r, r2;
+	uint64_t txns = 0;
+	bool local;
+	int r, fd = -1;
 
 	ms_lock(m);
 	r = ms_ready(m);
 	if (r < 0) {
 		if (r == -ENOENT)
 			r = 0; /* not formatted: nothing was ever committed */
-		goto out;
+		ms_unlock(m);
+		return r;
 	}
-	r = ms_int_query(m, MSQ_DATA_VERSION, &dv);
-	if (r < 0)
-		goto out;
-	if (m->commits == 0 && dv == m->synced_dv)
-		goto out; /* nothing committed since the last sync, here or elsewhere */
-	if (m->rdonly) {
-		r = ms_sync_files(m);
-	} else {
-		/* See DURABILITY at the top: one FULL commit flushes the whole WAL. */
-		r = ms_run3(m, MSQ_SYNC_FULL, 0, 0, 0);
-		if (r < 0)
-			goto out;
-		r = ms_run3(m, MSQ_BEGIN_W, 0, 0, 0);
-		if (r == 0)
-			r = ms_end(m, ms_run3(m, MSQ_SYNC_MARK, 0, 0, 0));
-		r2 = ms_run3(m, MSQ_SYNC_NORMAL, 0, 0, 0);
-		if (r == 0)
-			r = r2;
+	/* Commits of other connections matter only when this one made none: with a local commit
+	 * the WAL is synced anyway, and the read transaction of PRAGMA data_version is saved
+	 * (synced_dv then stays old, which costs at most one spare sync later). */
+	txns = m->txns;
+	local = txns != m->synced_txns;
+	if (!local) {
+		r = ms_int_query(m, MSQ_DATA_VERSION, &dv);
+		if (r == 0 && dv == m->synced_dv) {
+			ms_unlock(m); /* nothing committed since the last sync, here or elsewhere */
+			return 0;
+		}
 	}
-	if (r == 0) {
-		m->commits = 0;
-		m->synced_dv = dv;
+	if (r == 0 && !m->rdonly) {
+		fd = ms_wal_fd(m);
+		r = fd < 0 ? fd : 0;
 	}
-out:
 	ms_unlock(m);
-	return r;
+	if (r < 0)
+		return r;
+	/* See DURABILITY at the top: the WAL is append-only, so one fdatasync of it makes every
+	 * commit before this point durable (by any connection); the lock is not held across the
+	 * device flush, so other operations go on meanwhile. */
+	if (m->rdonly)
+		r = ms_sync_files(m);
+	else if (fdatasync(fd) < 0)
+		r = -errno;
+	if (r < 0) {
+		log_debug("meta sqlite %s: sync: %s", m->path, strerror(-r));
+		return r;
+	}
+	ms_lock(m);
+	if (txns > m->synced_txns)
+		m->synced_txns = txns;
+	if (!local)
+		m->synced_dv = dv;
+	ms_unlock(m);
+	return 0;
 }
 
 /* Sums over every inode, paged by ino so that the lock is never held for a whole table scan
@@ -3667,6 +3717,7 @@ const struct meta_ops meta_sqlite_ops = {
     .listxattr = ms_listxattr,
     .removexattr = ms_removexattr,
     .purge = ms_purge,
+    .purge_batch = ms_purge_batch,
     .orphans = ms_orphans,
     .inodes = ms_inodes,
     .sync = ms_sync,

@@ -91,26 +91,50 @@ def wait_gone(pid, timeout=20):
     return False
 
 
-def stop_fs_mount(db, meta):
-    """End the mount process of the SQLite file system `db` (URL `meta`) that its lock file
-    names: unmount its mount point, then SIGTERM (SIGKILL after 10 s) that pid if it is a
-    braidfs process of this file system."""
+def fs_lock_holder(db):
+    """(pid, mount point) that the lock file of the SQLite file system `db` names, as its
+    writer saw them; (None, None) when there is none (pid None: no pid in it)."""
     try:
         with open(db + ".lock") as f:
-            pid, mp = int(f.readline()), f.readline().strip()
+            return int(f.readline().strip() or 0) or None, f.readline().strip()
     except (OSError, ValueError):
-        return
-    subprocess.run(["umount", "-l", mp], capture_output=True)
+        return None, None
+
+
+def fs_mount_daemon(db, meta):
+    """(pid, mount point) of the mount process of the SQLite file system `db` (URL `meta`)
+    that its lock file names; (None, None) when there is none. The lock holds the pid as its
+    writer saw it: in another PID namespace that number is someone else's here, so only a live
+    braidfs mount of this file system counts."""
+    pid, mp = fs_lock_holder(db)
+    if not pid:
+        return None, mp
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            ours = meta.encode() in f.read().split(b"\0")
+            argv = f.read().split(b"\0")
     except OSError:
-        ours = False
-    if ours and pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        if not wait_gone(pid, 10):
-            os.kill(pid, signal.SIGKILL)
-            wait_gone(pid, 10)
+        return None, mp
+    if meta.encode() in argv and b"mount" in argv and pid_alive(pid):
+        return pid, mp
+    return None, mp
+
+
+def end_process(pid):
+    """SIGTERM, then SIGKILL after 10 s."""
+    os.kill(pid, signal.SIGTERM)
+    if not wait_gone(pid, 10):
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid, 10)
+
+
+def stop_fs_mount(db, meta):
+    """End the mount process of the SQLite file system `db` (URL `meta`): unmount its mount
+    point, then end that process."""
+    pid, mp = fs_mount_daemon(db, meta)
+    if mp:
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+    if pid:
+        end_process(pid)
 
 
 class Plugin:
@@ -194,21 +218,8 @@ class Plugin:
             self.channel = None
 
     def mount_daemon_pid(self):
-        try:
-            with open(self.db + ".lock") as f:
-                return int(f.readline().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
-
-    def is_our_daemon(self, pid):
-        """The lock file holds the pid as its writer saw it: in another PID namespace that
-        number is someone else's here. Only a braidfs mount of this file system counts."""
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            return False
-        return self.meta.encode() in argv and b"mount" in argv
+        """Pid that the file system's lock file names (None: no mount)."""
+        return fs_lock_holder(self.db)[0]
 
     def log_tail(self, n=20):
         try:
@@ -255,12 +266,9 @@ class Plugin:
             stop_fs_mount(db, meta)
         for mp in sorted(mounts_under(self.base), key=len, reverse=True):
             subprocess.run(["umount", "-l", mp], capture_output=True)
-        pid = self.mount_daemon_pid()
-        if pid and pid_alive(pid) and self.is_our_daemon(pid):
-            os.kill(pid, signal.SIGTERM)
-            if not wait_gone(pid, 10):
-                os.kill(pid, signal.SIGKILL)
-                wait_gone(pid, 10)
+        pid, _ = fs_mount_daemon(self.db, self.meta)
+        if pid:
+            end_process(pid)
         left = mounts_under(self.base)
         if not left:
             shutil.rmtree(self.base, ignore_errors=True)

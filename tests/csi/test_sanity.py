@@ -7,8 +7,10 @@ ModifyVolume / MutableParameters revision and node.go of the revision that names
 identity.go at 828bcfd, util.go at d8d78ea, tests.go at 6f40ae0, sanity.go at 47581ad.
 
 Each test is named after its csi-sanity spec: test_<Describe>__<It>, spaces as underscores
-("Node Service" / "NodeGetVolumeStats" / "should fail when volume is not found" is
-test_Node_Service__NodeGetVolumeStats__should_fail_when_volume_is_not_found). Like
+("Node Service" / "NodeUnpublishVolume" / "should remove target path" is
+test_Node_Service__NodeUnpublishVolume__should_remove_target_path). The cases that only send
+one request the plugin must refuse are rows of REFUSALS, named the same way:
+test_refused[Node_Service__NodeGetVolumeStats__should_fail_when_volume_is_not_found]. Like
 csi-sanity, a case whose capability the plugin does not advertise is skipped by asking the
 plugin, never by assuming: advertise the capability and the case runs.
 
@@ -273,12 +275,6 @@ def test_Controller_Service__ListVolumes__should_return_appropriate_values_no_op
         assert e.HasField("volume") and e.volume.volume_id
 
 
-def test_Controller_Service__ListVolumes__should_fail_when_an_invalid_starting_token_is_passed(sc):
-    sc.skip_unless_controller("LIST_VOLUMES", "ListVolumes")
-    expect_code(sc.ctl.ListVolumes, sc.pb.ListVolumesRequest(starting_token="invalid-token"),
-                C.ABORTED)
-
-
 def test_Controller_Service__ListVolumes__check_the_presence_of_new_volumes_and_absence_of_deleted_ones_in_the_volume_list(sc):
     sc.skip_unless_controller("LIST_VOLUMES", "ListVolumes")
     total = len(_list(sc).entries)
@@ -317,17 +313,6 @@ def test_Controller_Service__ListVolumes__pagination_should_detect_volumes_added
     for e in rest.entries:
         assert existing.get(e.volume.volume_id), "a deleted or repeated volume was listed"
         existing[e.volume.volume_id] = False
-
-
-def test_Controller_Service__CreateVolume__should_fail_when_no_name_is_provided(sc):
-    sc.skip_unless_controller("CREATE_DELETE_VOLUME", "CreateVolume")
-    expect_code(sc.ctl.CreateVolume, sc.pb.CreateVolumeRequest(), C.INVALID_ARGUMENT)
-
-
-def test_Controller_Service__CreateVolume__should_fail_when_no_volume_capabilities_are_provided(sc):
-    sc.skip_unless_controller("CREATE_DELETE_VOLUME", "CreateVolume")
-    expect_code(sc.ctl.CreateVolume, sc.pb.CreateVolumeRequest(
-        name=unique("sanity-controller-create-no-volume-capabilities")), C.INVALID_ARGUMENT)
 
 
 def test_Controller_Service__CreateVolume__should_return_appropriate_values_SingleNodeWriter_NoCapacity(sc):
@@ -389,11 +374,6 @@ def test_Controller_Service__CreateVolume__should_not_fail_when_creating_volume_
     assert vol.capacity_bytes >= TEST_VOLUME_SIZE or vol.capacity_bytes == 0
 
 
-def test_Controller_Service__DeleteVolume__should_fail_when_no_volume_id_is_provided(sc):
-    sc.skip_unless_controller("CREATE_DELETE_VOLUME", "DeleteVolume")
-    expect_code(sc.ctl.DeleteVolume, sc.pb.DeleteVolumeRequest(), C.INVALID_ARGUMENT)
-
-
 def test_Controller_Service__DeleteVolume__should_succeed_when_an_invalid_volume_id_is_used(sc):
     sc.skip_unless_controller("CREATE_DELETE_VOLUME", "DeleteVolume")
     sc.ctl.DeleteVolume(sc.pb.DeleteVolumeRequest(volume_id="fake-vol-id"), timeout=60)
@@ -405,11 +385,6 @@ def test_Controller_Service__DeleteVolume__should_return_appropriate_values_no_o
         name=unique("sanity-controller-create-appropriate"), volume_capabilities=[sc.cap()],
         capacity_range=sc.pb.CapacityRange(required_bytes=TEST_VOLUME_SIZE))).volume
     sc.delete(vol.volume_id)
-
-
-def test_Controller_Service__ValidateVolumeCapabilities__should_fail_when_no_volume_id_is_provided(sc):
-    expect_code(sc.ctl.ValidateVolumeCapabilities, sc.pb.ValidateVolumeCapabilitiesRequest(),
-                C.INVALID_ARGUMENT)
 
 
 def test_Controller_Service__ValidateVolumeCapabilities__should_fail_when_no_volume_capabilities_are_provided(sc):
@@ -431,24 +406,6 @@ def test_Controller_Service__ValidateVolumeCapabilities__should_return_appropria
         assert len(r.confirmed.volume_capabilities) > 0
     # stricter than csi-sanity: a capability braidfs serves is confirmed
     assert r.HasField("confirmed"), r.message
-
-
-def test_Controller_Service__ValidateVolumeCapabilities__should_fail_when_the_requested_volume_does_not_exist(sc):
-    expect_code(sc.ctl.ValidateVolumeCapabilities, sc.pb.ValidateVolumeCapabilitiesRequest(
-        volume_id=valid_volume_id(), volume_capabilities=[sc.cap()]), C.NOT_FOUND)
-
-
-def test_ExpandVolume__should_fail_if_no_volume_id_is_given(sc):
-    sc.skip_unless_controller("EXPAND_VOLUME", "ControllerExpandVolume")
-    expect_code(sc.ctl.ControllerExpandVolume, sc.pb.ControllerExpandVolumeRequest(
-        capacity_range=sc.pb.CapacityRange(required_bytes=TEST_VOLUME_EXPAND_SIZE),
-        volume_capability=sc.cap()), C.INVALID_ARGUMENT)
-
-
-def test_ExpandVolume__should_fail_if_no_capacity_range_is_given(sc):
-    sc.skip_unless_controller("EXPAND_VOLUME", "ControllerExpandVolume")
-    expect_code(sc.ctl.ControllerExpandVolume, sc.pb.ControllerExpandVolumeRequest(),
-                C.INVALID_ARGUMENT)
 
 
 def test_ExpandVolume__should_work(sc):
@@ -512,21 +469,6 @@ def test_Node_Service__NodeGetInfo__should_return_appropriate_values(sc):
         assert ni.HasField("accessible_topology")
 
 
-def test_Node_Service__NodePublishVolume__should_fail_when_no_volume_id_is_provided(sc):
-    expect_code(sc.node.NodePublishVolume, sc.pb.NodePublishVolumeRequest(),
-                C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodePublishVolume__should_fail_when_no_target_path_is_provided(sc):
-    expect_code(sc.node.NodePublishVolume,
-                sc.pb.NodePublishVolumeRequest(volume_id=valid_volume_id()), C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodePublishVolume__should_fail_when_no_volume_capability_is_provided(sc):
-    expect_code(sc.node.NodePublishVolume, sc.pb.NodePublishVolumeRequest(
-        volume_id=valid_volume_id(), target_path=sc.target), C.INVALID_ARGUMENT)
-
-
 def test_Node_Service__NodePublishVolume__with_single_node_multi_writer_capability__should_fail_when_volume_with_single_node_single_writer_access_mode_is_already_mounted_at_a_different_target_path(sc):
     sc.skip_unless_node("SINGLE_NODE_MULTI_WRITER", "single node multi writer capability")
     cap = sc.cap("SINGLE_NODE_SINGLE_WRITER")
@@ -542,16 +484,6 @@ def test_Node_Service__NodePublishVolume__with_single_node_multi_writer_capabili
                 C.FAILED_PRECONDITION)
 
 
-def test_Node_Service__NodeUnpublishVolume__should_fail_when_no_volume_id_is_provided(sc):
-    expect_code(sc.node.NodeUnpublishVolume, sc.pb.NodeUnpublishVolumeRequest(),
-                C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodeUnpublishVolume__should_fail_when_no_target_path_is_provided(sc):
-    expect_code(sc.node.NodeUnpublishVolume,
-                sc.pb.NodeUnpublishVolumeRequest(volume_id=valid_volume_id()), C.INVALID_ARGUMENT)
-
-
 def test_Node_Service__NodeUnpublishVolume__should_remove_target_path(sc):
     vol = sc.must_create(sc.make_create_req(unique("sanity-node-unpublish-volume"))).volume
     assert sc.node.NodeGetInfo(sc.pb.NodeGetInfoRequest()).node_id
@@ -563,57 +495,12 @@ def test_Node_Service__NodeUnpublishVolume__should_remove_target_path(sc):
     assert not os.path.exists(sc.target), "target path should have been removed"
 
 
-def test_Node_Service__NodeStageVolume__should_fail_when_no_volume_id_is_provided(sc):
-    sc.skip_unless_node("STAGE_UNSTAGE_VOLUME", "NodeStageVolume")
-    expect_code(sc.node.NodeStageVolume, sc.pb.NodeStageVolumeRequest(
-        staging_target_path=sc.staging, volume_capability=sc.cap(),
-        publish_context={"device": "/dev/mock"}), C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodeStageVolume__should_fail_when_no_staging_target_path_is_provided(sc):
-    sc.skip_unless_node("STAGE_UNSTAGE_VOLUME", "NodeStageVolume")
-    expect_code(sc.node.NodeStageVolume, sc.pb.NodeStageVolumeRequest(
-        volume_id=valid_volume_id(), volume_capability=sc.cap(),
-        publish_context={"device": "/dev/mock"}), C.INVALID_ARGUMENT)
-
-
 def test_Node_Service__NodeStageVolume__should_fail_when_no_volume_capability_is_provided(sc):
     sc.skip_unless_node("STAGE_UNSTAGE_VOLUME", "NodeStageVolume")
     vol = sc.must_create(sc.make_create_req(unique("sanity-node-stage-nocaps"))).volume
     expect_code(sc.node.NodeStageVolume, sc.pb.NodeStageVolumeRequest(
         volume_id=vol.volume_id, staging_target_path=sc.staging,
         publish_context={"device": "/dev/mock"}), C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodeUnstageVolume__should_fail_when_no_volume_id_is_provided(sc):
-    sc.skip_unless_node("STAGE_UNSTAGE_VOLUME", "NodeUnstageVolume")
-    expect_code(sc.node.NodeUnstageVolume,
-                sc.pb.NodeUnstageVolumeRequest(staging_target_path=sc.staging),
-                C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodeUnstageVolume__should_fail_when_no_staging_target_path_is_provided(sc):
-    sc.skip_unless_node("STAGE_UNSTAGE_VOLUME", "NodeUnstageVolume")
-    expect_code(sc.node.NodeUnstageVolume,
-                sc.pb.NodeUnstageVolumeRequest(volume_id=valid_volume_id()), C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodeGetVolumeStats__should_fail_when_no_volume_id_is_provided(sc):
-    sc.skip_unless_node("GET_VOLUME_STATS", "NodeGetVolume")
-    expect_code(sc.node.NodeGetVolumeStats,
-                sc.pb.NodeGetVolumeStatsRequest(volume_path="some/path"), C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodeGetVolumeStats__should_fail_when_no_volume_path_is_provided(sc):
-    sc.skip_unless_node("GET_VOLUME_STATS", "NodeGetVolume")
-    expect_code(sc.node.NodeGetVolumeStats,
-                sc.pb.NodeGetVolumeStatsRequest(volume_id=valid_volume_id()), C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodeGetVolumeStats__should_fail_when_volume_is_not_found(sc):
-    sc.skip_unless_node("GET_VOLUME_STATS", "NodeGetVolume")
-    expect_code(sc.node.NodeGetVolumeStats, sc.pb.NodeGetVolumeStatsRequest(
-        volume_id=valid_volume_id(), volume_path="some/path"), C.NOT_FOUND)
 
 
 def test_Node_Service__NodeGetVolumeStats__should_fail_when_volume_does_not_exist_on_the_specified_path(sc):
@@ -626,24 +513,12 @@ def test_Node_Service__NodeGetVolumeStats__should_fail_when_volume_does_not_exis
         volume_id=vol.volume_id, volume_path="some/path"), C.NOT_FOUND)
 
 
-def test_Node_Service__NodeExpandVolume__should_fail_when_no_volume_id_is_provided(sc):
-    sc.skip_unless_node("EXPAND_VOLUME", "NodeExpandVolume")
-    expect_code(sc.node.NodeExpandVolume, sc.pb.NodeExpandVolumeRequest(
-        volume_path=sc.target_root, volume_capability=sc.cap()), C.INVALID_ARGUMENT)
-
-
 def test_Node_Service__NodeExpandVolume__should_fail_when_no_volume_path_is_provided(sc):
     sc.skip_unless_node("EXPAND_VOLUME", "NodeExpandVolume")
     vol = sc.must_create(sc.make_create_req(
         unique("sanity-node-expand-volume-valid-id"))).volume
     expect_code(sc.node.NodeExpandVolume, sc.pb.NodeExpandVolumeRequest(
         volume_id=vol.volume_id, volume_capability=sc.cap()), C.INVALID_ARGUMENT)
-
-
-def test_Node_Service__NodeExpandVolume__should_fail_when_volume_is_not_found(sc):
-    sc.skip_unless_node("EXPAND_VOLUME", "NodeExpandVolume")
-    expect_code(sc.node.NodeExpandVolume, sc.pb.NodeExpandVolumeRequest(
-        volume_id=valid_volume_id(), volume_path="some/path"), C.NOT_FOUND)
 
 
 def test_Node_Service__NodeExpandVolume__should_work_if_node_expand_is_called_after_node_publish(sc):
@@ -670,3 +545,109 @@ def test_Node_Service__should_work(sc):
 
 def test_Node_Service__should_be_idempotent(sc):
     _node_full(sc, IDEMPOTENT_COUNT)
+
+
+# ---- Requests that must be refused -----------------------------------------------------------
+
+# The csi-sanity cases that send one request the plugin must refuse (ExpectErrorCode) before
+# anything is created, one row each, named after its spec: service ("ctl" or "node") and rpc,
+# the capability that gates the case and the name its skip gives (None: always runs), the
+# request, the expected code.
+REFUSALS = {
+    "Controller_Service__ListVolumes__should_fail_when_an_invalid_starting_token_is_passed": (
+        "ctl", "ListVolumes", ("LIST_VOLUMES", "ListVolumes"),
+        lambda sc: sc.pb.ListVolumesRequest(starting_token="invalid-token"), C.ABORTED),
+    "Controller_Service__CreateVolume__should_fail_when_no_name_is_provided": (
+        "ctl", "CreateVolume", ("CREATE_DELETE_VOLUME", "CreateVolume"),
+        lambda sc: sc.pb.CreateVolumeRequest(), C.INVALID_ARGUMENT),
+    "Controller_Service__CreateVolume__should_fail_when_no_volume_capabilities_are_provided": (
+        "ctl", "CreateVolume", ("CREATE_DELETE_VOLUME", "CreateVolume"),
+        lambda sc: sc.pb.CreateVolumeRequest(
+            name=unique("sanity-controller-create-no-volume-capabilities")),
+        C.INVALID_ARGUMENT),
+    "Controller_Service__DeleteVolume__should_fail_when_no_volume_id_is_provided": (
+        "ctl", "DeleteVolume", ("CREATE_DELETE_VOLUME", "DeleteVolume"),
+        lambda sc: sc.pb.DeleteVolumeRequest(), C.INVALID_ARGUMENT),
+    "Controller_Service__ValidateVolumeCapabilities__should_fail_when_no_volume_id_is_provided": (
+        "ctl", "ValidateVolumeCapabilities", None,
+        lambda sc: sc.pb.ValidateVolumeCapabilitiesRequest(), C.INVALID_ARGUMENT),
+    "Controller_Service__ValidateVolumeCapabilities__should_fail_when_the_requested_volume_does_not_exist": (
+        "ctl", "ValidateVolumeCapabilities", None,
+        lambda sc: sc.pb.ValidateVolumeCapabilitiesRequest(
+            volume_id=valid_volume_id(), volume_capabilities=[sc.cap()]), C.NOT_FOUND),
+    "ExpandVolume__should_fail_if_no_volume_id_is_given": (
+        "ctl", "ControllerExpandVolume", ("EXPAND_VOLUME", "ControllerExpandVolume"),
+        lambda sc: sc.pb.ControllerExpandVolumeRequest(
+            capacity_range=sc.pb.CapacityRange(required_bytes=TEST_VOLUME_EXPAND_SIZE),
+            volume_capability=sc.cap()), C.INVALID_ARGUMENT),
+    "ExpandVolume__should_fail_if_no_capacity_range_is_given": (
+        "ctl", "ControllerExpandVolume", ("EXPAND_VOLUME", "ControllerExpandVolume"),
+        lambda sc: sc.pb.ControllerExpandVolumeRequest(), C.INVALID_ARGUMENT),
+    "Node_Service__NodePublishVolume__should_fail_when_no_volume_id_is_provided": (
+        "node", "NodePublishVolume", None,
+        lambda sc: sc.pb.NodePublishVolumeRequest(), C.INVALID_ARGUMENT),
+    "Node_Service__NodePublishVolume__should_fail_when_no_target_path_is_provided": (
+        "node", "NodePublishVolume", None,
+        lambda sc: sc.pb.NodePublishVolumeRequest(volume_id=valid_volume_id()),
+        C.INVALID_ARGUMENT),
+    "Node_Service__NodePublishVolume__should_fail_when_no_volume_capability_is_provided": (
+        "node", "NodePublishVolume", None,
+        lambda sc: sc.pb.NodePublishVolumeRequest(volume_id=valid_volume_id(),
+                                                  target_path=sc.target),
+        C.INVALID_ARGUMENT),
+    "Node_Service__NodeUnpublishVolume__should_fail_when_no_volume_id_is_provided": (
+        "node", "NodeUnpublishVolume", None,
+        lambda sc: sc.pb.NodeUnpublishVolumeRequest(), C.INVALID_ARGUMENT),
+    "Node_Service__NodeUnpublishVolume__should_fail_when_no_target_path_is_provided": (
+        "node", "NodeUnpublishVolume", None,
+        lambda sc: sc.pb.NodeUnpublishVolumeRequest(volume_id=valid_volume_id()),
+        C.INVALID_ARGUMENT),
+    "Node_Service__NodeStageVolume__should_fail_when_no_volume_id_is_provided": (
+        "node", "NodeStageVolume", ("STAGE_UNSTAGE_VOLUME", "NodeStageVolume"),
+        lambda sc: sc.pb.NodeStageVolumeRequest(
+            staging_target_path=sc.staging, volume_capability=sc.cap(),
+            publish_context={"device": "/dev/mock"}), C.INVALID_ARGUMENT),
+    "Node_Service__NodeStageVolume__should_fail_when_no_staging_target_path_is_provided": (
+        "node", "NodeStageVolume", ("STAGE_UNSTAGE_VOLUME", "NodeStageVolume"),
+        lambda sc: sc.pb.NodeStageVolumeRequest(
+            volume_id=valid_volume_id(), volume_capability=sc.cap(),
+            publish_context={"device": "/dev/mock"}), C.INVALID_ARGUMENT),
+    "Node_Service__NodeUnstageVolume__should_fail_when_no_volume_id_is_provided": (
+        "node", "NodeUnstageVolume", ("STAGE_UNSTAGE_VOLUME", "NodeUnstageVolume"),
+        lambda sc: sc.pb.NodeUnstageVolumeRequest(staging_target_path=sc.staging),
+        C.INVALID_ARGUMENT),
+    "Node_Service__NodeUnstageVolume__should_fail_when_no_staging_target_path_is_provided": (
+        "node", "NodeUnstageVolume", ("STAGE_UNSTAGE_VOLUME", "NodeUnstageVolume"),
+        lambda sc: sc.pb.NodeUnstageVolumeRequest(volume_id=valid_volume_id()),
+        C.INVALID_ARGUMENT),
+    "Node_Service__NodeGetVolumeStats__should_fail_when_no_volume_id_is_provided": (
+        "node", "NodeGetVolumeStats", ("GET_VOLUME_STATS", "NodeGetVolume"),
+        lambda sc: sc.pb.NodeGetVolumeStatsRequest(volume_path="some/path"),
+        C.INVALID_ARGUMENT),
+    "Node_Service__NodeGetVolumeStats__should_fail_when_no_volume_path_is_provided": (
+        "node", "NodeGetVolumeStats", ("GET_VOLUME_STATS", "NodeGetVolume"),
+        lambda sc: sc.pb.NodeGetVolumeStatsRequest(volume_id=valid_volume_id()),
+        C.INVALID_ARGUMENT),
+    "Node_Service__NodeGetVolumeStats__should_fail_when_volume_is_not_found": (
+        "node", "NodeGetVolumeStats", ("GET_VOLUME_STATS", "NodeGetVolume"),
+        lambda sc: sc.pb.NodeGetVolumeStatsRequest(volume_id=valid_volume_id(),
+                                                   volume_path="some/path"), C.NOT_FOUND),
+    "Node_Service__NodeExpandVolume__should_fail_when_no_volume_id_is_provided": (
+        "node", "NodeExpandVolume", ("EXPAND_VOLUME", "NodeExpandVolume"),
+        lambda sc: sc.pb.NodeExpandVolumeRequest(volume_path=sc.target_root,
+                                                 volume_capability=sc.cap()),
+        C.INVALID_ARGUMENT),
+    "Node_Service__NodeExpandVolume__should_fail_when_volume_is_not_found": (
+        "node", "NodeExpandVolume", ("EXPAND_VOLUME", "NodeExpandVolume"),
+        lambda sc: sc.pb.NodeExpandVolumeRequest(volume_id=valid_volume_id(),
+                                                 volume_path="some/path"), C.NOT_FOUND),
+}
+
+
+@pytest.mark.parametrize("spec", list(REFUSALS))
+def test_refused(sc, spec):
+    service, rpc, gate, request, code = REFUSALS[spec]
+    if gate:
+        skip = sc.skip_unless_controller if service == "ctl" else sc.skip_unless_node
+        skip(*gate)
+    expect_code(getattr(getattr(sc, service), rpc), request(sc), code)

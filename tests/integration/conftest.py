@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -674,6 +675,21 @@ def compare_chunk_trees(a_root, b_root):
             diffs.append(f"{rel}: differ at byte {first} (non-zero lengths {len(da)} vs "
                          f"{len(db)}; present: {rel in a}/{rel in b})")
     return diffs
+
+
+FSCK_REPLICAS = re.compile(
+    r"(?P<chunks>\d+) chunk\(s\), (?P<read>\S+ \S+) read; (?P<csum>\d+) checksum error\(s\), "
+    r"(?P<differing>\d+) differing, (?P<missing>\d+) missing, (?P<unreadable>\d+) unreadable, "
+    r"(?P<stray>\d+) stray")
+
+
+def fsck_replicas(out):
+    """The replica summary line of braidfs fsck's output: {"chunks", "csum", "differing",
+    "missing", "unreadable", "stray": int, "read": the size read as printed}; fails the test
+    when out has no such line."""
+    m = FSCK_REPLICAS.search(out)
+    assert m, f"no replica summary in fsck's output:\n{out}"
+    return {k: v if k == "read" else int(v) for k, v in m.groupdict().items()}
 
 
 def rand_bytes(rng, n):

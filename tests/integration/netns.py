@@ -262,9 +262,20 @@ class Cluster:
             _ip("link", "set", h, "down")
 
     def restore(self, node):
-        h = self.nodes[node]["host_if"]
+        """Undo cut(): the link is back, and the node and the host forget the neighbours
+        they failed to reach meanwhile (a FAILED entry answers 'No route to host' to every
+        connect until it ages out, seconds later)."""
+        n = self.nodes[node]
+        h, ns = n["host_if"], self.ns(node)
         _ip("link", "set", "dev", h, "master", self.bridge)
         _ip("link", "set", h, "up")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the node's end sees the carrier again
+            if "LOWER_UP" in _ip("-n", ns, "-o", "link", "show", n["node_if"]).stdout:
+                break
+            time.sleep(0.05)
+        _ip("-n", ns, "neigh", "flush", "all", check=False)
+        _ip("neigh", "flush", "dev", self.bridge, check=False)
         time.sleep(0.2)
 
     def is_cut(self, node):
@@ -335,6 +346,9 @@ class Dist:
         self.heartbeat_ms, self.lease_ms = heartbeat_ms, lease_ms
         self.replace_after_s, self.resync_rate = replace_after_s, resync_rate
         self.image_bytes = image_bytes
+        # BRAIDFS_DIST_LOCAL_READS=1: every node serves local reads and every mount reads its
+        # own node's replica (-o node=), the failure suite's second configuration
+        self.local_reads = os.environ.get("BRAIDFS_DIST_LOCAL_READS", "") not in ("", "0")
         self.db = f"dist_{cluster.tag}_{os.getpid()}_{random.randrange(1 << 30)}"
         self.admin_url = pg_url
         host_url = pg_url.replace("@127.0.0.1:", f"@{cluster.host_ip}:")
@@ -379,7 +393,8 @@ class Dist:
                         f"heartbeat_ms: {self.heartbeat_ms}\n"
                         f"lease_ms: {self.lease_ms}\n"
                         f"replace_after_s: {self.replace_after_s}\n"
-                        f"resync_rate: {self.resync_rate}\n")
+                        f"resync_rate: {self.resync_rate}\n"
+                        + ("local_reads: true\n" if self.local_reads else ""))
             self.configs[n] = cfg
         self.braidfs("format", "--replicas", self.replicas, "--chunk-size", self.chunk_size,
                      self.meta_url, "vol", *[f"{n}@file:{self.images[n]}" for n in self.nodes],
@@ -457,10 +472,14 @@ class Dist:
     def serve_log(self, node, n=20):
         try:
             with open(os.path.join(self.base, node, "serve.log"), errors="replace") as f:
-                lines = f.readlines()[-n:]
+                lines = f.readlines()[-n:] if n else f.readlines()
         except OSError:
             return ""
         return f"\n--- serve log of {node} ---\n" + "".join(lines)
+
+    def logs_all(self):
+        """Every serve log, whole."""
+        return "".join(self.serve_log(node, n=None) for node in self.nodes)
 
     def logs(self):
         return "".join(self.serve_log(n) for n in self.nodes)
@@ -470,8 +489,10 @@ class Dist:
         mnt = os.path.join(self.base, name)
         os.makedirs(mnt, exist_ok=True)
         self.c.remember("mounts", mnt)
-        p = self.braidfs("mount", "-o", f"log={os.path.join(self.base, name + '.log')}",
-                         self.meta_url, mnt, node=node)
+        opts = f"log={os.path.join(self.base, name + '.log')}"
+        if self.local_reads:
+            opts += f",node={node}"
+        p = self.braidfs("mount", "-o", opts, self.meta_url, mnt, node=node)
         if p.returncode != 0:
             raise AssertionError(f"braidfs mount in {node} -> exit {p.returncode}: "
                                  f"{p.stderr.strip()}")

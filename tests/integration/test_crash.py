@@ -10,10 +10,12 @@ and by mounting over it) and checks the files against the model.
 import errno
 import os
 import random
+import sqlite3
 
 import pytest
 
-from conftest import TARGET_KINDS, listdir, braidfs, is_mounted, pwrite_all, rand_bytes
+from conftest import (TARGET_KINDS, braidfs, chunk_files, is_mounted, listdir, pwrite_all,
+                      rand_bytes)
 
 MiB = 1 << 20
 ROUNDS = int(os.environ.get("BRAIDFS_CRASH_ROUNDS", "20"))
@@ -36,6 +38,13 @@ def _apply_write(model, off, data):
 def _read_all(p):
     with open(p, "rb") as f:
         return f.read()
+
+
+def _chunks_of(volume, inos):
+    """The chunk files of these inodes on the volume's two targets (paths under each root)."""
+    names = tuple(f"{ino:016x}." for ino in inos)
+    return [rel for i in range(2) for rel in chunk_files(volume.chunk_root(i))
+            if rel.split("/")[-1].startswith(names)]
 
 
 def _check_volatile(rnd, p, got, old, after, ranges):
@@ -308,7 +317,6 @@ def test_kill9_during_fsync_stream(volume):
 def test_kill9_with_unlinked_open_file(volume):
     """An unlinked-but-open file at the crash: after remount its data is reclaimed and fsck
     finds nothing left over."""
-    from conftest import chunk_files
     p = volume.path("doomed")
     data = os.urandom(6 * MiB)
     fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
@@ -336,8 +344,49 @@ def test_kill9_with_unlinked_open_file(volume):
     volume.umount()
     r = volume.fsck()
     assert r.returncode == 0, f"fsck after a crash with an open unlinked file: {r.stdout}{r.stderr}"
-    name = f"{ino:016x}."
-    left = [rel for i in range(2) for rel in chunk_files(volume.chunk_root(i))
-            if rel.split("/")[-1].startswith(name)]
+    left = _chunks_of(volume, [ino])
     assert not left, f"chunks of the unlinked inode {ino} still on the targets: {left[:4]}"
+    volume.mount()
+
+
+def _orphan_rows(volume):
+    """Inode rows with nlink 0 in the (unmounted) volume's SQLite database."""
+    with sqlite3.connect(f"file:{volume.db}?mode=ro", uri=True) as db:
+        return [r[0] for r in db.execute("SELECT ino FROM inodes WHERE nlink = 0")]
+
+
+def test_kill9_with_purges_queued(volume):
+    """Unlinked files whose rows wait for the batched purge when the mount dies: the next
+    mount deletes their rows and chunks, and the files unlinked after it are purged too."""
+    inos = []
+    for i in range(40):
+        p = volume.path(f"gone{i}")
+        with open(p, "wb") as f:
+            f.write(os.urandom(70000))
+        inos.append(os.stat(p).st_ino)
+    keep = volume.path("keep")
+    with open(keep, "wb") as f:
+        f.write(b"k" * 10000)
+        os.fsync(f.fileno())
+    for i in range(40):
+        os.unlink(volume.path(f"gone{i}"))
+    volume.kill9()  # at once: the last rows are still queued (FS_PURGE_DELAY_MS)
+    r = braidfs("umount", volume.mnt, timeout=120)
+    assert r.returncode == 0, r.stderr
+    left = set(_orphan_rows(volume))  # the queued ones, unless the syncer was quicker
+    assert left <= set(inos), f"orphan rows of inodes never unlinked: {left - set(inos)}"
+    volume.mount()
+    assert _read_all(keep) == b"k" * 10000
+    # more unlinks after recovery go through the queue of the new mount
+    for i in range(3):
+        with open(volume.path(f"late{i}"), "wb") as f:
+            f.write(b"x" * 5000)
+        inos.append(os.stat(volume.path(f"late{i}")).st_ino)
+        os.unlink(volume.path(f"late{i}"))
+    volume.umount()
+    assert _orphan_rows(volume) == [], "orphan rows left after recovery and a clean unmount"
+    chunks = _chunks_of(volume, inos)
+    assert not chunks, f"chunks of unlinked inodes still on the targets: {chunks[:4]}"
+    r = volume.fsck()
+    assert r.returncode == 0, f"fsck: {r.stdout}{r.stderr}"
     volume.mount()

@@ -20,8 +20,8 @@ covering fsync returned), each test breaks something and heals it, then requires
     generous "did not hang" bound).
 
 Tests: kill -9 of a secondary's serve, kill -9 of the primary's serve, a cut of the primary's
-link, replacement of a target away longer than replace_after_s (then scrub finds every replica
-identical), and a split brain: the primary is cut off with a client of its own that keeps
+link, replacement of a target away longer than replace_after_s (then fsck, and scrub once the
+old node is back, find every replica identical), and a split brain: the primary is cut off with a client of its own that keeps
 writing; every write that client saw acknowledged survives the heal, and the old primary
 stopped acknowledging within its lease (DIST-4).
 
@@ -41,6 +41,7 @@ come from the environment; the defaults keep the module within a few minutes on 
 """
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -48,7 +49,7 @@ import time
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, fsck_replicas
 from netns import Cluster, Dist, RepairWatch, start_postgres, stop_postgres, sweep_stale
 from verifyload import VerifyRun, check, journal_ack_times, summary
 
@@ -403,8 +404,9 @@ def test_replace_target_away_too_long(make_dist):
     """DIST-8: four nodes, three replicas; n3's serve dies (the load while it is away is
     judged first) and stays away longer than replace_after_s: each of its chains gets another
     target rebuilt in its place (a full copy), n3's target leaves them for good (also once n3
-    is back), nothing acknowledged before or during the rebuild is lost, and a scrub finds
-    every replica identical."""
+    is back), nothing acknowledged before or during the rebuild is lost, fsck (before n3
+    returns) and scrub (after) find every replica identical, and n3, back, reclaims its
+    target's chunks of those chains, so that fsck finds no stray."""
     d = make_dist(nodes=("n1", "n2", "n3", "n4"), replace_after_s=REPLACE_S)
     d.print_chains("after format")
     clients = {"n1": d.mount("n1", "c1"), "n2": d.mount("n2", "c2")}
@@ -435,18 +437,45 @@ def test_replace_target_away_too_long(make_dist):
         loss.assert_verified(loss.check(" after the replacement"))
     d.print_chains("after the replacement")
     assert not d.chains_with(t3, None), "n3's target is still in a chain (in any role)"
-    rb = rw.bytes("rebuild")
-    print(f"replace: rebuild copied {rb} bytes ({rw.chunks('rebuild')} chunks); the volume "
-          f"holds {volume_bytes(clients['n1'])} bytes")
-    assert rb > 0 and rw.chunks("rebuild") > 0, f"no rebuild in the repairs table: {rw.seen}"
+    rb, rc = rw.bytes("rebuild"), rw.chunks("rebuild")
+    # a rebuild of a few chunks reports, finishes and is promoted (its row deleted) between
+    # two polls of the repairs table: the primaries' logs say what each rebuild copied too
+    done = re.findall(r"rebuild of target \d+ done: (\d+) chunk\(s\), (\d+) bytes copied",
+                      d.logs_all())
+    lc, lb = sum(int(c) for c, _ in done), sum(int(b) for _, b in done)
+    print(f"replace: rebuild copied {max(rb, lb)} bytes ({max(rc, lc)} chunks; the repairs "
+          f"table showed {rb} bytes); the volume holds {volume_bytes(clients['n1'])} bytes")
+    assert max(rb, lb) > 0 and max(rc, lc) > 0, f"no rebuild copied anything: {rw.seen}"
     load.assert_no_app_errors()
     load.assert_verified(checks)
+    # fsck (the only client: the mounts go first) reads every chunk through each member's
+    # node and finds every replica identical; n3, still down, holds nothing in use
+    for mnt in list(d.mounts):
+        d.umount(mnt)
+    p = d.braidfs("fsck", d.meta_url, timeout=600)
+    print(p.stdout + p.stderr)
+    assert p.returncode == 0, f"fsck after the replacement: {p.stdout}{p.stderr}"
+    n = fsck_replicas(p.stdout)
+    assert n["chunks"] > 0, p.stdout
+    assert (n["csum"], n["differing"], n["missing"], n["unreadable"]) == (0, 0, 0, 0), p.stdout
+    print(f"replace: fsck compared {n['chunks']} chunk(s), {n['read']} read: every replica "
+          f"identical")
     # n3 returns: its old target does not rejoin the chains it was replaced in
     d.start_serve("n3")
     time.sleep(LEASE_MS / 1000 * 3)
     assert not d.chains_with(t3, None), "the replaced target came back into its chains"
-    for mnt in list(d.mounts):
-        d.umount(mnt)
+    # ... and gives up its chunks of them (reclaim): fsck, which lists every target through
+    # its node and counts a chunk of a chain that gives its target no role as a stray, is
+    # clean again
+    log = os.path.join(d.base, "n3", "serve.log")
+    done = re.compile(rf"target {t3}: reclaimed (\d+) chunk\(s\)")
+    d.wait_for(lambda: done.search(open(log, errors="replace").read()), DETECT_S + HANG_S,
+               "n3 reclaims its target's chunks of the chains it was replaced in")
+    print("replace: " + done.search(open(log, errors="replace").read()).group(0))
+    p = d.braidfs("fsck", d.meta_url, timeout=600)
+    print(p.stdout + p.stderr)
+    assert p.returncode == 0, f"fsck after the replaced target came back: {p.stdout}{p.stderr}"
+    assert fsck_replicas(p.stdout)["stray"] == 0, f"strays left on the replaced target: {p.stdout}"
     p = d.braidfs("scrub", "--no-repair", "--quiet", d.meta_url, timeout=600)
     print(p.stdout)
     assert p.returncode == 0, f"scrub --no-repair found differences: {p.stdout}{p.stderr}"

@@ -9,12 +9,19 @@ with its own image-file target, a PostgreSQL metadata database, and one mount
 - a writer that fsyncs every file keeps going while a secondary and then a primary are killed
   with -9: no write fails, nothing acknowledged is lost, and the chains' epochs in the database
   show both removals (the manager's and the primaries' chain changes);
-- a serve stopped with SIGTERM marks its node down; the node comes back with a restart.
+- a serve stopped with SIGTERM marks its node down; the node comes back with a restart;
+- a write applied while a target was away, whose dirty record comes only after the target
+  returned, keeps the target from being promoted without it (the promote gate, DIST-6/7):
+  no dirty row is left and fsck finds every copy identical.
+- a mount run with -o node=NAME reads from NAME's replica (status counts those reads), and an
+  async target (format --async) misses writes while its node is down without failing any,
+  shows how far behind it is, and is caught up once the node is back.
 
 The database is the module's private PostgreSQL (test_postgres_meta.py's fixture).
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,22 +57,32 @@ def wait_for(cond, timeout, what):
 class Cluster:
     """n serve nodes with one file: target each, a volume over them, and a mount."""
 
-    def __init__(self, base, meta_url, n=3, replicas=3):
+    def __init__(self, base, meta_url, n=3, replicas=3, nasync=0, local_reads=False,
+                 async_dir=False, extra_cfg=""):
         self.base, self.meta, self.n, self.replicas = base, meta_url, n, replicas
+        self.nasync = nasync  # the last nasync nodes' targets are async in every chain
         self.names = [f"n{i + 1}" for i in range(n)]
         self.ports = [free_port() for _ in range(n)]
         self.imgs = [os.path.join(base, f"{name}.img") for name in self.names]
+        # async_dir: the async targets are dir: targets, whose chunk files a test can read
+        self.urls = [f"dir:{os.path.join(base, name)}.dir" if async_dir and i >= n - nasync
+                     else f"file:{img}" for i, (name, img) in enumerate(zip(self.names,
+                                                                            self.imgs))]
         self.procs = [None] * n
         self.mnt = os.path.join(base, "mnt")
         os.makedirs(self.mnt, exist_ok=True)
-        for img in self.imgs:
+        for img, url in zip(self.imgs, self.urls):
+            if url.startswith("dir:"):
+                os.makedirs(url[4:])
+                continue
             with open(img, "wb") as f:
                 f.truncate(512 << 20)
         for i, name in enumerate(self.names):
             with open(self.config(i), "w") as f:
                 f.write(f"node: {name}\nlisten: 127.0.0.1:{self.ports[i]}\nmeta: {meta_url}\n"
-                        f"targets: [file:{self.imgs[i]}]\nheartbeat_ms: {HEARTBEAT_MS}\n"
-                        f"lease_ms: {LEASE_MS}\n")
+                        f"targets: [{self.urls[i]}]\nheartbeat_ms: {HEARTBEAT_MS}\n"
+                        f"lease_ms: {LEASE_MS}\n"
+                        + ("local_reads: true\n" if local_reads else "") + extra_cfg)
 
     def config(self, i):
         return os.path.join(self.base, f"{self.names[i]}.yaml")
@@ -74,14 +91,17 @@ class Cluster:
         return os.path.join(self.base, f"{self.names[i]}.log")
 
     def format(self):
-        targets = [f"{name}@file:{img}" for name, img in zip(self.names, self.imgs)]
+        targets = [f"{name}@{url}" for name, url in zip(self.names, self.urls)]
+        placed = targets[:self.n - self.nasync]
+        extra = [a for t in targets[self.n - self.nasync:] for a in ("--async", t)]
         braidfs("format", "--replicas", self.replicas, "--chains", 8, "--chunk-size", "1M",
-                self.meta, "vol", *targets, check=True)
+                *extra, self.meta, "vol", *placed, check=True)
 
-    def start(self, i):
+    def start(self, i, env=None):
         log = open(self.log(i), "a")
         self.procs[i] = subprocess.Popen([BIN, "serve", "--config", self.config(i)],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **(env or {})})
         log.close()
         wait_for(lambda: self.listening(i) or self.procs[i].poll() is not None, 30,
                  f"{self.names[i]} to listen")
@@ -106,8 +126,9 @@ class Cluster:
         with open(self.log(i)) as f:
             return "".join(f.readlines()[-n:])
 
-    def mount(self):
-        braidfs("mount", "-o", f"log={self.base}/mount.log", self.meta, self.mnt, check=True)
+    def mount(self, node=None):
+        opts = f"log={self.base}/mount.log" + (f",node={node}" if node else "")
+        braidfs("mount", "-o", opts, self.meta, self.mnt, check=True)
 
     def umount(self):
         if is_mounted(self.mnt):
@@ -115,6 +136,11 @@ class Cluster:
 
     def epochs(self):
         return [int(x) for x in psql(self.meta, "SELECT epoch FROM chains ORDER BY id").split()]
+
+    def roles(self, target):
+        """chain_members.role of TARGET in each chain (0 member, 1 syncing, 2 away)."""
+        return [int(x) for x in psql(self.meta, "SELECT role FROM chain_members WHERE target = "
+                                     f"{int(target)} ORDER BY chain").split()]
 
     def node_state(self, name):
         return int(psql(self.meta, f"SELECT state FROM nodes WHERE name = '{name}'"))
@@ -276,3 +302,187 @@ def test_sigterm_marks_down_and_restart_serves(cluster):
     drop_caches()
     with open(os.path.join(c.mnt, "after"), "rb") as f:
         assert f.read() == pattern(7, 3 << 20)
+
+
+DIRTY_DELAY_MS = 5000
+
+
+def test_promotion_waits_for_a_late_dirty_record(pg, test_dir):  # noqa: F811
+    """n3 is killed; a write applied while it is away holds its dirty record DIRTY_DELAY_MS
+    (a test hook in the serve); n3 comes back meanwhile and its resync finds no dirty row.
+    Its promotion must wait for that record, and resync the chunk, before it commits: else
+    n3 would be a full member without the write, and the late row would be left behind."""
+    c = Cluster(test_dir, new_database(pg))
+    try:
+        c.format()
+        env = {"BRAIDFS_TEST_DIRTY_DELAY_MS": str(DIRTY_DELAY_MS)}
+        for i in range(c.n):
+            c.start(i, env)
+        c.mount()
+        path = os.path.join(c.mnt, "f")
+        with open(path, "wb") as f:
+            f.write(pattern(1, 4 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        c.kill9(2)
+        wait_for(lambda: c.roles(3) and all(r == 2 for r in c.roles(3)), 30,
+                 "n3's target to be away from every chain")
+        done, errors = threading.Event(), []
+
+        def writer():
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, pattern(2, 1 << 20), 1 << 20)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                errors.append(e)
+            done.set()
+
+        t = threading.Thread(target=writer)
+        t.start()
+        held = "its dirty record held"
+        wait_for(lambda: any(held in c.log_tail(i, 200) for i in range(2)), 30,
+                 "the write to be applied with its dirty record held")
+        c.start(2, env)
+        t.join(timeout=120)
+        assert done.is_set() and not errors, f"the write failed: {errors}"
+        wait_for(lambda: all(r == 0 for r in c.roles(3)), 60, "n3 a member of every chain")
+        wait_for(lambda: int(psql(c.meta, "SELECT count(*) FROM dirty")) == 0, 30,
+                 "no dirty row left")
+        c.umount()
+        p = braidfs("fsck", c.meta, timeout=300)
+        assert p.returncode == 0, f"fsck after n3's return:\n{p.stdout}{p.stderr}"
+        c.mount()
+        drop_caches()
+        want = bytearray(pattern(1, 4 << 20))
+        want[1 << 20:2 << 20] = pattern(2, 1 << 20)
+        with open(path, "rb") as f:
+            assert f.read() == bytes(want)
+    finally:
+        c.cleanup()
+
+
+def test_local_reads_and_async_target(pg, test_dir):  # noqa: F811
+    c = Cluster(test_dir, new_database(pg), n=3, replicas=2, nasync=1, local_reads=True)
+    try:
+        c.format()
+        for i in range(c.n):
+            c.start(i)
+        bad = braidfs("mount", "-o", "node=n9", c.meta, c.mnt)
+        assert bad.returncode == 1 and "node 'n9' serves no target" in bad.stderr, bad.stderr
+        c.mount(node="n2")
+        data = {i: pattern(i, 1536 * 1024) for i in range(6)}
+        for i, d in data.items():
+            with open(os.path.join(c.mnt, f"f{i}"), "wb") as f:
+                f.write(d)
+                f.flush()
+                os.fsync(f.fileno())
+        drop_caches()
+        for i, d in data.items():
+            with open(os.path.join(c.mnt, f"f{i}"), "rb") as f:
+                assert f.read() == d
+        st = braidfs("status", c.meta)
+        line = next(ln for ln in st.stdout.splitlines() if ln.startswith("reads "))
+        assert int(line.split()[1]) > 0, st.stdout  # n2 is a member of every chain
+        wait_for(lambda: braidfs("status", c.meta).stdout.count("async 3 (0 chunk(s) behind)")
+                 == 8, 30, "the async target on every chain")
+        # its node dies: writes go on, the chains do not change, the misses are recorded
+        epochs = c.epochs()
+        c.kill9(2)
+        more = {i: pattern(i, 1024 * 1024) for i in range(6, 10)}
+        for i, d in more.items():
+            with open(os.path.join(c.mnt, f"f{i}"), "wb") as f:
+                f.write(d)
+                f.flush()
+                os.fsync(f.fileno())
+        assert c.epochs() == epochs
+        behind = int(psql(c.meta, "SELECT count(*) FROM dirty WHERE target = 3"))
+        assert behind > 0
+        st = braidfs("status", c.meta).stdout
+        assert re.search(r"async 3 \([1-9][0-9]* chunk\(s\) behind\)", st), st
+        # back: caught up by the primaries, still async
+        c.start(2)
+        wait_for(lambda: int(psql(c.meta, "SELECT count(*) FROM dirty WHERE target = 3")) == 0,
+                 60, "the async target to be caught up")
+        assert "async target 3 caught up" in c.log_tail(0, 200) + c.log_tail(1, 200)
+        assert int(psql(c.meta, "SELECT count(*) FROM chain_members WHERE role = 3")) == 8
+        drop_caches()
+        for i, d in {**data, **more}.items():
+            with open(os.path.join(c.mnt, f"f{i}"), "rb") as f:
+                assert f.read() == d
+    finally:
+        c.cleanup()
+
+
+@pytest.mark.parametrize("how", ["manager", "restart"])
+def test_async_target_rebuilt_after_its_primary_is_killed(pg, test_dir, how):  # noqa: F811
+    """Requests queued for the async target at a primary die with it when it is killed with -9
+    (a test hook keeps them queued). Nothing records them, so the async target of each chain
+    that primary led is marked for a rebuild: by the manager before it takes the primary out
+    ("manager"), or by the primary's serve when it starts again before the manager acted
+    ("restart": grace_ms keeps the manager away). The chain's primary then copies the chain
+    to it, and its chunk files hold every byte written."""
+    hold = os.path.join(test_dir, "async-hold")
+    c = Cluster(test_dir, new_database(pg), n=3, replicas=2, nasync=1, async_dir=True,
+                extra_cfg="grace_ms: 600000\n" if how == "restart" else "")
+    try:
+        c.format()
+        env = {"BRAIDFS_TEST_ASYNC_HOLD": hold}
+        for i in range(c.n):
+            c.start(i, env)
+        c.mount(node="n2")
+        open(hold, "w").close()
+        data = {i: pattern(i, 2 << 20) for i in range(8)}
+        inos = {}
+        for i, d in data.items():
+            path = os.path.join(c.mnt, f"f{i}")
+            with open(path, "wb") as f:
+                f.write(d)
+                f.flush()
+                os.fsync(f.fileno())
+            inos[i] = os.stat(path).st_ino
+        # the nodes run without local_reads: a mount with node=n2 reads the primaries
+        drop_caches()
+        for i, d in data.items():
+            with open(os.path.join(c.mnt, f"f{i}"), "rb") as f:
+                assert f.read() == d
+        st = braidfs("status", c.meta).stdout
+        line = next(ln for ln in st.splitlines() if ln.startswith("reads "))
+        assert int(line.split()[1]) == 0, st
+        led = int(psql(c.meta, "SELECT count(*) FROM chain_members m WHERE target = 1 AND "
+                       "role = 0 AND pos = (SELECT min(pos) FROM chain_members p WHERE "
+                       "p.chain = m.chain AND p.role = 0)"))
+        assert led > 0  # n1 is the primary of some chains
+        c.kill9(0)
+        marked = "async target 3 marked for a rebuild"
+        if how == "manager":
+            wait_for(lambda: c.roles(1) and all(r == 2 for r in c.roles(1)), 30,
+                     "n1's target to be away from every chain")
+            assert sum(c.log_tail(i, 400).count(marked) for i in (1, 2)) >= led
+        else:
+            c.start(0, env)
+            assert c.log_tail(0, 400).count(marked) == led
+            assert c.roles(1).count(0) == 8  # still a member of every chain
+        os.unlink(hold)
+        wait_for(lambda: int(psql(c.meta, "SELECT count(*) FROM repairs WHERE target = 3")) == 0
+                 and int(psql(c.meta, "SELECT count(*) FROM dirty WHERE target = 3")) == 0,
+                 120, "the async target to be rebuilt")
+        assert int(psql(c.meta, "SELECT count(*) FROM chain_members WHERE role = 3")) == 8
+        c.umount()
+        for i in range(c.n):
+            if c.procs[i].poll() is None:
+                c.stop(i)  # async queues drained, chunk files closed
+        for i, d in data.items():
+            for idx in range(len(d) >> 20):
+                chunk = os.path.join(c.urls[2][4:], "chunks", f"{inos[i] & 0xff:02x}",
+                                     f"{inos[i]:016x}.{idx:08x}")
+                with open(chunk, "rb") as f:
+                    got = f.read()
+                assert got == d[idx << 20:(idx + 1) << 20], f"f{i} chunk {idx} on the async copy"
+    finally:
+        if os.path.exists(hold):
+            os.unlink(hold)
+        c.cleanup()

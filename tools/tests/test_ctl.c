@@ -187,7 +187,7 @@ static void reparse(struct ctl_line *l)
 static void test_structs(void **state)
 {
 	(void)state;
-	struct ds_check_result r = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, UINT64_MAX}, r2;
+	struct ds_check_result r = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, UINT64_MAX}, r2;
 	struct ctl_line l;
 	ctl_begin(&l, CTL_D2C_PROGRESS);
 	ctl_put_result(&l, &r);
@@ -201,7 +201,7 @@ static void test_structs(void **state)
 	assert_int_equal(parse("progress chunks=x", CTL_D2C), 0);
 	assert_int_equal(ctl_get_result(&m, &r2), -EBADMSG);
 
-	struct ds_stats s = {1, 2, 3, 4, 5, 6, 7}, s2;
+	struct ds_stats s = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, s2;
 	ctl_begin(&l, CTL_D2C_STATS);
 	ctl_put_stats(&l, &s);
 	reparse(&l);

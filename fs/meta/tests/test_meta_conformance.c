@@ -34,6 +34,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "fs/meta/meta.h"
+#include "fs/meta/meta_int.h"
 
 /* ---- engines ----------------------------------------------------------------------------- */
 
@@ -60,6 +61,14 @@ struct engine {
 	int (*make_old)(const char *dir);
 	/* raw SQL that turns a fresh volume into the schema before chain roles (META-13..17) */
 	const char *before_roles_sql;
+	/* raw SQL that turns a fresh volume into the schema before file locks (META-18); NULL:
+	 * the engine has no lock table */
+	const char *before_locks_sql;
+	/* raw SQL that turns a fresh volume into the schema before the async role (META-19),
+	 * and the query of the schema version with the version that role came with */
+	const char *before_async_sql;
+	const char *version_sql;
+	long long async_version;
 };
 
 static void sqlite_file(const char *dir, char *out, size_t len)
@@ -290,11 +299,14 @@ static const struct engine engines[] = {
     {"sqlite", &meta_sqlite_ops, sqlite_store_new, NULL, sqlite_file, sqlite_raw_exec,
      sqlite_raw_int, "PRAGMA user_version = 99", sqlite_make_old,
      "DROP TABLE dirty; DROP TABLE repairs; ALTER TABLE chain_members DROP COLUMN role;"
-     " ALTER TABLE chain_members DROP COLUMN since; PRAGMA user_version = 3;"},
+     " ALTER TABLE chain_members DROP COLUMN since; PRAGMA user_version = 3;",
+     NULL, "PRAGMA user_version = 4", "PRAGMA user_version", 5},
     {"postgres", &meta_pg_ops, pg_store_new, pg_stores_free, NULL, pg_raw_exec, pg_raw_int,
      "UPDATE braidfs_schema SET version = 99", NULL,
-     "DROP TABLE dirty; DROP TABLE repairs; ALTER TABLE chain_members DROP COLUMN role,"
-     " DROP COLUMN since; UPDATE braidfs_schema SET version = 1;"},
+     "DROP TABLE file_locks; DROP TABLE dirty; DROP TABLE repairs; ALTER TABLE chain_members"
+     " DROP COLUMN role, DROP COLUMN since; UPDATE braidfs_schema SET version = 1;",
+     "DROP TABLE file_locks; UPDATE braidfs_schema SET version = 2;",
+     "UPDATE braidfs_schema SET version = 3", "SELECT version FROM braidfs_schema", 4},
 };
 
 /* ---- fixture helpers ---- */
@@ -977,6 +989,11 @@ static void t_format_invalid(void **state)
 	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
 	assert_int_equal(META_CALL(m, volume_get, &got), -ENOENT);
 	t[1].id = 2;
+	/* META-8: two targets that are not removed share a URL */
+	snprintf(t[1].url, sizeof(t[1].url), "dir:/a");
+	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
+	assert_int_equal(META_CALL(m, volume_get, &got), -ENOENT);
+	snprintf(t[1].url, sizeof(t[1].url), "dir:/b");
 	/* chain member names no target */
 	c.members[1] = 9;
 	assert_int_equal(META_CALL(m, format, &v, t, 2, &c, 1, 0, 0), -EINVAL);
@@ -1251,6 +1268,13 @@ static void t_chains(void **state)
 	assert_int_equal(c[1].members[0], 2);
 	assert_int_equal(c[1].members[1], 3);
 	assert_int_equal(META_CALL(f->m, chains_list, NULL, 0), 2);
+	/* fewer slots than chains: the first filled whole, every chain counted, nothing beyond */
+	memset(c, 0xa5, sizeof(c));
+	assert_int_equal(META_CALL(f->m, chains_list, c, 1), 2);
+	assert_int_equal(c[0].id, 0);
+	assert_int_equal(c[0].nmembers, 2);
+	assert_int_equal(c[0].members[1], 2);
+	assert_int_equal(c[1].id, 0xa5a5a5a5);
 
 	/* META-6: right epoch -> replaced, epoch + 1 */
 	assert_int_equal(META_CALL(f->m, chain_update, 0, 1, mem, 2, &epoch), 0);
@@ -1485,6 +1509,8 @@ static void t_lookup(void **state)
 	assert_true(S_ISREG(a.mode));
 	assert_int_equal(META_CALL(f->m, lookup, d, "y", &a), -ENOENT);
 	assert_int_equal(META_CALL(f->m, lookup, x, "y", &a), -ENOTDIR);
+	assert_int_equal(META_CALL(f->m, lookup, 999999, "y", &a), -ENOENT);
+	assert_int_equal(META_CALL(f->m, lookup, META_ROOT_INO, "no-such-name", &a), -ENOENT);
 	assert_int_equal(META_CALL(f->m, lookup, 31337, "y", &a), -ENOENT);
 	assert_int_equal(META_CALL(f->m, lookup, d, "", &a), -EINVAL);
 	assert_int_equal(META_CALL(f->m, lookup, d, ".", &a), -ENOENT);
@@ -1603,6 +1629,44 @@ static void t_link(void **state)
 	d2 = mkdir_(f, d, "sub");
 	assert_int_equal(META_CALL(f->m, link, x, d2, "w", tick(f), NULL), 0);
 	assert_int_equal(get(f, x).nlink, 2);
+}
+
+/* mknod in a setgid directory: the directory's group, and for a directory its setgid bit,
+ * whatever group the caller gave; elsewhere the caller's group. */
+static void t_mknod_setgid(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr in, a;
+	uint64_t g, p;
+
+	g = mk(f, META_ROOT_INO, "g", S_IFDIR | S_ISGID | 0775);
+	in = attr_in(f, S_IFREG | 0644); /* gid 100 */
+	in.mode = S_IFDIR | 0775;
+	in.gid = 42;
+	assert_int_equal(META_CALL(f->m, setattr, g, META_SET_GID, &in, NULL), 0);
+
+	in = attr_in(f, S_IFREG | 0644);
+	assert_int_equal(META_CALL(f->m, mknod, g, "f", &in, NULL, &a), 0);
+	assert_int_equal(a.gid, 42);
+	assert_int_equal(a.mode, S_IFREG | 0644);
+	assert_int_equal(get(f, a.ino).gid, 42);
+	in = attr_in(f, S_IFDIR | 0755);
+	assert_int_equal(META_CALL(f->m, mknod, g, "sub", &in, NULL, &a), 0);
+	assert_int_equal(a.gid, 42);
+	assert_int_equal(a.mode, S_IFDIR | S_ISGID | 0755);
+	assert_int_equal(get(f, a.ino).mode, S_IFDIR | S_ISGID | 0755);
+	in = attr_in(f, S_IFLNK | 0777);
+	assert_int_equal(META_CALL(f->m, mknod, a.ino, "l", &in, "target", &a), 0);
+	assert_int_equal(a.gid, 42);
+
+	p = mkdir_(f, META_ROOT_INO, "plain");
+	in = attr_in(f, S_IFDIR | 0755);
+	assert_int_equal(META_CALL(f->m, mknod, p, "d", &in, NULL, &a), 0);
+	assert_int_equal(a.gid, 100);
+	assert_int_equal(a.mode, S_IFDIR | 0755);
+	/* the parent must still be a directory */
+	in = attr_in(f, S_IFREG | 0644);
+	assert_int_equal(META_CALL(f->m, mknod, mkfile(f, p, "x"), "y", &in, NULL, &a), -ENOTDIR);
 }
 
 static void t_unlink_orphan_purge(void **state)
@@ -2677,6 +2741,22 @@ static void t_rdonly_and_second_handle(void **state)
 	assert_int_equal(META_CALL(ro, check, true, NULL, NULL), -EROFS);
 	assert_int_equal(META_CALL(ro, check, false, NULL, NULL), 0);
 	assert_int_equal(do_format(ro), -EROFS);
+	/* the cluster tables' writes too (META-13..17; META-10..12 where the engine has them) */
+	struct meta_chunk_ref ref = {x, 0};
+	struct meta_repair rp = {.chain = 0, .target = 2, .kind = META_REPAIR_RESYNC};
+	uint32_t one[1] = {1};
+	assert_int_equal(META_CALL(ro, chain_update, 0, 1, one, 1, NULL), -EROFS);
+	assert_int_equal(META_CALL(ro, dirty_add, 0, 2, &ref, 1), -EROFS);
+	assert_int_equal(META_CALL(ro, repair_set, &rp), -EROFS);
+	assert_int_equal(META_CALL(ro, repair_delete, 0, 2), -EROFS);
+	if (E->ops->caps & META_CAP_CLUSTER) {
+		assert_int_equal(META_CALL_OPT(ro, node_register, "n", "a", 1000, NULL), -EROFS);
+		assert_int_equal(META_CALL_OPT(ro, node_heartbeat, 1, 1000), -EROFS);
+		assert_int_equal(META_CALL_OPT(ro, node_set_state, 1, META_NODE_DOWN), -EROFS);
+		assert_int_equal(META_CALL_OPT(ro, lease_acquire, "l", 1, 1000, NULL), -EROFS);
+		assert_int_equal(META_CALL_OPT(ro, client_heartbeat, 1, 1000), -EROFS);
+		assert_int_equal(META_CALL_OPT(ro, client_unregister, 1), -EROFS);
+	}
 	assert_int_equal(META_CALL(ro, sync), 0);
 
 	/* a second read-write handle (the CLI while a mount runs) sees and makes changes */
@@ -3034,13 +3114,47 @@ static void t_nodes(void **state)
 	assert_int_equal(META_CALL(f->m, nodes_list, n, 4), 2);
 }
 
-struct race {
-	struct fx *f;
-	pthread_barrier_t *bar;
-	uint32_t node;
+/* What every racer of race_run() starts with: the barrier of each round, its rounds, and its
+ * counts. */
+struct race_tally {
+	pthread_barrier_t *bar; /* set by race_run() */
 	int rounds;
 	int won; /* out */
 	int errors;
+};
+
+/* n racers (structs of `size` bytes that start with a struct race_tally, at racers) each run
+ * by a thread of fn at once, meeting at one barrier; asserts that none counted an error and
+ * returns how many rounds they won in all. */
+static int race_run(void *racers, size_t size, int n, void *(*fn)(void *))
+{
+	pthread_t tid[16];
+	pthread_barrier_t bar;
+	int won = 0;
+
+	assert_true(n >= 1 && n <= (int)ARRAY_SIZE(tid));
+	pthread_barrier_init(&bar, NULL, (unsigned)n);
+	for (int i = 0; i < n; i++) {
+		struct race_tally *t = (void *)((char *)racers + (size_t)i * size);
+
+		t->bar = &bar;
+		assert_int_equal(pthread_create(&tid[i], NULL, fn, t), 0);
+	}
+	for (int i = 0; i < n; i++) {
+		const struct race_tally *t = (void *)((char *)racers + (size_t)i * size);
+
+		pthread_join(tid[i], NULL);
+		assert_int_equal(t->errors, 0);
+		won += t->won;
+	}
+	pthread_barrier_destroy(&bar);
+	return won;
+}
+
+struct race {
+	struct race_tally t; /* first: race_run() */
+	struct fx *f;
+	uint32_t node;
 };
 
 static void *race_main(void *arg)
@@ -3048,17 +3162,17 @@ static void *race_main(void *arg)
 	struct race *r = arg;
 	char name[32];
 
-	for (int i = 0; i < r->rounds; i++) {
+	for (int i = 0; i < r->t.rounds; i++) {
 		struct meta_lease l;
 		int x;
 
 		snprintf(name, sizeof(name), "race-%d", i);
-		pthread_barrier_wait(r->bar);
+		pthread_barrier_wait(r->t.bar);
 		x = META_CALL(r->f->m, lease_acquire, name, r->node, 60000, &l);
 		if (x == 0 && l.holder == r->node && l.generation == 1)
-			r->won++;
+			r->t.won++;
 		else if (x != -EBUSY || l.holder == r->node)
-			r->errors++;
+			r->t.errors++;
 	}
 	return NULL;
 }
@@ -3127,27 +3241,16 @@ static void t_leases(void **state)
 	/* threads race for free leases: exactly one wins each, tenure 1 */
 	enum { NT = 6, ROUNDS = 25 };
 	struct race r[NT];
-	pthread_t tid[NT];
-	pthread_barrier_t bar;
 	uint32_t ids[NT];
-	int won = 0;
 
-	pthread_barrier_init(&bar, NULL, NT);
 	for (int i = 0; i < NT; i++) {
 		char name[16];
 
 		snprintf(name, sizeof(name), "racer-%d", i);
 		assert_int_equal(META_CALL(f->m, node_register, name, "x", 60000, &ids[i]), 0);
-		r[i] = (struct race){f, &bar, ids[i], ROUNDS, 0, 0};
-		assert_int_equal(pthread_create(&tid[i], NULL, race_main, &r[i]), 0);
+		r[i] = (struct race){{.rounds = ROUNDS}, f, ids[i]};
 	}
-	for (int i = 0; i < NT; i++) {
-		pthread_join(tid[i], NULL);
-		assert_int_equal(r[i].errors, 0);
-		won += r[i].won;
-	}
-	pthread_barrier_destroy(&bar);
-	assert_int_equal(won, ROUNDS);
+	assert_int_equal(race_run(r, sizeof(r[0]), NT, race_main), ROUNDS);
 }
 
 static void t_clients(void **state)
@@ -3212,6 +3315,404 @@ static void t_clients(void **state)
 	assert_int_equal(META_CALL(f->m, client_register, &in, 0, &c4, NULL), -EINVAL);
 	assert_int_equal(META_CALL(f->m, client_register, NULL, 10, &c4, NULL), -EINVAL);
 	assert_int_equal(META_CALL(f->m, client_heartbeat, c3, 0), -EINVAL);
+}
+
+/* ---- file locks (META_CAP_LOCKS, META-18) ---------------------------------------------------- */
+
+/* The range arithmetic every engine shares, without a database. */
+static void t_lock_apply(void **state)
+{
+	struct meta_lock cur[4], out[4], in = {.ino = 2, .client = 1, .owner = 7};
+
+	(void)state;
+	in.type = META_LOCK_WR;
+	in.start = 10;
+	in.end = 19;
+	/* adjacent on both sides, same type: one range */
+	cur[0] = in, cur[0].start = 0, cur[0].end = 9;
+	cur[1] = in, cur[1].start = 20, cur[1].end = 29;
+	assert_int_equal(meta_lock_apply(cur, 2, &in, out, 4), 1);
+	assert_int_equal(out[0].start, 0);
+	assert_int_equal(out[0].end, 29);
+	/* the same rows in the other order (an engine reads them unordered): the same result */
+	cur[2] = cur[0], cur[0] = cur[1], cur[1] = cur[2];
+	assert_int_equal(meta_lock_apply(cur, 2, &in, out, 4), 1);
+	assert_int_equal(out[0].start, 0);
+	assert_int_equal(out[0].end, 29);
+	/* a read lock in the middle of a write lock splits it in three */
+	cur[0] = out[0];
+	in.type = META_LOCK_RD;
+	assert_int_equal(meta_lock_apply(cur, 1, &in, out, 4), 3);
+	assert_int_equal(out[0].type, META_LOCK_WR);
+	assert_int_equal(out[0].end, 9);
+	assert_int_equal(out[1].type, META_LOCK_WR);
+	assert_int_equal(out[1].start, 20);
+	assert_int_equal(out[2].type, META_LOCK_RD);
+	assert_int_equal(out[2].start, 10);
+	/* ... and needs room for three */
+	assert_int_equal(meta_lock_apply(cur, 1, &in, out, 2), -ENOLCK);
+	/* unlock to the end of the file from inside a range */
+	in.type = META_LOCK_UN;
+	in.start = 5;
+	in.end = META_LOCK_EOF;
+	assert_int_equal(meta_lock_apply(cur, 1, &in, out, 4), 1);
+	assert_int_equal(out[0].start, 0);
+	assert_int_equal(out[0].end, 4);
+	/* a range ending at EOF touches nothing beyond it (no overflow) */
+	cur[0] = in, cur[0].type = META_LOCK_WR, cur[0].start = 100, cur[0].end = META_LOCK_EOF;
+	in.type = META_LOCK_WR;
+	in.start = 0;
+	in.end = 98;
+	assert_int_equal(meta_lock_apply(cur, 1, &in, out, 4), 2);
+	in.end = 99;
+	assert_int_equal(meta_lock_apply(cur, 1, &in, out, 4), 1);
+	assert_int_equal(out[0].end, META_LOCK_EOF);
+	/* an flock replaces what the owner held */
+	in.kind = META_LOCK_FLOCK;
+	in.start = 0;
+	in.end = META_LOCK_EOF;
+	in.type = META_LOCK_RD;
+	assert_int_equal(meta_lock_apply(cur, 1, &in, out, 4), 1);
+	assert_int_equal(out[0].type, META_LOCK_RD);
+	in.type = META_LOCK_UN;
+	assert_int_equal(meta_lock_apply(cur, 1, &in, out, 4), 0);
+	/* checks */
+	assert_int_equal(meta_lock_check(&in), 0);
+	in.start = 1;
+	assert_int_equal(meta_lock_check(&in), -EINVAL); /* an flock is whole-file */
+	in.kind = META_LOCK_POSIX;
+	assert_int_equal(meta_lock_check(&in), 0);
+	in.start = 5, in.end = 4;
+	assert_int_equal(meta_lock_check(&in), -EINVAL);
+	in.start = 0, in.end = (uint64_t)META_LOCK_EOF + 1;
+	assert_int_equal(meta_lock_check(&in), -EINVAL);
+	in.end = 1, in.type = 3;
+	assert_int_equal(meta_lock_check(&in), -EINVAL);
+	in.type = META_LOCK_RD, in.client = 0;
+	assert_int_equal(meta_lock_check(&in), -EINVAL);
+}
+
+static uint64_t lk_client(struct fx *f, const char *host, uint32_t ttl_ms)
+{
+	struct meta_client in;
+	uint64_t id = 0;
+
+	memset(&in, 0, sizeof(in));
+	snprintf(in.host, sizeof(in.host), "%s", host);
+	in.pid = 77;
+	snprintf(in.mountpoint, sizeof(in.mountpoint), "/mnt/%s", host);
+	assert_int_equal(META_CALL(f->m, client_register, &in, ttl_ms, &id, NULL), 0);
+	return id;
+}
+
+static struct meta_lock lk(uint64_t ino, uint64_t client, uint64_t owner, enum meta_lock_type type,
+			   uint64_t start, uint64_t end)
+{
+	struct meta_lock l;
+
+	memset(&l, 0, sizeof(l));
+	l.ino = ino;
+	l.client = client;
+	l.owner = owner;
+	l.kind = META_LOCK_POSIX;
+	l.type = type;
+	l.start = start;
+	l.end = end;
+	l.pid = (int32_t)(1000 + owner);
+	return l;
+}
+
+static struct meta_lock lk_flock(uint64_t ino, uint64_t client, uint64_t owner,
+				 enum meta_lock_type type)
+{
+	struct meta_lock l = lk(ino, client, owner, type, 0, META_LOCK_EOF);
+
+	l.kind = META_LOCK_FLOCK;
+	return l;
+}
+
+static int lk_set(struct fx *f, struct meta_lock l)
+{
+	return META_CALL(f->m, lock_set, &l, NULL);
+}
+
+/* An engine without the cap: every lock op answers -EOPNOTSUPP. true: go on. */
+static bool locks_or_unsupported(struct fx *f)
+{
+	struct meta_lock l = lk(2, 1, 1, META_LOCK_WR, 0, 0);
+
+	if (E->ops->caps & META_CAP_LOCKS)
+		return true;
+	assert_int_equal(META_CALL_OPT(f->m, lock_set, &l, NULL), -EOPNOTSUPP);
+	assert_int_equal(META_CALL_OPT(f->m, lock_get, &l, &l), -EOPNOTSUPP);
+	assert_int_equal(META_CALL_OPT(f->m, lock_release, 2, 1, 1, META_LOCK_POSIX), -EOPNOTSUPP);
+	assert_int_equal(META_CALL_OPT(f->m, locks_release_client, 1), -EOPNOTSUPP);
+	assert_int_equal(META_CALL_OPT(f->m, locks_list, 2, &l, 1), -EOPNOTSUPP);
+	return false;
+}
+
+static void t_locks_conflict(void **state)
+{
+	struct fx *f = *state;
+	struct meta_lock c, l;
+	uint64_t ino, a, b, r;
+
+	if (!locks_or_unsupported(f))
+		return;
+	ino = mkfile(f, META_ROOT_INO, "db");
+	a = lk_client(f, "host1", 10000);
+	b = lk_client(f, "host1", 10000);
+	r = lk_client(f, "host2", 10000);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 0, 99)), 0);
+	/* another client, overlapping: refused with the holder named */
+	memset(&c, 0, sizeof(c));
+	l = lk(ino, b, 2, META_LOCK_RD, 50, 60);
+	assert_int_equal(META_CALL(f->m, lock_set, &l, &c), -EAGAIN);
+	assert_int_equal(c.client, a);
+	assert_int_equal(c.owner, 1);
+	assert_int_equal(c.type, META_LOCK_WR);
+	assert_int_equal(c.start, 0);
+	assert_int_equal(c.end, 99);
+	assert_int_equal(c.pid, 1001);
+	assert_true(c.local);
+	/* another owner of the same client (another process of one mount): refused too */
+	assert_int_equal(lk_set(f, lk(ino, a, 3, META_LOCK_WR, 99, 99)), -EAGAIN);
+	/* beside it: granted */
+	assert_int_equal(lk_set(f, lk(ino, b, 2, META_LOCK_RD, 100, META_LOCK_EOF)), 0);
+	/* read locks share; a write lock over them does not */
+	assert_int_equal(lk_set(f, lk(ino, r, 4, META_LOCK_RD, 200, 300)), 0);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 250, 250)), -EAGAIN);
+	/* the owner itself may change its own lock whatever it holds */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_RD, 0, 99)), 0);
+	assert_int_equal(lk_set(f, lk(ino, b, 2, META_LOCK_RD, 0, 10)), 0);
+	/* F_GETLK: the first conflicting lock, or none */
+	l = lk(ino, r, 9, META_LOCK_WR, 0, META_LOCK_EOF);
+	assert_int_equal(META_CALL(f->m, lock_get, &l, &c), 0);
+	assert_int_equal(c.type, META_LOCK_RD);
+	assert_int_equal(c.client, a);
+	assert_int_equal(c.start, 0);
+	assert_false(c.local); /* asked from host2, held on host1 */
+	l = lk(ino, r, 9, META_LOCK_RD, 0, META_LOCK_EOF);
+	assert_int_equal(META_CALL(f->m, lock_get, &l, &c), 0);
+	assert_int_equal(c.type, META_LOCK_UN);
+	l = lk(ino, r, 4, META_LOCK_WR, 250, 260); /* its own lock is no conflict, b's is */
+	assert_int_equal(META_CALL(f->m, lock_get, &l, &c), 0);
+	assert_int_equal(c.client, b);
+	assert_int_equal(c.start, 100);
+	assert_int_equal(c.end, META_LOCK_EOF);
+	l = lk(ino, b, 2, META_LOCK_WR, 100, 150);
+	assert_int_equal(META_CALL(f->m, lock_get, &l, &c), 0);
+	assert_int_equal(c.type, META_LOCK_UN);
+	/* flock and POSIX locks are separate (as on Linux); flock locks conflict whole-file */
+	assert_int_equal(lk_set(f, lk_flock(ino, r, 4, META_LOCK_WR)), 0);
+	assert_int_equal(lk_set(f, lk_flock(ino, a, 5, META_LOCK_RD)), -EAGAIN);
+	assert_int_equal(lk_set(f, lk_flock(ino, r, 4, META_LOCK_RD)), 0); /* downgrade */
+	assert_int_equal(lk_set(f, lk_flock(ino, a, 5, META_LOCK_RD)), 0);
+	assert_int_equal(lk_set(f, lk_flock(ino, r, 4, META_LOCK_WR)), -EAGAIN);
+	assert_int_equal(lk_set(f, lk_flock(ino, a, 5, META_LOCK_UN)), 0);
+	assert_int_equal(lk_set(f, lk_flock(ino, r, 4, META_LOCK_WR)), 0); /* upgrade */
+	/* requests */
+	l = lk(ino, a, 1, META_LOCK_WR, 5, 4);
+	assert_int_equal(META_CALL(f->m, lock_set, &l, NULL), -EINVAL);
+	assert_int_equal(lk_set(f, lk(ino + 1000, a, 1, META_LOCK_WR, 0, 0)), -ENOENT);
+	assert_int_equal(lk_set(f, lk(ino, 99999, 1, META_LOCK_WR, 0, 0)), -ESTALE);
+	l = lk(ino, a, 1, META_LOCK_UN, 0, 0);
+	assert_int_equal(META_CALL(f->m, lock_get, &l, &c), -EINVAL);
+}
+
+static void t_locks_merge_split(void **state)
+{
+	struct fx *f = *state;
+	struct meta_lock got[8];
+	uint64_t ino, a;
+
+	if (!locks_or_unsupported(f))
+		return;
+	ino = mkfile(f, META_ROOT_INO, "f");
+	a = lk_client(f, "host1", 10000);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 0, 9)), 0);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 10, 19)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 1);
+	assert_int_equal(got[0].start, 0);
+	assert_int_equal(got[0].end, 19);
+	assert_true(got[0].alive);
+	/* split by a read lock */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_RD, 5, 7)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 3);
+	assert_int_equal(got[0].type, META_LOCK_WR);
+	assert_int_equal(got[0].end, 4);
+	assert_int_equal(got[1].type, META_LOCK_RD);
+	assert_int_equal(got[1].start, 5);
+	assert_int_equal(got[1].end, 7);
+	assert_int_equal(got[2].type, META_LOCK_WR);
+	assert_int_equal(got[2].start, 8);
+	assert_int_equal(got[2].end, 19);
+	/* unlock a range across all three */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_UN, 3, 15)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 2);
+	assert_int_equal(got[0].start, 0);
+	assert_int_equal(got[0].end, 2);
+	assert_int_equal(got[1].start, 16);
+	assert_int_equal(got[1].end, 19);
+	/* what was unlocked is free for others; what is left is not */
+	uint64_t b = lk_client(f, "host2", 10000);
+
+	assert_int_equal(lk_set(f, lk(ino, b, 2, META_LOCK_WR, 3, 15)), 0);
+	assert_int_equal(lk_set(f, lk(ino, b, 2, META_LOCK_WR, 2, 2)), -EAGAIN);
+	assert_int_equal(lk_set(f, lk(ino, b, 2, META_LOCK_UN, 0, META_LOCK_EOF)), 0);
+	/* one lock over everything, then give back the tail */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 0, META_LOCK_EOF)), 0);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_UN, 100, META_LOCK_EOF)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 1);
+	assert_int_equal(got[0].start, 0);
+	assert_int_equal(got[0].end, 99);
+	/* unlock of what is not held: nothing changes, no error */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_UN, 500, 600)), 0);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_UN, 0, META_LOCK_EOF)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 0);
+}
+
+static void t_locks_release(void **state)
+{
+	struct fx *f = *state;
+	struct meta_lock got[8];
+	uint64_t ino, ino2, a, b;
+
+	if (!locks_or_unsupported(f))
+		return;
+	ino = mkfile(f, META_ROOT_INO, "f");
+	ino2 = mkfile(f, META_ROOT_INO, "g");
+	a = lk_client(f, "host1", 10000);
+	b = lk_client(f, "host2", 10000);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 0, 9)), 0);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 20, 29)), 0);
+	assert_int_equal(lk_set(f, lk(ino, a, 2, META_LOCK_WR, 40, 49)), 0);
+	assert_int_equal(lk_set(f, lk_flock(ino, a, 1, META_LOCK_WR)), 0);
+	assert_int_equal(lk_set(f, lk(ino2, a, 1, META_LOCK_WR, 0, 9)), 0);
+	/* close(2) by owner 1: its POSIX locks of this file go, nothing else */
+	assert_int_equal(META_CALL(f->m, lock_release, ino, a, 1, META_LOCK_POSIX), 2);
+	assert_int_equal(lk_set(f, lk(ino, b, 3, META_LOCK_WR, 0, 29)), 0);
+	assert_int_equal(lk_set(f, lk(ino, b, 3, META_LOCK_WR, 40, 40)), -EAGAIN);
+	assert_int_equal(lk_set(f, lk(ino2, b, 3, META_LOCK_WR, 0, 0)), -EAGAIN);
+	assert_int_equal(lk_set(f, lk_flock(ino, b, 3, META_LOCK_RD)), -EAGAIN);
+	assert_int_equal(META_CALL(f->m, lock_release, ino, a, 1, META_LOCK_FLOCK), 1);
+	assert_int_equal(lk_set(f, lk_flock(ino, b, 3, META_LOCK_RD)), 0);
+	assert_int_equal(META_CALL(f->m, lock_release, ino, a, 1, META_LOCK_FLOCK), 0);
+	/* every lock of a client (unmount) */
+	assert_int_equal(META_CALL(f->m, locks_release_client, a), 2);
+	assert_int_equal(lk_set(f, lk(ino2, b, 3, META_LOCK_WR, 0, 0)), 0);
+	assert_int_equal(lk_set(f, lk(ino, b, 3, META_LOCK_WR, 40, 40)), 0);
+	/* a client that unregisters takes its locks with it */
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 3);
+	assert_int_equal(META_CALL(f->m, client_unregister, b), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino2, got, 8), 0);
+	assert_int_equal(META_CALL(f->m, lock_release, 0, a, 1, META_LOCK_POSIX), -EINVAL);
+	assert_int_equal(META_CALL(f->m, locks_release_client, 0), -EINVAL);
+}
+
+/* A client whose registration expired holds nothing: its locks stop counting at once (by the
+ * database's clock), the next lock_set of that inode deletes them, and it cannot lock. */
+static void t_locks_expired_client(void **state)
+{
+	struct fx *f = *state;
+	struct meta_lock got[4], c;
+	uint64_t ino, dead, b;
+
+	if (!locks_or_unsupported(f))
+		return;
+	ino = mkfile(f, META_ROOT_INO, "f");
+	dead = lk_client(f, "host1", 300);
+	b = lk_client(f, "host2", 10000);
+	assert_int_equal(lk_set(f, lk(ino, dead, 1, META_LOCK_WR, 0, META_LOCK_EOF)), 0);
+	assert_int_equal(lk_set(f, lk_flock(ino, dead, 1, META_LOCK_WR)), 0);
+	assert_int_equal(lk_set(f, lk(ino, b, 2, META_LOCK_WR, 0, 0)), -EAGAIN);
+	usleep(600 * 1000);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 4), 2);
+	assert_false(got[0].alive);
+	c = lk(ino, b, 2, META_LOCK_WR, 0, 0);
+	assert_int_equal(META_CALL(f->m, lock_get, &c, &c), 0);
+	assert_int_equal(c.type, META_LOCK_UN);
+	assert_int_equal(lk_set(f, lk(ino, b, 2, META_LOCK_WR, 0, 0)), 0);
+	assert_int_equal(lk_set(f, lk_flock(ino, b, 2, META_LOCK_WR)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 4), 2);
+	assert_int_equal(got[0].client, b);
+	assert_int_equal(got[1].client, b);
+	assert_int_equal(lk_set(f, lk(ino, dead, 1, META_LOCK_RD, 9, 9)), -ESTALE);
+}
+
+/* PG-7: clients racing for one write lock: exactly one wins each round. */
+struct lk_race {
+	struct race_tally t; /* first: race_run() */
+	const char *url;
+	uint64_t ino, client;
+	int id;
+};
+
+static void *lk_race_main(void *arg)
+{
+	struct lk_race *r = arg;
+	char err[256];
+	struct meta *m = NULL;
+
+	if (meta_open(r->url, 0, &m, err, sizeof(err)) < 0)
+		r->t.errors++;
+	for (int i = 0; i < r->t.rounds; i++) {
+		struct meta_lock l = lk(r->ino, r->client, (uint64_t)r->id, META_LOCK_WR, 10, 10);
+		int e;
+
+		pthread_barrier_wait(r->t.bar);
+		e = m ? META_CALL(m, lock_set, &l, NULL) : -EIO;
+		if (e == 0)
+			r->t.won++;
+		else if (e != -EAGAIN)
+			r->t.errors++;
+		pthread_barrier_wait(r->t.bar);
+		if (e == 0) {
+			l.type = META_LOCK_UN;
+			if (META_CALL(m, lock_set, &l, NULL) < 0)
+				r->t.errors++;
+		}
+		pthread_barrier_wait(r->t.bar);
+	}
+	meta_close(m);
+	return NULL;
+}
+
+static void t_locks_race(void **state)
+{
+	enum { NT = 4, ROUNDS = 30 };
+	struct fx *f = *state;
+	struct lk_race r[NT];
+
+	if (!locks_or_unsupported(f))
+		return;
+	uint64_t ino = mkfile(f, META_ROOT_INO, "f");
+
+	for (int i = 0; i < NT; i++)
+		r[i] = (struct lk_race){
+		    {.rounds = ROUNDS}, f->url, ino, lk_client(f, "h", 60000), i + 1};
+	assert_int_equal(race_run(r, sizeof(r[0]), NT, lk_race_main), ROUNDS);
+}
+
+/* A volume of schema 2 (before file locks) is upgraded in place on a writable open. */
+static void t_locks_migration(void **state)
+{
+	struct fx *f = *state;
+	uint64_t ino, a;
+
+	if (!(E->ops->caps & META_CAP_LOCKS) || !E->before_locks_sql)
+		skip();
+	ino = mkfile(f, META_ROOT_INO, "f");
+	meta_close(f->m);
+	f->m = NULL;
+	assert_int_equal(E->raw_exec(f, E->before_locks_sql), 0);
+	fx_reopen(f);
+	a = lk_client(f, "h", 10000);
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 0, 0)), 0);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+	fx_reopen(f); /* already current */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_UN, 0, 0)), 0);
 }
 
 /* ---- engine-specific: connections (META_CAP_SHARED) ---------------------------------------- */
@@ -3424,6 +3925,60 @@ static void t_quota_reserve(void **state)
 	assert_int_equal(META_CALL(f->m, purge, b), 0);
 	assert_int_equal(quota(f, d).bytes_used, 300);
 	assert_int_equal(quota(f, d).inodes_used, 1);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+/* purge_batch: one transaction for many orphans; what purge() would refuse as gone or not an
+ * orphan is skipped, the rest is deleted, quota usage drops with the rows. */
+static void t_purge_batch(void **state)
+{
+	struct fx *f = *state;
+	struct meta_attr a;
+	uint64_t q, x[4], live, gone, v[8];
+
+	q = mkdir_(f, META_ROOT_INO, "q");
+	assert_int_equal(META_CALL(f->m, quota_set, q, 0, 100), 0);
+	for (int i = 0; i < 4; i++) {
+		char name[8];
+
+		snprintf(name, sizeof(name), "x%d", i);
+		x[i] = mkfile(f, q, name);
+		assert_int_equal(META_CALL(f->m, setxattr, x[i], "user.k", "v", 1, 0), 0);
+		assert_int_equal(META_CALL(f->m, unlink, q, name, tick(f), &a), 0);
+		assert_true(in_orphans(f, x[i]));
+	}
+	live = mkfile(f, q, "live");
+	gone = mkfile(f, META_ROOT_INO, "gone");
+	assert_int_equal(META_CALL(f->m, unlink, META_ROOT_INO, "gone", tick(f), NULL), 0);
+	assert_int_equal(META_CALL(f->m, purge, gone), 0);
+	assert_int_equal(quota(f, q).inodes_used, 5);
+
+	/* orphans, a live file, the root, an inode already purged, one that never existed */
+	v[0] = x[0];
+	v[1] = live;
+	v[2] = x[1];
+	v[3] = META_ROOT_INO;
+	v[4] = gone;
+	v[5] = x[2];
+	v[6] = 999999;
+	v[7] = x[3];
+	assert_int_equal(META_CALL(f->m, purge_batch, v, 8), 4);
+	for (int i = 0; i < 4; i++) {
+		char val[8];
+
+		assert_int_equal(META_CALL(f->m, getattr, x[i], &a), -ENOENT);
+		assert_int_equal(META_CALL(f->m, getxattr, x[i], "user.k", val, sizeof(val)),
+				 -ENOENT);
+		assert_false(in_orphans(f, x[i]));
+	}
+	assert_int_equal(get(f, live).nlink, 1);
+	assert_int_equal(quota(f, q).inodes_used, 1);
+	/* nothing left to do: every inode is skipped */
+	assert_int_equal(META_CALL(f->m, purge_batch, v, 8), 0);
+
+	assert_int_equal(META_CALL(f->m, purge_batch, NULL, 1), -EINVAL);
+	assert_int_equal(META_CALL(f->m, purge_batch, v, 0), -EINVAL);
+	assert_int_equal(META_CALL(f->m, purge_batch, v, META_PURGE_BATCH_MAX + 1), -EINVAL);
 	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
 }
 
@@ -3934,6 +4489,109 @@ static void t_roles_migration(void **state)
 	assert_int_equal(chain_get(f, 0).naway, 1);
 }
 
+/* META-19: the async role beside members; kept by chain_update; never promoted; its dirty rows;
+ * META-7 and META-13's rules for it too. */
+static void t_chain_async(void **state)
+{
+	struct fx *f = *state;
+	uint32_t one[1] = {1}, three[1] = {3}, m12[2] = {1, 2}, m21[2] = {2, 1}, m13[2] = {1, 3};
+	struct meta_chunk_ref r1 = {5, 6};
+	struct meta_chain in, c;
+	struct meta_target tin;
+	uint64_t epoch = 0, n = 0;
+
+	in = roles(m12, 2, NULL, 0, NULL, 0);
+	in.nasync = 1;
+	in.async[0] = 3;
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 1, &in, &epoch), 0);
+	assert_int_equal(epoch, 2);
+	c = chain_get(f, 0);
+	assert_int_equal(c.nmembers, 2);
+	assert_int_equal(c.nsyncing + c.naway, 0);
+	assert_int_equal(c.nasync, 1);
+	assert_int_equal(c.async[0], 3);
+	/* chain_update keeps it; chain_promote refuses it (not syncing) */
+	assert_int_equal(META_CALL(f->m, chain_update, 0, 2, m21, 2, &epoch), 0);
+	c = chain_get(f, 0);
+	assert_int_equal(c.members[0], 2);
+	assert_int_equal(c.nasync, 1);
+	assert_int_equal(c.async[0], 3);
+	assert_int_equal(META_CALL(f->m, chain_promote, 0, 3, 3, &epoch), -EINVAL);
+	/* what it missed (META-15 applies to it) */
+	assert_int_equal(META_CALL(f->m, dirty_add, 0, 3, &r1, 1), 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 3, &n), 0);
+	assert_int_equal(n, 1);
+	/* META-7: an async target cannot be drained */
+	memset(&tin, 0, sizeof(tin));
+	tin.state = META_TARGET_DRAINED;
+	assert_int_equal(META_CALL(f->m, target_update, 3, META_TSET_STATE, &tin), -EBUSY);
+	/* META-13: disjoint, bounded */
+	in = roles(m13, 2, NULL, 0, NULL, 0);
+	in.nasync = 1;
+	in.async[0] = 3;
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 3, &in, &epoch), -EINVAL);
+	in = roles(one, 1, three, 1, NULL, 0);
+	in.nasync = 1;
+	in.async[0] = 3;
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 3, &in, &epoch), -EINVAL);
+	in = roles(one, 1, NULL, 0, NULL, 0);
+	in.nasync = META_MAX_REPLICAS + 1;
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 3, &in, &epoch), -EINVAL);
+	c = chain_get(f, 0);
+	assert_int_equal(c.epoch, 3);
+	/* it becomes syncing (an operator's choice), then a member by promotion */
+	in = roles(m21, 2, three, 1, NULL, 0);
+	assert_int_equal(META_CALL(f->m, chain_set, 0, 3, &in, &epoch), 0);
+	assert_int_equal(META_CALL(f->m, chain_promote, 0, 4, 3, &epoch), 0);
+	c = chain_get(f, 0);
+	assert_int_equal(c.nmembers, 3);
+	assert_int_equal(c.nasync, 0);
+	assert_int_equal(META_CALL(f->m, dirty_count, 0, 3, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
+/* Schema step of META-19: every older schema (before chain roles, before file locks, before
+ * the async role) refuses a read-only open, is upgraded by a writable one to the current
+ * version, and then holds async rows, which the upgrades after them keep. */
+static void t_async_migration(void **state)
+{
+	struct fx *f = *state;
+	const char *older[] = {E->before_roles_sql, E->before_locks_sql, E->before_async_sql};
+	uint32_t one[1] = {1};
+	struct meta_chain in;
+	uint64_t epoch = 1;
+	unsigned steps = 0;
+
+	for (unsigned k = 0; k < sizeof(older) / sizeof(older[0]); k++) {
+		struct meta *ro = NULL;
+		char err[512] = "";
+		long long ver = 0;
+
+		if (!older[k])
+			continue;
+		meta_close(f->m);
+		f->m = NULL;
+		assert_int_equal(E->raw_exec(f, older[k]), 0);
+		assert_int_equal(meta_open(f->url, META_O_RDONLY, &ro, err, sizeof(err)), -EINVAL);
+		assert_non_null(strstr(err, "needs an upgrade"));
+		fx_reopen(f);
+		assert_int_equal(E->raw_int(f, E->version_sql, &ver), 0);
+		assert_int_equal(ver, E->async_version);
+		if (steps++) /* async rows written after an earlier step survived this one */
+			assert_int_equal(chain_get(f, 0).nasync, 1);
+		in = roles(one, 1, NULL, 0, NULL, 0);
+		in.nasync = 1;
+		in.async[0] = 2;
+		assert_int_equal(META_CALL(f->m, chain_set, 0, epoch, &in, &epoch), 0);
+		fx_reopen(f); /* already current: nothing to do */
+		assert_int_equal(chain_get(f, 0).nasync, 1);
+		assert_int_equal(chain_get(f, 0).async[0], 2);
+		assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+	}
+	assert_true(steps >= 1);
+}
+
 /* ---- main ----------------------------------------------------------------------------------- */
 
 #define T(fn)  cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
@@ -3965,7 +4623,9 @@ int main(int argc, char **argv)
 	    T(t_names_are_bytes),
 	    T(t_setattr),
 	    T(t_link),
+	    T(t_mknod_setgid),
 	    T(t_unlink_orphan_purge),
+	    T(t_purge_batch),
 	    T(t_rmdir),
 	    T(t_rename_simple),
 	    T(t_rename_dir_across),
@@ -4007,6 +4667,15 @@ int main(int argc, char **argv)
 	    T(t_dirty),
 	    T(t_repairs),
 	    T(t_roles_migration),
+	    T(t_lock_apply),
+	    T(t_locks_conflict),
+	    T(t_locks_merge_split),
+	    T(t_locks_release),
+	    T(t_locks_expired_client),
+	    T(t_locks_race),
+	    T(t_locks_migration),
+	    T(t_chain_async),
+	    T(t_async_migration),
 	};
 	int failed = 0, ran = 0;
 
