@@ -421,7 +421,7 @@ static int slow_done(void *ctx, int err, struct xp_resp *r)
 static void test_slow_handler(void **state)
 {
 	(void)state;
-	struct th t = {.slow_ms = 800};
+	struct th t = {.slow_ms = 4000};
 	struct xp_server *s = listen_on("tcp://127.0.0.1:0", &t, 4, 2);
 	struct xp_client *a = connect_to(s->url, NULL), *b = connect_to(s->url, NULL);
 	struct slow_ctx sc = {0};
@@ -443,7 +443,9 @@ static void test_slow_handler(void **state)
 	print_message("200 calls beside a connection of sleeping handlers: %lld ms, slowest %.2f "
 		      "ms\n",
 		      (long long)ms, worst / 1e6);
-	assert_true(ms < 700); /* well before the first sleeper ends */
+	/* well before the first sleeper ends: the bound is what a blocked b would miss, with
+	 * room for a loaded machine (times are the benchmarks' business, not the tests') */
+	assert_true(ms < 3000);
 	assert_true(__atomic_load_n(&sc.done, __ATOMIC_RELAXED) == 0);
 	xp_client_free(b);
 	xp_client_free(a); /* the sleepers fail with -ECONNRESET before it returns */
@@ -454,7 +456,7 @@ static void test_slow_handler(void **state)
 static void test_timeout(void **state)
 {
 	(void)state;
-	struct th t = {.slow_ms = 600};
+	struct th t = {.slow_ms = 3000};
 	struct xp_server *s = listen_on("tcp://127.0.0.1:0", &t, 4, 0);
 	struct xp_client_cfg cfg = {.volume_uuid = VOL, .timeout_ms = 200};
 	struct xp_client *c = connect_to(s->url, &cfg);
@@ -462,14 +464,15 @@ static void test_timeout(void **state)
 	int64_t t0 = now_monotonic_ns();
 	assert_int_equal(seek_call(c, SLOW_TARGET, 1, &v), -ETIMEDOUT);
 	int64_t ms = ms_since(t0);
-	print_message("a request to a handler that sleeps 600 ms failed after %lld ms (timeout "
+	print_message("a request to a handler that sleeps 3000 ms failed after %lld ms (timeout "
 		      "200)\n",
 		      (long long)ms);
-	assert_true(ms >= 190 && ms < 400);
+	/* never early; and failed by the timeout, not by the reply (3000 ms) */
+	assert_true(ms >= 190 && ms < 2000);
 	/* the connection is fine; the late reply is dropped when it comes */
 	assert_int_equal(seek_call(c, 2, 2, &v), 0);
 	assert_int_equal(v, 8);
-	usleep(500000);
+	usleep(3000000); /* the late reply comes now */
 	assert_int_equal(seek_call(c, 2, 3, &v), 0);
 	assert_int_equal(v, 11);
 	xp_client_free(c);
@@ -782,7 +785,7 @@ static void test_slow_reader(void **state)
 	assert_true(st.paused >= 1);
 	/* queue bound + the replies of requests already taken (XP-3) */
 	assert_true(st.sendq_peak <= 2 * 512 * 1024 + 2 * (65536 + 1024));
-	assert_true(ms < 1000);
+	assert_true(ms < 10000); /* served at all: a blocked connection would time out */
 	xp_client_free(c);
 	close(fd);
 	xp_server_free(s);
@@ -878,7 +881,7 @@ static double expect_failures(struct xp_client *c, const struct xp_msg *m, unsig
 	int64_t t0 = now_monotonic_ns();
 	if (event)
 		event();
-	assert_int_equal(fail_wait(&f, n, 3000), n);
+	assert_int_equal(fail_wait(&f, n, 15000), n);
 	int64_t worst = 0;
 	for (unsigned i = 0; i < n; i++) {
 		assert_int_equal(f.errs[i], want);
@@ -909,7 +912,7 @@ static void test_killed_peer(void **state)
 	print_message("kill -9 of the server: 10 requests in flight failed with ECONNRESET "
 		      "within %.1f ms\n",
 		      ms - 100);
-	assert_true(ms < 1100);
+	assert_true(ms < 10000); /* by the reset, not by the handlers' 30 s */
 	uint64_t v;
 	assert_int_equal(seek_call(c, 1, 1, &v), -ECONNREFUSED);
 	xp_client_free(c);
@@ -923,7 +926,7 @@ static void test_stopped_peer(void **state)
 	char url[64];
 	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
 	struct xp_client_cfg cfg = {.volume_uuid = VOL,
-				    .timeout_ms = 5000,
+				    .timeout_ms = 20000,
 				    .ping_ms = 100,
 				    .dead_ms = 500,
 				    .connect_timeout_ms = 300};
@@ -939,14 +942,14 @@ static void test_stopped_peer(void **state)
 	struct xp_msg m = {.op = PROTO_OP_SEEK, .chain = PROTO_NO_CHAIN, .target = 1, .body = &b};
 	double ms = expect_failures(c, &m, 5, NULL, -ETIMEDOUT);
 	print_message("a stopped server: 5 requests failed with ETIMEDOUT after %.0f ms "
-		      "(dead_ms 500, timeout_ms 5000)\n",
+		      "(dead_ms 500, timeout_ms 20000)\n",
 		      ms);
-	assert_true(ms < 1500);
+	assert_true(ms < 10000); /* by dead_ms, not by timeout_ms */
 	int64_t t0;
 	/* reconnecting to it times out too: it accepts, it does not greet */
 	t0 = now_monotonic_ns();
 	assert_int_equal(seek_call(c, 1, 1, &v), -ETIMEDOUT);
-	assert_true(ms_since(t0) < 1000);
+	assert_true(ms_since(t0) < 10000); /* by connect_timeout_ms, not by timeout_ms */
 	kill_child(NULL);
 	xp_client_free(c);
 }
