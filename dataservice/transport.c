@@ -282,7 +282,8 @@ static int stream_done(void *ctx, int err, struct xp_resp *r)
 		else
 			w->head = p;
 		w->tail = p;
-		if (++w->n >= STREAM_MAX_PAGES && !last) {
+		/* one XP_PAUSE for each xp_resume() the caller will make */
+		if (++w->n >= STREAM_MAX_PAGES && !last && !w->paused) {
 			w->paused = true;
 			ret = XP_PAUSE;
 		}

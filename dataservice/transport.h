@@ -125,7 +125,9 @@ struct xp_resp {
 /* Completion of xp_submit, on the I/O thread; it must not block. err < 0: no reply (resp is
  * NULL). err == 0: the callee owns *resp (xp_resp_fini it). For a stream it is called once per
  * frame, the last one without PROTO_F_MORE in resp->hdr.flags. Returning XP_PAUSE stops reading
- * this client's connection until xp_resume() (a slow local consumer of a stream). */
+ * this client's connection until xp_resume() (a slow local consumer of a stream). Each XP_PAUSE
+ * is matched by one xp_resume(), which may come before the pause took effect: the connection
+ * is read again once every pause was matched. */
 #define XP_PAUSE 1
 typedef int (*xp_done_fn)(void *ctx, int err, struct xp_resp *resp);
 

@@ -823,6 +823,10 @@ struct tcp_client {
 	unsigned inflight, waiters;
 	uint64_t next_req;
 	int64_t last_ping;
+	/* XP_PAUSE returns less xp_resume() calls: the current connection is paused for its
+	 * consumers while this is above 0. A count, not a flag: the consumer may resume before
+	 * the I/O thread, back from the callback that asked, has paused the connection. */
+	int consumer_pauses;
 
 	struct tcp_client *cnext, *cprev; /* protected by cloop_lock */
 };
@@ -919,9 +923,13 @@ static void client_on_frame(struct conn *c, const struct proto_hdr *h, uint8_t *
 	if (!more) {
 		free(p);
 	} else if (rc == XP_PAUSE) {
-		pthread_mutex_lock(&c->lock);
-		conn_pause_locked(c, PAUSE_CONSUMER);
-		pthread_mutex_unlock(&c->lock);
+		pthread_mutex_lock(&cl->lock);
+		if (++cl->consumer_pauses > 0 && cl->conn == c) {
+			pthread_mutex_lock(&c->lock);
+			conn_pause_locked(c, PAUSE_CONSUMER);
+			pthread_mutex_unlock(&c->lock);
+		}
+		pthread_mutex_unlock(&cl->lock);
 	}
 }
 
@@ -1329,7 +1337,7 @@ static void tcp_resume(struct xp_client *xc)
 	struct tcp_client *cl = (struct tcp_client *)xc;
 	pthread_mutex_lock(&cl->lock);
 	struct conn *c = cl->conn;
-	if (c) {
+	if (--cl->consumer_pauses <= 0 && c) {
 		pthread_mutex_lock(&c->lock);
 		conn_unpause_locked(c, PAUSE_CONSUMER);
 		pthread_mutex_unlock(&c->lock);

@@ -1011,6 +1011,33 @@ static int stream_page(void *ctx, const struct xp_resp *r)
 	return 0;
 }
 
+/* A consumer that resumes before the transport has applied the pause it asks for: the I/O
+ * thread pauses after the callback returns, so the consumer's xp_resume() (another thread's,
+ * in xp_call_stream) can come first. Here it comes first every time, from the callback. */
+struct early_ctx {
+	struct xp_client *c;
+	pthread_mutex_t lock;
+	unsigned pages;
+	bool final;
+	int err;
+};
+
+static int early_page(void *ctx, int err, struct xp_resp *r)
+{
+	struct early_ctx *e = ctx;
+	bool last = err || !(r->hdr.flags & PROTO_F_MORE);
+	xp_resp_fini(r);
+	pthread_mutex_lock(&e->lock);
+	e->pages++;
+	e->final = last;
+	e->err = err;
+	pthread_mutex_unlock(&e->lock);
+	if (last)
+		return 0;
+	xp_resume(e->c);
+	return XP_PAUSE;
+}
+
 static void test_stream(void **state)
 {
 	(void)state;
@@ -1030,6 +1057,25 @@ static void test_stream(void **state)
 	assert_int_equal(sc.pages, 3);
 	uint64_t v;
 	assert_int_equal(seek_call(c, 1, 1, &v), 0);
+	/* the consumer resumes before each pause took effect */
+	struct early_ctx e = {.c = c};
+	pthread_mutex_init(&e.lock, NULL);
+	assert_int_equal(xp_submit(c, &m, early_page, &e), 0);
+	int64_t t0 = now_monotonic_ns();
+	bool final;
+	do {
+		usleep(2000);
+		pthread_mutex_lock(&e.lock);
+		final = e.final;
+		pthread_mutex_unlock(&e.lock);
+	} while (!final && ms_since(t0) < 20000);
+	print_message("a stream whose consumer resumes before each pause: %u frames, %s\n", e.pages,
+		      final ? "ended" : "stalled");
+	assert_true(final); /* a resume lost before its pause stalls the stream for good */
+	assert_int_equal(e.err, 0);
+	assert_int_equal(e.pages, 301); /* 300 pages and the empty final one */
+	assert_int_equal(seek_call(c, 1, 2, &v), 0);
+	pthread_mutex_destroy(&e.lock);
 	xp_client_free(c);
 	xp_server_free(s);
 }
