@@ -2173,36 +2173,52 @@ static int ds_fix_copy(const struct ds_snap *s, struct ds_tgt *src, struct ds_tg
 	return r;
 }
 
-/* Rewrite dst's copy of (ino, idx) from the first member of s that is open, not dst, not in
- * skip[] and whose whole copy reads back (DS-4). Called with the cut lock (shared) and the
- * chunk's stripe lock. 0, or -errno with the failing side named in why. */
+/* Rewrite dst's copy of (ino, idx) from the first source whose whole copy reads back (DS-4):
+ * prefer (a member of s, may be NULL) first, then the members of s in chain order, every copy
+ * that holds the chunk before any that is absent (a copy absent while another holds bytes was
+ * lost: copying the absence would lose the chunk here too); a source must be open, not dst and
+ * not in skip[]. Called with the cut lock (shared) and the chunk's stripe lock. 0, or -errno
+ * with the failing side named in why. */
 static int ds_repair_copy(const struct ds_snap *s, struct ds_tgt *dst, struct ds_tgt *const *skip,
-			  unsigned nskip, uint64_t ino, uint32_t idx, char *buf,
-			  struct ds_tgt **ret_src, char *why, size_t whylen)
+			  unsigned nskip, struct ds_tgt *prefer, uint64_t ino, uint32_t idx,
+			  char *buf, struct ds_tgt **ret_src, char *why, size_t whylen)
 {
-	int r = -EIO;
-	snprintf(why, whylen, "no other replica to copy from");
-	for (uint32_t k = 0; k < s->n; k++) {
-		struct ds_tgt *src = s->m[k];
-		bool skipped = src == dst || !ds_tsm(src);
+	struct ds_tgt *src[DS_MAX_REPLICAS + 1];
+	uint64_t len[DS_MAX_REPLICAS + 1];
+	int lr[DS_MAX_REPLICAS + 1];
+	uint32_t nsrc = 0;
+	for (uint32_t k = 0; k <= s->n; k++) {
+		struct ds_tgt *t = k == 0 ? prefer : s->m[k - 1];
+		bool skipped = !t || (k > 0 && t == prefer) || t == dst || !ds_tsm(t);
 		for (unsigned j = 0; j < nskip && !skipped; j++)
-			skipped = skip[j] == src;
+			skipped = skip[j] == t;
 		if (skipped)
 			continue;
-		struct sm_target *ssm = ds_tsm(src);
-		uint64_t len = 0;
-		r = ssm->ops->chunk_length(ssm, ino, idx, &len);
-		if (r == -ENOENT)
-			len = 0, r = 0;
+		struct sm_target *ssm = ds_tsm(t);
+		len[nsrc] = 0;
+		lr[nsrc] = ssm->ops->chunk_length(ssm, ino, idx, &len[nsrc]);
+		if (lr[nsrc] == -ENOENT)
+			len[nsrc] = 0, lr[nsrc] = 0;
+		src[nsrc++] = t;
+	}
+	int r = -EIO;
+	snprintf(why, whylen, "no other replica to copy from");
+	/* pass 0: the copies that hold bytes (and those whose length failed: reported), pass 1:
+	 * the absent ones */
+	for (uint32_t j = 0; j < 2 * nsrc; j++) {
+		uint32_t i = j % nsrc;
+		if ((lr[i] < 0 || len[i] > 0) != (j < nsrc))
+			continue;
+		r = lr[i];
 		bool src_failed = r < 0;
 		if (!src_failed)
-			r = ds_fix_copy(s, src, dst, ino, idx, len, buf, &src_failed);
+			r = ds_fix_copy(s, src[i], dst, ino, idx, len[i], buf, &src_failed);
 		if (r == 0) {
-			*ret_src = src;
+			*ret_src = src[i];
 			return 0;
 		}
 		snprintf(why, whylen, "%s target %u (%s): %s", src_failed ? "reading" : "writing",
-			 src_failed ? src->id : dst->id, src_failed ? src->url : dst->url,
+			 src_failed ? src[i]->id : dst->id, src_failed ? src[i]->url : dst->url,
 			 strerror(-r));
 		if (!src_failed)
 			return r; /* dst cannot take it: another source will not help */
@@ -2237,8 +2253,8 @@ static void ds_heal(struct ds *ds, unsigned ci, const struct ds_rop *op, struct 
 			continue; /* left the chain, or rewritten meanwhile: nothing to repair */
 		struct ds_tgt *src = NULL;
 		char why[1200];
-		int r =
-		    ds_repair_copy(&s, t, bad, nbad, op->ino, op->idx, buf, &src, why, sizeof(why));
+		int r = ds_repair_copy(&s, t, bad, nbad, NULL, op->ino, op->idx, buf, &src, why,
+				       sizeof(why));
 		if (r == 0) {
 			__atomic_add_fetch(&ds->repairs_done, 1, __ATOMIC_RELAXED);
 			log_warn(
@@ -2312,10 +2328,11 @@ enum ds_copy_state { DS_CP_OK, DS_CP_BAD /* -EBADMSG */, DS_CP_FAIL /* any other
 /* One (ino, idx): its listed copies are e[0..n). Called with the cut lock (shared) and the
  * chunk's stripe lock. Reads every open in-chain copy over the longest one, piece by piece;
  * the store verifies its checksums on the way (DS-4) and the copies that read are compared
- * with each other. Then: a copy that failed its checksum is rewritten from the first member
- * whose whole copy verified; a verified copy that differs from the first verified one (the
- * primary when it verifies: without per-block checksums there is no better witness) is
- * overwritten by it. */
+ * with each other. Then: a copy that failed its checksum is rewritten from the good copy, the
+ * first whose whole copy verified (copies holding the chunk before absent ones, each group in
+ * chain order: the primary when it holds the chunk and verifies, as without per-block
+ * checksums there is no better witness), or failing that another that reads back; a verified
+ * copy that differs from the good one is overwritten by it. */
 static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t n)
 {
 	struct ds *ds = ck->ds;
@@ -2350,17 +2367,17 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 		if (!ck->bufs[k] && !(ck->bufs[k] = malloc(DS_CHECK_PIECE)))
 			return -ENOMEM;
 	}
-	/* The reference is the first member that holds the chunk, not merely the first member: a
-	 * copy that is absent while another one holds bytes was lost (a delete removes every
-	 * copy under the chunk's lock), and copying "absent" over the others would lose it on
-	 * every replica. */
+	/* The copies that hold the chunk come first (in chain order), then the absent ones: the
+	 * reference (the first copy that reads) and the good copy (the first that verifies) are
+	 * ones that hold bytes whenever any such copy verifies. A copy that is absent while
+	 * another one holds bytes was lost (a delete removes every copy under the chunk's lock),
+	 * and copying "absent" over the others would lose it on every replica — also when the
+	 * first holder then fails its checksum. */
 	uint32_t ord[DS_MAX_REPLICAS], no = 0;
-	for (uint32_t k = 0; k < s.n; k++)
-		if (open[k] && st[k] == DS_CP_OK && len[k] > 0 && !no)
-			ord[no++] = k;
-	for (uint32_t k = 0; k < s.n; k++)
-		if (!no || k != ord[0])
-			ord[no++] = k;
+	for (int absent = 0; absent < 2; absent++)
+		for (uint32_t k = 0; k < s.n; k++)
+			if ((len[k] == 0) == (absent == 1))
+				ord[no++] = k;
 	for (uint64_t off = 0; off < L; off += DS_CHECK_PIECE) {
 		size_t piece = (size_t)MIN((uint64_t)DS_CHECK_PIECE, L - off);
 		int ref = -1; /* the first copy that read this piece */
@@ -2431,8 +2448,8 @@ static int ds_check_chunk(struct ds_checker *ck, const struct ds_cent *e, size_t
 			if (ck->repair) {
 				struct ds_tgt *src;
 				char why[1200];
-				fixed = ds_repair_copy(&s, t, bad, nbad, ino, idx, ck->copy_buf,
-						       &src, why, sizeof(why)) == 0;
+				fixed = ds_repair_copy(&s, t, bad, nbad, s.m[good], ino, idx,
+						       ck->copy_buf, &src, why, sizeof(why)) == 0;
 				__atomic_add_fetch(fixed ? &ds->repairs_done : &ds->repair_failures,
 						   1, __ATOMIC_RELAXED);
 				if (!fixed)

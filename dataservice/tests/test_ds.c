@@ -1063,6 +1063,53 @@ static void test_check(void **state)
 	free(data);
 }
 
+/* Three copies: the primary's lost, member 1's failing its checksum, member 2 the only good
+ * one. The good copy must be the source of both repairs: neither the absent primary copied over
+ * member 1 (a bad copy's repair) nor the absence copied over member 2 (a "missing" repair). */
+static void test_check_lost_primary_bad_secondary(void **state)
+{
+	struct dfx *f = *state;
+	const char *const s[] = {"faulty", "faulty", "faulty"};
+	one_chain(f, s, 3); /* members 10, 11, 12 in that order */
+	const size_t len = CS / 2 + 321;
+	char *data = malloc(len);
+	fill(data, len, 29);
+	assert_int_equal(ds_write(f->ds, 87, data, len, 0), (ssize_t)len);
+	assert_int_equal(ds_fsync(f->ds, 87), 0);
+	char pri[400];
+	chunk_path(f, 0, 87, 0, pri, sizeof(pri));
+	assert_int_equal(unlink(pri), 0);
+	reopen(f, DS_STRONG); /* no cached fd hides the unlink */
+	set_fault(f, 1, "corrupt=1\nino=87\nidx=0\n");
+
+	struct report_ctx rc = {0};
+	struct ds_check_result res;
+	assert_int_equal(ds_check(f->ds, true, NULL, report_cb, &rc, &res), 0);
+	assert_int_equal(res.csum_errors, 1);
+	assert_int_equal(res.missing, 1);
+	assert_int_equal(res.mismatches, 0);
+	assert_int_equal(res.unrecoverable, 0);
+	assert_int_equal(res.repaired, 2);
+	assert_int_equal(rc.n, 2);
+	/* the data is on all three, byte for byte */
+	for (unsigned t = 0; t < 3; t++) {
+		char p[400], *b = NULL;
+		chunk_path(f, t, 87, 0, p, sizeof(p));
+		assert_int_equal(slurp(p, &b), (long)len);
+		assert_memory_equal(b, data, len);
+		free(b);
+	}
+	check_replicas(f, 87, 0);
+	assert_int_equal(ds_check(f->ds, false, NULL, NULL, NULL, &res), 0);
+	assert_int_equal(res.csum_errors, 0);
+	set_fault(f, 1, NULL);
+	char *back = malloc(len);
+	assert_int_equal(ds_read(f->ds, 87, back, len, 0), (ssize_t)len);
+	assert_memory_equal(back, data, len);
+	free(back);
+	free(data);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* concurrency and a benchmark */
 
@@ -1855,6 +1902,7 @@ int main(void)
 	    T(test_open_errors),
 	    T(test_statfs),
 	    T(test_check),
+	    T(test_check_lost_primary_bad_secondary),
 	    T(test_concurrent),
 	    T(test_rebuild),
 	    T(test_rebuild_errors),
