@@ -1695,10 +1695,10 @@ int ds_chunk_apply(struct ds *ds, enum ds_chunk_kind kind, uint64_t ino, uint32_
 	return ds_chunk_op(ds, &op, len >= ds->par_min);
 }
 
-/* Does some chain still list t? The chains that listed it are re-read first (forward mode). */
+/* Does some chain still list t? A chain that lists it is re-read before it counts (forward
+ * mode); the first that still lists it answers. */
 static bool ds_fwd_listed(struct ds *ds, struct ds_tgt *t)
 {
-	bool listed = false;
 	for (unsigned ci = 0; ci < ds->nchains; ci++) {
 		struct ds_snap s;
 		ds_snap(ds, ci, &s);
@@ -1706,9 +1706,10 @@ static bool ds_fwd_listed(struct ds *ds, struct ds_tgt *t)
 			continue;
 		ds_refresh(ds, ci);
 		ds_snap(ds, ci, &s);
-		listed |= ds_snap_has(&s, t);
+		if (ds_snap_has(&s, t))
+			return true;
 	}
-	return listed;
+	return false;
 }
 
 /* Forward mode, after an operation that ran once per target (sync, remove): this ds changes no
