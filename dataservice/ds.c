@@ -245,7 +245,7 @@ struct ds {
 	uint64_t bytes_written, bytes_read, replica_failures;	  /* __atomic */
 	uint64_t csum_errors_seen, repairs_done, repair_failures; /* __atomic (DS-4) */
 	uint64_t local_reads, local_fallbacks;			  /* __atomic (DS-6) */
-	uint64_t async_misses, async_lag;			  /* __atomic (DS-7) */
+	uint64_t async_misses;					  /* __atomic (DS-7) */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -939,9 +939,7 @@ static void *ds_async_main(void *arg)
 				    t->id, (unsigned long long)it->ino, it->idx,
 				    strerror((int)-r.ret), strerror(-k));
 		}
-		uint64_t cost = ds_aitem_cost(it);
-		__atomic_sub_fetch(&ds->async_lag, cost, __ATOMIC_RELAXED);
-		ds_fifo_done(&t->async, l->seq, cost);
+		ds_fifo_done(&t->async, l->seq, ds_aitem_cost(it));
 		free(it);
 	}
 	return NULL;
@@ -974,10 +972,8 @@ static int ds_async_queue(struct ds *ds, unsigned ci, const struct ds_snap *s,
 			why = f->bytes + cost > DS_ASYNC_QUEUE_MAX	  ? -ENOBUFS
 			      : ds_fifo_start_locked(f, ds_async_main, t) ? 0
 									  : -EAGAIN;
-			if (why == 0) {
+			if (why == 0)
 				ds_fifo_push_locked(f, &it->link, cost);
-				__atomic_add_fetch(&ds->async_lag, cost, __ATOMIC_RELAXED);
-			}
 			pthread_mutex_unlock(&f->lock);
 		}
 		if (why == 0)
@@ -2041,7 +2037,13 @@ void ds_stats(struct ds *ds, struct ds_stats *ret)
 	ret->local_reads = __atomic_load_n(&ds->local_reads, __ATOMIC_RELAXED);
 	ret->local_fallbacks = __atomic_load_n(&ds->local_fallbacks, __ATOMIC_RELAXED);
 	ret->async_missed = __atomic_load_n(&ds->async_misses, __ATOMIC_RELAXED);
-	ret->async_lag_bytes = __atomic_load_n(&ds->async_lag, __ATOMIC_RELAXED);
+	ret->async_lag_bytes = 0; /* what the async queues hold */
+	for (unsigned i = 0; i < ds->ntargets; i++) {
+		struct ds_fifo *f = &ds->targets[i].async;
+		pthread_mutex_lock(&f->lock);
+		ret->async_lag_bytes += f->bytes;
+		pthread_mutex_unlock(&f->lock);
+	}
 	pthread_mutex_lock(&ds->lag_lock);
 	ret->repl_lag_bytes = ds->lag_bytes;
 	pthread_mutex_unlock(&ds->lag_lock);
