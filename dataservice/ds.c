@@ -1343,9 +1343,11 @@ static int ds_fwd(struct ds *ds, unsigned ci, struct ds_rop *op)
  * else (or when it does not answer) on the primary (ds_fwd). */
 static int ds_fwd_read(struct ds *ds, unsigned ci, struct ds_rop *op)
 {
+	if (!ds->read_local)
+		return ds_fwd(ds, ci, op);
 	struct ds_snap s;
 	ds_snap(ds, ci, &s);
-	for (uint32_t i = 1; ds->read_local && i < s.n; i++) {
+	for (uint32_t i = 1; i < s.n; i++) {
 		struct ds_tgt *t = s.m[i];
 		if (!t->local)
 			continue;
