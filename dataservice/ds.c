@@ -72,7 +72,7 @@
 #define DS_STRIPES	1024
 #define DS_POOL_THREADS 8
 #define DS_WEAK_MAX	(64ULL << 20)
-#define DS_CHECK_PIECE	(1u << 20)
+#define DS_CHECK_PIECE	RP_PIECE /* one buffer reads a piece and serves rp_copy_range */
 #define DS_CHUNK_MIN	4096u
 #define DS_CHUNK_MAX	(1u << 30)
 
@@ -317,12 +317,6 @@ static uint32_t ds_known(struct ds *ds, const uint32_t *ids, uint32_t n, struct 
 		if ((out[k] = ds_find_target(ds, ids[i])))
 			k++;
 	return k;
-}
-
-/* The syncing targets of c that this ds knows, into out; their count. */
-static uint32_t ds_syncing_of(struct ds *ds, const struct ds_chain_cfg *c, struct ds_tgt **out)
-{
-	return ds_known(ds, c->syncing, c->nsyncing, out);
 }
 
 static bool ds_chain_has_syncing(struct ds *ds, unsigned ci)
@@ -1168,7 +1162,7 @@ int ds_open(const struct ds_config *cfg, struct ds **ret, char *err, size_t errl
 		for (uint32_t k = 0; k < cc->nkeep && k < DS_MAX_KEEP; k++)
 			if ((c->keep[c->nkeep] = ds_find_target(ds, cc->keep[k])))
 				c->nkeep++;
-		c->ns = ds_syncing_of(ds, cc, c->sy);
+		c->ns = ds_known(ds, cc->syncing, cc->nsyncing, c->sy);
 		c->na = ds_known(ds, cc->async, cc->nasync, c->as);
 	}
 
@@ -1393,7 +1387,7 @@ int ds_chain_load(struct ds *ds, const struct ds_chain_cfg *c)
 			continue;
 		/* not the change_lock: chain_failed callbacks (which hold it) reload chains */
 		struct ds_tgt *sy[DS_MAX_REPLICAS];
-		uint32_t ns = ds_syncing_of(ds, c, sy);
+		uint32_t ns = ds_known(ds, c->syncing, c->nsyncing, sy);
 		struct ds_tgt *as[DS_MAX_REPLICAS];
 		uint32_t na = ds_known(ds, c->async, c->nasync, as);
 		pthread_mutex_lock(&ch->lock);
@@ -2132,7 +2126,6 @@ static int ds_cent_cmp(const void *a, const void *b)
 static int ds_copy_chunk(struct ds_tgt *src, struct ds_tgt *dst, uint64_t ino, uint32_t idx,
 			 uint64_t len, char *buf, bool *ret_src)
 {
-	_Static_assert(DS_CHECK_PIECE == RP_PIECE, "buf holds one piece of rp_copy_range");
 	struct sm_target *d = ds_tsm(dst);
 	struct rp_copy c;
 	int r = rp_copy_range(ds_tsm(src), d, ino, idx, len, buf, &c);
