@@ -173,24 +173,6 @@ static int64_t now_ns(void)
 	return now_monotonic_ns();
 }
 
-static void cv_init(pthread_cond_t *cv)
-{
-	pthread_condattr_t a;
-	pthread_condattr_init(&a);
-	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-	pthread_cond_init(cv, &a);
-	pthread_condattr_destroy(&a);
-}
-
-/* 0, or ETIMEDOUT once the monotonic clock passed deadline. */
-static int cv_wait_until(pthread_cond_t *cv, pthread_mutex_t *m, int64_t deadline)
-{
-	struct timespec ts = {.tv_sec = deadline / 1000000000LL,
-			      .tv_nsec = deadline % 1000000000LL};
-	int r = pthread_cond_timedwait(cv, m, &ts);
-	return r == ETIMEDOUT ? ETIMEDOUT : 0;
-}
-
 static void stat_max(uint64_t *stat, uint64_t v)
 {
 	uint64_t cur = __atomic_load_n(stat, __ATOMIC_RELAXED);
@@ -323,7 +305,7 @@ static struct conn *conn_new(size_t size, struct loop *l, int fd, const struct c
 	c->sq_peak = sq_peak;
 	c->last_rx = now_ns();
 	pthread_mutex_init(&c->lock, NULL);
-	cv_init(&c->space_cv);
+	cond_init_monotonic(&c->space_cv);
 	sock_name(fd, true, c->name, sizeof(c->name));
 	return c;
 }
@@ -472,7 +454,7 @@ static int conn_send(struct conn *c, struct frame *f, enum send_mode mode, int64
 			break;
 		}
 		c->waiters++;
-		int w = cv_wait_until(&c->space_cv, &c->lock, deadline);
+		int w = cond_wait_until(&c->space_cv, &c->lock, deadline);
 		c->waiters--;
 		if (w == ETIMEDOUT) {
 			r = -ETIMEDOUT;
@@ -1288,7 +1270,7 @@ static int tcp_submit(struct xp_client *xc, const struct xp_msg *m, xp_done_fn d
 	pthread_mutex_lock(&cl->lock);
 	while (cl->inflight >= cl->cfg.max_inflight && !r) {
 		cl->waiters++;
-		if (cv_wait_until(&cl->cv, &cl->lock, deadline) == ETIMEDOUT)
+		if (cond_wait_until(&cl->cv, &cl->lock, deadline) == ETIMEDOUT)
 			r = -ETIMEDOUT;
 		cl->waiters--;
 	}
@@ -1435,7 +1417,7 @@ static int tcp_connect(const char *url, const struct xp_client_cfg *cfg, struct 
 	}
 	cl->hmask = buckets - 1;
 	pthread_mutex_init(&cl->lock, NULL);
-	cv_init(&cl->cv);
+	cond_init_monotonic(&cl->cv);
 
 	pthread_mutex_lock(&cloop_life);
 	if (cloop_users == 0) {
