@@ -83,6 +83,9 @@ struct node {
 	pthread_mutex_t chains_lock;
 	struct meta_chain *chains; /* protected by chains_lock: the last chain table read */
 	unsigned nchains;
+	/* __atomic: bumped when a table installed gives a chain another epoch, and when the lease
+	 * lapsed (a rebuild mark may have come with either: node_rp_marked) */
+	uint64_t chains_gen;
 	/* Held around installing a chain table (data service, then `chains`) and around each
 	 * reclaim of one chunk (its role check and its deletion): a chunk request for a target
 	 * is only applied once the installed table gives the target a role (check_epoch, ds),
@@ -189,6 +192,11 @@ static int node_reload_chains(struct node *n)
 	for (unsigned i = 0; i < nc && i < n->nchains; i++)
 		if (n->chains[i].id == c[i].id && n->chains[i].epoch > c[i].epoch)
 			c[i] = n->chains[i];
+	bool changed = nc != n->nchains;
+	for (unsigned i = 0; !changed && i < nc; i++)
+		changed = n->chains[i].id != c[i].id || n->chains[i].epoch != c[i].epoch;
+	if (changed)
+		__atomic_add_fetch(&n->chains_gen, 1, __ATOMIC_ACQ_REL);
 	free(n->chains);
 	n->chains = c;
 	n->nchains = nc;
@@ -958,24 +966,59 @@ static struct sm_target *node_local(struct node *n, uint32_t id)
 	return NULL;
 }
 
-/* Does repairs hold a rebuild mark for (chain, t) (DIST-8, DS-7)? 1 yes, 0 no, -errno. */
-static int node_repair_marked(struct node *n, uint32_t chain, uint32_t t)
+/* The repairs table as the repair thread's round last read it (DIST-8, DS-7). */
+struct node_rp_marks {
+	struct meta_repair *rows;
+	unsigned cap;
+	int nr;	      /* rows read, or -errno */
+	bool read;    /* this round */
+	uint64_t gen; /* chains_gen before that read */
+};
+
+/* Does repairs hold a rebuild mark for (chain, t)? 1 yes, 0 no, -errno. The table is read once
+ * a round, at the first target that needs it, and again only after a failed read, or when a
+ * chain took another epoch or the lease lapsed since: a mark is written before the chain
+ * change that gives it a use (node_chain_away, node_manager_replace) or while the primary's
+ * lease has lapsed (the manager's, for a dead node), so rows read after the table a chain
+ * was taken from was installed hold every mark its roles call for. */
+static int node_rp_marked(struct node *n, struct node_rp_marks *m, uint32_t chain, uint32_t t)
 {
-	struct meta_repair *rows = calloc(META_MAX_CHAINS, sizeof(*rows));
-	int nr = rows ? META_CALL_OPT(n->meta, repairs_list, rows, META_MAX_CHAINS) : -ENOMEM;
-	int marked = nr < 0 ? nr : 0;
-	for (int i = 0; i < nr; i++)
-		if (rows[i].chain == chain && rows[i].target == t &&
-		    rows[i].kind == META_REPAIR_REBUILD)
+	uint64_t gen = __atomic_load_n(&n->chains_gen, __ATOMIC_ACQUIRE);
+	if (!m->read || m->gen != gen || m->nr < 0) {
+		m->read = true;
+		m->gen = gen;
+		int nr = 0;
+		for (;;) {
+			if (!m->rows || (unsigned)nr > m->cap) { /* more rows than room */
+				unsigned cap = MAX((unsigned)nr, 64u);
+				struct meta_repair *rows = realloc(m->rows, cap * sizeof(*rows));
+				if (!rows) {
+					nr = -ENOMEM;
+					break;
+				}
+				m->rows = rows;
+				m->cap = cap;
+			}
+			nr = META_CALL_OPT(n->meta, repairs_list, m->rows, m->cap);
+			if (nr < 0 || (unsigned)nr <= m->cap)
+				break;
+		}
+		m->nr = nr;
+	}
+	int marked = m->nr < 0 ? m->nr : 0;
+	for (int i = 0; i < m->nr; i++)
+		if (m->rows[i].chain == chain && m->rows[i].target == t &&
+		    m->rows[i].kind == META_REPAIR_REBUILD)
 			marked = 1;
-	free(rows);
 	return marked;
 }
 
 /* Bring syncing target t of chain c up to date from this node's primary target, then promote
  * it (chain_promote: member, its dirty and repairs rows deleted, one transaction). An async
- * target (META-19) is caught up the same way from its dirty rows, and stays async. */
-static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t t, bool async)
+ * target (META-19) is caught up the same way from its dirty rows, and stays async. marked:
+ * node_rp_marked's answer for (c, t). */
+static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t t, bool async,
+			    int marked)
 {
 	struct node_rp x = {.n = n, .chain = c->id, .async = async ? t : 0};
 	struct sm_target *src = node_local(n, c->members[0]), *dst = node_local(n, t);
@@ -1005,8 +1048,7 @@ static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t
 	}
 	/* rebuild when the manager marked it so (a replacement, an async target whose primary
 	 * may have died with requests queued for it), else resync from dirty rows */
-	int nr = node_repair_marked(n, c->id, t);
-	enum rp_kind kind = nr > 0 ? RP_REBUILD : RP_RESYNC;
+	enum rp_kind kind = marked > 0 ? RP_REBUILD : RP_RESYNC;
 	struct rr_opts o = {.meta = n->meta,
 			    .chain = c->id,
 			    .target = t,
@@ -1019,12 +1061,12 @@ static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t
 			    .ctx = &x,
 			    .cancel = &n->rp_cancel};
 	struct rp_progress p = {0};
-	if (nr >= 0) {
+	if (marked >= 0) {
 		log_info("chain %u: %s of target %u from target %u started", c->id,
 			 rp_kind_name(kind), t, c->members[0]);
 		r = rr_run(&o, &p, err, sizeof(err));
 	} else {
-		r = nr;
+		r = marked;
 		snprintf(err, sizeof(err), "cannot read the repairs table: %s", strerror(-r));
 	}
 	uint64_t left = 0, ne = 0;
@@ -1249,21 +1291,23 @@ out:
 /* DS-7: catch async target t of chain c up when chunks it missed are recorded, or when it is
  * marked for a rebuild (a primary that may have died with requests queued for it). A new
  * generation first, so that what it misses during the copy is recorded again. */
-static void node_repair_async(struct node *n, const struct meta_chain *c, uint32_t t)
+static void node_repair_async(struct node *n, const struct meta_chain *c, uint32_t t, int marked)
 {
 	uint64_t behind = 0;
 	if (META_CALL_OPT(n->meta, dirty_count, c->id, t, &behind) < 0)
 		return;
-	if (!behind && node_repair_marked(n, c->id, t) <= 0)
+	if (!behind && marked <= 0)
 		return;
 	__atomic_add_fetch(&n->async_gen, 1, __ATOMIC_ACQ_REL);
-	node_repair_one(n, c, t, true);
+	node_repair_one(n, c, t, true, marked);
 }
 
 static void *node_rp_main(void *arg)
 {
 	struct node *n = arg;
+	struct node_rp_marks m = {0};
 	while (!__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED)) {
+		m.read = false;
 		/* a primary learns that the manager made a target syncing only from the database:
 		 * no request tells it (clients do not write to syncing targets) */
 		bool fresh = fence_valid(&n->fence, now_monotonic_ns()) &&
@@ -1280,15 +1324,18 @@ static void *node_rp_main(void *arg)
 			    !fence_valid(&n->fence, now_monotonic_ns()))
 				continue;
 			for (uint32_t i = 0; i < c.nsyncing; i++)
-				node_repair_one(n, &c, c.syncing[i], false);
+				node_repair_one(n, &c, c.syncing[i], false,
+						node_rp_marked(n, &m, c.id, c.syncing[i]));
 			for (uint32_t i = 0; i < c.nasync; i++)
-				node_repair_async(n, &c, c.async[i]);
+				node_repair_async(n, &c, c.async[i],
+						  node_rp_marked(n, &m, c.id, c.async[i]));
 		}
 		for (unsigned w = 0; w < n->cfg.heartbeat_ms / 10 + 1 &&
 				     !__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED);
 		     w++)
 			usleep(10000);
 	}
+	free(m.rows);
 	return NULL;
 }
 
@@ -1337,6 +1384,8 @@ static void node_beat(struct node *n)
 		return;
 	}
 	bool lapsed = fence_lapsed(&n->fence, now_monotonic_ns());
+	if (lapsed) /* before the fence is valid again: the manager may have marked meanwhile */
+		__atomic_add_fetch(&n->chains_gen, 1, __ATOMIC_ACQ_REL);
 	if (lapsed || ++n->beats % n->cfg.state_check_beats == 0)
 		node_revive(n);
 	bool refreshed = !lapsed || node_reload_chains(n) == 0;
