@@ -320,21 +320,33 @@ static void node_dirty_remember(struct node *n, uint32_t chain, uint64_t epoch, 
 	pthread_mutex_unlock(&n->dirty_lock);
 }
 
+/* Record (ino, idx) dirty for target of chain, unless the cache holds it under key (the
+ * chain's epoch, or an async catch-up generation): the table keeps one row anyway. 0, or
+ * dirty_add's error. */
+static int node_dirty_record(struct node *n, uint32_t chain, uint64_t key, uint32_t target,
+			     uint64_t ino, uint32_t idx)
+{
+	if (node_dirty_seen(n, chain, key, target, ino, idx))
+		return 0;
+	struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
+	int r = META_CALL_OPT(n->meta, dirty_add, chain, target, &ref, 1);
+	if (r < 0)
+		return r;
+	node_dirty_remember(n, chain, key, target, ino, idx);
+	return 0;
+}
+
 /* Record (ino, idx) dirty for every away target of chain c, committed before the caller
- * acknowledges. A chunk recorded lately is not sent again (the table keeps one row anyway). */
+ * acknowledges. A chunk recorded lately is not sent again. */
 static int node_dirty_note(struct node *n, const struct meta_chain *c, uint64_t ino, uint32_t idx)
 {
 	for (uint32_t i = 0; i < c->naway; i++) {
-		if (node_dirty_seen(n, c->id, c->epoch, c->away[i], ino, idx))
-			continue;
-		struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
-		int r = META_CALL_OPT(n->meta, dirty_add, c->id, c->away[i], &ref, 1);
+		int r = node_dirty_record(n, c->id, c->epoch, c->away[i], ino, idx);
 		if (r < 0) {
 			log_err("chain %u: cannot record chunk %llu:%u dirty for target %u: %s",
 				c->id, (unsigned long long)ino, idx, c->away[i], strerror(-r));
 			return -EIO;
 		}
-		node_dirty_remember(n, c->id, c->epoch, c->away[i], ino, idx);
 	}
 	return 0;
 }
@@ -401,6 +413,8 @@ static int node_syncing_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uin
 			       uint64_t ino, uint32_t idx, int err)
 {
 	struct node *n = ctx;
+	/* not through the cache (node_dirty_record): the resync running meanwhile deletes the
+	 * rows it copied at this same epoch, and a later miss must be recorded again */
 	struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
 	int r = META_CALL_OPT(n->meta, dirty_add, chain_id, target, &ref, 1);
 	if (r < 0) {
@@ -443,10 +457,7 @@ static int node_async_missed(void *ctx, uint32_t chain_id, uint32_t target, uint
 {
 	struct node *n = ctx;
 	uint64_t gen = UINT64_MAX - __atomic_load_n(&n->async_gen, __ATOMIC_ACQUIRE);
-	if (node_dirty_seen(n, chain_id, gen, target, ino, idx))
-		return 0;
-	struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
-	int r = META_CALL_OPT(n->meta, dirty_add, chain_id, target, &ref, 1);
+	int r = node_dirty_record(n, chain_id, gen, target, ino, idx);
 	if (r < 0) {
 		log_err("chain %u: async target %u missed chunk %llu:%u (%s) and it cannot be "
 			"recorded: %s",
@@ -454,7 +465,6 @@ static int node_async_missed(void *ctx, uint32_t chain_id, uint32_t target, uint
 			strerror(-r));
 		return -EIO;
 	}
-	node_dirty_remember(n, chain_id, gen, target, ino, idx);
 	return 0;
 }
 
