@@ -493,19 +493,6 @@ static int node_target_url(void *ctx, uint32_t id, char *url, size_t len)
 /* ---------------------------------------------------------------------------------------- */
 /* requests */
 
-/* A client's read of a chunk (ds_fwd_read: DS-6 sends these to a member of its own node). */
-static bool op_reads_chunk(uint16_t op)
-{
-	return op == PROTO_OP_READ || op == PROTO_OP_SEEK || op == PROTO_OP_CHUNK_LENGTH;
-}
-
-/* A change of a chunk's bytes, which a primary applies to its chain (node_forward_gated). */
-static bool op_writes_chunk(uint16_t op)
-{
-	return op == PROTO_OP_WRITE || op == PROTO_OP_TRUNCATE || op == PROTO_OP_PUNCH ||
-	       op == PROTO_OP_ALLOCATE;
-}
-
 static bool op_touches_data(uint16_t op)
 {
 	return op != PROTO_OP_IDENTITY && op != PROTO_OP_STATFS && op != PROTO_OP_PING &&
@@ -535,21 +522,23 @@ static int node_check_epoch(void *ctx, const struct rpc_epoch_query *q, uint64_t
 		return -ESTALE; /* it left this chain: the sender's table is old */
 	if (q->op == PROTO_OP_READ && !list_has(c.members, c.nmembers, q->target))
 		return -ESTALE; /* DIST-6: a syncing target serves no reads */
-	/* DS-6 reads only (a check's reads of every copy, fsck and scrub, carry no flag) */
-	if (op_reads_chunk(q->op) && (q->flags & PROTO_F_LOCAL) && c.members[0] != q->target &&
+	/* DS-6 reads only (a check's reads of every copy, fsck and scrub, carry no flag); the
+	 * flag comes on READ, SEEK and CHUNK_LENGTH only (proto_hdr_decode refuses it elsewhere) */
+	if ((q->flags & PROTO_F_LOCAL) && c.members[0] != q->target &&
 	    (!n->cfg.local_reads ||
 	     !fence_reads_ok(&n->reads, now_monotonic_ns(), n->read_lease_ms)))
 		return -EAGAIN; /* DS-6: off, or not sure it is still a member: read the primary */
 	return 0;
 }
 
+/* A write addressed to chain c's primary: applied to the chain. */
 static int node_forward_gated(struct node *n, const struct proto_hdr *h, const struct proto_body *b)
 {
 	struct meta_chain c;
 	if (node_chain_get(n, h->chain, &c) < 0)
 		return -ENOENT;
 	if (!c.nmembers || c.members[0] != h->target)
-		return RPC_LOCAL; /* a primary's copy to this member */
+		return RPC_LOCAL; /* no longer the primary (checked again under the gate) */
 	enum ds_chunk_kind kind;
 	uint64_t off = b->off, len = b->len;
 	const void *data = NULL;
@@ -597,6 +586,8 @@ static int node_forward_gated(struct node *n, const struct proto_hdr *h, const s
 	return r;
 }
 
+/* rpc_server forward: WRITE, TRUNCATE, PUNCH and ALLOCATE requests of a chain (rpc_server_handle
+ * calls it for those only). */
 static int node_forward(void *ctx, const struct xp_req *req)
 {
 	struct node *n = ctx;
@@ -606,9 +597,10 @@ static int node_forward(void *ctx, const struct xp_req *req)
 	 * another node's write must never wait behind this node's promotion, or two nodes
 	 * promoting at once would each wait on a write parked at the other. */
 	struct meta_chain c;
-	if (!op_writes_chunk(h->op) || node_chain_get(n, h->chain, &c) < 0 || !c.nmembers ||
-	    c.members[0] != h->target)
-		return node_forward_gated(n, h, b);
+	if (node_chain_get(n, h->chain, &c) < 0)
+		return -ENOENT;
+	if (!c.nmembers || c.members[0] != h->target)
+		return RPC_LOCAL; /* a primary's copy to this member */
 	pthread_rwlock_rdlock(&n->promote_gate);
 	int r = node_forward_gated(n, h, b);
 	pthread_rwlock_unlock(&n->promote_gate);
