@@ -837,17 +837,18 @@ static int node_manager_round(struct node *n)
 			continue;
 		if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
 			break; /* no longer the manager: change nothing */
+		/* its targets */
+		uint32_t ids[META_MAX_TARGETS];
+		unsigned nids = 0;
+		for (int k = 0; k < MIN(nt, META_MAX_TARGETS); k++) {
+			char tnode[META_NODE_MAX];
+			vol_target_node(tg[k].url, tnode, sizeof(tnode));
+			if (!strcmp(tnode, d->name))
+				ids[nids++] = tg[k].id;
+		}
 		if (d->state != META_NODE_DOWN) {
 			/* DS-7: its async queues died with it; marked before the node is down,
 			 * which its own restart takes for a clean stop */
-			uint32_t ids[META_MAX_TARGETS];
-			unsigned nids = 0;
-			for (int k = 0; k < MIN(nt, META_MAX_TARGETS); k++) {
-				char tnode[META_NODE_MAX];
-				vol_target_node(tg[k].url, tnode, sizeof(tnode));
-				if (!strcmp(tnode, d->name))
-					ids[nids++] = tg[k].id;
-			}
 			if (node_async_mark_primaries(n, ids, nids, "the primary's node died") < 0)
 				continue; /* the next round tries again */
 			log_warn("manager: node %s (id %u) has not renewed its lease for %lld ms: "
@@ -857,28 +858,26 @@ static int node_manager_round(struct node *n)
 					     (int64_t)n->cfg.lease_ms));
 			META_CALL_OPT(n->meta, node_set_state, d->id, META_NODE_DOWN);
 		}
-		for (int k = 0; k < MIN(nt, META_MAX_TARGETS); k++) {
-			char tnode[META_NODE_MAX];
-			vol_target_node(tg[k].url, tnode, sizeof(tnode));
-			if (strcmp(tnode, d->name))
-				continue;
+		/* each leaves its chains; node_chain_away marks a primary's async targets again,
+		 * with the chain change (the table re-read since may list others) */
+		for (unsigned k = 0; k < nids; k++) {
 			struct meta_chain c;
 			for (unsigned ci = 0; node_chain_at(n, ci, &c); ci++) {
-				if (!list_has(c.members, c.nmembers, tg[k].id) &&
-				    !list_has(c.syncing, c.nsyncing, tg[k].id))
+				if (!list_has(c.members, c.nmembers, ids[k]) &&
+				    !list_has(c.syncing, c.nsyncing, ids[k]))
 					continue;
 				if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
 					break;
 				uint64_t ne = 0;
-				int k2 = node_chain_away(n, &c, tg[k].id, &ne);
+				int k2 = node_chain_away(n, &c, ids[k], &ne);
 				if (k2 == 0)
 					log_warn("manager: target %u of node %s left chain %u "
 						 "(epoch %llu)",
-						 tg[k].id, d->name, c.id, (unsigned long long)ne);
+						 ids[k], d->name, c.id, (unsigned long long)ne);
 				else if (k2 == -EINVAL)
 					log_err("manager: chain %u has no member left but target "
 						"%u of dead node %s; kept",
-						c.id, tg[k].id, d->name);
+						c.id, ids[k], d->name);
 				else
 					log_warn("manager: chain %u: %s", c.id, strerror(-k2));
 				node_reload_chains(n);
