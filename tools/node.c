@@ -221,14 +221,6 @@ static int node_chain_get(struct node *n, uint32_t chain, struct meta_chain *ret
 	return r;
 }
 
-static bool list_has(const uint32_t *l, uint32_t n, uint32_t id)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (l[i] == id)
-			return true;
-	return false;
-}
-
 static void list_del(uint32_t *l, uint32_t *n, uint32_t id)
 {
 	uint32_t k = 0;
@@ -278,7 +270,7 @@ static int node_chain_away(struct node *n, const struct meta_chain *c, uint32_t 
 		r = node_async_mark(n, c, "its primary leaves the chain");
 	if (r == 0 && !nc.nmembers)
 		r = -EINVAL;
-	if (r == 0 && !list_has(nc.away, nc.naway, target) && nc.naway < META_MAX_REPLICAS)
+	if (r == 0 && !u32_in(nc.away, nc.naway, target) && nc.naway < META_MAX_REPLICAS)
 		nc.away[nc.naway++] = target;
 	if (r == 0)
 		r = META_CALL_OPT(n->meta, chain_set, c->id, c->epoch, &nc, ret_epoch);
@@ -431,8 +423,8 @@ static int node_syncing_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uin
 			break;
 		/* still syncing, or promoted meanwhile with this write missed (the promotion's
 		 * count ran before the chunk was recorded): either way it leaves for away */
-		if (!list_has(c.syncing, c.nsyncing, target) &&
-		    !list_has(c.members, c.nmembers, target))
+		if (!u32_in(c.syncing, c.nsyncing, target) &&
+		    !u32_in(c.members, c.nmembers, target))
 			break; /* someone else moved it already */
 		int k = node_chain_away(n, &c, target, &ne);
 		if (k == 0) {
@@ -517,10 +509,10 @@ static int node_check_epoch(void *ctx, const struct rpc_epoch_query *q, uint64_t
 	*ret_current = c.epoch;
 	if (q->epoch != c.epoch)
 		return -ESTALE;
-	if (!list_has(c.members, c.nmembers, q->target) &&
-	    !list_has(c.syncing, c.nsyncing, q->target) && !list_has(c.async, c.nasync, q->target))
+	if (!u32_in(c.members, c.nmembers, q->target) &&
+	    !u32_in(c.syncing, c.nsyncing, q->target) && !u32_in(c.async, c.nasync, q->target))
 		return -ESTALE; /* it left this chain: the sender's table is old */
-	if (q->op == PROTO_OP_READ && !list_has(c.members, c.nmembers, q->target))
+	if (q->op == PROTO_OP_READ && !u32_in(c.members, c.nmembers, q->target))
 		return -ESTALE; /* DIST-6: a syncing target serves no reads */
 	/* DS-6 reads only (a check's reads of every copy, fsck and scrub, carry no flag); the
 	 * flag comes on READ, SEEK and CHUNK_LENGTH only (proto_hdr_decode refuses it elsewhere) */
@@ -659,7 +651,7 @@ static int node_async_mark_primaries(struct node *n, const uint32_t *ids, unsign
 	struct meta_chain c;
 	int r = 0;
 	for (unsigned ci = 0; r == 0 && node_chain_at(n, ci, &c); ci++)
-		if (c.nasync && c.nmembers && list_has(ids, nids, c.members[0]))
+		if (c.nasync && c.nmembers && u32_in(ids, nids, c.members[0]))
 			r = node_async_mark(n, &c, why);
 	return r;
 }
@@ -743,8 +735,8 @@ static uint32_t node_pick_replacement(struct node *n, const struct meta_chain *c
 		for (int j = 0; j < nt; j++) {
 			char jn[META_NODE_MAX];
 			vol_target_node(tg[j].url, jn, sizeof(jn));
-			if (!strcmp(jn, tnode) && (list_has(c->members, c->nmembers, tg[j].id) ||
-						   list_has(c->syncing, c->nsyncing, tg[j].id)))
+			if (!strcmp(jn, tnode) && (u32_in(c->members, c->nmembers, tg[j].id) ||
+						   u32_in(c->syncing, c->nsyncing, tg[j].id)))
 				shared = true;
 		}
 		long held = 0;
@@ -752,8 +744,8 @@ static uint32_t node_pick_replacement(struct node *n, const struct meta_chain *c
 			struct meta_chain x;
 			if (!node_chain_at(n, ci, &x))
 				break;
-			held += list_has(x.members, x.nmembers, t->id) ||
-				list_has(x.syncing, x.nsyncing, t->id);
+			held += u32_in(x.members, x.nmembers, t->id) ||
+				u32_in(x.syncing, x.nsyncing, t->id);
 		}
 		long score = (shared ? 1L << 40 : 0) + held;
 		if (!best || score < best_score) {
@@ -863,8 +855,8 @@ static int node_manager_round(struct node *n)
 		for (unsigned k = 0; k < nids; k++) {
 			struct meta_chain c;
 			for (unsigned ci = 0; node_chain_at(n, ci, &c); ci++) {
-				if (!list_has(c.members, c.nmembers, ids[k]) &&
-				    !list_has(c.syncing, c.nsyncing, ids[k]))
+				if (!u32_in(c.members, c.nmembers, ids[k]) &&
+				    !u32_in(c.syncing, c.nsyncing, ids[k]))
 					continue;
 				if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
 					break;
@@ -1136,7 +1128,7 @@ static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t
 		r = node_reload_chains(n);
 	if (r == 0)
 		r = node_chain_get(n, c->id, &now);
-	if (r == 0 && !list_has(now.syncing, now.nsyncing, t))
+	if (r == 0 && !u32_in(now.syncing, now.nsyncing, t))
 		r = -ESTALE; /* it left meanwhile */
 	if (r == 0 && !fence_valid(&n->fence, now_monotonic_ns()))
 		r = -ESHUTDOWN;
