@@ -39,7 +39,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -1415,13 +1414,8 @@ static void *node_hb_main(void *arg)
 			fence_drop(&n->mgr_fence);
 		}
 		pthread_mutex_lock(&n->hb_lock);
-		struct timespec until;
-		clock_gettime(CLOCK_MONOTONIC, &until);
-		until.tv_nsec += (long)(n->cfg.heartbeat_ms % 1000) * 1000000L;
-		until.tv_sec += n->cfg.heartbeat_ms / 1000 + until.tv_nsec / 1000000000L;
-		until.tv_nsec %= 1000000000L;
-		while (!n->hb_stop &&
-		       pthread_cond_timedwait(&n->hb_cond, &n->hb_lock, &until) != ETIMEDOUT)
+		int64_t until = now_monotonic_ns() + (int64_t)n->cfg.heartbeat_ms * 1000000;
+		while (!n->hb_stop && cond_wait_until(&n->hb_cond, &n->hb_lock, until) != ETIMEDOUT)
 			;
 	}
 	pthread_mutex_unlock(&n->hb_lock);
@@ -1536,11 +1530,7 @@ int node_start(const struct cfg_node *cfg, struct node **ret, char *err, size_t 
 	pthread_rwlock_init(&n->promote_gate, &ga);
 	pthread_rwlockattr_destroy(&ga);
 	pthread_mutex_init(&n->hb_lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&n->hb_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	cond_init_monotonic(&n->hb_cond); /* node_hb_main waits until a deadline */
 	fence_init(&n->fence);
 	fence_init(&n->mgr_fence);
 	n->read_lease_ms = MIN(2 * n->cfg.heartbeat_ms, n->cfg.lease_ms);
