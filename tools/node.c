@@ -101,7 +101,7 @@ struct node {
 	struct fence fence;	  /* DIST-4 */
 	struct fence_reads reads; /* DS-6: reads served as a non-primary member (table_ns) */
 	struct fence_reads *hold; /* DS-6: [chain id] acknowledgements held back (hold_ns) */
-	uint32_t read_lease_ms;	  /* 2 × heartbeat_ms (at most lease_ms) */
+	uint32_t read_lease_ms;	  /* 2 × heartbeat_ms */
 	struct fence mgr_fence;	  /* the manager lease, by the same rule */
 	uint64_t mgr_generation;
 	bool manager; /* heartbeat thread only */
@@ -1533,7 +1533,8 @@ int node_start(const struct cfg_node *cfg, struct node **ret, char *err, size_t 
 	cond_init_monotonic(&n->hb_cond); /* node_hb_main waits until a deadline */
 	fence_init(&n->fence);
 	fence_init(&n->mgr_fence);
-	n->read_lease_ms = MIN(2 * n->cfg.heartbeat_ms, n->cfg.lease_ms);
+	/* never above lease_ms: the configuration has lease_ms at least twice heartbeat_ms */
+	n->read_lease_ms = 2 * n->cfg.heartbeat_ms;
 
 	int r = meta_open(cfg->meta, 0, &n->meta, err, errlen);
 	if (r < 0)
