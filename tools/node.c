@@ -99,8 +99,8 @@ struct node {
 	struct xp_server *xs;
 
 	struct fence fence;	  /* DIST-4 */
-	struct fence_reads reads; /* DS-6: reads served as a non-primary member (table_ns) */
-	struct fence_reads *hold; /* DS-6: [chain id] acknowledgements held back (hold_ns) */
+	struct fence_reads reads; /* DS-6: reads served as a non-primary member */
+	int64_t *hold;		  /* DS-6: [chain id] acknowledgements held back until */
 	uint32_t read_lease_ms;	  /* 2 × heartbeat_ms */
 	struct fence mgr_fence;	  /* the manager lease, by the same rule */
 	uint64_t mgr_generation;
@@ -344,7 +344,7 @@ static int node_dirty_note(struct node *n, const struct meta_chain *c, uint64_t 
 
 /* The acknowledgement hold of chain id (DS-6): only that chain's acknowledgements wait after
  * one of its members was taken out, so a failure stalls no other chain. */
-static struct fence_reads *node_hold(struct node *n, uint32_t chain)
+static int64_t *node_hold(struct node *n, uint32_t chain)
 {
 	return &n->hold[chain % META_MAX_CHAINS];
 }
