@@ -24,6 +24,15 @@ static inline uint64_t hash_mix64(uint64_t x)
 	return x;
 }
 
+/* Is x among the n values of v? */
+static inline bool u32_in(const uint32_t *v, uint32_t n, uint32_t x)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (v[i] == x)
+			return true;
+	return false;
+}
+
 /* A one-line reason into a caller's buffer: err may be NULL or errlen 0 (then nothing). Every
  * layer's "char *err, size_t errlen" out-parameter is filled through this. */
 void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -24,7 +24,8 @@
  *   acknowledgement of that chain until `ms` after that commit returned (fence_reads_hold, then
  *   fence_reads_wait_ns). Any read the removed member serves after that hold ended started
  *   from a table read sent after the commit, which lists it no more (clock rates assumed
- *   equal, as for the lease). Both fields only grow; __atomic.
+ *   equal, as for the lease). The read time and a hold (a plain int64_t, one per chain at the
+ *   primary) only grow; __atomic.
  */
 #ifndef BRAIDFS_FENCE_H
 #define BRAIDFS_FENCE_H
@@ -78,7 +79,6 @@ static inline void fence_drop(struct fence *f)
 /* Reads served by a member that is not the primary: the read lease above. */
 struct fence_reads {
 	int64_t table_ns; /* monotonic send time of the last chain-table read that succeeded */
-	int64_t hold_ns;  /* no acknowledgement before this (monotonic); 0: none */
 };
 
 static inline void fence_max(int64_t *p, int64_t v)
@@ -102,16 +102,17 @@ static inline bool fence_reads_ok(const struct fence_reads *r, int64_t now_ns, u
 	return t > 0 && now_ns < t + (int64_t)ms * 1000000LL;
 }
 
-/* This node committed a member's removal; the commit returned at now. */
-static inline void fence_reads_hold(struct fence_reads *r, int64_t now_ns, uint32_t ms)
+/* This node committed a member's removal; the commit returned at now. *hold_ns: no
+ * acknowledgement before it (monotonic; 0: none). */
+static inline void fence_reads_hold(int64_t *hold_ns, int64_t now_ns, uint32_t ms)
 {
-	fence_max(&r->hold_ns, now_ns + (int64_t)ms * 1000000LL);
+	fence_max(hold_ns, now_ns + (int64_t)ms * 1000000LL);
 }
 
-/* How long an acknowledgement must still wait at now (0: none). */
-static inline int64_t fence_reads_wait_ns(const struct fence_reads *r, int64_t now_ns)
+/* How long an acknowledgement must still wait at now under *hold_ns (0: none). */
+static inline int64_t fence_reads_wait_ns(const int64_t *hold_ns, int64_t now_ns)
 {
-	int64_t h = __atomic_load_n(&r->hold_ns, __ATOMIC_ACQUIRE);
+	int64_t h = __atomic_load_n(hold_ns, __ATOMIC_ACQUIRE);
 	return h > now_ns ? h - now_ns : 0;
 }
 

@@ -69,6 +69,11 @@ bool proto_op_mutates(unsigned op)
 	       op == PROTO_OP_ALLOCATE || op == PROTO_OP_REMOVE;
 }
 
+bool proto_op_local_ok(unsigned op)
+{
+	return op == PROTO_OP_READ || op == PROTO_OP_SEEK || op == PROTO_OP_CHUNK_LENGTH;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* header */
 
@@ -147,9 +152,7 @@ int proto_hdr_decode(const uint8_t *buf, size_t len, struct proto_hdr *ret, char
 	bool reply = h.flags & PROTO_F_REPLY;
 	if (reply && (h.flags & PROTO_F_RETRY))
 		return bad(err, errlen, "RETRY flag on a reply");
-	if ((h.flags & PROTO_F_LOCAL) &&
-	    (reply ||
-	     (h.op != PROTO_OP_READ && h.op != PROTO_OP_SEEK && h.op != PROTO_OP_CHUNK_LENGTH)))
+	if ((h.flags & PROTO_F_LOCAL) && (reply || !proto_op_local_ok(h.op)))
 		return bad(err, errlen,
 			   "LOCAL flag on a frame that is no READ, SEEK or CHUNK_LENGTH "
 			   "request");

@@ -158,6 +158,8 @@ struct proto_body {
 const char *proto_op_name(unsigned op);
 /* A mutating chunk request (PROTO-6). */
 bool proto_op_mutates(unsigned op);
+/* A request that may carry PROTO_F_LOCAL: READ, SEEK, CHUNK_LENGTH (DS-6). */
+bool proto_op_local_ok(unsigned op);
 
 /* Header: encode computes the header crc32c; decode checks crc, magic, version, reserved
  * bytes, known opcode and flags, status range and the payload bound (PROTO-2/3/5). */

@@ -67,7 +67,7 @@ static int rpc_call(struct rpc_target *t, uint16_t op, struct proto_body *b, str
 		if (r < 0)
 			return r;
 	}
-	if (t->local && (op == PROTO_OP_READ || op == PROTO_OP_SEEK || op == PROTO_OP_CHUNK_LENGTH))
+	if (t->local && proto_op_local_ok(op))
 		m.flags |= PROTO_F_LOCAL;
 	bool mut = proto_op_mutates(op);
 	if (mut) {

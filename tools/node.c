@@ -39,7 +39,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -83,6 +82,9 @@ struct node {
 	pthread_mutex_t chains_lock;
 	struct meta_chain *chains; /* protected by chains_lock: the last chain table read */
 	unsigned nchains;
+	/* __atomic: bumped when a table installed gives a chain another epoch, and when the lease
+	 * lapsed (a rebuild mark may have come with either: node_rp_marked) */
+	uint64_t chains_gen;
 	/* Held around installing a chain table (data service, then `chains`) and around each
 	 * reclaim of one chunk (its role check and its deletion): a chunk request for a target
 	 * is only applied once the installed table gives the target a role (check_epoch, ds),
@@ -97,9 +99,9 @@ struct node {
 	struct xp_server *xs;
 
 	struct fence fence;	  /* DIST-4 */
-	struct fence_reads reads; /* DS-6: reads served as a non-primary member (table_ns) */
-	struct fence_reads *hold; /* DS-6: [chain id] acknowledgements held back (hold_ns) */
-	uint32_t read_lease_ms;	  /* 2 × heartbeat_ms (at most lease_ms) */
+	struct fence_reads reads; /* DS-6: reads served as a non-primary member */
+	int64_t *hold;		  /* DS-6: [chain id] acknowledgements held back until */
+	uint32_t read_lease_ms;	  /* 2 × heartbeat_ms */
 	struct fence mgr_fence;	  /* the manager lease, by the same rule */
 	uint64_t mgr_generation;
 	bool manager; /* heartbeat thread only */
@@ -189,6 +191,11 @@ static int node_reload_chains(struct node *n)
 	for (unsigned i = 0; i < nc && i < n->nchains; i++)
 		if (n->chains[i].id == c[i].id && n->chains[i].epoch > c[i].epoch)
 			c[i] = n->chains[i];
+	bool changed = nc != n->nchains;
+	for (unsigned i = 0; !changed && i < nc; i++)
+		changed = n->chains[i].id != c[i].id || n->chains[i].epoch != c[i].epoch;
+	if (changed)
+		__atomic_add_fetch(&n->chains_gen, 1, __ATOMIC_ACQ_REL);
 	free(n->chains);
 	n->chains = c;
 	n->nchains = nc;
@@ -211,14 +218,6 @@ static int node_chain_get(struct node *n, uint32_t chain, struct meta_chain *ret
 		}
 	pthread_mutex_unlock(&n->chains_lock);
 	return r;
-}
-
-static bool list_has(const uint32_t *l, uint32_t n, uint32_t id)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (l[i] == id)
-			return true;
-	return false;
 }
 
 static void list_del(uint32_t *l, uint32_t *n, uint32_t id)
@@ -270,7 +269,7 @@ static int node_chain_away(struct node *n, const struct meta_chain *c, uint32_t 
 		r = node_async_mark(n, c, "its primary leaves the chain");
 	if (r == 0 && !nc.nmembers)
 		r = -EINVAL;
-	if (r == 0 && !list_has(nc.away, nc.naway, target) && nc.naway < META_MAX_REPLICAS)
+	if (r == 0 && !u32_in(nc.away, nc.naway, target) && nc.naway < META_MAX_REPLICAS)
 		nc.away[nc.naway++] = target;
 	if (r == 0)
 		r = META_CALL_OPT(n->meta, chain_set, c->id, c->epoch, &nc, ret_epoch);
@@ -312,28 +311,40 @@ static void node_dirty_remember(struct node *n, uint32_t chain, uint64_t epoch, 
 	pthread_mutex_unlock(&n->dirty_lock);
 }
 
+/* Record (ino, idx) dirty for target of chain, unless the cache holds it under key (the
+ * chain's epoch, or an async catch-up generation): the table keeps one row anyway. 0, or
+ * dirty_add's error. */
+static int node_dirty_record(struct node *n, uint32_t chain, uint64_t key, uint32_t target,
+			     uint64_t ino, uint32_t idx)
+{
+	if (node_dirty_seen(n, chain, key, target, ino, idx))
+		return 0;
+	struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
+	int r = META_CALL_OPT(n->meta, dirty_add, chain, target, &ref, 1);
+	if (r < 0)
+		return r;
+	node_dirty_remember(n, chain, key, target, ino, idx);
+	return 0;
+}
+
 /* Record (ino, idx) dirty for every away target of chain c, committed before the caller
- * acknowledges. A chunk recorded lately is not sent again (the table keeps one row anyway). */
+ * acknowledges. A chunk recorded lately is not sent again. */
 static int node_dirty_note(struct node *n, const struct meta_chain *c, uint64_t ino, uint32_t idx)
 {
 	for (uint32_t i = 0; i < c->naway; i++) {
-		if (node_dirty_seen(n, c->id, c->epoch, c->away[i], ino, idx))
-			continue;
-		struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
-		int r = META_CALL_OPT(n->meta, dirty_add, c->id, c->away[i], &ref, 1);
+		int r = node_dirty_record(n, c->id, c->epoch, c->away[i], ino, idx);
 		if (r < 0) {
 			log_err("chain %u: cannot record chunk %llu:%u dirty for target %u: %s",
 				c->id, (unsigned long long)ino, idx, c->away[i], strerror(-r));
 			return -EIO;
 		}
-		node_dirty_remember(n, c->id, c->epoch, c->away[i], ino, idx);
 	}
 	return 0;
 }
 
 /* The acknowledgement hold of chain id (DS-6): only that chain's acknowledgements wait after
  * one of its members was taken out, so a failure stalls no other chain. */
-static struct fence_reads *node_hold(struct node *n, uint32_t chain)
+static int64_t *node_hold(struct node *n, uint32_t chain)
 {
 	return &n->hold[chain % META_MAX_CHAINS];
 }
@@ -393,6 +404,8 @@ static int node_syncing_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uin
 			       uint64_t ino, uint32_t idx, int err)
 {
 	struct node *n = ctx;
+	/* not through the cache (node_dirty_record): the resync running meanwhile deletes the
+	 * rows it copied at this same epoch, and a later miss must be recorded again */
 	struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
 	int r = META_CALL_OPT(n->meta, dirty_add, chain_id, target, &ref, 1);
 	if (r < 0) {
@@ -409,8 +422,8 @@ static int node_syncing_failed(void *ctx, uint32_t chain_id, uint64_t epoch, uin
 			break;
 		/* still syncing, or promoted meanwhile with this write missed (the promotion's
 		 * count ran before the chunk was recorded): either way it leaves for away */
-		if (!list_has(c.syncing, c.nsyncing, target) &&
-		    !list_has(c.members, c.nmembers, target))
+		if (!u32_in(c.syncing, c.nsyncing, target) &&
+		    !u32_in(c.members, c.nmembers, target))
 			break; /* someone else moved it already */
 		int k = node_chain_away(n, &c, target, &ne);
 		if (k == 0) {
@@ -435,10 +448,7 @@ static int node_async_missed(void *ctx, uint32_t chain_id, uint32_t target, uint
 {
 	struct node *n = ctx;
 	uint64_t gen = UINT64_MAX - __atomic_load_n(&n->async_gen, __ATOMIC_ACQUIRE);
-	if (node_dirty_seen(n, chain_id, gen, target, ino, idx))
-		return 0;
-	struct meta_chunk_ref ref = {.ino = ino, .idx = idx};
-	int r = META_CALL_OPT(n->meta, dirty_add, chain_id, target, &ref, 1);
+	int r = node_dirty_record(n, chain_id, gen, target, ino, idx);
 	if (r < 0) {
 		log_err("chain %u: async target %u missed chunk %llu:%u (%s) and it cannot be "
 			"recorded: %s",
@@ -446,7 +456,6 @@ static int node_async_missed(void *ctx, uint32_t chain_id, uint32_t target, uint
 			strerror(-r));
 		return -EIO;
 	}
-	node_dirty_remember(n, chain_id, gen, target, ino, idx);
 	return 0;
 }
 
@@ -475,19 +484,6 @@ static int node_target_url(void *ctx, uint32_t id, char *url, size_t len)
 /* ---------------------------------------------------------------------------------------- */
 /* requests */
 
-/* A client's read of a chunk (ds_fwd_read: DS-6 sends these to a member of its own node). */
-static bool op_reads_chunk(uint16_t op)
-{
-	return op == PROTO_OP_READ || op == PROTO_OP_SEEK || op == PROTO_OP_CHUNK_LENGTH;
-}
-
-/* A change of a chunk's bytes, which a primary applies to its chain (node_forward_gated). */
-static bool op_writes_chunk(uint16_t op)
-{
-	return op == PROTO_OP_WRITE || op == PROTO_OP_TRUNCATE || op == PROTO_OP_PUNCH ||
-	       op == PROTO_OP_ALLOCATE;
-}
-
 static bool op_touches_data(uint16_t op)
 {
 	return op != PROTO_OP_IDENTITY && op != PROTO_OP_STATFS && op != PROTO_OP_PING &&
@@ -512,26 +508,28 @@ static int node_check_epoch(void *ctx, const struct rpc_epoch_query *q, uint64_t
 	*ret_current = c.epoch;
 	if (q->epoch != c.epoch)
 		return -ESTALE;
-	if (!list_has(c.members, c.nmembers, q->target) &&
-	    !list_has(c.syncing, c.nsyncing, q->target) && !list_has(c.async, c.nasync, q->target))
+	if (!u32_in(c.members, c.nmembers, q->target) &&
+	    !u32_in(c.syncing, c.nsyncing, q->target) && !u32_in(c.async, c.nasync, q->target))
 		return -ESTALE; /* it left this chain: the sender's table is old */
-	if (q->op == PROTO_OP_READ && !list_has(c.members, c.nmembers, q->target))
+	if (q->op == PROTO_OP_READ && !u32_in(c.members, c.nmembers, q->target))
 		return -ESTALE; /* DIST-6: a syncing target serves no reads */
-	/* DS-6 reads only (a check's reads of every copy, fsck and scrub, carry no flag) */
-	if (op_reads_chunk(q->op) && (q->flags & PROTO_F_LOCAL) && c.members[0] != q->target &&
+	/* DS-6 reads only (a check's reads of every copy, fsck and scrub, carry no flag); the
+	 * flag comes on READ, SEEK and CHUNK_LENGTH only (proto_hdr_decode refuses it elsewhere) */
+	if ((q->flags & PROTO_F_LOCAL) && c.members[0] != q->target &&
 	    (!n->cfg.local_reads ||
 	     !fence_reads_ok(&n->reads, now_monotonic_ns(), n->read_lease_ms)))
 		return -EAGAIN; /* DS-6: off, or not sure it is still a member: read the primary */
 	return 0;
 }
 
+/* A write addressed to chain c's primary: applied to the chain. */
 static int node_forward_gated(struct node *n, const struct proto_hdr *h, const struct proto_body *b)
 {
 	struct meta_chain c;
 	if (node_chain_get(n, h->chain, &c) < 0)
 		return -ENOENT;
 	if (!c.nmembers || c.members[0] != h->target)
-		return RPC_LOCAL; /* a primary's copy to this member */
+		return RPC_LOCAL; /* no longer the primary (checked again under the gate) */
 	enum ds_chunk_kind kind;
 	uint64_t off = b->off, len = b->len;
 	const void *data = NULL;
@@ -579,6 +577,8 @@ static int node_forward_gated(struct node *n, const struct proto_hdr *h, const s
 	return r;
 }
 
+/* rpc_server forward: WRITE, TRUNCATE, PUNCH and ALLOCATE requests of a chain (rpc_server_handle
+ * calls it for those only). */
 static int node_forward(void *ctx, const struct xp_req *req)
 {
 	struct node *n = ctx;
@@ -588,9 +588,10 @@ static int node_forward(void *ctx, const struct xp_req *req)
 	 * another node's write must never wait behind this node's promotion, or two nodes
 	 * promoting at once would each wait on a write parked at the other. */
 	struct meta_chain c;
-	if (!op_writes_chunk(h->op) || node_chain_get(n, h->chain, &c) < 0 || !c.nmembers ||
-	    c.members[0] != h->target)
-		return node_forward_gated(n, h, b);
+	if (node_chain_get(n, h->chain, &c) < 0)
+		return -ENOENT;
+	if (!c.nmembers || c.members[0] != h->target)
+		return RPC_LOCAL; /* a primary's copy to this member */
 	pthread_rwlock_rdlock(&n->promote_gate);
 	int r = node_forward_gated(n, h, b);
 	pthread_rwlock_unlock(&n->promote_gate);
@@ -649,7 +650,7 @@ static int node_async_mark_primaries(struct node *n, const uint32_t *ids, unsign
 	struct meta_chain c;
 	int r = 0;
 	for (unsigned ci = 0; r == 0 && node_chain_at(n, ci, &c); ci++)
-		if (c.nasync && c.nmembers && list_has(ids, nids, c.members[0]))
+		if (c.nasync && c.nmembers && u32_in(ids, nids, c.members[0]))
 			r = node_async_mark(n, &c, why);
 	return r;
 }
@@ -733,8 +734,8 @@ static uint32_t node_pick_replacement(struct node *n, const struct meta_chain *c
 		for (int j = 0; j < nt; j++) {
 			char jn[META_NODE_MAX];
 			vol_target_node(tg[j].url, jn, sizeof(jn));
-			if (!strcmp(jn, tnode) && (list_has(c->members, c->nmembers, tg[j].id) ||
-						   list_has(c->syncing, c->nsyncing, tg[j].id)))
+			if (!strcmp(jn, tnode) && (u32_in(c->members, c->nmembers, tg[j].id) ||
+						   u32_in(c->syncing, c->nsyncing, tg[j].id)))
 				shared = true;
 		}
 		long held = 0;
@@ -742,8 +743,8 @@ static uint32_t node_pick_replacement(struct node *n, const struct meta_chain *c
 			struct meta_chain x;
 			if (!node_chain_at(n, ci, &x))
 				break;
-			held += list_has(x.members, x.nmembers, t->id) ||
-				list_has(x.syncing, x.nsyncing, t->id);
+			held += u32_in(x.members, x.nmembers, t->id) ||
+				u32_in(x.syncing, x.nsyncing, t->id);
 		}
 		long score = (shared ? 1L << 40 : 0) + held;
 		if (!best || score < best_score) {
@@ -827,17 +828,18 @@ static int node_manager_round(struct node *n)
 			continue;
 		if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
 			break; /* no longer the manager: change nothing */
+		/* its targets */
+		uint32_t ids[META_MAX_TARGETS];
+		unsigned nids = 0;
+		for (int k = 0; k < MIN(nt, META_MAX_TARGETS); k++) {
+			char tnode[META_NODE_MAX];
+			vol_target_node(tg[k].url, tnode, sizeof(tnode));
+			if (!strcmp(tnode, d->name))
+				ids[nids++] = tg[k].id;
+		}
 		if (d->state != META_NODE_DOWN) {
 			/* DS-7: its async queues died with it; marked before the node is down,
 			 * which its own restart takes for a clean stop */
-			uint32_t ids[META_MAX_TARGETS];
-			unsigned nids = 0;
-			for (int k = 0; k < MIN(nt, META_MAX_TARGETS); k++) {
-				char tnode[META_NODE_MAX];
-				vol_target_node(tg[k].url, tnode, sizeof(tnode));
-				if (!strcmp(tnode, d->name))
-					ids[nids++] = tg[k].id;
-			}
 			if (node_async_mark_primaries(n, ids, nids, "the primary's node died") < 0)
 				continue; /* the next round tries again */
 			log_warn("manager: node %s (id %u) has not renewed its lease for %lld ms: "
@@ -847,28 +849,26 @@ static int node_manager_round(struct node *n)
 					     (int64_t)n->cfg.lease_ms));
 			META_CALL_OPT(n->meta, node_set_state, d->id, META_NODE_DOWN);
 		}
-		for (int k = 0; k < MIN(nt, META_MAX_TARGETS); k++) {
-			char tnode[META_NODE_MAX];
-			vol_target_node(tg[k].url, tnode, sizeof(tnode));
-			if (strcmp(tnode, d->name))
-				continue;
+		/* each leaves its chains; node_chain_away marks a primary's async targets again,
+		 * with the chain change (the table re-read since may list others) */
+		for (unsigned k = 0; k < nids; k++) {
 			struct meta_chain c;
 			for (unsigned ci = 0; node_chain_at(n, ci, &c); ci++) {
-				if (!list_has(c.members, c.nmembers, tg[k].id) &&
-				    !list_has(c.syncing, c.nsyncing, tg[k].id))
+				if (!u32_in(c.members, c.nmembers, ids[k]) &&
+				    !u32_in(c.syncing, c.nsyncing, ids[k]))
 					continue;
 				if (!fence_valid(&n->mgr_fence, now_monotonic_ns()))
 					break;
 				uint64_t ne = 0;
-				int k2 = node_chain_away(n, &c, tg[k].id, &ne);
+				int k2 = node_chain_away(n, &c, ids[k], &ne);
 				if (k2 == 0)
 					log_warn("manager: target %u of node %s left chain %u "
 						 "(epoch %llu)",
-						 tg[k].id, d->name, c.id, (unsigned long long)ne);
+						 ids[k], d->name, c.id, (unsigned long long)ne);
 				else if (k2 == -EINVAL)
 					log_err("manager: chain %u has no member left but target "
 						"%u of dead node %s; kept",
-						c.id, tg[k].id, d->name);
+						c.id, ids[k], d->name);
 				else
 					log_warn("manager: chain %u: %s", c.id, strerror(-k2));
 				node_reload_chains(n);
@@ -958,24 +958,59 @@ static struct sm_target *node_local(struct node *n, uint32_t id)
 	return NULL;
 }
 
-/* Does repairs hold a rebuild mark for (chain, t) (DIST-8, DS-7)? 1 yes, 0 no, -errno. */
-static int node_repair_marked(struct node *n, uint32_t chain, uint32_t t)
+/* The repairs table as the repair thread's round last read it (DIST-8, DS-7). */
+struct node_rp_marks {
+	struct meta_repair *rows;
+	unsigned cap;
+	int nr;	      /* rows read, or -errno */
+	bool read;    /* this round */
+	uint64_t gen; /* chains_gen before that read */
+};
+
+/* Does repairs hold a rebuild mark for (chain, t)? 1 yes, 0 no, -errno. The table is read once
+ * a round, at the first target that needs it, and again only after a failed read, or when a
+ * chain took another epoch or the lease lapsed since: a mark is written before the chain
+ * change that gives it a use (node_chain_away, node_manager_replace) or while the primary's
+ * lease has lapsed (the manager's, for a dead node), so rows read after the table a chain
+ * was taken from was installed hold every mark its roles call for. */
+static int node_rp_marked(struct node *n, struct node_rp_marks *m, uint32_t chain, uint32_t t)
 {
-	struct meta_repair *rows = calloc(META_MAX_CHAINS, sizeof(*rows));
-	int nr = rows ? META_CALL_OPT(n->meta, repairs_list, rows, META_MAX_CHAINS) : -ENOMEM;
-	int marked = nr < 0 ? nr : 0;
-	for (int i = 0; i < nr; i++)
-		if (rows[i].chain == chain && rows[i].target == t &&
-		    rows[i].kind == META_REPAIR_REBUILD)
+	uint64_t gen = __atomic_load_n(&n->chains_gen, __ATOMIC_ACQUIRE);
+	if (!m->read || m->gen != gen || m->nr < 0) {
+		m->read = true;
+		m->gen = gen;
+		int nr = 0;
+		for (;;) {
+			if (!m->rows || (unsigned)nr > m->cap) { /* more rows than room */
+				unsigned cap = MAX((unsigned)nr, 64u);
+				struct meta_repair *rows = realloc(m->rows, cap * sizeof(*rows));
+				if (!rows) {
+					nr = -ENOMEM;
+					break;
+				}
+				m->rows = rows;
+				m->cap = cap;
+			}
+			nr = META_CALL_OPT(n->meta, repairs_list, m->rows, m->cap);
+			if (nr < 0 || (unsigned)nr <= m->cap)
+				break;
+		}
+		m->nr = nr;
+	}
+	int marked = m->nr < 0 ? m->nr : 0;
+	for (int i = 0; i < m->nr; i++)
+		if (m->rows[i].chain == chain && m->rows[i].target == t &&
+		    m->rows[i].kind == META_REPAIR_REBUILD)
 			marked = 1;
-	free(rows);
 	return marked;
 }
 
 /* Bring syncing target t of chain c up to date from this node's primary target, then promote
  * it (chain_promote: member, its dirty and repairs rows deleted, one transaction). An async
- * target (META-19) is caught up the same way from its dirty rows, and stays async. */
-static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t t, bool async)
+ * target (META-19) is caught up the same way from its dirty rows, and stays async. marked:
+ * node_rp_marked's answer for (c, t). */
+static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t t, bool async,
+			    int marked)
 {
 	struct node_rp x = {.n = n, .chain = c->id, .async = async ? t : 0};
 	struct sm_target *src = node_local(n, c->members[0]), *dst = node_local(n, t);
@@ -1005,8 +1040,7 @@ static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t
 	}
 	/* rebuild when the manager marked it so (a replacement, an async target whose primary
 	 * may have died with requests queued for it), else resync from dirty rows */
-	int nr = node_repair_marked(n, c->id, t);
-	enum rp_kind kind = nr > 0 ? RP_REBUILD : RP_RESYNC;
+	enum rp_kind kind = marked > 0 ? RP_REBUILD : RP_RESYNC;
 	struct rr_opts o = {.meta = n->meta,
 			    .chain = c->id,
 			    .target = t,
@@ -1019,12 +1053,12 @@ static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t
 			    .ctx = &x,
 			    .cancel = &n->rp_cancel};
 	struct rp_progress p = {0};
-	if (nr >= 0) {
+	if (marked >= 0) {
 		log_info("chain %u: %s of target %u from target %u started", c->id,
 			 rp_kind_name(kind), t, c->members[0]);
 		r = rr_run(&o, &p, err, sizeof(err));
 	} else {
-		r = nr;
+		r = marked;
 		snprintf(err, sizeof(err), "cannot read the repairs table: %s", strerror(-r));
 	}
 	uint64_t left = 0, ne = 0;
@@ -1093,7 +1127,7 @@ static void node_repair_one(struct node *n, const struct meta_chain *c, uint32_t
 		r = node_reload_chains(n);
 	if (r == 0)
 		r = node_chain_get(n, c->id, &now);
-	if (r == 0 && !list_has(now.syncing, now.nsyncing, t))
+	if (r == 0 && !u32_in(now.syncing, now.nsyncing, t))
 		r = -ESTALE; /* it left meanwhile */
 	if (r == 0 && !fence_valid(&n->fence, now_monotonic_ns()))
 		r = -ESHUTDOWN;
@@ -1249,21 +1283,23 @@ out:
 /* DS-7: catch async target t of chain c up when chunks it missed are recorded, or when it is
  * marked for a rebuild (a primary that may have died with requests queued for it). A new
  * generation first, so that what it misses during the copy is recorded again. */
-static void node_repair_async(struct node *n, const struct meta_chain *c, uint32_t t)
+static void node_repair_async(struct node *n, const struct meta_chain *c, uint32_t t, int marked)
 {
 	uint64_t behind = 0;
 	if (META_CALL_OPT(n->meta, dirty_count, c->id, t, &behind) < 0)
 		return;
-	if (!behind && node_repair_marked(n, c->id, t) <= 0)
+	if (!behind && marked <= 0)
 		return;
 	__atomic_add_fetch(&n->async_gen, 1, __ATOMIC_ACQ_REL);
-	node_repair_one(n, c, t, true);
+	node_repair_one(n, c, t, true, marked);
 }
 
 static void *node_rp_main(void *arg)
 {
 	struct node *n = arg;
+	struct node_rp_marks m = {0};
 	while (!__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED)) {
+		m.read = false;
 		/* a primary learns that the manager made a target syncing only from the database:
 		 * no request tells it (clients do not write to syncing targets) */
 		bool fresh = fence_valid(&n->fence, now_monotonic_ns()) &&
@@ -1280,15 +1316,18 @@ static void *node_rp_main(void *arg)
 			    !fence_valid(&n->fence, now_monotonic_ns()))
 				continue;
 			for (uint32_t i = 0; i < c.nsyncing; i++)
-				node_repair_one(n, &c, c.syncing[i], false);
+				node_repair_one(n, &c, c.syncing[i], false,
+						node_rp_marked(n, &m, c.id, c.syncing[i]));
 			for (uint32_t i = 0; i < c.nasync; i++)
-				node_repair_async(n, &c, c.async[i]);
+				node_repair_async(n, &c, c.async[i],
+						  node_rp_marked(n, &m, c.id, c.async[i]));
 		}
 		for (unsigned w = 0; w < n->cfg.heartbeat_ms / 10 + 1 &&
 				     !__atomic_load_n(&n->rp_cancel, __ATOMIC_RELAXED);
 		     w++)
 			usleep(10000);
 	}
+	free(m.rows);
 	return NULL;
 }
 
@@ -1337,6 +1376,8 @@ static void node_beat(struct node *n)
 		return;
 	}
 	bool lapsed = fence_lapsed(&n->fence, now_monotonic_ns());
+	if (lapsed) /* before the fence is valid again: the manager may have marked meanwhile */
+		__atomic_add_fetch(&n->chains_gen, 1, __ATOMIC_ACQ_REL);
 	if (lapsed || ++n->beats % n->cfg.state_check_beats == 0)
 		node_revive(n);
 	bool refreshed = !lapsed || node_reload_chains(n) == 0;
@@ -1373,13 +1414,8 @@ static void *node_hb_main(void *arg)
 			fence_drop(&n->mgr_fence);
 		}
 		pthread_mutex_lock(&n->hb_lock);
-		struct timespec until;
-		clock_gettime(CLOCK_MONOTONIC, &until);
-		until.tv_nsec += (long)(n->cfg.heartbeat_ms % 1000) * 1000000L;
-		until.tv_sec += n->cfg.heartbeat_ms / 1000 + until.tv_nsec / 1000000000L;
-		until.tv_nsec %= 1000000000L;
-		while (!n->hb_stop &&
-		       pthread_cond_timedwait(&n->hb_cond, &n->hb_lock, &until) != ETIMEDOUT)
+		int64_t until = now_monotonic_ns() + (int64_t)n->cfg.heartbeat_ms * 1000000;
+		while (!n->hb_stop && cond_wait_until(&n->hb_cond, &n->hb_lock, until) != ETIMEDOUT)
 			;
 	}
 	pthread_mutex_unlock(&n->hb_lock);
@@ -1494,14 +1530,11 @@ int node_start(const struct cfg_node *cfg, struct node **ret, char *err, size_t 
 	pthread_rwlock_init(&n->promote_gate, &ga);
 	pthread_rwlockattr_destroy(&ga);
 	pthread_mutex_init(&n->hb_lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&n->hb_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	cond_init_monotonic(&n->hb_cond); /* node_hb_main waits until a deadline */
 	fence_init(&n->fence);
 	fence_init(&n->mgr_fence);
-	n->read_lease_ms = MIN(2 * n->cfg.heartbeat_ms, n->cfg.lease_ms);
+	/* never above lease_ms: the configuration has lease_ms at least twice heartbeat_ms */
+	n->read_lease_ms = 2 * n->cfg.heartbeat_ms;
 
 	int r = meta_open(cfg->meta, 0, &n->meta, err, errlen);
 	if (r < 0)

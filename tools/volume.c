@@ -260,18 +260,10 @@ void vol_chain_cfg(const struct meta_chain *m, struct ds_chain_cfg *c)
 		c->keep[c->nkeep++] = m->async[i]; /* META-19: a copy that stays */
 }
 
-static bool vol_u32_in(const uint32_t *l, uint32_t n, uint32_t id)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (l[i] == id)
-			return true;
-	return false;
-}
-
 bool vol_chain_lists(const struct meta_chain *c, uint32_t id)
 {
-	return vol_u32_in(c->members, c->nmembers, id) || vol_u32_in(c->syncing, c->nsyncing, id) ||
-	       vol_u32_in(c->away, c->naway, id) || vol_u32_in(c->async, c->nasync, id);
+	return u32_in(c->members, c->nmembers, id) || u32_in(c->syncing, c->nsyncing, id) ||
+	       u32_in(c->away, c->naway, id) || u32_in(c->async, c->nasync, id);
 }
 
 /* DS-5: the chain as committed. */

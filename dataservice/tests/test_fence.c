@@ -63,14 +63,15 @@ static void test_reads_lease(void **state)
 	fence_reads_table(&r, 800 * MS); /* an older read answered late never shortens it */
 	assert_true(fence_reads_ok(&r, 1399 * MS, 500));
 	/* the primary's side */
-	assert_int_equal(fence_reads_wait_ns(&r, 0), 0);
-	fence_reads_hold(&r, 1000 * MS, 500);
-	assert_int_equal(fence_reads_wait_ns(&r, 1200 * MS), 300 * MS);
-	assert_int_equal(fence_reads_wait_ns(&r, 1500 * MS), 0);
-	fence_reads_hold(&r, 900 * MS, 500); /* an earlier removal does not shorten the hold */
-	assert_int_equal(fence_reads_wait_ns(&r, 1400 * MS), 100 * MS);
+	int64_t hold = 0;
+	assert_int_equal(fence_reads_wait_ns(&hold, 0), 0);
+	fence_reads_hold(&hold, 1000 * MS, 500);
+	assert_int_equal(fence_reads_wait_ns(&hold, 1200 * MS), 300 * MS);
+	assert_int_equal(fence_reads_wait_ns(&hold, 1500 * MS), 0);
+	fence_reads_hold(&hold, 900 * MS, 500); /* an earlier removal does not shorten the hold */
+	assert_int_equal(fence_reads_wait_ns(&hold, 1400 * MS), 100 * MS);
 	/* every read lease still valid when the hold ends was sent after the commit */
-	int64_t hold_end = 1000 * MS + fence_reads_wait_ns(&r, 1000 * MS);
+	int64_t hold_end = 1000 * MS + fence_reads_wait_ns(&hold, 1000 * MS);
 	for (int64_t sent = 0; sent < 2000 * MS; sent += 10 * MS) {
 		struct fence_reads m = {0};
 		fence_reads_table(&m, sent);

@@ -582,14 +582,6 @@ void meta_chain_put(struct meta_chain *c, enum meta_role r, uint32_t t, int64_t 
 	}
 }
 
-static bool meta_u32_in(const uint32_t *v, uint32_t n, uint32_t x)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (v[i] == x)
-			return true;
-	return false;
-}
-
 /* chain_set: the roles of in, under cur's id and epoch. */
 static void meta_chain_with_roles(const struct meta_chain *cur, const struct meta_chain *in,
 				  struct meta_chain *out)
@@ -613,13 +605,13 @@ static void meta_chain_with_members(const struct meta_chain *cur, const uint32_t
 	for (uint32_t i = 0; i < n && i < META_MAX_REPLICAS; i++)
 		meta_chain_put(out, META_ROLE_MEMBER, members[i], 0);
 	for (uint32_t i = 0; i < cur->nsyncing; i++)
-		if (!meta_u32_in(members, n, cur->syncing[i]))
+		if (!u32_in(members, n, cur->syncing[i]))
 			meta_chain_put(out, META_ROLE_SYNCING, cur->syncing[i], 0);
 	for (uint32_t i = 0; i < cur->naway; i++)
-		if (!meta_u32_in(members, n, cur->away[i]))
+		if (!u32_in(members, n, cur->away[i]))
 			meta_chain_put(out, META_ROLE_AWAY, cur->away[i], cur->away_ns[i]);
 	for (uint32_t i = 0; i < cur->nasync; i++)
-		if (!meta_u32_in(members, n, cur->async[i]))
+		if (!u32_in(members, n, cur->async[i]))
 			meta_chain_put(out, META_ROLE_ASYNC, cur->async[i], 0);
 	/* more members than META_MAX_REPLICAS: leave the count over the bound for the check */
 	if (n > META_MAX_REPLICAS)
@@ -631,7 +623,7 @@ static void meta_chain_with_members(const struct meta_chain *cur, const uint32_t
 static int meta_chain_promoted(const struct meta_chain *cur, uint32_t target,
 			       struct meta_chain *out)
 {
-	if (!meta_u32_in(cur->syncing, cur->nsyncing, target) || cur->nmembers >= META_MAX_REPLICAS)
+	if (!u32_in(cur->syncing, cur->nsyncing, target) || cur->nmembers >= META_MAX_REPLICAS)
 		return -EINVAL;
 	meta_chain_begin(out, cur);
 	for (uint32_t i = 0; i < cur->nmembers; i++)
