@@ -3617,7 +3617,8 @@ static int mp_purge_batch(struct meta *mm, const uint64_t *inos, unsigned n)
 }
 
 /* META-5: a COMMIT returned only after its WAL record was flushed (synchronous_commit is at
- * least on in every session, see DURABILITY): nothing committed can still be volatile. */
+ * least on in every session, see DURABILITY): nothing committed can still be volatile
+ * (META_CAP_DURABLE_COMMIT, so the FUSE layer does not even call this). */
 static int mp_sync(struct meta *mm)
 {
 	(void)mm;
@@ -4390,7 +4391,7 @@ static int mp_locks_list(struct meta *mm, uint64_t ino, struct meta_lock *ret, u
 
 const struct meta_ops meta_pg_ops = {
     .scheme = "postgres",
-    .caps = META_CAP_SHARED | META_CAP_CLUSTER | META_CAP_LOCKS,
+    .caps = META_CAP_SHARED | META_CAP_CLUSTER | META_CAP_LOCKS | META_CAP_DURABLE_COMMIT,
     .open = mp_open,
     .close = mp_close,
     .format = mp_format,
