@@ -4181,9 +4181,11 @@ static int mp_clients_list(struct meta *mm, struct meta_client *ret, unsigned ma
 struct mp_flock {
 	const struct meta_lock *in;
 	struct meta_lock conflict; /* out: -EAGAIN */
-	struct meta_lock *cur;	   /* the owner's rows as read (scratch, META_LOCK_RANGES_MAX) */
-	struct meta_lock *out;	   /* the owner's rows after the change (scratch) */
 };
+
+/* The owner's rows before and after a lock_set, on the stack when this many fit (one owner
+ * rarely holds more than a few ranges of one file: up to 5 here). */
+#define MP_LOCK_STACK 16
 
 /* The MP_LOCK_COLS of the current row into *l; local and alive false. */
 static void mp_lock_cols(struct mp_rd *rd, struct meta_lock *l)
@@ -4275,19 +4277,33 @@ static int mp_lock_set_tx(struct mp *m, struct mp_conn *c, void *arg)
 		PQclear(res);
 		return mp_bad_row(m, "file_locks");
 	}
+	/* cur: the n rows; out: what meta_lock_apply() makes of them. It puts at most two
+	 * ranges per row (a split) and in's own, so 2n + 1 (n + 2 while the rows do not
+	 * overlap, which no constraint enforces) never runs into -ENOLCK below
+	 * META_LOCK_RANGES_MAX: the same result as out[META_LOCK_RANGES_MAX]. */
+	unsigned nout = MIN(2 * (unsigned)n + 1, META_LOCK_RANGES_MAX);
+	struct meta_lock stack[MP_LOCK_STACK], *cur = stack;
+
+	if ((unsigned)n + nout > ARRAY_SIZE(stack)) {
+		cur = malloc(((unsigned)n + nout) * sizeof(*cur));
+		if (!cur) {
+			PQclear(res);
+			return -ENOMEM;
+		}
+	}
+	struct meta_lock *out = cur + n;
+
 	for (rd.row = 0; rd.row < n; rd.row++) {
-		struct meta_lock *l = &x->cur[rd.row];
+		struct meta_lock *l = &cur[rd.row];
 
 		mp_lock_cols(&rd, l);
 		if (l->type != META_LOCK_RD && l->type != META_LOCK_WR)
 			rd.bad = true;
 	}
 	PQclear(res);
-	if (rd.bad)
-		return mp_bad_row(m, "file_locks");
-	r = meta_lock_apply(x->cur, (unsigned)n, in, x->out, META_LOCK_RANGES_MAX);
+	r = rd.bad ? mp_bad_row(m, "file_locks") : meta_lock_apply(cur, (unsigned)n, in, out, nout);
 	for (int i = 0; i < r; i++) {
-		const struct meta_lock *l = &x->out[i];
+		const struct meta_lock *l = &out[i];
 		int e;
 
 		a.n = 0;
@@ -4297,9 +4313,13 @@ static int mp_lock_set_tx(struct mp *m, struct mp_conn *c, void *arg)
 		arg_i64(&a, (int64_t)l->end);
 		arg_i64(&a, l->pid);
 		e = mp_q(m, c, MPQ_FLOCK_INSERT, &a, NULL);
-		if (e < 0)
-			return e;
+		if (e < 0) {
+			r = e;
+			break;
+		}
 	}
+	if (cur != stack)
+		free(cur);
 	return r < 0 ? r : 0;
 }
 
@@ -4313,14 +4333,9 @@ static int mp_lock_set(struct meta *mm, const struct meta_lock *in, struct meta_
 		return r;
 	if (m->rdonly)
 		return -EROFS;
-	x.cur = calloc(2 * META_LOCK_RANGES_MAX + 1, sizeof(*x.cur));
-	if (!x.cur)
-		return -ENOMEM;
-	x.out = x.cur + META_LOCK_RANGES_MAX;
 	r = mp_tx(m, mp_lock_set_tx, &x);
 	if (r == -EAGAIN && ret_conflict)
 		*ret_conflict = x.conflict;
-	free(x.cur);
 	return r;
 }
 

@@ -3574,6 +3574,35 @@ static void t_locks_merge_split(void **state)
 	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 0);
 }
 
+/* More ranges of one owner than an engine may keep on its stack: each lock_set reads and
+ * rewrites all of them. */
+static void t_locks_many_ranges(void **state)
+{
+	struct fx *f = *state;
+	enum { N = 40 };
+	struct meta_lock got[N + 2];
+	uint64_t ino, a;
+
+	if (!locks_or_unsupported(f))
+		return;
+	ino = mkfile(f, META_ROOT_INO, "f");
+	a = lk_client(f, "host1", 10000);
+	for (uint64_t i = 0; i < N; i++)
+		assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 10 * i, 10 * i + 4)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, N + 2), N);
+	/* a read lock inside one range splits it: N + 2 */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_RD, 202, 202)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, N + 2), N + 2);
+	assert_int_equal(got[20].end, 201);
+	assert_int_equal(got[21].type, META_LOCK_RD);
+	assert_int_equal(got[22].start, 203);
+	/* a write lock over all of them merges them into one */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 0, 10 * N)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, N + 2), 1);
+	assert_int_equal(got[0].start, 0);
+	assert_int_equal(got[0].end, 10 * N);
+}
+
 static void t_locks_release(void **state)
 {
 	struct fx *f = *state;
@@ -4672,6 +4701,7 @@ int main(int argc, char **argv)
 	    T(t_lock_apply),
 	    T(t_locks_conflict),
 	    T(t_locks_merge_split),
+	    T(t_locks_many_ranges),
 	    T(t_locks_release),
 	    T(t_locks_expired_client),
 	    T(t_locks_race),
