@@ -605,12 +605,13 @@ static void meta_chain_with_roles(const struct meta_chain *cur, const struct met
 		meta_chain_put(out, META_ROLE_ASYNC, in->async[i], 0);
 }
 
-/* chain_update: members as given, cur's syncing and away without them. */
+/* chain_update: members as given (1..META_MAX_REPLICAS, meta_chain_change_check), cur's
+ * syncing and away without them. */
 static void meta_chain_with_members(const struct meta_chain *cur, const uint32_t *members,
 				    uint32_t n, struct meta_chain *out)
 {
 	meta_chain_begin(out, cur);
-	for (uint32_t i = 0; i < n && i < META_MAX_REPLICAS; i++)
+	for (uint32_t i = 0; i < n; i++)
 		meta_chain_put(out, META_ROLE_MEMBER, members[i], 0);
 	for (uint32_t i = 0; i < cur->nsyncing; i++)
 		if (!meta_u32_in(members, n, cur->syncing[i]))
@@ -621,9 +622,6 @@ static void meta_chain_with_members(const struct meta_chain *cur, const uint32_t
 	for (uint32_t i = 0; i < cur->nasync; i++)
 		if (!meta_u32_in(members, n, cur->async[i]))
 			meta_chain_put(out, META_ROLE_ASYNC, cur->async[i], 0);
-	/* more members than META_MAX_REPLICAS: leave the count over the bound for the check */
-	if (n > META_MAX_REPLICAS)
-		out->nmembers = n;
 }
 
 /* chain_promote: target moved from syncing to the end of members; -EINVAL if it is not

@@ -82,11 +82,11 @@ struct meta_chain_change {
 };
 /* The arguments of u, before the engine reads anything: 0 or -EINVAL. */
 int meta_chain_change_check(const struct meta_chain_change *u);
-/* The roles u makes of cur, the chain as the engine read it under its write lock (away_ns:
- * the raw `since` of each away target): -ESTALE unless cur's epoch is u->expect, -EOVERFLOW
- * at the last epoch, -EINVAL for roles META-13 refuses or a promotion of a target that is
- * not syncing. out keeps cur's id and epoch; the engine writes it (meta_chain_rows) and
- * stores epoch + 1. */
+/* The roles u (which passed meta_chain_change_check) makes of cur, the chain as the engine
+ * read it under its write lock (away_ns: the raw `since` of each away target): -ESTALE
+ * unless cur's epoch is u->expect, -EOVERFLOW at the last epoch, -EINVAL for roles META-13
+ * refuses or a promotion of a target that is not syncing. out keeps cur's id and epoch;
+ * the engine writes it (meta_chain_rows) and stores epoch + 1. */
 int meta_chain_change_apply(const struct meta_chain_change *u, const struct meta_chain *cur,
 			    struct meta_chain *out);
 /* The chain_members rows of c in storage order (pos = index: members, syncing, away): each
