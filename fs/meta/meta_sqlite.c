@@ -128,11 +128,6 @@
 	"ALTER TABLE chain_members ADD COLUMN role INTEGER NOT NULL DEFAULT 0;"                    \
 	"ALTER TABLE chain_members ADD COLUMN since INTEGER NOT NULL DEFAULT 0;" MS_REPAIR_SCHEMA
 
-/* Schema 4 -> 5, run by ms_migrate(): chain_members.role may be 3, async (META-19). No row
- * changes; the version alone keeps an older braidfs, which would drop async rows on its next
- * chain_set, from opening the database. */
-#define MS_MIGRATE_4_TO_5 "SELECT 1;"
-
 /* The database's clock (here: this host's), ns since the epoch, in SQL (META-14). */
 #define MS_SQL_NOW_NS "(CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) * 1000000)"
 
@@ -1282,11 +1277,11 @@ static int ms_migrate(struct ms *m, char *err, size_t errlen)
 		if (r == 0)
 			ver = 4;
 	}
-	if (r == 0 && ver < 5) {
-		r = ms_exec(m, MS_MIGRATE_4_TO_5);
-		if (r == 0)
-			ver = 5;
-	}
+	/* 4 -> 5: chain_members.role may be 3, async (META-19). No row changes; the version
+	 * written below alone keeps an older braidfs, which would drop async rows on its next
+	 * chain_set, from opening the database. */
+	if (r == 0 && ver < 5)
+		ver = 5;
 	if (r == 0) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", MS_SCHEMA_VERSION);
 		r = ms_exec(m, sql);
