@@ -749,9 +749,26 @@ int meta_purge_batch_check(const uint64_t *inos, unsigned n)
 	return inos && n >= 1 && n <= META_PURGE_BATCH_MAX ? 0 : -EINVAL;
 }
 
-bool meta_purge_skipped(int r)
+/* Does purge()'s answer r mean "skip this inode" (gone, or not an orphan)? */
+static bool meta_purge_skipped(int r)
 {
 	return r == -ENOENT || r == -EBUSY || r == -ENOTEMPTY;
+}
+
+int meta_purge_each(const uint64_t *inos, unsigned n, int (*one)(void *ctx, uint64_t ino),
+		    void *ctx)
+{
+	int done = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		int r = one(ctx, inos[i]);
+
+		if (r == 0)
+			done++;
+		else if (!meta_purge_skipped(r))
+			return r;
+	}
+	return done;
 }
 
 int meta_repair_check(const struct meta_repair *in)

@@ -3586,34 +3586,35 @@ static int mp_purge(struct meta *mm, uint64_t ino)
 
 struct mp_purges {
 	const uint64_t *inos;
-	unsigned n, done;
+	unsigned n;
+	struct mp *m; /* for mp_purge_one, set by each run of the transaction */
+	struct mp_conn *c;
 };
+
+static int mp_purge_one(void *ctx, uint64_t ino)
+{
+	struct mp_purges *p = ctx;
+	struct mp_ino one = {ino, {0}};
+
+	return mp_purge_tx(p->m, p->c, &one);
+}
 
 static int mp_purge_batch_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
 	struct mp_purges *p = arg;
 
-	p->done = 0; /* a retried transaction counts again */
-	for (unsigned i = 0; i < p->n; i++) {
-		struct mp_ino one = {p->inos[i], {0}};
-		int r = mp_purge_tx(m, c, &one);
-
-		if (r == 0)
-			p->done++;
-		else if (!meta_purge_skipped(r))
-			return r;
-	}
-	return 0;
+	p->m = m;
+	p->c = c;
+	return meta_purge_each(p->inos, p->n, mp_purge_one, p);
 }
 
+/* mp_tx returns the count of the run that committed */
 static int mp_purge_batch(struct meta *mm, const uint64_t *inos, unsigned n)
 {
-	struct mp_purges p = {inos, n, 0};
+	struct mp_purges p = {inos, n, NULL, NULL};
 	int r = meta_purge_batch_check(inos, n);
 
-	if (r == 0)
-		r = mp_tx(mp_of(mm), mp_purge_batch_tx, &p);
-	return r < 0 ? r : (int)p.done;
+	return r < 0 ? r : mp_tx(mp_of(mm), mp_purge_batch_tx, &p);
 }
 
 /* META-5: a COMMIT returned only after its WAL record was flushed (synchronous_commit is at

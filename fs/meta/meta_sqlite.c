@@ -551,8 +551,9 @@ static int ms_end(struct ms *m, int r)
 	return r;
 }
 
-/* One write transaction around `call` (an ms_*_tx() call: 0 or -errno): under the handle's
- * lock, begin, then ms_end() commits on 0 and rolls back otherwise. Evaluates to the result. */
+/* One write transaction around `call` (an ms_*_tx() call: 0, or a count, or -errno): under
+ * the handle's lock, begin, then ms_end() commits on >= 0 and rolls back otherwise. Evaluates
+ * to the result. */
 #define MS_WRITE_TX(m, call)                                                                       \
 	({                                                                                         \
 		ms_lock(m);                                                                        \
@@ -3150,33 +3151,17 @@ static int ms_purge(struct meta *mm, uint64_t ino)
 	return r;
 }
 
-static int ms_purge_batch_tx(struct ms *m, const uint64_t *inos, unsigned n, unsigned *ret_done)
+static int ms_purge_one(void *ctx, uint64_t ino)
 {
-	unsigned done = 0;
-
-	for (unsigned i = 0; i < n; i++) {
-		int r = ms_purge_tx(m, inos[i]);
-
-		if (r == 0)
-			done++;
-		else if (!meta_purge_skipped(r))
-			return r;
-	}
-	*ret_done = done;
-	return 0;
+	return ms_purge_tx(ctx, ino);
 }
 
 static int ms_purge_batch(struct meta *mm, const uint64_t *inos, unsigned n)
 {
 	struct ms *m = ms_of(mm);
-	unsigned done = 0;
-	int r;
+	int r = meta_purge_batch_check(inos, n);
 
-	r = meta_purge_batch_check(inos, n);
-	if (r < 0)
-		return r;
-	r = MS_WRITE_TX(m, ms_purge_batch_tx(m, inos, n, &done));
-	return r < 0 ? r : (int)done;
+	return r < 0 ? r : MS_WRITE_TX(m, meta_purge_each(inos, n, ms_purge_one, m));
 }
 
 /* Page through a statement (?1 = last ino, ?2 = limit) in ino order, MS_BATCH rows per lock
