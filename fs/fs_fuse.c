@@ -18,13 +18,10 @@
  * other engines (SQLite: one mount) no lock handler is installed and the kernel keeps them
  * locally, which is exact for the one mount and releases them when their owner dies.
  */
-#define FUSE_USE_VERSION 314
-
-#include "fs/fs.h"
+#include "fs/fs_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse_lowlevel.h>
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -37,16 +34,6 @@
 
 #include "common/log.h"
 #include "common/util.h"
-
-static struct fs *req_fs(fuse_req_t req)
-{
-	return fuse_req_userdata(req);
-}
-
-static struct fs_file *file_of(const struct fuse_file_info *fi)
-{
-	return (struct fs_file *)(uintptr_t)fi->fh;
-}
 
 uint64_t fs_meta_touched(struct fs *fs)
 {
