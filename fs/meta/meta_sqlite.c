@@ -3299,7 +3299,11 @@ static int ms_sync(struct meta *mm)
 		}
 	}
 	if (r == 0 && !m->rdonly) {
+		/* a copy of our own: a concurrent sync that finds the WAL replaced closes
+		 * m->wal_fd while this one is in fdatasync below, without the lock */
 		fd = ms_wal_fd(m);
+		if (fd >= 0 && (fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+			fd = -errno;
 		r = fd < 0 ? fd : 0;
 	}
 	ms_unlock(m);
@@ -3312,6 +3316,8 @@ static int ms_sync(struct meta *mm)
 		r = ms_sync_files(m);
 	else if (fdatasync(fd) < 0)
 		r = -errno;
+	if (fd >= 0)
+		close(fd);
 	if (r < 0) {
 		log_debug("meta sqlite %s: sync: %s", m->path, strerror(-r));
 		return r;
