@@ -139,6 +139,9 @@ struct fs {
 	struct fs_options opt;
 	struct fuse_session *se;
 	bool shared; /* FS-7: the engine has META_CAP_SHARED (immutable after fs_new) */
+	/* FS-4: the engine has META_CAP_DURABLE_COMMIT: a metadata sync is a no-op, so fsync
+	 * neither calls it nor hands it to the syncer (immutable after fs_new) */
+	bool commit_durable;
 
 	pthread_mutex_t itab_lock;
 	struct fs_inode **itab; /* protected by itab_lock */
@@ -199,7 +202,8 @@ bool fs_io_kill_requested(void);
 
 /* After a mutating metadata call (fs_fuse.c): returns the generation that commit made. */
 uint64_t fs_meta_touched(struct fs *fs);
-/* META-5 only when something was committed since the last sync. */
+/* META-5 only when something was committed since the last sync (never with
+ * META_CAP_DURABLE_COMMIT). */
 int fs_meta_sync(struct fs *fs);
 
 /* Lifecycle. fs_new takes over nothing: meta and ds stay the caller's and must outlive fs. */

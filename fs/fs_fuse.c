@@ -18,13 +18,10 @@
  * other engines (SQLite: one mount) no lock handler is installed and the kernel keeps them
  * locally, which is exact for the one mount and releases them when their owner dies.
  */
-#define FUSE_USE_VERSION 314
-
-#include "fs/fs.h"
+#include "fs/fs_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse_lowlevel.h>
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -37,16 +34,6 @@
 
 #include "common/log.h"
 #include "common/util.h"
-
-static struct fs *req_fs(fuse_req_t req)
-{
-	return fuse_req_userdata(req);
-}
-
-static struct fs_file *file_of(const struct fuse_file_info *fi)
-{
-	return (struct fs_file *)(uintptr_t)fi->fh;
-}
 
 uint64_t fs_meta_touched(struct fs *fs)
 {
@@ -63,7 +50,7 @@ static bool meta_unsynced(struct fs *fs, uint64_t *gen)
 int fs_meta_sync(struct fs *fs)
 {
 	uint64_t gen;
-	if (!meta_unsynced(fs, &gen))
+	if (fs->commit_durable || !meta_unsynced(fs, &gen))
 		return 0;
 	int r = META_CALL(fs->meta, sync);
 	if (r < 0)
@@ -127,7 +114,8 @@ static void *sync_main(void *arg)
 static uint64_t meta_sync_start(struct fs *fs)
 {
 	uint64_t gen;
-	if (!meta_unsynced(fs, &gen))
+	/* Every commit already durable: no round to wait for (nor a purge batch before it). */
+	if (fs->commit_durable || !meta_unsynced(fs, &gen))
 		return 0;
 	pthread_mutex_lock(&fs->sync_lock);
 	/* A round under way may have begun before our commit: ask for the next one. */
@@ -1384,6 +1372,7 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	fs->ds = ds;
 	fs->opt = *opt;
 	fs->shared = (meta_ops_of(meta)->caps & META_CAP_SHARED) != 0;
+	fs->commit_durable = (meta_ops_of(meta)->caps & META_CAP_DURABLE_COMMIT) != 0;
 	if (fs->opt.max_threads == 0)
 		fs->opt.max_threads = 16;
 	int r = META_CALL(meta, volume_get, &fs->vol);

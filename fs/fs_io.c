@@ -19,12 +19,9 @@
  * Nothing here reads beyond the length read() returned (arg_flag checks each word); a request
  * too short to hold its fixed part is left to libfuse, which rejects it.
  */
-#define FUSE_USE_VERSION 314
-
-#include "fs/fs.h"
+#include "fs/fs_int.h"
 
 #include <errno.h>
-#include <fuse_lowlevel.h>
 #include <linux/fuse.h>
 #include <stdatomic.h>
 #include <stddef.h>

@@ -35,13 +35,10 @@
  *   metadata call, a libfuse call or a reply. A handle's owner list and the inode's
  *   lk_posix are protected by fs_inode.lock.
  */
-#define FUSE_USE_VERSION 314
-
-#include "fs/fs.h"
+#include "fs/fs_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse_lowlevel.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,16 +70,6 @@ struct fs_locks {
 	bool stop;		 /* protected by lock */
 	pthread_t thread;
 };
-
-static struct fs *req_fs(fuse_req_t req)
-{
-	return fuse_req_userdata(req);
-}
-
-static struct fs_file *file_of(const struct fuse_file_info *fi)
-{
-	return (struct fs_file *)(uintptr_t)fi->fh;
-}
 
 static uint64_t lk_client(struct fs *fs)
 {

@@ -597,12 +597,13 @@ static void meta_chain_with_roles(const struct meta_chain *cur, const struct met
 		meta_chain_put(out, META_ROLE_ASYNC, in->async[i], 0);
 }
 
-/* chain_update: members as given, cur's syncing and away without them. */
+/* chain_update: members as given (1..META_MAX_REPLICAS, meta_chain_change_check), cur's
+ * syncing and away without them. */
 static void meta_chain_with_members(const struct meta_chain *cur, const uint32_t *members,
 				    uint32_t n, struct meta_chain *out)
 {
 	meta_chain_begin(out, cur);
-	for (uint32_t i = 0; i < n && i < META_MAX_REPLICAS; i++)
+	for (uint32_t i = 0; i < n; i++)
 		meta_chain_put(out, META_ROLE_MEMBER, members[i], 0);
 	for (uint32_t i = 0; i < cur->nsyncing; i++)
 		if (!u32_in(members, n, cur->syncing[i]))
@@ -613,9 +614,6 @@ static void meta_chain_with_members(const struct meta_chain *cur, const uint32_t
 	for (uint32_t i = 0; i < cur->nasync; i++)
 		if (!u32_in(members, n, cur->async[i]))
 			meta_chain_put(out, META_ROLE_ASYNC, cur->async[i], 0);
-	/* more members than META_MAX_REPLICAS: leave the count over the bound for the check */
-	if (n > META_MAX_REPLICAS)
-		out->nmembers = n;
 }
 
 /* chain_promote: target moved from syncing to the end of members; -EINVAL if it is not
@@ -743,9 +741,26 @@ int meta_purge_batch_check(const uint64_t *inos, unsigned n)
 	return inos && n >= 1 && n <= META_PURGE_BATCH_MAX ? 0 : -EINVAL;
 }
 
-bool meta_purge_skipped(int r)
+/* Does purge()'s answer r mean "skip this inode" (gone, or not an orphan)? */
+static bool meta_purge_skipped(int r)
 {
 	return r == -ENOENT || r == -EBUSY || r == -ENOTEMPTY;
+}
+
+int meta_purge_each(const uint64_t *inos, unsigned n, int (*one)(void *ctx, uint64_t ino),
+		    void *ctx)
+{
+	int done = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		int r = one(ctx, inos[i]);
+
+		if (r == 0)
+			done++;
+		else if (!meta_purge_skipped(r))
+			return r;
+	}
+	return done;
 }
 
 int meta_repair_check(const struct meta_repair *in)

@@ -23,7 +23,8 @@
  *           writer was extending it). Whoever clears the flag must first have made sure no
  *           data lies beyond `size` (or that it is about to be trimmed).
  *   META-5  Committed transactions may live only in the OS cache until sync() returns;
- *           after sync() every committed transaction survives a power cut.
+ *           after sync() every committed transaction survives a power cut. An engine
+ *           with META_CAP_DURABLE_COMMIT makes each commit durable before it returns.
  *   META-6  A chain changes only through chain_update(), which bumps its epoch in the same
  *           transaction and fails with -ESTALE if the caller's epoch is not the current one.
  *   META-7  A target that is drained or removed is a member of no chain: setting either state
@@ -561,6 +562,9 @@ struct meta_ops {
 #define META_CAP_SHARED	 0x1 /* many nodes may open it at once (postgres) */
 #define META_CAP_CLUSTER 0x2 /* nodes, leases and clients ops are there */
 #define META_CAP_LOCKS	 0x4 /* file lock ops are there (META-18) */
+/* META-5: every commit is durable when its call returns, so sync() is a no-op (postgres):
+ * callers may skip it. */
+#define META_CAP_DURABLE_COMMIT 0x8
 
 #define META_TTL_MAX_MS (24u * 3600 * 1000)
 

@@ -82,11 +82,11 @@ struct meta_chain_change {
 };
 /* The arguments of u, before the engine reads anything: 0 or -EINVAL. */
 int meta_chain_change_check(const struct meta_chain_change *u);
-/* The roles u makes of cur, the chain as the engine read it under its write lock (away_ns:
- * the raw `since` of each away target): -ESTALE unless cur's epoch is u->expect, -EOVERFLOW
- * at the last epoch, -EINVAL for roles META-13 refuses or a promotion of a target that is
- * not syncing. out keeps cur's id and epoch; the engine writes it (meta_chain_rows) and
- * stores epoch + 1. */
+/* The roles u (which passed meta_chain_change_check) makes of cur, the chain as the engine
+ * read it under its write lock (away_ns: the raw `since` of each away target): -ESTALE
+ * unless cur's epoch is u->expect, -EOVERFLOW at the last epoch, -EINVAL for roles META-13
+ * refuses or a promotion of a target that is not syncing. out keeps cur's id and epoch;
+ * the engine writes it (meta_chain_rows) and stores epoch + 1. */
 int meta_chain_change_apply(const struct meta_chain_change *u, const struct meta_chain *cur,
 			    struct meta_chain *out);
 /* The chain_members rows of c in storage order (pos = index: members, syncing, away): each
@@ -119,8 +119,11 @@ void meta_repair_from_cols(struct meta_repair *p, const int64_t v[META_REPAIR_NC
 int meta_dirty_refs_check(const struct meta_chunk_ref *refs, unsigned n);
 /* purge_batch: -EINVAL unless inos is given and n is 1..META_PURGE_BATCH_MAX. */
 int meta_purge_batch_check(const uint64_t *inos, unsigned n);
-/* purge_batch: does purge()'s answer r mean "skip this inode" (gone, or not an orphan)? */
-bool meta_purge_skipped(int r);
+/* purge_batch's body, inside the engine's transaction: one(ctx, ino) (the engine's purge()
+ * body) for each of inos[0..n), skipping those it refuses as gone or not an orphan (-ENOENT,
+ * -EBUSY, -ENOTEMPTY). Returns the number purged, or the first other error. */
+int meta_purge_each(const uint64_t *inos, unsigned n, int (*one)(void *ctx, uint64_t ino),
+		    void *ctx);
 /* repair_set: a known kind, counters that fit int64. */
 int meta_repair_check(const struct meta_repair *in);
 

@@ -3586,38 +3586,40 @@ static int mp_purge(struct meta *mm, uint64_t ino)
 
 struct mp_purges {
 	const uint64_t *inos;
-	unsigned n, done;
+	unsigned n;
+	struct mp *m; /* for mp_purge_one, set by each run of the transaction */
+	struct mp_conn *c;
 };
+
+static int mp_purge_one(void *ctx, uint64_t ino)
+{
+	struct mp_purges *p = ctx;
+	struct mp_ino one = {ino, {0}};
+
+	return mp_purge_tx(p->m, p->c, &one);
+}
 
 static int mp_purge_batch_tx(struct mp *m, struct mp_conn *c, void *arg)
 {
 	struct mp_purges *p = arg;
 
-	p->done = 0; /* a retried transaction counts again */
-	for (unsigned i = 0; i < p->n; i++) {
-		struct mp_ino one = {p->inos[i], {0}};
-		int r = mp_purge_tx(m, c, &one);
-
-		if (r == 0)
-			p->done++;
-		else if (!meta_purge_skipped(r))
-			return r;
-	}
-	return 0;
+	p->m = m;
+	p->c = c;
+	return meta_purge_each(p->inos, p->n, mp_purge_one, p);
 }
 
+/* mp_tx returns the count of the run that committed */
 static int mp_purge_batch(struct meta *mm, const uint64_t *inos, unsigned n)
 {
-	struct mp_purges p = {inos, n, 0};
+	struct mp_purges p = {inos, n, NULL, NULL};
 	int r = meta_purge_batch_check(inos, n);
 
-	if (r == 0)
-		r = mp_tx(mp_of(mm), mp_purge_batch_tx, &p);
-	return r < 0 ? r : (int)p.done;
+	return r < 0 ? r : mp_tx(mp_of(mm), mp_purge_batch_tx, &p);
 }
 
 /* META-5: a COMMIT returned only after its WAL record was flushed (synchronous_commit is at
- * least on in every session, see DURABILITY): nothing committed can still be volatile. */
+ * least on in every session, see DURABILITY): nothing committed can still be volatile
+ * (META_CAP_DURABLE_COMMIT, so the FUSE layer does not even call this). */
 static int mp_sync(struct meta *mm)
 {
 	(void)mm;
@@ -4180,9 +4182,11 @@ static int mp_clients_list(struct meta *mm, struct meta_client *ret, unsigned ma
 struct mp_flock {
 	const struct meta_lock *in;
 	struct meta_lock conflict; /* out: -EAGAIN */
-	struct meta_lock *cur;	   /* the owner's rows as read (scratch, META_LOCK_RANGES_MAX) */
-	struct meta_lock *out;	   /* the owner's rows after the change (scratch) */
 };
+
+/* The owner's rows before and after a lock_set, on the stack when this many fit (one owner
+ * rarely holds more than a few ranges of one file: up to 5 here). */
+#define MP_LOCK_STACK 16
 
 /* The MP_LOCK_COLS of the current row into *l; local and alive false. */
 static void mp_lock_cols(struct mp_rd *rd, struct meta_lock *l)
@@ -4274,19 +4278,33 @@ static int mp_lock_set_tx(struct mp *m, struct mp_conn *c, void *arg)
 		PQclear(res);
 		return mp_bad_row(m, "file_locks");
 	}
+	/* cur: the n rows; out: what meta_lock_apply() makes of them. It puts at most two
+	 * ranges per row (a split) and in's own, so 2n + 1 (n + 2 while the rows do not
+	 * overlap, which no constraint enforces) never runs into -ENOLCK below
+	 * META_LOCK_RANGES_MAX: the same result as out[META_LOCK_RANGES_MAX]. */
+	unsigned nout = MIN(2 * (unsigned)n + 1, META_LOCK_RANGES_MAX);
+	struct meta_lock stack[MP_LOCK_STACK], *cur = stack;
+
+	if ((unsigned)n + nout > ARRAY_SIZE(stack)) {
+		cur = malloc(((unsigned)n + nout) * sizeof(*cur));
+		if (!cur) {
+			PQclear(res);
+			return -ENOMEM;
+		}
+	}
+	struct meta_lock *out = cur + n;
+
 	for (rd.row = 0; rd.row < n; rd.row++) {
-		struct meta_lock *l = &x->cur[rd.row];
+		struct meta_lock *l = &cur[rd.row];
 
 		mp_lock_cols(&rd, l);
 		if (l->type != META_LOCK_RD && l->type != META_LOCK_WR)
 			rd.bad = true;
 	}
 	PQclear(res);
-	if (rd.bad)
-		return mp_bad_row(m, "file_locks");
-	r = meta_lock_apply(x->cur, (unsigned)n, in, x->out, META_LOCK_RANGES_MAX);
+	r = rd.bad ? mp_bad_row(m, "file_locks") : meta_lock_apply(cur, (unsigned)n, in, out, nout);
 	for (int i = 0; i < r; i++) {
-		const struct meta_lock *l = &x->out[i];
+		const struct meta_lock *l = &out[i];
 		int e;
 
 		a.n = 0;
@@ -4296,9 +4314,13 @@ static int mp_lock_set_tx(struct mp *m, struct mp_conn *c, void *arg)
 		arg_i64(&a, (int64_t)l->end);
 		arg_i64(&a, l->pid);
 		e = mp_q(m, c, MPQ_FLOCK_INSERT, &a, NULL);
-		if (e < 0)
-			return e;
+		if (e < 0) {
+			r = e;
+			break;
+		}
 	}
+	if (cur != stack)
+		free(cur);
 	return r < 0 ? r : 0;
 }
 
@@ -4312,14 +4334,9 @@ static int mp_lock_set(struct meta *mm, const struct meta_lock *in, struct meta_
 		return r;
 	if (m->rdonly)
 		return -EROFS;
-	x.cur = calloc(2 * META_LOCK_RANGES_MAX + 1, sizeof(*x.cur));
-	if (!x.cur)
-		return -ENOMEM;
-	x.out = x.cur + META_LOCK_RANGES_MAX;
 	r = mp_tx(m, mp_lock_set_tx, &x);
 	if (r == -EAGAIN && ret_conflict)
 		*ret_conflict = x.conflict;
-	free(x.cur);
 	return r;
 }
 
@@ -4390,7 +4407,7 @@ static int mp_locks_list(struct meta *mm, uint64_t ino, struct meta_lock *ret, u
 
 const struct meta_ops meta_pg_ops = {
     .scheme = "postgres",
-    .caps = META_CAP_SHARED | META_CAP_CLUSTER | META_CAP_LOCKS,
+    .caps = META_CAP_SHARED | META_CAP_CLUSTER | META_CAP_LOCKS | META_CAP_DURABLE_COMMIT,
     .open = mp_open,
     .close = mp_close,
     .format = mp_format,

@@ -128,11 +128,6 @@
 	"ALTER TABLE chain_members ADD COLUMN role INTEGER NOT NULL DEFAULT 0;"                    \
 	"ALTER TABLE chain_members ADD COLUMN since INTEGER NOT NULL DEFAULT 0;" MS_REPAIR_SCHEMA
 
-/* Schema 4 -> 5, run by ms_migrate(): chain_members.role may be 3, async (META-19). No row
- * changes; the version alone keeps an older braidfs, which would drop async rows on its next
- * chain_set, from opening the database. */
-#define MS_MIGRATE_4_TO_5 "SELECT 1;"
-
 /* The database's clock (here: this host's), ns since the epoch, in SQL (META-14). */
 #define MS_SQL_NOW_NS "(CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) * 1000000)"
 
@@ -556,8 +551,9 @@ static int ms_end(struct ms *m, int r)
 	return r;
 }
 
-/* One write transaction around `call` (an ms_*_tx() call: 0 or -errno): under the handle's
- * lock, begin, then ms_end() commits on 0 and rolls back otherwise. Evaluates to the result. */
+/* One write transaction around `call` (an ms_*_tx() call: 0, or a count, or -errno): under
+ * the handle's lock, begin, then ms_end() commits on >= 0 and rolls back otherwise. Evaluates
+ * to the result. */
 #define MS_WRITE_TX(m, call)                                                                       \
 	({                                                                                         \
 		ms_lock(m);                                                                        \
@@ -1282,11 +1278,11 @@ static int ms_migrate(struct ms *m, char *err, size_t errlen)
 		if (r == 0)
 			ver = 4;
 	}
-	if (r == 0 && ver < 5) {
-		r = ms_exec(m, MS_MIGRATE_4_TO_5);
-		if (r == 0)
-			ver = 5;
-	}
+	/* 4 -> 5: chain_members.role may be 3, async (META-19). No row changes; the version
+	 * written below alone keeps an older braidfs, which would drop async rows on its next
+	 * chain_set, from opening the database. */
+	if (r == 0 && ver < 5)
+		ver = 5;
 	if (r == 0) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", MS_SCHEMA_VERSION);
 		r = ms_exec(m, sql);
@@ -3155,33 +3151,17 @@ static int ms_purge(struct meta *mm, uint64_t ino)
 	return r;
 }
 
-static int ms_purge_batch_tx(struct ms *m, const uint64_t *inos, unsigned n, unsigned *ret_done)
+static int ms_purge_one(void *ctx, uint64_t ino)
 {
-	unsigned done = 0;
-
-	for (unsigned i = 0; i < n; i++) {
-		int r = ms_purge_tx(m, inos[i]);
-
-		if (r == 0)
-			done++;
-		else if (!meta_purge_skipped(r))
-			return r;
-	}
-	*ret_done = done;
-	return 0;
+	return ms_purge_tx(ctx, ino);
 }
 
 static int ms_purge_batch(struct meta *mm, const uint64_t *inos, unsigned n)
 {
 	struct ms *m = ms_of(mm);
-	unsigned done = 0;
-	int r;
+	int r = meta_purge_batch_check(inos, n);
 
-	r = meta_purge_batch_check(inos, n);
-	if (r < 0)
-		return r;
-	r = MS_WRITE_TX(m, ms_purge_batch_tx(m, inos, n, &done));
-	return r < 0 ? r : (int)done;
+	return r < 0 ? r : MS_WRITE_TX(m, meta_purge_each(inos, n, ms_purge_one, m));
 }
 
 /* Page through a statement (?1 = last ino, ?2 = limit) in ino order, MS_BATCH rows per lock
@@ -3319,7 +3299,11 @@ static int ms_sync(struct meta *mm)
 		}
 	}
 	if (r == 0 && !m->rdonly) {
+		/* a copy of our own: a concurrent sync that finds the WAL replaced closes
+		 * m->wal_fd while this one is in fdatasync below, without the lock */
 		fd = ms_wal_fd(m);
+		if (fd >= 0 && (fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+			fd = -errno;
 		r = fd < 0 ? fd : 0;
 	}
 	ms_unlock(m);
@@ -3332,6 +3316,8 @@ static int ms_sync(struct meta *mm)
 		r = ms_sync_files(m);
 	else if (fdatasync(fd) < 0)
 		r = -errno;
+	if (fd >= 0)
+		close(fd);
 	if (r < 0) {
 		log_debug("meta sqlite %s: sync: %s", m->path, strerror(-r));
 		return r;

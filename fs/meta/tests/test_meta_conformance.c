@@ -2512,6 +2512,88 @@ static void t_sync(void **state)
 	assert_int_equal(META_CALL(f->m, sync), 0);
 }
 
+/* fdatasync as the engines call it (linked with --wrap=fdatasync): held on its first call
+ * while armed, noting the inode of the descriptor before and after the hold. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool armed, paused, go;
+	ino_t before, after; /* 0: fstat failed */
+} hold = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false, false, 0, 0};
+
+int __real_fdatasync(int fd);
+int __wrap_fdatasync(int fd);
+int __wrap_fdatasync(int fd)
+{
+	struct stat st;
+
+	pthread_mutex_lock(&hold.mu);
+	if (hold.armed) {
+		hold.armed = false;
+		hold.before = fstat(fd, &st) == 0 ? st.st_ino : 0;
+		hold.paused = true;
+		pthread_cond_broadcast(&hold.cv);
+		while (!hold.go)
+			pthread_cond_wait(&hold.cv, &hold.mu);
+		hold.after = fstat(fd, &st) == 0 ? st.st_ino : 0;
+	}
+	pthread_mutex_unlock(&hold.mu);
+	return __real_fdatasync(fd);
+}
+
+static void *sync_thread(void *arg)
+{
+	struct fx *f = arg;
+
+	return (void *)(intptr_t)META_CALL(f->m, sync);
+}
+
+/* SQLite: a sync that finds the -wal path naming another file reopens it; a sync in its
+ * fdatasync at that moment (the lock is not held there) keeps syncing the file it opened,
+ * not a descriptor closed, or reused for another file, under it. */
+static void t_sync_wal_replaced(void **state)
+{
+	struct fx *f = *state;
+	char wal[PATH_MAX + 8], keep[PATH_MAX + 8];
+	pthread_t t;
+	void *ret;
+	int fd;
+
+	if (strcmp(E->name, "sqlite") != 0)
+		skip(); /* knows the SQLite file layout */
+	snprintf(wal, sizeof(wal), "%s-wal", f->file);
+	snprintf(keep, sizeof(keep), "%s-keep", f->file);
+	mkfile(f, META_ROOT_INO, "x"); /* something to sync */
+	pthread_mutex_lock(&hold.mu);
+	hold.armed = true;
+	hold.paused = hold.go = false;
+	pthread_mutex_unlock(&hold.mu);
+	assert_int_equal(pthread_create(&t, NULL, sync_thread, f), 0);
+	pthread_mutex_lock(&hold.mu);
+	while (!hold.paused)
+		pthread_cond_wait(&hold.cv, &hold.mu);
+	pthread_mutex_unlock(&hold.mu);
+	/* another file under the WAL's name: this sync drops the engine's descriptor */
+	assert_int_equal(link(wal, keep), 0);
+	assert_int_equal(unlink(wal), 0);
+	fd = open(wal, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(META_CALL(f->m, sync), 0);
+	assert_int_equal(rename(keep, wal), 0); /* the WAL back under its name */
+	pthread_mutex_lock(&hold.mu);
+	hold.go = true;
+	pthread_cond_broadcast(&hold.cv);
+	pthread_mutex_unlock(&hold.mu);
+	assert_int_equal(pthread_join(t, &ret), 0);
+	assert_int_equal((intptr_t)ret, 0);
+	assert_true(hold.before != 0);
+	assert_int_equal(hold.after, hold.before);
+	/* and the engine's own descriptor follows the WAL again */
+	mkfile(f, META_ROOT_INO, "y");
+	assert_int_equal(META_CALL(f->m, sync), 0);
+}
+
 /* A process killed in the middle of a stream of operations leaves whole operations only
  * (META-1 across a crash of the process). */
 static void t_crash_atomicity(void **state)
@@ -3572,6 +3654,35 @@ static void t_locks_merge_split(void **state)
 	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_UN, 500, 600)), 0);
 	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_UN, 0, META_LOCK_EOF)), 0);
 	assert_int_equal(META_CALL(f->m, locks_list, ino, got, 8), 0);
+}
+
+/* More ranges of one owner than an engine may keep on its stack: each lock_set reads and
+ * rewrites all of them. */
+static void t_locks_many_ranges(void **state)
+{
+	struct fx *f = *state;
+	enum { N = 40 };
+	struct meta_lock got[N + 2];
+	uint64_t ino, a;
+
+	if (!locks_or_unsupported(f))
+		return;
+	ino = mkfile(f, META_ROOT_INO, "f");
+	a = lk_client(f, "host1", 10000);
+	for (uint64_t i = 0; i < N; i++)
+		assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 10 * i, 10 * i + 4)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, N + 2), N);
+	/* a read lock inside one range splits it: N + 2 */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_RD, 202, 202)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, N + 2), N + 2);
+	assert_int_equal(got[20].end, 201);
+	assert_int_equal(got[21].type, META_LOCK_RD);
+	assert_int_equal(got[22].start, 203);
+	/* a write lock over all of them merges them into one */
+	assert_int_equal(lk_set(f, lk(ino, a, 1, META_LOCK_WR, 0, 10 * N)), 0);
+	assert_int_equal(META_CALL(f->m, locks_list, ino, got, N + 2), 1);
+	assert_int_equal(got[0].start, 0);
+	assert_int_equal(got[0].end, 10 * N);
 }
 
 static void t_locks_release(void **state)
@@ -4645,6 +4756,7 @@ int main(int argc, char **argv)
 	    T(t_orphans_wdirty),
 	    T(t_inodes_statfs),
 	    T(t_sync),
+	    T(t_sync_wal_replaced),
 	    T(t_crash_atomicity),
 	    T(t_check_clean),
 	    T(t_check_inject),
@@ -4672,6 +4784,7 @@ int main(int argc, char **argv)
 	    T(t_lock_apply),
 	    T(t_locks_conflict),
 	    T(t_locks_merge_split),
+	    T(t_locks_many_ranges),
 	    T(t_locks_release),
 	    T(t_locks_expired_client),
 	    T(t_locks_race),
