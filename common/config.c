@@ -308,12 +308,13 @@ static int cfg_run(struct cfg_parser *cp, struct cfg_node *c)
 			if (n == strlen(cfg_keys[i]) &&
 			    !memcmp(cp->ev.data.scalar.value, cfg_keys[i], n))
 				k = i;
-		if (k < 0)
-			return cfg_fail(cp, &km,
-					"unknown key '%s' (known: node, listen, meta, targets, "
-					"heartbeat_ms, lease_ms, replace_after_s, resync_rate, "
-					"grace_ms, state_check_beats, local_reads)",
-					key);
+		if (k < 0) {
+			char known[200] = "";
+			for (int i = 0; i < K_N; i++)
+				snprintf(known + strlen(known), sizeof(known) - strlen(known),
+					 "%s%s", i ? ", " : "", cfg_keys[i]);
+			return cfg_fail(cp, &km, "unknown key '%s' (known: %s)", key, known);
+		}
 		if (seen[k])
 			return cfg_fail(cp, &km, "'%s' is given twice (first at %zu:%zu)", key,
 					seen_at[k].line + 1, seen_at[k].column + 1);

@@ -514,9 +514,9 @@ static bool keep(void *ctx, uint64_t ino, uint64_t *ret_size)
 /* Progress of the replica check on stderr, as a rebuild's: redrawn in place every 200 ms on a
  * terminal, else one line every 5 s; nothing for a check shorter than that. */
 struct check_prog {
-	bool tty, quiet;
-	bool drawn; /* a line is on the terminal, unfinished */
-	int64_t t0, last_ns;
+	bool tty;
+	bool drawn;	 /* a line is on the terminal, unfinished */
+	int64_t last_ns; /* of the last line; 0 before the first call */
 };
 
 static void check_progress(void *ctx, const struct ds_check_result *p)
@@ -524,10 +524,10 @@ static void check_progress(void *ctx, const struct ds_check_result *p)
 	struct fsck_ctx *cx = ctx;
 	struct check_prog *g = cx->prog;
 	int64_t now = now_monotonic_ns();
-	if (g->quiet)
+	if (cx->quiet)
 		return;
-	if (!g->t0) {
-		g->t0 = g->last_ns = now;
+	if (!g->last_ns) {
+		g->last_ns = now;
 		return;
 	}
 	int64_t every = g->tty ? 200000000LL : 5000000000LL;
@@ -551,13 +551,13 @@ static void ds_report(void *ctx, const char *what, uint64_t ino, uint32_t idx, u
 		fputs("\r\033[K", stderr);
 		c->prog->drawn = false;
 	}
-	char node[META_NODE_MAX] = "";
-	if (c->served)
-		vol_node_of_target(c->served->targets, c->served->ntargets, target, node,
-				   sizeof(node));
+	char t[96];
+	if (c->served) /* every target of such a volume names its node */
+		tname(c->served, target, t, sizeof(t));
+	else
+		snprintf(t, sizeof(t), "target %u", target);
 	if (!c->quiet)
-		printf("  inode %llu chunk %u on target %u%s%s%s: %s%s\n", (unsigned long long)ino,
-		       idx, target, node[0] ? " (node " : "", node, node[0] ? ")" : "", what,
+		printf("  inode %llu chunk %u on %s: %s%s\n", (unsigned long long)ino, idx, t, what,
 		       repaired ? " (repaired)" : "");
 }
 
@@ -684,7 +684,7 @@ int cmd_fsck(int argc, char **argv)
 	printf("replicas\n");
 	fflush(stdout);
 	struct ds_check_result res = {0};
-	struct check_prog cp = {.tty = isatty(2) == 1, .quiet = cx.quiet};
+	struct check_prog cp = {.tty = isatty(2) == 1};
 	struct ds_check_opts co = {.repair = repair,
 				   .keep = keep,
 				   .report = ds_report,

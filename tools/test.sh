@@ -25,6 +25,16 @@ build() { # dir extra-args...
 	else meson configure "$dir" -Dcsi=auto >/dev/null 2>&1; fi # a dir made before csi/ built
 	ninja -C "$dir" >"$out/build-$(basename "$dir").log" 2>&1 || { tail -50 "$out/build-$(basename "$dir").log"; return 1; }
 }
+# The failure suite across nodes (tests/integration/test_dist_failures.py) with ENV=VAL... set,
+# its results into $out/XML: bounded as a whole (15 min with its teardown; the defaults take a
+# few minutes), a hang is a failure, not a stuck CI.
+dist_suite() { # XML [ENV=VAL...]
+	local xml=$out/$1; shift
+	env "$@" BRAIDFS_BIN="$top/build/tools/braidfs" timeout -k 30 900 \
+		/usr/bin/python3 -m pytest "${pyargs[@]}" --junitxml="$xml" ${PYTEST_ARGS:-} \
+		tests/integration/test_dist_failures.py ||
+		[ -s "$xml" ] || echo '<testsuite tests="1" failures="1"/>' >"$xml"
+}
 fail_build=0
 build build || fail_build=1
 build build-asan -Db_sanitize=address,undefined -Db_lundef=false || fail_build=1
@@ -48,21 +58,13 @@ if [ $fail_build = 0 ]; then
 		--ignore=tests/integration/test_dist_failures.py \
 		--junitxml="$out/integration.xml" ${PYTEST_ARGS:-} tests/integration
 	if [ "${BRAIDFS_QUICK:-0}" != 1 ]; then
-		# Nodes in network namespaces under failures: bounded as a whole (15 min with its
-		# teardown; the defaults take a few minutes), a hang is a failure, not a stuck CI.
+		# Nodes in network namespaces under failures.
 		echo "== failures across nodes (plain build)"
-		BRAIDFS_BIN=$top/build/tools/braidfs timeout -k 30 900 /usr/bin/python3 -m pytest \
-			"${pyargs[@]}" --junitxml="$out/dist.xml" ${PYTEST_ARGS:-} \
-			tests/integration/test_dist_failures.py ||
-			[ -s "$out/dist.xml" ] || echo '<testsuite tests="1" failures="1"/>' >"$out/dist.xml"
+		dist_suite dist.xml
 		# The same failures with local reads on: serves with local_reads, mounts with
 		# -o node= reading their own node's replica (DS-6).
 		echo "== failures across nodes, local reads (plain build)"
-		BRAIDFS_DIST_LOCAL_READS=1 BRAIDFS_BIN=$top/build/tools/braidfs timeout -k 30 900 \
-			/usr/bin/python3 -m pytest "${pyargs[@]}" --junitxml="$out/dist-local.xml" \
-			${PYTEST_ARGS:-} tests/integration/test_dist_failures.py ||
-			[ -s "$out/dist-local.xml" ] ||
-			echo '<testsuite tests="1" failures="1"/>' >"$out/dist-local.xml"
+		dist_suite dist-local.xml BRAIDFS_DIST_LOCAL_READS=1
 	fi
 	echo "== CSI plugin tests (plain build)"
 	BRAIDFS_BIN=$top/build/tools/braidfs BRAIDFS_CSI_BIN=$top/build/csi/braidfs-csi \

@@ -266,9 +266,7 @@ class Plugin:
             stop_fs_mount(db, meta)
         for mp in sorted(mounts_under(self.base), key=len, reverse=True):
             subprocess.run(["umount", "-l", mp], capture_output=True)
-        pid, _ = fs_mount_daemon(self.db, self.meta)
-        if pid:
-            end_process(pid)
+        stop_fs_mount(self.db, self.meta)
         left = mounts_under(self.base)
         if not left:
             shutil.rmtree(self.base, ignore_errors=True)

@@ -477,12 +477,9 @@ class Dist:
             return ""
         return f"\n--- serve log of {node} ---\n" + "".join(lines)
 
-    def logs_all(self):
-        """Every serve log, whole."""
-        return "".join(self.serve_log(node, n=None) for node in self.nodes)
-
-    def logs(self):
-        return "".join(self.serve_log(n) for n in self.nodes)
+    def logs(self, n=20):
+        """The last n lines of every serve log (n None: whole)."""
+        return "".join(self.serve_log(node, n) for node in self.nodes)
 
     # -- clients
     def mount(self, node, name):

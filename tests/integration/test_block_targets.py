@@ -9,7 +9,7 @@ import random
 import re
 import struct
 
-from conftest import braidfs, read_file, sha256_file, write_file
+from conftest import braidfs, fsck_replicas, read_file, sha256_file, write_file
 
 MiB = 1 << 20
 BS = 4096
@@ -53,9 +53,9 @@ def _nonzero_data_blocks(img, limit=64):
 
 
 def _fsck_counts(out):
-    m = re.search(r"(\d+) differing, (\d+) missing, (?:\d+ unreadable, )?(\d+) stray", out)
-    assert m, f"no replica summary in fsck output:\n{out}"
-    return tuple(int(x) for x in m.groups())
+    """(differing, missing, stray) of fsck's replica summary."""
+    n = fsck_replicas(out)
+    return n["differing"], n["missing"], n["stray"]
 
 
 def test_file_targets_replicas_identical(make_volume):

@@ -441,7 +441,7 @@ def test_replace_target_away_too_long(make_dist):
     # a rebuild of a few chunks reports, finishes and is promoted (its row deleted) between
     # two polls of the repairs table: the primaries' logs say what each rebuild copied too
     done = re.findall(r"rebuild of target \d+ done: (\d+) chunk\(s\), (\d+) bytes copied",
-                      d.logs_all())
+                      d.logs(None))
     lc, lb = sum(int(c) for c, _ in done), sum(int(b) for _, b in done)
     print(f"replace: rebuild copied {max(rb, lb)} bytes ({max(rc, lc)} chunks; the repairs "
           f"table showed {rb} bytes); the volume holds {volume_bytes(clients['n1'])} bytes")
@@ -467,11 +467,10 @@ def test_replace_target_away_too_long(make_dist):
     # ... and gives up its chunks of them (reclaim): fsck, which lists every target through
     # its node and counts a chunk of a chain that gives its target no role as a stray, is
     # clean again
-    log = os.path.join(d.base, "n3", "serve.log")
     done = re.compile(rf"target {t3}: reclaimed (\d+) chunk\(s\)")
-    d.wait_for(lambda: done.search(open(log, errors="replace").read()), DETECT_S + HANG_S,
+    d.wait_for(lambda: done.search(d.serve_log("n3", None)), DETECT_S + HANG_S,
                "n3 reclaims its target's chunks of the chains it was replaced in")
-    print("replace: " + done.search(open(log, errors="replace").read()).group(0))
+    print("replace: " + done.search(d.serve_log("n3", None)).group(0))
     p = d.braidfs("fsck", d.meta_url, timeout=600)
     print(p.stdout + p.stderr)
     assert p.returncode == 0, f"fsck after the replaced target came back: {p.stdout}{p.stderr}"

@@ -17,12 +17,12 @@ import signal
 
 import pytest
 
-from conftest import braidfs, compare_chunk_trees, read_file, write_file
+from conftest import compare_chunk_trees, read_file, write_file
 from test_postgres_meta import new_database, pg, psql  # noqa: F401  (pg is a fixture)
 from test_serve import Cluster, wait_for
 
 MiB = 1 << 20
-CHAINS = 8
+CHAINS = 8  # the chains of Cluster.format
 
 
 class DirCluster(Cluster):
@@ -30,31 +30,13 @@ class DirCluster(Cluster):
 
     def __init__(self, base, meta_url, n, replicas, replace_after_s=600):
         super().__init__(base, meta_url, n=n, replicas=replicas)
-        self.dirs = [os.path.join(base, f"{name}.d") for name in self.names]
-        for d in self.dirs:
-            os.makedirs(d, exist_ok=True)
+        self.urls = [f"dir:{os.path.join(base, name)}.d" for name in self.names]
         for i, name in enumerate(self.names):
+            os.makedirs(self.urls[i][4:], exist_ok=True)
             with open(self.config(i), "w") as f:
                 f.write(f"node: {name}\nlisten: 127.0.0.1:{self.ports[i]}\nmeta: {meta_url}\n"
-                        f"targets: [dir:{self.dirs[i]}]\nheartbeat_ms: 200\nlease_ms: 1000\n"
+                        f"targets: [{self.urls[i]}]\nheartbeat_ms: 200\nlease_ms: 1000\n"
                         f"replace_after_s: {replace_after_s}\nresync_rate: 64MiB\n")
-
-    def format(self):
-        targets = [f"{name}@dir:{d}" for name, d in zip(self.names, self.dirs)]
-        braidfs("format", "--replicas", self.replicas, "--chains", CHAINS, "--chunk-size", "1M",
-                self.meta, "vol", *targets, check=True)
-
-    def target_id(self, i):
-        return int(psql(self.meta, f"SELECT id FROM targets WHERE url LIKE '{self.names[i]}@%'"))
-
-    def roles(self, target):
-        """{role: count of chains} of a target (0 member, 1 syncing, 2 away)."""
-        out = psql(self.meta, f"SELECT role, count(*) FROM chain_members WHERE target = {target}"
-                              " GROUP BY role")
-        return {int(a): int(b) for a, b in (line.split("|") for line in out.split())}
-
-    def chunks(self, i):
-        return os.path.join(self.dirs[i], "chunks")
 
     def logs(self):
         text = ""
@@ -96,7 +78,7 @@ def test_returning_node_is_resynced(pg, test_dir):  # noqa: F811
             f.write(b"Z" * MiB)
             os.fsync(f.fileno())
         big = big[:5 * MiB + 100] + b"Z" * MiB + big[6 * MiB + 100:]
-        assert int(psql(c.meta, f"SELECT count(*) FROM dirty WHERE target = {t3}")) > 0
+        assert c.dirty(t3) > 0
 
         c.start(2)
         try:
@@ -106,7 +88,7 @@ def test_returning_node_is_resynced(pg, test_dir):  # noqa: F811
             print(c.logs()[-6000:])
             raise
         assert int(psql(c.meta, "SELECT count(*) FROM chain_members WHERE role <> 0")) == 0
-        assert int(psql(c.meta, "SELECT count(*) FROM dirty")) == 0
+        assert c.dirty() == 0
         logs = c.logs()
         assert re.search(rf"target {t3} of node n3 rejoins chain \d+ as syncing", logs), logs
         done = copied(logs, "resync", t3)

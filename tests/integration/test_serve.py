@@ -137,10 +137,30 @@ class Cluster:
     def epochs(self):
         return [int(x) for x in psql(self.meta, "SELECT epoch FROM chains ORDER BY id").split()]
 
+    def target_id(self, i):
+        return int(psql(self.meta, f"SELECT id FROM targets WHERE url LIKE '{self.names[i]}@%'"))
+
+    def chunks(self, i):
+        """The chunks/ directory of node i's target, a dir: one."""
+        assert self.urls[i].startswith("dir:"), self.urls[i]
+        return os.path.join(self.urls[i][4:], "chunks")
+
     def roles(self, target):
-        """chain_members.role of TARGET in each chain (0 member, 1 syncing, 2 away)."""
-        return [int(x) for x in psql(self.meta, "SELECT role FROM chain_members WHERE target = "
-                                     f"{int(target)} ORDER BY chain").split()]
+        """{role: count of chains} of a target (0 member, 1 syncing, 2 away)."""
+        out = psql(self.meta, f"SELECT role, count(*) FROM chain_members WHERE target = {target}"
+                              " GROUP BY role")
+        return {int(a): int(b) for a, b in (line.split("|") for line in out.split())}
+
+    def dirty(self, target=None):
+        """Dirty rows: every one, or those of a target."""
+        where = "" if target is None else f" WHERE target = {target}"
+        return int(psql(self.meta, "SELECT count(*) FROM dirty" + where))
+
+    def status_reads(self):
+        """(the reads count that braidfs status shows, its whole output)."""
+        st = braidfs("status", self.meta).stdout
+        line = next(ln for ln in st.splitlines() if ln.startswith("reads "))
+        return int(line.split()[1]), st
 
     def node_state(self, name):
         return int(psql(self.meta, f"SELECT state FROM nodes WHERE name = '{name}'"))
@@ -283,9 +303,8 @@ def test_kill_secondary_then_primary_during_writes(cluster):
     # every chain lost both nodes' targets: two committed changes at least
     assert all(a >= b + 2 for a, b in zip(after, before)), (before, after)
     # DIST-7: what the dead targets missed is recorded for their resync
-    for target in (1, 2):
-        n = int(psql(c.meta, f"SELECT count(*) FROM dirty WHERE target = {target}"))
-        assert n > 0, f"no dirty chunk recorded for target {target}"
+    for target in (c.target_id(0), c.target_id(1)):
+        assert c.dirty(target) > 0, f"no dirty chunk recorded for target {target}"
 
 
 def test_sigterm_marks_down_and_restart_serves(cluster):
@@ -324,9 +343,9 @@ def test_promotion_waits_for_a_late_dirty_record(pg, test_dir):  # noqa: F811
             f.write(pattern(1, 4 << 20))
             f.flush()
             os.fsync(f.fileno())
+        t3 = c.target_id(2)
         c.kill9(2)
-        wait_for(lambda: c.roles(3) and all(r == 2 for r in c.roles(3)), 30,
-                 "n3's target to be away from every chain")
+        wait_for(lambda: set(c.roles(t3)) == {2}, 30, "n3's target to be away from every chain")
         done, errors = threading.Event(), []
 
         def writer():
@@ -349,9 +368,8 @@ def test_promotion_waits_for_a_late_dirty_record(pg, test_dir):  # noqa: F811
         c.start(2, env)
         t.join(timeout=120)
         assert done.is_set() and not errors, f"the write failed: {errors}"
-        wait_for(lambda: all(r == 0 for r in c.roles(3)), 60, "n3 a member of every chain")
-        wait_for(lambda: int(psql(c.meta, "SELECT count(*) FROM dirty")) == 0, 30,
-                 "no dirty row left")
+        wait_for(lambda: set(c.roles(t3)) <= {0}, 60, "n3 a member of every chain")
+        wait_for(lambda: c.dirty() == 0, 30, "no dirty row left")
         c.umount()
         p = braidfs("fsck", c.meta, timeout=300)
         assert p.returncode == 0, f"fsck after n3's return:\n{p.stdout}{p.stderr}"
@@ -384,10 +402,10 @@ def test_local_reads_and_async_target(pg, test_dir):  # noqa: F811
         for i, d in data.items():
             with open(os.path.join(c.mnt, f"f{i}"), "rb") as f:
                 assert f.read() == d
-        st = braidfs("status", c.meta)
-        line = next(ln for ln in st.stdout.splitlines() if ln.startswith("reads "))
-        assert int(line.split()[1]) > 0, st.stdout  # n2 is a member of every chain
-        wait_for(lambda: braidfs("status", c.meta).stdout.count("async 3 (0 chunk(s) behind)")
+        reads, st = c.status_reads()
+        assert reads > 0, st  # n2 is a member of every chain
+        t3 = c.target_id(2)
+        wait_for(lambda: braidfs("status", c.meta).stdout.count(f"async {t3} (0 chunk(s) behind)")
                  == 8, 30, "the async target on every chain")
         # its node dies: writes go on, the chains do not change, the misses are recorded
         epochs = c.epochs()
@@ -399,15 +417,13 @@ def test_local_reads_and_async_target(pg, test_dir):  # noqa: F811
                 f.flush()
                 os.fsync(f.fileno())
         assert c.epochs() == epochs
-        behind = int(psql(c.meta, "SELECT count(*) FROM dirty WHERE target = 3"))
-        assert behind > 0
+        assert c.dirty(t3) > 0
         st = braidfs("status", c.meta).stdout
-        assert re.search(r"async 3 \([1-9][0-9]* chunk\(s\) behind\)", st), st
+        assert re.search(rf"async {t3} \([1-9][0-9]* chunk\(s\) behind\)", st), st
         # back: caught up by the primaries, still async
         c.start(2)
-        wait_for(lambda: int(psql(c.meta, "SELECT count(*) FROM dirty WHERE target = 3")) == 0,
-                 60, "the async target to be caught up")
-        assert "async target 3 caught up" in c.log_tail(0, 200) + c.log_tail(1, 200)
+        wait_for(lambda: c.dirty(t3) == 0, 60, "the async target to be caught up")
+        assert f"async target {t3} caught up" in c.log_tail(0, 200) + c.log_tail(1, 200)
         assert int(psql(c.meta, "SELECT count(*) FROM chain_members WHERE role = 3")) == 8
         drop_caches()
         for i, d in {**data, **more}.items():
@@ -449,27 +465,26 @@ def test_async_target_rebuilt_after_its_primary_is_killed(pg, test_dir, how):  #
         for i, d in data.items():
             with open(os.path.join(c.mnt, f"f{i}"), "rb") as f:
                 assert f.read() == d
-        st = braidfs("status", c.meta).stdout
-        line = next(ln for ln in st.splitlines() if ln.startswith("reads "))
-        assert int(line.split()[1]) == 0, st
-        led = int(psql(c.meta, "SELECT count(*) FROM chain_members m WHERE target = 1 AND "
+        reads, st = c.status_reads()
+        assert reads == 0, st
+        t1, t3 = c.target_id(0), c.target_id(2)
+        led = int(psql(c.meta, f"SELECT count(*) FROM chain_members m WHERE target = {t1} AND "
                        "role = 0 AND pos = (SELECT min(pos) FROM chain_members p WHERE "
                        "p.chain = m.chain AND p.role = 0)"))
         assert led > 0  # n1 is the primary of some chains
         c.kill9(0)
-        marked = "async target 3 marked for a rebuild"
+        marked = f"async target {t3} marked for a rebuild"
         if how == "manager":
-            wait_for(lambda: c.roles(1) and all(r == 2 for r in c.roles(1)), 30,
+            wait_for(lambda: set(c.roles(t1)) == {2}, 30,
                      "n1's target to be away from every chain")
             assert sum(c.log_tail(i, 400).count(marked) for i in (1, 2)) >= led
         else:
             c.start(0, env)
             assert c.log_tail(0, 400).count(marked) == led
-            assert c.roles(1).count(0) == 8  # still a member of every chain
+            assert c.roles(t1).get(0) == 8  # still a member of every chain
         os.unlink(hold)
-        wait_for(lambda: int(psql(c.meta, "SELECT count(*) FROM repairs WHERE target = 3")) == 0
-                 and int(psql(c.meta, "SELECT count(*) FROM dirty WHERE target = 3")) == 0,
-                 120, "the async target to be rebuilt")
+        wait_for(lambda: int(psql(c.meta, f"SELECT count(*) FROM repairs WHERE target = {t3}"))
+                 == 0 and c.dirty(t3) == 0, 120, "the async target to be rebuilt")
         assert int(psql(c.meta, "SELECT count(*) FROM chain_members WHERE role = 3")) == 8
         c.umount()
         for i in range(c.n):
@@ -477,7 +492,7 @@ def test_async_target_rebuilt_after_its_primary_is_killed(pg, test_dir, how):  #
                 c.stop(i)  # async queues drained, chunk files closed
         for i, d in data.items():
             for idx in range(len(d) >> 20):
-                chunk = os.path.join(c.urls[2][4:], "chunks", f"{inos[i] & 0xff:02x}",
+                chunk = os.path.join(c.chunks(2), f"{inos[i] & 0xff:02x}",
                                      f"{inos[i]:016x}.{idx:08x}")
                 with open(chunk, "rb") as f:
                     got = f.read()
