@@ -82,6 +82,8 @@ int64_t now_realtime_ns(void)
 	return clock_ns(CLOCK_REALTIME);
 }
 
+_Thread_local void (*tl_wait_hook)(void);
+
 int64_t now_monotonic_ns(void)
 {
 	return clock_ns(CLOCK_MONOTONIC);

@@ -33,6 +33,19 @@ static inline bool u32_in(const uint32_t *v, uint32_t n, uint32_t x)
 	return false;
 }
 
+/* A thread about to wait for a device, the network or another thread's long work calls
+ * wait_hint() first. The FUSE loop (fs/fs_loop.c) sets tl_wait_hook on the thread that holds
+ * its reader's place while that thread handles a request itself; the hook hands the place to
+ * another worker (and clears itself), so that the requests behind this one are read while it
+ * waits. On every other thread it is NULL and the call costs one thread-local load. */
+extern _Thread_local void (*tl_wait_hook)(void);
+static inline void wait_hint(void)
+{
+	void (*h)(void) = tl_wait_hook;
+	if (h)
+		h();
+}
+
 /* A one-line reason into a caller's buffer: err may be NULL or errlen 0 (then nothing). Every
  * layer's "char *err, size_t errlen" out-parameter is filled through this. */
 void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -770,6 +770,7 @@ static void ds_fifo_done(struct ds_fifo *f, uint64_t seq, uint64_t cost)
 /* Wait until everything queued to f before this call is applied. */
 static void ds_fifo_wait(struct ds_fifo *f)
 {
+	wait_hint();
 	pthread_mutex_lock(&f->lock);
 	uint64_t want = f->enq_seq;
 	while (f->done_seq < want)
@@ -1794,6 +1795,7 @@ int ds_fsync(struct ds *ds, uint64_t ino)
 {
 	struct ds_tgt *list[DS_MAX_TARGETS];
 	struct ds_rop op = {.op = DS_OP_SYNC_INO, .ino = ino};
+	wait_hint(); /* a device flush */
 	if (ds->mode != DS_WEAK)
 		return ds_targets_op(ds, &op, list, ds_chain_targets(ds, false, list));
 	/* weak: durable on the primaries; a primary that fails leaves its chains and the next

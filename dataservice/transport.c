@@ -229,6 +229,7 @@ int xp_call(struct xp_client *c, const struct xp_msg *m, struct xp_resp *ret)
 	pthread_cond_init(&w.cv, NULL);
 	int r = c->ops->submit(c, m, call_done, &w);
 	if (r == 0) {
+		wait_hint();
 		pthread_mutex_lock(&w.lock);
 		while (!w.done)
 			pthread_cond_wait(&w.cv, &w.lock);
@@ -303,6 +304,8 @@ int xp_call_stream(struct xp_client *c, const struct xp_msg *m,
 	pthread_cond_init(&w.cv, NULL);
 	int r = c->ops->submit(c, m, stream_done, &w);
 	int stop = 0, status = 0;
+	if (r == 0)
+		wait_hint();
 	for (bool last = false; r == 0 && !last;) {
 		pthread_mutex_lock(&w.lock);
 		while (!w.head && !w.final)

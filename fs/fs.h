@@ -55,7 +55,8 @@
  *         keeps locks per mount (exact for the one mount a one-node engine allows).
  *
  * THREADS AND LOCKS
- *   libfuse's multi-threaded loop calls the op handlers from many threads at once. One
+ *   The request loop (fs_loop.c) calls the op handlers from many threads at once; a handler
+ *   that may wait long calls wait_hint() (common/util.h) first, or the loop learns it. One
  *   metadata syncer thread (fs_new to fs_free) runs the metadata syncs fsync asks for
  *   (FS-4); fs.sync_lock is a leaf: nothing else is taken while it is held. One lock waiter
  *   thread (FS-9, fs_lock.c) retries blocked lock requests; its lock is a leaf too.

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/fuse.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "fs/fs_loop.h"
 
 uint64_t fs_meta_touched(struct fs *fs)
 {
@@ -132,6 +134,7 @@ static int meta_sync_wait(struct fs *fs, uint64_t ticket)
 {
 	if (ticket == 0)
 		return 0;
+	wait_hint();
 	pthread_mutex_lock(&fs->sync_lock);
 	while (fs->sync_ended < ticket)
 		pthread_cond_wait(&fs->sync_done, &fs->sync_lock);
@@ -1505,17 +1508,67 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *err, size_t errlen)
 	return 0;
 }
 
+/* A request kind handled by the reader itself while its mean wall time stays below this
+ * (fs_loop.c): about what handing the reader's place on costs in wake-ups. */
+#define FS_INLINE_NS (200 * 1000)
+
+/* fs_loop.h over the libfuse session: each worker's buffer is a struct fuse_buf. */
+static int loop_receive(void *ctx, void *buf)
+{
+	struct fs *fs = ctx;
+	return fuse_session_receive_buf(fs->se, buf);
+}
+
+static unsigned loop_kind(void *ctx, const void *buf)
+{
+	(void)ctx;
+	const struct fuse_buf *b = buf;
+	if ((b->flags & FUSE_BUF_IS_FD) || b->size < sizeof(struct fuse_in_header))
+		return LF_KINDS; /* not in memory to look at: may wait */
+	const struct fuse_in_header *h = b->mem;
+	return h->opcode < LF_KINDS ? h->opcode : LF_KINDS;
+}
+
+static void loop_process(void *ctx, void *buf)
+{
+	struct fs *fs = ctx;
+	fuse_session_process_buf(fs->se, buf);
+}
+
+static bool loop_ended(void *ctx)
+{
+	struct fs *fs = ctx;
+	return fuse_session_exited(fs->se) != 0;
+}
+
+static void loop_buf_free(void *ctx, void *buf)
+{
+	(void)ctx;
+	free(((struct fuse_buf *)buf)->mem);
+}
+
 int fs_loop(struct fs *fs)
 {
-	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-	if (!cfg)
-		return -ENOMEM;
-	fuse_loop_cfg_set_clone_fd(cfg, 1);
-	fuse_loop_cfg_set_max_threads(cfg, fs->opt.max_threads);
-	fuse_loop_cfg_set_idle_threads(cfg, fs->opt.max_threads);
-	int r = fuse_session_loop_mt(fs->se, cfg);
-	fuse_loop_cfg_destroy(cfg);
-	return r < 0 ? r : 0;
+	static const struct lf_ops ops = {
+	    .receive = loop_receive,
+	    .kind = loop_kind,
+	    .process = loop_process,
+	    .ended = loop_ended,
+	    .buf_free = loop_buf_free,
+	};
+	struct lf_config cfg = {
+	    .max_threads = fs->opt.max_threads,
+	    .inline_ns = FS_INLINE_NS,
+	    .always_off = 1ull << FUSE_FSYNC | 1ull << FUSE_FSYNCDIR | 1ull << FUSE_SYNCFS,
+	    .buf_size = sizeof(struct fuse_buf),
+	};
+	struct lf_stats st = {0};
+	int r = lf_run(&ops, fs, &cfg, &st);
+	log_info("volume %s: %llu FUSE requests, %llu handed off by kind or cost, %llu at a wait, "
+		 "%u workers",
+		 fs->vol.name, (unsigned long long)st.requests, (unsigned long long)st.handed_off,
+		 (unsigned long long)st.hinted, st.threads);
+	return r;
 }
 
 void fs_free(struct fs *fs)

@@ -321,6 +321,7 @@ static int sm_dev_file_run(struct sm_dev_file *f, struct io_uring *ring, struct 
 		pending++;
 	}
 	int first = 0;
+	wait_hint(); /* O_DIRECT: every I/O goes to the device */
 	while (pending) {
 		int r = io_uring_submit_and_wait(ring, 1);
 		if (r < 0 && r != -EINTR && r != -EAGAIN) {

@@ -232,6 +232,7 @@ static void net_wait_init(struct net_wait *w)
 /* Sleep until every request counted in w->pending completed, then tear w down. */
 static void net_wait_all(struct net_wait *w)
 {
+	wait_hint();
 	pthread_mutex_lock(&w->lock);
 	while (w->pending)
 		pthread_cond_wait(&w->cond, &w->lock);

@@ -58,7 +58,7 @@ static const char mount_help[] =
     "  -o OPTIONS         comma-separated:\n"
     "       attr_timeout=SEC   how long the kernel caches attributes (default 1)\n"
     "       entry_timeout=SEC  how long the kernel caches names (default 1)\n"
-    "       threads=N          FUSE worker threads (default 16)\n"
+    "       threads=N          FUSE worker threads at most (default 16)\n"
     "       stall_ms=MS        a volume served by nodes: how long a request keeps\n"
     "                          being retried while its chain does not change (its\n"
     "                          primary's node is down and no manager moved the chain\n"

@@ -1,0 +1,338 @@
+/* test_fs_loop — the leader/follower request loop (fs/fs_loop.c) fed from a pipe: cheap
+ * requests stay on one thread, requests that may wait never hold up the ones behind them
+ * (by kind, by learned cost, by wait_hint()), the loop ends on end of input, on a device
+ * error and on ended(), and a request being handled is finished before it returns. */
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/util.h"
+#include "fs/fs_loop.h"
+
+enum { FAST, BLOCK, HINT_BLOCK, SLEEP_2MS, FAIL };
+
+struct msg {
+	uint32_t kind;
+	uint32_t action;
+};
+
+#define MAX_TIDS 64
+
+static struct {
+	int rfd, wfd;
+	sem_t release; /* BLOCK / HINT_BLOCK requests wait for one post each */
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	unsigned done; /* requests handled */
+	unsigned blocked; /* BLOCK / HINT_BLOCK requests now waiting */
+	pthread_t tids[MAX_TIDS];
+	unsigned ntids; /* distinct threads that handled a request */
+	volatile int ended;
+} g;
+
+static int f_receive(void *ctx, void *buf)
+{
+	(void)ctx;
+	ssize_t n = read(g.rfd, buf, sizeof(struct msg));
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		return 0;
+	assert_int_equal(n, sizeof(struct msg));
+	if (((struct msg *)buf)->action == FAIL)
+		return -EIO;
+	return (int)n;
+}
+
+static unsigned f_kind(void *ctx, const void *buf)
+{
+	(void)ctx;
+	return ((const struct msg *)buf)->kind;
+}
+
+static void f_process(void *ctx, void *buf)
+{
+	(void)ctx;
+	struct msg *m = buf;
+	if (m->action == BLOCK || m->action == HINT_BLOCK) {
+		if (m->action == HINT_BLOCK)
+			wait_hint();
+		pthread_mutex_lock(&g.lock);
+		g.blocked++;
+		pthread_cond_broadcast(&g.cv);
+		pthread_mutex_unlock(&g.lock);
+		sem_wait(&g.release);
+		pthread_mutex_lock(&g.lock);
+		g.blocked--;
+		pthread_mutex_unlock(&g.lock);
+	} else if (m->action == SLEEP_2MS) {
+		struct timespec ts = {0, 2 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	pthread_mutex_lock(&g.lock);
+	pthread_t me = pthread_self();
+	bool seen = false;
+	for (unsigned i = 0; i < g.ntids; i++)
+		seen = seen || pthread_equal(g.tids[i], me);
+	if (!seen && g.ntids < MAX_TIDS)
+		g.tids[g.ntids++] = me;
+	g.done++;
+	pthread_cond_broadcast(&g.cv);
+	pthread_mutex_unlock(&g.lock);
+}
+
+static bool f_ended(void *ctx)
+{
+	(void)ctx;
+	return g.ended != 0;
+}
+
+static const struct lf_ops ops = {
+    .receive = f_receive, .kind = f_kind, .process = f_process, .ended = f_ended};
+
+static int setup(void **state)
+{
+	(void)state;
+	memset(&g, 0, sizeof(g));
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	g.rfd = p[0];
+	g.wfd = p[1];
+	sem_init(&g.release, 0, 0);
+	pthread_mutex_init(&g.lock, NULL);
+	assert_int_equal(cond_init_monotonic(&g.cv), 0);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	if (g.wfd >= 0)
+		close(g.wfd);
+	close(g.rfd);
+	sem_destroy(&g.release);
+	pthread_cond_destroy(&g.cv);
+	pthread_mutex_destroy(&g.lock);
+	return 0;
+}
+
+static void send_msg(uint32_t kind, uint32_t action)
+{
+	struct msg m = {kind, action};
+	assert_int_equal(write(g.wfd, &m, sizeof(m)), sizeof(m));
+}
+
+static void end_input(void)
+{
+	close(g.wfd);
+	g.wfd = -1;
+}
+
+/* Wait up to 20 s until *field >= want; false on timeout. */
+static bool wait_for(const unsigned *field, unsigned want)
+{
+	int64_t deadline = now_monotonic_ns() + 20LL * 1000000000;
+	pthread_mutex_lock(&g.lock);
+	while (*field < want && now_monotonic_ns() < deadline)
+		cond_wait_until(&g.cv, &g.lock, deadline);
+	bool ok = *field >= want;
+	pthread_mutex_unlock(&g.lock);
+	return ok;
+}
+
+struct runner {
+	pthread_t t;
+	struct lf_config cfg;
+	struct lf_stats st;
+	int ret;
+	volatile int finished;
+};
+
+static void *run_main(void *arg)
+{
+	struct runner *r = arg;
+	r->ret = lf_run(&ops, NULL, &r->cfg, &r->st);
+	r->finished = 1;
+	return NULL;
+}
+
+static void start(struct runner *r, unsigned max_threads, uint32_t inline_ns, uint64_t always_off)
+{
+	memset(r, 0, sizeof(*r));
+	r->cfg = (struct lf_config){.max_threads = max_threads,
+				    .inline_ns = inline_ns,
+				    .always_off = always_off,
+				    .buf_size = sizeof(struct msg)};
+	assert_int_equal(pthread_create(&r->t, NULL, run_main, r), 0);
+}
+
+static int finish(struct runner *r)
+{
+	pthread_join(r->t, NULL);
+	return r->ret;
+}
+
+/* Cheap requests are read and handled by one thread: no hand-off, no second worker. */
+static void test_cheap_stay_on_one_thread(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 8, 1000 * 1000 * 1000, 0);
+	for (int i = 0; i < 2000; i++)
+		send_msg(1, FAST);
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	assert_int_equal(g.done, 2000);
+	assert_int_equal(r.st.requests, 2000);
+	assert_int_equal(r.st.handed_off, 0);
+	assert_int_equal(r.st.threads, 1);
+	assert_int_equal(g.ntids, 1);
+}
+
+/* A kind marked always_off is handled by another worker: the requests behind it are read
+ * and handled while it waits. */
+static void test_always_off_does_not_hold_up_the_rest(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 8, 1000 * 1000 * 1000, 1ull << 2);
+	send_msg(2, BLOCK);
+	assert_true(wait_for(&g.blocked, 1));
+	for (int i = 0; i < 100; i++)
+		send_msg(1, FAST);
+	assert_true(wait_for(&g.done, 100)); /* while the first one still waits */
+	assert_int_equal(g.blocked, 1);
+	sem_post(&g.release);
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	assert_int_equal(g.done, 101);
+	assert_int_equal(r.st.handed_off, 1);
+	assert_true(r.st.threads >= 2);
+}
+
+/* A request handled on the reader's place that reaches wait_hint() gives the place up. */
+static void test_wait_hint_gives_up_the_reader(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 8, 1000 * 1000 * 1000, 0);
+	send_msg(3, HINT_BLOCK);
+	assert_true(wait_for(&g.blocked, 1));
+	for (int i = 0; i < 100; i++)
+		send_msg(1, FAST);
+	assert_true(wait_for(&g.done, 100));
+	sem_post(&g.release);
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	assert_int_equal(g.done, 101);
+	assert_int_equal(r.st.handed_off, 0);
+	assert_int_equal(r.st.hinted, 1);
+	assert_true(r.st.threads >= 2);
+}
+
+/* A kind that takes longer than inline_ns on average is handed off from then on. */
+static void test_cost_is_learned(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 8, 100 * 1000, 0);
+	for (unsigned i = 1; i <= 20; i++) {
+		send_msg(4, SLEEP_2MS);
+		send_msg(1, FAST);
+		assert_true(wait_for(&g.done, 2 * i)); /* one at a time: each cost is known */
+	}
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	/* the first 2 ms sample makes the mean 250 us (1/8 weight): every later one goes */
+	assert_true(r.st.handed_off >= 19); /* more only if a FAST one took > 800 us */
+	assert_int_equal(r.st.requests, 40);
+}
+
+/* max_threads 1: one thread reads and handles everything, even kinds that may wait. */
+static void test_one_thread(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 1, 0, ~0ull);
+	for (int i = 0; i < 50; i++)
+		send_msg(i % 3 ? 1 : 2, FAST);
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	assert_int_equal(g.done, 50);
+	assert_int_equal(r.st.handed_off, 0);
+	assert_int_equal(r.st.threads, 1);
+	assert_int_equal(g.ntids, 1);
+}
+
+/* More waiting requests than workers: they queue, and all are handled once released. */
+static void test_more_waits_than_workers(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 3, 1000 * 1000 * 1000, 1ull << 2);
+	for (int i = 0; i < 6; i++)
+		send_msg(2, BLOCK);
+	assert_true(wait_for(&g.blocked, 3)); /* every worker waits; the rest stay in the pipe */
+	for (int i = 0; i < 6; i++)
+		sem_post(&g.release);
+	assert_true(wait_for(&g.done, 6));
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	assert_int_equal(r.st.threads, 3);
+}
+
+/* ended() stops a loop whose reader waits in receive (it is cancelled there), but only
+ * after the request being handled is done. */
+static void test_ended_waits_for_the_request_in_hand(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 4, 1000 * 1000 * 1000, 1ull << 2);
+	send_msg(2, BLOCK);
+	assert_true(wait_for(&g.blocked, 1));
+	g.ended = 1;
+	struct timespec ts = {0, 400 * 1000 * 1000}; /* ended() is polled every 100 ms */
+	nanosleep(&ts, NULL);
+	assert_int_equal(r.finished, 0);
+	sem_post(&g.release);
+	assert_int_equal(finish(&r), 0);
+	assert_int_equal(g.done, 1);
+}
+
+/* A device error ends the loop with that error. */
+static void test_device_error(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 4, 1000 * 1000 * 1000, 0);
+	send_msg(1, FAST);
+	send_msg(1, FAIL);
+	assert_int_equal(finish(&r), -EIO);
+	assert_int_equal(g.done, 1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_cheap_stay_on_one_thread, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_always_off_does_not_hold_up_the_rest, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_wait_hint_gives_up_the_reader, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cost_is_learned, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_one_thread, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_more_waits_than_workers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_ended_waits_for_the_request_in_hand, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_device_error, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
