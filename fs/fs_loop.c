@@ -68,7 +68,7 @@ struct lf {
 	unsigned nthreads;
 	pthread_t *tids; /* cfg.max_threads slots, nthreads used */
 
-	sem_t ended; /* posted when a worker ends the loop */
+	sem_t ended;			 /* posted when a worker ends the loop */
 	_Atomic uint32_t cost[LF_KINDS]; /* mean wall time, ns */
 	_Atomic uint64_t requests, handed_off, hinted;
 };
@@ -207,7 +207,8 @@ static bool lead(struct lf_worker *w)
 		int64_t ns = now_monotonic_ns() - t0;
 		tl_wait_hook = NULL;
 		if (kind < LF_KINDS)
-			mean_add(&l->cost[kind], ns > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)ns);
+			mean_add(&l->cost[kind],
+				 ns > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)ns);
 		if (!w->leader) {
 			pthread_mutex_lock(&l->lock);
 			l->nwaiting--;
@@ -264,8 +265,7 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-int lf_run(const struct lf_ops *ops, void *ctx, const struct lf_config *cfg,
-	   struct lf_stats *stats)
+int lf_run(const struct lf_ops *ops, void *ctx, const struct lf_config *cfg, struct lf_stats *stats)
 {
 	if (cfg->max_threads < 1 || cfg->buf_size == 0)
 		return -EINVAL;

@@ -32,7 +32,7 @@ static struct {
 	sem_t release; /* BLOCK / HINT_BLOCK requests wait for one post each */
 	pthread_mutex_t lock;
 	pthread_cond_t cv;
-	unsigned done; /* requests handled */
+	unsigned done;	  /* requests handled */
 	unsigned blocked; /* BLOCK / HINT_BLOCK requests now waiting */
 	pthread_t tids[MAX_TIDS];
 	unsigned ntids; /* distinct threads that handled a request */
