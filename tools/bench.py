@@ -8,6 +8,13 @@ prints one table with every figure and its ratio to the local disk — with the 
 one of braidfs against them (r1 / passthrough, r2 / glusterfs, r2 / moosefs) — writes the
 figures as JSON and draws a PNG bar chart of the ratios.
 
+Order: every system is set up first; then each row runs on every system in turn before the
+next row starts, so that the columns of one row are measured within minutes of each other
+(this machine's figures drift by up to 2x within a quarter of an hour). With --rounds N the
+whole sequence runs N times, the systems taking turns in the opposite order each round; each
+cell is the median of its rounds, and the table is followed by each cell's lowest and highest
+round. A full default run with --peers takes about 15 minutes per round.
+
 Systems (columns), in this order:
   local           a directory on the local disk (--workdir)
   braidfs-r1      a fresh braidfs volume, 1 replica, one target
@@ -37,11 +44,13 @@ Options:
   --size-mb N       size of the sequential file (default 1024)
   --runtime S       seconds per timed fio row (default 20)
   --pgbench-time S  seconds of the pgbench run (default 30)
+  --rounds N        run everything N times and report the median of each cell (default 1)
   --braidfs PATH    the braidfs binary (default: the one next to this script's build, else PATH)
   -h, --help        this text
 
 Environment: nothing is left mounted or running when it ends, also on Ctrl-C or an error in
-one system (that system's rows read ERROR and the run goes on). A row a system cannot run
+one system (that system's rows read ERROR and the run goes on; a cell with a failed round
+reads ERROR, its rounds are in bench.json as "per_round"). A row a system cannot run
 reads n/a, with the reason in bench.json ("skipped"): pgbench where the postgres user cannot
 enter the mount (libfuse's passthrough example mounts without allow_other). Must run as root (mounts,
 dropping caches, the postgres user). Figures drift between runs on a shared machine: compare
@@ -52,6 +61,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -252,56 +262,89 @@ class Peer(System):
             shutil.rmtree(self.mnt, ignore_errors=True)
 
 
-def measure(system, rows, args, results):
-    res = results.setdefault(system.name, {})
-    try:
-        say(f"{system.name}: setting up")
-        d = system.up()
-    except Exception as e:  # the column reads ERROR, the run goes on
-        say(f"{system.name}: cannot set up: {e}")
-        for r in rows:
-            res[r] = None
-        return
-    try:
-        work = os.path.join(d, f"bench.{os.getpid()}")
-        os.makedirs(work, exist_ok=True)
-        for r in rows:
-            if r in ("create", "stat", "unlink"):
-                if "create" in res:
+GROUPS = [("seqwrite",), ("seqread",), ("randwrite",), ("randread",), ("fsyncwrite",),
+          ("create", "stat", "unlink"), ("pgbench",)]
+
+
+def run_group(group, rows, d, args):
+    """One group of rows on one system in directory d: {row: figure or None}; Skip passes."""
+    if group[0] == "create":
+        m = meta_rows(d)
+        return {k: m[k] for k in group if k in rows}
+    r = group[0]
+    if r == "pgbench":
+        return {r: pgbench_row(d, args.pgbench_time)}
+    v = fio_row(r, d, args.size_mb, args.runtime)
+    if r == "seqread":
+        try:
+            os.unlink(os.path.join(d, "seq"))
+        except OSError:
+            pass
+    return {r: v}
+
+
+def measure_all(systems, rows, args, per_round):
+    """Every row on every system, row by row: within a row the systems run one after the
+    other, minutes apart at most, so that the machine's drift (which moves a figure by up to
+    2x within a quarter of an hour here) falls between rows, not between the columns that
+    are compared. With --rounds N the systems take turns in the opposite order each round."""
+    work = {}
+    for s in systems:
+        per_round[s.name] = {r: [] for r in rows}
+        try:
+            say(f"{s.name}: setting up")
+            d = s.up()
+            work[s.name] = os.path.join(d, f"bench.{os.getpid()}")
+        except Exception as e:  # the column reads ERROR, the run goes on
+            say(f"{s.name}: cannot set up: {e}")
+    groups = [g for g in GROUPS if any(r in rows for r in g)]
+    steps = args.rounds * len(groups) * len(work)
+    step, started = 0, time.monotonic()
+    for k in range(args.rounds):
+        order = systems if k % 2 == 0 else systems[::-1]
+        for s in order:
+            if s.name in work:
+                shutil.rmtree(work[s.name], ignore_errors=True)
+                os.makedirs(work[s.name])
+        for g in groups:
+            label = "create/stat/unlink of 10,000 files" if g[0] == "create" else g[0]
+            for s in order:
+                if s.name not in work:
                     continue
-                say(f"{system.name}: create/stat/unlink of 10,000 files")
+                step += 1
+                el = int(time.monotonic() - started)
+                rnd = f"round {k + 1}/{args.rounds}, " if args.rounds > 1 else ""
+                say(f"[{rnd}step {step}/{steps}, {el // 60}m{el % 60:02d}s] {s.name}: {label}")
                 try:
-                    m = meta_rows(work)
-                    for k in ("create", "stat", "unlink"):
-                        if k in rows:
-                            res[k] = m[k]
+                    got = run_group(g, rows, work[s.name], args)
+                except Skip as e:
+                    say(f"{s.name}: {label} not run: {e}")
+                    for r in g:
+                        if r in rows:
+                            SKIPPED.setdefault(s.name, {})[r] = str(e)
+                    got = {}
                 except Exception as e:
-                    say(f"{system.name}: metadata rows failed: {e}")
-                    for k in ("create", "stat", "unlink"):
-                        res[k] = None
-                continue
-            say(f"{system.name}: {r}")
-            try:
-                if r == "pgbench":
-                    res[r] = pgbench_row(work, args.pgbench_time)
-                else:
-                    res[r] = fio_row(r, work, args.size_mb, args.runtime)
-            except Skip as e:
-                say(f"{system.name}: {r} not run: {e}")
-                res[r] = None
-                SKIPPED.setdefault(system.name, {})[r] = str(e)
-            except Exception as e:
-                say(f"{system.name}: {r} failed: {e}")
-                res[r] = None
-            if r == "seqread":
-                try:
-                    os.unlink(os.path.join(work, "seq"))
-                except OSError:
-                    pass
-        shutil.rmtree(work, ignore_errors=True)
-    finally:
-        say(f"{system.name}: tearing down")
-        system.down()
+                    say(f"{s.name}: {label} failed: {e}")
+                    got = {}
+                for r in g:
+                    if r in rows:
+                        per_round[s.name][r].append(got.get(r))
+    for s in systems:
+        if s.name in work:
+            shutil.rmtree(work[s.name], ignore_errors=True)
+
+
+def summarize(per_round, rows):
+    """The figure of each cell: the median of its rounds; None (ERROR or n/a) if a round
+    failed or none ran."""
+    out = {}
+    for name, cells in per_round.items():
+        out[name] = {}
+        for r in rows:
+            vs = cells.get(r, [])
+            out[name][r] = (statistics.median(vs)
+                            if vs and all(v is not None for v in vs) else None)
+    return out
 
 
 def interrupted(signum, frame):
@@ -357,7 +400,19 @@ def peer_table(results, rows):
     return md_table(["row"] + [f"{a} / {b}" for a, b in pairs], body)
 
 
-def chart(results, rows, systems, path):
+def spread_table(per_round, rows, systems):
+    """The lowest and highest figure of each cell across the rounds."""
+    body = []
+    for r in rows:
+        cells = [f"{r} {UNITS[r]}"]
+        for s in systems:
+            vs = [v for v in per_round.get(s, {}).get(r, []) if v is not None]
+            cells.append(f"{fmt(min(vs))} - {fmt(max(vs))}" if vs else "-")
+        body.append(cells)
+    return md_table(["row"] + systems, body)
+
+
+def chart(results, rows, systems, path, rounds=1):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -379,7 +434,8 @@ def chart(results, rows, systems, path):
     ax.set_xticks([x + width * (len(others) - 1) / 2 for x in range(len(rows))])
     ax.set_xticklabels(rows)
     ax.set_ylabel("ratio to the local disk (1.0 = local)")
-    ax.set_title("braidfs bench: figure / local disk, one run on one machine")
+    how = f"median of {rounds} rounds" if rounds > 1 else "one run"
+    ax.set_title(f"braidfs bench: figure / local disk, {how} on one machine")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -418,11 +474,15 @@ def main():
     p.add_argument("--size-mb", type=int, default=1024)
     p.add_argument("--runtime", type=int, default=20)
     p.add_argument("--pgbench-time", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--braidfs", default=None)
     args = p.parse_args()
     if args.help:
         print(__doc__.strip())
         return 0
+    if args.rounds < 1:
+        print("braidfs bench: --rounds must be 1 or more", file=sys.stderr)
+        return 2
     rows = [r for r in args.rows.split(",") if r]
     bad = [r for r in rows if r not in ROWS]
     if bad:
@@ -465,33 +525,39 @@ def main():
             else:
                 say(f"peer {name}: no {script}, skipped")
     signal.signal(signal.SIGTERM, interrupted)
-    results = {}
+    per_round = {}
     started = time.time()
     try:
-        for s in systems:
-            measure(s, rows, args, results)
+        measure_all(systems, rows, args, per_round)
     except KeyboardInterrupt:
         say("interrupted: cleaning up")
-        for s in systems:
-            s.down()
         return 130
+    finally:
+        for s in systems:
+            say(f"{s.name}: tearing down")
+            s.down()
+    results = summarize(per_round, rows)
     names = [s.name for s in systems]
     os.makedirs(args.out, exist_ok=True)
     doc = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S",
                                                           time.localtime(started)),
            "seconds": round(time.time() - started), "size_mb": args.size_mb,
            "runtime": args.runtime, "pgbench_time": args.pgbench_time,
-           "target_kind": args.target_kind, "units": {r: UNITS[r] for r in rows},
-           "results": results, "skipped": SKIPPED}
+           "target_kind": args.target_kind, "rounds": args.rounds,
+           "units": {r: UNITS[r] for r in rows}, "results": results, "per_round": per_round,
+           "skipped": SKIPPED}
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(doc, f, indent=1)
     t = table(results, rows, names)
     pt = peer_table(results, rows)
     if pt:
         t += "\n\nbraidfs against the peers (ratio of the figures, above 1 = braidfs faster):\n\n" + pt
+    if args.rounds > 1:
+        t = (f"Median of {args.rounds} rounds.\n\n" + t
+             + "\n\nEach round's figures (lowest - highest):\n\n" + spread_table(per_round, rows, names))
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(t + "\n")
-    drew = chart(results, rows, names, os.path.join(args.out, "bench.png"))
+    drew = chart(results, rows, names, os.path.join(args.out, "bench.png"), args.rounds)
     print(t)
     print(f"\nresults: {args.out}/bench.json, {args.out}/bench.md"
           + (f", {args.out}/bench.png" if drew else ""))
