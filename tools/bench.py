@@ -533,7 +533,11 @@ def main():
         say("interrupted: cleaning up")
         return 130
     finally:
-        for s in systems:
+        # Last up, first down: a peer's servers run in a network namespace whose mount
+        # namespace copied every mount made before it (this machine's mounts do not
+        # propagate), so a braidfs volume mounted earlier stays alive in there until that
+        # peer's servers have exited, and its unmount would wait for them.
+        for s in reversed(systems):
             say(f"{s.name}: tearing down")
             s.down()
     results = summarize(per_round, rows)
