@@ -1532,7 +1532,125 @@ static unsigned loop_kind(void *ctx, const void *buf)
 static void loop_process(void *ctx, void *buf)
 {
 	struct fs *fs = ctx;
+	unsigned k = loop_kind(ctx, buf);
+	int64_t t0 = now_monotonic_ns();
 	fuse_session_process_buf(fs->se, buf);
+	if (k < FS_REQ_KINDS) {
+		atomic_fetch_add_explicit(&fs->req_count[k], 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&fs->req_ns[k], (uint64_t)(now_monotonic_ns() - t0),
+					  memory_order_relaxed);
+	}
+}
+
+/* FUSE opcodes by number (linux/fuse.h), as fs_req_name tells them. */
+static const char *const req_names[FS_REQ_KINDS] = {
+    [FUSE_LOOKUP] = "lookup",
+    [FUSE_FORGET] = "forget",
+    [FUSE_GETATTR] = "getattr",
+    [FUSE_SETATTR] = "setattr",
+    [FUSE_READLINK] = "readlink",
+    [FUSE_SYMLINK] = "symlink",
+    [FUSE_MKNOD] = "mknod",
+    [FUSE_MKDIR] = "mkdir",
+    [FUSE_UNLINK] = "unlink",
+    [FUSE_RMDIR] = "rmdir",
+    [FUSE_RENAME] = "rename",
+    [FUSE_LINK] = "link",
+    [FUSE_OPEN] = "open",
+    [FUSE_READ] = "read",
+    [FUSE_WRITE] = "write",
+    [FUSE_STATFS] = "statfs",
+    [FUSE_RELEASE] = "release",
+    [FUSE_FSYNC] = "fsync",
+    [FUSE_SETXATTR] = "setxattr",
+    [FUSE_GETXATTR] = "getxattr",
+    [FUSE_LISTXATTR] = "listxattr",
+    [FUSE_REMOVEXATTR] = "removexattr",
+    [FUSE_FLUSH] = "flush",
+    [FUSE_INIT] = "init",
+    [FUSE_OPENDIR] = "opendir",
+    [FUSE_READDIR] = "readdir",
+    [FUSE_RELEASEDIR] = "releasedir",
+    [FUSE_FSYNCDIR] = "fsyncdir",
+    [FUSE_GETLK] = "getlk",
+    [FUSE_SETLK] = "setlk",
+    [FUSE_SETLKW] = "setlkw",
+    [FUSE_ACCESS] = "access",
+    [FUSE_CREATE] = "create",
+    [FUSE_INTERRUPT] = "interrupt",
+    [FUSE_BMAP] = "bmap",
+    [FUSE_DESTROY] = "destroy",
+    [FUSE_IOCTL] = "ioctl",
+    [FUSE_POLL] = "poll",
+    [FUSE_NOTIFY_REPLY] = "notify_reply",
+    [FUSE_BATCH_FORGET] = "batch_forget",
+    [FUSE_FALLOCATE] = "fallocate",
+    [FUSE_READDIRPLUS] = "readdirplus",
+    [FUSE_RENAME2] = "rename2",
+    [FUSE_LSEEK] = "lseek",
+    [FUSE_COPY_FILE_RANGE] = "copy_file_range",
+    [FUSE_SETUPMAPPING] = "setupmapping",
+    [FUSE_REMOVEMAPPING] = "removemapping",
+    [FUSE_SYNCFS] = "syncfs",
+    [FUSE_TMPFILE] = "tmpfile",
+};
+
+const char *fs_req_name(unsigned k)
+{
+	return k < FS_REQ_KINDS ? req_names[k] : NULL;
+}
+
+int fs_req_kind(const char *name)
+{
+	for (unsigned k = 0; name && k < FS_REQ_KINDS; k++)
+		if (req_names[k] && strcmp(req_names[k], name) == 0)
+			return (int)k;
+	return -1;
+}
+
+void fs_req_stats(struct fs *fs, struct fs_req_stat out[FS_REQ_KINDS])
+{
+	for (unsigned k = 0; k < FS_REQ_KINDS; k++) {
+		out[k].count = atomic_load_explicit(&fs->req_count[k], memory_order_relaxed);
+		out[k].busy_ns = atomic_load_explicit(&fs->req_ns[k], memory_order_relaxed);
+	}
+}
+
+/* At unmount: the kinds that took the most time, each with its count and mean. */
+static void log_req_stats(struct fs *fs)
+{
+	struct fs_req_stat st[FS_REQ_KINDS];
+	fs_req_stats(fs, st);
+	uint64_t total = 0;
+	for (unsigned k = 0; k < FS_REQ_KINDS; k++)
+		total += st[k].busy_ns;
+	char line[1024];
+	size_t n = 0;
+	line[0] = 0;
+	for (unsigned shown = 0; shown < 8 && n < sizeof(line); shown++) {
+		unsigned best = FS_REQ_KINDS;
+		for (unsigned k = 0; k < FS_REQ_KINDS; k++)
+			if (st[k].count &&
+			    (best == FS_REQ_KINDS || st[k].busy_ns > st[best].busy_ns))
+				best = k;
+		if (best == FS_REQ_KINDS)
+			break;
+		const char *name = fs_req_name(best);
+		char num[16];
+		snprintf(num, sizeof(num), "op%u", best);
+		int w = snprintf(line + n, sizeof(line) - n, "%s%s %llu x %llu us (%.0f%%)",
+				 shown ? ", " : "", name ? name : num,
+				 (unsigned long long)st[best].count,
+				 (unsigned long long)(st[best].busy_ns / st[best].count / 1000),
+				 total ? 100.0 * (double)st[best].busy_ns / (double)total : 0.0);
+		if (w < 0)
+			break;
+		n += (size_t)w;
+		st[best].count = 0;
+	}
+	if (line[0])
+		log_info("volume %s: request time by kind (count x mean, share): %s", fs->vol.name,
+			 line);
 }
 
 static bool loop_ended(void *ctx)
@@ -1568,6 +1686,7 @@ int fs_loop(struct fs *fs)
 		 "%u workers",
 		 fs->vol.name, (unsigned long long)st.requests, (unsigned long long)st.handed_off,
 		 (unsigned long long)st.hinted, st.threads);
+	log_req_stats(fs);
 	return r;
 }
 

@@ -337,7 +337,7 @@ static int serve(const char *meta_url, const char *mnt, struct mount_opts *mo, i
 	if (rr < 0)
 		log_warn("cannot record the mount in %s: %s (umount will not wait for it)", RUN_DIR,
 			 strerror(-rr));
-	else if ((rr = ctl_server_start(v.ds, v.info.name, &ctl, err, sizeof(err))) < 0)
+	else if ((rr = ctl_server_start(v.ds, fs, v.info.name, &ctl, err, sizeof(err))) < 0)
 		log_warn("no control socket: %s ('braidfs scrub' and counters in 'braidfs "
 			 "status' need it)",
 			 err);

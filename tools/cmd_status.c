@@ -12,6 +12,7 @@
 
 #include "common/util.h"
 #include "dataservice/rpc_target.h"
+#include "fs/fs.h"
 #include "storemgr/sm.h"
 #include "tools/ctl_client.h"
 #include "tools/tools.h"
@@ -44,7 +45,10 @@ static const char help[] =
     "bytes read and written, replica failures, and checksum errors met by reads and\n"
     "scrubs with the repairs they made (since it was mounted); each target that keeps\n"
     "counters adds its own (checksum errors, bytes read and written since it was\n"
-    "opened). When it is not mounted, the counters the targets report are shown.\n"
+    "opened). When it is not mounted, the counters the targets report are shown. The\n"
+    "mount also counts the FUSE requests it handled by kind: status lists the kinds that\n"
+    "took the most time (count, mean time in the handler, share of all handler time),\n"
+    "where to look first when the volume is slower than expected.\n"
     "\n"
     "Options:\n"
     "  -h, --help   show this help\n"
@@ -186,6 +190,37 @@ static void status_repairs(struct vol *v, bool cluster)
 	free(rp);
 }
 
+/* The FUSE request kinds that took the most handler time since mount (at most 8). */
+static void status_requests(struct ctl_req_stat *q, unsigned n)
+{
+	uint64_t count = 0, busy = 0;
+	for (unsigned i = 0; i < n; i++) {
+		count += q[i].count;
+		busy += q[i].busy_us;
+	}
+	if (!count)
+		return;
+	printf("requests  %llu FUSE request(s) since mounted, %.1f s in their handlers; most "
+	       "time in:\n",
+	       (unsigned long long)count, (double)busy / 1e6);
+	printf("          %-16s %12s %12s %6s\n", "KIND", "COUNT", "MEAN", "SHARE");
+	for (unsigned shown = 0; shown < 8; shown++) {
+		unsigned best = n;
+		for (unsigned i = 0; i < n; i++)
+			if (q[i].count && (best == n || q[i].busy_us > q[best].busy_us))
+				best = i;
+		if (best == n)
+			break;
+		char mean[32];
+		snprintf(mean, sizeof(mean), "%llu us",
+			 (unsigned long long)(q[best].busy_us / q[best].count));
+		printf("          %-16s %12llu %12s %5.0f%%\n", q[best].kind,
+		       (unsigned long long)q[best].count, mean,
+		       busy ? 100.0 * (double)q[best].busy_us / (double)busy : 0.0);
+		q[best].count = 0;
+	}
+}
+
 int cmd_status(int argc, char **argv)
 {
 	int rc0 = help_only_options(argc, argv, "status", help);
@@ -241,13 +276,15 @@ int cmd_status(int argc, char **argv)
 	struct run_entry e;
 	struct ds_stats ds = {0};
 	struct ds_target_stat *ts = calloc(v.ntargets + 1, sizeof(*ts));
-	unsigned nts = 0;
+	unsigned nts = 0, nreq = 0;
+	struct ctl_req_stat req[FS_REQ_KINDS];
 	bool live = false;
 	if (ts && ctl_client_find_mount(url, &e) == 1) {
 		struct ctl_client cl;
 		char cerr[CTL_VALUE_MAX + 64];
 		if (ctl_client_open(&cl, e.pid, cerr, sizeof(cerr)) == 0 &&
-		    ctl_client_stats(&cl, &ds, ts, v.ntargets, &nts, cerr, sizeof(cerr)) == 0)
+		    ctl_client_stats(&cl, &ds, ts, v.ntargets, &nts, req, FS_REQ_KINDS, &nreq, cerr,
+				     sizeof(cerr)) == 0)
 			live = true;
 		ctl_client_close(&cl);
 		if (!live)
@@ -272,6 +309,7 @@ int cmd_status(int argc, char **argv)
 			    "to the primary (mount -o node=)\n",
 			    (unsigned long long)ds.local_reads,
 			    (unsigned long long)ds.local_fallbacks);
+		status_requests(req, nreq);
 	}
 
 	status_nodes(&v);

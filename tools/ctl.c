@@ -421,3 +421,29 @@ int ctl_get_target(const struct ctl_msg *m, struct ds_target_stat *ret)
 	ret->has_statfs = sf;
 	return 0;
 }
+
+void ctl_put_request(struct ctl_line *l, const struct ctl_req_stat *q)
+{
+	ctl_add_str(l, "kind", q->kind);
+	ctl_add_u64(l, "count", q->count);
+	ctl_add_u64(l, "busy_us", q->busy_us);
+}
+
+int ctl_get_request(const struct ctl_msg *m, struct ctl_req_stat *ret)
+{
+	memset(ret, 0, sizeof(*ret));
+	const char *kind = ctl_get(m, "kind");
+	size_t n = kind ? strlen(kind) : 0;
+	if (n == 0 || n > CTL_NAME_MAX)
+		return -EBADMSG;
+	for (size_t i = 0; i < n; i++)
+		if (!((kind[i] >= 'a' && kind[i] <= 'z') || (kind[i] >= '0' && kind[i] <= '9') ||
+		      kind[i] == '_'))
+			return -EBADMSG;
+	int r = ctl_get_u64(m, "count", &ret->count);
+	r = r ? r : ctl_get_u64(m, "busy_us", &ret->busy_us);
+	if (r < 0)
+		return -EBADMSG;
+	memcpy(ret->kind, kind, n + 1);
+	return 0;
+}

@@ -37,12 +37,14 @@
 /* Every message, once: direction (C2D client to daemon, D2C daemon to client), name, verb. */
 #define CTL_MESSAGES(X)                                                                            \
 	X(C2D, HELLO, "hello")	     /* version=1: first line of a connection */                   \
-	X(C2D, STATS, "stats")	     /* the daemon's data-service stats and target counters */     \
+	X(C2D, STATS, "stats")	     /* requests=0|1: data-service stats, target counters [and     \
+					requests by kind] */                                       \
 	X(C2D, SCRUB, "scrub")	     /* rate=BYTES/s (0 unlimited) repair=0|1: start a scrub */    \
 	X(C2D, CANCEL, "cancel")     /* stop the running scrub (closing the socket does too) */    \
 	X(D2C, HELLO, "hello")	     /* version=1 pid= volume=: answer to hello */                 \
 	X(D2C, STATS, "stats")	     /* ds_stats fields; then one target per target, then end */   \
 	X(D2C, TARGET, "target")     /* id= open= counters= ... statfs= ... */                     \
+	X(D2C, REQUEST, "request")   /* kind= count= busy_us=: FUSE requests of one kind */        \
 	X(D2C, END, "end")	     /* ends a stats reply */                                      \
 	X(D2C, PROGRESS, "progress") /* ds_check_result fields, while a scrub runs */              \
 	X(D2C, FOUND, "found")	     /* what= ino= idx= target= repaired=: one finding */          \
@@ -122,5 +124,16 @@ void ctl_put_stats(struct ctl_line *l, const struct ds_stats *s);
 int ctl_get_stats(const struct ctl_msg *m, struct ds_stats *ret);
 void ctl_put_target(struct ctl_line *l, const struct ds_target_stat *t);
 int ctl_get_target(const struct ctl_msg *m, struct ds_target_stat *ret);
+
+/* One `request` line of a stats reply: the FUSE requests of one kind handled since mount and
+ * the microseconds their handlers took. ctl_get_request: every field must be there, kind a
+ * name of 1..CTL_NAME_MAX of a-z 0-9 _ (else -EBADMSG). */
+struct ctl_req_stat {
+	char kind[CTL_NAME_MAX + 1];
+	uint64_t count;
+	uint64_t busy_us;
+};
+void ctl_put_request(struct ctl_line *l, const struct ctl_req_stat *q);
+int ctl_get_request(const struct ctl_msg *m, struct ctl_req_stat *ret);
 
 #endif

@@ -141,11 +141,14 @@ int ctl_client_recv(struct ctl_client *c, int timeout_ms, struct ctl_msg *m, cha
 }
 
 int ctl_client_stats(struct ctl_client *c, struct ds_stats *ret_stats, struct ds_target_stat *ret,
-		     unsigned max, unsigned *ret_n, char *err, size_t errlen)
+		     unsigned max, unsigned *ret_n, struct ctl_req_stat *reqs, unsigned max_reqs,
+		     unsigned *ret_nreqs, char *err, size_t errlen)
 {
 	struct ctl_line l;
 	struct ctl_msg m;
 	ctl_begin(&l, CTL_C2D_STATS);
+	if (reqs)
+		ctl_add_u64(&l, "requests", 1);
 	int r = ctl_client_send(c, &l, err, errlen);
 	if (r == 0)
 		r = ctl_client_recv(c, CTL_CLIENT_TIMEOUT_MS, &m, err, errlen);
@@ -153,11 +156,19 @@ int ctl_client_stats(struct ctl_client *c, struct ds_stats *ret_stats, struct ds
 		snprintf(err, errlen, "the mount process sent '%s' for stats", m.verb);
 		return -EPROTO;
 	}
-	unsigned n = 0;
+	unsigned n = 0, nq = 0;
 	while (r == 0) {
 		r = ctl_client_recv(c, CTL_CLIENT_TIMEOUT_MS, &m, err, errlen);
 		if (r < 0 || m.type == CTL_D2C_END)
 			break;
+		if (m.type == CTL_D2C_REQUEST && reqs) {
+			if (nq < max_reqs && ctl_get_request(&m, &reqs[nq]) < 0) {
+				snprintf(err, errlen, "the mount process sent a bad request line");
+				return -EPROTO;
+			}
+			nq += nq < max_reqs;
+			continue;
+		}
 		if (m.type != CTL_D2C_TARGET || (n < max && ctl_get_target(&m, &ret[n]) < 0)) {
 			snprintf(err, errlen, "the mount process sent a bad target line ('%s')",
 				 m.verb);
@@ -166,5 +177,7 @@ int ctl_client_stats(struct ctl_client *c, struct ds_stats *ret_stats, struct ds
 		n += n < max;
 	}
 	*ret_n = n;
+	if (ret_nreqs)
+		*ret_nreqs = nq;
 	return r;
 }

@@ -34,8 +34,11 @@ int ctl_client_send(struct ctl_client *c, struct ctl_line *l, char *err, size_t 
  * malformed; -EREMOTEIO for an `error` message. err says which. */
 int ctl_client_recv(struct ctl_client *c, int timeout_ms, struct ctl_msg *m, char *err,
 		    size_t errlen);
-/* A `stats` request: the data service's stats and up to max targets (*ret_n of them). */
+/* A `stats` request: the data service's stats and up to max targets (*ret_n of them); with
+ * reqs, also up to max_reqs kinds of FUSE requests (*ret_nreqs of them; 0 from a daemon that
+ * does not count them). */
 int ctl_client_stats(struct ctl_client *c, struct ds_stats *ret_stats, struct ds_target_stat *ret,
-		     unsigned max, unsigned *ret_n, char *err, size_t errlen);
+		     unsigned max, unsigned *ret_n, struct ctl_req_stat *reqs, unsigned max_reqs,
+		     unsigned *ret_nreqs, char *err, size_t errlen);
 
 #endif

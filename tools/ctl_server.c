@@ -49,6 +49,7 @@ struct ctl_conn {
 
 struct ctl_server {
 	struct ds *ds;
+	struct fs *fs; /* NULL: no request counters */
 	char volume[64];
 	char path[96]; /* RUN_DIR/<pid>.ctl; + ".tmp" must fit sun_path (108) */
 	int lfd;
@@ -76,8 +77,33 @@ static int send_error(int fd, const char *fmt, ...)
 	return ctl_end(&l) < 0 ? -E2BIG : ctl_send(fd, &l);
 }
 
-static int send_stats(struct ctl_conn *c)
+/* `request` lines: every FUSE request kind the mount has handled (stats requests=1). */
+static int send_requests(struct ctl_conn *c)
 {
+	struct fs_req_stat st[FS_REQ_KINDS];
+	fs_req_stats(c->srv->fs, st);
+	int r = 0;
+	for (unsigned k = 0; k < FS_REQ_KINDS && r == 0; k++) {
+		const char *name = fs_req_name(k);
+		if (!st[k].count || !name)
+			continue;
+		struct ctl_req_stat q = {.count = st[k].count, .busy_us = st[k].busy_ns / 1000};
+		snprintf(q.kind, sizeof(q.kind), "%s", name);
+		struct ctl_line l;
+		ctl_begin(&l, CTL_D2C_REQUEST);
+		ctl_put_request(&l, &q);
+		r = ctl_end(&l) < 0 ? -E2BIG : ctl_send(c->fd, &l);
+	}
+	return r;
+}
+
+static int send_stats(struct ctl_conn *c, const struct ctl_msg *m)
+{
+	uint64_t want_requests = 0;
+	if (ctl_get_u64(m, "requests", &want_requests) == -EBADMSG || want_requests > 1) {
+		send_error(c->fd, "requests must be 0 or 1");
+		return -EINVAL;
+	}
 	struct ds_stats st;
 	ds_stats(c->srv->ds, &st);
 	struct ctl_line l;
@@ -94,6 +120,8 @@ static int send_stats(struct ctl_conn *c)
 		r = ctl_end(&l) < 0 ? -E2BIG : ctl_send(c->fd, &l);
 	}
 	free(ts);
+	if (r == 0 && want_requests && c->srv->fs)
+		r = send_requests(c);
 	if (r == 0) {
 		ctl_begin(&l, CTL_D2C_END);
 		r = ctl_end(&l) < 0 ? -E2BIG : ctl_send(c->fd, &l);
@@ -330,7 +358,7 @@ static void *conn_main(void *arg)
 		goto out;
 	while (next_request(c, m)) {
 		if (m->type == CTL_C2D_STATS) {
-			if (send_stats(c) < 0)
+			if (send_stats(c, m) < 0)
 				break;
 		} else if (m->type == CTL_C2D_SCRUB) {
 			do_scrub(c, m);
@@ -422,8 +450,8 @@ static void *accept_main(void *arg)
 /* ---------------------------------------------------------------------------------------- */
 /* start / stop */
 
-int ctl_server_start(struct ds *ds, const char *volume, struct ctl_server **ret, char *err,
-		     size_t errlen)
+int ctl_server_start(struct ds *ds, struct fs *fs, const char *volume, struct ctl_server **ret,
+		     char *err, size_t errlen)
 {
 	struct ctl_server *srv = calloc(1, sizeof(*srv));
 	if (!srv) {
@@ -431,6 +459,7 @@ int ctl_server_start(struct ds *ds, const char *volume, struct ctl_server **ret,
 		return -ENOMEM;
 	}
 	srv->ds = ds;
+	srv->fs = fs;
 	srv->lfd = -1;
 	snprintf(srv->volume, sizeof(srv->volume), "%s", volume);
 	pthread_mutex_init(&srv->lock, NULL);

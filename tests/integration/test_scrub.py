@@ -434,6 +434,40 @@ def test_control_socket(fvol):
     assert v.pid() and pid_alive(v.pid())
 
 
+def test_request_counters(make_volume):
+    """The mount counts the FUSE requests it handles, by kind: `stats requests=1` lists every
+    kind seen with its count and handler time, `braidfs status` shows the costliest, a plain
+    `stats` stays as it was (no request lines), and a bad `requests` value is refused."""
+    v = make_volume()
+    for i in range(40):
+        with open(os.path.join(v.mnt, f"f{i}"), "w") as fh:
+            fh.write("x")
+    s, f = ctl_session(v)
+    s.sendall(b"hello version=1\nstats requests=1\n")
+    ctl_lines(f, {"hello"})
+    reqs = {}
+    for ln in ctl_lines(f, {"end"}):
+        if ln.startswith("request "):
+            kv = dict(x.split("=", 1) for x in ln.split()[1:])
+            assert set(kv) == {"kind", "count", "busy_us"}, ln
+            reqs[kv["kind"]] = (int(kv["count"]), int(kv["busy_us"]))
+    assert reqs.get("create", (0, 0))[0] >= 40 and reqs["create"][1] > 0, reqs
+    assert reqs.get("write", (0, 0))[0] >= 40 and reqs.get("flush", (0, 0))[0] >= 40, reqs
+    s.sendall(b"stats\n")
+    plain = ctl_lines(f, {"end"})
+    assert plain[0].startswith("stats ") and not [x for x in plain if x.startswith("request")]
+    s.sendall(b"stats requests=2\n")
+    assert ctl_lines(f, {"error"}) == ["error msg=requests%20must%20be%200%20or%201"]
+    s.close()
+
+    st = braidfs("status", v.meta_url)
+    assert st.returncode == 0, st.stderr
+    m = re.search(r"requests  (\d+) FUSE request\(s\) since mounted", st.stdout)
+    assert m and int(m.group(1)) >= 120, st.stdout
+    row = re.search(r"^ +create +(\d+) +(\d+) us +(\d+)%$", st.stdout, re.M)
+    assert row and int(row.group(1)) >= 40, st.stdout
+
+
 def test_socket_of_a_killed_mount_is_cleaned_up(make_volume):
     v = make_volume(targets=("dir", "dir"))
     pid = v.pid()

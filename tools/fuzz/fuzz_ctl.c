@@ -50,10 +50,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			struct ds_check_result r;
 			struct ds_stats s;
 			struct ds_target_stat t;
+			struct ctl_req_stat q;
 			uint64_t v;
 			ctl_get_result(&m, &r);
 			ctl_get_stats(&m, &s);
 			ctl_get_target(&m, &t);
+			ctl_get_request(&m, &q);
 			ctl_get_u64(&m, "version", &v);
 			ctl_get(&m, "msg");
 			roundtrip(&m, (enum ctl_dir)d);

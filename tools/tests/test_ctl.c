@@ -228,6 +228,28 @@ static void test_structs(void **state)
 	assert_int_equal(parse("target id=1 open=1 counters=0", CTL_D2C), 0);
 	assert_int_equal(ctl_get_target(&m, &t2), 0);
 	assert_true(t2.open && !t2.has_counters && !t2.has_statfs);
+
+	struct ctl_req_stat q = {.kind = "copy_file_range", .count = 7, .busy_us = UINT64_MAX}, q2;
+	ctl_begin(&l, CTL_D2C_REQUEST);
+	ctl_put_request(&l, &q);
+	reparse(&l);
+	assert_int_equal(ctl_get_request(&m, &q2), 0);
+	assert_string_equal(q2.kind, "copy_file_range");
+	assert_true(q2.count == 7 && q2.busy_us == UINT64_MAX);
+	static const char *const bad_requests[] = {
+	    "request count=1 busy_us=2",					/* no kind */
+	    "request kind=write busy_us=2",					/* no count */
+	    "request kind=write count=1",					/* no busy_us */
+	    "request kind=Write count=1 busy_us=2",				/* not a name */
+	    "request kind=a%20b count=1 busy_us=2",				/* not a name */
+	    "request kind=write count=-1 busy_us=2",				/* not a number */
+	    "request kind=abcdefghijabcdefghijabcdefghijabc count=1 busy_us=2", /* 33 bytes */
+	};
+	for (size_t i = 0; i < sizeof(bad_requests) / sizeof(*bad_requests); i++) {
+		assert_int_equal(parse(bad_requests[i], CTL_D2C), 0);
+		assert_int_equal(ctl_get_request(&m, &q2), -EBADMSG);
+	}
+	assert_int_equal(parse("request kind=write count=1 busy_us=2", CTL_C2D), -EBADMSG);
 }
 
 static void test_reader(void **state)
