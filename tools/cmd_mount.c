@@ -7,6 +7,7 @@
  * it to finish writing before it returns, and serves the control socket
  * /run/braidfs/<pid>.ctl (ctl_server.c: scrub, stats) while it is mounted.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -19,6 +20,7 @@
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -96,6 +98,11 @@ static const char umount_help[] =
     "                     finishes when the last one is closed\n"
     "  -t, --timeout SEC  how long to wait for the process (default 300)\n"
     "  -h, --help         show this help\n"
+    "\n"
+    "A file system mounted here before a process entered a mount namespace of its own\n"
+    "(unshare -m, ip netns exec, a systemd service with PrivateTmp= or ProtectSystem=)\n"
+    "stays mounted in that namespace: its process cannot exit until every such copy is\n"
+    "gone. umount then names the processes that hold one and how to drop it.\n"
     "\n"
     "Exit status: 0 unmounted, 1 failed (e.g. busy), 2 usage error.\n";
 
@@ -512,6 +519,103 @@ int cmd_mount(int argc, char **argv)
 
 /* ---- umount ---- */
 
+/* Processes in other mount namespaces that still have the file system of device dev
+ * mounted (a copy made when they entered their namespace): one pid per namespace into pids
+ * (at most max), the namespaces counted in the return value; where, the mount point in the
+ * first one's namespace. */
+static unsigned mount_holders(dev_t dev, pid_t *pids, unsigned max, char *where, size_t wlen)
+{
+	struct stat self;
+	if (stat("/proc/self/ns/mnt", &self) < 0)
+		return 0;
+	char want[32];
+	snprintf(want, sizeof(want), "%u:%u", major(dev), minor(dev));
+	ino_t seen[1024];
+	unsigned nseen = 0, n = 0;
+	DIR *d = opendir("/proc");
+	if (!d)
+		return 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		char *end;
+		long pid = strtol(e->d_name, &end, 10);
+		if (*end || pid <= 0)
+			continue;
+		char path[64];
+		struct stat ns;
+		snprintf(path, sizeof(path), "/proc/%ld/ns/mnt", pid);
+		if (stat(path, &ns) < 0 || ns.st_ino == self.st_ino)
+			continue;
+		bool known = false;
+		for (unsigned i = 0; i < nseen; i++)
+			known |= seen[i] == ns.st_ino;
+		if (known)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%ld/mountinfo", pid);
+		FILE *f = fopen(path, "re");
+		if (!f)
+			continue;
+		char line[4096], mp[PATH_MAX] = "";
+		bool holds = false;
+		while (!holds && fgets(line, sizeof(line), f)) {
+			char id[32], parent[32], mm[32], root[PATH_MAX];
+			if (sscanf(line, "%31s %31s %31s %4095s %4095s", id, parent, mm, root,
+				   mp) == 5 &&
+			    strcmp(mm, want) == 0 && strstr(line, " - fuse.braidfs "))
+				holds = true;
+		}
+		fclose(f);
+		if (nseen < sizeof(seen) / sizeof(*seen))
+			seen[nseen++] = ns.st_ino;
+		if (!holds)
+			continue;
+		if (n < max)
+			pids[n] = (pid_t)pid;
+		if (n == 0)
+			snprintf(where, wlen, "%s", mp);
+		n++;
+	}
+	closedir(d);
+	return n;
+}
+
+/* "1234 (sleep)" */
+static void pid_name(pid_t pid, char *out, size_t len)
+{
+	char path[64], comm[64] = "?";
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (f) {
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = 0;
+		fclose(f);
+	}
+	snprintf(out, len, "%d (%s)", (int)pid, comm);
+}
+
+/* Say which other mount namespaces keep the file system (and the mount process) alive. */
+static bool say_holders(dev_t dev, pid_t daemon)
+{
+	pid_t pids[4];
+	char where[PATH_MAX], names[4][96], list[512] = "";
+	unsigned n = mount_holders(dev, pids, 4, where, sizeof(where));
+	if (n == 0)
+		return false;
+	size_t used = 0;
+	for (unsigned i = 0; i < n && i < 4; i++) {
+		pid_name(pids[i], names[i], sizeof(names[i]));
+		int w = snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "", names[i]);
+		if (w > 0 && (size_t)w < sizeof(list) - used)
+			used += (size_t)w;
+	}
+	fprintf(stderr,
+		"braidfs umount: pid %d cannot exit yet: the file system is still mounted in %u "
+		"other mount namespace(s), held by %s%s; it goes when those processes exit, or "
+		"after 'nsenter -t %d -m umount %s' for each\n",
+		(int)daemon, n, list, n > 4 ? " and more" : "", (int)pids[0], where);
+	return true;
+}
+
 int cmd_umount(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -562,9 +666,13 @@ int cmd_umount(int argc, char **argv)
 	}
 	pid_t pid = run_find_mount(mnt);
 	bool dead = mount_dead(mnt);
+	dev_t dev = 0;
 	if (!dead) {
 		int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd >= 0) {
+			struct stat st;
+			if (fstat(fd, &st) == 0)
+				dev = st.st_dev;
 			syncfs(fd);
 			close(fd);
 		}
@@ -611,20 +719,30 @@ int cmd_umount(int argc, char **argv)
 	}
 	if (pid > 0) {
 		int64_t t0 = now_monotonic_ns();
-		bool said = false;
+		bool said = false, held = false;
 		while (run_pid_alive(pid)) {
 			int64_t el = (now_monotonic_ns() - t0) / 1000000000;
 			if (el >= 2 && !said) {
-				fprintf(stderr,
-					"braidfs umount: waiting for pid %d to finish writing...\n",
-					(int)pid);
+				held = dev && say_holders(dev, pid);
+				if (!held)
+					fprintf(stderr,
+						"braidfs umount: waiting for pid %d to finish "
+						"writing...\n",
+						(int)pid);
 				said = true;
 			}
 			if (el >= timeout) {
-				die_msg("umount",
-					"pid %d still running after %lds; it keeps writing in "
-					"the background",
-					(int)pid, timeout);
+				if (held || (dev && mount_holders(dev, NULL, 0, NULL, 0)))
+					die_msg("umount",
+						"pid %d still running after %lds: the file system "
+						"is still mounted in another mount namespace; it "
+						"exits once that copy is gone",
+						(int)pid, timeout);
+				else
+					die_msg("umount",
+						"pid %d still running after %lds; it keeps writing "
+						"in the background",
+						(int)pid, timeout);
 				return 1;
 			}
 			struct timespec ts = {0, 20 * 1000 * 1000};

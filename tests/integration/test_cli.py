@@ -281,6 +281,41 @@ def test_umount_not_mounted(fresh):
     assert_error(p, "umount")
 
 
+def test_umount_names_other_mount_namespaces(make_volume):
+    """A mount namespace entered after the mount (unshare -m: a copy of every mount, not
+    shared back) keeps the file system, and so the daemon, alive after umount: umount names
+    the process that holds it and says why it timed out, instead of "keeps writing". Once the
+    copy is unmounted in there (as the message says), the daemon finishes and exits."""
+    v = make_volume()
+    write_file(v.path("kept"), b"written before the unmount")
+    pid = v.pid()
+    holder = subprocess.Popen(["unshare", "-m", "sleep", "120"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # unshare has made its namespace
+            try:
+                if os.readlink(f"/proc/{holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        v.mounted = False
+        p = braidfs("umount", "--timeout", "3", v.mnt, timeout=60)
+        assert p.returncode == 1, (p.stdout, p.stderr)
+        assert f"held by {holder.pid} (sleep)" in p.stderr, p.stderr
+        assert f"nsenter -t {holder.pid} -m umount {v.mnt}" in p.stderr, p.stderr
+        assert "still mounted in another mount namespace" in p.stderr, p.stderr
+        assert "keeps writing" not in p.stderr
+        assert not is_mounted(v.mnt) and pid_alive(pid)
+        subprocess.run(["nsenter", "-t", str(holder.pid), "-m", "umount", v.mnt], check=True)
+        assert wait_pid_gone(pid, 30), "the daemon did not exit once the last copy was gone"
+    finally:
+        holder.kill()
+        holder.wait()
+    v.mount()
+    assert read_file(v.path("kept")) == b"written before the unmount"
+
+
 def test_umount_busy(volume):
     fd = os.open(volume.path("open"), os.O_CREAT | os.O_RDWR, 0o644)
     try:
