@@ -1480,6 +1480,7 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *err, size_t errlen)
 	struct fuse_lowlevel_ops ops = fs_ops; /* libfuse copies it */
 	fs_lock_ops(fs, &ops);
 	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
+	fuse_opt_free_args(&args); /* parsing replaced argv with a copy; the session keeps none */
 	if (!fs->se) {
 		snprintf(err, errlen, "cannot create the FUSE session (is /dev/fuse there?)");
 		return -EIO;
