@@ -71,6 +71,7 @@
 #include <stdint.h>
 
 #include "dataservice/ds.h"
+#include "fs/fs_loop.h"
 #include "fs/meta/meta.h"
 
 struct fs_options {
@@ -129,7 +130,7 @@ struct fs_file {
 #define FS_QUOTA_STEP (4u << 20)
 
 /* FUSE opcodes are below this; the request counters of struct fs cover them. */
-#define FS_REQ_KINDS 64
+#define FS_REQ_KINDS LF_KINDS
 
 /* FS-2: how many forgotten orphans one purge transaction deletes at most, and how long the
  * first of a batch waits for company. */
@@ -186,8 +187,8 @@ struct fs {
 
 	struct fs_locks *locks; /* FS-9 (fs_lock.c); NULL: the kernel keeps locks */
 
-	/* Requests handled since mount, by FUSE opcode (fs_req_stats) */
-	_Atomic uint64_t req_count[FS_REQ_KINDS], req_ns[FS_REQ_KINDS];
+	/* Requests handled since mount, by FUSE opcode: the loop counts them (fs_req_stats) */
+	struct lf_kind_count req[FS_REQ_KINDS];
 };
 
 /* What the requests of one kind (FUSE opcode) cost since mount: how many were handled, and
@@ -199,10 +200,8 @@ struct fs_req_stat {
 };
 /* out[k] for every opcode k below FS_REQ_KINDS. Any thread, at any time while fs lives. */
 void fs_req_stats(struct fs *fs, struct fs_req_stat out[FS_REQ_KINDS]);
-/* The lowercase name of FUSE opcode k ("lookup", "write"), NULL if it has none; and back
- * (-1 if name is none). */
+/* The lowercase name of FUSE opcode k ("lookup", "write"), NULL if it has none. */
 const char *fs_req_name(unsigned k);
-int fs_req_kind(const char *name);
 
 /* fs_lock.c (FS-9). new: start the lock waiter when the engine shares locks (0 and no
  * handlers otherwise); stop: end every blocked lock request (EINTR) and drop this mount's

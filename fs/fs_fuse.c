@@ -1533,14 +1533,7 @@ static unsigned loop_kind(void *ctx, const void *buf)
 static void loop_process(void *ctx, void *buf)
 {
 	struct fs *fs = ctx;
-	unsigned k = loop_kind(ctx, buf);
-	int64_t t0 = now_monotonic_ns();
 	fuse_session_process_buf(fs->se, buf);
-	if (k < FS_REQ_KINDS) {
-		atomic_fetch_add_explicit(&fs->req_count[k], 1, memory_order_relaxed);
-		atomic_fetch_add_explicit(&fs->req_ns[k], (uint64_t)(now_monotonic_ns() - t0),
-					  memory_order_relaxed);
-	}
 }
 
 /* FUSE opcodes by number (linux/fuse.h), as fs_req_name tells them. */
@@ -1601,19 +1594,11 @@ const char *fs_req_name(unsigned k)
 	return k < FS_REQ_KINDS ? req_names[k] : NULL;
 }
 
-int fs_req_kind(const char *name)
-{
-	for (unsigned k = 0; name && k < FS_REQ_KINDS; k++)
-		if (req_names[k] && strcmp(req_names[k], name) == 0)
-			return (int)k;
-	return -1;
-}
-
 void fs_req_stats(struct fs *fs, struct fs_req_stat out[FS_REQ_KINDS])
 {
 	for (unsigned k = 0; k < FS_REQ_KINDS; k++) {
-		out[k].count = atomic_load_explicit(&fs->req_count[k], memory_order_relaxed);
-		out[k].busy_ns = atomic_load_explicit(&fs->req_ns[k], memory_order_relaxed);
+		out[k].count = atomic_load_explicit(&fs->req[k].count, memory_order_relaxed);
+		out[k].busy_ns = atomic_load_explicit(&fs->req[k].ns, memory_order_relaxed);
 	}
 }
 
@@ -1680,6 +1665,7 @@ int fs_loop(struct fs *fs)
 	    .inline_ns = FS_INLINE_NS,
 	    .always_off = 1ull << FUSE_FSYNC | 1ull << FUSE_FSYNCDIR | 1ull << FUSE_SYNCFS,
 	    .buf_size = sizeof(struct fuse_buf),
+	    .counts = fs->req,
 	};
 	struct lf_stats st = {0};
 	int r = lf_run(&ops, fs, &cfg, &st);

@@ -206,9 +206,16 @@ static bool lead(struct lf_worker *w)
 		l->ops->process(l->ctx, w->buf);
 		int64_t ns = now_monotonic_ns() - t0;
 		tl_wait_hook = NULL;
-		if (kind < LF_KINDS)
+		if (kind < LF_KINDS) {
 			mean_add(&l->cost[kind],
 				 ns > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)ns);
+			if (l->cfg.counts) {
+				struct lf_kind_count *c = &l->cfg.counts[kind];
+				atomic_fetch_add_explicit(&c->count, 1, memory_order_relaxed);
+				atomic_fetch_add_explicit(&c->ns, (uint64_t)ns,
+							  memory_order_relaxed);
+			}
+		}
 		if (!w->leader) {
 			pthread_mutex_lock(&l->lock);
 			l->nwaiting--;

@@ -30,6 +30,13 @@ struct lf_ops {
 	void (*buf_free)(void *ctx, void *buf);
 };
 
+/* What the requests of one kind cost so far: how many process() handled and the wall time
+ * it took for them. Updated by the workers with relaxed atomics; readable at any time. */
+struct lf_kind_count {
+	_Atomic uint64_t count;
+	_Atomic uint64_t ns;
+};
+
 struct lf_config {
 	unsigned max_threads; /* workers at most, >= 1 */
 	/* A request whose kind took longer than this on average (wall clock, running mean of
@@ -37,6 +44,9 @@ struct lf_config {
 	uint32_t inline_ns;
 	uint64_t always_off; /* bit k: kind k is always handed off */
 	size_t buf_size;     /* bytes of each worker's request buffer */
+	/* LF_KINDS entries the loop adds every handled request below LF_KINDS to; NULL: none.
+	 * Owned by the caller, who may read it while the loop runs. */
+	struct lf_kind_count *counts;
 };
 
 struct lf_stats {

@@ -165,13 +165,17 @@ static void *run_main(void *arg)
 	return NULL;
 }
 
+static struct lf_kind_count *start_counts; /* the next start()'s counters (then NULL again) */
+
 static void start(struct runner *r, unsigned max_threads, uint32_t inline_ns, uint64_t always_off)
 {
 	memset(r, 0, sizeof(*r));
 	r->cfg = (struct lf_config){.max_threads = max_threads,
 				    .inline_ns = inline_ns,
 				    .always_off = always_off,
-				    .buf_size = sizeof(struct msg)};
+				    .buf_size = sizeof(struct msg),
+				    .counts = start_counts};
+	start_counts = NULL;
 	assert_int_equal(pthread_create(&r->t, NULL, run_main, r), 0);
 }
 
@@ -196,6 +200,34 @@ static void test_cheap_stay_on_one_thread(void **state)
 	assert_int_equal(r.st.handed_off, 0);
 	assert_int_equal(r.st.threads, 1);
 	assert_int_equal(g.ntids, 1);
+}
+
+/* The caller's counters get every handled request of a kind below LF_KINDS, with the time
+ * its process() took; kinds from LF_KINDS up are handled but not counted. */
+static void test_counts_by_kind(void **state)
+{
+	(void)state;
+	static struct lf_kind_count counts[LF_KINDS];
+	memset(counts, 0, sizeof(counts));
+	struct runner r;
+	start_counts = counts;
+	start(&r, 4, 1000 * 1000 * 1000, 0);
+	for (int i = 0; i < 50; i++)
+		send_msg(1, FAST);
+	for (int i = 0; i < 3; i++)
+		send_msg(4, SLEEP_2MS);
+	send_msg(LF_KINDS, FAST);
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	assert_int_equal(g.done, 54);
+	uint64_t total = 0;
+	for (unsigned k = 0; k < LF_KINDS; k++)
+		total += counts[k].count;
+	assert_int_equal(total, 53);
+	assert_int_equal(counts[1].count, 50);
+	assert_int_equal(counts[4].count, 3);
+	assert_true(counts[4].ns >= 3 * 2000000ull);
+	assert_true(counts[1].ns < counts[4].ns);
 }
 
 /* A kind marked always_off is handled by another worker: the requests behind it are read
@@ -324,6 +356,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_cheap_stay_on_one_thread, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_counts_by_kind, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_always_off_does_not_hold_up_the_rest, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_wait_hint_gives_up_the_reader, setup, teardown),
