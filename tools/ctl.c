@@ -434,12 +434,8 @@ int ctl_get_request(const struct ctl_msg *m, struct ctl_req_stat *ret)
 	memset(ret, 0, sizeof(*ret));
 	const char *kind = ctl_get(m, "kind");
 	size_t n = kind ? strlen(kind) : 0;
-	if (n == 0 || n > CTL_NAME_MAX)
+	if (n == 0 || name_len(kind, kind + n, true) != n) /* a key's grammar */
 		return -EBADMSG;
-	for (size_t i = 0; i < n; i++)
-		if (!((kind[i] >= 'a' && kind[i] <= 'z') || (kind[i] >= '0' && kind[i] <= '9') ||
-		      kind[i] == '_'))
-			return -EBADMSG;
 	int r = ctl_get_u64(m, "count", &ret->count);
 	r = r ? r : ctl_get_u64(m, "busy_us", &ret->busy_us);
 	if (r < 0)
