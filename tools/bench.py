@@ -300,17 +300,15 @@ def measure_all(systems, rows, args, per_round):
     groups = [g for g in GROUPS if any(r in rows for r in g)]
     steps = args.rounds * len(groups) * len(work)
     step, started = 0, time.monotonic()
+    live = [s for s in systems if s.name in work]  # the ones that came up
     for k in range(args.rounds):
-        order = systems if k % 2 == 0 else systems[::-1]
+        order = live if k % 2 == 0 else live[::-1]
         for s in order:
-            if s.name in work:
-                shutil.rmtree(work[s.name], ignore_errors=True)
-                os.makedirs(work[s.name])
+            shutil.rmtree(work[s.name], ignore_errors=True)
+            os.makedirs(work[s.name])
         for g in groups:
             label = "create/stat/unlink of 10,000 files" if g[0] == "create" else g[0]
             for s in order:
-                if s.name not in work:
-                    continue
                 step += 1
                 el = int(time.monotonic() - started)
                 rnd = f"round {k + 1}/{args.rounds}, " if args.rounds > 1 else ""
@@ -329,9 +327,8 @@ def measure_all(systems, rows, args, per_round):
                 for r in g:
                     if r in rows:
                         per_round[s.name][r].append(got.get(r))
-    for s in systems:
-        if s.name in work:
-            shutil.rmtree(work[s.name], ignore_errors=True)
+    for s in live:
+        shutil.rmtree(work[s.name], ignore_errors=True)
 
 
 def summarize(per_round, rows):
