@@ -81,6 +81,9 @@ struct fs_options {
 	bool debug; /* FUSE request tracing */
 	bool allow_other;
 	bool ro;
+	/* FS-4: write-time granularity (fs.time_grain_ns); unset: the kernel's clock tick */
+	bool time_grain_set;
+	uint32_t time_grain_ms; /* when set: 0 (every write stamps) .. FS_TIME_GRAIN_MAX_MS */
 	/* FS-9: this mount's client registration (META-12), read at every lock request: the
 	 * caller renews it and may replace an expired one. NULL: locks stay the kernel's. */
 	const _Atomic uint64_t *client_id;
@@ -132,6 +135,11 @@ struct fs_file {
 /* FUSE opcodes are below this; the request counters of struct fs cover them. */
 #define FS_REQ_KINDS LF_KINDS
 
+/* FS-4: the longest write-time granularity taken from the kernel's coarse clock by default
+ * (HZ=100), and the longest a mount may ask for. */
+#define FS_TIME_GRAIN_MAX_NS (10 * 1000000LL)
+#define FS_TIME_GRAIN_MAX_MS 1000u
+
 /* FS-2: how many forgotten orphans one purge transaction deletes at most, and how long the
  * first of a batch waits for company. */
 #define FS_PURGE_BATCH	  64
@@ -147,6 +155,10 @@ struct fs {
 	/* FS-4: the engine has META_CAP_DURABLE_COMMIT: a metadata sync is a no-op, so fsync
 	 * neither calls it nor hands it to the syncer (immutable after fs_new) */
 	bool commit_durable;
+	/* FS-4: a write within this many ns after an inode's last mtime/ctime stamp leaves the
+	 * times as they are, as a local file system's do within one clock tick: the kernel's
+	 * coarse clock resolution (fs_new; 4 ms at HZ=250). Saves fsync the metadata sync. */
+	int64_t time_grain_ns;
 
 	pthread_mutex_t itab_lock;
 	struct fs_inode **itab; /* protected by itab_lock */

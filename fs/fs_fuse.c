@@ -1001,6 +1001,20 @@ static int mark_extending(struct fs *fs, struct fs_inode *ip, uint64_t end)
 	return r;
 }
 
+/* A write's mtime and ctime, with the granularity of a local file system's (FS-4): within
+ * fs.time_grain_ns after the last stamp (of a write, a setattr or the database) the times
+ * stay, so that an fsync after a burst of overwrites owes the database nothing new. A stamp
+ * in the future (utimensat) is always replaced. Called with ip->lock held. */
+static void stamp_write_times(struct fs *fs, struct fs_inode *ip)
+{
+	int64_t now = now_realtime_ns();
+	if (ip->mtime_ns <= now && now - ip->mtime_ns < fs->time_grain_ns && ip->ctime_ns <= now &&
+	    now - ip->ctime_ns < fs->time_grain_ns)
+		return;
+	ip->mtime_ns = ip->ctime_ns = now;
+	ip->dirty = true;
+}
+
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
@@ -1035,10 +1049,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	pthread_mutex_lock(&ip->lock);
 	ip->inflight--;
 	if (n > 0) {
-		if (end > ip->size)
+		if (end > ip->size) {
 			ip->size = end;
-		ip->mtime_ns = ip->ctime_ns = now_realtime_ns();
-		ip->dirty = true;
+			ip->dirty = true;
+		}
+		stamp_write_times(fs, ip);
 	}
 	pthread_mutex_unlock(&ip->lock);
 	pthread_rwlock_unlock(&ip->io);
@@ -1376,6 +1391,13 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	fs->opt = *opt;
 	fs->shared = (meta_ops_of(meta)->caps & META_CAP_SHARED) != 0;
 	fs->commit_durable = (meta_ops_of(meta)->caps & META_CAP_DURABLE_COMMIT) != 0;
+	struct timespec grain;
+	if (opt->time_grain_set)
+		fs->time_grain_ns =
+		    (int64_t)MIN(opt->time_grain_ms, FS_TIME_GRAIN_MAX_MS) * 1000000;
+	else if (clock_getres(CLOCK_REALTIME_COARSE, &grain) == 0)
+		fs->time_grain_ns =
+		    MIN((int64_t)grain.tv_sec * 1000000000 + grain.tv_nsec, FS_TIME_GRAIN_MAX_NS);
 	if (fs->opt.max_threads == 0)
 		fs->opt.max_threads = 16;
 	int r = META_CALL(meta, volume_get, &fs->vol);

@@ -61,6 +61,12 @@ static const char mount_help[] =
     "       attr_timeout=SEC   how long the kernel caches attributes (default 1)\n"
     "       entry_timeout=SEC  how long the kernel caches names (default 1)\n"
     "       threads=N          FUSE worker threads at most (default 16)\n"
+    "       time_grain_ms=MS   how long after a write set a file's mtime and ctime\n"
+    "                          later writes leave them as they are, as a local file\n"
+    "                          system does within one clock tick: an fsync after\n"
+    "                          such writes then owes the metadata database nothing;\n"
+    "                          0 stamps every write; 0..1000 (default: the kernel's\n"
+    "                          clock tick, 1-10 ms)\n"
     "       stall_ms=MS        a volume served by nodes: how long a request keeps\n"
     "                          being retried while its chain does not change (its\n"
     "                          primary's node is down and no manager moved the chain\n"
@@ -197,6 +203,16 @@ static int parse_o(const char *s, struct mount_opts *mo)
 				return -EINVAL;
 			}
 			mo->fs.max_threads = (unsigned)n;
+		} else if (!strcmp(tok, "time_grain_ms") && eq) {
+			long n = strtol(eq, &end, 10);
+			if (end == eq || *end || n < 0 || n > (long)FS_TIME_GRAIN_MAX_MS) {
+				die_msg("mount",
+					"time_grain_ms must be 0..%u (milliseconds), not '%s'",
+					FS_TIME_GRAIN_MAX_MS, eq);
+				return -EINVAL;
+			}
+			mo->fs.time_grain_set = true;
+			mo->fs.time_grain_ms = (uint32_t)n;
 		} else if (!strcmp(tok, "client_ttl") && eq) {
 			double sec = strtod(eq, &end);
 			if (end == eq || *end || !(sec >= VOL_CLIENT_TTL_MIN_MS / 1000.0) ||

@@ -11,6 +11,7 @@ import errno
 import os
 import random
 import sqlite3
+import time
 
 import pytest
 
@@ -390,3 +391,76 @@ def test_kill9_with_purges_queued(volume):
     r = volume.fsck()
     assert r.returncode == 0, f"fsck: {r.stdout}{r.stderr}"
     volume.mount()
+
+
+def test_write_times_grain(volume):
+    """FS-4: within time_grain_ms after a write stamped mtime/ctime, later writes leave them
+    as they are (so an fsync owes the database nothing); after it, or when the stamp is in
+    the future, a write stamps again; what fsync returned survives kill -9 either way."""
+    volume.umount()
+    volume.mount("time_grain_ms=1000")
+    p = volume.path("f")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        pwrite_all(fd, b"a" * 8192, 0)
+        os.fsync(fd)
+        t1 = time.monotonic()
+        st1 = os.stat(p)
+        pwrite_all(fd, b"b" * 4096, 0)  # an overwrite within the grain
+        os.fsync(fd)
+        st2 = os.stat(p)
+        within = time.monotonic() - t1 < 0.5
+    finally:
+        os.close(fd)
+    if within:  # else the machine stalled for half a second: nothing to compare
+        assert (st2.st_mtime_ns, st2.st_ctime_ns) == (st1.st_mtime_ns, st1.st_ctime_ns)
+    volume.kill9()
+    volume.mount()
+    st = os.stat(p)
+    assert (st.st_mtime_ns, st.st_ctime_ns) == (st2.st_mtime_ns, st2.st_ctime_ns)
+    assert _read_all(p) == b"b" * 4096 + b"a" * 4096
+
+    # past the grain: the next write stamps, and its fsync makes the stamp durable
+    time.sleep(1.1)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        pwrite_all(fd, b"c" * 4096, 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    st3 = os.stat(p)
+    assert st3.st_mtime_ns > st2.st_mtime_ns and st3.st_ctime_ns > st2.st_ctime_ns
+    volume.kill9()
+    volume.mount()
+    st = os.stat(p)
+    assert (st.st_mtime_ns, st.st_ctime_ns) == (st3.st_mtime_ns, st3.st_ctime_ns)
+    assert _read_all(p) == b"b" * 4096 + b"c" * 4096
+
+    # a stamp in the future (utimensat) is replaced by the next write at once
+    future = time.time_ns() + 86400 * 10**9
+    os.utime(p, ns=(future, future))
+    fd = os.open(p, os.O_RDWR)
+    try:
+        pwrite_all(fd, b"d", 0)
+    finally:
+        os.close(fd)
+    assert os.stat(p).st_mtime_ns < future - 3600 * 10**9
+
+    # 0: every write stamps
+    volume.umount()
+    volume.mount("time_grain_ms=0")
+    fd = os.open(p, os.O_RDWR)
+    try:
+        pwrite_all(fd, b"e", 0)
+        m1 = os.stat(p).st_mtime_ns
+        time.sleep(0.002)
+        pwrite_all(fd, b"f", 0)
+        m2 = os.stat(p).st_mtime_ns
+    finally:
+        os.close(fd)
+    assert m2 > m1
+
+    for bad in ("1001", "-1", "x", ""):
+        r = braidfs("mount", "-o", f"time_grain_ms={bad}", volume.meta_url, volume.mnt)
+        assert r.returncode != 0
+        assert "time_grain_ms must be 0..1000" in r.stderr, r.stderr
