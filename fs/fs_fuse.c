@@ -1692,9 +1692,9 @@ int fs_loop(struct fs *fs)
 	struct lf_stats st = {0};
 	int r = lf_run(&ops, fs, &cfg, &st);
 	log_info("volume %s: %llu FUSE requests, %llu handed off by kind or cost, %llu at a wait, "
-		 "%u workers",
+		 "%llu worker wake-ups, %u workers",
 		 fs->vol.name, (unsigned long long)st.requests, (unsigned long long)st.handed_off,
-		 (unsigned long long)st.hinted, st.threads);
+		 (unsigned long long)st.hinted, (unsigned long long)st.woken, st.threads);
 	log_req_stats(fs);
 	return r;
 }

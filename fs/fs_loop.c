@@ -21,10 +21,16 @@
  *   - while it is handled, the code below reaches a wait it can name: wait_hint()
  *     (common/util.h) before a device flush, a network round trip, a wait on another
  *     thread, or a read the page cache cannot answer. The hook gives the place up then.
- *   There are 1 + (requests waiting off a reader's place) places (lf.nreading <= 1 +
- *   lf.nwaiting, up to max_threads workers): with nothing waiting, one reader; with four
- *   reads waiting on the disk, five, so that the next requests find a worker already
- *   asleep in read() and the kernel wakes it directly, as in libfuse's loop. (Waking a
+ *   There are base + (requests waiting off a reader's place) places (lf.nreading <= base +
+ *   lf.nwaiting, up to max_threads workers): with nothing waiting, base readers; with four
+ *   reads waiting on the disk, base + 4, so that the next requests find a worker already
+ *   asleep in read() and the kernel wakes it directly, as in libfuse's loop. base is 1,
+ *   or 2 while more than 1/8 of the recent requests left their place (base_readers):
+ *   then a request that waits finds another reader in read() already, and no worker is
+ *   woken for it. With one reader, each fsync of a write + fsync stream woke a parked
+ *   worker, which the scheduler tended to start on the other, idle CPU; the next write
+ *   then woke that CPU too (measured 70-160 us per such wake on a 2-vCPU virtual machine,
+ *   perf sched) and took 78 us against 44 with two readers. (Waking a
  *   parked worker only when a request arrived put a second wake-up in each request's path:
  *   4 KiB random reads, 4 jobs, ran 25% slower that way.) A worker whose waiting request is
  *   done takes a free place at once, else parks; a reader that finds more readers than
@@ -70,7 +76,9 @@ struct lf {
 
 	sem_t ended;			 /* posted when a worker ends the loop */
 	_Atomic uint32_t cost[LF_KINDS]; /* mean wall time, ns */
-	_Atomic uint64_t requests, handed_off, hinted;
+	/* share of recent requests that left their reader's place, in 1/65536 (running mean) */
+	_Atomic uint32_t off_share;
+	_Atomic uint64_t requests, handed_off, hinted, woken;
 };
 
 struct lf_worker {
@@ -79,20 +87,33 @@ struct lf_worker {
 	bool leader; /* holds a reader's place while handling its request */
 };
 
+/* Above this share of requests that wait (1/8), two readers (base_readers). */
+#define LF_OFF_SHARE_TWO (65536u / 8)
+
 static _Thread_local struct lf_worker *tl_worker;
 
 static void *worker_main(void *arg);
 
+/* Readers to keep besides those whose requests wait: two while many requests wait, so that
+ * the next request finds a reader in read() already and needs no wake-up (the one that
+ * waited longest gets it), one otherwise, so that a stream of cheap requests stays on one
+ * thread instead of alternating between two. */
+static unsigned base_readers(const struct lf *l)
+{
+	return atomic_load_explicit(&l->off_share, memory_order_relaxed) > LF_OFF_SHARE_TWO ? 2 : 1;
+}
+
 /* Called with l->lock held: is there a reader's place free? */
 static bool place_free(const struct lf *l)
 {
-	return l->nreading < 1 + l->nwaiting;
+	return l->nreading < base_readers(l) + l->nwaiting;
 }
 
 /* Called with l->lock held: wake a parked worker, or start one while below max_threads. */
 static void wake_worker(struct lf *l)
 {
 	if (l->nidle) {
+		l->woken++;
 		pthread_cond_signal(&l->idle);
 		return;
 	}
@@ -115,6 +136,7 @@ static void wake_worker(struct lf *l)
 		return;
 	}
 	l->nthreads++;
+	l->woken++;
 }
 
 /* The worker's request may wait: give its reader's place up (one more place opens, since
@@ -206,6 +228,8 @@ static bool lead(struct lf_worker *w)
 		l->ops->process(l->ctx, w->buf);
 		int64_t ns = now_monotonic_ns() - t0;
 		tl_wait_hook = NULL;
+		if (multi)
+			mean_add(&l->off_share, w->leader ? 0 : 65536u);
 		if (kind < LF_KINDS) {
 			mean_add(&l->cost[kind],
 				 ns > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)ns);
@@ -223,10 +247,11 @@ static bool lead(struct lf_worker *w)
 			return true;
 		}
 		if (multi && atomic_load_explicit(&l->nreading, memory_order_relaxed) >
-				 1 + atomic_load_explicit(&l->nwaiting, memory_order_relaxed)) {
+				 base_readers(l) +
+				     atomic_load_explicit(&l->nwaiting, memory_order_relaxed)) {
 			/* more readers than places (the waits they were opened for are over) */
 			pthread_mutex_lock(&l->lock);
-			bool over = l->nreading > 1 + l->nwaiting;
+			bool over = l->nreading > base_readers(l) + l->nwaiting;
 			if (over)
 				l->nreading--;
 			pthread_mutex_unlock(&l->lock);
@@ -335,6 +360,7 @@ int lf_run(const struct lf_ops *ops, void *ctx, const struct lf_config *cfg, str
 		stats->requests = atomic_load(&l->requests);
 		stats->handed_off = atomic_load(&l->handed_off);
 		stats->hinted = atomic_load(&l->hinted);
+		stats->woken = atomic_load(&l->woken);
 		stats->threads = n;
 	}
 	sem_destroy(&l->ended);

@@ -53,6 +53,7 @@ struct lf_stats {
 	uint64_t requests;
 	uint64_t handed_off; /* by kind or cost, before they were handled */
 	uint64_t hinted;     /* by wait_hint() while they were handled */
+	uint64_t woken;	     /* parked workers woken (or started) to take a reader's place */
 	unsigned threads;    /* workers started */
 };
 

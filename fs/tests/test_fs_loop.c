@@ -271,6 +271,42 @@ static void test_wait_hint_gives_up_the_reader(void **state)
 	assert_true(r.st.threads >= 2);
 }
 
+/* A synchronous client (one request at a time) whose every other request waits: once
+ * that share is learned, a second reader stays in read(), so a request that waits finds
+ * it there and wakes nobody. When the waits stop, the spare reader retires and cheap
+ * requests stay on one thread again. */
+static void test_spare_reader_while_requests_wait(void **state)
+{
+	(void)state;
+	struct runner r;
+	start(&r, 8, 1000 * 1000 * 1000, 1ull << 2);
+	unsigned n = 0;
+	for (int i = 0; i < 200; i++) {
+		send_msg(1, FAST);
+		assert_true(wait_for(&g.done, ++n));
+		send_msg(2, FAST); /* kind 2: always handed off */
+		assert_true(wait_for(&g.done, ++n));
+	}
+	for (int i = 0; i < 300; i++) {
+		send_msg(1, FAST);
+		assert_true(wait_for(&g.done, ++n));
+	}
+	/* the last 100 cheap requests: one thread */
+	pthread_mutex_lock(&g.lock);
+	g.ntids = 0;
+	pthread_mutex_unlock(&g.lock);
+	for (int i = 0; i < 100; i++) {
+		send_msg(1, FAST);
+		assert_true(wait_for(&g.done, ++n));
+	}
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	assert_int_equal(r.st.handed_off, 200);
+	/* one reader throughout: a wake-up for each of the 200 hand-offs */
+	assert_true(r.st.woken < 20);
+	assert_int_equal(g.ntids, 1);
+}
+
 /* A kind that takes longer than inline_ns on average is handed off from then on. */
 static void test_cost_is_learned(void **state)
 {
@@ -360,6 +396,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_always_off_does_not_hold_up_the_rest, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_wait_hint_gives_up_the_reader, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_spare_reader_while_requests_wait, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cost_is_learned, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_one_thread, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_more_waits_than_workers, setup, teardown),
