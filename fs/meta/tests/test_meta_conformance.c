@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -2594,6 +2595,112 @@ static void t_sync_wal_replaced(void **state)
 	assert_int_equal(META_CALL(f->m, sync), 0);
 }
 
+/* SQLite's default VFS under another name, its xSync counted per calling thread: which
+ * threads flush the database's files. */
+static sqlite3_vfs count_vfs;
+static sqlite3_vfs *count_base;
+static sqlite3_io_methods count_io;
+static const sqlite3_io_methods *count_base_io;
+static _Atomic unsigned count_syncs;	   /* by every thread */
+static __thread unsigned count_syncs_here; /* by the calling thread */
+
+static int count_sync(sqlite3_file *file, int flags)
+{
+	count_syncs++;
+	count_syncs_here++;
+	return count_base_io->xSync(file, flags);
+}
+
+static int count_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int flags, int *out)
+{
+	int rc = count_base->xOpen(count_base, name, file, flags, out);
+
+	(void)vfs;
+	if (rc == SQLITE_OK && file->pMethods) {
+		if (!count_base_io) {
+			count_base_io = file->pMethods;
+			count_io = *count_base_io;
+			count_io.xSync = count_sync;
+		}
+		if (file->pMethods == count_base_io)
+			file->pMethods = &count_io;
+	}
+	return rc;
+}
+
+/* The WAL's checkpoint sequence number (its header, bytes 12-15): one more every time a
+ * commit starts the WAL again from its beginning after a complete checkpoint. */
+static uint32_t wal_ckpt_seq(const char *wal)
+{
+	unsigned char h[16];
+	int fd = open(wal, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? pread(fd, h, sizeof(h), 0) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n != (ssize_t)sizeof(h))
+		return 0;
+	return (uint32_t)h[12] << 24 | (uint32_t)h[13] << 16 | (uint32_t)h[14] << 8 | h[15];
+}
+
+/* SQLite: a commit never checkpoints the WAL itself (no flush on the committing thread);
+ * the engine's checkpointer does, and the WAL starts again from its beginning (it does not
+ * grow without end under a steady stream of commits). */
+static void t_checkpoint_off_commit(void **state)
+{
+	struct fx *f = *state;
+	char wal[PATH_MAX + 8], name[32];
+	uint32_t seq0;
+	uint64_t d, last = 0;
+	unsigned n, mine;
+	struct stat st;
+	bool restarted = false;
+
+	if (strcmp(E->name, "sqlite") != 0)
+		skip(); /* knows the SQLite file layout */
+	snprintf(wal, sizeof(wal), "%s-wal", f->file);
+	meta_close(f->m);
+	f->m = NULL;
+	count_base = sqlite3_vfs_find(NULL);
+	assert_non_null(count_base);
+	count_vfs = *count_base;
+	count_vfs.zName = "braidfs-test-count";
+	count_vfs.xOpen = count_open;
+	assert_int_equal(sqlite3_vfs_register(&count_vfs, 1), SQLITE_OK);
+	assert_int_equal(meta_open(f->url, 0, &f->m, NULL, 0), 0);
+	d = mkdir_(f, META_ROOT_INO, "d");
+	seq0 = wal_ckpt_seq(wal);
+	count_syncs = 0;
+	count_syncs_here = 0;
+	/* ~7 WAL frames per create: the checkpointer wakes after ~1,200. Past 16 MiB of WAL
+	 * the stream slows down to leave the checkpointer time on a loaded machine (the
+	 * commits would checkpoint themselves only 4 limits behind). */
+	for (n = 0; n < 8000 && !(restarted && n >= 3000); n++) {
+		snprintf(name, sizeof(name), "f%u", n);
+		last = mkfile(f, d, name);
+		restarted = wal_ckpt_seq(wal) != seq0;
+		if (!restarted && stat(wal, &st) == 0 && st.st_size > (16 << 20))
+			usleep(5000);
+	}
+	mine = count_syncs_here;
+	assert_true(restarted);
+	assert_int_equal(mine, 0);	  /* no commit flushed anything */
+	assert_true(count_syncs > 0);	  /* the checkpointer did */
+	assert_true(stat(wal, &st) == 0); /* restarted, not grown: under 2 limits */
+	assert_true(st.st_size < 2 * 8192 * (4096 + 24));
+	meta_close(f->m); /* stops the checkpointer */
+	f->m = NULL;
+	assert_int_equal(sqlite3_vfs_unregister(&count_vfs), SQLITE_OK);
+	/* every create is there, read through SQLite's own VFS */
+	assert_int_equal(meta_open(f->url, 0, &f->m, NULL, 0), 0);
+	struct meta_attr a;
+	assert_int_equal(META_CALL(f->m, lookup, d, "f0", &a), 0);
+	snprintf(name, sizeof(name), "f%u", n - 1);
+	assert_int_equal(META_CALL(f->m, lookup, d, name, &a), 0);
+	assert_int_equal(a.ino, last);
+	assert_int_equal(META_CALL(f->m, check, false, NULL, NULL), 0);
+}
+
 /* A process killed in the middle of a stream of operations leaves whole operations only
  * (META-1 across a crash of the process). */
 static void t_crash_atomicity(void **state)
@@ -4757,6 +4864,7 @@ int main(int argc, char **argv)
 	    T(t_inodes_statfs),
 	    T(t_sync),
 	    T(t_sync_wal_replaced),
+	    T(t_checkpoint_off_commit),
 	    T(t_crash_atomicity),
 	    T(t_check_clean),
 	    T(t_check_inject),
