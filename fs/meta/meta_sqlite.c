@@ -55,6 +55,7 @@
  *   listing does not starve writers. No other lock exists, so there is no lock order.
  */
 #include "fs/meta/meta_int.h"
+#include "fs/meta/meta_sqlite_vfs.h"
 
 #include "common/log.h"
 #include "common/url.h"
@@ -948,9 +949,10 @@ static bool ms_ckpt_round(struct ms *m, sqlite3 **dbp)
 	int log = 0, done = 0, rc = SQLITE_OK;
 
 	if (!*dbp) {
-		rc = sqlite3_open_v2(
-		    m->path, dbp,
-		    SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE, NULL);
+		rc = sqlite3_open_v2(m->path, dbp,
+				     SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
+					 SQLITE_OPEN_EXRESCODE,
+				     meta_sqlite_vfs());
 		if (rc != SQLITE_OK) {
 			log_warn("meta sqlite %s: the checkpointer cannot open it (%s): commits "
 				 "checkpoint the WAL themselves",
@@ -1584,7 +1586,7 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 		oflags |= SQLITE_OPEN_READONLY;
 	else
 		oflags |= SQLITE_OPEN_READWRITE;
-	rc = sqlite3_open_v2(m->path, &m->db, oflags, NULL);
+	rc = sqlite3_open_v2(m->path, &m->db, oflags, meta_sqlite_vfs());
 	if (rc != SQLITE_OK) {
 		if (!m->db) {
 			set_err(err, errlen, "cannot open %s: out of memory", m->path);
