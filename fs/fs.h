@@ -53,6 +53,11 @@
  *         locks at the last close of the open file (RELEASE), all of a mount's at unmount,
  *         and a dead mount's when its registration expires. Without the cap, the kernel
  *         keeps locks per mount (exact for the one mount a one-node engine allows).
+ *   FS-10 The kernel's getattr of the directory this mount changed last (it asks after
+ *         every create, mkdir, unlink or rmdir there, before its next permission check)
+ *         is answered from the attributes that change left, while no metadata commit came
+ *         after it (fs.meta_gen); those equal what the database holds. Not on a shared
+ *         engine. fs.dslot_lock is a leaf.
  *
  * THREADS AND LOCKS
  *   The request loop (fs_loop.c) calls the op handlers from many threads at once; a handler
@@ -198,6 +203,16 @@ struct fs {
 	_Atomic bool killpriv;
 
 	struct fs_locks *locks; /* FS-9 (fs_lock.c); NULL: the kernel keeps locks */
+
+	/* FS-10 (fs_fuse.c, dir_change_*): the directory this mount changed last, as that
+	 * change left it, true while meta_gen is dslot_gen. */
+	pthread_mutex_t dslot_lock;
+	uint64_t dslot_ino;	     /* protected by dslot_lock; 0: none */
+	uint64_t dslot_gen;	     /* protected by dslot_lock */
+	uint64_t dslot_seq;	     /* protected by dslot_lock: tracked changes begun, ever */
+	unsigned dslot_busy;	     /* protected by dslot_lock: tracked changes under way */
+	struct meta_attr dslot;	     /* protected by dslot_lock */
+	_Atomic uint64_t dslot_hits; /* getattrs it answered */
 
 	/* Requests handled since mount, by FUSE opcode: the loop counts them (fs_req_stats) */
 	struct lf_kind_count req[FS_REQ_KINDS];

@@ -286,14 +286,89 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
+/* ---- FS-10: the directory this mount changed last ----
+ * The kernel drops a directory's attributes after every create, unlink, mkdir or rmdir in
+ * it and asks for them (GETATTR) before its next permission check there: in a loop of
+ * creates, one database read per create. The slot keeps one directory's attributes as the
+ * last change through this mount left them, true while meta_gen has not moved since (every
+ * committed metadata change moves it: fs_meta_touched), and answers that GETATTR.
+ *
+ * A tracked change (mknod family, unlink, rmdir) derives the new attributes from the slot
+ * as the engine's transaction changes them (META: mtime = ctime = the operation's time,
+ * nlink by the subdirectories gained or lost), only when the slot held the directory as of
+ * the generation just before and the change is the one commit since. The kernel runs one
+ * change of a directory at a time (its inode lock); a GETATTR may run beside it, so a read
+ * from the database fills the slot only when no tracked change was under way or began
+ * meanwhile (else it could hold a change the change's end then applies again). Changes of
+ * other kinds (rename, link, setattr, xattrs) only move meta_gen. Not on a shared engine
+ * (other mounts change directories too). Nothing outside this mount changes the fields a
+ * GETATTR returns while it is mounted (fsck refuses a mounted volume; `braidfs quota`
+ * changes quota fields only). */
+struct dir_change {
+	uint64_t seq, gen_pre;
+	bool base;
+};
+
+static void dir_change_begin(struct fs *fs, uint64_t dir, struct dir_change *c)
+{
+	pthread_mutex_lock(&fs->dslot_lock);
+	c->seq = ++fs->dslot_seq;
+	fs->dslot_busy++;
+	c->gen_pre = atomic_load_explicit(&fs->meta_gen, memory_order_acquire);
+	c->base = fs->dslot_ino == dir && fs->dslot_gen == c->gen_pre;
+	pthread_mutex_unlock(&fs->dslot_lock);
+}
+
+/* r: the change's result; gen: fs_meta_touched()'s value after it committed; now: the time
+ * it gave the engine; dnlink: what it did to the directory's link count. */
+static void dir_change_end(struct fs *fs, uint64_t dir, const struct dir_change *c, int r,
+			   uint64_t gen, int64_t now, int dnlink)
+{
+	pthread_mutex_lock(&fs->dslot_lock);
+	fs->dslot_busy--;
+	if (r == 0 && c->base && !fs->shared && fs->dslot_seq == c->seq && fs->dslot_ino == dir &&
+	    gen == c->gen_pre + 1) {
+		fs->dslot.mtime_ns = now;
+		fs->dslot.ctime_ns = now;
+		fs->dslot.nlink = (uint32_t)((int64_t)fs->dslot.nlink + dnlink);
+		fs->dslot_gen = gen;
+	} else if (fs->dslot_ino == dir || fs->dslot_seq != c->seq) {
+		fs->dslot_ino = 0;
+	}
+	pthread_mutex_unlock(&fs->dslot_lock);
+}
+
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = req_fs(req);
 	struct meta_attr a;
+	pthread_mutex_lock(&fs->dslot_lock);
+	uint64_t gen = atomic_load_explicit(&fs->meta_gen, memory_order_acquire);
+	bool hit = fs->dslot_ino == ino && fs->dslot_gen == gen;
+	if (hit)
+		a = fs->dslot;
+	uint64_t seq = fs->dslot_seq;
+	bool quiet = fs->dslot_busy == 0;
+	pthread_mutex_unlock(&fs->dslot_lock);
+	if (hit) {
+		atomic_fetch_add_explicit(&fs->dslot_hits, 1, memory_order_relaxed);
+		reply_attr(req, fs, &a);
+		return;
+	}
 	int r = META_CALL(fs->meta, getattr, ino, &a);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
+	}
+	if (S_ISDIR(a.mode) && !fs->shared && quiet) {
+		pthread_mutex_lock(&fs->dslot_lock);
+		if (fs->dslot_busy == 0 && fs->dslot_seq == seq &&
+		    atomic_load_explicit(&fs->meta_gen, memory_order_acquire) == gen) {
+			fs->dslot_ino = ino;
+			fs->dslot_gen = gen;
+			fs->dslot = a;
+		}
+		pthread_mutex_unlock(&fs->dslot_lock);
 	}
 	reply_attr(req, fs, &a);
 }
@@ -575,11 +650,13 @@ static int do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
 	in.mode = mode;
 	in.atime_ns = in.mtime_ns = in.ctime_ns = in.btime_ns = now_realtime_ns();
 	in.rdev = rdev;
+	struct dir_change c;
+	dir_change_begin(fs, parent, &c);
 	r = META_CALL(fs->meta, mknod, parent, name, &in, link, ret);
 	if (r == -EDQUOT && fs_purge_flush(fs) > 0) /* FS-2: queued orphans still count */
 		r = META_CALL(fs->meta, mknod, parent, name, &in, link, ret);
-	if (r == 0)
-		fs_meta_touched(fs);
+	uint64_t gen = r == 0 ? fs_meta_touched(fs) : 0;
+	dir_change_end(fs, parent, &c, r, gen, in.ctime_ns, S_ISDIR(mode) ? 1 : 0);
 	return r;
 }
 
@@ -626,15 +703,30 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	reply_entry(req, fs, &a);
 }
 
+/* unlink or rmdir of parent/name, a tracked change of parent (FS-10); *a: what the engine
+ * returned of the entry's inode. */
+static int do_remove(struct fs *fs, fuse_ino_t parent, const char *name, bool dir,
+		     struct meta_attr *a)
+{
+	struct dir_change c;
+	int64_t now = now_realtime_ns();
+	uint64_t gen = 0;
+	dir_change_begin(fs, parent, &c);
+	int r = dir ? META_CALL(fs->meta, rmdir, parent, name, now, a)
+		    : META_CALL(fs->meta, unlink, parent, name, now, a);
+	if (r == 0)
+		gen = fs_meta_touched(fs);
+	dir_change_end(fs, parent, &c, r, gen, now, dir ? -1 : 0);
+	return r;
+}
+
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = req_fs(req);
 	struct meta_attr a;
-	int r = META_CALL(fs->meta, unlink, parent, name, now_realtime_ns(), &a);
-	if (r == 0) {
-		fs_meta_touched(fs);
+	int r = do_remove(fs, parent, name, false, &a);
+	if (r == 0)
 		fs_inode_set_nlink(fs, &a);
-	}
 	fuse_reply_err(req, -r);
 }
 
@@ -642,9 +734,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = req_fs(req);
 	struct meta_attr a;
-	int r = META_CALL(fs->meta, rmdir, parent, name, now_realtime_ns(), &a);
+	int r = do_remove(fs, parent, name, true, &a);
 	if (r == 0) {
-		fs_meta_touched(fs);
 		a.nlink = 0;
 		fs_inode_set_nlink(fs, &a);
 	}
@@ -1408,6 +1499,7 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	r = fs_lock_new(fs);
 	if (r < 0)
 		goto err_itab;
+	pthread_mutex_init(&fs->dslot_lock, NULL);
 	pthread_mutex_init(&fs->sync_lock, NULL);
 	cond_init_monotonic(&fs->sync_work); /* sync_wait has deadlines */
 	pthread_cond_init(&fs->sync_done, NULL);
@@ -1418,6 +1510,7 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	return 0;
 
 err_sync:
+	pthread_mutex_destroy(&fs->dslot_lock);
 	pthread_mutex_destroy(&fs->sync_lock);
 	pthread_cond_destroy(&fs->sync_work);
 	pthread_cond_destroy(&fs->sync_done);
@@ -1692,9 +1785,11 @@ int fs_loop(struct fs *fs)
 	struct lf_stats st = {0};
 	int r = lf_run(&ops, fs, &cfg, &st);
 	log_info("volume %s: %llu FUSE requests, %llu handed off by kind or cost, %llu at a wait, "
-		 "%llu worker wake-ups, %u workers",
+		 "%llu worker wake-ups, %u workers, %llu getattrs of the last changed directory "
+		 "answered without the database",
 		 fs->vol.name, (unsigned long long)st.requests, (unsigned long long)st.handed_off,
-		 (unsigned long long)st.hinted, (unsigned long long)st.woken, st.threads);
+		 (unsigned long long)st.hinted, (unsigned long long)st.woken, st.threads,
+		 (unsigned long long)atomic_load(&fs->dslot_hits));
 	log_req_stats(fs);
 	return r;
 }
@@ -1716,6 +1811,7 @@ void fs_free(struct fs *fs)
 	pthread_cond_signal(&fs->sync_work);
 	pthread_mutex_unlock(&fs->sync_lock);
 	pthread_join(fs->sync_thread, NULL);
+	pthread_mutex_destroy(&fs->dslot_lock);
 	pthread_mutex_destroy(&fs->sync_lock);
 	pthread_cond_destroy(&fs->sync_work);
 	pthread_cond_destroy(&fs->sync_done);

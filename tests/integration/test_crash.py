@@ -10,7 +10,9 @@ and by mounting over it) and checks the files against the model.
 import errno
 import os
 import random
+import re
 import sqlite3
+import stat
 import time
 
 import pytest
@@ -391,6 +393,51 @@ def test_kill9_with_purges_queued(volume):
     r = volume.fsck()
     assert r.returncode == 0, f"fsck: {r.stdout}{r.stderr}"
     volume.mount()
+
+
+def test_dir_attrs_after_changes(volume):
+    """FS-10: the kernel's getattr of a directory right after a create, mkdir, unlink or rmdir
+    in it is answered from the attributes that change left, without a database read; they are
+    the ones the database holds (a fresh mount reads the same)."""
+    d = volume.path("d")
+    os.mkdir(d)
+    prev = os.stat(d)
+    for i in range(100):
+        p = os.path.join(d, f"f{i}")
+        os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+        st, f = os.stat(d), os.stat(p)
+        # the create stamped the directory with the new file's own time
+        assert st.st_mtime_ns == st.st_ctime_ns == f.st_ctime_ns
+        assert st.st_mtime_ns >= prev.st_mtime_ns and st.st_nlink == 2
+        prev = st
+    for i in range(5):
+        os.mkdir(os.path.join(d, f"s{i}"))
+        st = os.stat(d)
+        assert st.st_nlink == 3 + i and st.st_mtime_ns == st.st_ctime_ns >= prev.st_mtime_ns
+        prev = st
+    for i in range(50):
+        t0 = time.time_ns()
+        os.unlink(os.path.join(d, f"f{i}"))
+        st = os.stat(d)
+        assert st.st_mtime_ns == st.st_ctime_ns >= max(prev.st_mtime_ns, t0 - 10**9)
+        assert st.st_nlink == 7
+        prev = st
+    os.rmdir(os.path.join(d, "s0"))
+    last = os.stat(d)
+    assert last.st_nlink == 6
+    os.chmod(d, 0o750)  # a change of another kind: the next getattr reads the database
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o750
+    last = os.stat(d)
+    volume.umount()
+    with open(volume.log, errors="replace") as f:
+        hits = re.findall(r"(\d+) getattrs of the last changed directory", f.read())
+    assert hits and int(hits[-1]) >= 120, hits  # of 156 changes, each followed by a stat
+    volume.mount()
+    st = os.stat(d)
+    keys = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_mtime_ns", "st_ctime_ns")
+    assert [getattr(st, k) for k in keys] == [getattr(last, k) for k in keys]
+    assert sorted(os.listdir(d)) == sorted([f"f{i}" for i in range(50, 100)] +
+                                           [f"s{i}" for i in range(1, 5)])
 
 
 def test_write_times_grain(volume):
