@@ -654,10 +654,9 @@ int cmd_fsck(int argc, char **argv)
 		r = fs_new(v.meta, v.ds, &fo, &fs);
 		if (r == 0)
 			r = fs_recover(fs);
-		if (fs) {
-			fs_itab_fini(fs);
-			free(fs);
-		}
+		/* fs_new started the metadata syncer: fs_free stops it (and syncs what
+		 * recovery wrote, as an unmount would) */
+		fs_free(fs);
 		if (r < 0) {
 			die_msg("fsck", "finishing an unclean stop's work failed: %s",
 				strerror(-r));

@@ -70,14 +70,18 @@ if [ $fail_build = 0 ]; then
 	BRAIDFS_BIN=$top/build/tools/braidfs BRAIDFS_CSI_BIN=$top/build/csi/braidfs-csi \
 		/usr/bin/python3 -m pytest "${pyargs[@]}" --junitxml="$out/csi.xml" ${PYTEST_ARGS:-} \
 		tests/csi
-	echo "== integration tests: POSIX, braidfs-verify, crash, locks, CLI (ASan+UBSan build)"
+	echo "== integration tests: POSIX, braidfs-verify, crash, locks, CLI, quota, replicas, scrub, fsck (ASan+UBSan build)"
 	# Sanitizer reports of the mount daemons go to files; any report is a failure. The CLI
-	# tests cover foreground mounts, status and umount paths the others do not reach.
+	# tests cover foreground mounts, status and umount paths the others do not reach; the
+	# replica, scrub and fsck tests the repair paths (fsck --repair's recovery among them).
 	ASAN_OPTIONS=detect_leaks=1:log_path=$out/asan UBSAN_OPTIONS=print_stacktrace=1:log_path=$out/asan \
 	BRAIDFS_BIN=$top/build-asan/tools/braidfs /usr/bin/python3 -m pytest "${pyargs[@]}" -m "not slow" \
 		--junitxml="$out/integration-asan.xml" ${PYTEST_ARGS:-} tests/integration/test_posix.py \
 		tests/integration/test_verify_load.py tests/integration/test_crash.py \
-		tests/integration/test_locks.py tests/integration/test_cli.py
+		tests/integration/test_locks.py tests/integration/test_cli.py \
+		tests/integration/test_quota.py tests/integration/test_replicas.py \
+		tests/integration/test_scrub.py tests/integration/test_dist_fsck.py \
+		tests/integration/test_nonroot.py
 	echo "== CSI plugin tests (ASan+UBSan build)"
 	ASAN_OPTIONS=detect_leaks=1:log_path=$out/asan UBSAN_OPTIONS=print_stacktrace=1:log_path=$out/asan \
 	BRAIDFS_BIN=$top/build-asan/tools/braidfs BRAIDFS_CSI_BIN=$top/build-asan/csi/braidfs-csi \
