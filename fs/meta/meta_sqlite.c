@@ -939,6 +939,22 @@ static int ms_check_not_ancestor(struct ms *m, uint64_t dir, uint64_t from)
 
 /* ---- argument checks ------------------------------------------------------------------- */
 
+/* Open a connection to path (SQLITE_OPEN_READONLY or _READWRITE in `mode`) through the
+ * engine's VFS, with checkpoint-on-close off, defensive mode and an untrusted schema (a
+ * crafted file runs no SQL of its own). *db may be set on failure too: close it. */
+static int ms_db_open(const char *path, int mode, sqlite3 **db)
+{
+	int rc = sqlite3_open_v2(path, db, mode | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+				 meta_sqlite_vfs());
+
+	if (rc == SQLITE_OK) {
+		sqlite3_db_config(*db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+		sqlite3_db_config(*db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+		sqlite3_db_config(*db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
+	}
+	return rc;
+}
+
 /* ---- checkpoints (CHECKPOINTS at the top) ---------------------------------------------- */
 
 /* One round: copy the WAL into the main file without the handle's lock while much of it is
@@ -949,29 +965,17 @@ static bool ms_ckpt_round(struct ms *m, sqlite3 **dbp)
 	int log = 0, done = 0, rc = SQLITE_OK;
 
 	if (!*dbp) {
-		rc = sqlite3_open_v2(m->path, dbp,
-				     SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
-					 SQLITE_OPEN_EXRESCODE,
-				     meta_sqlite_vfs());
+		/* Checkpoint-on-close stays off: the handle's connection is the one whose close
+		 * copies the WAL. A connection learns that the database is in WAL mode, and opens
+		 * the WAL, on its first read; until then a checkpoint finds nothing to do. */
+		rc = ms_db_open(m->path, SQLITE_OPEN_READWRITE, dbp);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(*dbp, "SELECT count(*) FROM sqlite_schema", NULL, NULL,
+					  NULL);
 		if (rc != SQLITE_OK) {
 			log_warn("meta sqlite %s: the checkpointer cannot open it (%s): commits "
 				 "checkpoint the WAL themselves",
 				 m->path, *dbp ? sqlite3_errmsg(*dbp) : sqlite3_errstr(rc));
-			sqlite3_close_v2(*dbp);
-			*dbp = NULL;
-			return false;
-		}
-		/* the handle's connection is the one whose close copies the WAL */
-		sqlite3_db_config(*dbp, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
-		sqlite3_db_config(*dbp, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
-		sqlite3_db_config(*dbp, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
-		/* A connection learns that the database is in WAL mode, and opens the WAL, on its
-		 * first read; until then a checkpoint finds nothing to do. */
-		rc = sqlite3_exec(*dbp, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL);
-		if (rc != SQLITE_OK) {
-			log_warn("meta sqlite %s: the checkpointer cannot read it (%s): commits "
-				 "checkpoint the WAL themselves",
-				 m->path, sqlite3_errmsg(*dbp));
 			sqlite3_close_v2(*dbp);
 			*dbp = NULL;
 			return false;
@@ -1009,7 +1013,6 @@ static void *ms_ckpt_main(void *arg)
 			pthread_cond_wait(&m->ck_cond, &m->ck_lock);
 		if (m->ck_stop)
 			break;
-		m->ck_want = false;
 		pthread_mutex_unlock(&m->ck_lock);
 		bool ran = ms_ckpt_round(m, &db);
 		pthread_mutex_lock(&m->ck_lock);
@@ -1030,7 +1033,7 @@ static void *ms_ckpt_main(void *arg)
  * not start), so the caller checkpoints itself. */
 static bool ms_ckpt_wake(struct ms *m)
 {
-	bool ok = true;
+	bool ok;
 
 	pthread_mutex_lock(&m->ck_lock);
 	if (m->ck_pid != getpid() && !m->ck_failed) {
@@ -1052,11 +1055,10 @@ static bool ms_ckpt_wake(struct ms *m)
 			m->ck_failed = true;
 		}
 	}
-	if (m->ck_pid == getpid() && !m->ck_failed) {
+	ok = m->ck_pid == getpid() && !m->ck_failed;
+	if (ok) {
 		m->ck_want = true;
 		pthread_cond_signal(&m->ck_cond);
-	} else {
-		ok = false;
 	}
 	pthread_mutex_unlock(&m->ck_lock);
 	return ok;
@@ -1495,7 +1497,7 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 	enum ms_file state;
 	bool created = false;
 	struct ms *m;
-	int oflags, rc, r;
+	int rc, r;
 
 	if (err && errlen > 0)
 		err[0] = '\0';
@@ -1581,12 +1583,8 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 		state = MS_FILE_EMPTY;
 	}
 
-	oflags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
-	if (m->rdonly)
-		oflags |= SQLITE_OPEN_READONLY;
-	else
-		oflags |= SQLITE_OPEN_READWRITE;
-	rc = sqlite3_open_v2(m->path, &m->db, oflags, meta_sqlite_vfs());
+	/* Until the file is known to be ours, closing must not checkpoint a WAL into it. */
+	rc = ms_db_open(m->path, m->rdonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE, &m->db);
 	if (rc != SQLITE_OK) {
 		if (!m->db) {
 			set_err(err, errlen, "cannot open %s: out of memory", m->path);
@@ -1596,11 +1594,6 @@ static int ms_open(const char *url, int flags, struct meta **ret, char *err, siz
 		}
 		goto fail;
 	}
-	/* Until the file is known to be ours, closing must not checkpoint a WAL into it. Defensive
-	 * mode and an untrusted schema keep a crafted file from running SQL of its own. */
-	sqlite3_db_config(m->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
-	sqlite3_db_config(m->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
-	sqlite3_db_config(m->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
 	sqlite3_extended_result_codes(m->db, 1);
 	sqlite3_busy_timeout(m->db, MS_BUSY_TIMEOUT_MS);
 
