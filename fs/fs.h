@@ -209,7 +209,6 @@ struct fs {
 	pthread_mutex_t dslot_lock;
 	uint64_t dslot_ino;	     /* protected by dslot_lock; 0: none */
 	uint64_t dslot_gen;	     /* protected by dslot_lock */
-	uint64_t dslot_seq;	     /* protected by dslot_lock: tracked changes begun, ever */
 	unsigned dslot_busy;	     /* protected by dslot_lock: tracked changes under way */
 	struct meta_attr dslot;	     /* protected by dslot_lock */
 	_Atomic uint64_t dslot_hits; /* getattrs it answered */

@@ -298,42 +298,36 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
  * nlink by the subdirectories gained or lost), only when the slot held the directory as of
  * the generation just before and the change is the one commit since. The kernel runs one
  * change of a directory at a time (its inode lock); a GETATTR may run beside it, so a read
- * from the database fills the slot only when no tracked change was under way or began
- * meanwhile (else it could hold a change the change's end then applies again). Changes of
- * other kinds (rename, link, setattr, xattrs) only move meta_gen. Not on a shared engine
- * (other mounts change directories too). Nothing outside this mount changes the fields a
- * GETATTR returns while it is mounted (fsck refuses a mounted volume; `braidfs quota`
- * changes quota fields only). */
-struct dir_change {
-	uint64_t seq, gen_pre;
-	bool base;
-};
+ * from the database fills the slot only when no tracked change is under way and no commit
+ * came during the read (else it could hold a change whose end then applies it again).
+ * Changes of other kinds (rename, link, setattr, xattrs) only move meta_gen. Not on a
+ * shared engine (other mounts change directories too). Nothing outside this mount changes
+ * the fields a GETATTR returns while it is mounted (fsck refuses a mounted volume;
+ * `braidfs quota` changes quota fields only). */
 
-static void dir_change_begin(struct fs *fs, uint64_t dir, struct dir_change *c)
+/* Returns meta_gen as the change begins. */
+static uint64_t dir_change_begin(struct fs *fs)
 {
 	pthread_mutex_lock(&fs->dslot_lock);
-	c->seq = ++fs->dslot_seq;
 	fs->dslot_busy++;
-	c->gen_pre = atomic_load_explicit(&fs->meta_gen, memory_order_acquire);
-	c->base = fs->dslot_ino == dir && fs->dslot_gen == c->gen_pre;
+	uint64_t gen = atomic_load_explicit(&fs->meta_gen, memory_order_acquire);
 	pthread_mutex_unlock(&fs->dslot_lock);
+	return gen;
 }
 
-/* r: the change's result; gen: fs_meta_touched()'s value after it committed; now: the time
- * it gave the engine; dnlink: what it did to the directory's link count. */
-static void dir_change_end(struct fs *fs, uint64_t dir, const struct dir_change *c, int r,
-			   uint64_t gen, int64_t now, int dnlink)
+/* gen_pre: dir_change_begin()'s value; r: the change's result; gen: fs_meta_touched()'s
+ * value after it committed; now: the time it gave the engine; dnlink: what it did to the
+ * directory's link count. A slot it does not derive is stale by meta_gen already. */
+static void dir_change_end(struct fs *fs, uint64_t dir, uint64_t gen_pre, int r, uint64_t gen,
+			   int64_t now, int dnlink)
 {
 	pthread_mutex_lock(&fs->dslot_lock);
 	fs->dslot_busy--;
-	if (r == 0 && c->base && !fs->shared && fs->dslot_seq == c->seq && fs->dslot_ino == dir &&
-	    gen == c->gen_pre + 1) {
+	if (r == 0 && gen == gen_pre + 1 && fs->dslot_ino == dir && fs->dslot_gen == gen_pre) {
 		fs->dslot.mtime_ns = now;
 		fs->dslot.ctime_ns = now;
 		fs->dslot.nlink = (uint32_t)((int64_t)fs->dslot.nlink + dnlink);
 		fs->dslot_gen = gen;
-	} else if (fs->dslot_ino == dir || fs->dslot_seq != c->seq) {
-		fs->dslot_ino = 0;
 	}
 	pthread_mutex_unlock(&fs->dslot_lock);
 }
@@ -347,8 +341,6 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	bool hit = fs->dslot_ino == ino && fs->dslot_gen == gen;
 	if (hit)
 		a = fs->dslot;
-	uint64_t seq = fs->dslot_seq;
-	bool quiet = fs->dslot_busy == 0;
 	pthread_mutex_unlock(&fs->dslot_lock);
 	if (hit) {
 		atomic_fetch_add_explicit(&fs->dslot_hits, 1, memory_order_relaxed);
@@ -360,9 +352,9 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, -r);
 		return;
 	}
-	if (S_ISDIR(a.mode) && !fs->shared && quiet) {
+	if (S_ISDIR(a.mode) && !fs->shared) {
 		pthread_mutex_lock(&fs->dslot_lock);
-		if (fs->dslot_busy == 0 && fs->dslot_seq == seq &&
+		if (fs->dslot_busy == 0 &&
 		    atomic_load_explicit(&fs->meta_gen, memory_order_acquire) == gen) {
 			fs->dslot_ino = ino;
 			fs->dslot_gen = gen;
@@ -650,13 +642,12 @@ static int do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
 	in.mode = mode;
 	in.atime_ns = in.mtime_ns = in.ctime_ns = in.btime_ns = now_realtime_ns();
 	in.rdev = rdev;
-	struct dir_change c;
-	dir_change_begin(fs, parent, &c);
+	uint64_t gen_pre = dir_change_begin(fs);
 	r = META_CALL(fs->meta, mknod, parent, name, &in, link, ret);
 	if (r == -EDQUOT && fs_purge_flush(fs) > 0) /* FS-2: queued orphans still count */
 		r = META_CALL(fs->meta, mknod, parent, name, &in, link, ret);
 	uint64_t gen = r == 0 ? fs_meta_touched(fs) : 0;
-	dir_change_end(fs, parent, &c, r, gen, in.ctime_ns, S_ISDIR(mode) ? 1 : 0);
+	dir_change_end(fs, parent, gen_pre, r, gen, in.ctime_ns, S_ISDIR(mode) ? 1 : 0);
 	return r;
 }
 
@@ -708,15 +699,12 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 static int do_remove(struct fs *fs, fuse_ino_t parent, const char *name, bool dir,
 		     struct meta_attr *a)
 {
-	struct dir_change c;
 	int64_t now = now_realtime_ns();
-	uint64_t gen = 0;
-	dir_change_begin(fs, parent, &c);
+	uint64_t gen_pre = dir_change_begin(fs);
 	int r = dir ? META_CALL(fs->meta, rmdir, parent, name, now, a)
 		    : META_CALL(fs->meta, unlink, parent, name, now, a);
-	if (r == 0)
-		gen = fs_meta_touched(fs);
-	dir_change_end(fs, parent, &c, r, gen, now, dir ? -1 : 0);
+	uint64_t gen = r == 0 ? fs_meta_touched(fs) : 0;
+	dir_change_end(fs, parent, gen_pre, r, gen, now, dir ? -1 : 0);
 	return r;
 }
 
