@@ -58,6 +58,16 @@
  *         is answered from the attributes that change left, while no metadata commit came
  *         after it (fs.meta_gen); those equal what the database holds. Not on a shared
  *         engine. fs.dslot_lock is a leaf.
+ *   FS-11 On a one-mount engine (not META_CAP_SHARED) every change to names and attributes
+ *         passes this mount's kernel, which updates or drops its own caches on each reply;
+ *         the few changes the file system makes on its own (FS-8's stripped mode bits) drop
+ *         the kernel's attributes explicitly. So names and attributes are cached for
+ *         FS_ONE_MOUNT_TIMEOUT unless the mount asks for less, and files opened read-only
+ *         open with FOPEN_NOFLUSH: their close(2) sends no FLUSH (locks stay the
+ *         kernel's; such an open changes nothing a close must record). An open for
+ *         writing keeps FLUSH: close returns once the size is recorded, so a kill -9 of
+ *         the mount after close keeps what was written. A shared engine keeps
+ *         FS_SHARED_TIMEOUT and FLUSH on every close (FS-7, FS-9).
  *
  * THREADS AND LOCKS
  *   The request loop (fs_loop.c) calls the op handlers from many threads at once; a handler
@@ -80,8 +90,10 @@
 #include "fs/meta/meta.h"
 
 struct fs_options {
-	double attr_timeout;  /* seconds the kernel may cache attributes */
-	double entry_timeout; /* seconds the kernel may cache names */
+	/* seconds the kernel may cache attributes / names; negative: the default of FS-11
+	 * (FS_SHARED_TIMEOUT on a shared engine, FS_ONE_MOUNT_TIMEOUT on a one-mount one) */
+	double attr_timeout;
+	double entry_timeout;
 	unsigned max_threads;
 	bool debug; /* FUSE request tracing */
 	bool allow_other;
@@ -144,6 +156,10 @@ struct fs_file {
  * (HZ=100), and the longest a mount may ask for. */
 #define FS_TIME_GRAIN_MAX_NS (10 * 1000000LL)
 #define FS_TIME_GRAIN_MAX_MS 1000u
+
+/* FS-11: the kernel's name and attribute cache time unless the mount sets one. */
+#define FS_SHARED_TIMEOUT    1.0
+#define FS_ONE_MOUNT_TIMEOUT 86400.0
 
 /* FS-2: how many forgotten orphans one purge transaction deletes at most, and how long the
  * first of a batch waits for company. */

@@ -231,8 +231,10 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
 	conn->time_gran = 1;
 	conn->max_readahead = 1 << 20;
-	log_info("volume %s: FUSE protocol %u.%u, max_write %u", fs->vol.name, conn->proto_major,
-		 conn->proto_minor, conn->max_write);
+	log_info("volume %s: FUSE protocol %u.%u, max_write %u, names cached %gs, attributes %gs%s",
+		 fs->vol.name, conn->proto_major, conn->proto_minor, conn->max_write,
+		 fs->opt.entry_timeout, fs->opt.attr_timeout,
+		 fs->shared ? "" : ", no FLUSH on a read-only close (FS-11)");
 }
 
 static void op_destroy(void *userdata)
@@ -897,6 +899,9 @@ static int file_new(struct fs *fs, uint64_t ino, const struct meta_attr *a,
 		fi->direct_io = 1;
 	else if (!fs->shared)
 		fi->keep_cache = 1; /* one client: every change passes this kernel's cache */
+	/* FS-11: one client, locks the kernel's, and nothing this open can change that a close
+	 * must record (shared engines need FLUSH: FS-7, FS-9) */
+	fi->noflush = !fs->shared && (fi->flags & O_ACCMODE) == O_RDONLY;
 	return 0;
 }
 
@@ -1470,6 +1475,11 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	fs->opt = *opt;
 	fs->shared = (meta_ops_of(meta)->caps & META_CAP_SHARED) != 0;
 	fs->commit_durable = (meta_ops_of(meta)->caps & META_CAP_DURABLE_COMMIT) != 0;
+	double cache_time = fs->shared ? FS_SHARED_TIMEOUT : FS_ONE_MOUNT_TIMEOUT; /* FS-11 */
+	if (fs->opt.attr_timeout < 0)
+		fs->opt.attr_timeout = cache_time;
+	if (fs->opt.entry_timeout < 0)
+		fs->opt.entry_timeout = cache_time;
 	struct timespec grain;
 	if (opt->time_grain_set)
 		fs->time_grain_ns =

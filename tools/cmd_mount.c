@@ -58,8 +58,10 @@ static const char mount_help[] =
     "Options:\n"
     "  -f, --foreground   stay in the foreground, log to stderr\n"
     "  -o OPTIONS         comma-separated:\n"
-    "       attr_timeout=SEC   how long the kernel caches attributes (default 1)\n"
-    "       entry_timeout=SEC  how long the kernel caches names (default 1)\n"
+    "       attr_timeout=SEC   how long the kernel caches attributes (default: 1 on a\n"
+    "                          postgres:// volume; 86400 on an sqlite:// volume, whose\n"
+    "                          one mount sees every change through its own kernel)\n"
+    "       entry_timeout=SEC  how long the kernel caches names (default as above)\n"
     "       threads=N          FUSE worker threads at most (default 16)\n"
     "       time_grain_ms=MS   how long after a write set a file's mtime and ctime\n"
     "                          later writes leave them as they are, as a local file\n"
@@ -397,8 +399,8 @@ int cmd_mount(int argc, char **argv)
 	    {0},
 	};
 	struct mount_opts mo = {0};
-	mo.fs.attr_timeout = 1.0;
-	mo.fs.entry_timeout = 1.0;
+	mo.fs.attr_timeout = -1; /* FS-11: by the engine */
+	mo.fs.entry_timeout = -1;
 	mo.fs.max_threads = 16;
 	mo.fs.allow_other = geteuid() == 0;
 	snprintf(mo.log, sizeof(mo.log), "/var/log/braidfs.log");

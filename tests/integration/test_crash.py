@@ -440,6 +440,66 @@ def test_dir_attrs_after_changes(volume):
                                            [f"s{i}" for i in range(1, 5)])
 
 
+def _requests(volume):
+    """The mount's FUSE request counts: (total, {kind: count} of the kinds status lists)."""
+    out = volume.status().stdout
+    m = re.search(r"requests\s+(\d+) FUSE request", out)
+    assert m, out
+    kinds = dict((k, int(n)) for k, n in re.findall(r"^\s+([a-z_]+)\s+(\d+)\s+\d+ us", out, re.M))
+    return int(m.group(1)), kinds
+
+
+def test_one_mount_kernel_caches(volume):
+    """FS-11: on a one-mount (SQLite) volume the close(2) of a read-only open sends no FLUSH,
+    while a close after writing still returns only once the size is recorded; and names,
+    missing names and attributes stay in the kernel's cache past the 1 s a shared volume
+    keeps them, so a stat walks no request."""
+    volume.umount()
+    volume.mount()  # counters from zero
+    d = volume.path("d")
+    os.mkdir(d)
+    p = os.path.join(d, "f")
+    with open(p, "wb") as f:
+        f.write(b"x" * 5000)
+    ino = os.stat(p).st_ino
+    with sqlite3.connect(f"file:{volume.db}?mode=ro", uri=True) as db:
+        size = db.execute("SELECT size FROM inodes WHERE ino = ?", (ino,)).fetchone()[0]
+    assert size == 5000  # recorded before close returned (FLUSH)
+    for _ in range(300):
+        os.close(os.open(p, os.O_RDONLY))
+    total, kinds = _requests(volume)
+    assert kinds.get("open", 0) >= 300, kinds
+    # the read-only closes sent none (status lists the 8 costliest kinds: 300 would show)
+    assert kinds.get("flush", 0) <= 1, kinds
+    # what the kernel was told to forget by the changes above, fetched once
+    os.stat(d), os.stat(p), os.path.exists(os.path.join(d, "nope"))
+    time.sleep(1.5)  # past a shared volume's entry_timeout / attr_timeout
+    before, _ = _requests(volume)
+    for _ in range(20):
+        assert os.stat(p).st_size == 5000
+        assert not os.path.exists(os.path.join(d, "nope"))
+        os.stat(d)
+    after, kinds = _requests(volume)
+    assert after == before, kinds  # not one lookup or getattr
+    # a change the file system makes on its own still shows at once (FS-8 drops the
+    # kernel's attributes): a non-root write strips the setuid bit
+    os.chmod(p, 0o4777)
+    assert os.stat(p).st_mode & 0o7777 == 0o4777
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            fd = os.open(p, os.O_WRONLY)
+            os.pwrite(fd, b"y", 0)
+            os.close(fd)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert os.stat(p).st_mode & 0o7777 == 0o0777
+
+
 def test_write_times_grain(volume):
     """FS-4: within time_grain_ms after a write stamped mtime/ctime, later writes leave them
     as they are (so an fsync owes the database nothing); after it, or when the stamp is in
