@@ -98,6 +98,9 @@ struct fs_options {
 	bool debug; /* FUSE request tracing */
 	bool allow_other;
 	bool ro;
+	/* fs_loop.c SPIN: microseconds the only reader watches the device before it sleeps in
+	 * read; negative: FS_SPIN_US_DEFAULT */
+	int32_t spin_us;
 	/* FS-4: write-time granularity (fs.time_grain_ns); unset: the kernel's clock tick */
 	bool time_grain_set;
 	uint32_t time_grain_ms; /* when set: 0 (every write stamps) .. FS_TIME_GRAIN_MAX_MS */
@@ -156,6 +159,10 @@ struct fs_file {
  * (HZ=100), and the longest a mount may ask for. */
 #define FS_TIME_GRAIN_MAX_NS (10 * 1000000LL)
 #define FS_TIME_GRAIN_MAX_MS 1000u
+
+/* fs_loop.c SPIN: the default, and the most a mount may ask for. */
+#define FS_SPIN_US_DEFAULT 50
+#define FS_SPIN_US_MAX	   1000
 
 /* FS-11: the kernel's name and attribute cache time unless the mount sets one. */
 #define FS_SHARED_TIMEOUT    1.0
@@ -217,6 +224,7 @@ struct fs {
 	 * kernel sends anything else). */
 	_Atomic uint64_t init_unique;
 	_Atomic bool killpriv;
+	uint32_t spin_ns; /* fs_loop.c SPIN: lf_config.spin_ns */
 
 	struct fs_locks *locks; /* FS-9 (fs_lock.c); NULL: the kernel keeps locks */
 

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/fuse.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1475,6 +1476,9 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	fs->opt = *opt;
 	fs->shared = (meta_ops_of(meta)->caps & META_CAP_SHARED) != 0;
 	fs->commit_durable = (meta_ops_of(meta)->caps & META_CAP_DURABLE_COMMIT) != 0;
+	fs->spin_ns =
+	    (uint32_t)(opt->spin_us < 0 ? FS_SPIN_US_DEFAULT : MIN(opt->spin_us, FS_SPIN_US_MAX)) *
+	    1000u;
 	double cache_time = fs->shared ? FS_SHARED_TIMEOUT : FS_ONE_MOUNT_TIMEOUT; /* FS-11 */
 	if (fs->opt.attr_timeout < 0)
 		fs->opt.attr_timeout = cache_time;
@@ -1764,6 +1768,14 @@ static void loop_buf_free(void *ctx, void *buf)
 	free(((struct fuse_buf *)buf)->mem);
 }
 
+/* fs_loop.c SPIN: a request waits on /dev/fuse (or the device is gone: then receive says so). */
+static bool loop_ready(void *ctx)
+{
+	struct fs *fs = ctx;
+	struct pollfd p = {.fd = fuse_session_fd(fs->se), .events = POLLIN};
+	return poll(&p, 1, 0) != 0;
+}
+
 int fs_loop(struct fs *fs)
 {
 	static const struct lf_ops ops = {
@@ -1772,6 +1784,7 @@ int fs_loop(struct fs *fs)
 	    .process = loop_process,
 	    .ended = loop_ended,
 	    .buf_free = loop_buf_free,
+	    .ready = loop_ready,
 	};
 	struct lf_config cfg = {
 	    .max_threads = fs->opt.max_threads,
@@ -1779,14 +1792,18 @@ int fs_loop(struct fs *fs)
 	    .always_off = 1ull << FUSE_FSYNC | 1ull << FUSE_FSYNCDIR | 1ull << FUSE_SYNCFS,
 	    .buf_size = sizeof(struct fuse_buf),
 	    .counts = fs->req,
+	    .spin_ns = fs->spin_ns,
+	    /* fs_loop.c SPIN: not after data requests (parallel jobs, or a client between) */
+	    .spin_kinds = ~(1ull << FUSE_READ | 1ull << FUSE_WRITE),
 	};
 	struct lf_stats st = {0};
 	int r = lf_run(&ops, fs, &cfg, &st);
 	log_info("volume %s: %llu FUSE requests, %llu handed off by kind or cost, %llu at a wait, "
-		 "%llu worker wake-ups, %u workers, %llu getattrs of the last changed directory "
-		 "answered without the database",
+		 "%llu worker wake-ups, %llu read without one after a spin, %u workers, %llu "
+		 "getattrs of the last changed directory answered without the database",
 		 fs->vol.name, (unsigned long long)st.requests, (unsigned long long)st.handed_off,
-		 (unsigned long long)st.hinted, (unsigned long long)st.woken, st.threads,
+		 (unsigned long long)st.hinted, (unsigned long long)st.woken,
+		 (unsigned long long)st.spun, st.threads,
 		 (unsigned long long)atomic_load(&fs->dslot_hits));
 	log_req_stats(fs);
 	return r;

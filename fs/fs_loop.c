@@ -37,6 +37,22 @@
  *   places after a request parks too. max_threads = 1 is the single-reader loop: the place
  *   is never given up.
  *
+ * SPIN
+ *   A reader asleep in receive is woken by the next request: on a virtual machine that
+ *   wake (often an interrupt to the other vCPU) costs more than a cheap handler, and a
+ *   create or an unlink is a chain of requests a few tens of microseconds apart, each
+ *   sent once the previous one is answered. So after a request of a kind in cfg.spin_kinds, the
+ * only reader, when no request waits off its place, asks ready() for up to cfg.spin_ns before it
+ * calls receive: a request that comes meanwhile is read without a wake-up. With a second reader
+ * asleep in read() (as while requests wait) it does not spin: the kernel would wake that one
+ * anyway. An idle loop spins spin_ns once after its last request. The kinds are the caller's: the
+ * mount spins after namespace and attribute requests, not after READ and WRITE, whose streams come
+ * from parallel jobs with requests queued already or from a client that computes between them;
+ * there spinning took CPU from the clients and the device lock from the kernel's queue (4 KiB
+ * random writes, 4 jobs: 10-15% slower with it). Measured (create/unlink of 10,000 files, 2
+ * replicas, quiet 2-vCPU machine, alternating pairs): 50 us of spin made create 12-26% and unlink
+ * 8-33% faster.
+ *
  * ENDING
  *   receive returning 0 or an error (unmount: the device returns ENODEV), or ended() seen by
  *   the thread in lf_run (a signal; it polls every 100 ms, since the signal may be taken by
@@ -78,6 +94,7 @@ struct lf {
 	_Atomic uint32_t cost[LF_KINDS]; /* mean wall time, ns */
 	/* share of recent requests that left their reader's place, in 1/65536 (running mean) */
 	_Atomic uint32_t off_share;
+	_Atomic uint64_t spun;
 	_Atomic uint64_t requests, handed_off, hinted, woken;
 };
 
@@ -191,15 +208,37 @@ static void mean_add(_Atomic uint32_t *m, uint32_t sample)
 	atomic_store_explicit(m, (uint32_t)next, memory_order_relaxed);
 }
 
+/* See SPIN above: true when a request came while this, the only reader, spun (after a
+ * request of a kind in cfg.spin_kinds). */
+static bool spin(struct lf *l)
+{
+	if (!l->cfg.spin_ns || !l->ops->ready ||
+	    atomic_load_explicit(&l->nreading, memory_order_relaxed) != 1 ||
+	    atomic_load_explicit(&l->nwaiting, memory_order_relaxed) != 0)
+		return false;
+	if (l->ops->ready(l->ctx))
+		return false; /* there already: no wait to save */
+	int64_t end = now_monotonic_ns() + l->cfg.spin_ns;
+	do {
+		if (l->ops->ready(l->ctx))
+			return true;
+	} while (now_monotonic_ns() < end);
+	return false;
+}
+
 /* Hold a reader's place: read requests and handle them, until one waits (true: the place
  * went on; the request is done) or the loop ends (false). */
 static bool lead(struct lf_worker *w)
 {
 	struct lf *l = w->l;
 	bool multi = l->cfg.max_threads > 1;
+	bool spin_next = false;
 	for (;;) {
 		pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
 		pthread_testcancel(); /* a stop that came while handling the last request */
+		if (spin_next && spin(l))
+			atomic_fetch_add_explicit(&l->spun, 1, memory_order_relaxed);
+		spin_next = false;
 		int r = l->ops->receive(l->ctx, w->buf);
 		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 		if (r == -EINTR || r == -EAGAIN) {
@@ -228,6 +267,7 @@ static bool lead(struct lf_worker *w)
 		l->ops->process(l->ctx, w->buf);
 		int64_t ns = now_monotonic_ns() - t0;
 		tl_wait_hook = NULL;
+		spin_next = kind < LF_KINDS && (l->cfg.spin_kinds >> kind & 1);
 		if (multi)
 			mean_add(&l->off_share, w->leader ? 0 : 65536u);
 		if (kind < LF_KINDS) {
@@ -361,6 +401,7 @@ int lf_run(const struct lf_ops *ops, void *ctx, const struct lf_config *cfg, str
 		stats->handed_off = atomic_load(&l->handed_off);
 		stats->hinted = atomic_load(&l->hinted);
 		stats->woken = atomic_load(&l->woken);
+		stats->spun = atomic_load(&l->spun);
 		stats->threads = n;
 	}
 	sem_destroy(&l->ended);

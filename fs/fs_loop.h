@@ -28,6 +28,9 @@ struct lf_ops {
 	bool (*ended)(void *ctx);
 	/* Free what receive allocated in buf (NULL: nothing). */
 	void (*buf_free)(void *ctx, void *buf);
+	/* Is a request there for receive to take at once (or has the session ended)? Never
+	 * waits. NULL: the loop never spins (lf_config.spin_ns). */
+	bool (*ready)(void *ctx);
 };
 
 /* What the requests of one kind cost so far: how many process() handled and the wall time
@@ -44,6 +47,11 @@ struct lf_config {
 	uint32_t inline_ns;
 	uint64_t always_off; /* bit k: kind k is always handed off */
 	size_t buf_size;     /* bytes of each worker's request buffer */
+	/* After a request of a kind in spin_kinds (bit k: kind k), the only reader, with no
+	 * request waiting off its place, asks ready() for up to spin_ns before it calls
+	 * receive (which sleeps): a request that comes meanwhile wakes no thread. 0: never. */
+	uint32_t spin_ns;
+	uint64_t spin_kinds;
 	/* LF_KINDS entries the loop adds every handled request below LF_KINDS to; NULL: none.
 	 * Owned by the caller, who may read it while the loop runs. */
 	struct lf_kind_count *counts;
@@ -54,6 +62,7 @@ struct lf_stats {
 	uint64_t handed_off; /* by kind or cost, before they were handled */
 	uint64_t hinted;     /* by wait_hint() while they were handled */
 	uint64_t woken;	     /* parked workers woken (or started) to take a reader's place */
+	uint64_t spun;	     /* receives that found their request while the reader spun */
 	unsigned threads;    /* workers started */
 };
 

@@ -3,6 +3,7 @@
  * (by kind, by learned cost, by wait_hint()), the loop ends on end of input, on a device
  * error and on ended(), and a request being handled is finished before it returns. */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <setjmp.h>
@@ -96,8 +97,15 @@ static bool f_ended(void *ctx)
 	return g.ended != 0;
 }
 
+static bool f_ready(void *ctx)
+{
+	(void)ctx;
+	struct pollfd p = {.fd = g.rfd, .events = POLLIN};
+	return poll(&p, 1, 0) != 0;
+}
+
 static const struct lf_ops ops = {
-    .receive = f_receive, .kind = f_kind, .process = f_process, .ended = f_ended};
+    .receive = f_receive, .kind = f_kind, .process = f_process, .ended = f_ended, .ready = f_ready};
 
 static int setup(void **state)
 {
@@ -166,6 +174,7 @@ static void *run_main(void *arg)
 }
 
 static struct lf_kind_count *start_counts; /* the next start()'s counters (then NULL again) */
+static uint32_t start_spin_ns;		   /* the next start()'s spin (then 0 again) */
 
 static void start(struct runner *r, unsigned max_threads, uint32_t inline_ns, uint64_t always_off)
 {
@@ -174,8 +183,11 @@ static void start(struct runner *r, unsigned max_threads, uint32_t inline_ns, ui
 				    .inline_ns = inline_ns,
 				    .always_off = always_off,
 				    .buf_size = sizeof(struct msg),
-				    .counts = start_counts};
+				    .counts = start_counts,
+				    .spin_ns = start_spin_ns,
+				    .spin_kinds = 1ull << 1};
 	start_counts = NULL;
+	start_spin_ns = 0;
 	assert_int_equal(pthread_create(&r->t, NULL, run_main, r), 0);
 }
 
@@ -307,6 +319,60 @@ static void test_spare_reader_while_requests_wait(void **state)
 	assert_int_equal(g.ntids, 1);
 }
 
+/* A synchronous client sends each request once the last is answered: the only reader,
+ * spinning after a kind in spin_kinds, finds each next one without sleeping in receive;
+ * after other kinds, or without spin, it never does. */
+static void test_spin_catches_the_next_request(void **state)
+{
+	(void)state;
+	for (int spin = 1; spin >= 0; spin--) {
+		struct runner r;
+		g.done = 0;
+		start_spin_ns = spin ? 500u * 1000 * 1000 : 0; /* far beyond the client's gap */
+		start(&r, 8, 1000 * 1000 * 1000, 0);
+		for (unsigned n = 1; n <= 200; n++) {
+			send_msg(1, FAST);
+			assert_true(wait_for(&g.done, n));
+		}
+		for (unsigned n = 201; n <= 250; n++) { /* kind 3 is not in spin_kinds */
+			send_msg(3, FAST);
+			assert_true(wait_for(&g.done, n));
+		}
+		end_input();
+		assert_int_equal(finish(&r), 0);
+		if (spin) /* 199 of the first 200, 1 after the first kind 3, none after it */
+			assert_true(r.st.spun >= 190 && r.st.spun <= 200);
+		else
+			assert_int_equal(r.st.spun, 0);
+		int p[2];
+		assert_int_equal(pipe(p), 0); /* a fresh input for the next round */
+		close(g.rfd);
+		g.rfd = p[0];
+		g.wfd = p[1];
+	}
+}
+
+/* No spin while a request waits off the reader's place: another reader is (or will be)
+ * asleep in read(), and the kernel wakes it for the next request anyway. */
+static void test_no_spin_while_a_request_waits(void **state)
+{
+	(void)state;
+	struct runner r;
+	start_spin_ns = 500u * 1000 * 1000;
+	start(&r, 8, 1000 * 1000 * 1000, 1ull << 2);
+	send_msg(2, BLOCK);
+	assert_true(wait_for(&g.blocked, 1));
+	for (unsigned n = 1; n <= 50; n++) {
+		send_msg(1, FAST);
+		assert_true(wait_for(&g.done, n));
+	}
+	sem_post(&g.release);
+	assert_true(wait_for(&g.done, 51));
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	assert_true(r.st.spun <= 1); /* the one after the release, if the loop got there first */
+}
+
 /* A kind that takes longer than inline_ns on average is handed off from then on. */
 static void test_cost_is_learned(void **state)
 {
@@ -397,6 +463,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_wait_hint_gives_up_the_reader, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_spare_reader_while_requests_wait, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_spin_catches_the_next_request, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_no_spin_while_a_request_waits, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cost_is_learned, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_one_thread, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_more_waits_than_workers, setup, teardown),

@@ -471,9 +471,15 @@ def test_mount_options(make_volume):
     v.umount()
     v.mount(opts="attr_timeout=2.5,entry_timeout=1")
     assert read_file(v.path("f")) == b"opts"
+    for spin in ("0", "1000"):
+        v.umount()
+        v.mount(opts=f"spin_us={spin}")
+        write_file(v.path("g"), spin.encode())
+        assert read_file(v.path("g")) == spin.encode()
 
 
-@pytest.mark.parametrize("opts", ["attr_timeout=abc", "no_such_option=1", "entry_timeout=-1"])
+@pytest.mark.parametrize("opts", ["attr_timeout=abc", "no_such_option=1", "entry_timeout=-1",
+                                  "spin_us=1001", "spin_us=-1", "spin_us=x"])
 def test_mount_bad_options(make_volume, opts):
     v = make_volume(mount=False)
     p = braidfs("mount", "-o", opts, v.meta_url, v.mnt)
