@@ -319,6 +319,12 @@ static void test_spare_reader_while_requests_wait(void **state)
 	assert_int_equal(g.ntids, 1);
 }
 
+static void pause_us(long us)
+{
+	struct timespec ts = {0, us * 1000};
+	nanosleep(&ts, NULL);
+}
+
 /* A synchronous client sends each request once the last is answered: the only reader,
  * spinning after a kind in spin_kinds, finds each next one without sleeping in receive;
  * after other kinds, or without spin, it never does. */
@@ -333,6 +339,8 @@ static void test_spin_catches_the_next_request(void **state)
 		for (unsigned n = 1; n <= 200; n++) {
 			send_msg(1, FAST);
 			assert_true(wait_for(&g.done, n));
+			pause_us(300); /* the reader is back in its loop (a request it finds
+					* there already was no wait to save, and is not counted) */
 		}
 		for (unsigned n = 201; n <= 250; n++) { /* kind 3 is not in spin_kinds */
 			send_msg(3, FAST);
@@ -340,8 +348,10 @@ static void test_spin_catches_the_next_request(void **state)
 		}
 		end_input();
 		assert_int_equal(finish(&r), 0);
-		if (spin) /* 199 of the first 200, 1 after the first kind 3, none after it */
-			assert_true(r.st.spun >= 190 && r.st.spun <= 200);
+		if (spin) /* up to 199 of the first 200 and 1 after the first kind 3, none
+			   * after it; fewer when a loaded machine left the reader off its CPU
+			   * longer than the pause */
+			assert_true(r.st.spun >= 100 && r.st.spun <= 200);
 		else
 			assert_int_equal(r.st.spun, 0);
 		int p[2];
