@@ -41,17 +41,18 @@
  *   A reader asleep in receive is woken by the next request: on a virtual machine that
  *   wake (often an interrupt to the other vCPU) costs more than a cheap handler, and a
  *   create or an unlink is a chain of requests a few tens of microseconds apart, each
- *   sent once the previous one is answered. So after a request of a kind in cfg.spin_kinds, the
- * only reader, when no request waits off its place, asks ready() for up to cfg.spin_ns before it
- * calls receive: a request that comes meanwhile is read without a wake-up. With a second reader
- * asleep in read() (as while requests wait) it does not spin: the kernel would wake that one
- * anyway. An idle loop spins spin_ns once after its last request. The kinds are the caller's: the
- * mount spins after namespace and attribute requests, not after READ and WRITE, whose streams come
- * from parallel jobs with requests queued already or from a client that computes between them;
- * there spinning took CPU from the clients and the device lock from the kernel's queue (4 KiB
- * random writes, 4 jobs: 10-15% slower with it). Measured (create/unlink of 10,000 files, 2
- * replicas, quiet 2-vCPU machine, alternating pairs): 50 us of spin made create 12-26% and unlink
- * 8-33% faster.
+ *   sent once the previous one is answered. So after a request of a kind in
+ *   cfg.spin_kinds, the only reader, when no request waits off its place, asks ready() for
+ *   up to cfg.spin_ns before it calls receive: a request that comes meanwhile is read
+ *   without a wake-up. With a second reader asleep in read() (as while requests wait) it
+ *   does not spin: the kernel would wake that one anyway. An idle loop spins spin_ns once
+ *   after its last request. The kinds are the caller's: the mount spins after namespace and
+ *   attribute requests, not after READ and WRITE, whose streams come from parallel jobs
+ *   with requests queued already or from a client that computes between them; there
+ *   spinning took CPU from the clients and the device lock from the kernel's queue (4 KiB
+ *   random writes, 4 jobs: 10-15% slower with it). Measured (create/unlink of 10,000
+ *   files, 2 replicas, quiet 2-vCPU machine, alternating pairs): 50 us of spin made create
+ *   12-26% and unlink 8-33% faster.
  *
  * ENDING
  *   receive returning 0 or an error (unmount: the device returns ENODEV), or ended() seen by
@@ -94,8 +95,7 @@ struct lf {
 	_Atomic uint32_t cost[LF_KINDS]; /* mean wall time, ns */
 	/* share of recent requests that left their reader's place, in 1/65536 (running mean) */
 	_Atomic uint32_t off_share;
-	_Atomic uint64_t spun;
-	_Atomic uint64_t requests, handed_off, hinted, woken;
+	_Atomic uint64_t requests, handed_off, hinted, woken, spun;
 };
 
 struct lf_worker {
@@ -216,14 +216,15 @@ static bool spin(struct lf *l)
 	    atomic_load_explicit(&l->nreading, memory_order_relaxed) != 1 ||
 	    atomic_load_explicit(&l->nwaiting, memory_order_relaxed) != 0)
 		return false;
-	if (l->ops->ready(l->ctx))
-		return false; /* there already: no wait to save */
-	int64_t end = now_monotonic_ns() + l->cfg.spin_ns;
-	do {
-		if (l->ops->ready(l->ctx))
-			return true;
-	} while (now_monotonic_ns() < end);
-	return false;
+	int64_t end = 0; /* 0 until the first ready() said no */
+	while (!l->ops->ready(l->ctx)) {
+		int64_t now = now_monotonic_ns();
+		if (!end)
+			end = now + l->cfg.spin_ns;
+		else if (now >= end)
+			return false;
+	}
+	return end != 0; /* a request there at once saved no wait */
 }
 
 /* Hold a reader's place: read requests and handle them, until one waits (true: the place
