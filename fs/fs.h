@@ -99,7 +99,7 @@ struct fs_options {
 	bool allow_other;
 	bool ro;
 	/* fs_loop.c SPIN: microseconds the only reader watches the device before it sleeps in
-	 * read; negative: FS_SPIN_US_DEFAULT */
+	 * read, up to FS_SPIN_US_MAX; negative: FS_SPIN_US_DEFAULT (fs_new resolves it) */
 	int32_t spin_us;
 	/* FS-4: write-time granularity (fs.time_grain_ns); unset: the kernel's clock tick */
 	bool time_grain_set;
@@ -224,7 +224,6 @@ struct fs {
 	 * kernel sends anything else). */
 	_Atomic uint64_t init_unique;
 	_Atomic bool killpriv;
-	uint32_t spin_ns; /* fs_loop.c SPIN: lf_config.spin_ns */
 
 	struct fs_locks *locks; /* FS-9 (fs_lock.c); NULL: the kernel keeps locks */
 

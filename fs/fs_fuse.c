@@ -1476,9 +1476,7 @@ int fs_new(struct meta *meta, struct ds *ds, const struct fs_options *opt, struc
 	fs->opt = *opt;
 	fs->shared = (meta_ops_of(meta)->caps & META_CAP_SHARED) != 0;
 	fs->commit_durable = (meta_ops_of(meta)->caps & META_CAP_DURABLE_COMMIT) != 0;
-	fs->spin_ns =
-	    (uint32_t)(opt->spin_us < 0 ? FS_SPIN_US_DEFAULT : MIN(opt->spin_us, FS_SPIN_US_MAX)) *
-	    1000u;
+	fs->opt.spin_us = opt->spin_us < 0 ? FS_SPIN_US_DEFAULT : MIN(opt->spin_us, FS_SPIN_US_MAX);
 	double cache_time = fs->shared ? FS_SHARED_TIMEOUT : FS_ONE_MOUNT_TIMEOUT; /* FS-11 */
 	if (fs->opt.attr_timeout < 0)
 		fs->opt.attr_timeout = cache_time;
@@ -1792,7 +1790,7 @@ int fs_loop(struct fs *fs)
 	    .always_off = 1ull << FUSE_FSYNC | 1ull << FUSE_FSYNCDIR | 1ull << FUSE_SYNCFS,
 	    .buf_size = sizeof(struct fuse_buf),
 	    .counts = fs->req,
-	    .spin_ns = fs->spin_ns,
+	    .spin_ns = (uint32_t)fs->opt.spin_us * 1000u,
 	    /* fs_loop.c SPIN: not after data requests (parallel jobs, or a client between) */
 	    .spin_kinds = ~(1ull << FUSE_READ | 1ull << FUSE_WRITE),
 	};
