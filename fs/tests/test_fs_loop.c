@@ -325,41 +325,45 @@ static void pause_us(long us)
 	nanosleep(&ts, NULL);
 }
 
-/* A synchronous client sends each request once the last is answered: the only reader,
- * spinning after a kind in spin_kinds, finds each next one without sleeping in receive;
- * after other kinds, or without spin, it never does. */
+/* A synchronous client sends each request once the last is answered, 200 of kind 1 (in
+ * spin_kinds) then 50 of kind 3 (not): how many the loop found while it spun. */
+static uint64_t spun_for_sync_client(uint32_t spin_ns)
+{
+	struct runner r;
+	start_spin_ns = spin_ns;
+	start(&r, 8, 1000 * 1000 * 1000, 0);
+	for (unsigned n = 1; n <= 200; n++) {
+		send_msg(1, FAST);
+		assert_true(wait_for(&g.done, n));
+		pause_us(300); /* the reader is back in its loop (a request it finds there
+				* already was no wait to save, and is not counted) */
+	}
+	for (unsigned n = 201; n <= 250; n++) {
+		send_msg(3, FAST);
+		assert_true(wait_for(&g.done, n));
+	}
+	end_input();
+	assert_int_equal(finish(&r), 0);
+	return r.st.spun;
+}
+
+/* The only reader, spinning after a kind in spin_kinds, finds each next request without
+ * sleeping in receive; after other kinds it does not spin. */
 static void test_spin_catches_the_next_request(void **state)
 {
 	(void)state;
-	for (int spin = 1; spin >= 0; spin--) {
-		struct runner r;
-		g.done = 0;
-		start_spin_ns = spin ? 500u * 1000 * 1000 : 0; /* far beyond the client's gap */
-		start(&r, 8, 1000 * 1000 * 1000, 0);
-		for (unsigned n = 1; n <= 200; n++) {
-			send_msg(1, FAST);
-			assert_true(wait_for(&g.done, n));
-			pause_us(300); /* the reader is back in its loop (a request it finds
-					* there already was no wait to save, and is not counted) */
-		}
-		for (unsigned n = 201; n <= 250; n++) { /* kind 3 is not in spin_kinds */
-			send_msg(3, FAST);
-			assert_true(wait_for(&g.done, n));
-		}
-		end_input();
-		assert_int_equal(finish(&r), 0);
-		if (spin) /* up to 199 of the first 200 and 1 after the first kind 3, none
-			   * after it; fewer when a loaded machine left the reader off its CPU
-			   * longer than the pause */
-			assert_true(r.st.spun >= 100 && r.st.spun <= 200);
-		else
-			assert_int_equal(r.st.spun, 0);
-		int p[2];
-		assert_int_equal(pipe(p), 0); /* a fresh input for the next round */
-		close(g.rfd);
-		g.rfd = p[0];
-		g.wfd = p[1];
-	}
+	/* 500 ms: far beyond the client's gap. Up to 199 of the first 200 and 1 after the
+	 * first kind 3, none after it; fewer when a loaded machine left the reader off its CPU
+	 * longer than the pause. */
+	uint64_t spun = spun_for_sync_client(500u * 1000 * 1000);
+	assert_true(spun >= 100 && spun <= 200);
+}
+
+/* Without spin_ns no request is found while spinning. */
+static void test_no_spin_without_spin_ns(void **state)
+{
+	(void)state;
+	assert_int_equal(spun_for_sync_client(0), 0);
 }
 
 /* No spin while a request waits off the reader's place: another reader is (or will be)
@@ -474,6 +478,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_wait_hint_gives_up_the_reader, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_spare_reader_while_requests_wait, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_spin_catches_the_next_request, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_no_spin_without_spin_ns, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_spin_while_a_request_waits, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cost_is_learned, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_one_thread, setup, teardown),
