@@ -191,6 +191,20 @@ struct mount_opts {
 	char log[PATH_MAX];
 };
 
+/* An integer option NAME=VAL within lo..hi (in UNIT), or a message and false. */
+static bool int_opt(const char *name, const char *val, long lo, long hi, const char *unit,
+		    long *out)
+{
+	char *end;
+	long n = strtol(val, &end, 10);
+	if (end == val || *end || n < lo || n > hi) {
+		die_msg("mount", "%s must be %ld..%ld (%s), not '%s'", name, lo, hi, unit, val);
+		return false;
+	}
+	*out = n;
+	return true;
+}
+
 static int parse_o(const char *s, struct mount_opts *mo)
 {
 	char buf[1024];
@@ -200,34 +214,26 @@ static int parse_o(const char *s, struct mount_opts *mo)
 		char *eq = strchr(tok, '=');
 		if (eq)
 			*eq++ = '\0';
-		char *end = NULL;
+		char *end = NULL; /* set by the options parsed as numbers below, checked after */
+		long n;
 		if (!strcmp(tok, "attr_timeout") && eq) {
 			mo->fs.attr_timeout = strtod(eq, &end);
 		} else if (!strcmp(tok, "entry_timeout") && eq) {
 			mo->fs.entry_timeout = strtod(eq, &end);
 		} else if (!strcmp(tok, "threads") && eq) {
-			long n = strtol(eq, &end, 10);
+			n = strtol(eq, &end, 10);
 			if (n < 1 || n > 256) {
 				die_msg("mount", "threads must be 1..256, not '%s'", eq);
 				return -EINVAL;
 			}
 			mo->fs.max_threads = (unsigned)n;
 		} else if (!strcmp(tok, "spin_us") && eq) {
-			long n = strtol(eq, &end, 10);
-			if (end == eq || *end || n < 0 || n > FS_SPIN_US_MAX) {
-				die_msg("mount", "spin_us must be 0..%d (microseconds), not '%s'",
-					FS_SPIN_US_MAX, eq);
+			if (!int_opt(tok, eq, 0, FS_SPIN_US_MAX, "microseconds", &n))
 				return -EINVAL;
-			}
 			mo->fs.spin_us = (int32_t)n;
 		} else if (!strcmp(tok, "time_grain_ms") && eq) {
-			long n = strtol(eq, &end, 10);
-			if (end == eq || *end || n < 0 || n > (long)FS_TIME_GRAIN_MAX_MS) {
-				die_msg("mount",
-					"time_grain_ms must be 0..%u (milliseconds), not '%s'",
-					FS_TIME_GRAIN_MAX_MS, eq);
+			if (!int_opt(tok, eq, 0, FS_TIME_GRAIN_MAX_MS, "milliseconds", &n))
 				return -EINVAL;
-			}
 			mo->fs.time_grain_set = true;
 			mo->fs.time_grain_ms = (uint32_t)n;
 		} else if (!strcmp(tok, "client_ttl") && eq) {
@@ -240,13 +246,8 @@ static int parse_o(const char *s, struct mount_opts *mo)
 			}
 			mo->client_ttl_ms = (uint32_t)(sec * 1000);
 		} else if (!strcmp(tok, "stall_ms") && eq) {
-			long n = strtol(eq, &end, 10);
-			if (*end || end == eq || n < 100 || n > 3600000) {
-				die_msg("mount",
-					"stall_ms must be 100..3600000 (milliseconds), not '%s'",
-					eq);
+			if (!int_opt(tok, eq, 100, 3600000, "milliseconds", &n))
 				return -EINVAL;
-			}
 			mo->stall_ms = (unsigned)n;
 		} else if (!strcmp(tok, "node") && eq) {
 			if (!*eq || strlen(eq) >= sizeof(mo->node)) {
